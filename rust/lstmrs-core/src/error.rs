@@ -1,0 +1,44 @@
+//! The one error type of the core. Every fallible public function returns it; the Python bindings
+//! map each variant to a typed exception, so nothing here may panic on user input.
+
+/// What went wrong, with the argument's name and what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// An array has the wrong number of elements for the shape its argument must have.
+    #[error("{arg}: expected shape {expected}, got {got}")]
+    Shape {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// A scalar argument is outside its allowed range.
+    #[error("{arg}: expected {expected}, got {got}")]
+    Value {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// An unknown name (parameter, cell kind, ...).
+    #[error("{arg}: unknown name {got:?}; expected one of {expected}")]
+    Name {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Checks that `slice` holds exactly the elements of `shape`.
+pub(crate) fn check_len(arg: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    let want: usize = shape.iter().product();
+    if len == want {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            arg,
+            expected: format!("{shape:?} ({want} elements)"),
+            got: format!("{len} elements"),
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! lstmrs-core: LSTM and GRU networks with PyTorch's semantics, forward passes and
+//! backpropagation through time on the CPU.
+//!
+//! The public surface is small: describe a network with [`RnnConfig`], hold its weights in
+//! [`RnnParams`] (one flat buffer, PyTorch's names), run [`forward`] over a [`Batch`] and, with a
+//! tape kept, [`backward`] to get every gradient. [`reference`] is a plain implementation of the
+//! same mathematics that the fast path is tested against.
+//!
+//! Compute backends: this crate is the CPU backend. A GPU backend plugs in at the same seam — it
+//! takes the same `RnnParams`, `Batch` and `ForwardOptions` and returns the same outputs — and
+//! lives behind a cargo feature so this build never compiles it.
+
+pub mod activations;
+pub mod config;
+pub mod dropout;
+pub mod error;
+mod gates;
+mod matmul;
+pub mod network;
+pub mod params;
+pub mod reference;
+pub mod scalar;
+mod sweep;
+pub mod threads;
+
+pub use config::{CellKind, RnnConfig};
+pub use error::{Error, Result};
+pub use network::{
+    backward, forward, Batch, ForwardOptions, ForwardOutput, GradOutputs, Gradients, Layout, Tape,
+};
+pub use params::{param_specs, ParamSpec, RnnParams};
+pub use scalar::{DType, Scalar};

@@ -1,0 +1,466 @@
+//! Stacked and bidirectional networks: runs the sweeps layer by layer, handles batch layout,
+//! initial states, dropout between layers, and gathers the gradients in the flat layout.
+
+use crate::config::RnnConfig;
+use crate::dropout::dropout_mask;
+use crate::error::{check_len, Error, Result};
+use crate::params::RnnParams;
+use crate::scalar::Scalar;
+use crate::sweep::{self, DirTape, DirWeights, OutputGrad, Sweep};
+use crate::threads;
+
+/// How a sequence batch is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[B, T, F]` (PyTorch's `batch_first=True`).
+    BatchFirst,
+    /// `[T, B, F]`.
+    TimeMajor,
+}
+
+/// The inputs of one forward call.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a, T> {
+    /// `[B, T, I]` or `[T, B, I]` as `layout` says.
+    pub input: &'a [T],
+    pub layout: Layout,
+    pub seq_len: usize,
+    pub batch: usize,
+    /// `[L*D, B, H]`; zeros when absent.
+    pub h0: Option<&'a [T]>,
+    /// `[L*D, B, H]`, LSTM only; zeros when absent.
+    pub c0: Option<&'a [T]>,
+    /// `[B]`, each in `1..=seq_len`: PyTorch's packed-sequence semantics.
+    pub lengths: Option<&'a [usize]>,
+}
+
+/// Mode of one forward call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForwardOptions {
+    /// Enables dropout between layers.
+    pub training: bool,
+    /// Probability of zeroing an element of each layer's output before the next layer.
+    pub dropout: f64,
+    /// Seed of the dropout masks.
+    pub seed: u64,
+    /// Keep what `backward` needs.
+    pub keep_tape: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions {
+            training: false,
+            dropout: 0.0,
+            seed: 0,
+            keep_tape: false,
+        }
+    }
+}
+
+/// Everything `backward` needs from a forward call, so it never recomputes the forward pass.
+#[derive(Debug, Clone)]
+pub struct Tape<T> {
+    config: RnnConfig,
+    layout: Layout,
+    seq_len: usize,
+    batch: usize,
+    lengths: Option<Vec<usize>>,
+    /// Time-major input of each layer, after dropout.
+    layer_inputs: Vec<Vec<T>>,
+    /// Dropout mask applied to the input of each layer (`None` for layer 0 or without dropout).
+    masks: Vec<Option<Vec<T>>>,
+    /// `[L*D]` sweep tapes.
+    dirs: Vec<DirTape<T>>,
+}
+
+impl<T> Tape<T> {
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+/// Results of a forward call.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput<T> {
+    /// `[B, T, D*H]` or `[T, B, D*H]`, the input's layout.
+    pub output: Vec<T>,
+    /// `[L*D, B, H]`.
+    pub h_n: Vec<T>,
+    /// `[L*D, B, H]`, LSTM only.
+    pub c_n: Option<Vec<T>>,
+    pub tape: Option<Tape<T>>,
+}
+
+/// Gradients flowing into a backward call; absent ones are zero.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GradOutputs<'a, T> {
+    /// Same shape and layout as `ForwardOutput::output`.
+    pub output: Option<&'a [T]>,
+    /// `[L*D, B, H]`.
+    pub h_n: Option<&'a [T]>,
+    /// `[L*D, B, H]`, LSTM only.
+    pub c_n: Option<&'a [T]>,
+}
+
+/// Results of a backward call.
+#[derive(Debug, Clone)]
+pub struct Gradients<T> {
+    /// Same layout as `RnnParams::as_slice`.
+    pub params: Vec<T>,
+    /// Same shape and layout as the input.
+    pub input: Vec<T>,
+    /// `[L*D, B, H]`.
+    pub h0: Vec<T>,
+    /// `[L*D, B, H]`, LSTM only.
+    pub c0: Option<Vec<T>>,
+}
+
+/// `[a, b, f] -> [b, a, f]`.
+fn swap_outer<T: Copy>(src: &[T], a: usize, b: usize, f: usize) -> Vec<T> {
+    let mut dst = Vec::with_capacity(src.len());
+    for j in 0..b {
+        for i in 0..a {
+            dst.extend_from_slice(&src[(i * b + j) * f..][..f]);
+        }
+    }
+    dst
+}
+
+fn to_time_major<T: Copy>(x: &[T], layout: Layout, t: usize, b: usize, f: usize) -> Vec<T> {
+    match layout {
+        Layout::TimeMajor => x.to_vec(),
+        Layout::BatchFirst => swap_outer(x, b, t, f),
+    }
+}
+
+fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: usize) -> Vec<T> {
+    match layout {
+        Layout::TimeMajor => x,
+        Layout::BatchFirst => swap_outer(&x, t, b, f),
+    }
+}
+
+fn dir_weights<'p, T: Scalar>(p: &'p RnnParams<T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
+    let cfg = p.config();
+    let (gw, h) = (cfg.gate_width(), cfg.hidden_size);
+    let o = p.dir_offsets(layer, dir);
+    let data = p.as_slice();
+    DirWeights {
+        w_ih: &data[o.w_ih..][..gw * cfg.layer_input_size(layer)],
+        w_hh: &data[o.w_hh..][..gw * h],
+        bias: o
+            .bias
+            .map(|(bi, bh)| (&data[bi..][..gw], &data[bh..][..gw])),
+    }
+}
+
+fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOptions) -> Result<()> {
+    let (t, b) = (x.seq_len, x.batch);
+    for (arg, v) in [("seq_len", t), ("batch", b)] {
+        if v == 0 {
+            return Err(Error::Value {
+                arg,
+                expected: "at least 1".into(),
+                got: "0".into(),
+            });
+        }
+    }
+    let shape = match x.layout {
+        Layout::BatchFirst => [b, t, cfg.input_size],
+        Layout::TimeMajor => [t, b, cfg.input_size],
+    };
+    check_len("input", x.input.len(), &shape)?;
+    let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
+    if let Some(h0) = x.h0 {
+        check_len("h0", h0.len(), &state)?;
+    }
+    if let Some(c0) = x.c0 {
+        if !cfg.cell.has_cell_state() {
+            return Err(Error::Value {
+                arg: "c0",
+                expected: "no cell state for a GRU".into(),
+                got: "a cell state".into(),
+            });
+        }
+        check_len("c0", c0.len(), &state)?;
+    }
+    if let Some(lengths) = x.lengths {
+        check_len("lengths", lengths.len(), &[b])?;
+        if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l > t) {
+            return Err(Error::Value {
+                arg: "lengths",
+                expected: format!("every length in 1..={t}"),
+                got: bad.to_string(),
+            });
+        }
+    }
+    if !(0.0..1.0).contains(&opts.dropout) {
+        return Err(Error::Value {
+            arg: "dropout",
+            expected: "a probability in [0, 1)".into(),
+            got: opts.dropout.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the network over a batch of sequences.
+pub fn forward<T: Scalar>(
+    params: &RnnParams<T>,
+    x: &Batch<T>,
+    opts: &ForwardOptions,
+) -> Result<ForwardOutput<T>> {
+    let cfg = *params.config();
+    validate_forward(&cfg, x, opts)?;
+    Ok(threads::install(|| forward_checked(params, x, opts)))
+}
+
+fn forward_checked<T: Scalar>(
+    params: &RnnParams<T>,
+    x: &Batch<T>,
+    opts: &ForwardOptions,
+) -> ForwardOutput<T> {
+    let cfg = *params.config();
+    let (t, b, h, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
+    let bh = b * h;
+    let lstm = cfg.cell.has_cell_state();
+    let zeros = vec![T::zero(); cfg.num_layers * nd * bh];
+    let h0 = x.h0.unwrap_or(&zeros);
+    let c0 = x.c0.unwrap_or(&zeros);
+    let mut h_n = vec![T::zero(); cfg.num_layers * nd * bh];
+    let mut c_n = vec![T::zero(); if lstm { h_n.len() } else { 0 }];
+    let mut layer_inputs = Vec::new();
+    let mut masks = Vec::new();
+    let mut dir_tapes = Vec::new();
+
+    let mut layer_in = to_time_major(x.input, x.layout, t, b, cfg.input_size);
+    for layer in 0..cfg.num_layers {
+        let mask = (layer > 0 && opts.training && opts.dropout > 0.0)
+            .then(|| dropout_mask::<T>(opts.seed, layer, layer_in.len(), opts.dropout));
+        if let Some(m) = &mask {
+            layer_in.iter_mut().zip(m).for_each(|(v, &k)| *v *= k);
+        }
+        let run = |dir: usize| {
+            let sw = Sweep {
+                cell: cfg.cell,
+                steps: t,
+                batch: b,
+                input: cfg.layer_input_size(layer),
+                hidden: h,
+                lengths: x.lengths,
+                reverse: dir == 1,
+            };
+            let s = (layer * nd + dir) * bh;
+            sweep::forward(
+                sw,
+                &layer_in,
+                dir_weights(params, layer, dir),
+                &h0[s..s + bh],
+                lstm.then(|| &c0[s..s + bh]),
+                opts.keep_tape,
+            )
+        };
+        let outs = if nd == 2 {
+            let (f, r) = rayon::join(|| run(0), || run(1));
+            vec![f, r]
+        } else {
+            vec![run(0)]
+        };
+        let mut layer_out = if nd == 1 {
+            Vec::new()
+        } else {
+            vec![T::zero(); t * b * nd * h]
+        };
+        for (dir, o) in outs.into_iter().enumerate() {
+            let s = (layer * nd + dir) * bh;
+            h_n[s..s + bh].copy_from_slice(&o.h_last);
+            if let Some(c) = &o.c_last {
+                c_n[s..s + bh].copy_from_slice(c);
+            }
+            if nd == 1 {
+                layer_out = o.out;
+            } else {
+                for (row, src) in layer_out
+                    .chunks_exact_mut(nd * h)
+                    .zip(o.out.chunks_exact(h))
+                {
+                    row[dir * h..(dir + 1) * h].copy_from_slice(src);
+                }
+            }
+            dir_tapes.extend(o.tape);
+        }
+        if opts.keep_tape {
+            layer_inputs.push(std::mem::replace(&mut layer_in, layer_out));
+            masks.push(mask);
+        } else {
+            layer_in = layer_out;
+        }
+    }
+
+    let output = from_time_major(layer_in, x.layout, t, b, cfg.output_size());
+    let tape = opts.keep_tape.then(|| Tape {
+        config: cfg,
+        layout: x.layout,
+        seq_len: t,
+        batch: b,
+        lengths: x.lengths.map(<[usize]>::to_vec),
+        layer_inputs,
+        masks,
+        dirs: dir_tapes,
+    });
+    ForwardOutput {
+        output,
+        h_n,
+        c_n: lstm.then_some(c_n),
+        tape,
+    }
+}
+
+/// Backpropagation through time for the forward call that made `tape`: the gradients of every
+/// parameter, of the input and of the initial states, given the gradients of the outputs and the
+/// final states. `params` must be the parameters that forward call used.
+pub fn backward<T: Scalar>(
+    params: &RnnParams<T>,
+    tape: &Tape<T>,
+    grads: &GradOutputs<T>,
+) -> Result<Gradients<T>> {
+    let cfg = *params.config();
+    if cfg != tape.config {
+        return Err(Error::Value {
+            arg: "tape",
+            expected: format!("a tape recorded by a network with {cfg:?}"),
+            got: format!("{:?}", tape.config),
+        });
+    }
+    let (t, b) = (tape.seq_len, tape.batch);
+    let out_shape = match tape.layout {
+        Layout::BatchFirst => [b, t, cfg.output_size()],
+        Layout::TimeMajor => [t, b, cfg.output_size()],
+    };
+    if let Some(g) = grads.output {
+        check_len("d_output", g.len(), &out_shape)?;
+    }
+    let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
+    if let Some(g) = grads.h_n {
+        check_len("d_h_n", g.len(), &state)?;
+    }
+    if let Some(g) = grads.c_n {
+        if !cfg.cell.has_cell_state() {
+            return Err(Error::Value {
+                arg: "d_c_n",
+                expected: "no cell-state gradient for a GRU".into(),
+                got: "a cell-state gradient".into(),
+            });
+        }
+        check_len("d_c_n", g.len(), &state)?;
+    }
+    Ok(threads::install(|| backward_checked(params, tape, grads)))
+}
+
+fn backward_checked<T: Scalar>(
+    params: &RnnParams<T>,
+    tape: &Tape<T>,
+    grads: &GradOutputs<T>,
+) -> Gradients<T> {
+    let cfg = *params.config();
+    let (t, b, h, nd) = (
+        tape.seq_len,
+        tape.batch,
+        cfg.hidden_size,
+        cfg.num_directions(),
+    );
+    let bh = b * h;
+    let lstm = cfg.cell.has_cell_state();
+    let mut g_params = vec![T::zero(); params.len()];
+    let mut dh0 = vec![T::zero(); cfg.num_layers * nd * bh];
+    let mut dc0 = vec![T::zero(); if lstm { dh0.len() } else { 0 }];
+    let mut d_out: Option<Vec<T>> = grads
+        .output
+        .map(|g| to_time_major(g, tape.layout, t, b, cfg.output_size()));
+
+    for layer in (0..cfg.num_layers).rev() {
+        let inp = cfg.layer_input_size(layer);
+        let x = &tape.layer_inputs[layer];
+        // This layer's gradient regions: each direction's four tensors are contiguous.
+        let first = params.dir_offsets(layer, 0).w_ih;
+        let end = if layer + 1 < cfg.num_layers {
+            params.dir_offsets(layer + 1, 0).w_ih
+        } else {
+            params.len()
+        };
+        let mid = if nd == 2 {
+            params.dir_offsets(layer, 1).w_ih
+        } else {
+            end
+        };
+        let (g_fwd, g_rev) = g_params[first..end].split_at_mut(mid - first);
+        let run = |dir: usize, grad: &mut [T]| {
+            let sw = Sweep {
+                cell: cfg.cell,
+                steps: t,
+                batch: b,
+                input: inp,
+                hidden: h,
+                lengths: tape.lengths.as_deref(),
+                reverse: dir == 1,
+            };
+            let s = (layer * nd + dir) * bh;
+            let mut dx = vec![T::zero(); t * b * inp];
+            let d_output = d_out.as_deref().map(|data| OutputGrad {
+                data,
+                ld: nd * h,
+                col: dir * h,
+            });
+            let (dh, dc) = sweep::backward(
+                sw,
+                x,
+                dir_weights(params, layer, dir),
+                &tape.dirs[layer * nd + dir],
+                d_output,
+                grads.h_n.map(|g| &g[s..s + bh]),
+                grads.c_n.map(|g| &g[s..s + bh]),
+                grad,
+                &mut dx,
+            );
+            (dx, dh, dc)
+        };
+        let results = if nd == 2 {
+            let (f, r) = rayon::join(|| run(0, g_fwd), || run(1, g_rev));
+            vec![f, r]
+        } else {
+            vec![run(0, g_fwd)]
+        };
+        let mut dx_sum: Option<Vec<T>> = None;
+        for (dir, (dx, dh, dc)) in results.into_iter().enumerate() {
+            let s = (layer * nd + dir) * bh;
+            dh0[s..s + bh].copy_from_slice(&dh);
+            if let Some(dc) = dc {
+                dc0[s..s + bh].copy_from_slice(&dc);
+            }
+            match &mut dx_sum {
+                None => dx_sum = Some(dx),
+                Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, &v)| *a += v),
+            }
+        }
+        let mut dx = dx_sum.expect("at least one direction");
+        if let Some(mask) = &tape.masks[layer] {
+            dx.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
+        }
+        d_out = Some(dx);
+    }
+
+    let d_input = d_out.expect("at least one layer");
+    Gradients {
+        params: g_params,
+        input: from_time_major(d_input, tape.layout, t, b, cfg.input_size),
+        h0: dh0,
+        c0: lstm.then_some(dc0),
+    }
+}

@@ -1,0 +1,167 @@
+//! One flat parameter buffer with named views in PyTorch's names, shapes and order.
+//!
+//! Flat storage lets an optimizer update every parameter in one loop and gradients share the same
+//! layout; the names (`weight_ih_l0`, `bias_hh_l1_reverse`, ...) are PyTorch's `state_dict` keys.
+
+use crate::config::RnnConfig;
+use crate::error::{check_len, Error, Result};
+use crate::scalar::Scalar;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Name, shape and place of one parameter tensor inside the flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Offsets of one layer-direction's four tensors in the flat buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirOffsets {
+    pub w_ih: usize,
+    pub w_hh: usize,
+    /// `(b_ih, b_hh)` when the network has biases.
+    pub bias: Option<(usize, usize)>,
+}
+
+/// The layout of all parameters of a network, in PyTorch's `state_dict` order.
+pub fn param_specs(config: &RnnConfig) -> Vec<ParamSpec> {
+    let gw = config.gate_width();
+    let h = config.hidden_size;
+    let mut specs = Vec::new();
+    let mut offset = 0;
+    for layer in 0..config.num_layers {
+        for dir in 0..config.num_directions() {
+            let suffix = if dir == 1 { "_reverse" } else { "" };
+            let mut push = |kind: &str, shape: Vec<usize>| {
+                let len = shape.iter().product();
+                specs.push(ParamSpec {
+                    name: format!("{kind}_l{layer}{suffix}"),
+                    shape,
+                    offset,
+                    len,
+                });
+                offset += len;
+            };
+            push("weight_ih", vec![gw, config.layer_input_size(layer)]);
+            push("weight_hh", vec![gw, h]);
+            if config.bias {
+                push("bias_ih", vec![gw]);
+                push("bias_hh", vec![gw]);
+            }
+        }
+    }
+    specs
+}
+
+/// All weights of a network in one flat buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RnnParams<T> {
+    config: RnnConfig,
+    specs: Vec<ParamSpec>,
+    data: Vec<T>,
+}
+
+impl<T: Scalar> RnnParams<T> {
+    /// All parameters zero.
+    pub fn zeros(config: RnnConfig) -> Self {
+        let specs = param_specs(&config);
+        let n = specs.last().map_or(0, |s| s.offset + s.len);
+        RnnParams {
+            config,
+            specs,
+            data: vec![T::zero(); n],
+        }
+    }
+
+    /// PyTorch's initialisation: every parameter uniform in `[-1/sqrt(H), 1/sqrt(H)]`, reproducible
+    /// from `seed` (the stream is ChaCha8, so the values differ from torch's own generator).
+    pub fn init_uniform(config: RnnConfig, seed: u64) -> Self {
+        let mut p = Self::zeros(config);
+        let bound = 1.0 / (config.hidden_size as f64).sqrt();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for v in p.data.iter_mut() {
+            // 53 random bits -> uniform in [0, 1).
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            *v = T::from_f64((2.0 * u - 1.0) * bound);
+        }
+        p
+    }
+
+    /// Wraps a flat buffer laid out as `param_specs(config)` says.
+    pub fn from_flat(config: RnnConfig, data: Vec<T>) -> Result<Self> {
+        let mut p = Self::zeros(config);
+        check_len("params", data.len(), &[p.data.len()])?;
+        p.data = data;
+        Ok(p)
+    }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.data
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn spec(&self, name: &str) -> Result<&ParamSpec> {
+        self.specs
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Name {
+                arg: "name",
+                expected: self
+                    .specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                got: name.into(),
+            })
+    }
+
+    /// The named tensor, row-major.
+    pub fn get(&self, name: &str) -> Result<&[T]> {
+        let s = self.spec(name)?;
+        Ok(&self.data[s.offset..s.offset + s.len])
+    }
+
+    /// Overwrites the named tensor; `values` must hold exactly its elements.
+    pub fn set(&mut self, name: &str, values: &[T]) -> Result<()> {
+        let s = self.spec(name)?.clone();
+        check_len("values", values.len(), &s.shape)?;
+        self.data[s.offset..s.offset + s.len].copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Offsets of layer `layer`, direction `dir` (0 forward, 1 reverse).
+    pub(crate) fn dir_offsets(&self, layer: usize, dir: usize) -> DirOffsets {
+        let per_dir = if self.config.bias { 4 } else { 2 };
+        let first = (layer * self.config.num_directions() + dir) * per_dir;
+        let s = &self.specs[first..first + per_dir];
+        DirOffsets {
+            w_ih: s[0].offset,
+            w_hh: s[1].offset,
+            bias: self.config.bias.then(|| (s[2].offset, s[3].offset)),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The element types the core computes in: f32 (fast paths) and f64 (gradient checks, science).
+
+use num_traits::Float;
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{AddAssign, MulAssign, SubAssign};
+
+/// Which floating-point type a buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+/// A floating-point element type with the activations the cells need.
+///
+/// `sigmoid` and `tanh` are the scalar forms; the fused gate kernels call them inside loops that the
+/// compiler vectorises, so they must be branch-free (see `activations`).
+pub trait Scalar:
+    Float + Debug + Default + Send + Sync + Sum + AddAssign + SubAssign + MulAssign + 'static
+{
+    const DTYPE: DType;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn sigmoid(self) -> Self;
+    fn tanh_act(self) -> Self;
+}
+
+impl Scalar for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        crate::activations::sigmoid_f32(self)
+    }
+    #[inline(always)]
+    fn tanh_act(self) -> Self {
+        crate::activations::tanh_f32(self)
+    }
+}
+
+impl Scalar for f64 {
+    const DTYPE: DType = DType::F64;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        // f64 serves accuracy (gradient checks), so it uses the libm functions.
+        1.0 / (1.0 + (-self).exp())
+    }
+    #[inline(always)]
+    fn tanh_act(self) -> Self {
+        self.tanh()
+    }
+}

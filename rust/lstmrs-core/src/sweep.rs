@@ -1,0 +1,349 @@
+//! One direction of one layer: the forward sweep over time and its backpropagation.
+//!
+//! Shape legend: `T` time steps, `B` batch rows, `I` input features, `H` hidden units, `G` gates.
+//! All sequences here are time-major (`[T, B, ...]`). The input projection of all steps is one
+//! product before the loop, each step does one `[B,H]·[H,GH]` product and one fused gate pass, and
+//! after the reverse sweep the weight gradients are three large products over all `T*B` rows.
+
+use crate::config::CellKind;
+use crate::gates::{self, Active};
+use crate::matmul::{a_b, a_bt, at_b, Mat};
+use crate::scalar::Scalar;
+
+/// One direction's weights (views into the flat parameter buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct DirWeights<'a, T> {
+    /// `[G*H, I]`
+    pub w_ih: &'a [T],
+    /// `[G*H, H]`
+    pub w_hh: &'a [T],
+    /// `([G*H], [G*H])` when the network has biases.
+    pub bias: Option<(&'a [T], &'a [T])>,
+}
+
+/// The sizes and time direction of a sweep.
+#[derive(Clone, Copy)]
+pub(crate) struct Sweep<'a> {
+    pub cell: CellKind,
+    pub steps: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+    pub lengths: Option<&'a [usize]>,
+    pub reverse: bool,
+}
+
+impl Sweep<'_> {
+    fn gate_width(&self) -> usize {
+        self.cell.gate_count() * self.hidden
+    }
+    /// Time step processed at position `s` of the sweep.
+    fn time(&self, s: usize) -> usize {
+        if self.reverse {
+            self.steps - 1 - s
+        } else {
+            s
+        }
+    }
+    /// State slot read by step `t` (the tape keeps `T+1` state slots; the initial state sits at
+    /// slot 0 going forward and at slot `T` going backward in time).
+    fn enter(&self, t: usize) -> usize {
+        if self.reverse {
+            t + 1
+        } else {
+            t
+        }
+    }
+    fn exit(&self, t: usize) -> usize {
+        if self.reverse {
+            t
+        } else {
+            t + 1
+        }
+    }
+}
+
+/// What backpropagation needs of one sweep, indexed by time step.
+#[derive(Debug, Clone)]
+pub(crate) struct DirTape<T> {
+    /// `[T, B, G*H]` gate activations (LSTM i, f, g, o; GRU r, z, n).
+    act: Vec<T>,
+    /// `[T, B, H]`: `tanh(c')` for the LSTM, `W_hn h + b_hn` for the GRU.
+    aux: Vec<T>,
+    /// `[T+1, B, H]` hidden states (see `Sweep::enter`).
+    hs: Vec<T>,
+    /// `[T+1, B, H]` cell states (LSTM only, else empty).
+    cs: Vec<T>,
+}
+
+/// Result of a forward sweep.
+pub(crate) struct DirOutput<T> {
+    /// `[T, B, H]`; zero past each sequence's length.
+    pub out: Vec<T>,
+    /// `[B, H]` state after each sequence's last valid step.
+    pub h_last: Vec<T>,
+    /// `[B, H]` (LSTM only).
+    pub c_last: Option<Vec<T>>,
+    pub tape: Option<DirTape<T>>,
+}
+
+/// Splits `v` into the read-only slot `read` and the writable slot `write` (distinct) of size `len`.
+fn read_write<T>(v: &mut [T], read: usize, write: usize, len: usize) -> (&[T], &mut [T]) {
+    debug_assert_ne!(read, write);
+    if read < write {
+        let (a, b) = v.split_at_mut(write * len);
+        (&a[read * len..(read + 1) * len], &mut b[..len])
+    } else {
+        let (a, b) = v.split_at_mut(read * len);
+        (&b[..len], &mut a[write * len..(write + 1) * len])
+    }
+}
+
+/// `dst[c] += Σ_rows src[row, c]`.
+fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
+    let cols = dst.len();
+    for row in src.chunks_exact(cols) {
+        for (d, &s) in dst.iter_mut().zip(row) {
+            *d += s;
+        }
+    }
+}
+
+/// Runs one direction over the whole sequence `x[T*B, I]` from `h0[B,H]` (and `c0`).
+pub(crate) fn forward<T: Scalar>(
+    sw: Sweep,
+    x: &[T],
+    w: DirWeights<T>,
+    h0: &[T],
+    c0: Option<&[T]>,
+    keep_tape: bool,
+) -> DirOutput<T> {
+    let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
+    let lstm = sw.cell == CellKind::Lstm;
+    let bh = b * h;
+
+    // x_pre[T*B, GH] = x · W_ihᵀ + b_ih (+ the parts of b_hh that sit outside the recurrence).
+    let mut x_pre = vec![T::zero(); steps * b * gw];
+    let mut b_hn = vec![T::zero(); h];
+    if let Some((b_ih, b_hh)) = w.bias {
+        let mut row_bias = b_ih.to_vec();
+        let folded = if lstm { gw } else { 2 * h };
+        for (r, &v) in row_bias[..folded].iter_mut().zip(b_hh) {
+            *r += v;
+        }
+        if !lstm {
+            b_hn.copy_from_slice(&b_hh[2 * h..]);
+        }
+        for row in x_pre.chunks_exact_mut(gw) {
+            row.copy_from_slice(&row_bias);
+        }
+    }
+    a_bt(
+        &mut x_pre,
+        gw,
+        w.bias.is_some(),
+        Mat::new(x, steps * b, sw.input),
+        Mat::new(w.w_ih, gw, sw.input),
+    );
+
+    // Without a tape, two state slots and one step of activations are reused.
+    let (slots, act_steps) = if keep_tape {
+        (steps + 1, steps)
+    } else {
+        (2, 1)
+    };
+    let mut hs = vec![T::zero(); slots * bh];
+    let mut cs = vec![T::zero(); if lstm { slots * bh } else { 0 }];
+    let mut act = vec![T::zero(); act_steps * b * gw];
+    let mut aux = vec![T::zero(); act_steps * bh];
+    let mut h_pre = vec![T::zero(); b * gw];
+    let mut out = vec![T::zero(); steps * bh];
+    let slot = |s: usize, t: usize| -> (usize, usize) {
+        if keep_tape {
+            (sw.enter(t), sw.exit(t))
+        } else {
+            (s % 2, (s + 1) % 2)
+        }
+    };
+    let first = slot(0, sw.time(0)).0;
+    hs[first * bh..(first + 1) * bh].copy_from_slice(h0);
+    if let Some(c0) = c0 {
+        cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
+    }
+
+    let mut last = first;
+    for s in 0..steps {
+        let t = sw.time(s);
+        let (rd, wr) = slot(s, t);
+        let a = if keep_tape { t } else { 0 };
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        let (h_prev, h_next) = read_write(&mut hs, rd, wr, bh);
+        a_bt(
+            &mut h_pre,
+            gw,
+            false,
+            Mat::new(h_prev, b, h),
+            Mat::new(w.w_hh, gw, h),
+        );
+        let x_t = &x_pre[t * b * gw..(t + 1) * b * gw];
+        let act_t = &mut act[a * b * gw..(a + 1) * b * gw];
+        let aux_t = &mut aux[a * bh..(a + 1) * bh];
+        if lstm {
+            let (c_prev, c_next) = read_write(&mut cs, rd, wr, bh);
+            gates::lstm_forward(
+                h, active, x_t, &h_pre, c_prev, h_prev, act_t, aux_t, c_next, h_next,
+            );
+        } else {
+            gates::gru_forward(h, active, x_t, &h_pre, &b_hn, h_prev, act_t, aux_t, h_next);
+        }
+        let out_t = &mut out[t * bh..(t + 1) * bh];
+        for (r, (o, hn)) in out_t
+            .chunks_exact_mut(h)
+            .zip(h_next.chunks_exact(h))
+            .enumerate()
+        {
+            if active.row(r) {
+                o.copy_from_slice(hn);
+            }
+        }
+        last = wr;
+    }
+
+    let h_last = hs[last * bh..(last + 1) * bh].to_vec();
+    let c_last = lstm.then(|| cs[last * bh..(last + 1) * bh].to_vec());
+    DirOutput {
+        out,
+        h_last,
+        c_last,
+        tape: keep_tape.then_some(DirTape { act, aux, hs, cs }),
+    }
+}
+
+/// Gradient of the output sequence of one direction: `[T, B, ld]` with this direction's `H`
+/// columns starting at `col`.
+#[derive(Clone, Copy)]
+pub(crate) struct OutputGrad<'a, T> {
+    pub data: &'a [T],
+    pub ld: usize,
+    pub col: usize,
+}
+
+/// Backpropagation through one sweep. Writes this direction's parameter gradients into `grad`
+/// (its contiguous region of the flat gradient: `dW_ih`, `dW_hh`, then `db_ih`, `db_hh`), writes
+/// `dx[T*B, I]`, and returns the gradients of the initial states.
+pub(crate) fn backward<T: Scalar>(
+    sw: Sweep,
+    x: &[T],
+    w: DirWeights<T>,
+    tape: &DirTape<T>,
+    d_out: Option<OutputGrad<T>>,
+    dh_n: Option<&[T]>,
+    dc_n: Option<&[T]>,
+    grad: &mut [T],
+    dx: &mut [T],
+) -> (Vec<T>, Option<Vec<T>>) {
+    let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
+    let lstm = sw.cell == CellKind::Lstm;
+    let bh = b * h;
+    let mut dh = dh_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec);
+    let mut dc = if lstm {
+        dc_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec)
+    } else {
+        Vec::new()
+    };
+    // Gradients of the gate pre-activations, input side and recurrent side ([T*B, GH] each); the
+    // LSTM's are the same, the GRU's differ on the n gate.
+    let mut dgx = vec![T::zero(); steps * b * gw];
+    let mut dgh = vec![T::zero(); if lstm { 0 } else { steps * b * gw }];
+
+    for s in (0..steps).rev() {
+        let t = sw.time(s);
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        if let Some(g) = d_out {
+            for r in 0..b {
+                if active.row(r) {
+                    let src = &g.data[(t * b + r) * g.ld + g.col..][..h];
+                    for (d, &v) in dh[r * h..(r + 1) * h].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+        let enter = sw.enter(t);
+        let (act, aux) = (&tape.act[t * b * gw..][..b * gw], &tape.aux[t * bh..][..bh]);
+        let dgx_t = &mut dgx[t * b * gw..(t + 1) * b * gw];
+        let dg_rec: &[T] = if lstm {
+            gates::lstm_backward(
+                h,
+                active,
+                act,
+                aux,
+                &tape.cs[enter * bh..][..bh],
+                &mut dh,
+                &mut dc,
+                dgx_t,
+            );
+            dgx_t
+        } else {
+            let dgh_t = &mut dgh[t * b * gw..(t + 1) * b * gw];
+            gates::gru_backward(
+                h,
+                active,
+                act,
+                aux,
+                &tape.hs[enter * bh..][..bh],
+                &mut dh,
+                dgx_t,
+                dgh_t,
+            );
+            dgh_t
+        };
+        a_b(
+            &mut dh,
+            h,
+            true,
+            Mat::new(dg_rec, b, gw),
+            Mat::new(w.w_hh, gw, h),
+        );
+    }
+
+    let dg_rec_all: &[T] = if lstm { &dgx } else { &dgh };
+    let rows = steps * b;
+    let (g_wih, rest) = grad.split_at_mut(gw * inp);
+    let (g_whh, g_bias) = rest.split_at_mut(gw * h);
+    at_b(
+        g_wih,
+        inp,
+        false,
+        Mat::new(&dgx, rows, gw),
+        Mat::new(x, rows, inp),
+    );
+    // States entering steps 0..T, in time order: slots 0..T forward, 1..=T backward in time.
+    let h_enter = &tape.hs[sw.enter(0).min(sw.enter(steps - 1)) * bh..][..rows * h];
+    at_b(
+        g_whh,
+        h,
+        false,
+        Mat::new(dg_rec_all, rows, gw),
+        Mat::new(h_enter, rows, h),
+    );
+    if w.bias.is_some() {
+        let (g_bih, g_bhh) = g_bias.split_at_mut(gw);
+        add_column_sums(g_bih, &dgx);
+        add_column_sums(&mut g_bhh[..gw], dg_rec_all);
+    }
+    a_b(
+        dx,
+        inp,
+        false,
+        Mat::new(&dgx, rows, gw),
+        Mat::new(w.w_ih, gw, inp),
+    );
+    (dh, lstm.then_some(dc))
+}
