@@ -28,5 +28,5 @@ pub use error::{Error, Result};
 pub use network::{
     backward, forward, Batch, ForwardOptions, ForwardOutput, GradOutputs, Gradients, Layout, Tape,
 };
-pub use params::{param_specs, ParamSpec, RnnParams};
+pub use params::{param_count, param_specs, ParamSpec, RnnParams, RnnWeights};
 pub use scalar::{DType, Scalar};

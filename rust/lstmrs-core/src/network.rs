@@ -4,7 +4,7 @@
 use crate::config::RnnConfig;
 use crate::dropout::dropout_mask;
 use crate::error::{check_len, Error, Result};
-use crate::params::RnnParams;
+use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::sweep::{self, DirTape, DirWeights, OutputGrad, Sweep};
 use crate::threads;
@@ -147,10 +147,10 @@ fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: us
     }
 }
 
-fn dir_weights<'p, T: Scalar>(p: &'p RnnParams<T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
+fn dir_weights<'p, T: Scalar>(p: RnnWeights<'p, T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
     let cfg = p.config();
     let (gw, h) = (cfg.gate_width(), cfg.hidden_size);
-    let o = p.dir_offsets(layer, dir);
+    let o = dir_offsets(cfg, layer, dir);
     let data = p.as_slice();
     DirWeights {
         w_ih: &data[o.w_ih..][..gw * cfg.layer_input_size(layer)],
@@ -212,18 +212,19 @@ fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOpti
 }
 
 /// Runs the network over a batch of sequences.
-pub fn forward<T: Scalar>(
-    params: &RnnParams<T>,
+pub fn forward<'p, T: Scalar>(
+    params: impl Into<RnnWeights<'p, T>>,
     x: &Batch<T>,
     opts: &ForwardOptions,
 ) -> Result<ForwardOutput<T>> {
+    let params = params.into();
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
     Ok(threads::install(|| forward_checked(params, x, opts)))
 }
 
 fn forward_checked<T: Scalar>(
-    params: &RnnParams<T>,
+    params: RnnWeights<T>,
     x: &Batch<T>,
     opts: &ForwardOptions,
 ) -> ForwardOutput<T> {
@@ -326,11 +327,12 @@ fn forward_checked<T: Scalar>(
 /// Backpropagation through time for the forward call that made `tape`: the gradients of every
 /// parameter, of the input and of the initial states, given the gradients of the outputs and the
 /// final states. `params` must be the parameters that forward call used.
-pub fn backward<T: Scalar>(
-    params: &RnnParams<T>,
+pub fn backward<'p, T: Scalar>(
+    params: impl Into<RnnWeights<'p, T>>,
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
 ) -> Result<Gradients<T>> {
+    let params = params.into();
     let cfg = *params.config();
     if cfg != tape.config {
         return Err(Error::Value {
@@ -365,7 +367,7 @@ pub fn backward<T: Scalar>(
 }
 
 fn backward_checked<T: Scalar>(
-    params: &RnnParams<T>,
+    params: RnnWeights<T>,
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
 ) -> Gradients<T> {
@@ -389,14 +391,14 @@ fn backward_checked<T: Scalar>(
         let inp = cfg.layer_input_size(layer);
         let x = &tape.layer_inputs[layer];
         // This layer's gradient regions: each direction's four tensors are contiguous.
-        let first = params.dir_offsets(layer, 0).w_ih;
+        let first = dir_offsets(&cfg, layer, 0).w_ih;
         let end = if layer + 1 < cfg.num_layers {
-            params.dir_offsets(layer + 1, 0).w_ih
+            dir_offsets(&cfg, layer + 1, 0).w_ih
         } else {
             params.len()
         };
         let mid = if nd == 2 {
-            params.dir_offsets(layer, 1).w_ih
+            dir_offsets(&cfg, layer, 1).w_ih
         } else {
             end
         };

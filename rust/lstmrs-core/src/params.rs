@@ -152,16 +152,123 @@ impl<T: Scalar> RnnParams<T> {
         self.data[s.offset..s.offset + s.len].copy_from_slice(values);
         Ok(())
     }
+}
 
-    /// Offsets of layer `layer`, direction `dir` (0 forward, 1 reverse).
-    pub(crate) fn dir_offsets(&self, layer: usize, dir: usize) -> DirOffsets {
-        let per_dir = if self.config.bias { 4 } else { 2 };
-        let first = (layer * self.config.num_directions() + dir) * per_dir;
-        let s = &self.specs[first..first + per_dir];
-        DirOffsets {
-            w_ih: s[0].offset,
-            w_hh: s[1].offset,
-            bias: self.config.bias.then(|| (s[2].offset, s[3].offset)),
+impl<T: Scalar> RnnParams<T> {
+    /// A borrowed view for the forward and backward passes.
+    pub fn view(&self) -> RnnWeights<'_, T> {
+        RnnWeights {
+            config: self.config,
+            data: &self.data,
         }
+    }
+}
+
+/// Borrowed weights of a network: its config and a flat buffer laid out as `param_specs` says.
+/// Models keep the recurrent weights inside one larger buffer and lend this view of them.
+#[derive(Debug, Clone, Copy)]
+pub struct RnnWeights<'a, T> {
+    config: RnnConfig,
+    data: &'a [T],
+}
+
+impl<'a, T: Scalar> RnnWeights<'a, T> {
+    pub fn new(config: RnnConfig, data: &'a [T]) -> Result<Self> {
+        check_len("params", data.len(), &[param_count(&config)])?;
+        Ok(RnnWeights { config, data })
+    }
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+    pub fn as_slice(&self) -> &'a [T] {
+        self.data
+    }
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+impl<'a, T: Scalar> From<&'a RnnParams<T>> for RnnWeights<'a, T> {
+    fn from(p: &'a RnnParams<T>) -> Self {
+        p.view()
+    }
+}
+
+/// Number of scalars in all parameters of `config`.
+pub fn param_count(config: &RnnConfig) -> usize {
+    (0..config.num_layers)
+        .map(|l| dir_param_count(config, l) * config.num_directions())
+        .sum()
+}
+
+/// Scalars of one direction of layer `layer`: `W_ih`, `W_hh` and the two biases.
+fn dir_param_count(config: &RnnConfig, layer: usize) -> usize {
+    let gw = config.gate_width();
+    gw * (config.layer_input_size(layer) + config.hidden_size)
+        + if config.bias { 2 * gw } else { 0 }
+}
+
+/// Offsets of layer `layer`, direction `dir` (0 forward, 1 reverse), in `param_specs` order.
+pub(crate) fn dir_offsets(config: &RnnConfig, layer: usize, dir: usize) -> DirOffsets {
+    let gw = config.gate_width();
+    let start: usize = (0..layer)
+        .map(|l| dir_param_count(config, l) * config.num_directions())
+        .sum::<usize>()
+        + dir * dir_param_count(config, layer);
+    let w_hh = start + gw * config.layer_input_size(layer);
+    let b_ih = w_hh + gw * config.hidden_size;
+    DirOffsets {
+        w_ih: start,
+        w_hh,
+        bias: config.bias.then_some((b_ih, b_ih + gw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CellKind;
+
+    #[test]
+    fn offsets_and_counts_agree_with_specs() {
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            for (layers, bidir, bias) in [(1, false, true), (3, true, true), (2, true, false)] {
+                let cfg = RnnConfig::new(cell, 7, 5, layers, bidir, bias).unwrap();
+                let specs = param_specs(&cfg);
+                let last = specs.last().unwrap();
+                assert_eq!(param_count(&cfg), last.offset + last.len);
+                let per_dir = if bias { 4 } else { 2 };
+                for l in 0..layers {
+                    for d in 0..cfg.num_directions() {
+                        let o = dir_offsets(&cfg, l, d);
+                        let s = &specs[(l * cfg.num_directions() + d) * per_dir..];
+                        assert_eq!(o.w_ih, s[0].offset, "{}", s[0].name);
+                        assert_eq!(o.w_hh, s[1].offset, "{}", s[1].name);
+                        assert_eq!(o.bias, bias.then(|| (s[2].offset, s[3].offset)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_follow_pytorch() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 3, 4, 2, true, true).unwrap();
+        let names: Vec<_> = param_specs(&cfg).into_iter().map(|s| s.name).collect();
+        assert_eq!(
+            &names[..5],
+            [
+                "weight_ih_l0",
+                "weight_hh_l0",
+                "bias_ih_l0",
+                "bias_hh_l0",
+                "weight_ih_l0_reverse"
+            ]
+        );
+        assert_eq!(names.len(), 16);
+        assert_eq!(names[15], "bias_hh_l1_reverse");
     }
 }

@@ -1,0 +1,49 @@
+# The whole command surface: `make demo`, `make test`, `make lint`, `make bench`.
+# Everything installs into .venv; Rust crates come from crates.io through cargo.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Set ORACLES=0 to skip installing PyTorch and ONNX Runtime (the test oracles and benchmark references).
+ORACLES ?= 1
+
+.PHONY: setup build demo test test-rust test-python lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" ruff
+	@if [ "$(ORACLES)" = "1" ]; then \
+		$(PIP) install --quiet torch onnxruntime onnx \
+		|| echo "warning: torch/onnxruntime not installed; live parity tests will be skipped"; \
+	fi
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
+
+demo: build
+	$(PY) -m lstmrs.demo
+
+test-rust:
+	cargo test --workspace --exclude lstmrs-py
+
+test-python: build
+	$(PY) -m pytest -q
+
+test: test-rust test-python
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
+
+bench: build
+	$(PY) bench/bench_rnn.py --threads 2
+
+clean:
+	rm -rf $(VENV) target
