@@ -22,6 +22,7 @@ pub mod optim;
 pub mod params;
 pub mod reference;
 pub mod scalar;
+pub mod stream;
 mod sweep;
 pub mod threads;
 

@@ -1,0 +1,78 @@
+//! Streaming one step at a time gives the full-sequence forward pass.
+
+use lstmrs_core::stream::Stepper;
+use lstmrs_core::{forward, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams};
+
+#[test]
+fn stepping_equals_the_sequence_forward() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        for (layers, bias) in [(1, true), (3, false)] {
+            let (b, t, i, h) = (3, 7, 4, 6);
+            let cfg = RnnConfig::new(cell, i, h, layers, false, bias).unwrap();
+            let p = RnnParams::<f64>::init_uniform(cfg, 3);
+            let x: Vec<f64> = (0..t * b * i).map(|k| (k as f64 * 0.3).sin()).collect();
+            let full = forward(
+                &p,
+                &Batch {
+                    input: &x,
+                    layout: Layout::TimeMajor,
+                    seq_len: t,
+                    batch: b,
+                    h0: None,
+                    c0: None,
+                    lengths: None,
+                },
+                &ForwardOptions::default(),
+            )
+            .unwrap();
+            let mut s = Stepper::new(p.view(), b).unwrap();
+            let mut out = vec![0.0; b * h];
+            for step in 0..t {
+                s.step(p.view(), &x[step * b * i..(step + 1) * b * i], &mut out)
+                    .unwrap();
+                for (k, (&a, &e)) in out
+                    .iter()
+                    .zip(&full.output[step * b * h..(step + 1) * b * h])
+                    .enumerate()
+                {
+                    assert!(
+                        (a - e).abs() < 1e-12,
+                        "{cell:?} step {step} [{k}]: {a} vs {e}"
+                    );
+                }
+            }
+            let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+            assert!(close(s.h(), &full.h_n));
+            if let Some(c_n) = &full.c_n {
+                assert!(close(s.c(), c_n));
+            }
+            // Restarting from saved state continues identically.
+            let (h_saved, c_saved) = (s.h().to_vec(), s.c().to_vec());
+            s.reset();
+            assert!(s.h().iter().all(|&v| v == 0.0));
+            s.set_state(&h_saved, (cell == CellKind::Lstm).then_some(&c_saved[..]))
+                .unwrap();
+            assert_eq!(s.h(), &h_saved[..]);
+        }
+    }
+}
+
+#[test]
+fn bad_stepper_input_is_an_error() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 2, 3, 1, true, true).unwrap();
+    let p = RnnParams::<f32>::init_uniform(cfg, 0);
+    assert!(
+        Stepper::new(p.view(), 1).is_err(),
+        "bidirectional cannot stream"
+    );
+    let cfg = RnnConfig::new(CellKind::Gru, 2, 3, 1, false, true).unwrap();
+    let p = RnnParams::<f32>::init_uniform(cfg, 0);
+    assert!(Stepper::new(p.view(), 0).is_err());
+    let mut s = Stepper::new(p.view(), 2).unwrap();
+    let mut out = vec![0.0; 6];
+    assert!(s.step(p.view(), &[0.0; 3], &mut out).is_err());
+    assert!(
+        s.set_state(&[0.0; 6], Some(&[0.0; 6])).is_err(),
+        "GRU has no cell state"
+    );
+}
