@@ -16,6 +16,7 @@ pub use pooling::Pooling;
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Tape};
+use crate::optim::{clip_grad_norm, clip_grad_value, grad_norm, Optimizer};
 use crate::params::{param_count, param_specs, ParamSpec, RnnWeights};
 use crate::scalar::Scalar;
 use crate::threads;
@@ -598,6 +599,66 @@ impl<T: Scalar> Model<T> {
             }
         }
         Ok(())
+    }
+}
+
+/// Gradient clipping applied before the optimizer step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Clip {
+    /// Scale gradients to at most this global 2-norm.
+    pub max_norm: Option<f64>,
+    /// Clamp every gradient to `[-v, v]`.
+    pub max_value: Option<f64>,
+}
+
+/// Results of one training step.
+#[derive(Debug, Clone)]
+pub struct StepResult<T> {
+    pub loss: f64,
+    /// Global 2-norm of the gradient before clipping.
+    pub grad_norm: f64,
+    pub output: ModelOutput<T>,
+}
+
+impl<T: Scalar> Model<T> {
+    /// One whole training step: forward with dropout from `seed`, loss, backpropagation through
+    /// time, clipping and the optimizer update of the flat parameter buffer. `grad` is scratch
+    /// space of `num_params` elements, kept by the caller so steps do not allocate it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        x: &ModelBatch<T>,
+        targets: Targets<T>,
+        loss: &Loss,
+        seed: u64,
+        optimizer: &mut dyn Optimizer<T>,
+        lr: f64,
+        clip: Clip,
+        grad: &mut [T],
+    ) -> Result<StepResult<T>> {
+        if optimizer.len() != self.params.len() {
+            return Err(Error::Value {
+                arg: "optimizer",
+                expected: format!("an optimizer built for {} parameters", self.params.len()),
+                got: format!("one built for {}", optimizer.len()),
+            });
+        }
+        let r = self.loss_and_grad(x, targets, loss, true, seed, grad)?;
+        threads::install(|| {
+            let grad_norm = match clip.max_norm {
+                Some(max) => clip_grad_norm(grad, max, 2.0, false)?,
+                None => grad_norm(grad, 2.0)?,
+            };
+            if let Some(v) = clip.max_value {
+                clip_grad_value(grad, v)?;
+            }
+            optimizer.step(&mut self.params, grad, lr)?;
+            Ok(StepResult {
+                loss: r.loss,
+                grad_norm,
+                output: r.output,
+            })
+        })
     }
 }
 
