@@ -76,3 +76,74 @@ fn bad_stepper_input_is_an_error() {
         "GRU has no cell state"
     );
 }
+
+mod model_streaming {
+    use lstmrs_core::model::{
+        Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,
+    };
+    use lstmrs_core::{CellKind, RnnConfig};
+
+    #[test]
+    fn model_steps_equal_predict() {
+        let (b, t) = (2, 6);
+        for (pooling, input) in [
+            (Pooling::PerStep, InputKind::Embedding { vocab: 9, dim: 4 }),
+            (Pooling::Last, InputKind::Dense { features: 4 }),
+        ] {
+            let cfg = ModelConfig {
+                input,
+                rnn: RnnConfig::new(CellKind::Gru, 4, 5, 2, false, true).unwrap(),
+                dropout: 0.0,
+                pooling,
+                head_hidden: vec![3],
+                activation: Activation::Relu,
+                outputs: 2,
+            };
+            let model = Model::<f64>::new(cfg, 5).unwrap();
+            let ids: Vec<i64> = (0..b * t).map(|k| (k * 5 % 9) as i64).collect();
+            let feats: Vec<f64> = (0..b * t * 4).map(|k| (k as f64 * 0.7).cos()).collect();
+            let x = match input {
+                InputKind::Embedding { .. } => ModelInput::Tokens(&ids),
+                InputKind::Dense { .. } => ModelInput::Dense(&feats),
+            };
+            let full = model
+                .predict(&ModelBatch {
+                    input: x,
+                    batch: b,
+                    seq_len: t,
+                    lengths: None,
+                    h0: None,
+                    c0: None,
+                })
+                .unwrap();
+            let mut s = model.stepper(b).unwrap();
+            let mut out = vec![0.0; b * 2];
+            for step in 0..t {
+                let (ids_t, feats_t): (Vec<i64>, Vec<f64>) = (
+                    (0..b).map(|i| ids[i * t + step]).collect(),
+                    (0..b)
+                        .flat_map(|i| feats[(i * t + step) * 4..][..4].to_vec())
+                        .collect(),
+                );
+                let x_t = match input {
+                    InputKind::Embedding { .. } => ModelInput::Tokens(&ids_t),
+                    InputKind::Dense { .. } => ModelInput::Dense(&feats_t),
+                };
+                model.step(&mut s, x_t, &mut out).unwrap();
+                if pooling == Pooling::PerStep {
+                    for i in 0..b {
+                        for o in 0..2 {
+                            let want = full.output[(i * t + step) * 2 + o];
+                            assert!((out[i * 2 + o] - want).abs() < 1e-12);
+                        }
+                    }
+                }
+            }
+            if pooling == Pooling::Last {
+                out.iter()
+                    .zip(&full.output)
+                    .for_each(|(a, e)| assert!((a - e).abs() < 1e-12));
+            }
+        }
+    }
+}

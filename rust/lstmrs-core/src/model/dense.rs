@@ -43,19 +43,19 @@ impl Activation {
 
 /// `y[N, out] = x[N, in] · w[out, in]ᵀ + b[out]`.
 pub(crate) fn forward<T: Scalar>(x: &[T], rows: usize, w: &[T], b: &[T], out: usize) -> Vec<T> {
-    let inp = w.len() / out;
-    let mut y: Vec<T> = Vec::with_capacity(rows * out);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
-    }
-    a_bt(
-        &mut y,
-        out,
-        true,
-        Mat::new(x, rows, inp),
-        Mat::new(w, out, inp),
-    );
+    let mut y = vec![T::zero(); rows * out];
+    forward_into(x, rows, w, b, &mut y);
     y
+}
+
+/// [`forward`] into a caller's buffer `y[N, out]` (streaming reuses it every step).
+pub(crate) fn forward_into<T: Scalar>(x: &[T], rows: usize, w: &[T], b: &[T], y: &mut [T]) {
+    let out = b.len();
+    let inp = w.len() / out;
+    for row in y.chunks_exact_mut(out) {
+        row.copy_from_slice(b);
+    }
+    a_bt(y, out, true, Mat::new(x, rows, inp), Mat::new(w, out, inp));
 }
 
 /// Gradients of a dense layer: accumulates `dW += dyᵀ x` and `db += Σ dy` into `dw`, `db`, and

@@ -8,10 +8,12 @@
 mod dense;
 mod loss;
 mod pooling;
+mod stepper;
 
 pub use dense::Activation;
 pub use loss::{Loss, Targets};
 pub use pooling::Pooling;
+pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
