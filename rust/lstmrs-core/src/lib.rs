@@ -29,7 +29,8 @@ pub mod threads;
 pub use config::{CellKind, RnnConfig};
 pub use error::{Error, Result};
 pub use network::{
-    backward, forward, Batch, ForwardOptions, ForwardOutput, GradOutputs, Gradients, Layout, Tape,
+    backward, forward, forward_regularized, Batch, ForwardOptions, ForwardOutput, GradOutputs,
+    Gradients, Layout, Regularization, Tape,
 };
 pub use params::{param_count, param_specs, ParamSpec, RnnParams, RnnWeights};
 pub use scalar::{DType, Scalar};

@@ -2,11 +2,11 @@
 //! initial states, dropout between layers, and gathers the gradients in the flat layout.
 
 use crate::config::RnnConfig;
-use crate::dropout::dropout_mask;
+use crate::dropout::{bernoulli_mask, dropout_mask, MaskKind};
 use crate::error::{check_len, Error, Result};
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
-use crate::sweep::{self, DirTape, DirWeights, OutputGrad, Sweep};
+use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, Zoneout};
 use crate::threads;
 
 /// How a sequence batch is laid out in memory.
@@ -58,6 +58,106 @@ impl Default for ForwardOptions {
     }
 }
 
+/// Regularisation of the recurrent layers beyond dropout between them. Masks are drawn from
+/// `ForwardOptions::seed` in training mode; at inference only zoneout acts, as its expectation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Regularization {
+    /// Variational dropout of each layer's input: one mask per sequence and feature, the same at
+    /// every step (Gal & Ghahramani, 2016).
+    pub input_dropout: f64,
+    /// Variational dropout of the recurrent state entering `W_hh`, one mask per sequence and unit.
+    pub state_dropout: f64,
+    /// Zoneout probability of each unit keeping its previous hidden (and cell) value at a step
+    /// (Krueger et al., 2017).
+    pub zoneout: f64,
+}
+
+impl Regularization {
+    fn validate(&self) -> Result<()> {
+        for (arg, p) in [
+            ("input_dropout", self.input_dropout),
+            ("state_dropout", self.state_dropout),
+            ("zoneout", self.zoneout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::Value {
+                    arg,
+                    expected: "a probability in [0, 1)".into(),
+                    got: p.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Owned regularisation state of one sweep, kept on the tape for the backward pass.
+#[derive(Debug, Clone, Default)]
+struct DirMasks<T> {
+    state: Option<Vec<T>>,
+    zone_h: Option<Vec<T>>,
+    zone_c: Option<Vec<T>>,
+    /// Inference-mode zoneout probability.
+    zone_p: Option<T>,
+}
+
+impl<T: Scalar> DirMasks<T> {
+    #[allow(clippy::too_many_arguments)]
+    fn draw(
+        reg: &Regularization,
+        training: bool,
+        seed: u64,
+        layer: usize,
+        dir: usize,
+        t: usize,
+        bh: usize,
+        lstm: bool,
+    ) -> Self {
+        let one = T::one();
+        let mut m = DirMasks::default();
+        if training && reg.state_dropout > 0.0 {
+            let keep = T::from_f64(1.0 / (1.0 - reg.state_dropout));
+            m.state = Some(bernoulli_mask(
+                seed,
+                MaskKind::VariationalState,
+                layer,
+                dir,
+                bh,
+                reg.state_dropout,
+                T::zero(),
+                keep,
+            ));
+        }
+        if reg.zoneout > 0.0 {
+            if training {
+                let draw = |kind| {
+                    bernoulli_mask(seed, kind, layer, dir, t * bh, reg.zoneout, one, T::zero())
+                };
+                m.zone_h = Some(draw(MaskKind::ZoneoutHidden));
+                m.zone_c = lstm.then(|| draw(MaskKind::ZoneoutCell));
+            } else {
+                m.zone_p = Some(T::from_f64(reg.zoneout));
+            }
+        }
+        m
+    }
+
+    fn as_reg(&self) -> DirReg<'_, T> {
+        let zoneout = match (&self.zone_h, self.zone_p) {
+            (Some(h), _) => Some(Zoneout::Masks {
+                h,
+                c: self.zone_c.as_deref().unwrap_or(&[]),
+            }),
+            (None, Some(p)) => Some(Zoneout::Expected(p)),
+            (None, None) => None,
+        };
+        DirReg {
+            state_mask: self.state.as_deref(),
+            zoneout,
+        }
+    }
+}
+
 /// Everything `backward` needs from a forward call, so it never recomputes the forward pass.
 #[derive(Debug, Clone)]
 pub struct Tape<T> {
@@ -72,6 +172,8 @@ pub struct Tape<T> {
     masks: Vec<Option<Vec<T>>>,
     /// `[L*D]` sweep tapes.
     dirs: Vec<DirTape<T>>,
+    /// `[L*D]` regularisation masks of each sweep.
+    dir_masks: Vec<DirMasks<T>>,
 }
 
 impl<T> Tape<T> {
@@ -217,16 +319,63 @@ pub fn forward<'p, T: Scalar>(
     x: &Batch<T>,
     opts: &ForwardOptions,
 ) -> Result<ForwardOutput<T>> {
+    forward_regularized(params, x, opts, &Regularization::default())
+}
+
+/// [`forward`] with variational dropout and zoneout.
+pub fn forward_regularized<'p, T: Scalar>(
+    params: impl Into<RnnWeights<'p, T>>,
+    x: &Batch<T>,
+    opts: &ForwardOptions,
+    reg: &Regularization,
+) -> Result<ForwardOutput<T>> {
     let params = params.into();
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
-    Ok(threads::install(|| forward_checked(params, x, opts)))
+    reg.validate()?;
+    Ok(threads::install(|| forward_checked(params, x, opts, reg)))
+}
+
+/// The mask on layer `layer`'s time-major input `[T, B, I]` in training mode: dropout between
+/// layers (fresh at every step) times variational input dropout (one mask per sequence).
+fn input_mask<T: Scalar>(
+    opts: &ForwardOptions,
+    reg: &Regularization,
+    layer: usize,
+    t: usize,
+    b: usize,
+    i: usize,
+) -> Option<Vec<T>> {
+    if !opts.training {
+        return None;
+    }
+    let mut mask = (layer > 0 && opts.dropout > 0.0)
+        .then(|| dropout_mask::<T>(opts.seed, layer, t * b * i, opts.dropout));
+    if reg.input_dropout > 0.0 {
+        let keep = T::from_f64(1.0 / (1.0 - reg.input_dropout));
+        let per_seq = bernoulli_mask(
+            opts.seed,
+            MaskKind::VariationalInput,
+            layer,
+            0,
+            b * i,
+            reg.input_dropout,
+            T::zero(),
+            keep,
+        );
+        let m = mask.get_or_insert_with(|| vec![T::one(); t * b * i]);
+        for step in m.chunks_exact_mut(b * i) {
+            step.iter_mut().zip(&per_seq).for_each(|(v, &k)| *v *= k);
+        }
+    }
+    mask
 }
 
 fn forward_checked<T: Scalar>(
     params: RnnWeights<T>,
     x: &Batch<T>,
     opts: &ForwardOptions,
+    reg: &Regularization,
 ) -> ForwardOutput<T> {
     let cfg = *params.config();
     let (t, b, h, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
@@ -240,14 +389,17 @@ fn forward_checked<T: Scalar>(
     let mut layer_inputs = Vec::new();
     let mut masks = Vec::new();
     let mut dir_tapes = Vec::new();
+    let mut all_masks = Vec::new();
 
     let mut layer_in = to_time_major(x.input, x.layout, t, b, cfg.input_size);
     for layer in 0..cfg.num_layers {
-        let mask = (layer > 0 && opts.training && opts.dropout > 0.0)
-            .then(|| dropout_mask::<T>(opts.seed, layer, layer_in.len(), opts.dropout));
+        let mask = input_mask::<T>(opts, reg, layer, t, b, cfg.layer_input_size(layer));
         if let Some(m) = &mask {
             layer_in.iter_mut().zip(m).for_each(|(v, &k)| *v *= k);
         }
+        let dir_masks: Vec<DirMasks<T>> = (0..nd)
+            .map(|dir| DirMasks::draw(reg, opts.training, opts.seed, layer, dir, t, bh, lstm))
+            .collect();
         let run = |dir: usize| {
             let sw = Sweep {
                 cell: cfg.cell,
@@ -265,6 +417,7 @@ fn forward_checked<T: Scalar>(
                 dir_weights(params, layer, dir),
                 &h0[s..s + bh],
                 lstm.then(|| &c0[s..s + bh]),
+                dir_masks[dir].as_reg(),
                 opts.keep_tape,
             )
         };
@@ -300,6 +453,7 @@ fn forward_checked<T: Scalar>(
         if opts.keep_tape {
             layer_inputs.push(std::mem::replace(&mut layer_in, layer_out));
             masks.push(mask);
+            all_masks.extend(dir_masks);
         } else {
             layer_in = layer_out;
         }
@@ -315,6 +469,7 @@ fn forward_checked<T: Scalar>(
         layer_inputs,
         masks,
         dirs: dir_tapes,
+        dir_masks: all_masks,
     });
     ForwardOutput {
         output,
@@ -428,6 +583,7 @@ fn backward_checked<T: Scalar>(
                 d_output,
                 grads.h_n.map(|g| &g[s..s + bh]),
                 grads.c_n.map(|g| &g[s..s + bh]),
+                tape.dir_masks[layer * nd + dir].as_reg(),
                 grad,
                 &mut dx,
             );

@@ -63,6 +63,92 @@ impl Sweep<'_> {
     }
 }
 
+/// Zoneout of one sweep (Krueger et al., 2017): each unit keeps its previous value with
+/// probability `p`, `h_t = h_new + z * (h_{t-1} - h_new)`.
+#[derive(Clone, Copy)]
+pub(crate) enum Zoneout<'a, T> {
+    /// Training: `[T, B, H]` masks of 0/1 for `h` and (LSTM) `c`.
+    Masks { h: &'a [T], c: &'a [T] },
+    /// Inference: the expectation, `z = p` everywhere.
+    Expected(T),
+}
+
+impl<T: Scalar> Zoneout<'_, T> {
+    /// `z` of element `k` (of the `[B, H]` block) at time step `t`, `bh = B*H`.
+    #[inline(always)]
+    fn hidden(&self, t: usize, bh: usize, k: usize) -> T {
+        match self {
+            Zoneout::Masks { h, .. } => h[t * bh + k],
+            Zoneout::Expected(p) => *p,
+        }
+    }
+    #[inline(always)]
+    fn cell(&self, t: usize, bh: usize, k: usize) -> T {
+        match self {
+            Zoneout::Masks { c, .. } => c[t * bh + k],
+            Zoneout::Expected(p) => *p,
+        }
+    }
+}
+
+/// Regularisation of one sweep.
+#[derive(Clone, Copy)]
+pub(crate) struct DirReg<'a, T> {
+    /// `[B, H]` variational dropout mask (0 or `1/(1-p)`) on the state entering `W_hh`, the same
+    /// at every step (Gal & Ghahramani, 2016).
+    pub state_mask: Option<&'a [T]>,
+    pub zoneout: Option<Zoneout<'a, T>>,
+}
+
+impl<T> Default for DirReg<'_, T> {
+    fn default() -> Self {
+        DirReg {
+            state_mask: None,
+            zoneout: None,
+        }
+    }
+}
+
+/// Blends `new` toward `prev` on the active rows: `(1 - z) * new + z * prev`.
+fn zone<T: Scalar>(active: Active, h: usize, prev: &[T], new: &mut [T], z: impl Fn(usize) -> T) {
+    for (r, row) in new.chunks_exact_mut(h).enumerate() {
+        if active.row(r) {
+            for (j, v) in row.iter_mut().enumerate() {
+                let k = r * h + j;
+                // Written as a blend so that a 0/1 mask selects exactly.
+                let zk = z(k);
+                *v = (T::one() - zk) * *v + zk * prev[k];
+            }
+        }
+    }
+}
+
+/// Splits the gradient of a zoned-out state on the active rows: `direct = z * g` flows straight
+/// to the previous state, `g` keeps `(1 - z) * g` for the cell.
+fn split_zone<T: Scalar>(
+    active: Active,
+    h: usize,
+    g: &mut [T],
+    direct: &mut [T],
+    z: impl Fn(usize) -> T,
+) {
+    for (r, (row, drow)) in g
+        .chunks_exact_mut(h)
+        .zip(direct.chunks_exact_mut(h))
+        .enumerate()
+    {
+        if active.row(r) {
+            for (j, (v, d)) in row.iter_mut().zip(drow.iter_mut()).enumerate() {
+                let zk = z(r * h + j);
+                *d = zk * *v;
+                *v -= *d;
+            }
+        } else {
+            drow.fill(T::zero());
+        }
+    }
+}
+
 /// What backpropagation needs of one sweep, indexed by time step.
 #[derive(Debug, Clone)]
 pub(crate) struct DirTape<T> {
@@ -116,6 +202,7 @@ pub(crate) fn forward<T: Scalar>(
     w: DirWeights<T>,
     h0: &[T],
     c0: Option<&[T]>,
+    reg: DirReg<T>,
     keep_tape: bool,
 ) -> DirOutput<T> {
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
@@ -157,6 +244,7 @@ pub(crate) fn forward<T: Scalar>(
     let mut act = vec![T::zero(); act_steps * b * gw];
     let mut aux = vec![T::zero(); act_steps * bh];
     let mut h_pre = vec![T::zero(); b * gw];
+    let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
     let mut out = vec![T::zero(); steps * bh];
     let slot = |s: usize, t: usize| -> (usize, usize) {
         if keep_tape {
@@ -181,11 +269,22 @@ pub(crate) fn forward<T: Scalar>(
             t,
         };
         let (h_prev, h_next) = read_write(&mut hs, rd, wr, bh);
+        let h_in: &[T] = match reg.state_mask {
+            Some(m) => {
+                h_masked
+                    .iter_mut()
+                    .zip(h_prev)
+                    .zip(m)
+                    .for_each(|((d, &v), &k)| *d = v * k);
+                &h_masked
+            }
+            None => h_prev,
+        };
         a_bt(
             &mut h_pre,
             gw,
             false,
-            Mat::new(h_prev, b, h),
+            Mat::new(h_in, b, h),
             Mat::new(w.w_hh, gw, h),
         );
         let x_t = &x_pre[t * b * gw..(t + 1) * b * gw];
@@ -196,8 +295,14 @@ pub(crate) fn forward<T: Scalar>(
             gates::lstm_forward(
                 h, active, x_t, &h_pre, c_prev, h_prev, act_t, aux_t, c_next, h_next,
             );
+            if let Some(z) = reg.zoneout {
+                zone(active, h, c_prev, c_next, |k| z.cell(t, bh, k));
+            }
         } else {
             gates::gru_forward(h, active, x_t, &h_pre, &b_hn, h_prev, act_t, aux_t, h_next);
+        }
+        if let Some(z) = reg.zoneout {
+            zone(active, h, h_prev, h_next, |k| z.hidden(t, bh, k));
         }
         let out_t = &mut out[t * bh..(t + 1) * bh];
         for (r, (o, hn)) in out_t
@@ -242,6 +347,7 @@ pub(crate) fn backward<T: Scalar>(
     d_out: Option<OutputGrad<T>>,
     dh_n: Option<&[T]>,
     dc_n: Option<&[T]>,
+    reg: DirReg<T>,
     grad: &mut [T],
     dx: &mut [T],
 ) -> (Vec<T>, Option<Vec<T>>) {
@@ -258,6 +364,12 @@ pub(crate) fn backward<T: Scalar>(
     // LSTM's are the same, the GRU's differ on the n gate.
     let mut dgx = vec![T::zero(); steps * b * gw];
     let mut dgh = vec![T::zero(); if lstm { 0 } else { steps * b * gw }];
+    // Zoneout's direct paths to the previous states, and the recurrent product before the
+    // variational mask; allocated only when used.
+    let zoned = reg.zoneout.is_some();
+    let mut direct_h = vec![T::zero(); if zoned { bh } else { 0 }];
+    let mut direct_c = vec![T::zero(); if zoned && lstm { bh } else { 0 }];
+    let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
     for s in (0..steps).rev() {
         let t = sw.time(s);
@@ -273,6 +385,12 @@ pub(crate) fn backward<T: Scalar>(
                         *d += v;
                     }
                 }
+            }
+        }
+        if let Some(z) = reg.zoneout {
+            split_zone(active, h, &mut dh, &mut direct_h, |k| z.hidden(t, bh, k));
+            if lstm {
+                split_zone(active, h, &mut dc, &mut direct_c, |k| z.cell(t, bh, k));
             }
         }
         let enter = sw.enter(t);
@@ -304,13 +422,32 @@ pub(crate) fn backward<T: Scalar>(
             );
             dgh_t
         };
-        a_b(
-            &mut dh,
-            h,
-            true,
-            Mat::new(dg_rec, b, gw),
-            Mat::new(w.w_hh, gw, h),
-        );
+        match reg.state_mask {
+            None => a_b(
+                &mut dh,
+                h,
+                true,
+                Mat::new(dg_rec, b, gw),
+                Mat::new(w.w_hh, gw, h),
+            ),
+            Some(m) => {
+                a_b(
+                    &mut rec,
+                    h,
+                    false,
+                    Mat::new(dg_rec, b, gw),
+                    Mat::new(w.w_hh, gw, h),
+                );
+                dh.iter_mut()
+                    .zip(&rec)
+                    .zip(m)
+                    .for_each(|((d, &r), &k)| *d += r * k);
+            }
+        }
+        if zoned {
+            dh.iter_mut().zip(&direct_h).for_each(|(d, &v)| *d += v);
+            dc.iter_mut().zip(&direct_c).for_each(|(d, &v)| *d += v);
+        }
     }
 
     let dg_rec_all: &[T] = if lstm { &dgx } else { &dgh };
@@ -326,6 +463,18 @@ pub(crate) fn backward<T: Scalar>(
     );
     // States entering steps 0..T, in time order: slots 0..T forward, 1..=T backward in time.
     let h_enter = &tape.hs[sw.enter(0).min(sw.enter(steps - 1)) * bh..][..rows * h];
+    let masked;
+    let h_enter: &[T] = match reg.state_mask {
+        Some(m) => {
+            masked = h_enter
+                .iter()
+                .zip(m.iter().cycle())
+                .map(|(&v, &k)| v * k)
+                .collect::<Vec<_>>();
+            &masked
+        }
+        None => h_enter,
+    };
     at_b(
         g_whh,
         h,

@@ -21,6 +21,7 @@ fn config(
         input,
         rnn: RnnConfig::new(cell, width, 4, 2, bidir, true).unwrap(),
         dropout: 0.0,
+        regularization: Default::default(),
         pooling,
         head_hidden: vec![5],
         activation: Activation::Tanh,

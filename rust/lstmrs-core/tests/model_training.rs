@@ -36,6 +36,7 @@ fn lstm_learns_the_adding_problem() {
         input: InputKind::Dense { features: 2 },
         rnn: RnnConfig::new(CellKind::Lstm, 2, 32, 1, false, true).unwrap(),
         dropout: 0.0,
+        regularization: Default::default(),
         pooling: Pooling::Last,
         head_hidden: vec![],
         activation: Activation::Tanh,

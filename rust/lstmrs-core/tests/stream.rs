@@ -94,6 +94,7 @@ mod model_streaming {
                 input,
                 rnn: RnnConfig::new(CellKind::Gru, 4, 5, 2, false, true).unwrap(),
                 dropout: 0.0,
+                regularization: Default::default(),
                 pooling,
                 head_hidden: vec![3],
                 activation: Activation::Relu,

@@ -17,7 +17,7 @@ pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
-use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Tape};
+use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization, Tape};
 use crate::optim::{clip_grad_norm, clip_grad_value, grad_norm, Optimizer};
 use crate::params::{param_count, param_specs, ParamSpec, RnnWeights};
 use crate::scalar::Scalar;
@@ -43,6 +43,8 @@ pub struct ModelConfig {
     pub rnn: RnnConfig,
     /// Dropout between recurrent layers while training.
     pub dropout: f64,
+    /// Variational dropout and zoneout of the recurrent layers.
+    pub regularization: Regularization,
     pub pooling: Pooling,
     /// Sizes of the hidden dense layers of the head (may be empty).
     pub head_hidden: Vec<usize>,
@@ -369,7 +371,7 @@ impl<T: Scalar> Model<T> {
                 &embedded
             }
         };
-        let rnn_out = network::forward(
+        let rnn_out = network::forward_regularized(
             self.rnn_weights(),
             &Batch {
                 input: rnn_input,
@@ -386,6 +388,7 @@ impl<T: Scalar> Model<T> {
                 seed,
                 keep_tape: keep,
             },
+            &cfg.regularization,
         )?;
         let p = cfg.rnn.output_size();
         let (mut rows, n, attention) = match cfg.pooling {
