@@ -1,0 +1,94 @@
+//! Same input at the same thread count gives the same bits, forward and backward.
+//!
+//! The thread count is process-global and test functions run in parallel threads of one process,
+//! so everything that sets it lives in this one test binary and one test function.
+
+mod common;
+
+use common::*;
+use lstmrs_core::{backward, forward, threads, CellKind, ForwardOptions, Layout, Scalar};
+
+/// Large enough that the matrix products split across threads and both directions run at once.
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        v.push(Case {
+            cell,
+            layers: 2,
+            bidirectional: true,
+            bias: true,
+            ragged: true,
+            init_state: true,
+            layout: Layout::BatchFirst,
+            shape: shape(48, 64, 16, 24),
+        });
+    }
+    v
+}
+
+struct Run<T> {
+    out: Vec<T>,
+    h_n: Vec<T>,
+    params: Vec<T>,
+    input: Vec<T>,
+    h0: Vec<T>,
+}
+
+fn run<T: Scalar>(d: &Data<T>) -> Run<T> {
+    let opts = ForwardOptions {
+        training: true,
+        dropout: 0.25,
+        seed: 11,
+        keep_tape: true,
+    };
+    let f = forward(&d.params, &d.batch(), &opts).expect("forward");
+    let g =
+        backward(&d.params, f.tape.as_ref().expect("tape"), &d.grad_outputs()).expect("backward");
+    Run {
+        out: f.output,
+        h_n: f.h_n,
+        params: g.params,
+        input: g.input,
+        h0: g.h0,
+    }
+}
+
+fn same_bits<T: Scalar>(a: &Run<T>, b: &Run<T>, ctx: &str) {
+    assert_bitwise(&format!("output ({ctx})"), &a.out, &b.out);
+    assert_bitwise(&format!("h_n ({ctx})"), &a.h_n, &b.h_n);
+    assert_bitwise(&format!("d_params ({ctx})"), &a.params, &b.params);
+    assert_bitwise(&format!("d_input ({ctx})"), &a.input, &b.input);
+    assert_bitwise(&format!("d_h0 ({ctx})"), &a.h0, &b.h0);
+}
+
+fn check<T: Scalar>(tol: f64) {
+    for case in cases() {
+        let d = case.data::<T>(3);
+        let mut per_count = Vec::new();
+        for n in [1, 2] {
+            threads::set_num_threads(n).expect("thread count");
+            assert_eq!(threads::num_threads(), n);
+            let first = run(&d);
+            for _ in 0..3 {
+                same_bits(&run(&d), &first, &format!("{:?}, {n} threads", case.cell));
+            }
+            per_count.push(first);
+        }
+        // Across thread counts only the summation order may change.
+        let (a, b) = (&per_count[0], &per_count[1]);
+        for (what, x, y) in [
+            ("output", &a.out, &b.out),
+            ("d_params", &a.params, &b.params),
+            ("d_input", &a.input, &b.input),
+        ] {
+            assert_close(what, x, y, tol, tol, &case);
+        }
+    }
+}
+
+#[test]
+fn same_thread_count_gives_identical_bits() {
+    check::<f32>(1e-4);
+    check::<f64>(1e-11);
+    assert!(threads::set_num_threads(0).is_err());
+}

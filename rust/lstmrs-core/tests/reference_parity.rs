@@ -1,0 +1,141 @@
+//! The fast path (`forward`, `backward`) against the plain reference implementation across the
+//! whole grid: cell × layers × directions × bias × lengths × initial states × layout × sizes.
+
+mod common;
+
+use common::*;
+use lstmrs_core::{backward, forward, reference, ForwardOptions, Scalar};
+
+/// Tolerances `(atol, rtol)` per element type: f64 differs only in summation order; f32 also uses
+/// the fast polynomial activations against libm's.
+fn tol<T: Scalar>(f64_tol: (f64, f64), f32_tol: (f64, f64)) -> (f64, f64) {
+    match T::DTYPE {
+        lstmrs_core::DType::F64 => f64_tol,
+        lstmrs_core::DType::F32 => f32_tol,
+    }
+}
+
+const FWD_F64: (f64, f64) = (1e-12, 1e-12);
+const FWD_F32: (f64, f64) = (1e-5, 1e-5);
+/// Gradients sum over steps and rows, so they carry more rounding than the forward values.
+const BWD_F64: (f64, f64) = (1e-11, 1e-11);
+const BWD_F32: (f64, f64) = (5e-5, 5e-5);
+
+fn check_forward<T: Scalar>(case: &Case, seed: u64, opts: &ForwardOptions) {
+    let d = case.data::<T>(seed);
+    let (atol, rtol) = tol::<T>(FWD_F64, FWD_F32);
+    let fast = forward(&d.params, &d.batch(), opts).expect("fast forward");
+    let want = reference::forward(&d.params, &d.batch(), opts).expect("reference forward");
+    assert_close("output", &fast.output, &want.output, atol, rtol, case);
+    assert_close("h_n", &fast.h_n, &want.h_n, atol, rtol, case);
+    assert_eq!(fast.c_n.is_some(), case.cell.has_cell_state(), "{case:?}");
+    if let (Some(c), Some(w)) = (&fast.c_n, &want.c_n) {
+        assert_close("c_n", c, w, atol, rtol, case);
+    }
+}
+
+fn check_backward<T: Scalar>(case: &Case, seed: u64, opts: &ForwardOptions) {
+    let d = case.data::<T>(seed);
+    let (atol, rtol) = tol::<T>(BWD_F64, BWD_F32);
+    let fwd_opts = ForwardOptions {
+        keep_tape: true,
+        ..*opts
+    };
+    let out = forward(&d.params, &d.batch(), &fwd_opts).expect("fast forward");
+    let tape = out.tape.as_ref().expect("tape kept");
+    let fast = backward(&d.params, tape, &d.grad_outputs()).expect("fast backward");
+    let want = reference::backward(&d.params, &d.batch(), opts, &d.grad_outputs())
+        .expect("reference backward");
+    // Per tensor, so a failure names the parameter.
+    for spec in d.params.specs() {
+        let r = spec.offset..spec.offset + spec.len;
+        assert_close(
+            &spec.name,
+            &fast.params[r.clone()],
+            &want.params[r],
+            atol,
+            rtol,
+            case,
+        );
+    }
+    assert_close("d_input", &fast.input, &want.input, atol, rtol, case);
+    assert_close("d_h0", &fast.h0, &want.h0, atol, rtol, case);
+    assert_eq!(fast.c0.is_some(), case.cell.has_cell_state(), "{case:?}");
+    if let (Some(c), Some(w)) = (&fast.c0, &want.c0) {
+        assert_close("d_c0", c, w, atol, rtol, case);
+    }
+}
+
+#[test]
+fn forward_matches_reference_f64() {
+    for (k, case) in grid(SHAPES).iter().enumerate() {
+        check_forward::<f64>(case, k as u64, &eval_opts());
+    }
+}
+
+#[test]
+fn forward_matches_reference_f32() {
+    for (k, case) in grid(SHAPES).iter().enumerate() {
+        check_forward::<f32>(case, k as u64, &eval_opts());
+    }
+}
+
+#[test]
+fn backward_matches_reference_f64() {
+    for (k, case) in grid(SHAPES).iter().enumerate() {
+        check_backward::<f64>(case, 1000 + k as u64, &eval_opts());
+    }
+}
+
+#[test]
+fn backward_matches_reference_f32() {
+    for (k, case) in grid(SHAPES).iter().enumerate() {
+        check_backward::<f32>(case, 1000 + k as u64, &eval_opts());
+    }
+}
+
+/// Dropout between layers in training mode: both paths draw the mask from `(seed, layer)`.
+#[test]
+fn training_dropout_matches_reference() {
+    let opts = ForwardOptions {
+        training: true,
+        dropout: 0.35,
+        seed: 77,
+        keep_tape: false,
+    };
+    let cases: Vec<Case> = grid(&[SHAPES[0], SHAPES[2]])
+        .into_iter()
+        .filter(|c| c.layers > 1)
+        .collect();
+    for (k, case) in cases.iter().enumerate() {
+        let seed = 5000 + k as u64;
+        check_forward::<f64>(case, seed, &opts);
+        check_forward::<f32>(case, seed, &opts);
+        check_backward::<f64>(case, seed, &opts);
+        check_backward::<f32>(case, seed, &opts);
+        // The mask must matter, or this test would not test dropout.
+        let d = case.data::<f64>(seed);
+        let dropped = forward(&d.params, &d.batch(), &opts).expect("forward");
+        let plain = forward(&d.params, &d.batch(), &eval_opts()).expect("forward");
+        assert!(
+            dropped.h_n != plain.h_n,
+            "dropout changed nothing in {case:?}"
+        );
+    }
+}
+
+/// Sizes large enough that the matrix products split across threads.
+#[test]
+fn large_sizes_match_reference() {
+    let big = shape(48, 64, 16, 12);
+    for (k, case) in grid(&[big])
+        .iter()
+        .filter(|c| c.layers == 2 && c.bias && c.init_state && c.ragged)
+        .enumerate()
+    {
+        check_forward::<f64>(case, 9000 + k as u64, &eval_opts());
+        check_forward::<f32>(case, 9000 + k as u64, &eval_opts());
+        check_backward::<f64>(case, 9100 + k as u64, &eval_opts());
+        check_backward::<f32>(case, 9100 + k as u64, &eval_opts());
+    }
+}
