@@ -3,7 +3,7 @@
 //!
 //! The public surface is small: describe a network with [`RnnConfig`], hold its weights in
 //! [`RnnParams`] (one flat buffer, PyTorch's names), run [`forward`] over a [`Batch`] and, with a
-//! tape kept, [`backward`] to get every gradient. [`reference`] is a plain implementation of the
+//! tape kept, [`backward`] to get every gradient. [`mod@reference`] is a plain implementation of the
 //! same mathematics that the fast path is tested against.
 //!
 //! Compute backends: this crate is the CPU backend. A GPU backend plugs in at the same seam — it
