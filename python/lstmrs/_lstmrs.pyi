@@ -1,0 +1,87 @@
+"""Type stubs of the Rust extension module. Use the public API in :mod:`lstmrs` instead: this
+layer expects C-contiguous arrays of the network's dtype and does no conversion."""
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+
+class Tape:
+    """What RnnCore.backward needs from a forward call (forward(..., keep_tape=True))."""
+
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def batch_first(self) -> bool: ...
+
+class RnnCore:
+    """A recurrent network's configuration and weights (one flat buffer)."""
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        bidirectional: bool,
+        dtype: str,
+        seed: int,
+    ) -> None: ...
+    @property
+    def cell(self) -> str: ...
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def bias(self) -> bool: ...
+    @property
+    def bidirectional(self) -> bool: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def num_parameters(self) -> int: ...
+    def param_specs(self) -> list[tuple[str, tuple[int, ...]]]: ...
+    def get_param(self, name: str) -> npt.NDArray[np.floating]: ...
+    def set_param(self, name: str, values: npt.NDArray[np.floating]) -> None: ...
+    def get_flat(self) -> npt.NDArray[np.floating]: ...
+    def set_flat(self, values: npt.NDArray[np.floating]) -> None: ...
+    def forward(
+        self,
+        x: npt.NDArray[np.floating],
+        h0: npt.NDArray[np.floating] | None = None,
+        c0: npt.NDArray[np.floating] | None = None,
+        lengths: npt.NDArray[np.int64] | None = None,
+        batch_first: bool = True,
+        training: bool = False,
+        dropout: float = 0.0,
+        seed: int = 0,
+        keep_tape: bool = False,
+    ) -> tuple[
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating] | None,
+        Tape | None,
+    ]: ...
+    def backward(
+        self,
+        tape: Tape,
+        d_out: npt.NDArray[np.floating] | None = None,
+        d_h_n: npt.NDArray[np.floating] | None = None,
+        d_c_n: npt.NDArray[np.floating] | None = None,
+    ) -> tuple[
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating],
+        npt.NDArray[np.floating] | None,
+    ]: ...

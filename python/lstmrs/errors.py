@@ -1,0 +1,40 @@
+"""The exceptions lstmrs raises.
+
+Every error derives from :class:`LstmrsError` and also from the builtin a caller would expect
+(``ValueError`` or ``TypeError``), so ``except ValueError`` keeps working. Messages name the
+argument, what was expected and what was given, e.g.
+``x: expected shape [B, T, 8] (batch_first=True), got (4, 5, 7)``.
+
+The Rust extension raises these same classes (it looks them up in this module), so there is one
+exception tree.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DTypeError",
+    "InvalidArgumentError",
+    "LstmrsError",
+    "NonFiniteError",
+    "ShapeError",
+]
+
+
+class LstmrsError(Exception):
+    """Root of all lstmrs errors; raised as itself only for internal failures."""
+
+
+class ShapeError(LstmrsError, ValueError):
+    """An array has the wrong rank or size for its argument."""
+
+
+class DTypeError(LstmrsError, TypeError):
+    """An argument has an unsupported dtype (integer, bool, complex, object, ...)."""
+
+
+class InvalidArgumentError(LstmrsError, ValueError):
+    """An argument is outside its allowed values (a size of 0, a bad length, an unknown name)."""
+
+
+class NonFiniteError(LstmrsError, ValueError):
+    """An input holds NaN or infinity while the layer checks for them (``check_finite=True``)."""

@@ -1,0 +1,49 @@
+//! `lstmrs._lstmrs`: the Python extension module. A thin layer over `lstmrs-core` that converts
+//! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
+
+mod errors;
+mod rnn;
+
+use pyo3::prelude::*;
+use std::sync::Once;
+
+/// Sets the number of worker threads every later forward and backward call runs on.
+#[pyfunction]
+fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<()> {
+    lstmrs_core::threads::set_num_threads(n).map_err(|e| errors::core_error(py, e))
+}
+
+/// The number of worker threads calls run on.
+#[pyfunction]
+fn get_num_threads(py: Python<'_>) -> PyResult<usize> {
+    // The first call builds the pool; a panic there must not unwind into Python.
+    let r = py.detach(|| errors::guarded(lstmrs_core::threads::num_threads));
+    errors::lift(py, r.map(Ok))
+}
+
+extern "C" fn after_fork_in_child() {
+    // The parent's worker threads do not exist in the child: without this, the first call in a
+    // forked child (multiprocessing's default start method on Linux) would wait on them forever.
+    lstmrs_core::threads::reset_after_fork();
+}
+
+fn register_fork_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function with no captured state; it only touches the core's
+        // pool slot, which is designed to be reset from a forked child.
+        // A failure (ENOMEM) only loses the fork protection, so it is not an import error.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+#[pymodule]
+fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    register_fork_handler();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<rnn::RnnCore>()?;
+    m.add_class::<rnn::Tape>()?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,800 @@
+//! `RnnCore` (a network's configuration and flat weights) and `Tape` (what backward needs), as
+//! Python classes. This layer only converts and validates: every computation is the core's.
+//!
+//! Locking: the weights sit behind an `RwLock` that is only ever taken with the GIL released
+//! (inside `py.detach`), so a thread waiting for it never holds the GIL another thread needs to
+//! finish, and other Python threads run while a forward or backward pass computes.
+
+use crate::errors::{core_error, error, guarded, lift, Kind};
+use lstmrs_core::{
+    self as core, param_specs, Batch, CellKind, DType, ForwardOptions, GradOutputs, Layout,
+    RnnConfig, RnnParams, Scalar,
+};
+use numpy::{
+    Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub(crate) enum Params {
+    F32(RnnParams<f32>),
+    F64(RnnParams<f64>),
+}
+
+pub(crate) enum TapeData {
+    F32(core::Tape<f32>),
+    F64(core::Tape<f64>),
+}
+
+/// The two element types, tied to their enum variants so the methods below are written once.
+pub(crate) trait Float: Scalar + Element {
+    const NAME: &'static str;
+    fn params(p: &Params) -> Option<&RnnParams<Self>>;
+    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<Self>>;
+    fn tape(t: &TapeData) -> Option<&core::Tape<Self>>;
+    fn wrap_tape(t: core::Tape<Self>) -> TapeData;
+}
+
+impl Float for f32 {
+    const NAME: &'static str = "float32";
+    fn params(p: &Params) -> Option<&RnnParams<f32>> {
+        match p {
+            Params::F32(p) => Some(p),
+            Params::F64(_) => None,
+        }
+    }
+    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<f32>> {
+        match p {
+            Params::F32(p) => Some(p),
+            Params::F64(_) => None,
+        }
+    }
+    fn tape(t: &TapeData) -> Option<&core::Tape<f32>> {
+        match t {
+            TapeData::F32(t) => Some(t),
+            TapeData::F64(_) => None,
+        }
+    }
+    fn wrap_tape(t: core::Tape<f32>) -> TapeData {
+        TapeData::F32(t)
+    }
+}
+
+impl Float for f64 {
+    const NAME: &'static str = "float64";
+    fn params(p: &Params) -> Option<&RnnParams<f64>> {
+        match p {
+            Params::F64(p) => Some(p),
+            Params::F32(_) => None,
+        }
+    }
+    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<f64>> {
+        match p {
+            Params::F64(p) => Some(p),
+            Params::F32(_) => None,
+        }
+    }
+    fn tape(t: &TapeData) -> Option<&core::Tape<f64>> {
+        match t {
+            TapeData::F64(t) => Some(t),
+            TapeData::F32(_) => None,
+        }
+    }
+    fn wrap_tape(t: core::Tape<f64>) -> TapeData {
+        TapeData::F64(t)
+    }
+}
+
+const DTYPE_MISMATCH: &str = "internal error in lstmrs (please report it): dtype mismatch";
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => f32::NAME,
+        DType::F64 => f64::NAME,
+    }
+}
+
+/// `(2, 3)` / `(5,)`: NumPy's way of writing a shape, so messages match what Python shows.
+pub(crate) fn shape_str(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub(crate) fn check_shape(
+    py: Python<'_>,
+    arg: &str,
+    got: &[usize],
+    want: &[usize],
+) -> PyResult<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(error(
+            py,
+            Kind::Shape,
+            format!(
+                "{arg}: expected shape {}, got {}",
+                shape_str(want),
+                shape_str(got)
+            ),
+        ))
+    }
+}
+
+/// A C-contiguous NumPy array of exactly `T`, borrowed read-only.
+pub(crate) fn readonly<'py, T: Float>(
+    arg: &str,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    let py = obj.py();
+    let arr = match obj.cast::<PyArrayDyn<T>>() {
+        Ok(a) => a,
+        Err(_) => {
+            let got = match obj.cast::<PyUntypedArray>() {
+                Ok(a) => format!("an array of {}", a.dtype()),
+                Err(_) => format!("{}", obj.get_type().name()?),
+            };
+            return Err(error(
+                py,
+                Kind::DType,
+                format!("{arg}: expected a numpy.ndarray of {}, got {got}", T::NAME),
+            ));
+        }
+    };
+    if !arr.is_c_contiguous() {
+        return Err(error(
+            py,
+            Kind::InvalidArgument,
+            format!("{arg}: expected a C-contiguous array, got a non-contiguous one"),
+        ));
+    }
+    arr.try_readonly().map_err(|e| {
+        error(
+            py,
+            Kind::InvalidArgument,
+            format!("{arg}: the array cannot be borrowed ({e})"),
+        )
+    })
+}
+
+pub(crate) fn slice<'a, T: Float>(
+    arg: &str,
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|e| {
+        error(
+            a.py(),
+            Kind::InvalidArgument,
+            format!("{arg}: expected a C-contiguous array ({e})"),
+        )
+    })
+}
+
+/// A new array owning `data` (no copy) with the given shape.
+pub(crate) fn to_array<'py, T: Float>(
+    py: Python<'py>,
+    data: Vec<T>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(PyArray1::from_vec(py, data)
+        .reshape(shape.to_vec())?
+        .into_any())
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct State {
+    params: Params,
+    /// Bumped on every write, so a tape recorded with older weights is refused by `backward`.
+    version: u64,
+}
+
+/// A recurrent network: its configuration and weights in one flat buffer.
+#[pyclass(frozen, module = "lstmrs._lstmrs")]
+pub struct RnnCore {
+    /// Distinguishes networks, so a tape is only used with the network that recorded it.
+    id: u64,
+    config: RnnConfig,
+    dtype: DType,
+    state: RwLock<State>,
+}
+
+/// What `RnnCore.backward` needs from a forward call; opaque to Python.
+#[pyclass(frozen, module = "lstmrs._lstmrs")]
+pub struct Tape {
+    data: TapeData,
+    owner: u64,
+    version: u64,
+    batch_first: bool,
+}
+
+#[pymethods]
+impl Tape {
+    /// "float32" or "float64".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        match self.data {
+            TapeData::F32(_) => f32::NAME,
+            TapeData::F64(_) => f64::NAME,
+        }
+    }
+
+    #[getter]
+    fn seq_len(&self) -> usize {
+        match &self.data {
+            TapeData::F32(t) => t.seq_len(),
+            TapeData::F64(t) => t.seq_len(),
+        }
+    }
+
+    #[getter]
+    fn batch(&self) -> usize {
+        match &self.data {
+            TapeData::F32(t) => t.batch(),
+            TapeData::F64(t) => t.batch(),
+        }
+    }
+
+    #[getter]
+    fn batch_first(&self) -> bool {
+        self.batch_first
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Tape(dtype={}, seq_len={}, batch={}, batch_first={})",
+            self.dtype(),
+            self.seq_len(),
+            self.batch(),
+            if self.batch_first { "True" } else { "False" }
+        )
+    }
+}
+
+type ForwardResult<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Option<Tape>,
+);
+
+type BackwardResult<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
+impl RnnCore {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic cannot happen while the lock is held for writing (writes are length-checked
+        // copies), so a poisoned lock still holds consistent weights.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state_shape(&self, batch: usize) -> [usize; 3] {
+        let c = &self.config;
+        [c.num_layers * c.num_directions(), batch, c.hidden_size]
+    }
+
+    fn get_param_t<'py, T: Float>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let r = py.detach(|| {
+            let st = self.read();
+            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let spec = p.specs().iter().find(|s| s.name == name).cloned();
+            Ok(p.get(name).map(|v| (v.to_vec(), spec)))
+        });
+        let (data, spec) = lift(py, r)?;
+        let shape = spec.map_or_else(|| vec![data.len()], |s| s.shape);
+        to_array(py, data, &shape)
+    }
+
+    fn set_param_t<T: Float>(&self, name: &str, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = values.py();
+        let spec = param_specs(&self.config)
+            .into_iter()
+            .find(|s| s.name == name);
+        let Some(spec) = spec else {
+            // Let the core name the valid parameters.
+            let p = RnnParams::<T>::zeros(self.config);
+            return Err(match p.get(name) {
+                Err(e) => core_error(py, e),
+                Ok(_) => error(py, Kind::Internal, "internal error: parameter lookup"),
+            });
+        };
+        let arr = readonly::<T>(name, values)?;
+        check_shape(py, name, arr.shape(), &spec.shape)?;
+        let data = slice(name, &arr)?;
+        let r = py.detach(|| {
+            let mut st = self.write();
+            let p = T::params_mut(&mut st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let res = p.set(name, data);
+            if res.is_ok() {
+                st.version += 1;
+            }
+            Ok(res)
+        });
+        lift(py, r)
+    }
+
+    fn get_flat_t<'py, T: Float>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let r = py.detach(|| {
+            let st = self.read();
+            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            Ok(Ok(p.as_slice().to_vec()))
+        });
+        let data = lift(py, r)?;
+        let n = data.len();
+        to_array(py, data, &[n])
+    }
+
+    fn set_flat_t<T: Float>(&self, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = values.py();
+        let arr = readonly::<T>("flat", values)?;
+        let n = param_specs(&self.config)
+            .last()
+            .map_or(0, |s| s.offset + s.len);
+        check_shape(py, "flat", arr.shape(), &[n])?;
+        let data = slice("flat", &arr)?;
+        let r = py.detach(|| {
+            let mut st = self.write();
+            let p = T::params_mut(&mut st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            p.as_mut_slice().copy_from_slice(data);
+            st.version += 1;
+            Ok(Ok(()))
+        });
+        lift(py, r)
+    }
+
+    fn forward_t<'py, T: Float>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        batch_first: bool,
+        opts: ForwardOptions,
+    ) -> PyResult<ForwardResult<'py>> {
+        let py = x.py();
+        let cfg = self.config;
+        let xa = readonly::<T>("x", x)?;
+        let xs = xa.shape().to_vec();
+        let (want, layout) = if batch_first {
+            ("[B, T, input_size]", Layout::BatchFirst)
+        } else {
+            ("[T, B, input_size]", Layout::TimeMajor)
+        };
+        if xs.len() != 3 || xs[2] != cfg.input_size || xs[0] == 0 || xs[1] == 0 {
+            return Err(error(
+                py,
+                Kind::Shape,
+                format!(
+                    "x: expected shape {want} with input_size={} and B, T >= 1 \
+                     (batch_first={}), got {}",
+                    cfg.input_size,
+                    if batch_first { "True" } else { "False" },
+                    shape_str(&xs)
+                ),
+            ));
+        }
+        let (b, t) = if batch_first {
+            (xs[0], xs[1])
+        } else {
+            (xs[1], xs[0])
+        };
+        let state = self.state_shape(b);
+
+        let h0a = h0.map(|a| readonly::<T>("h0", a)).transpose()?;
+        if let Some(a) = &h0a {
+            check_shape(py, "h0", a.shape(), &state)?;
+        }
+        if c0.is_some() && !cfg.cell.has_cell_state() {
+            return Err(error(
+                py,
+                Kind::InvalidArgument,
+                "c0: expected None for a GRU (it has no cell state), got an array",
+            ));
+        }
+        let c0a = c0.map(|a| readonly::<T>("c0", a)).transpose()?;
+        if let Some(a) = &c0a {
+            check_shape(py, "c0", a.shape(), &state)?;
+        }
+        let lengths = lengths.map(|l| read_lengths(l, b, t)).transpose()?;
+
+        let xd = slice("x", &xa)?;
+        let h0d = h0a.as_ref().map(|a| slice("h0", a)).transpose()?;
+        let c0d = c0a.as_ref().map(|a| slice("c0", a)).transpose()?;
+        let batch = Batch {
+            input: xd,
+            layout,
+            seq_len: t,
+            batch: b,
+            h0: h0d,
+            c0: c0d,
+            lengths: lengths.as_deref(),
+        };
+        let r = py.detach(|| {
+            let st = self.read();
+            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let version = st.version;
+            guarded(|| core::forward(p, &batch, &opts)).map(|res| res.map(|out| (out, version)))
+        });
+        let (out, version) = lift(py, r)?;
+
+        let out_shape = if batch_first {
+            [b, t, cfg.output_size()]
+        } else {
+            [t, b, cfg.output_size()]
+        };
+        let output = to_array(py, out.output, &out_shape)?;
+        let h_n = to_array(py, out.h_n, &state)?;
+        let c_n = out.c_n.map(|c| to_array(py, c, &state)).transpose()?;
+        let tape = out.tape.map(|t| Tape {
+            data: T::wrap_tape(t),
+            owner: self.id,
+            version,
+            batch_first,
+        });
+        Ok((output, h_n, c_n, tape))
+    }
+
+    fn backward_t<'py, T: Float>(
+        &self,
+        py: Python<'py>,
+        tape: &Tape,
+        d_out: Option<&Bound<'py, PyAny>>,
+        d_h_n: Option<&Bound<'py, PyAny>>,
+        d_c_n: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<BackwardResult<'py>> {
+        let cfg = self.config;
+        if tape.owner != self.id {
+            return Err(error(
+                py,
+                Kind::InvalidArgument,
+                "tape: expected a tape recorded by this network, got one from another network",
+            ));
+        }
+        let Some(core_tape) = T::tape(&tape.data) else {
+            return Err(error(
+                py,
+                Kind::DType,
+                format!(
+                    "tape: expected a {} tape, got a {} one",
+                    T::NAME,
+                    tape.dtype()
+                ),
+            ));
+        };
+        let (t, b) = (core_tape.seq_len(), core_tape.batch());
+        let out_shape = if tape.batch_first {
+            [b, t, cfg.output_size()]
+        } else {
+            [t, b, cfg.output_size()]
+        };
+        let in_shape = if tape.batch_first {
+            [b, t, cfg.input_size]
+        } else {
+            [t, b, cfg.input_size]
+        };
+        let state = self.state_shape(b);
+
+        let d_out_a = d_out.map(|a| readonly::<T>("d_out", a)).transpose()?;
+        if let Some(a) = &d_out_a {
+            check_shape(py, "d_out", a.shape(), &out_shape)?;
+        }
+        let d_h_a = d_h_n.map(|a| readonly::<T>("d_h_n", a)).transpose()?;
+        if let Some(a) = &d_h_a {
+            check_shape(py, "d_h_n", a.shape(), &state)?;
+        }
+        if d_c_n.is_some() && !cfg.cell.has_cell_state() {
+            return Err(error(
+                py,
+                Kind::InvalidArgument,
+                "d_c_n: expected None for a GRU (it has no cell state), got an array",
+            ));
+        }
+        let d_c_a = d_c_n.map(|a| readonly::<T>("d_c_n", a)).transpose()?;
+        if let Some(a) = &d_c_a {
+            check_shape(py, "d_c_n", a.shape(), &state)?;
+        }
+        let grads = GradOutputs {
+            output: d_out_a.as_ref().map(|a| slice("d_out", a)).transpose()?,
+            h_n: d_h_a.as_ref().map(|a| slice("d_h_n", a)).transpose()?,
+            c_n: d_c_a.as_ref().map(|a| slice("d_c_n", a)).transpose()?,
+        };
+        let tape_version = tape.version;
+        let r = py.detach(|| {
+            let st = self.read();
+            if st.version != tape_version {
+                return Ok(Ok(None));
+            }
+            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            guarded(|| core::backward(p, core_tape, &grads)).map(|res| res.map(Some))
+        });
+        let Some(g) = lift(py, r)? else {
+            return Err(error(
+                py,
+                Kind::InvalidArgument,
+                "tape: expected a tape recorded with the current parameters, got one recorded \
+                 before they were changed; run the forward pass again",
+            ));
+        };
+        let n = g.params.len();
+        Ok((
+            to_array(py, g.params, &[n])?,
+            to_array(py, g.input, &in_shape)?,
+            to_array(py, g.h0, &state)?,
+            g.c0.map(|c| to_array(py, c, &state)).transpose()?,
+        ))
+    }
+}
+
+/// `lengths` as sizes: a 1-D int64 array of `batch` values, each in `1..=seq_len`.
+pub(crate) fn read_lengths(
+    obj: &Bound<'_, PyAny>,
+    batch: usize,
+    seq_len: usize,
+) -> PyResult<Vec<usize>> {
+    let py = obj.py();
+    let arr = match obj.cast::<PyArrayDyn<i64>>() {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(error(
+                py,
+                Kind::InvalidArgument,
+                "lengths: expected a numpy.ndarray of int64",
+            ))
+        }
+    };
+    let ro = arr.try_readonly().map_err(|e| {
+        error(
+            py,
+            Kind::InvalidArgument,
+            format!("lengths: the array cannot be borrowed ({e})"),
+        )
+    })?;
+    if ro.shape() != [batch] {
+        return Err(error(
+            py,
+            Kind::InvalidArgument,
+            format!(
+                "lengths: expected shape ({batch},) (one length per sequence), got {}",
+                shape_str(ro.shape())
+            ),
+        ));
+    }
+    ro.as_array()
+        .iter()
+        .map(|&v| {
+            if v >= 1 && (v as u64) <= seq_len as u64 {
+                Ok(v as usize)
+            } else {
+                Err(error(
+                    py,
+                    Kind::InvalidArgument,
+                    format!("lengths: expected every length in 1..={seq_len}, got {v}"),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn parse_dtype(py: Python<'_>, dtype: &str) -> PyResult<DType> {
+    match dtype {
+        "float32" | "f32" | "f4" => Ok(DType::F32),
+        "float64" | "f64" | "f8" => Ok(DType::F64),
+        _ => Err(error(
+            py,
+            Kind::DType,
+            format!("dtype: expected 'float32' or 'float64', got {dtype:?}"),
+        )),
+    }
+}
+
+#[pymethods]
+impl RnnCore {
+    #[new]
+    fn new(
+        py: Python<'_>,
+        cell: &str,
+        input_size: usize,
+        hidden_size: usize,
+        num_layers: usize,
+        bias: bool,
+        bidirectional: bool,
+        dtype: &str,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let kind = CellKind::from_name(cell).map_err(|e| core_error(py, e))?;
+        let dtype = parse_dtype(py, dtype)?;
+        let config = RnnConfig::new(
+            kind,
+            input_size,
+            hidden_size,
+            num_layers,
+            bidirectional,
+            bias,
+        )
+        .map_err(|e| core_error(py, e))?;
+        let r = py.detach(|| {
+            guarded(|| match dtype {
+                DType::F32 => Params::F32(RnnParams::init_uniform(config, seed)),
+                DType::F64 => Params::F64(RnnParams::init_uniform(config, seed)),
+            })
+        });
+        let params = lift(py, r.map(Ok))?;
+        Ok(RnnCore {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            dtype,
+            state: RwLock::new(State { params, version: 0 }),
+        })
+    }
+
+    /// "lstm" or "gru".
+    #[getter]
+    fn cell(&self) -> &'static str {
+        self.config.cell.name()
+    }
+
+    #[getter]
+    fn input_size(&self) -> usize {
+        self.config.input_size
+    }
+
+    #[getter]
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.config.num_layers
+    }
+
+    #[getter]
+    fn bias(&self) -> bool {
+        self.config.bias
+    }
+
+    #[getter]
+    fn bidirectional(&self) -> bool {
+        self.config.bidirectional
+    }
+
+    /// "float32" or "float64".
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        dtype_name(self.dtype)
+    }
+
+    #[getter]
+    fn num_parameters(&self) -> usize {
+        param_specs(&self.config)
+            .last()
+            .map_or(0, |s| s.offset + s.len)
+    }
+
+    /// `[(name, shape), ...]` in PyTorch's `state_dict` order.
+    fn param_specs<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyTuple>)>> {
+        param_specs(&self.config)
+            .into_iter()
+            .map(|s| Ok((s.name, PyTuple::new(py, s.shape)?)))
+            .collect()
+    }
+
+    /// A copy of the named parameter, with its PyTorch shape.
+    fn get_param<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        match self.dtype {
+            DType::F32 => self.get_param_t::<f32>(py, name),
+            DType::F64 => self.get_param_t::<f64>(py, name),
+        }
+    }
+
+    /// Overwrites the named parameter from a C-contiguous array of its shape and the network's
+    /// dtype.
+    fn set_param(&self, name: &str, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.dtype {
+            DType::F32 => self.set_param_t::<f32>(name, values),
+            DType::F64 => self.set_param_t::<f64>(name, values),
+        }
+    }
+
+    /// A copy of all parameters, 1-D, in `param_specs` order.
+    fn get_flat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.dtype {
+            DType::F32 => self.get_flat_t::<f32>(py),
+            DType::F64 => self.get_flat_t::<f64>(py),
+        }
+    }
+
+    /// Overwrites all parameters from a 1-D array of `num_parameters` values.
+    fn set_flat(&self, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.dtype {
+            DType::F32 => self.set_flat_t::<f32>(values),
+            DType::F64 => self.set_flat_t::<f64>(values),
+        }
+    }
+
+    /// Runs the network: `(output, h_n, c_n or None, tape or None)`.
+    #[pyo3(signature = (
+        x, h0=None, c0=None, lengths=None, batch_first=true, training=false, dropout=0.0,
+        seed=0, keep_tape=false
+    ))]
+    fn forward<'py>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        batch_first: bool,
+        training: bool,
+        dropout: f64,
+        seed: u64,
+        keep_tape: bool,
+    ) -> PyResult<ForwardResult<'py>> {
+        let opts = ForwardOptions {
+            training,
+            dropout,
+            seed,
+            keep_tape,
+        };
+        match self.dtype {
+            DType::F32 => self.forward_t::<f32>(x, h0, c0, lengths, batch_first, opts),
+            DType::F64 => self.forward_t::<f64>(x, h0, c0, lengths, batch_first, opts),
+        }
+    }
+
+    /// Backpropagation through time for the forward call that recorded `tape`:
+    /// `(flat parameter gradients, d_input, d_h0, d_c0 or None)`.
+    #[pyo3(signature = (tape, d_out=None, d_h_n=None, d_c_n=None))]
+    fn backward<'py>(
+        &self,
+        py: Python<'py>,
+        tape: &Bound<'py, Tape>,
+        d_out: Option<&Bound<'py, PyAny>>,
+        d_h_n: Option<&Bound<'py, PyAny>>,
+        d_c_n: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<BackwardResult<'py>> {
+        let tape = tape.get();
+        match self.dtype {
+            DType::F32 => self.backward_t::<f32>(py, tape, d_out, d_h_n, d_c_n),
+            DType::F64 => self.backward_t::<f64>(py, tape, d_out, d_h_n, d_c_n),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.config;
+        format!(
+            "RnnCore(cell={:?}, input_size={}, hidden_size={}, num_layers={}, bias={}, \
+             bidirectional={}, dtype={:?})",
+            c.cell.name(),
+            c.input_size,
+            c.hidden_size,
+            c.num_layers,
+            c.bias,
+            c.bidirectional,
+            dtype_name(self.dtype)
+        )
+    }
+}

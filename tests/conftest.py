@@ -1,0 +1,21 @@
+"""Shared fixtures of the Python test suite."""
+
+from __future__ import annotations
+
+import lstmrs
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fixed-seed generator, so a failure reproduces."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def restore_num_threads():
+    """Restores the worker-thread count a test changes, so later tests see the default."""
+    before = lstmrs.get_num_threads()
+    yield before
+    lstmrs.set_num_threads(before)
