@@ -2,6 +2,7 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod errors;
+mod model;
 mod rnn;
 
 use pyo3::prelude::*;
@@ -43,6 +44,10 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<rnn::RnnCore>()?;
     m.add_class::<rnn::Tape>()?;
+    m.add_class::<model::ModelCore>()?;
+    m.add_class::<model::LossSpec>()?;
+    m.add_class::<model::OptimizerCore>()?;
+    m.add_class::<model::StepperCore>()?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())
