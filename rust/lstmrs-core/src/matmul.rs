@@ -12,7 +12,7 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
-    if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
+    if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS && crate::threads::parallel_allowed() {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None

@@ -313,6 +313,17 @@ fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOpti
     Ok(())
 }
 
+/// Multiply-adds of a forward pass (the matrix products), to decide whether threads pay off.
+pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
+    (0..cfg.num_layers)
+        .map(|l| cfg.layer_input_size(l) + cfg.hidden_size)
+        .sum::<usize>()
+        * cfg.gate_width()
+        * cfg.num_directions()
+        * seq_len
+        * batch
+}
+
 /// Runs the network over a batch of sequences.
 pub fn forward<'p, T: Scalar>(
     params: impl Into<RnnWeights<'p, T>>,
@@ -333,7 +344,10 @@ pub fn forward_regularized<'p, T: Scalar>(
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
     reg.validate()?;
-    Ok(threads::install(|| forward_checked(params, x, opts, reg)))
+    let work = forward_work(&cfg, x.seq_len, x.batch);
+    Ok(threads::install_for(work, || {
+        forward_checked(params, x, opts, reg)
+    }))
 }
 
 /// The mask on layer `layer`'s time-major input `[T, B, I]` in training mode: dropout between
@@ -422,7 +436,7 @@ fn forward_checked<T: Scalar>(
             )
         };
         let outs = if nd == 2 {
-            let (f, r) = rayon::join(|| run(0), || run(1));
+            let (f, r) = threads::join(|| run(0), || run(1));
             vec![f, r]
         } else {
             vec![run(0)]
@@ -518,7 +532,10 @@ pub fn backward<'p, T: Scalar>(
         }
         check_len("d_c_n", g.len(), &state)?;
     }
-    Ok(threads::install(|| backward_checked(params, tape, grads)))
+    let work = 2 * forward_work(&cfg, t, b);
+    Ok(threads::install_for(work, || {
+        backward_checked(params, tape, grads)
+    }))
 }
 
 fn backward_checked<T: Scalar>(
@@ -590,7 +607,7 @@ fn backward_checked<T: Scalar>(
             (dx, dh, dc)
         };
         let results = if nd == 2 {
-            let (f, r) = rayon::join(|| run(0, g_fwd), || run(1, g_rev));
+            let (f, r) = threads::join(|| run(0, g_fwd), || run(1, g_rev));
             vec![f, r]
         } else {
             vec![run(0, g_fwd)]

@@ -291,6 +291,13 @@ impl<T: Scalar> Model<T> {
         self.params.len()
     }
 
+    /// Multiply-adds of a forward pass over `x`, to decide whether threads pay off.
+    fn work(&self, x: &ModelBatch<T>) -> usize {
+        let rows = x.batch * x.seq_len;
+        network::forward_work(&self.config.rnn, x.seq_len, x.batch)
+            + rows * self.params.len() / x.seq_len.max(1)
+    }
+
     fn rnn_weights(&self) -> RnnWeights<'_, T> {
         let n = param_count(&self.config.rnn);
         RnnWeights::new(
@@ -474,7 +481,7 @@ impl<T: Scalar> Model<T> {
 
     /// Inference: the head's output for a batch.
     pub fn predict(&self, x: &ModelBatch<T>) -> Result<ModelOutput<T>> {
-        threads::install(|| self.run_forward(x, false, 0, false)).map(|(o, _)| o)
+        threads::install_for(self.work(x), || self.run_forward(x, false, 0, false)).map(|(o, _)| o)
     }
 
     /// Loss of a batch and its gradient with respect to every parameter, written into `grad`
@@ -489,7 +496,7 @@ impl<T: Scalar> Model<T> {
         grad: &mut [T],
     ) -> Result<LossResult<T>> {
         check_len("grad", grad.len(), &[self.params.len()])?;
-        threads::install(|| {
+        threads::install_for(3 * self.work(x), || {
             let (output, tape) = self.run_forward(x, training, seed, true)?;
             let tape = tape.expect("tape kept");
             let outs = self.config.outputs;
@@ -649,7 +656,7 @@ impl<T: Scalar> Model<T> {
             });
         }
         let r = self.loss_and_grad(x, targets, loss, true, seed, grad)?;
-        threads::install(|| {
+        threads::install_for(self.params.len(), || {
             let grad_norm = match clip.max_norm {
                 Some(max) => clip_grad_norm(grad, max, 2.0, false)?,
                 None => grad_norm(grad, 2.0)?,
