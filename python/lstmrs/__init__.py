@@ -8,7 +8,10 @@
 ((4, 10, 16), (2, 4, 16))
 """
 
+from . import callbacks, datasets, metrics, optim
 from ._lstmrs import __version__
+from .callbacks import History
+from .checkpoint import CheckpointError, load
 from .errors import (
     DTypeError,
     InvalidArgumentError,
@@ -16,18 +19,30 @@ from .errors import (
     NonFiniteError,
     ShapeError,
 )
+from .models import Loss, Model
 from .rnn import GRU, LSTM, RnnGradients, get_num_threads, set_num_threads
+from .streaming import Stepper
 
 __all__ = [
     "GRU",
     "LSTM",
+    "CheckpointError",
     "DTypeError",
+    "History",
     "InvalidArgumentError",
+    "Loss",
     "LstmrsError",
+    "Model",
     "NonFiniteError",
     "RnnGradients",
     "ShapeError",
+    "Stepper",
     "__version__",
+    "callbacks",
+    "datasets",
     "get_num_threads",
+    "load",
+    "metrics",
+    "optim",
     "set_num_threads",
 ]

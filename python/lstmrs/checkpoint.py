@@ -1,0 +1,298 @@
+"""Saving and loading models and training state, crash-safe and without executing code.
+
+A checkpoint is a directory:
+
+- ``model.safetensors``: the weights by name (``rnn.weight_ih_l0``, ``head.0.weight``, ...);
+- ``optimizer.safetensors``: the optimizer's state buffers (``exp_avg``, ...), float64, when the
+  model was compiled;
+- ``carry.safetensors``: recurrent states carried between truncated-BPTT chunks, when a fit was
+  interrupted between two chunks;
+- ``config.json``: architecture, loss, optimizer kind, hyper-parameters and step, schedule
+  state, training position (epoch, batch, RNG state of the loop, partial epoch sums, history,
+  callback states), the lstmrs version, and the SHA-256 of every other file.
+
+Each file is written atomically (a temporary file in the same directory, flushed and fsynced,
+``os.replace``d into place, then the directory fsynced); ``config.json`` goes last, and loading
+checks the hashes, so a torn set of files is detected rather than half-loaded. Loading reads only
+JSON and safetensors: nothing is unpickled or executed.
+
+Training checkpoints (``fit(checkpoint_dir=...)``) are complete checkpoint directories
+``step-000000120`` written under a temporary name and renamed into place, with a ``latest`` file
+(replaced atomically) naming the newest; older ones are pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError, LstmrsError
+
+if TYPE_CHECKING:
+    from .models import Model
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "atomic_write",
+    "latest_checkpoint",
+    "load",
+    "read_checkpoint",
+    "save",
+    "write_training_checkpoint",
+]
+
+FORMAT = "lstmrs-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+CARRY_FILE = "carry.safetensors"
+CONFIG_FILE = "config.json"
+LATEST_FILE = "latest"
+
+
+class CheckpointError(LstmrsError, ValueError):
+    """A checkpoint is missing, incomplete, corrupted or of another format."""
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # Platforms without directory handles (Windows) have nothing to sync.
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".tmp-{os.path.basename(path)}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    # os.open rather than mkstemp: the file gets the usual umask-based mode, not 0600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensors_bytes(tensors: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save as st_save
+
+    return st_save(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={"format": FORMAT}
+    )
+
+
+def _version() -> str:
+    try:
+        from ._lstmrs import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - the extension is always there in a real install
+        return "unknown"
+
+
+def save(
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    training: dict | None = None,
+    carry: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> str:
+    """Writes ``model`` (and its optimizer state when compiled) into directory ``path``."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    hashes: dict[str, str] = {}
+
+    def put(name: str, tensors: dict[str, np.ndarray]) -> None:
+        data = _tensors_bytes(tensors)
+        atomic_write(os.path.join(path, name), data)
+        hashes[name] = _sha256(data)
+
+    put(MODEL_FILE, model.state_dict())
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lstmrs_version": _version(),
+        "model": model.get_config(),
+        "param_specs": [[n, list(s)] for n, s in model.param_specs],
+    }
+    if model.compiled:
+        opt = model._opt_core.state_dict()
+        put(OPTIMIZER_FILE, dict(opt["buffers"]))
+        config["compile"] = model._compile_config()
+        config["optimizer_state"] = {"kind": opt["kind"], "step": int(opt["step"])}
+    if carry is not None:
+        h, c = carry
+        put(CARRY_FILE, {"h": h} if c is None else {"h": h, "c": c})
+    if training is not None:
+        config["training"] = training
+    config["files"] = hashes
+    atomic_write(os.path.join(path, CONFIG_FILE), json.dumps(config, indent=1).encode())
+    return path
+
+
+def _resolve(path: str) -> str:
+    """A checkpoint directory, following a training directory's ``latest`` pointer."""
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(
+            f"path: no checkpoint in {path!r} (no {CONFIG_FILE} or {LATEST_FILE})"
+        )
+    return found
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """The config and the tensors of each file of a checkpoint, after checking the hashes."""
+    from safetensors.numpy import load as st_load
+
+    path = _resolve(os.fspath(path))
+    try:
+        with open(os.path.join(path, CONFIG_FILE), "rb") as f:
+            config = json.loads(f.read().decode())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"path: cannot read {CONFIG_FILE} in {path!r}: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"path: {path!r} is not an lstmrs checkpoint")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"path: checkpoint format {config['format_version']} is newer than this lstmrs "
+            f"reads ({FORMAT_VERSION}); upgrade lstmrs"
+        )
+    tensors = {}
+    for name, digest in config.get("files", {}).items():
+        if os.path.basename(name) != name:
+            raise CheckpointError(f"path: bad file name {name!r} in {CONFIG_FILE}")
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise CheckpointError(f"path: cannot read {name} in {path!r}: {e}") from None
+        if _sha256(data) != digest:
+            raise CheckpointError(
+                f"path: {name} in {path!r} does not match {CONFIG_FILE} (a torn or edited "
+                f"checkpoint)"
+            )
+        tensors[name] = st_load(data)
+    config["_path"] = path
+    return config, tensors
+
+
+def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
+    """A model from a checkpoint directory (or a training directory's latest checkpoint).
+
+    With ``compile`` (the default) a checkpoint that holds optimizer state comes back compiled
+    with that state, ready to continue training.
+    """
+    from .models import Model
+
+    config, tensors = read_checkpoint(path)
+    model = Model.from_config(config["model"])
+    names = [n for n, _ in model.param_specs]
+    saved = [n for n, _ in config.get("param_specs", [])]
+    if saved and saved != names:
+        raise CheckpointError(f"path: saved parameters {saved} do not match the model's {names}")
+    model.load_state_dict(tensors[MODEL_FILE])
+    if compile and "compile" in config:
+        model._restore_compile(config["compile"])
+        st = config["optimizer_state"]
+        model._opt_core.load_state_dict(
+            {
+                "kind": st["kind"],
+                "step": int(st["step"]),
+                "buffers": tensors.get(OPTIMIZER_FILE, {}),
+            }
+        )
+    model._checkpoint = {
+        "path": config["_path"],
+        "training": config.get("training"),
+        "carry": tensors.get(CARRY_FILE),
+    }
+    return model
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint under a training directory, or None."""
+    directory = os.fspath(directory)
+    pointer = os.path.join(directory, LATEST_FILE)
+    if os.path.isfile(pointer):
+        try:
+            with open(pointer, encoding="utf-8") as f:
+                name = json.load(f)["checkpoint"]
+            candidate = os.path.join(directory, os.path.basename(name))
+            if os.path.isfile(os.path.join(candidate, CONFIG_FILE)):
+                return candidate
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # Fall back to scanning.
+    if not os.path.isdir(directory):
+        return None
+    names = sorted(
+        n
+        for n in os.listdir(directory)
+        if n.startswith("step-") and os.path.isfile(os.path.join(directory, n, CONFIG_FILE))
+    )
+    return os.path.join(directory, names[-1]) if names else None
+
+
+def write_training_checkpoint(
+    model: Model,
+    directory: str | os.PathLike,
+    name: str,
+    training: dict,
+    carry: tuple[np.ndarray, np.ndarray | None] | None = None,
+    keep: int = 2,
+) -> str:
+    """Writes checkpoint ``directory/name`` whole or not at all, points ``latest`` at it and
+    removes all but the ``keep`` newest."""
+    if keep < 1:
+        raise InvalidArgumentError(f"keep_checkpoints: expected at least 1, got {keep}")
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{name}-{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    save(model, tmp, training=training, carry=carry)
+    final = os.path.join(directory, name)
+    if os.path.exists(final):
+        # Left by a run that died before pointing `latest` at it; `latest` names an older one.
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    atomic_write(os.path.join(directory, LATEST_FILE), json.dumps({"checkpoint": name}).encode())
+    ours = sorted(n for n in os.listdir(directory) if n.startswith("step-"))
+    for old in ours[:-keep]:
+        if old != name:
+            shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
+    for n in os.listdir(directory):
+        if n.startswith(".tmp-step-"):
+            shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+    return final

@@ -1,0 +1,465 @@
+"""Optimizer specifications and learning-rate schedules for :meth:`lstmrs.Model.compile`.
+
+Optimizers carry PyTorch's names and defaults (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``,
+``Adagrad``); the update itself runs in the Rust core (``OptimizerCore``), one fused pass over
+the model's flat parameter buffer.
+
+Schedules are closed forms of ``torch.optim.lr_scheduler`` (``lr_at(k, base_lr)`` is the rate
+after ``k`` calls of torch's ``scheduler.step()``): :class:`StepLR`, :class:`ExponentialLR`,
+:class:`CosineWarmup` (``LinearLR`` warm-up then ``CosineAnnealingLR``), and the stateful
+:class:`ReduceLROnPlateau`. ``interval="epoch"`` schedules count epochs, ``"step"`` ones count
+optimizer steps (batches).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, ClassVar
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CosineWarmup",
+    "ExponentialLR",
+    "Optimizer",
+    "RMSprop",
+    "ReduceLROnPlateau",
+    "Schedule",
+    "StepLR",
+    "get_optimizer",
+    "schedule_from_state",
+]
+
+
+def _number(name: str, v: Any, lo: float = 0.0, hi: float | None = None, hi_open=False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name}: expected a number, got {v!r}") from None
+    bad = not math.isfinite(f) or f < lo or (hi is not None and (f >= hi if hi_open else f > hi))
+    if bad:
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}{')' if hi_open else ']'}"
+        raise InvalidArgumentError(f"{name}: expected a finite number {rng}, got {v!r}")
+    return f
+
+
+def _count(name: str, v: Any, lo: int = 0) -> int:
+    whole = isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
+    if isinstance(v, bool) or not whole or int(v) < lo:
+        raise InvalidArgumentError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers
+
+
+class Optimizer:
+    """An optimizer's kind, learning rate and hyper-parameters (torch's names and defaults)."""
+
+    name = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    default_lr = 1e-3
+
+    def __init__(self, lr: float | None = None, **hyper: Any) -> None:
+        unknown = set(hyper) - set(self.defaults)
+        if unknown:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; expected "
+                f"{sorted(self.defaults)}"
+            )
+        self.lr = _number("lr", self.default_lr if lr is None else lr)
+        self.hyper = {**self.defaults, **hyper}
+        self._check()
+
+    def _check(self) -> None:
+        for k in ("weight_decay", "eps", "momentum", "dampening", "lr_decay"):
+            if k in self.hyper:
+                self.hyper[k] = _number(k, self.hyper[k])
+        for k in ("nesterov", "amsgrad", "centered", "maximize"):
+            if k in self.hyper:
+                self.hyper[k] = bool(self.hyper[k])
+
+    def core_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``OptimizerCore``."""
+        kw = dict(self.hyper)
+        # Only SGD's binding documents `maximize`; pass it where it matters.
+        if not kw.get("maximize", False):
+            kw.pop("maximize", None)
+        return kw
+
+    def build(self, num_params: int, dtype: str):
+        """The Rust optimizer for a flat buffer of ``num_params`` values."""
+        from ._lstmrs import OptimizerCore
+
+        return OptimizerCore(self.name, num_params, dtype, **self.core_kwargs())
+
+    def get_config(self) -> dict[str, Any]:
+        hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hyper.items()}
+        return {"name": self.name, "lr": self.lr, "hyper": hyper}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items() if v != self.defaults[k])
+        return f"{type(self).__name__}(lr={self.lr!r}{', ' + args if args else ''})"
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD``: momentum, dampening, Nesterov, L2 weight decay."""
+
+    name = "sgd"
+    defaults: ClassVar[dict[str, Any]] = {
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+    }
+
+    def _check(self) -> None:
+        super()._check()
+        h = self.hyper
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise InvalidArgumentError("nesterov: needs momentum > 0 and dampening = 0")
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam`` (L2 weight decay added to the gradient)."""
+
+    name = "adam"
+    defaults: ClassVar[dict[str, Any]] = {
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+        "maximize": False,
+    }
+
+    def _check(self) -> None:
+        super()._check()
+        b = self.hyper["betas"]
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise InvalidArgumentError(f"betas: expected a pair (beta1, beta2), got {b!r}")
+        self.hyper["betas"] = tuple(
+            _number(f"betas[{i}]", v, 0.0, 1.0, hi_open=True) for i, v in enumerate(b)
+        )
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW`` (decoupled weight decay, default 0.01)."""
+
+    name = "adamw"
+    defaults: ClassVar[dict[str, Any]] = {**Adam.defaults, "weight_decay": 1e-2}
+
+
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop``: ``alpha`` smoothing, optional momentum and centering."""
+
+    name = "rmsprop"
+    default_lr = 1e-2
+    defaults: ClassVar[dict[str, Any]] = {
+        "alpha": 0.99,
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "centered": False,
+        "maximize": False,
+    }
+
+    def _check(self) -> None:
+        super()._check()
+        self.hyper["alpha"] = _number("alpha", self.hyper["alpha"], 0.0, 1.0)
+
+
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad``."""
+
+    name = "adagrad"
+    default_lr = 1e-2
+    defaults: ClassVar[dict[str, Any]] = {
+        "lr_decay": 0.0,
+        "weight_decay": 0.0,
+        "initial_accumulator_value": 0.0,
+        "eps": 1e-10,
+        "maximize": False,
+    }
+
+    def _check(self) -> None:
+        super()._check()
+        self.hyper["initial_accumulator_value"] = _number(
+            "initial_accumulator_value", self.hyper["initial_accumulator_value"]
+        )
+
+
+_OPTIMIZERS = {c.name: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def get_optimizer(
+    optimizer: str | Optimizer = "adam", lr: float | None = None, **hyper
+) -> Optimizer:
+    """An :class:`Optimizer` from a name (``"adam"``, ...) or a spec (``lr``/``hyper`` override)."""
+    if isinstance(optimizer, Optimizer):
+        if lr is None and not hyper:
+            return optimizer
+        cls = type(optimizer)
+        return cls(lr=optimizer.lr if lr is None else lr, **{**optimizer.hyper, **hyper})
+    if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
+        raise InvalidArgumentError(
+            f"optimizer: expected one of {sorted(_OPTIMIZERS)} or an lstmrs.optim.Optimizer, "
+            f"got {optimizer!r}"
+        )
+    return _OPTIMIZERS[optimizer.lower()](lr=lr, **hyper)
+
+
+def optimizer_from_config(cfg: dict) -> Optimizer:
+    hyper = dict(cfg.get("hyper", {}))
+    if "betas" in hyper:
+        hyper["betas"] = tuple(hyper["betas"])
+    return get_optimizer(cfg["name"], lr=cfg["lr"], **hyper)
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules
+
+
+class Schedule:
+    """A learning-rate schedule; ``interval`` says whether ``k`` counts epochs or steps."""
+
+    kind = ""
+    interval = "epoch"
+
+    def lr_at(self, k: int, base_lr: float) -> float:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.get_config()}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _set_interval(self, interval: str) -> None:
+        if interval not in ("epoch", "step"):
+            raise InvalidArgumentError(f"interval: expected 'epoch' or 'step', got {interval!r}")
+        self.interval = interval
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class StepLR(Schedule):
+    """``StepLR``: ``base_lr * gamma ** (k // step_size)``."""
+
+    kind = "step_lr"
+
+    def __init__(self, step_size: int, gamma: float = 0.1, interval: str = "epoch") -> None:
+        self.step_size = _count("step_size", step_size, 1)
+        self.gamma = _number("gamma", gamma)
+        self._set_interval(interval)
+
+    def lr_at(self, k: int, base_lr: float) -> float:
+        return base_lr * self.gamma ** (k // self.step_size)
+
+    def get_config(self):
+        return {"step_size": self.step_size, "gamma": self.gamma, "interval": self.interval}
+
+
+class ExponentialLR(Schedule):
+    """``ExponentialLR``: ``base_lr * gamma ** k``."""
+
+    kind = "exponential_lr"
+
+    def __init__(self, gamma: float, interval: str = "epoch") -> None:
+        self.gamma = _number("gamma", gamma)
+        self._set_interval(interval)
+
+    def lr_at(self, k: int, base_lr: float) -> float:
+        return base_lr * self.gamma ** float(k)
+
+    def get_config(self):
+        return {"gamma": self.gamma, "interval": self.interval}
+
+
+class CosineWarmup(Schedule):
+    """Linear warm-up, then cosine annealing to ``min_lr``; holds ``min_lr`` after the end.
+
+    torch's ``SequentialLR([LinearLR(start_factor=s, total_iters=W),
+    CosineAnnealingLR(T_max=N - W, eta_min=min_lr)], milestones=[W])`` in closed form, with
+    ``N = total_steps`` (warm-up included). ``warmup_steps=0`` is plain ``CosineAnnealingLR``.
+    """
+
+    kind = "cosine_warmup"
+
+    def __init__(
+        self,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_lr: float = 0.0,
+        warmup_start_factor: float = 1.0 / 3.0,
+        interval: str = "step",
+    ) -> None:
+        self.total_steps = _count("total_steps", total_steps, 1)
+        self.warmup_steps = _count("warmup_steps", warmup_steps, 0)
+        if self.total_steps <= self.warmup_steps:
+            raise InvalidArgumentError(
+                f"total_steps: expected more than warmup_steps ({self.warmup_steps}), "
+                f"got {total_steps}"
+            )
+        self.min_lr = _number("min_lr", min_lr)
+        self.warmup_start_factor = _number("warmup_start_factor", warmup_start_factor, 0.0, 1.0)
+        self._set_interval(interval)
+
+    def lr_at(self, k: int, base_lr: float) -> float:
+        w = self.warmup_steps
+        if k < w:
+            s = self.warmup_start_factor
+            return base_lr * (s + (1.0 - s) * k / w)
+        if k > self.total_steps:
+            return self.min_lr
+        t, t_max = k - w, self.total_steps - w
+        return self.min_lr + (base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t / t_max)) / 2.0
+
+    def get_config(self):
+        return {
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_lr": self.min_lr,
+            "warmup_start_factor": self.warmup_start_factor,
+            "interval": self.interval,
+        }
+
+
+class ReduceLROnPlateau(Schedule):
+    """``ReduceLROnPlateau``: multiply the rate by ``factor`` once ``monitor`` has not improved
+    by ``threshold`` for more than ``patience`` epochs; then wait ``cooldown`` epochs.
+
+    Stateful: :meth:`step` takes the epoch's metric and returns the rate to use next.
+    """
+
+    kind = "reduce_lr_on_plateau"
+    interval = "epoch"
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise InvalidArgumentError(f"mode: expected 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise InvalidArgumentError(
+                f"threshold_mode: expected 'rel' or 'abs', got {threshold_mode!r}"
+            )
+        self.monitor, self.mode, self.threshold_mode = monitor, mode, threshold_mode
+        self.factor = _number("factor", factor, 0.0, 1.0, hi_open=True)
+        self.patience = _count("patience", patience)
+        self.threshold = _number("threshold", threshold)
+        self.cooldown = _count("cooldown", cooldown)
+        self.min_lr = _number("min_lr", min_lr)
+        self.eps = _number("eps", eps)
+        self.lr: float | None = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+
+    def start(self, base_lr: float) -> None:
+        """Begins at ``base_lr`` unless already running (a resumed schedule keeps its rate)."""
+        if self.lr is None:
+            self.lr = float(base_lr)
+
+    def lr_at(self, k: int, base_lr: float) -> float:
+        return base_lr if self.lr is None else self.lr
+
+    def _is_better(self, a: float) -> bool:
+        best, thr = self.best, self.threshold
+        if self.mode == "min":
+            return a < (best * (1.0 - thr) if self.threshold_mode == "rel" else best - thr)
+        return a > (best * (thr + 1.0) if self.threshold_mode == "rel" else best + thr)
+
+    def step(self, metric: float) -> float:
+        """Records one epoch's metric (NaN counts as no improvement); returns the new rate."""
+        if self.lr is None:
+            raise InvalidArgumentError("ReduceLROnPlateau.step: call start(base_lr) first")
+        metric = float(metric)
+        self.last_epoch += 1
+        if self._is_better(metric):
+            self.best = metric
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new_lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr - new_lr > self.eps:
+                self.lr = new_lr
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        return self.lr
+
+    def get_config(self):
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "factor": self.factor,
+            "patience": self.patience,
+            "threshold": self.threshold,
+            "threshold_mode": self.threshold_mode,
+            "cooldown": self.cooldown,
+            "min_lr": self.min_lr,
+            "eps": self.eps,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "lr": self.lr,
+            "best": self.best,
+            "num_bad_epochs": self.num_bad_epochs,
+            "cooldown_counter": self.cooldown_counter,
+            "last_epoch": self.last_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr = None if state.get("lr") is None else float(state["lr"])
+        self.best = float(state["best"])
+        self.num_bad_epochs = int(state["num_bad_epochs"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self.last_epoch = int(state["last_epoch"])
+
+
+_SCHEDULES = {c.kind: c for c in (StepLR, ExponentialLR, CosineWarmup, ReduceLROnPlateau)}
+
+
+def schedule_from_state(state: dict) -> Schedule:
+    """Rebuilds a schedule from :meth:`Schedule.state_dict` (checkpoints)."""
+    state = dict(state)
+    kind = state.pop("kind", None)
+    if kind not in _SCHEDULES:
+        raise InvalidArgumentError(f"schedule: unknown kind {kind!r}")
+    cls = _SCHEDULES[kind]
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    sched = cls(**{k: v for k, v in state.items() if k in params and k != "self"})
+    sched.load_state_dict(state)
+    return sched

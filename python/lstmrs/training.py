@@ -1,0 +1,914 @@
+"""The training loop: batching, variable lengths, truncated BPTT, validation, callbacks,
+checkpoints and exact resumption.
+
+Every optimizer step is one ``ModelCore.train_step`` call into Rust (forward, loss, BPTT,
+clipping, update) with the GIL released; this module only slices batches and keeps score.
+
+Determinism: the loop owns a ``numpy.random.Generator`` seeded by ``fit(seed=...)``. At the start
+of each epoch it draws the epoch's permutation and one dropout seed per step, so a run is a pure
+function of the seed, the data and the thread count; a checkpoint stores the generator's state at
+the start of the epoch plus the position inside it, and a resumed run redraws the same epoch and
+skips the batches already done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .callbacks import Callback, CallbackList, History, _FileLogger
+from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
+from .metrics import ARRAY_METRICS, Metric, get_metric, loss_value
+from .optim import ReduceLROnPlateau
+
+if TYPE_CHECKING:
+    from .models import Model
+
+__all__ = ["evaluate", "evaluate_stream", "fit", "fit_stream", "predict"]
+
+_SEED_MAX = np.iinfo(np.int64).max
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and targets
+
+
+@dataclass
+class _Data:
+    """Inputs padded to one length, targets and valid lengths (None: every sequence is full)."""
+
+    x: np.ndarray  # [N, T, F] float or [N, T] int64
+    y: np.ndarray | None
+    lengths: np.ndarray | None  # int64 [N]
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.x.shape[1])
+
+    def subset(self, sl: slice) -> _Data:
+        return _Data(
+            self.x[sl],
+            None if self.y is None else self.y[sl],
+            None if self.lengths is None else self.lengths[sl],
+        )
+
+
+def _is_ragged(x: Any) -> bool:
+    if not isinstance(x, (list, tuple)) or not x:
+        return False
+    first = np.shape(x[0])
+    return any(np.shape(s) != first for s in x) or len(first) == 0
+
+
+def _check_numeric(name: str, a: np.ndarray) -> None:
+    if a.dtype.kind not in "biuf":
+        raise DTypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+
+
+def _prepare_x(model: Model, x: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` as a C-contiguous array of the model's input type, and int64 lengths."""
+    tokens = model.tokens
+    if isinstance(x, (list, tuple)) and x and _is_ragged(x):
+        seqs = [np.asarray(s) for s in x]
+        lens = np.array([s.shape[0] if s.ndim else 0 for s in seqs], dtype=np.int64)
+        if lengths is not None:
+            raise InvalidArgumentError(
+                "lengths: not with a list of sequences (their lengths are the lengths)"
+            )
+        if lens.min() < 1:
+            raise InvalidArgumentError("x: every sequence needs at least one step")
+        t = int(lens.max())
+        for i, s in enumerate(seqs):
+            _check_numeric(f"x[{i}]", s)
+            want = 1 if tokens else 2
+            if s.ndim == 1 and not tokens and model._features == 1:
+                seqs[i] = s = s[:, None]
+            if s.ndim != want or (not tokens and s.shape[1] != model._features):
+                shape = "[T]" if tokens else f"[T, {model._features}]"
+                raise ShapeError(f"x[{i}]: expected shape {shape}, got {s.shape}")
+        if tokens:
+            out = np.zeros((len(seqs), t), dtype=np.int64)
+        else:
+            out = np.zeros((len(seqs), t, model._features), dtype=model.dtype)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = s
+        return _finish_x(model, out), lens
+    a = np.asarray(x)
+    _check_numeric("x", a)
+    if not tokens and a.ndim == 2 and model._features == 1:
+        a = a[..., None]
+    want = 2 if tokens else 3
+    if a.ndim != want or (not tokens and a.shape[2] != model._features):
+        shape = "[N, T] token ids" if tokens else f"[N, T, {model._features}]"
+        raise ShapeError(f"x: expected shape {shape}, got {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ShapeError(f"x: expected at least one sequence of at least one step, got {a.shape}")
+    return _finish_x(model, a), _prepare_lengths(lengths, a.shape[0], a.shape[1])
+
+
+def _finish_x(model: Model, a: np.ndarray) -> np.ndarray:
+    if model.tokens:
+        if a.dtype.kind == "f":
+            raise DTypeError(f"x: expected integer token ids, got dtype {a.dtype}")
+        vocab = model._kwargs["vocab_size"]
+        if a.size and (a.min() < 0 or a.max() >= vocab):
+            raise InvalidArgumentError(
+                f"x: expected token ids in 0..{vocab}, got values in {a.min()}..{a.max()}"
+            )
+        return np.ascontiguousarray(a, dtype=np.int64)
+    out = np.ascontiguousarray(a, dtype=model.dtype)
+    if not np.isfinite(out).all():
+        raise NonFiniteError("x: holds NaN or infinity")
+    return out
+
+
+def _prepare_lengths(lengths: Any, n: int, t: int) -> np.ndarray | None:
+    if lengths is None:
+        return None
+    lens = np.asarray(lengths)
+    if lens.dtype.kind not in "iu" or lens.shape != (n,):
+        raise InvalidArgumentError(
+            f"lengths: expected {n} integers (one per sequence), got {lens.dtype} {lens.shape}"
+        )
+    if lens.min() < 1 or lens.max() > t:
+        raise InvalidArgumentError(f"lengths: expected every length in 1..={t}")
+    return lens.astype(np.int64)
+
+
+def _prepare_y(model: Model, y: Any, n: int, t: int) -> np.ndarray:
+    """Targets in the layout ``train_step`` expects: int64 ``[N]`` / ``[N, T]`` for
+    cross-entropy, float ``[N, O]`` / ``[N, T, O]`` otherwise."""
+    if y is None:
+        raise InvalidArgumentError("y: targets are required")
+    per_step, o = model.pooling == "per_step", model.output_size
+    ce = model.loss.name == "cross_entropy"
+    pad = model.loss.ignore_index if ce else 0
+    if isinstance(y, (list, tuple)) and y and _is_ragged(y):
+        if not per_step:
+            raise ShapeError("y: a list of sequences of targets needs pooling='per_step'")
+        seqs = [np.asarray(s) for s in y]
+        shape = (len(seqs), t) if ce else (len(seqs), t, o)
+        out = np.full(shape, pad, dtype=np.int64 if ce else np.float64)
+        for i, s in enumerate(seqs):
+            _check_numeric(f"y[{i}]", s)
+            if len(s) > t:
+                raise ShapeError(f"y[{i}]: {len(s)} steps, more than the inputs' {t}")
+            out[i, : len(s)] = s.reshape((len(s),) if ce else (len(s), o))
+        a = out
+    else:
+        a = np.asarray(y)
+        _check_numeric("y", a)
+    if a.shape[:1] != (n,):
+        raise ShapeError(f"y: expected {n} targets (one per sequence), got shape {a.shape}")
+    if ce:
+        if a.dtype.kind == "f" and not np.all(a == np.round(a)):
+            raise DTypeError("y: expected integer class ids for the cross_entropy loss")
+        want = (n, t) if per_step else (n,)
+        if a.shape != want and a.shape == want + (1,):
+            a = a.reshape(want)
+        if a.shape != want:
+            raise ShapeError(f"y: expected class ids of shape {list(want)}, got {a.shape}")
+        a = a.astype(np.int64)
+        bad = (a != model.loss.ignore_index) & ((a < 0) | (a >= o))
+        if bad.any():
+            raise InvalidArgumentError(
+                f"y: expected class ids in 0..{o} (or ignore_index {model.loss.ignore_index}), "
+                f"got {a[bad][0]}"
+            )
+        return np.ascontiguousarray(a)
+    want = (n, t, o) if per_step else (n, o)
+    if a.shape != want and o == 1 and a.shape == want[:-1]:
+        a = a.reshape(want)
+    if a.shape != want:
+        raise ShapeError(f"y: expected shape {list(want)}, got {a.shape}")
+    a = np.ascontiguousarray(a, dtype=model.dtype)
+    if not np.isfinite(a).all():
+        raise NonFiniteError("y: holds NaN or infinity")
+    return a
+
+
+def _prepare(model: Model, x: Any, y: Any, lengths: Any, *, need_y: bool = True) -> _Data:
+    xa, lens = _prepare_x(model, x, lengths)
+    ya = _prepare_y(model, y, xa.shape[0], xa.shape[1]) if need_y else None
+    if lens is not None and np.all(lens == xa.shape[1]):
+        lens = None  # Full-length sequences need no masking.
+    return _Data(xa, ya, lens)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class _Batch:
+    x: np.ndarray
+    y: np.ndarray | None
+    lengths: np.ndarray | None
+    mask: np.ndarray | None  # rows of a per-step head that count
+    reset: bool  # start from zero states (else carry the previous step's final states)
+    size: int  # sequences this step completes (for the rate display)
+
+
+def _take(model: Model, data: _Data, idx: Any, t0: int = 0, t1: int | None = None) -> _Batch:
+    per_step = model.pooling == "per_step"
+    lens = None if data.lengths is None else data.lengths[idx]
+    if t1 is None:
+        # Trimming to the longest sequence of the batch changes nothing but the work done.
+        t1 = data.seq_len if lens is None else int(lens.max())
+    x = np.ascontiguousarray(data.x[idx, t0:t1])
+    y = None
+    if data.y is not None:
+        y = np.ascontiguousarray(data.y[idx, t0:t1] if per_step else data.y[idx])
+    mask = None
+    if lens is not None and np.all(lens >= t1):
+        lens = None
+    if lens is not None:
+        lens = np.ascontiguousarray(lens)
+        if per_step:
+            mask = np.arange(t1 - t0)[None, :] < lens[:, None]
+    return _Batch(x, y, lens, mask, True, int(x.shape[0]))
+
+
+class _SequencePlan:
+    """One epoch over sequences: shuffled batches, each optionally cut into TBPTT chunks."""
+
+    def __init__(self, model, data, batch_size, rng, shuffle, tbptt):
+        self.model, self.data, self.tbptt = model, data, tbptt
+        n = data.n
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        self.batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+        self.chunks = 1 if tbptt is None else -(-data.seq_len // tbptt)
+        self.n_steps = len(self.batches) * self.chunks
+        self.seeds = rng.integers(0, _SEED_MAX, size=self.n_steps, dtype=np.int64)
+        self.carries = tbptt is not None
+
+    def step(self, i: int) -> _Batch:
+        idx = self.batches[i // self.chunks]
+        if self.tbptt is None:
+            return _take(self.model, self.data, idx)
+        c = i % self.chunks
+        t0 = c * self.tbptt
+        b = _take(self.model, self.data, idx, t0, min(t0 + self.tbptt, self.data.seq_len))
+        b.reset = c == 0
+        b.size = b.size if c == self.chunks - 1 else 0
+        return b
+
+
+class _StreamPlan:
+    """One epoch over ``B`` parallel sub-streams, in consecutive chunks with carried states."""
+
+    def __init__(self, model, xs, ys, seq_len, rng):
+        self.model, self.xs, self.ys, self.seq_len = model, xs, ys, seq_len
+        self.length = xs.shape[1]
+        self.n_steps = -(-self.length // seq_len)
+        self.seeds = rng.integers(0, _SEED_MAX, size=self.n_steps, dtype=np.int64)
+        self.carries = True
+
+    def step(self, i: int) -> _Batch:
+        t0 = i * self.seq_len
+        t1 = min(t0 + self.seq_len, self.length)
+        x = np.ascontiguousarray(self.xs[:, t0:t1])
+        y = np.ascontiguousarray(self.ys[:, t0:t1])
+        return _Batch(x, y, None, None, i == 0, int(x.shape[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+
+
+def _loss_weight(model: Model, y: np.ndarray, mask: np.ndarray | None) -> float:
+    """The normaliser of a batch's mean loss (counted targets, or their class-weight sum)."""
+    loss = model.loss
+    if loss.name == "cross_entropy":
+        keep = y != loss.ignore_index
+        if mask is not None:
+            keep &= mask
+        if loss.class_weights is None:
+            return float(keep.sum())
+        return float(loss.class_weights[y[keep]].sum())
+    rows = y.shape[0] * (y.shape[1] if y.ndim == 3 else 1) if mask is None else int(mask.sum())
+    return float(rows * model.output_size)
+
+
+class _Scores:
+    """Running loss (weighted like one big batch) and metric accumulators."""
+
+    def __init__(self, model: Model, metrics: list, prefix: str = ""):
+        self.model, self.prefix = model, prefix
+        self.metrics: list[Metric] = [
+            get_metric(
+                m,
+                loss=model.loss.name,
+                outputs=model.output_size,
+                ignore_index=model.loss.ignore_index,
+            )
+            for m in metrics
+        ]
+        self.names = [m if isinstance(m, str) else getattr(m, "name", "metric") for m in metrics]
+        self.loss_sum = 0.0
+        self.weight = 0.0
+
+    def update(self, loss: float, weight: float, y, out, mask) -> None:
+        self.loss_sum += loss * weight
+        self.weight += weight
+        for m in self.metrics:
+            m.update(y, out, mask)
+
+    def logs(self, arrays: bool = False) -> dict[str, Any]:
+        p = self.prefix
+        logs: dict[str, Any] = {
+            f"{p}loss": self.loss_sum / self.weight if self.weight else math.nan
+        }
+        for name, m in zip(self.names, self.metrics):
+            if name in ARRAY_METRICS and not arrays:
+                continue
+            logs[f"{p}{name}"] = m.result()
+        return logs
+
+    def state_dict(self) -> dict:
+        return {
+            "loss_sum": self.loss_sum,
+            "weight": self.weight,
+            "metrics": [m.state_dict() for m in self.metrics],
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.loss_sum, self.weight = float(s["loss_sum"]), float(s["weight"])
+        for m, ms in zip(self.metrics, s["metrics"]):
+            m.load_state_dict(ms)
+
+
+def _score_batch(model: Model, scores: _Scores, b: _Batch, out: np.ndarray) -> None:
+    lo = model.loss
+    value, weight = loss_value(
+        lo.name,
+        out,
+        b.y,
+        b.mask,
+        ignore_index=lo.ignore_index,
+        class_weights=lo.class_weights,
+        delta=lo.delta,
+    )
+    scores.update(value, weight, b.y, out, b.mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+
+
+def _predict_batch(model: Model, b: _Batch, h0=None, c0=None):
+    return model.core.predict(b.x, lengths=b.lengths, h0=h0, c0=c0)
+
+
+def _transform(model: Model, out: np.ndarray, output: str) -> np.ndarray:
+    if output == "raw":
+        return out
+    name = model.loss.name
+    if name not in ("cross_entropy", "bce_with_logits"):
+        raise InvalidArgumentError(
+            f"output: {output!r} needs a classification loss, the model uses {name!r}"
+        )
+    if output == "probabilities":
+        if name == "bce_with_logits":
+            return (1.0 / (1.0 + np.exp(-out))).astype(out.dtype)
+        z = out - out.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+    if name == "bce_with_logits":
+        return (out > 0).astype(np.int64)
+    return out.argmax(axis=-1).astype(np.int64)
+
+
+def predict(
+    model: Model,
+    x: Any,
+    *,
+    lengths: Any = None,
+    batch_size: int = 256,
+    output: str = "raw",
+) -> np.ndarray:
+    """Model outputs for ``x``: ``[N, O]``, or ``[N, T, O]`` with ``pooling="per_step"``.
+
+    ``output``: ``"raw"`` (the head's values / logits), ``"probabilities"`` (softmax for
+    cross-entropy, sigmoid for bce_with_logits) or ``"labels"`` (class ids). Per-step outputs
+    past a sequence's length are left at 0.
+    """
+    if output not in ("raw", "probabilities", "labels"):
+        raise InvalidArgumentError(
+            f"output: expected 'raw', 'probabilities' or 'labels', got {output!r}"
+        )
+    batch_size = _batch_size(batch_size)
+    data = _prepare(model, x, None, lengths, need_y=False)
+    per_step = model.pooling == "per_step"
+    parts = []
+    for s in range(0, data.n, batch_size):
+        b = _take(model, data, slice(s, s + batch_size))
+        out = _predict_batch(model, b)[0]
+        if per_step:
+            full = np.zeros((out.shape[0], data.seq_len, out.shape[2]), dtype=out.dtype)
+            full[:, : out.shape[1]] = out
+            if b.mask is not None:
+                full[:, : out.shape[1]][~b.mask] = 0
+            out = full
+        parts.append(out)
+    out = _transform(model, np.concatenate(parts, axis=0), output)
+    if per_step and output != "raw" and data.lengths is not None:
+        valid = np.arange(data.seq_len)[None, :] < data.lengths[:, None]
+        out[~valid] = 0
+    return out
+
+
+def _evaluate_data(
+    model: Model,
+    data: _Data,
+    batch_size: int,
+    metrics: list,
+    prefix: str = "",
+    arrays: bool = False,
+) -> dict[str, Any]:
+    scores = _Scores(model, metrics, prefix)
+    for s in range(0, data.n, batch_size):
+        b = _take(model, data, slice(s, s + batch_size))
+        _score_batch(model, scores, b, _predict_batch(model, b)[0])
+    return scores.logs(arrays=arrays)
+
+
+def evaluate(
+    model: Model,
+    x: Any,
+    y: Any,
+    *,
+    lengths: Any = None,
+    batch_size: int = 256,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """``{"loss": ..., metric: ...}`` on ``x``, ``y`` (inference mode: no dropout).
+
+    ``metrics`` defaults to those given to ``compile``; array metrics (``confusion_matrix``,
+    ``f1_per_class``) are allowed here.
+    """
+    metrics = list(
+        model.metrics if metrics is None else ([metrics] if isinstance(metrics, str) else metrics)
+    )
+    data = _prepare(model, x, y, lengths)
+    return _evaluate_data(model, data, _batch_size(batch_size), metrics, arrays=True)
+
+
+def _batch_size(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InvalidArgumentError(f"batch_size: expected an integer >= 1, got {v!r}")
+    return int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Streams
+
+
+def _split_stream(model: Model, stream: Any, targets: Any, batch: int):
+    """``[B, L, ...]`` inputs and targets from one long stream (next-token targets by default)."""
+    if model.pooling != "per_step":
+        raise InvalidArgumentError("fit_stream: needs a model with pooling='per_step'")
+    if model.bidirectional:
+        raise InvalidArgumentError("fit_stream: a bidirectional model cannot carry state forward")
+    s = np.asarray(stream)
+    _check_numeric("stream", s)
+    if targets is None:
+        if not model.tokens:
+            raise InvalidArgumentError("targets: required for a stream of features")
+        if s.ndim != 1:
+            raise ShapeError(f"stream: expected a 1-D array of token ids, got shape {s.shape}")
+        x, y = s[:-1], s[1:]
+    else:
+        x, y = s, np.asarray(targets)
+        if y.shape[:1] != x.shape[:1]:
+            raise ShapeError(f"targets: expected {x.shape[0]} steps like the stream, got {y.shape}")
+    length = x.shape[0] // batch
+    if length < 1:
+        raise InvalidArgumentError(
+            f"stream: {x.shape[0]} steps cannot feed {batch} parallel sub-streams"
+        )
+    x = x[: batch * length].reshape((batch, length) + x.shape[1:])
+    y = y[: batch * length].reshape((batch, length) + y.shape[1:])
+    xa, _ = _prepare_x(model, x, None)
+    ya = _prepare_y(model, y, batch, length)
+    return xa, ya
+
+
+def _stream_scores(model: Model, xs, ys, seq_len: int, metrics: list, prefix="", arrays=False):
+    scores = _Scores(model, metrics, prefix)
+    h = c = None
+    for t0 in range(0, xs.shape[1], seq_len):
+        b = _Batch(
+            np.ascontiguousarray(xs[:, t0 : t0 + seq_len]),
+            np.ascontiguousarray(ys[:, t0 : t0 + seq_len]),
+            None,
+            None,
+            False,
+            0,
+        )
+        out, h, c = _predict_batch(model, b, h, c)
+        _score_batch(model, scores, b, out)
+    return scores.logs(arrays=arrays)
+
+
+def evaluate_stream(
+    model: Model,
+    stream: Any,
+    *,
+    targets: Any = None,
+    batch_size: int = 1,
+    seq_len: int = 256,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """Loss and metrics over a long stream read as ``batch_size`` parallel sub-streams, with the
+    recurrent state carried across chunks of ``seq_len`` (next-token targets by default)."""
+    metrics = list(
+        model.metrics if metrics is None else ([metrics] if isinstance(metrics, str) else metrics)
+    )
+    xs, ys = _split_stream(model, stream, targets, _batch_size(batch_size))
+    return _stream_scores(model, xs, ys, _batch_size(seq_len), metrics, arrays=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def _current_lr(model: Model, epoch: int, step: int) -> float:
+    s = model.schedule
+    if s is None:
+        return float(model.lr)
+    if isinstance(s, ReduceLROnPlateau):
+        return float(s.lr)
+    return float(s.lr_at(epoch if s.interval == "epoch" else step, model.lr))
+
+
+def _check_monitor(model: Model, has_val: bool) -> None:
+    s = model.schedule
+    if isinstance(s, ReduceLROnPlateau) and s.monitor.startswith("val_") and not has_val:
+        raise InvalidArgumentError(
+            f"schedule: ReduceLROnPlateau monitors {s.monitor!r} but there is no validation data"
+        )
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def _train(
+    model: Model,
+    *,
+    kind: str,
+    make_plan,
+    epochs: int,
+    validate,
+    callbacks,
+    verbose: int,
+    seed: int | None,
+    checkpoint_dir,
+    checkpoint_every,
+    keep_checkpoints: int,
+    resume: bool,
+    fingerprint: dict,
+) -> History:
+    from .checkpoint import latest_checkpoint, write_training_checkpoint
+    from .progress import ProgressBar
+
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise InvalidArgumentError(f"epochs: expected an integer >= 0, got {epochs!r}")
+    if verbose not in (0, 1, 2):
+        raise InvalidArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    every_epoch = checkpoint_every in ("epoch", None)
+    if not every_epoch and (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, (int, np.integer))
+        or checkpoint_every < 1
+    ):
+        raise InvalidArgumentError(
+            f"checkpoint_every: expected 'epoch' or a number of batches >= 1, got {checkpoint_every!r}"
+        )
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    user_callbacks = list(callbacks or ())
+    if not model.compiled:
+        model.compile()
+
+    # Where to start: a checkpoint on disk, one loaded by Model.resume, or nothing.
+    state = None
+    carry = None
+    ck = model._checkpoint
+    if resume or (ck is not None and ck.get("resume")):
+        if checkpoint_dir is not None:
+            found = latest_checkpoint(checkpoint_dir)
+            if found is not None and (ck is None or ck.get("path") != found):
+                from .checkpoint import load
+
+                loaded = load(found)
+                model.load_state_dict(loaded.state_dict())
+                model._restore_compile(loaded._compile_config())
+                model._opt_core.load_state_dict(loaded._opt_core.state_dict())
+                ck = loaded._checkpoint
+        if ck is not None and ck.get("training"):
+            state = ck["training"]
+            if ck.get("carry"):
+                carry = (ck["carry"]["h"], ck["carry"].get("c"))
+        if state is not None and (state.get("kind") != kind or state.get("data") != fingerprint):
+            raise InvalidArgumentError(
+                f"resume: the checkpoint was written by {state.get('kind')} on data "
+                f"{state.get('data')}, this call is {kind} on {fingerprint}"
+            )
+    model._checkpoint = None
+
+    rng = np.random.default_rng(seed)
+    history = History()
+    model.history = history
+    model.stop_training = False
+    start_epoch, start_batch, global_step = 0, 0, 0
+    if state is not None:
+        start_epoch = int(state["epoch"])
+        start_batch = int(state["batch"])
+        global_step = int(state["global_step"])
+        history.load_state_dict(state["history"])
+        rng.bit_generator.state = state["epoch_rng"]
+        if state.get("stopped"):
+            epochs = start_epoch  # The interrupted run had already stopped early.
+
+    bar = ProgressBar(verbose) if verbose else None
+    all_callbacks = [history] + ([bar] if bar else []) + user_callbacks
+    probe = make_plan(np.random.default_rng(0))
+    params = {
+        "epochs": epochs,
+        "steps": probe.n_steps,
+        "verbose": verbose,
+        "initial_epoch": start_epoch,
+        "metrics": list(model.metrics),
+    }
+    cbs = CallbackList(all_callbacks, model, params)
+    user_list = CallbackList(user_callbacks, model, params)
+    if state is not None:
+        user_list.load_state_dict(state.get("callbacks", []))
+    if isinstance(model.schedule, ReduceLROnPlateau):
+        model.schedule.start(model.lr)
+    _check_monitor(model, validate is not None)
+
+    def checkpoint(epoch, batch, epoch_rng, scores, carry_now, stopped=False):
+        training = {
+            "kind": kind,
+            "data": fingerprint,
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": global_step,
+            "epoch_rng": epoch_rng,
+            "scores": None if scores is None else scores.state_dict(),
+            "history": history.state_dict(),
+            "callbacks": user_list.state_dict(),
+            "stopped": stopped,
+        }
+        name = f"step-{global_step:09d}" + ("-end" if batch == 0 else "")
+        write_training_checkpoint(
+            model, checkpoint_dir, name, training, carry_now, keep_checkpoints
+        )
+
+    try:
+        cbs.on_train_begin()
+        for epoch in range(start_epoch, epochs):
+            resumed = state is not None and epoch == start_epoch and start_batch > 0
+            epoch_rng = _rng_state(rng)
+            plan = make_plan(rng)
+            scores = _Scores(model, model.metrics)
+            first = 0
+            if resumed:
+                scores.load_state_dict(state["scores"])
+                first = start_batch
+            else:
+                carry = None
+            t_start = time.perf_counter()
+            cbs.on_epoch_begin(epoch, {"resumed": resumed, "first_batch": first})
+            lr = _current_lr(model, epoch, global_step)
+            for i in range(first, plan.n_steps):
+                b = plan.step(i)
+                lr = _current_lr(model, epoch, global_step)
+                h0 = c0 = None
+                if plan.carries and not b.reset and carry is not None:
+                    h0, c0 = carry
+                cbs.on_batch_begin(i)
+                loss, grad_norm, out, h_n, c_n = model.core.train_step(
+                    b.x,
+                    b.y,
+                    model._loss_spec,
+                    model._opt_core,
+                    lr,
+                    int(plan.seeds[i]),
+                    lengths=b.lengths,
+                    h0=h0,
+                    c0=c0,
+                    clip_norm=model.clip_norm,
+                    clip_value=model.clip_value,
+                )
+                global_step += 1
+                if not math.isfinite(loss):
+                    raise NonFiniteError(
+                        f"loss: became {loss} at epoch {epoch}, batch {i} (step {global_step}); "
+                        f"lower the learning rate or clip gradients (compile(clip_norm=...))"
+                    )
+                carry = (h_n, c_n) if plan.carries else None
+                scores.update(loss, _loss_weight(model, b.y, b.mask), b.y, out, b.mask)
+                logs = scores.logs()
+                logs.update(batch_loss=loss, lr=lr, grad_norm=grad_norm, size=b.size)
+                cbs.on_batch_end(i, logs)
+                if (
+                    checkpoint_dir is not None
+                    and not every_epoch
+                    and global_step % checkpoint_every == 0
+                ):
+                    checkpoint(epoch, i + 1, epoch_rng, scores, carry if plan.carries else None)
+                if model.stop_training:
+                    break
+            logs = scores.logs()
+            if validate is not None:
+                logs.update(validate())
+            logs["lr"] = lr
+            logs["seconds"] = time.perf_counter() - t_start
+            if isinstance(model.schedule, ReduceLROnPlateau):
+                mon = model.schedule.monitor
+                model.schedule.step(logs[mon] if mon in logs else logs["loss"])
+            cbs.on_epoch_end(epoch, logs)
+            if checkpoint_dir is not None and (
+                every_epoch or epoch == epochs - 1 or model.stop_training
+            ):
+                checkpoint(epoch + 1, 0, _rng_state(rng), None, None, stopped=model.stop_training)
+            if model.stop_training:
+                break
+        cbs.on_train_end()
+    except BaseException:
+        for c in all_callbacks:
+            if isinstance(c, (ProgressBar, _FileLogger)):
+                c.on_train_end()
+        raise
+    return history
+
+
+def _validation(model, data: _Data | None, batch_size: int):
+    if data is None:
+        return None
+    return lambda: _evaluate_data(model, data, batch_size, model.metrics, prefix="val_")
+
+
+def _fingerprint(data: _Data, **extra) -> dict:
+    return {"n": data.n, "seq_len": data.seq_len, **extra}
+
+
+def fit(
+    model: Model,
+    x: Any,
+    y: Any = None,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    validation_data: Any = None,
+    validation_split: float = 0.0,
+    lengths: Any = None,
+    shuffle: bool = True,
+    callbacks: Any = (),
+    seed: int | None = None,
+    verbose: int = 1,
+    tbptt: int | None = None,
+    checkpoint_dir: Any = None,
+    checkpoint_every: Any = "epoch",
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+) -> History:
+    """Trains ``model`` on sequences ``x`` with targets ``y``; returns the :class:`History`.
+
+    - ``x``: float ``[N, T, F]`` (or ``[N, T]`` when F = 1), int token ids ``[N, T]``, or a list
+      of ``N`` sequences of different lengths (padded internally; no sorting needed). With a
+      padded array, ``lengths`` gives each sequence's valid steps.
+    - ``y``: ``[N, O]`` (``[N]`` when O = 1) or class ids ``[N]``; per-step heads take
+      ``[N, T, O]`` / ``[N, T]`` or a list of per-sequence targets.
+    - ``validation_data=(x_val, y_val[, lengths_val])`` or ``validation_split``: the last
+      fraction of the data (time order, as Keras), not shuffled.
+    - ``seed`` makes the run reproducible (shuffling and dropout); ``verbose`` 0, 1 (progress
+      bar) or 2 (a line per epoch).
+    - ``tbptt=k``: truncated backpropagation through time in chunks of ``k`` steps, carrying the
+      final states of each chunk into the next without gradient (per-step heads).
+    - ``checkpoint_dir`` + ``checkpoint_every`` (``"epoch"`` or a number of batches) write
+      crash-safe checkpoints; ``resume=True`` continues from the newest one exactly where it
+      stopped (same data and arguments).
+    """
+    batch_size = _batch_size(batch_size)
+    data = _prepare(model, x, y, lengths)
+    if tbptt is not None:
+        tbptt = _batch_size(tbptt)
+        if model.pooling != "per_step":
+            raise InvalidArgumentError("tbptt: needs pooling='per_step' (a target at every step)")
+        if model.bidirectional:
+            raise InvalidArgumentError("tbptt: a bidirectional model cannot carry state forward")
+        if data.lengths is not None:
+            raise InvalidArgumentError("tbptt: needs sequences of equal length (no lengths)")
+    val = None
+    if validation_data is not None:
+        if validation_split:
+            raise InvalidArgumentError("validation_data and validation_split: give one, not both")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise InvalidArgumentError(
+                "validation_data: expected (x_val, y_val) or (x_val, y_val, lengths_val)"
+            )
+        vx, vy, *vl = validation_data
+        val = _prepare(model, vx, vy, vl[0] if vl else None)
+    elif validation_split:
+        if not 0.0 < float(validation_split) < 1.0:
+            raise InvalidArgumentError(
+                f"validation_split: expected a fraction in (0, 1), got {validation_split!r}"
+            )
+        cut = int(data.n * (1.0 - float(validation_split)))
+        if cut < 1 or cut >= data.n:
+            raise InvalidArgumentError(
+                f"validation_split: {validation_split} of {data.n} sequences leaves an empty part"
+            )
+        data, val = data.subset(slice(0, cut)), data.subset(slice(cut, None))
+
+    def make_plan(rng):
+        return _SequencePlan(model, data, batch_size, rng, bool(shuffle), tbptt)
+
+    return _train(
+        model,
+        kind="fit",
+        make_plan=make_plan,
+        epochs=epochs,
+        validate=_validation(model, val, max(batch_size, 256)),
+        callbacks=callbacks,
+        verbose=verbose,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
+        fingerprint=_fingerprint(data, batch_size=batch_size, tbptt=tbptt, shuffle=bool(shuffle)),
+    )
+
+
+def fit_stream(
+    model: Model,
+    stream: Any,
+    seq_len: int,
+    *,
+    targets: Any = None,
+    batch_size: int = 32,
+    epochs: int = 1,
+    validation_stream: Any = None,
+    validation_targets: Any = None,
+    callbacks: Any = (),
+    seed: int | None = None,
+    verbose: int = 1,
+    checkpoint_dir: Any = None,
+    checkpoint_every: Any = "epoch",
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+) -> History:
+    """Truncated BPTT over one long stream (char-rnn style).
+
+    The stream (token ids ``[L]``, or features ``[L, F]`` with ``targets``) is cut into
+    ``batch_size`` contiguous sub-streams trained side by side in chunks of ``seq_len`` steps;
+    each chunk starts from the previous chunk's final states (no gradient across the border).
+    Without ``targets`` the target of each token is the next token. The model needs
+    ``pooling="per_step"``. Validation (``validation_stream``) runs the same way without dropout
+    and reports ``val_loss`` and the compiled metrics (``perplexity``, ``bpc``, ...).
+    """
+    seq_len = _batch_size(seq_len)
+    batch_size = _batch_size(batch_size)
+    xs, ys = _split_stream(model, stream, targets, batch_size)
+    validate = None
+    if validation_stream is not None:
+        vx, vy = _split_stream(model, validation_stream, validation_targets, batch_size)
+
+        def validate():
+            return _stream_scores(model, vx, vy, seq_len, model.metrics, prefix="val_")
+
+    def make_plan(rng):
+        return _StreamPlan(model, xs, ys, seq_len, rng)
+
+    if isinstance(epochs, int) and epochs > 0 and xs.shape[1] < 2:
+        warnings.warn("fit_stream: each sub-stream has a single step", RuntimeWarning, stacklevel=2)
+    return _train(
+        model,
+        kind="fit_stream",
+        make_plan=make_plan,
+        epochs=epochs,
+        validate=validate,
+        callbacks=callbacks,
+        verbose=verbose,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
+        fingerprint={"n": int(xs.shape[0]), "seq_len": int(xs.shape[1]), "chunk": seq_len},
+    )
