@@ -15,11 +15,12 @@ const EXP_LO: f32 = -87.0;
 
 /// `e^x` for f32, clamped to `[-87, 88]` so the exponent bits never overflow.
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32(x_in: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(EXP_LO, EXP_HI);
+    // max/min rather than clamp: clamp's NaN handling keeps LLVM from vectorising the loop.
+    let x = x_in.max(EXP_LO).min(EXP_HI);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
@@ -32,7 +33,12 @@ pub fn exp_f32(x: f32) -> f32 {
     let y = p.mul_add(r2, r) + 1.0;
     // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    y * scale
+    // NaN in, NaN out (max/min above would have replaced it).
+    if x_in.is_nan() {
+        x_in
+    } else {
+        y * scale
+    }
 }
 
 /// Logistic sigmoid `1 / (1 + e^-x)`.
@@ -119,6 +125,11 @@ mod tests {
             assert_eq!(t, x.signum(), "tanh({x})");
         }
         assert_eq!(tanh_f32(0.0), 0.0);
+        assert!(
+            exp_f32(f32::NAN).is_nan()
+                && sigmoid_f32(f32::NAN).is_nan()
+                && tanh_f32(f32::NAN).is_nan()
+        );
         assert_eq!(sigmoid_f32(0.0), 0.5);
     }
 }

@@ -1,0 +1,83 @@
+//! Times the phases of a training step of one LSTM layer, for profiling:
+//! `cargo run --release -p lstmrs-core --example profile_step -- B T I H [threads]`.
+
+use lstmrs_core::{
+    backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
+    RnnParams,
+};
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("integer"))
+        .collect();
+    let (b, t, i, h) = (a[0], a[1], a[2], a[3]);
+    if let Some(&n) = a.get(4) {
+        threads::set_num_threads(n).unwrap();
+    }
+    let cell = if std::env::var("CELL").as_deref() == Ok("gru") {
+        CellKind::Gru
+    } else {
+        CellKind::Lstm
+    };
+    let cfg = RnnConfig::new(cell, i, h, 1, false, true).unwrap();
+    let p = RnnParams::<f32>::init_uniform(cfg, 0);
+    let x: Vec<f32> = (0..b * t * i)
+        .map(|k| ((k % 97) as f32 * 0.01).sin())
+        .collect();
+    let batch = Batch {
+        input: &x,
+        layout: Layout::BatchFirst,
+        seq_len: t,
+        batch: b,
+        h0: None,
+        c0: None,
+        lengths: None,
+    };
+    let d_out = vec![1.0f32; b * t * h];
+    let opts = ForwardOptions {
+        keep_tape: true,
+        ..Default::default()
+    };
+    let reps = 10;
+    let (mut tf, mut tb, mut ti) = (0.0, 0.0, 0.0);
+    for r in 0..reps + 2 {
+        let s = Instant::now();
+        let o = forward(&p, &batch, &ForwardOptions::default()).unwrap();
+        let e1 = s.elapsed().as_secs_f64();
+        std::hint::black_box(o);
+        let s = Instant::now();
+        let o = forward(&p, &batch, &opts).unwrap();
+        let e2 = s.elapsed().as_secs_f64();
+        let s = Instant::now();
+        let g = backward(
+            &p,
+            o.tape.as_ref().unwrap(),
+            &GradOutputs {
+                output: Some(&d_out),
+                h_n: None,
+                c_n: None,
+            },
+        )
+        .unwrap();
+        let e3 = s.elapsed().as_secs_f64();
+        std::hint::black_box(g);
+        if r >= 2 {
+            ti += e1;
+            tf += e2;
+            tb += e3;
+        }
+    }
+    let n = reps as f64;
+    let flops = 2.0 * (b * t * cfg.gate_width() * (i + h)) as f64;
+    println!(
+        "B={b} T={t} I={i} H={h} threads={}: inference {:.2} ms ({:.1} GFLOP/s), forward+tape {:.2} ms, backward {:.2} ms (train {:.1} GFLOP/s)",
+        threads::num_threads(),
+        ti / n * 1e3,
+        flops / (ti / n) / 1e9,
+        tf / n * 1e3,
+        tb / n * 1e3,
+        3.0 * flops / ((tf + tb) / n) / 1e9
+    );
+}
