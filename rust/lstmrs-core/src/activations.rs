@@ -20,6 +20,7 @@ pub fn exp_f32(x_in: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // max/min rather than clamp: clamp's NaN handling keeps LLVM from vectorising the loop.
+    #[allow(clippy::manual_clamp)]
     let x = x_in.max(EXP_LO).min(EXP_HI);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;

@@ -10,7 +10,7 @@ use crate::scalar::Scalar;
 
 /// Rows of a step: which of them are inside their sequence at this time step.
 #[derive(Clone, Copy)]
-pub(crate) struct Active<'a> {
+pub struct Active<'a> {
     pub lengths: Option<&'a [usize]>,
     pub t: usize,
 }

@@ -11,6 +11,7 @@
 //! lives behind a cargo feature so this build never compiles it.
 
 pub mod activations;
+pub mod cellexpr;
 pub mod config;
 pub mod dropout;
 pub mod error;

@@ -110,12 +110,14 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
                 v.get("attention_units").unwrap_or(&Value::Null),
             )?,
         },
-        other => return Err(bad(
-            py,
-            format!(
+        other => {
+            return Err(bad(
+                py,
+                format!(
                 "config.pooling: expected 'per_step', 'last', 'mean' or 'attention', got {other:?}"
             ),
-        )),
+            ))
+        }
     };
     let head_hidden = match v.get("head_hidden") {
         None | Some(Value::Null) => Vec::new(),
@@ -860,12 +862,14 @@ fn optimizer_config(
                 maximize: flag("maximize", false)?,
             })
         }
-        other => return Err(bad(
-            py,
-            format!(
+        other => {
+            return Err(bad(
+                py,
+                format!(
                 "optimizer: expected 'sgd', 'adam', 'adamw', 'rmsprop' or 'adagrad', got {other:?}"
             ),
-        )),
+            ))
+        }
     };
     if let Some(h) = hyper {
         for key in h.keys() {

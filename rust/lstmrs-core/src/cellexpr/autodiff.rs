@@ -54,7 +54,8 @@ pub(crate) fn differentiate(
                     Leaf::Param(k) => d.d_param.get_mut(k as usize),
                     Leaf::DNext(_) => None,
                 };
-                let slot = slot.ok_or_else(|| internal(format!("leaf {l:?} in the forward graph")))?;
+                let slot =
+                    slot.ok_or_else(|| internal(format!("leaf {l:?} in the forward graph")))?;
                 *slot = Some(adj);
             }
             Node::Const(_) => {}
@@ -85,7 +86,9 @@ pub(crate) fn differentiate(
                     push(y, g.mul(adj, x));
                 }
                 Bin::DSig | Bin::DTanh | Bin::Mask => {
-                    return Err(internal(format!("derivative op {op:?} in the forward graph")))
+                    return Err(internal(format!(
+                        "derivative op {op:?} in the forward graph"
+                    )))
                 }
             },
         }

@@ -71,7 +71,11 @@ elem!(SubE, |a, b, c, e| a - b);
 elem!(MulE, |a, b, c, e| a * b);
 elem!(DSigE, |a, b, c, e| a * (b * (T::one() - b)));
 elem!(DTanhE, |a, b, c, e| a * (T::one() - b * b));
-elem!(MaskE, |a, b, c, e| if b > T::zero() { a } else { T::zero() });
+elem!(MaskE, |a, b, c, e| if b > T::zero() {
+    a
+} else {
+    T::zero()
+});
 elem!(SigmoidAddE, |a, b, c, e| (a + b).sigmoid());
 elem!(TanhAddE, |a, b, c, e| (a + b).tanh_act());
 elem!(ReluAddE, |a, b, c, e| (a + b).max(T::zero()));
@@ -86,6 +90,15 @@ impl<T: Scalar> Elem<T> for AffineE<T> {
     #[inline(always)]
     fn f(self, a: T, _: T, _: T, _: T) -> T {
         self.0 * a + self.1
+    }
+}
+
+#[derive(Clone, Copy)]
+struct AffineMulE<T>(T, T);
+impl<T: Scalar> Elem<T> for AffineMulE<T> {
+    #[inline(always)]
+    fn f(self, a: T, b: T, _: T, _: T) -> T {
+        self.0 * (a * b) + self.1
     }
 }
 
@@ -169,6 +182,10 @@ unsafe fn exec<T: Scalar>(op: &Op, fr: &Frame<T>, b: usize) {
         Kind::SigmoidAdd => map(SigmoidAddE, d, d2, a, bb, c, e),
         Kind::TanhAdd => map(TanhAddE, d, d2, a, bb, c, e),
         Kind::ReluAdd => map(ReluAddE, d, d2, a, bb, c, e),
+        Kind::AffineMul(k, o) => {
+            let f = AffineMulE(T::from_f64(k), T::from_f64(o));
+            map(f, d, d2, a, bb, c, e)
+        }
         Kind::Fma => map(FmaE, d, d2, a, bb, c, e),
         Kind::DSigMul => map(DSigMulE, d, d2, a, bb, c, e),
         Kind::DTanhMul => map(DTanhMulE, d, d2, a, bb, c, e),

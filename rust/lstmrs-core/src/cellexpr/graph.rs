@@ -266,7 +266,8 @@ mod tests {
         assert_eq!(g.add(x, h), g.add(h, x));
         let one = g.constant(1.0);
         let two = g.constant(2.0);
-        assert_eq!(g.as_const(g.binary(Bin::Mul, one, two)), Some(2.0));
+        let prod = g.binary(Bin::Mul, one, two);
+        assert_eq!(g.as_const(prod), Some(2.0));
         // 1 - (1 - x) == x
         let om = g.binary(Bin::Sub, one, x);
         assert_eq!(g.binary(Bin::Sub, one, om), x);

@@ -18,7 +18,8 @@ pub const MAX_NODES: usize = 65_536;
 const RESERVED: [&str; 4] = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
 
 /// The op names a node may carry, for error messages.
-const OPS: &str = "xg, hg, state, param, const, neg, one_minus, sigmoid, tanh, relu, square, add, sub, mul";
+const OPS: &str =
+    "xg, hg, state, param, const, neg, one_minus, sigmoid, tanh, relu, square, add, sub, mul";
 
 /// How a unit parameter is initialised.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,7 +124,10 @@ fn node_err(i: usize, expected: impl std::fmt::Display, got: impl Into<String>) 
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 60 {
-        format!("{}...", &s[..s.char_indices().nth(57).map_or(s.len(), |(k, _)| k)])
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(57).map_or(s.len(), |(k, _)| k)]
+        )
     } else {
         s
     }
@@ -239,8 +243,16 @@ impl CellDesc {
                     .ok_or_else(|| value_err("cell.states", "state names as strings", show(s)))
             })
             .collect::<Result<_>>()?;
-        let x_gates = get_usize(field(top, "x_gates", "cell.x_gates")?, "cell.x_gates", "x_gates")?;
-        let h_gates = get_usize(field(top, "h_gates", "cell.h_gates")?, "cell.h_gates", "h_gates")?;
+        let x_gates = get_usize(
+            field(top, "x_gates", "cell.x_gates")?,
+            "cell.x_gates",
+            "x_gates",
+        )?;
+        let h_gates = get_usize(
+            field(top, "h_gates", "cell.h_gates")?,
+            "cell.h_gates",
+            "h_gates",
+        )?;
         let unit_params = match top.get("unit_params") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a
@@ -279,13 +291,16 @@ impl CellDesc {
             .ok_or_else(|| value_err("cell.outputs", "an object {state: node}", show(outputs)))?
             .iter()
             .map(|(k, n)| {
-                let i = n.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                    value_err(
-                        "cell.outputs",
-                        format!("a node index for state {k:?}"),
-                        show(n),
-                    )
-                })?;
+                let i = n
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        value_err(
+                            "cell.outputs",
+                            format!("a node index for state {k:?}"),
+                            show(n),
+                        )
+                    })?;
                 Ok((k.clone(), i))
             })
             .collect::<Result<_>>()?;
@@ -382,7 +397,9 @@ impl CellSpec {
             if let Some(r) = RESERVED.iter().find(|r| p.name.starts_with(**r)) {
                 return Err(value_err(
                     "cell.unit_params",
-                    format!("unit param {k}: a name not starting with {r:?} (the layer's own tensors)"),
+                    format!(
+                        "unit param {k}: a name not starting with {r:?} (the layer's own tensors)"
+                    ),
                     format!("{:?}", p.name),
                 ));
             }

@@ -6,7 +6,7 @@
 //! - schedules only the nodes the roots need (dead nodes are skipped; available inputs stop the
 //!   search, so taped values are read, not recomputed),
 //! - fuses single-use intermediates into superinstructions (`sigmoid(a + b)`, `a*b + c`,
-//!   `a*b + c*d`, `a*b*y*(1-y)`, ...) to save passes over the row,
+//!   `a*b + c*d`, `a*b*y*(1-y)`, `k*a*b + o`, ...) to save passes over the row,
 //! - writes each result straight into its first destination (tape slot, new state, gradient
 //!   output) and a second destination in the same loop, and
 //! - allocates scratch registers by liveness, never giving an op's destination the slot of one of
@@ -117,6 +117,8 @@ pub(crate) enum Kind {
     SigmoidAdd,
     TanhAdd,
     ReluAdd,
+    /// `d = s * (a * b) + o`
+    AffineMul(f64, f64),
     /// `d = a * b + c`
     Fma,
     /// `d = a * b * c * (1 - c)`
@@ -148,7 +150,8 @@ impl Kind {
             | Kind::Mask
             | Kind::SigmoidAdd
             | Kind::TanhAdd
-            | Kind::ReluAdd => 2,
+            | Kind::ReluAdd
+            | Kind::AffineMul(..) => 2,
             Kind::Fma | Kind::DSigMul | Kind::DTanhMul => 3,
             Kind::Fma2 => 4,
         }
@@ -237,20 +240,19 @@ impl Program {
     }
 }
 
-fn is_expensive(n: Node) -> bool {
-    matches!(n, Node::Un(Un::Sigmoid | Un::Tanh, _))
-}
-
 /// Largest number of cheap ops the backward pass recomputes to avoid taping one value.
 const RECOMPUTE_LIMIT: usize = 4;
 
 /// Chooses the forward values the backward program reads from the tape, in ascending id order.
 ///
-/// The backward roots depend on forward values at a boundary: forward nodes used by nodes that
-/// depend on the state gradients. Activation outputs there are taped (recomputing `exp` costs far
-/// more than a load). A cheap boundary value (sums, products, affine maps, relu) is recomputed
-/// from leaves and taped values when that takes at most `RECOMPUTE_LIMIT` ops and needs no
-/// untaped activation; otherwise it is taped itself.
+/// The backward step gets the previous states, the unit params and the state gradients, but not
+/// the gate pre-activations `x_pre`/`h_pre` (so the sweep need not keep them per step); every
+/// other forward value it needs comes from the tape or is recomputed. The backward roots depend
+/// on forward values at a boundary: forward values used by nodes that depend on the state
+/// gradients. At the boundary, activation outputs are taped (recomputing `exp` costs far more
+/// than a load) and so are gate pre-activations read directly. A cheap value (sums, products,
+/// affine maps, relu) is recomputed from states, params and taped values when that takes at most
+/// `RECOMPUTE_LIMIT` ops and needs no untaped activation or gate; otherwise it is taped itself.
 pub(crate) fn choose_tape(g: &Graph, bwd_roots: &[NodeId]) -> Vec<NodeId> {
     let n = g.len();
     let mut dep = vec![false; n];
@@ -260,8 +262,20 @@ pub(crate) fn choose_tape(g: &Graph, bwd_roots: &[NodeId]) -> Vec<NodeId> {
         dep[id] = matches!(node, Node::Leaf(Leaf::DNext(_)))
             || args[..k].iter().any(|&a| dep[a as usize]);
     }
-    let is_value = |id: NodeId| !matches!(g.node(id), Node::Leaf(_) | Node::Const(_));
-    // Boundary: non-dependent values that dependent nodes reachable from the roots use.
+    // Available to the backward step without the tape.
+    let free = |id: NodeId| {
+        matches!(
+            g.node(id),
+            Node::Const(_) | Node::Leaf(Leaf::State(_) | Leaf::Param(_) | Leaf::DNext(_))
+        )
+    };
+    let must_tape = |id: NodeId| {
+        matches!(
+            g.node(id),
+            Node::Un(Un::Sigmoid | Un::Tanh, _) | Node::Leaf(Leaf::Xg(_) | Leaf::Hg(_))
+        )
+    };
+    // Boundary: non-dependent, non-free values that dependent nodes reachable from the roots use.
     let mut boundary = HashSet::new();
     let mut seen = HashSet::new();
     let mut stack: Vec<NodeId> = bwd_roots.to_vec();
@@ -270,7 +284,7 @@ pub(crate) fn choose_tape(g: &Graph, bwd_roots: &[NodeId]) -> Vec<NodeId> {
             continue;
         }
         if !dep[id as usize] {
-            if is_value(id) {
+            if !free(id) {
                 boundary.insert(id);
             }
             continue;
@@ -283,21 +297,21 @@ pub(crate) fn choose_tape(g: &Graph, bwd_roots: &[NodeId]) -> Vec<NodeId> {
     let mut taped: HashSet<NodeId> = boundary
         .iter()
         .copied()
-        .filter(|&id| is_expensive(g.node(id)))
+        .filter(|&id| must_tape(id))
         .collect();
     for &m in &boundary {
         if taped.contains(&m) {
             continue;
         }
-        // The ops recomputing `m` would need, stopping at leaves and taped values.
+        // The ops recomputing `m` would need, stopping at free and taped values.
         let mut cone = HashSet::new();
         let mut stack = vec![m];
         let mut ok = true;
         while let Some(id) = stack.pop() {
-            if !is_value(id) || taped.contains(&id) || !cone.insert(id) {
+            if free(id) || taped.contains(&id) || !cone.insert(id) {
                 continue;
             }
-            if is_expensive(g.node(id)) || cone.len() > RECOMPUTE_LIMIT {
+            if must_tape(id) || cone.len() > RECOMPUTE_LIMIT {
                 ok = false;
                 break;
             }
@@ -416,6 +430,9 @@ pub(crate) fn lower(
                     _ => None,
                 }
             }
+            Kind::Affine(k, o) if absorbable(s[0], Kind::Mul, &plans) => {
+                Some((Kind::AffineMul(k, o), vec![s[0]]))
+            }
             Kind::DSig | Kind::DTanh if absorbable(s[0], Kind::Mul, &plans) => {
                 let kind = if plan.kind == Kind::DSig {
                     Kind::DSigMul
@@ -477,7 +494,7 @@ pub(crate) fn lower(
         }
     }
     let mut free: Vec<u32> = Vec::new();
-    let mut alloc = |free: &mut Vec<u32>, regs: &mut usize| {
+    let alloc = |free: &mut Vec<u32>, regs: &mut usize| {
         free.pop().unwrap_or_else(|| {
             *regs += 1;
             (*regs - 1) as u32
@@ -518,11 +535,16 @@ pub(crate) fn lower(
             src,
         });
         for &extra in sets.iter().skip(2) {
+            // A constant is filled again rather than copied.
+            let kind = match plan.kind {
+                Kind::Fill(c) => Kind::Fill(c),
+                _ => Kind::Copy,
+            };
             prog.ops.push(Op {
-                kind: Kind::Copy,
+                kind,
                 dst: extra,
                 dst2: None,
-                src: [home; 4],
+                src: [if kind == Kind::Copy { home } else { extra }; 4],
             });
         }
         for &acc in &accs {
@@ -576,7 +598,10 @@ pub(crate) fn listing(p: &Program, layout: &Layout) -> String {
     let mut out = String::new();
     for op in &p.ops {
         let srcs: Vec<String> = op.src[..op.kind.arity()].iter().map(|&l| name(l)).collect();
-        let d2 = op.dst2.map(|l| format!(", {}", name(l))).unwrap_or_default();
+        let d2 = op
+            .dst2
+            .map(|l| format!(", {}", name(l)))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{}{} = {:?}({})\n",
             name(op.dst),

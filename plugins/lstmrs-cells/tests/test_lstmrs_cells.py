@@ -1,0 +1,251 @@
+"""lstmrs-cells: registration, gradients and golden values of every cell."""
+
+from __future__ import annotations
+
+import json
+
+import lstmrs_cells
+import numpy as np
+import pytest
+from lstmrs.cells import CellSpec
+from lstmrs.plugins import get_cells, list_plugins
+from lstmrs.testing import check_cell_gradients, check_rust_cell, register_temporarily
+
+NAMES = ["peephole_lstm", "cifg_lstm", "mgu", "indrnn", "elman"]
+CELLS = {spec.name: spec for spec in lstmrs_cells.CELLS}
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def chunks(a: np.ndarray, n: int) -> list[np.ndarray]:
+    return np.split(a, n, axis=1)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240611)
+
+
+def random_step(spec: CellSpec, rng: np.random.Generator, b: int = 3, h: int = 5):
+    x_pre = rng.normal(size=(b, spec.x_gates * h))
+    h_pre = rng.normal(size=(b, spec.h_gates * h)) if spec.h_gates else None
+    params = {p.name: rng.normal(size=h) for p in spec.unit_params}
+    states = {s: rng.normal(size=(b, h)) for s in spec.states}
+    return x_pre, h_pre, params, states
+
+
+def test_registered_through_the_hook(lstmrs_plugins):
+    assert set(get_cells()) == {"lstm", "gru"}  # isolated: only the built-ins
+    with register_temporarily(lstmrs_cells, name="lstmrs_cells"):
+        cells = get_cells()
+        assert set(NAMES) <= set(cells)
+        assert all(lstmrs_plugins.owner("cells", n) == "lstmrs_cells" for n in NAMES)
+        row = next(r for r in list_plugins() if r["name"] == "lstmrs_cells")
+        assert row["cells"] == sorted(NAMES)
+        assert row["version"] == lstmrs_cells.__version__
+    assert "mgu" not in get_cells()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_json_round_trip(name):
+    spec = CELLS[name]
+    assert CellSpec.from_json(spec.to_json()) == spec
+    d = json.loads(spec.to_json())
+    assert d["name"] == name and set(d["outputs"]) == set(spec.states)
+
+
+def test_shapes_of_the_parameters():
+    assert CELLS["peephole_lstm"].param_specs(3, 5) == [
+        ("weight_ih_l0", (20, 3)),
+        ("weight_hh_l0", (20, 5)),
+        ("bias_ih_l0", (20,)),
+        ("bias_hh_l0", (20,)),
+        ("w_ci_l0", (5,)),
+        ("w_cf_l0", (5,)),
+        ("w_co_l0", (5,)),
+    ]
+    assert CELLS["cifg_lstm"].x_gates == 3 and CELLS["mgu"].h_gates == 2
+    # IndRNN has no recurrent matrix, only the per-unit weight, initialised to 1.
+    ind = CELLS["indrnn"]
+    assert ind.param_specs(3, 5, layer=1) == [
+        ("weight_ih_l1", (5, 3)),
+        ("bias_ih_l1", (5,)),
+        ("u_l1", (5,)),
+    ]
+    assert np.array_equal(ind.init_params(3, 5)["u_l0"], np.ones(5))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_match_finite_differences(name):
+    report = check_cell_gradients(CELLS[name], seed=3)
+    assert report["elements"] > 40 and report["worst"] <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rust_path(name):
+    # Skips (with the reason) while the Rust core has no compile_cell.
+    check_rust_cell(CELLS[name])
+
+
+# Golden values from direct NumPy formulas, written independently of the cell language.
+
+
+def test_peephole_lstm_direct_formula(rng):
+    spec = CELLS["peephole_lstm"]
+    x_pre, h_pre, p, s = random_step(spec, rng)
+    xi, xf, xg, xo = chunks(x_pre, 4)
+    hi, hf, hg, ho = chunks(h_pre, 4)
+    c = s["c"]
+    i = sigmoid(xi + hi + p["w_ci"] * c)
+    f = sigmoid(xf + hf + p["w_cf"] * c)
+    c_new = f * c + i * np.tanh(xg + hg)
+    o = sigmoid(xo + ho + p["w_co"] * c_new)
+    new = spec.reference_step(x_pre, h_pre, p, s)
+    np.testing.assert_allclose(new["c"], c_new, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(new["h"], o * np.tanh(c_new), rtol=1e-13, atol=1e-15)
+
+
+def test_cifg_lstm_direct_formula(rng):
+    spec = CELLS["cifg_lstm"]
+    x_pre, h_pre, p, s = random_step(spec, rng)
+    xf, xg, xo = chunks(x_pre, 3)
+    hf, hg, ho = chunks(h_pre, 3)
+    f = sigmoid(xf + hf)
+    c_new = f * s["c"] + (1 - f) * np.tanh(xg + hg)
+    new = spec.reference_step(x_pre, h_pre, p, s)
+    np.testing.assert_allclose(new["c"], c_new, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(new["h"], sigmoid(xo + ho) * np.tanh(c_new), rtol=1e-13, atol=1e-15)
+
+
+def test_mgu_direct_formula(rng):
+    spec = CELLS["mgu"]
+    x_pre, h_pre, p, s = random_step(spec, rng)
+    xf, xn = chunks(x_pre, 2)
+    hf, hn = chunks(h_pre, 2)
+    f = sigmoid(xf + hf)
+    expected = (1 - f) * s["h"] + f * np.tanh(xn + f * hn)
+    np.testing.assert_allclose(spec.reference_step(x_pre, h_pre, p, s)["h"], expected, rtol=1e-13)
+
+
+def test_indrnn_direct_formula(rng):
+    spec = CELLS["indrnn"]
+    x_pre, h_pre, p, s = random_step(spec, rng)
+    assert h_pre is None
+    expected = np.maximum(x_pre + p["u"] * s["h"], 0.0)
+    got = spec.reference_step(x_pre, None, p, s)["h"]
+    np.testing.assert_allclose(got, expected, rtol=1e-14)
+    assert (got == 0).any() and (got > 0).any()  # both sides of the ReLU were exercised
+
+
+def test_elman_golden_from_torch():
+    # Golden values from PyTorch 2.15 (float64):
+    #   cell = torch.nn.RNNCell(3, 4, nonlinearity="tanh").double()
+    #   with torch.no_grad():
+    #       cell.weight_ih.copy_(torch.from_numpy(np.sin(np.arange(12.0)).reshape(4, 3) * 0.5))
+    #       cell.weight_hh.copy_(torch.from_numpy(np.cos(np.arange(16.0)).reshape(4, 4) * 0.5))
+    #       cell.bias_ih.copy_(torch.from_numpy(np.linspace(-0.2, 0.3, 4)))
+    #       cell.bias_hh.copy_(torch.from_numpy(np.linspace(0.1, -0.1, 4)))
+    #   x = torch.from_numpy((np.arange(6.0).reshape(2, 3) - 2.5) / 3)
+    #   h = torch.from_numpy(np.linspace(-0.5, 0.5, 8).reshape(2, 4))
+    #   cell(x, h).tolist()
+    golden = np.array(
+        [
+            [-0.5734720653366272, 0.1908965407010314, 0.25293810225208146, -0.1124271898040186],
+            [0.25526375307174765, -0.20697597462483786, 0.38135930036567034, -0.3420966880666428],
+        ]
+    )
+    w_ih = np.sin(np.arange(12.0)).reshape(4, 3) * 0.5
+    w_hh = np.cos(np.arange(16.0)).reshape(4, 4) * 0.5
+    b_ih, b_hh = np.linspace(-0.2, 0.3, 4), np.linspace(0.1, -0.1, 4)
+    x = (np.arange(6.0).reshape(2, 3) - 2.5) / 3
+    h = np.linspace(-0.5, 0.5, 8).reshape(2, 4)
+    got = CELLS["elman"].reference_step(x @ w_ih.T + b_ih, h @ w_hh.T + b_hh, {}, {"h": h})
+    np.testing.assert_allclose(got["h"], golden, rtol=1e-14, atol=1e-15)
+    # The same through the whole-sequence reference, with torch's parameter names.
+    weights = {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh}
+    out, fin = CELLS["elman"].reference_sequence(x[:, None, :], weights, {"h": h})
+    np.testing.assert_allclose(out[:, 0], golden, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(fin["h"], golden, rtol=1e-14, atol=1e-15)
+
+
+# Live comparisons with torch where an equivalent exists (skipped without torch).
+
+
+def test_elman_matches_torch_rnn_over_a_sequence(rng):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(3, 4, nonlinearity="tanh", batch_first=True).double()
+    x = rng.normal(size=(2, 6, 3))
+    h0 = rng.normal(size=(1, 2, 4))
+    out_t, h_t = rnn(torch.from_numpy(x), torch.from_numpy(h0))
+    weights = {k: v.detach().numpy() for k, v in rnn.state_dict().items()}
+    out, fin = CELLS["elman"].reference_sequence(x, weights, {"h": h0[0]})
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fin["h"], h_t[0].detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_mgu_is_a_gru_with_tied_gates(rng):
+    # GRU: r = s(a_r), z = s(a_z), n = tanh(xn + r * hn), h' = (1 - z) n + z h. With the reset
+    # gate's weights = MGU's forget gate and the update gate's = minus them, s(-a) = 1 - s(a)
+    # makes r = f and z = 1 - f: exactly the MGU.
+    torch = pytest.importorskip("torch")
+    i, h, b = 3, 4, 5
+    w_ih, w_hh = rng.normal(size=(2 * h, i)), rng.normal(size=(2 * h, h))
+    b_ih, b_hh = rng.normal(size=2 * h), rng.normal(size=2 * h)
+    x, h0 = rng.normal(size=(b, i)), rng.normal(size=(b, h))
+    gru = torch.nn.GRUCell(i, h).double()
+    with torch.no_grad():
+        for name, w in (
+            ("weight_ih", w_ih),
+            ("weight_hh", w_hh),
+            ("bias_ih", b_ih),
+            ("bias_hh", b_hh),
+        ):
+            f, n = np.split(w, 2, axis=0)
+            getattr(gru, name).copy_(torch.from_numpy(np.concatenate([f, -f, n])))
+    expected = gru(torch.from_numpy(x), torch.from_numpy(h0)).detach().numpy()
+    got = CELLS["mgu"].reference_step(x @ w_ih.T + b_ih, h0 @ w_hh.T + b_hh, {}, {"h": h0})
+    np.testing.assert_allclose(got["h"], expected, rtol=1e-12, atol=1e-14)
+
+
+def test_cifg_is_an_lstm_with_tied_gates(rng):
+    # torch's LSTMCell with the input gate's weights = minus the forget gate's: i = 1 - f.
+    torch = pytest.importorskip("torch")
+    i, h, b = 3, 4, 5
+    w_ih, w_hh = rng.normal(size=(3 * h, i)), rng.normal(size=(3 * h, h))
+    b_ih, b_hh = rng.normal(size=3 * h), rng.normal(size=3 * h)
+    x, h0, c0 = rng.normal(size=(b, i)), rng.normal(size=(b, h)), rng.normal(size=(b, h))
+    lstm = torch.nn.LSTMCell(i, h).double()
+    with torch.no_grad():
+        for name, w in (
+            ("weight_ih", w_ih),
+            ("weight_hh", w_hh),
+            ("bias_ih", b_ih),
+            ("bias_hh", b_hh),
+        ):
+            f, g, o = np.split(w, 3, axis=0)
+            getattr(lstm, name).copy_(torch.from_numpy(np.concatenate([-f, f, g, o])))
+    h1, c1 = lstm(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    got = CELLS["cifg_lstm"].reference_step(
+        x @ w_ih.T + b_ih, h0 @ w_hh.T + b_hh, {}, {"h": h0, "c": c0}
+    )
+    np.testing.assert_allclose(got["h"], h1.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got["c"], c1.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_indrnn_is_a_relu_rnn_with_a_diagonal_recurrence(rng):
+    torch = pytest.importorskip("torch")
+    i, h, b = 3, 4, 5
+    w_ih, b_ih, u = rng.normal(size=(h, i)), rng.normal(size=h), rng.normal(size=h)
+    x, h0 = rng.normal(size=(b, i)), np.abs(rng.normal(size=(b, h)))
+    cell = torch.nn.RNNCell(i, h, nonlinearity="relu").double()
+    with torch.no_grad():
+        cell.weight_ih.copy_(torch.from_numpy(w_ih))
+        cell.bias_ih.copy_(torch.from_numpy(b_ih))
+        cell.weight_hh.copy_(torch.from_numpy(np.diag(u)))
+        cell.bias_hh.zero_()
+    expected = cell(torch.from_numpy(x), torch.from_numpy(h0)).detach().numpy()
+    got = CELLS["indrnn"].reference_step(x @ w_ih.T + b_ih, None, {"u": u}, {"h": h0})
+    np.testing.assert_allclose(got["h"], expected, rtol=1e-12, atol=1e-14)

@@ -1,0 +1,506 @@
+"""The plugin registry: loading from entry points, environment switches, registries,
+duplicate and misspelt hooks, lifecycle hooks, `lstmrs plugins`.
+
+Installed plugins are simulated with distributions written into a temporary directory on
+sys.path (a `*.dist-info` with an `entry_points.txt`), which importlib.metadata finds exactly as
+it finds pip-installed ones. Every test runs with a fresh manager that ignores the plugins
+installed on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import uuid
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from lstmrs import optim
+from lstmrs.cells import Cell, CellSpec, tanh
+from lstmrs.plugins import (
+    BUILTIN,
+    PluginError,
+    get_cells,
+    get_commands,
+    get_manager,
+    get_optimizers,
+    get_tasks,
+    hookimpl,
+    hookspecs,
+    list_plugins,
+    lookup,
+    notify_epoch_end,
+    notify_train_end,
+    notify_train_start,
+    plugins_command,
+)
+from lstmrs.plugins import manager as manager_mod
+from lstmrs.testing import isolated_plugins, register_temporarily
+
+ELMAN_SRC = """
+from lstmrs.cells import Cell, tanh
+from lstmrs.plugins import hookimpl
+
+__version__ = "{version}"
+
+@hookimpl
+def lstmrs_register_cells(register):
+    register(Cell.define("{cell}", lambda c: {{"h": tanh(c.x_gates(1)[0] + c.h_gates(1)[0])}}))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated():
+    """No test here sees the developer's installed plugins or leaves a manager behind."""
+    with isolated_plugins() as pm:
+        yield pm
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """``install(package, source, ...)`` writes a plugin distribution into a directory on
+    sys.path; returns the entry-point name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules: list[str] = []
+
+    def install(package, source, *, ep_name=None, version="1.0.0"):
+        module = f"lstmrsfake_{uuid.uuid4().hex[:10]}"
+        ep_name = ep_name or package.replace("-", "_")
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{package.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n"
+        )
+        (info / "entry_points.txt").write_text(f"[lstmrs]\n{ep_name} = {module}\n")
+        importlib.invalidate_caches()
+        modules.append(module)
+        return ep_name
+
+    install.path = tmp_path
+    yield install
+    for m in modules:
+        sys.modules.pop(m, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Built-ins
+
+
+def test_builtins_are_registered_through_the_hooks():
+    cells = get_cells()
+    assert set(cells) == {"lstm", "gru"}
+    assert cells["lstm"].native == "lstm" and cells["gru"].native == "gru"
+    assert cells["lstm"].states == ("h", "c") and cells["lstm"].x_gates == 4
+    assert cells["gru"].states == ("h",) and cells["gru"].h_gates == 3
+    assert get_optimizers() == {
+        "sgd": optim.SGD,
+        "adam": optim.Adam,
+        "adamw": optim.AdamW,
+        "rmsprop": optim.RMSprop,
+        "adagrad": optim.Adagrad,
+    }
+    assert get_commands()["plugins"].func is plugins_command
+    tasks = get_tasks()  # possibly empty; any built-in task belongs to the built-in plugin
+    assert all(get_manager().owner("tasks", n) == BUILTIN for n in tasks)
+    assert all(get_manager().owner("cells", n) == BUILTIN for n in cells)
+
+
+def test_registries_are_copies():
+    get_cells().clear()
+    assert set(get_cells()) == {"lstm", "gru"}
+
+
+def test_lookup_lists_the_choices():
+    assert lookup("optimizers", "ADAM") is optim.Adam
+    with pytest.raises(ValueError, match=r"cell: expected one of \['gru', 'lstm'\], got 'lsmt'"):
+        lookup("cells", "lsmt")
+    with pytest.raises(ValueError, match="category"):
+        lookup("models", "x")
+
+
+def test_every_hook_is_documented():
+    names = [n for n in dir(hookspecs) if n.startswith("lstmrs_")]
+    assert set(names) == {
+        "lstmrs_register_cells",
+        "lstmrs_register_tasks",
+        "lstmrs_register_optimizers",
+        "lstmrs_register_commands",
+        "lstmrs_train_start",
+        "lstmrs_epoch_end",
+        "lstmrs_train_end",
+    }
+    for n in names:
+        assert len(getattr(hookspecs, n).__doc__.strip()) > 40, n
+
+
+# --------------------------------------------------------------------------------------------
+# Loading from entry points
+
+
+def test_nothing_loads_at_import(site):
+    site("fake-lazy", ELMAN_SRC.format(version="0.1", cell="lazy_cell"))
+    code = textwrap.dedent(
+        """
+        import sys
+        import lstmrs, lstmrs.plugins
+        from lstmrs.plugins import manager
+        before = manager._manager is None and not any(m.startswith("lstmrsfake_") for m in sys.modules)
+        cells = lstmrs.plugins.get_cells()
+        after = any(m.startswith("lstmrsfake_") for m in sys.modules)
+        print(before, after, "lazy_cell" in cells)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=f"{site.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("LSTMRS_PLUGINS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_installed_plugin_appears_and_disappears_with_its_distribution(site):
+    name = site("fake-cells", ELMAN_SRC.format(version="0", cell="fake_elman"), version="2.3.4")
+    with isolated_plugins(load=None):
+        assert "fake_elman" in get_cells()
+        row = next(r for r in list_plugins() if r["name"] == name)
+        assert row == {
+            "name": "fake_cells",
+            "version": "2.3.4",
+            "package": "fake-cells",
+            "builtin": False,
+            "hooks": ["lstmrs_register_cells"],
+            "cells": ["fake_elman"],
+            "tasks": [],
+            "optimizers": [],
+            "commands": [],
+        }
+    # "Uninstall": remove the distribution; a fresh manager no longer sees it.
+    (site.path / "fake_cells-2.3.4.dist-info" / "entry_points.txt").unlink()
+    (site.path / "fake_cells-2.3.4.dist-info" / "METADATA").unlink()
+    (site.path / "fake_cells-2.3.4.dist-info").rmdir()
+    importlib.invalidate_caches()
+    with isolated_plugins(load=None):
+        assert "fake_elman" not in get_cells()
+        assert [r["name"] for r in list_plugins()] == [BUILTIN]
+
+
+def test_lstmrs_plugins_selects_by_entry_point_or_package_name(site):
+    site("fake-a", ELMAN_SRC.format(version="1", cell="cell_a"))
+    site("fake-b", ELMAN_SRC.format(version="1", cell="cell_b"))
+    with isolated_plugins(load=""):
+        assert set(get_cells()) == {"lstm", "gru"}
+    with isolated_plugins(load="fake_a"):
+        assert set(get_cells()) == {"lstm", "gru", "cell_a"}
+    with isolated_plugins(load=" fake-b , "):
+        assert set(get_cells()) == {"lstm", "gru", "cell_b"}
+    with isolated_plugins(load=None):
+        assert {"cell_a", "cell_b"} <= set(get_cells())
+    warning = "LSTMRS_PLUGINS names 'fake_c'.*not an installed"
+    with pytest.warns(UserWarning, match=warning), isolated_plugins(load="fake_a,fake_c"):
+        assert "cell_a" in get_cells()
+
+
+def test_lstmrs_block_plugins(site):
+    site("fake-a", ELMAN_SRC.format(version="1", cell="cell_a"))
+    site("fake-b", ELMAN_SRC.format(version="1", cell="cell_b"))
+    with isolated_plugins(load=None, block="fake_a"):
+        cells = get_cells()
+        assert "cell_a" not in cells and "cell_b" in cells
+        assert get_manager().is_blocked("fake_a")
+    with isolated_plugins(load="fake_a,fake_b", block="fake-b"):  # blocking wins
+        assert "cell_a" in get_cells() and "cell_b" not in get_cells()
+    with pytest.warns(UserWarning, match="cannot be blocked"), isolated_plugins(block=BUILTIN):
+        assert "lstm" in get_cells()
+
+
+def test_trace_prints_hook_calls_to_stderr(monkeypatch, capsys):
+    monkeypatch.setenv("LSTMRS_TRACE_PLUGINS", "1")
+    with isolated_plugins():
+        get_cells()
+    err = capsys.readouterr().err
+    assert "lstmrs_register_cells" in err and "finish" in err
+    monkeypatch.setenv("LSTMRS_TRACE_PLUGINS", "0")
+    with isolated_plugins():
+        get_cells()
+    assert capsys.readouterr().err == ""
+
+
+def test_misspelt_hook_is_an_error(site):
+    site(
+        "fake-typo",
+        """
+        from lstmrs.plugins import hookimpl
+
+        @hookimpl
+        def lstmrs_register_cell(register):
+            pass
+        """,
+    )
+    with pytest.raises(PluginError) as e, isolated_plugins(load=None):
+        pass
+    msg = str(e.value)
+    assert "'fake_typo'" in msg and "'lstmrs_register_cell'" in msg
+    assert "Did you mean 'lstmrs_register_cells'" in msg
+
+
+def test_unmarked_prefixed_functions_are_hooks_too():
+    plugin = types.ModuleType("unmarked")
+    plugin.lstmrs_register_cells = lambda register: register(
+        Cell.define("plain", lambda c: {"h": tanh(c.x_gates(1)[0])})
+    )
+    with register_temporarily(plugin, name="unmarked"):
+        assert "plain" in get_cells()
+    typo = types.ModuleType("typo")
+    typo.lstmrs_epoch_ends = lambda model: None
+    hint = "'lstmrs_epoch_ends'.*Did you mean 'lstmrs_epoch_end'"
+    with pytest.raises(PluginError, match=hint), register_temporarily(typo, name="typo"):
+        pass
+    assert get_manager().get_plugin("typo") is None  # unregistered after the failure
+
+
+def test_wrong_hook_arguments_are_an_error():
+    class Bad:
+        @hookimpl
+        def lstmrs_register_cells(self, register, extra):
+            pass
+
+    with pytest.raises(PluginError, match="(?s)'bad'.*extra"):
+        get_manager().register(Bad(), name="bad")
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both(site):
+    site("fake-one", ELMAN_SRC.format(version="1", cell="same"))
+    site("fake-two", ELMAN_SRC.format(version="1", cell="same"))
+    both = "cell 'same' is registered by both 'fake_one' and 'fake_two'"
+    with isolated_plugins(load=None), pytest.raises(PluginError, match=both):
+        get_cells()
+
+
+def test_a_plugin_cannot_take_a_builtin_name():
+    class Shadow:
+        @hookimpl
+        def lstmrs_register_optimizers(self, register):
+            class Adam(optim.Optimizer):
+                name = "adam"
+
+            register(Adam)
+
+    both = f"optimizer 'adam' is registered by both '{BUILTIN}' and 'shadow'"
+    with register_temporarily(Shadow(), name="shadow"), pytest.raises(PluginError, match=both):
+        get_optimizers()
+    assert get_optimizers()["adam"] is optim.Adam  # the registry recovers once it is gone
+
+
+def test_two_packages_claiming_one_plugin_name(site):
+    site("fake-x", ELMAN_SRC.format(version="1", cell="x1"), ep_name="clash")
+    site("fake-y", ELMAN_SRC.format(version="1", cell="y1"), ep_name="clash")
+    clash = "'clash' is claimed by two installed packages"
+    with pytest.raises(PluginError, match=clash), isolated_plugins(load=None):
+        pass
+
+
+def test_a_plugin_that_fails_to_import(site):
+    site("fake-broken", "raise RuntimeError('boom')\n")
+    failed = (
+        r"'fake_broken' \(package fake-broken 1.0.0\) failed to import.*boom.*"
+        r"LSTMRS_BLOCK_PLUGINS=fake_broken"
+    )
+    with pytest.raises(PluginError, match=failed), isolated_plugins(load=None):
+        pass
+    with isolated_plugins(load=None, block="fake_broken"):
+        assert "lstm" in get_cells()
+
+
+# --------------------------------------------------------------------------------------------
+# What plugins register
+
+
+def _plugin(_name="plugin", **hooks):
+    """A module-like plugin object (pluggy needs hashable plugins) with the given hooks."""
+    module = types.ModuleType(_name)
+    for k, v in hooks.items():
+        setattr(module, f"lstmrs_{k}", hookimpl(v))
+    return module
+
+
+@pytest.mark.parametrize(
+    "category, func, match",
+    [
+        ("cells", lambda register: register("not a spec"), "not an lstmrs.cells.CellSpec"),
+        ("optimizers", lambda register: register(object), "not a subclass of lstmrs.optim"),
+        (
+            "tasks",
+            lambda register: register(types.SimpleNamespace(name="t", description="d")),
+            "without a valid default_config, make_data",
+        ),
+        ("commands", lambda register: register("go", "not callable"), "non-callable"),
+        ("commands", lambda register: register("Bad Name", print), "lowercase identifiers"),
+        ("cells", lambda register: 1 / 0, "failed in lstmrs_register_cells: ZeroDivisionError"),
+    ],
+)
+def test_invalid_registrations(category, func, match):
+    plugin = _plugin(**{f"register_{category}": func})
+    with register_temporarily(plugin, name="p"), pytest.raises(PluginError, match=match):
+        get_manager().registries()
+
+
+def test_each_registry_is_collected_on_its_own():
+    plugin = _plugin(register_tasks=lambda register: 1 / 0)
+    with register_temporarily(plugin, name="bad_tasks"):
+        assert "lstm" in get_cells()  # a broken task hook does not block the cells
+        with pytest.raises(PluginError, match="'bad_tasks' failed in lstmrs_register_tasks"):
+            get_tasks()
+
+
+def test_register_after_the_hook_returned():
+    kept = []
+    with register_temporarily(_plugin(register_tasks=lambda register: kept.append(register))):
+        get_tasks()
+        with pytest.raises(PluginError, match="register\\(\\) called after lstmrs_register_tasks"):
+            kept[0](types.SimpleNamespace())
+
+
+def test_tasks_and_commands_round_trip():
+    class Task:
+        name = "toy"
+        description = "a toy task"
+        default_config: ClassVar[dict] = {"n": 2}
+
+        def make_data(self, config, seed):
+            return [seed] * config["n"], None
+
+    task = Task()
+    plugin = _plugin(
+        register_tasks=lambda register: register(task),
+        register_commands=lambda register: register("hello", lambda argv: len(argv), help="hi"),
+    )
+    with register_temporarily(plugin, name="toys"):
+        assert get_tasks()["toy"] is task
+        cmd = get_commands()["hello"]
+        assert (cmd.name, cmd.help, cmd.plugin, cmd.func(["a", "b"])) == ("hello", "hi", "toys", 2)
+        row = next(r for r in list_plugins() if r["name"] == "toys")
+        assert row["tasks"] == ["toy"] and row["commands"] == ["hello"]
+        assert row["package"] is None and row["version"] is None
+    assert "toy" not in get_tasks() and "hello" not in get_commands()
+
+
+def test_register_temporarily_unregisters_on_error():
+    spec = Cell.define("temp_cell", lambda c: {"h": tanh(c.x_gates(1)[0])})
+    plugin = _plugin(register_cells=lambda register: register(spec))
+    with pytest.raises(KeyError), register_temporarily(plugin) as name:
+        assert get_cells()["temp_cell"] is spec
+        raise KeyError("inside")
+    assert get_manager().get_plugin(name) is None
+    assert "temp_cell" not in get_cells()
+
+
+def test_isolated_plugins_restores_manager_and_environment(monkeypatch):
+    monkeypatch.setenv("LSTMRS_BLOCK_PLUGINS", "something")
+    outer = get_manager()
+    with isolated_plugins(load="") as inner:
+        assert inner is get_manager() and inner is not outer
+        assert os.environ["LSTMRS_PLUGINS"] == "" and "LSTMRS_BLOCK_PLUGINS" not in os.environ
+    assert get_manager() is outer
+    assert os.environ["LSTMRS_BLOCK_PLUGINS"] == "something"
+
+
+# --------------------------------------------------------------------------------------------
+# Lifecycle hooks
+
+
+def test_lifecycle_hooks_reach_observers():
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def lstmrs_train_start(self, model, config):
+            seen.append(("start", model, dict(config)))
+
+        @hookimpl
+        def lstmrs_epoch_end(self, epoch, logs):  # a subset of the arguments
+            seen.append(("epoch", epoch, dict(logs)))
+
+        @hookimpl
+        def lstmrs_train_end(self, history):
+            seen.append(("end", history))
+
+    model = object()
+    with register_temporarily(Observer()):
+        notify_train_start(model, {"epochs": 2})
+        notify_epoch_end(model, 0, {"loss": 1.5})
+        notify_epoch_end(model, 1, {"loss": 0.5})
+        notify_train_end(model, "history")
+    notify_epoch_end(model, 2, {"loss": 0.1})  # unregistered: not seen
+    assert seen == [
+        ("start", model, {"epochs": 2}),
+        ("epoch", 0, {"loss": 1.5}),
+        ("epoch", 1, {"loss": 0.5}),
+        ("end", "history"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# `lstmrs plugins`
+
+
+def test_plugins_command_table_and_json(site, capsys):
+    site("fake-cells", ELMAN_SRC.format(version="0", cell="tbl_cell"), version="0.9.1")
+    with isolated_plugins(load=None):
+        assert plugins_command([]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split() == ["NAME", "VERSION", "PACKAGE", "PROVIDES"]
+        assert table[1].split() == ["fake_cells", "0.9.1", "fake-cells", "cells:", "tbl_cell"]
+        assert len(table) == 2  # the built-ins only with --all
+        assert plugins_command(["--all", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["name"] for r in rows] == [BUILTIN, "fake_cells"]
+        assert rows[0]["optimizers"] == ["adagrad", "adam", "adamw", "rmsprop", "sgd"]
+    with isolated_plugins():
+        assert plugins_command([]) == 0
+        assert "No lstmrs plugins installed" in capsys.readouterr().out
+
+
+def test_plugins_command_reports_errors(site, capsys):
+    site("fake-one", ELMAN_SRC.format(version="1", cell="dup"))
+    site("fake-two", ELMAN_SRC.format(version="1", cell="dup"))
+    with isolated_plugins(load=None):
+        assert plugins_command([]) == 1
+        assert "registered by both 'fake_one' and 'fake_two'" in capsys.readouterr().err
+
+
+def test_reset_manager_builds_a_fresh_one_from_the_environment(monkeypatch):
+    first = get_manager()
+    old = manager_mod.reset_manager()
+    assert old is first
+    assert get_manager() is not first
+
+
+def test_builtin_cell_specs_are_valid_descriptions():
+    for spec in get_cells().values():
+        assert CellSpec.from_json(spec.to_json()) == spec
+
+
+def test_plugin_packages_in_this_repository_declare_the_entry_point_group():
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        pytest.skip("tomllib needs Python 3.11")
+    root = Path(__file__).resolve().parents[1] / "plugins"
+    found = {}
+    for toml in sorted(root.glob("*/pyproject.toml")):
+        meta = tomllib.loads(toml.read_text())["project"]
+        found[meta["name"]] = meta["entry-points"]["lstmrs"]
+        assert any(d.startswith("lstmrs") for d in meta["dependencies"])
+    assert found == {
+        "lstmrs-cells": {"lstmrs_cells": "lstmrs_cells"},
+        "lstmrs-copytask": {"lstmrs_copytask": "lstmrs_copytask"},
+        "lstmrs-lion": {"lstmrs_lion": "lstmrs_lion"},
+    }
