@@ -13,7 +13,8 @@ ORACLES ?= 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" "ruff==0.17.6" scikit-learn
+	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" "ruff==0.17.6" scikit-learn \
+		rich safetensors pluggy matplotlib setuptools
 	@if [ "$(ORACLES)" = "1" ]; then \
 		$(PIP) install --quiet torch onnxruntime onnx \
 		|| echo "warning: torch/onnxruntime not installed; live parity tests will be skipped"; \
@@ -31,16 +32,19 @@ demo: build
 test-rust:
 	cargo test --workspace --exclude lstmrs-py
 
+PLUGINS := $(wildcard plugins/lstmrs-*)
+
 test-python: build
-	$(PY) -m pytest -q
+	$(PIP) install --quiet --no-deps $(addprefix ./,$(PLUGINS))
+	$(PY) -m pytest -q tests $(addsuffix /tests,$(PLUGINS))
 
 test: test-rust test-python
 
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests bench
-	$(VENV)/bin/ruff format --check python tests bench
+	$(VENV)/bin/ruff check python tests bench plugins
+	$(VENV)/bin/ruff format --check python tests bench plugins
 
 bench: build
 	$(PY) bench/bench_rnn.py --threads 2

@@ -7,6 +7,17 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_installed_plugins():
+    """The suite never depends on the lstmrs plugins installed on this machine: only the
+    built-ins load unless a test asks for more (see `lstmrs.testing`)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LSTMRS_PLUGINS", "")
+    mp.delenv("LSTMRS_BLOCK_PLUGINS", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A fixed-seed generator, so a failure reproduces."""

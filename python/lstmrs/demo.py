@@ -18,7 +18,9 @@ import numpy as np
 import lstmrs
 
 
-def adding_batch(rng: np.random.Generator, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def adding_batch(
+    rng: np.random.Generator, batch: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Inputs ``[B, T, 2]`` (value, marker) and targets ``[B]``."""
     values = rng.uniform(0.0, 1.0, size=(batch, seq_len))
     markers = np.zeros((batch, seq_len))
