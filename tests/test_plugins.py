@@ -504,3 +504,41 @@ def test_plugin_packages_in_this_repository_declare_the_entry_point_group():
         "lstmrs-copytask": {"lstmrs_copytask": "lstmrs_copytask"},
         "lstmrs-lion": {"lstmrs_lion": "lstmrs_lion"},
     }
+
+
+def test_training_lifecycle_hooks_are_called():
+    """fit() tells observer plugins when training starts, after every epoch and at the end."""
+    import numpy as np
+
+    from lstmrs.plugins import hookimpl
+    from lstmrs.testing import register_temporarily
+
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def lstmrs_train_start(self, model, config):
+            seen.append(("start", config["epochs"]))
+
+        @hookimpl
+        def lstmrs_epoch_end(self, model, epoch, logs):
+            seen.append(("epoch", epoch, round(logs["loss"], 12)))
+
+        @hookimpl
+        def lstmrs_train_end(self, model, history):
+            seen.append(("end", len(history.history["loss"])))
+
+    x = np.random.default_rng(0).standard_normal((8, 5, 2)).astype(np.float32)
+    y = x.sum(axis=(1, 2))[:, None].astype(np.float32)
+    import lstmrs
+
+    model = lstmrs.Model(input_size=2, hidden_size=4, seed=0)
+    model.compile("adam", lr=1e-2)
+    with register_temporarily(Observer()):
+        history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert seen[0] == ("start", 2)
+    assert [s[1] for s in seen if s[0] == "epoch"] == [0, 1]
+    assert [s[2] for s in seen if s[0] == "epoch"] == [
+        round(v, 12) for v in history.history["loss"]
+    ]
+    assert seen[-1] == ("end", 2)

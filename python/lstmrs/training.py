@@ -677,8 +677,11 @@ def _train(
             model, checkpoint_dir, name, training, carry_now, keep_checkpoints
         )
 
+    from . import plugins  # the registry loads on first use, not at `import lstmrs`
+
     try:
         cbs.on_train_begin()
+        plugins.notify_train_start(model, {"epochs": epochs, "start_epoch": start_epoch})
         for epoch in range(start_epoch, epochs):
             resumed = state is not None and epoch == start_epoch and start_batch > 0
             epoch_rng = _rng_state(rng)
@@ -741,6 +744,7 @@ def _train(
                 mon = model.schedule.monitor
                 model.schedule.step(logs[mon] if mon in logs else logs["loss"])
             cbs.on_epoch_end(epoch, logs)
+            plugins.notify_epoch_end(model, epoch, logs)
             if checkpoint_dir is not None and (
                 every_epoch or epoch == epochs - 1 or model.stop_training
             ):
@@ -748,6 +752,7 @@ def _train(
             if model.stop_training:
                 break
         cbs.on_train_end()
+        plugins.notify_train_end(model, history)
     except BaseException:
         for c in all_callbacks:
             if isinstance(c, (ProgressBar, _FileLogger)):
