@@ -509,7 +509,6 @@ def test_plugin_packages_in_this_repository_declare_the_entry_point_group():
 def test_training_lifecycle_hooks_are_called():
     """fit() tells observer plugins when training starts, after every epoch and at the end."""
     import numpy as np
-
     from lstmrs.plugins import hookimpl
     from lstmrs.testing import register_temporarily
 
