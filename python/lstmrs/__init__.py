@@ -20,12 +20,13 @@ from .errors import (
     ShapeError,
 )
 from .models import Loss, Model
-from .rnn import GRU, LSTM, RnnGradients, get_num_threads, set_num_threads
+from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .streaming import Stepper
 
 __all__ = [
     "GRU",
     "LSTM",
+    "RNN",
     "CheckpointError",
     "DTypeError",
     "History",

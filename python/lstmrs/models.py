@@ -163,7 +163,7 @@ class Model:
         input_size: int | None = None,
         vocab_size: int | None = None,
         embedding_dim: int | None = None,
-        cell: str = "lstm",
+        cell: Any = "lstm",
         hidden_size: int = 128,
         num_layers: int = 1,
         bidirectional: bool = False,
@@ -196,7 +196,18 @@ class Model:
             input_size = _positive_int("input_size", input_size)
             features = input_size
             input_cfg = {"kind": "dense", "features": input_size}
-        cell = _choice("cell", cell, ("lstm", "gru"))
+        from .rnn import resolve_cell
+
+        # "lstm"/"gru", a registered cell name, a CellSpec or a description: custom cells are
+        # kept as their description, so the config (and checkpoints) restore without the plugin.
+        resolved = resolve_cell(cell)
+        if resolved.num_states > 2:
+            raise InvalidArgumentError(
+                f"cell: {resolved.name!r} has {resolved.num_states} states; at most two (h, c)"
+            )
+        self._cell_name = resolved.name
+        self._has_cell_state = resolved.num_states == 2
+        cell = resolved.name if resolved.description is None else resolved.description
         hidden_size = _positive_int("hidden_size", hidden_size)
         num_layers = _positive_int("num_layers", num_layers)
         pooling = _choice("pooling", pooling, _POOLINGS)
@@ -329,7 +340,12 @@ class Model:
 
     @property
     def cell(self) -> str:
-        return self._kwargs["cell"]
+        return self._cell_name
+
+    @property
+    def has_cell_state(self) -> bool:
+        """Whether the recurrent state is ``(h, c)`` (LSTM-like cells) rather than ``h``."""
+        return self._has_cell_state
 
     @property
     def tokens(self) -> bool:
@@ -352,7 +368,7 @@ class Model:
             else f"input_size={k['input_size']}"
         )
         return (
-            f"Model({inp}, cell={k['cell']!r}, hidden_size={k['hidden_size']}, "
+            f"Model({inp}, cell={self.cell!r}, hidden_size={k['hidden_size']}, "
             f"num_layers={k['num_layers']}, bidirectional={k['bidirectional']}, "
             f"pooling={k['pooling']!r}, output_size={k['output_size']}, loss={self.loss!r}, "
             f"dtype={k['dtype']!r}, params={self.num_params})"

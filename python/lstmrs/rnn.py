@@ -228,6 +228,11 @@ class _RNNBase:
     _cell = ""
     _has_cell_state = False
 
+    def _cell_sizes(self) -> tuple[int, int, int]:
+        """Gate blocks of ``W_ih`` and ``W_hh`` and unit parameters per layer-direction."""
+        g = 4 if self._has_cell_state else 3
+        return g, g, 0
+
     def __init__(
         self,
         input_size: int,
@@ -288,9 +293,11 @@ class _RNNBase:
         self.check_finite = check_finite
         self.training = True
 
-        d, h, gates = self.num_directions, self._hidden_size, 4 if self._has_cell_state else 3
-        per_dir0 = gates * h * (self._input_size + h + (2 if self._bias else 0))
-        per_dir = gates * h * (d * h + h + (2 if self._bias else 0))
+        d, h = self.num_directions, self._hidden_size
+        gx, gh, units = self._cell_sizes()
+        b = 1 if self._bias else 0
+        per_dir0 = h * (gx * (self._input_size + b) + gh * (h + b) + units)
+        per_dir = h * (gx * (d * h + b) + gh * (h + b) + units)
         total = d * (per_dir0 + (self._num_layers - 1) * per_dir)
         if total > _MAX_PARAMETERS:
             raise InvalidArgumentError(
@@ -767,6 +774,137 @@ class GRU(_RNNBase):
 
     _cell = "gru"
     _has_cell_state = False
+
+
+class ResolvedCell(NamedTuple):
+    """A cell argument resolved for the core: ``core`` is ``"lstm"``/``"gru"`` or the JSON
+    description; ``description`` the parsed description (None for the built-in kernels)."""
+
+    name: str
+    core: str
+    description: dict[str, Any] | None
+    num_states: int
+
+
+def resolve_cell(cell: Any) -> ResolvedCell:
+    """Resolves a cell given as ``"lstm"``/``"gru"``, the name of a registered cell
+    (:func:`lstmrs.plugins.get_cells`), a :class:`~lstmrs.cells.CellSpec`, or a description (a
+    dict or its JSON text). Cells with a native kernel (``spec.native``) use it; the others are
+    compiled by the Rust core (validated here, once per distinct description)."""
+    import json
+
+    if isinstance(cell, str) and cell.lower() in ("lstm", "gru"):
+        name = cell.lower()
+        return ResolvedCell(name, name, None, 2 if name == "lstm" else 1)
+    if isinstance(cell, str) and cell.lstrip().startswith("{"):
+        text = cell
+    elif isinstance(cell, Mapping):
+        text = json.dumps(dict(cell))
+    else:
+        spec = cell
+        if isinstance(cell, str):
+            from .plugins import lookup
+
+            spec = lookup("cells", cell)
+        native = getattr(spec, "native", None)
+        if native in ("lstm", "gru"):
+            return ResolvedCell(native, native, None, 2 if native == "lstm" else 1)
+        if not hasattr(spec, "to_json"):
+            raise InvalidArgumentError(
+                "cell: expected 'lstm', 'gru', a registered cell name, a CellSpec or a cell "
+                f"description, got {_describe(cell)}"
+            )
+        text = spec.to_json()
+    name = _lstmrs.compile_cell(text)
+    description = json.loads(text)
+    return ResolvedCell(name, text, description, len(description["states"]))
+
+
+class RNN(_RNNBase):
+    """A (stacked, optionally bidirectional) recurrent layer running any cell: ``"lstm"``,
+    ``"gru"``, a cell registered by a plugin (:func:`lstmrs.plugins.get_cells`), a
+    :class:`~lstmrs.cells.CellSpec` or a cell description. Plugin cells are compiled by the
+    Rust core and run through the same sweep as the built-in ones (layers, directions,
+    ``lengths``, dropout, training with :meth:`forward_train`/:meth:`backward`).
+
+    Same arguments and methods as :class:`LSTM` plus ``cell``. The state is ``(h, c)`` for a
+    cell with two states (state 1 is exposed as ``c``) and ``h`` alone for a one-state cell.
+    Parameters: ``weight_ih_l{k}``, ``weight_hh_l{k}`` (absent without recurrent gates),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}``, then each unit parameter ``{name}_l{k}`` of shape ``[H]``.
+
+    >>> import numpy as np
+    >>> import lstmrs
+    >>> rnn = lstmrs.RNN(3, 4, cell="gru", seed=0)
+    >>> out, h_n = rnn(np.zeros((2, 5, 3), dtype=np.float32))
+    >>> out.shape, h_n.shape
+    ((2, 5, 4), (1, 2, 4))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        cell: Any = "lstm",
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = True,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        *,
+        check_finite: bool = True,
+    ) -> None:
+        self._set_cell(resolve_cell(cell))
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            dtype,
+            seed,
+            check_finite=check_finite,
+        )
+
+    def _set_cell(self, r: ResolvedCell) -> None:
+        if r.num_states > 2:
+            raise InvalidArgumentError(
+                f"cell: {r.name!r} has {r.num_states} states; lstmrs layers carry at most two "
+                "(h and c)"
+            )
+        self._resolved = r
+        self._cell = r.core
+        self._has_cell_state = r.num_states == 2
+
+    def _cell_sizes(self) -> tuple[int, int, int]:
+        d = self._resolved.description
+        if d is None:
+            return super()._cell_sizes()
+        return int(d["x_gates"]), int(d["h_gates"]), len(d.get("unit_params", ()))
+
+    @property
+    def cell(self) -> str:
+        """The cell's name."""
+        return self._resolved.name
+
+    @property
+    def cell_description(self) -> dict[str, Any] | None:
+        """The compiled cell's description (None for the native LSTM and GRU kernels)."""
+        return self._resolved.description
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        return base[:-1] + f", cell={self.cell!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "cell": self._resolved.core}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._set_cell(resolve_cell(state["cell"]))
+        super().__setstate__(state)
 
 
 def set_num_threads(n: int) -> None:

@@ -42,7 +42,7 @@ class Stepper:
         self.batch = int(batch)
         self.core = StepperCore(model.core, self.batch)
         self._features = model._features
-        self._lstm = model.cell == "lstm"
+        self._lstm = model.has_cell_state
         self.steps = 0
 
     def _input(self, x_t: Any) -> tuple[np.ndarray, bool]:

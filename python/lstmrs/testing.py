@@ -151,8 +151,8 @@ def check_cell_gradients(
     :meth:`CellSpec.reference_sequence_backward` against central finite differences (float64)
     on random inputs, for every input, state, unit parameter and weight element.
 
-    ``rust=True`` then runs :func:`check_rust_cell` (which raises ``unittest.SkipTest``, a
-    pytest skip, while the Rust core has no custom cells). Raises ``AssertionError`` naming the
+    ``rust=True`` then runs :func:`check_rust_cell` (the compiled cell through the Rust core's
+    sweep; ``unittest.SkipTest`` only for a build without custom cells). Raises ``AssertionError`` naming the
     first element that disagrees; returns ``{"elements": n, "worst": max error / tolerance}``.
     """
     rng = np.random.default_rng(seed)

@@ -1,11 +1,42 @@
 //! Times the phases of a training step of one LSTM layer, for profiling:
 //! `cargo run --release -p lstmrs-core --example profile_step -- B T I H [threads]`.
+//! `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
+//! cell language (`notes/cell_dsl.md`), through the same sweep.
 
+use lstmrs_core::config::register_cell;
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,
 };
 use std::time::Instant;
+
+/// PyTorch's LSTM in the cell language: `c' = f*c + i*g`, `h' = o*tanh(c')`.
+const DSL_LSTM: &str = r#"{"name": "dsl_lstm", "states": ["h", "c"], "x_gates": 4, "h_gates": 4,
+ "unit_params": [], "nodes": [
+ {"op": "xg", "index": 0}, {"op": "hg", "index": 0}, {"op": "add", "args": [0, 1]},
+ {"op": "sigmoid", "args": [2]},
+ {"op": "xg", "index": 1}, {"op": "hg", "index": 1}, {"op": "add", "args": [4, 5]},
+ {"op": "sigmoid", "args": [6]},
+ {"op": "xg", "index": 2}, {"op": "hg", "index": 2}, {"op": "add", "args": [8, 9]},
+ {"op": "tanh", "args": [10]},
+ {"op": "xg", "index": 3}, {"op": "hg", "index": 3}, {"op": "add", "args": [12, 13]},
+ {"op": "sigmoid", "args": [14]},
+ {"op": "state", "name": "c"}, {"op": "mul", "args": [7, 16]}, {"op": "mul", "args": [3, 11]},
+ {"op": "add", "args": [17, 18]}, {"op": "tanh", "args": [19]}, {"op": "mul", "args": [15, 20]}],
+ "outputs": {"h": 21, "c": 19}}"#;
+
+/// PyTorch's GRU: `n = tanh(xg2 + r*hg2)`, `h' = (1-z)*n + z*h`.
+const DSL_GRU: &str = r#"{"name": "dsl_gru", "states": ["h"], "x_gates": 3, "h_gates": 3,
+ "unit_params": [], "nodes": [
+ {"op": "xg", "index": 0}, {"op": "hg", "index": 0}, {"op": "add", "args": [0, 1]},
+ {"op": "sigmoid", "args": [2]},
+ {"op": "xg", "index": 1}, {"op": "hg", "index": 1}, {"op": "add", "args": [4, 5]},
+ {"op": "sigmoid", "args": [6]},
+ {"op": "xg", "index": 2}, {"op": "hg", "index": 2}, {"op": "mul", "args": [3, 9]},
+ {"op": "add", "args": [8, 10]}, {"op": "tanh", "args": [11]},
+ {"op": "state", "name": "h"}, {"op": "one_minus", "args": [7]}, {"op": "mul", "args": [14, 12]},
+ {"op": "mul", "args": [7, 13]}, {"op": "add", "args": [15, 16]}],
+ "outputs": {"h": 17}}"#;
 
 fn main() {
     let a: Vec<usize> = std::env::args()
@@ -16,10 +47,11 @@ fn main() {
     if let Some(&n) = a.get(4) {
         threads::set_num_threads(n).unwrap();
     }
-    let cell = if std::env::var("CELL").as_deref() == Ok("gru") {
-        CellKind::Gru
-    } else {
-        CellKind::Lstm
+    let cell = match std::env::var("CELL").as_deref() {
+        Ok("gru") => CellKind::Gru,
+        Ok("dsl_lstm") => register_cell(DSL_LSTM).unwrap(),
+        Ok("dsl_gru") => register_cell(DSL_GRU).unwrap(),
+        _ => CellKind::Lstm,
     };
     let cfg = RnnConfig::new(cell, i, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
@@ -72,7 +104,8 @@ fn main() {
     let n = reps as f64;
     let flops = 2.0 * (b * t * cfg.gate_width() * (i + h)) as f64;
     println!(
-        "B={b} T={t} I={i} H={h} threads={}: inference {:.2} ms ({:.1} GFLOP/s), forward+tape {:.2} ms, backward {:.2} ms (train {:.1} GFLOP/s)",
+        "{} B={b} T={t} I={i} H={h} threads={}: inference {:.2} ms ({:.1} GFLOP/s), forward+tape {:.2} ms, backward {:.2} ms (train {:.1} GFLOP/s)",
+        cell.name(),
         threads::num_threads(),
         ti / n * 1e3,
         flops / (ti / n) / 1e9,

@@ -1,34 +1,132 @@
 //! What a recurrent network is: its cell, sizes, depth and directions.
 
+use crate::cellexpr::{CompiledCell, UnitParam};
 use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 
-/// The recurrent cell, with PyTorch's gate order.
+/// A compiled custom cell in the process-wide registry (see [`register_cell`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CellId(u32);
+
+/// One registry entry; entries are never removed, so they are leaked once and lent as `'static`.
+struct Entry {
+    cell: CompiledCell,
+    json: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    cells: Vec<&'static Entry>,
+    by_json: HashMap<String, CellId>,
+}
+
+fn registry() -> &'static RwLock<Registry> {
+    static REG: OnceLock<RwLock<Registry>> = OnceLock::new();
+    REG.get_or_init(Default::default)
+}
+
+/// Compiles a cell description (JSON, `notes/cell_dsl.md`) once and returns its kind. The same
+/// text registered twice gives the same id without recompiling.
+pub fn register_cell(json: &str) -> Result<CellKind> {
+    if let Some(&id) = registry()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .by_json
+        .get(json)
+    {
+        return Ok(CellKind::Custom(id));
+    }
+    let cell = CompiledCell::from_json(json)?;
+    let mut reg = registry().write().unwrap_or_else(|e| e.into_inner());
+    if let Some(&id) = reg.by_json.get(json) {
+        return Ok(CellKind::Custom(id));
+    }
+    let id = CellId(reg.cells.len() as u32);
+    let entry: &'static Entry = Box::leak(Box::new(Entry {
+        cell,
+        json: json.to_owned(),
+    }));
+    reg.cells.push(entry);
+    reg.by_json.insert(json.to_owned(), id);
+    Ok(CellKind::Custom(id))
+}
+
+fn entry(id: CellId) -> &'static Entry {
+    // Ids are only made by `register_cell`, so the index exists.
+    registry().read().unwrap_or_else(|e| e.into_inner()).cells[id.0 as usize]
+}
+
+/// The recurrent cell, with PyTorch's gate order for the built-in ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CellKind {
     /// Gates i, f, g, o; `c' = f*c + i*g`, `h' = o*tanh(c')`.
     Lstm,
     /// Gates r, z, n; `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.
     Gru,
+    /// A cell compiled from a description by [`register_cell`].
+    Custom(CellId),
 }
 
 impl CellKind {
-    /// Gate pre-activations per hidden unit (the `G` in `[G*H, I]` weight shapes).
+    /// The compiled program of a custom cell.
+    pub fn compiled(self) -> Option<&'static CompiledCell> {
+        match self {
+            CellKind::Custom(id) => Some(&entry(id).cell),
+            _ => None,
+        }
+    }
+
+    /// The description a custom cell was registered from.
+    pub fn description(self) -> Option<&'static str> {
+        match self {
+            CellKind::Custom(id) => Some(entry(id).json.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Gate blocks of the input projection (the `G` in `weight_ih`'s `[G*H, I]`).
     pub fn gate_count(self) -> usize {
         match self {
             CellKind::Lstm => 4,
             CellKind::Gru => 3,
+            CellKind::Custom(_) => self.compiled().map_or(0, |c| c.spec().x_gates()),
+        }
+    }
+
+    /// Gate blocks of the recurrent projection (`weight_hh`'s `[G*H, H]`); 0: no `W_hh`.
+    pub fn h_gate_count(self) -> usize {
+        match self {
+            CellKind::Custom(_) => self.compiled().map_or(0, |c| c.spec().h_gates()),
+            _ => self.gate_count(),
+        }
+    }
+
+    /// States carried between steps: state 0 is `h`, state 1 (when present) is exposed as `c`.
+    pub fn num_states(self) -> usize {
+        match self {
+            CellKind::Lstm => 2,
+            CellKind::Gru => 1,
+            CellKind::Custom(_) => self.compiled().map_or(1, |c| c.spec().states().len()),
         }
     }
 
     /// Whether the cell carries a second state (the LSTM's cell state `c`).
     pub fn has_cell_state(self) -> bool {
-        matches!(self, CellKind::Lstm)
+        self.num_states() >= 2
     }
 
+    /// Unit parameters (`[H]` each) of one layer-direction.
+    pub fn unit_params(self) -> &'static [UnitParam] {
+        self.compiled().map_or(&[], |c| c.spec().unit_params())
+    }
+
+    /// "lstm", "gru" or the custom cell's own name.
     pub fn name(self) -> &'static str {
         match self {
             CellKind::Lstm => "lstm",
             CellKind::Gru => "gru",
+            CellKind::Custom(_) => self.compiled().map_or("custom", |c| c.spec().name()),
         }
     }
 
@@ -38,9 +136,18 @@ impl CellKind {
             "gru" => Ok(CellKind::Gru),
             _ => Err(Error::Name {
                 arg: "cell",
-                expected: "'lstm', 'gru'".into(),
+                expected: "'lstm', 'gru' or a cell description (JSON)".into(),
                 got: name.into(),
             }),
+        }
+    }
+
+    /// A built-in name, or a cell description (JSON text starting with `{`), registered.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.trim_start().starts_with('{') {
+            register_cell(text)
+        } else {
+            Self::from_name(text)
         }
     }
 }
@@ -79,6 +186,13 @@ impl RnnConfig {
                 });
             }
         }
+        if cell.num_states() > 2 {
+            return Err(Error::Value {
+                arg: "cell",
+                expected: "a cell with at most two states (h and c)".into(),
+                got: format!("{} states ({})", cell.num_states(), cell.name()),
+            });
+        }
         Ok(RnnConfig {
             cell,
             input_size,
@@ -98,9 +212,24 @@ impl RnnConfig {
         }
     }
 
-    /// `G * H`: rows of `weight_ih` and `weight_hh`.
+    /// `G * H`: rows of `weight_ih` (and of `weight_hh` for the built-in cells).
     pub fn gate_width(&self) -> usize {
+        self.x_gate_width()
+    }
+
+    /// `Gx * H`: rows of `weight_ih`.
+    pub fn x_gate_width(&self) -> usize {
         self.cell.gate_count() * self.hidden_size
+    }
+
+    /// `Gh * H`: rows of `weight_hh` (0 when the cell has none).
+    pub fn h_gate_width(&self) -> usize {
+        self.cell.h_gate_count() * self.hidden_size
+    }
+
+    /// `P * H`: the unit parameters of one layer-direction.
+    pub fn unit_width(&self) -> usize {
+        self.cell.unit_params().len() * self.hidden_size
     }
 
     /// Input features of layer `layer`: `input_size` for the first, `D * H` above it.

@@ -251,15 +251,16 @@ fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: us
 
 fn dir_weights<'p, T: Scalar>(p: RnnWeights<'p, T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
     let cfg = p.config();
-    let (gw, h) = (cfg.gate_width(), cfg.hidden_size);
+    let (xw, hw, h) = (cfg.x_gate_width(), cfg.h_gate_width(), cfg.hidden_size);
     let o = dir_offsets(cfg, layer, dir);
     let data = p.as_slice();
     DirWeights {
-        w_ih: &data[o.w_ih..][..gw * cfg.layer_input_size(layer)],
-        w_hh: &data[o.w_hh..][..gw * h],
+        w_ih: &data[o.w_ih..][..xw * cfg.layer_input_size(layer)],
+        w_hh: &data[o.w_hh..][..hw * h],
         bias: o
             .bias
-            .map(|(bi, bh)| (&data[bi..][..gw], &data[bh..][..gw])),
+            .map(|(bi, bh)| (&data[bi..][..xw], &data[bh..][..hw])),
+        units: &data[o.units..][..cfg.unit_width()],
     }
 }
 
@@ -287,7 +288,7 @@ fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOpti
         if !cfg.cell.has_cell_state() {
             return Err(Error::Value {
                 arg: "c0",
-                expected: "no cell state for a GRU".into(),
+                expected: format!("no cell state for a {} cell", cfg.cell.name()),
                 got: "a cell state".into(),
             });
         }
@@ -316,9 +317,10 @@ fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOpti
 /// Multiply-adds of a forward pass (the matrix products), to decide whether threads pay off.
 pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
     (0..cfg.num_layers)
-        .map(|l| cfg.layer_input_size(l) + cfg.hidden_size)
+        .map(|l| {
+            cfg.layer_input_size(l) * cfg.x_gate_width() + cfg.hidden_size * cfg.h_gate_width()
+        })
         .sum::<usize>()
-        * cfg.gate_width()
         * cfg.num_directions()
         * seq_len
         * batch
@@ -526,7 +528,7 @@ pub fn backward<'p, T: Scalar>(
         if !cfg.cell.has_cell_state() {
             return Err(Error::Value {
                 arg: "d_c_n",
-                expected: "no cell-state gradient for a GRU".into(),
+                expected: format!("no cell-state gradient for a {} cell", cfg.cell.name()),
                 got: "a cell-state gradient".into(),
             });
         }

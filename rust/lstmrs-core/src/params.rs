@@ -3,6 +3,7 @@
 //! Flat storage lets an optimizer update every parameter in one loop and gradients share the same
 //! layout; the names (`weight_ih_l0`, `bias_hh_l1_reverse`, ...) are PyTorch's `state_dict` keys.
 
+use crate::cellexpr::ParamInit;
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Scalar;
@@ -18,39 +19,79 @@ pub struct ParamSpec {
     pub len: usize,
 }
 
-/// Offsets of one layer-direction's four tensors in the flat buffer.
+/// Offsets of one layer-direction's tensors in the flat buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DirOffsets {
     pub w_ih: usize,
+    /// Where `W_hh` sits (length 0 for a cell without one).
     pub w_hh: usize,
     /// `(b_ih, b_hh)` when the network has biases.
     pub bias: Option<(usize, usize)>,
+    /// The unit parameters, `P * H` back to back (custom cells only).
+    pub units: usize,
+}
+
+/// How a parameter tensor is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InitRule {
+    /// Uniform in `[-a, a]`.
+    Uniform(f64),
+    Constant(f64),
 }
 
 /// The layout of all parameters of a network, in PyTorch's `state_dict` order.
 pub fn param_specs(config: &RnnConfig) -> Vec<ParamSpec> {
-    let gw = config.gate_width();
+    param_specs_with_init(config)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// [`param_specs`] with each tensor's initialisation: PyTorch's `±1/sqrt(H)` for the weights and
+/// biases, the cell's own rule for unit parameters.
+pub fn param_specs_with_init(config: &RnnConfig) -> Vec<(ParamSpec, InitRule)> {
+    let (xw, hw) = (config.x_gate_width(), config.h_gate_width());
     let h = config.hidden_size;
+    let sqrt_h = (h as f64).sqrt();
+    let default = InitRule::Uniform(1.0 / sqrt_h);
     let mut specs = Vec::new();
     let mut offset = 0;
     for layer in 0..config.num_layers {
         for dir in 0..config.num_directions() {
             let suffix = if dir == 1 { "_reverse" } else { "" };
-            let mut push = |kind: &str, shape: Vec<usize>| {
+            let mut push = |kind: &str, shape: Vec<usize>, init: InitRule| {
                 let len = shape.iter().product();
-                specs.push(ParamSpec {
-                    name: format!("{kind}_l{layer}{suffix}"),
-                    shape,
-                    offset,
-                    len,
-                });
+                specs.push((
+                    ParamSpec {
+                        name: format!("{kind}_l{layer}{suffix}"),
+                        shape,
+                        offset,
+                        len,
+                    },
+                    init,
+                ));
                 offset += len;
             };
-            push("weight_ih", vec![gw, config.layer_input_size(layer)]);
-            push("weight_hh", vec![gw, h]);
+            push(
+                "weight_ih",
+                vec![xw, config.layer_input_size(layer)],
+                default,
+            );
+            if hw > 0 {
+                push("weight_hh", vec![hw, h], default);
+            }
             if config.bias {
-                push("bias_ih", vec![gw]);
-                push("bias_hh", vec![gw]);
+                push("bias_ih", vec![xw], default);
+                if hw > 0 {
+                    push("bias_hh", vec![hw], default);
+                }
+            }
+            for u in config.cell.unit_params() {
+                let init = match u.init {
+                    ParamInit::Uniform(a) => InitRule::Uniform(a / sqrt_h),
+                    ParamInit::Constant(v) => InitRule::Constant(v),
+                };
+                push(&u.name, vec![h], init);
             }
         }
     }
@@ -81,12 +122,18 @@ impl<T: Scalar> RnnParams<T> {
     /// from `seed` (the stream is ChaCha8, so the values differ from torch's own generator).
     pub fn init_uniform(config: RnnConfig, seed: u64) -> Self {
         let mut p = Self::zeros(config);
-        let bound = 1.0 / (config.hidden_size as f64).sqrt();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for v in p.data.iter_mut() {
-            // 53 random bits -> uniform in [0, 1).
-            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            *v = T::from_f64((2.0 * u - 1.0) * bound);
+        for (s, init) in param_specs_with_init(&config) {
+            for v in p.data[s.offset..s.offset + s.len].iter_mut() {
+                *v = T::from_f64(match init {
+                    InitRule::Uniform(bound) => {
+                        // 53 random bits -> uniform in [0, 1).
+                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        (2.0 * u - 1.0) * bound
+                    }
+                    InitRule::Constant(c) => c,
+                });
+            }
         }
         p
     }
@@ -204,26 +251,31 @@ pub fn param_count(config: &RnnConfig) -> usize {
         .sum()
 }
 
-/// Scalars of one direction of layer `layer`: `W_ih`, `W_hh` and the two biases.
+/// Scalars of one direction of layer `layer`: `W_ih`, `W_hh`, the two biases and the unit
+/// parameters.
 fn dir_param_count(config: &RnnConfig, layer: usize) -> usize {
-    let gw = config.gate_width();
-    gw * (config.layer_input_size(layer) + config.hidden_size)
-        + if config.bias { 2 * gw } else { 0 }
+    let (xw, hw) = (config.x_gate_width(), config.h_gate_width());
+    xw * config.layer_input_size(layer)
+        + hw * config.hidden_size
+        + if config.bias { xw + hw } else { 0 }
+        + config.unit_width()
 }
 
 /// Offsets of layer `layer`, direction `dir` (0 forward, 1 reverse), in `param_specs` order.
 pub(crate) fn dir_offsets(config: &RnnConfig, layer: usize, dir: usize) -> DirOffsets {
-    let gw = config.gate_width();
+    let (xw, hw) = (config.x_gate_width(), config.h_gate_width());
     let start: usize = (0..layer)
         .map(|l| dir_param_count(config, l) * config.num_directions())
         .sum::<usize>()
         + dir * dir_param_count(config, layer);
-    let w_hh = start + gw * config.layer_input_size(layer);
-    let b_ih = w_hh + gw * config.hidden_size;
+    let w_hh = start + xw * config.layer_input_size(layer);
+    let b_ih = w_hh + hw * config.hidden_size;
+    let units = if config.bias { b_ih + xw + hw } else { b_ih };
     DirOffsets {
         w_ih: start,
         w_hh,
-        bias: config.bias.then_some((b_ih, b_ih + gw)),
+        bias: config.bias.then_some((b_ih, b_ih + xw)),
+        units,
     }
 }
 

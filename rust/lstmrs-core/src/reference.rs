@@ -168,6 +168,7 @@ fn cell_step<T: Scalar>(
                 extra[j] = hn_lin;
                 h[j] = (T::one() - z) * n + z * h_prev[j];
             }
+            CellKind::Custom(_) => unreachable!("`validate` rejects custom cells"),
         }
     }
     Step {
@@ -238,6 +239,7 @@ fn cell_step_backward<T: Scalar>(kind: CellKind, s: &Step<T>, dh: &[T], dc: &[T]
                 d_hid[2 * hsz + j] = da_n * r;
                 dh_direct[j] = dh[j] * z;
             }
+            CellKind::Custom(_) => unreachable!("`validate` rejects custom cells"),
         }
     }
     if kind == CellKind::Lstm {
@@ -260,6 +262,13 @@ struct Record<T> {
 }
 
 fn validate<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOptions) -> Result<()> {
+    if let crate::config::CellKind::Custom(_) = cfg.cell {
+        return Err(Error::Value {
+            arg: "cell",
+            expected: "'lstm' or 'gru' (the reference implements the built-in cells only)".into(),
+            got: cfg.cell.name().into(),
+        });
+    }
     let (t, b) = (x.seq_len, x.batch);
     for (arg, v) in [("seq_len", t), ("batch", b)] {
         if v == 0 {

@@ -50,7 +50,12 @@ impl<T: Scalar> Stepper<T> {
                 got: "0".into(),
             });
         }
-        let (l, h, gw) = (cfg.num_layers, cfg.hidden_size, cfg.gate_width());
+        let (l, h, gw, hw) = (
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.x_gate_width(),
+            cfg.h_gate_width(),
+        );
         let lstm = cfg.cell.has_cell_state();
         Ok(Stepper {
             cell: cfg.cell,
@@ -60,7 +65,7 @@ impl<T: Scalar> Stepper<T> {
             h: vec![T::zero(); l * batch * h],
             c: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
             x_pre: vec![T::zero(); batch * gw],
-            h_pre: vec![T::zero(); batch * gw],
+            h_pre: vec![T::zero(); batch * hw],
             act: vec![T::zero(); batch * gw],
             aux: vec![T::zero(); batch * h],
             h_next: vec![T::zero(); batch * h],
@@ -89,7 +94,7 @@ impl<T: Scalar> Stepper<T> {
         self.c.fill(T::zero());
     }
 
-    /// Replaces the states (`[L, B, H]` each; `c` only for an LSTM).
+    /// Replaces the states (`[L, B, H]` each; `c` only for a cell with a second state).
     pub fn set_state(&mut self, h: &[T], c: Option<&[T]>) -> Result<()> {
         check_len("h", h.len(), &[self.layers, self.batch, self.hidden])?;
         match (c, self.cell.has_cell_state()) {
@@ -101,7 +106,7 @@ impl<T: Scalar> Stepper<T> {
             (Some(_), false) => {
                 return Err(Error::Value {
                     arg: "c",
-                    expected: "no cell state for a GRU".into(),
+                    expected: format!("no cell state for a {} cell", self.cell.name()),
                     got: "a cell state".into(),
                 })
             }
@@ -126,7 +131,13 @@ impl<T: Scalar> Stepper<T> {
                 got: format!("{cfg:?}"),
             });
         }
-        let (b, h, gw) = (self.batch, self.hidden, cfg.gate_width());
+        let (b, h, gw, hw) = (
+            self.batch,
+            self.hidden,
+            cfg.x_gate_width(),
+            cfg.h_gate_width(),
+        );
+        let custom = self.cell.compiled();
         check_len("x", x.len(), &[b, cfg.input_size])?;
         check_len("out", out.len(), &[b, h])?;
         let data = weights.as_slice();
@@ -139,13 +150,24 @@ impl<T: Scalar> Stepper<T> {
             let o = dir_offsets(&cfg, layer, 0);
             let inp = cfg.layer_input_size(layer);
             let w_ih = &data[o.w_ih..][..gw * inp];
-            let w_hh = &data[o.w_hh..][..gw * h];
+            let w_hh = &data[o.w_hh..][..hw * h];
             let input: &[T] = if layer == 0 {
                 x
             } else {
                 &self.h[(layer - 1) * bh..layer * bh]
             };
             match o.bias {
+                // A custom cell keeps `b_hh` on the recurrent side, where its `hg` leaves read it.
+                Some((bi, bhh)) if custom.is_some() => {
+                    for row in self.x_pre.chunks_exact_mut(gw) {
+                        row.copy_from_slice(&data[bi..][..gw]);
+                    }
+                    if hw > 0 {
+                        for row in self.h_pre.chunks_exact_mut(hw) {
+                            row.copy_from_slice(&data[bhh..][..hw]);
+                        }
+                    }
+                }
                 Some((bi, bhh)) => {
                     let (b_ih, b_hh) = (&data[bi..][..gw], &data[bhh..][..gw]);
                     let folded = if self.cell == CellKind::Lstm {
@@ -164,7 +186,10 @@ impl<T: Scalar> Stepper<T> {
                         self.b_hn.copy_from_slice(&b_hh[2 * h..]);
                     }
                 }
-                None => self.x_pre.fill(T::zero()),
+                None => {
+                    self.x_pre.fill(T::zero());
+                    self.h_pre.fill(T::zero());
+                }
             }
             a_bt(
                 &mut self.x_pre,
@@ -174,6 +199,45 @@ impl<T: Scalar> Stepper<T> {
                 Mat::new(w_ih, gw, inp),
             );
             let h_prev = &self.h[layer * bh..(layer + 1) * bh];
+            if let Some(cell) = custom {
+                if hw > 0 {
+                    a_bt(
+                        &mut self.h_pre,
+                        hw,
+                        true,
+                        Mat::new(h_prev, b, h),
+                        Mat::new(w_hh, hw, h),
+                    );
+                }
+                let units = &data[o.units..][..cfg.unit_width()];
+                let rows = layer * bh..(layer + 1) * bh;
+                if self.cell.has_cell_state() {
+                    cell.forward_step(
+                        h,
+                        all,
+                        &self.x_pre,
+                        &self.h_pre,
+                        units,
+                        &[h_prev, &self.c[rows.clone()]],
+                        &mut [&mut self.h_next, &mut self.c_next],
+                        &mut [],
+                    );
+                    self.c[rows].copy_from_slice(&self.c_next);
+                } else {
+                    cell.forward_step(
+                        h,
+                        all,
+                        &self.x_pre,
+                        &self.h_pre,
+                        units,
+                        &[h_prev],
+                        &mut [&mut self.h_next],
+                        &mut [],
+                    );
+                }
+                self.h[layer * bh..(layer + 1) * bh].copy_from_slice(&self.h_next);
+                continue;
+            }
             a_bt(
                 &mut self.h_pre,
                 gw,
@@ -209,6 +273,7 @@ impl<T: Scalar> Stepper<T> {
                     &mut self.aux,
                     &mut self.h_next,
                 ),
+                CellKind::Custom(_) => unreachable!("custom cells step above"),
             }
             self.h[layer * bh..(layer + 1) * bh].copy_from_slice(&self.h_next);
         }

@@ -5,6 +5,7 @@
 //! product before the loop, each step does one `[B,H]·[H,GH]` product and one fused gate pass, and
 //! after the reverse sweep the weight gradients are three large products over all `T*B` rows.
 
+use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
 use crate::gates::{self, Active};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
@@ -19,6 +20,8 @@ pub(crate) struct DirWeights<'a, T> {
     pub w_hh: &'a [T],
     /// `([G*H], [G*H])` when the network has biases.
     pub bias: Option<(&'a [T], &'a [T])>,
+    /// `[P*H]` unit parameters (custom cells; empty otherwise).
+    pub units: &'a [T],
 }
 
 /// The sizes and time direction of a sweep.
@@ -205,6 +208,9 @@ pub(crate) fn forward<T: Scalar>(
     reg: DirReg<T>,
     keep_tape: bool,
 ) -> DirOutput<T> {
+    if let Some(cell) = sw.cell.compiled() {
+        return forward_custom(cell, sw, x, w, h0, c0, reg, keep_tape);
+    }
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
     let lstm = sw.cell == CellKind::Lstm;
     let bh = b * h;
@@ -351,6 +357,9 @@ pub(crate) fn backward<T: Scalar>(
     grad: &mut [T],
     dx: &mut [T],
 ) -> (Vec<T>, Option<Vec<T>>) {
+    if let Some(cell) = sw.cell.compiled() {
+        return backward_custom(cell, sw, x, w, tape, d_out, dh_n, dc_n, reg, grad, dx);
+    }
     let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
     let lstm = sw.cell == CellKind::Lstm;
     let bh = b * h;
@@ -495,4 +504,338 @@ pub(crate) fn backward<T: Scalar>(
         Mat::new(w.w_ih, gw, inp),
     );
     (dh, lstm.then_some(dc))
+}
+
+/// Copies the state `h_next` to the output rows still inside their sequence.
+fn emit<T: Scalar>(active: Active, h: usize, h_next: &[T], out_t: &mut [T]) {
+    for (r, (o, hn)) in out_t
+        .chunks_exact_mut(h)
+        .zip(h_next.chunks_exact(h))
+        .enumerate()
+    {
+        if active.row(r) {
+            o.copy_from_slice(hn);
+        }
+    }
+}
+
+/// [`forward`] for a compiled cell: the products as for the built-in cells (`b_hh` stays on the
+/// recurrent side, where the cell's `hg` leaves expect it), the element-wise step from the
+/// cell's program. State 0 is `h`, state 1 (when present) `c`.
+#[allow(clippy::too_many_arguments)]
+fn forward_custom<T: Scalar>(
+    cell: &CompiledCell,
+    sw: Sweep,
+    x: &[T],
+    w: DirWeights<T>,
+    h0: &[T],
+    c0: Option<&[T]>,
+    reg: DirReg<T>,
+    keep_tape: bool,
+) -> DirOutput<T> {
+    let (steps, b, h) = (sw.steps, sw.batch, sw.hidden);
+    let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+    let two = sw.cell.num_states() == 2;
+    let bh = b * h;
+    let kw = cell.tape_width() * h;
+
+    let mut x_pre = vec![T::zero(); steps * b * xw];
+    if let Some((b_ih, _)) = w.bias {
+        for row in x_pre.chunks_exact_mut(xw) {
+            row.copy_from_slice(b_ih);
+        }
+    }
+    a_bt(
+        &mut x_pre,
+        xw,
+        w.bias.is_some(),
+        Mat::new(x, steps * b, sw.input),
+        Mat::new(w.w_ih, xw, sw.input),
+    );
+
+    let (slots, tape_steps) = if keep_tape {
+        (steps + 1, steps)
+    } else {
+        (2, 0)
+    };
+    let mut hs = vec![T::zero(); slots * bh];
+    let mut cs = vec![T::zero(); if two { slots * bh } else { 0 }];
+    let mut act = vec![T::zero(); tape_steps * b * kw];
+    let mut h_pre = vec![T::zero(); b * hw];
+    let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
+    let mut out = vec![T::zero(); steps * bh];
+    let slot = |s: usize, t: usize| -> (usize, usize) {
+        if keep_tape {
+            (sw.enter(t), sw.exit(t))
+        } else {
+            (s % 2, (s + 1) % 2)
+        }
+    };
+    let first = slot(0, sw.time(0)).0;
+    hs[first * bh..(first + 1) * bh].copy_from_slice(h0);
+    if let (true, Some(c0)) = (two, c0) {
+        cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
+    }
+
+    let mut last = first;
+    for s in 0..steps {
+        let t = sw.time(s);
+        let (rd, wr) = slot(s, t);
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        let (h_prev, h_next) = read_write(&mut hs, rd, wr, bh);
+        if hw > 0 {
+            let h_in: &[T] = match reg.state_mask {
+                Some(m) => {
+                    h_masked
+                        .iter_mut()
+                        .zip(h_prev)
+                        .zip(m)
+                        .for_each(|((d, &v), &k)| *d = v * k);
+                    &h_masked
+                }
+                None => h_prev,
+            };
+            if let Some((_, b_hh)) = w.bias {
+                for row in h_pre.chunks_exact_mut(hw) {
+                    row.copy_from_slice(b_hh);
+                }
+            }
+            a_bt(
+                &mut h_pre,
+                hw,
+                w.bias.is_some(),
+                Mat::new(h_in, b, h),
+                Mat::new(w.w_hh, hw, h),
+            );
+        }
+        let x_t = &x_pre[t * b * xw..(t + 1) * b * xw];
+        let tape_t: &mut [T] = if keep_tape {
+            &mut act[t * b * kw..(t + 1) * b * kw]
+        } else {
+            &mut []
+        };
+        if two {
+            let (c_prev, c_next) = read_write(&mut cs, rd, wr, bh);
+            cell.forward_step(
+                h,
+                active,
+                x_t,
+                &h_pre,
+                w.units,
+                &[h_prev, c_prev],
+                &mut [&mut *h_next, &mut *c_next],
+                tape_t,
+            );
+            if let Some(z) = reg.zoneout {
+                zone(active, h, c_prev, c_next, |k| z.cell(t, bh, k));
+            }
+        } else {
+            cell.forward_step(
+                h,
+                active,
+                x_t,
+                &h_pre,
+                w.units,
+                &[h_prev],
+                &mut [&mut *h_next],
+                tape_t,
+            );
+        }
+        if let Some(z) = reg.zoneout {
+            zone(active, h, h_prev, h_next, |k| z.hidden(t, bh, k));
+        }
+        emit(active, h, h_next, &mut out[t * bh..(t + 1) * bh]);
+        last = wr;
+    }
+
+    let h_last = hs[last * bh..(last + 1) * bh].to_vec();
+    let c_last = two.then(|| cs[last * bh..(last + 1) * bh].to_vec());
+    DirOutput {
+        out,
+        h_last,
+        c_last,
+        tape: keep_tape.then_some(DirTape {
+            act,
+            aux: Vec::new(),
+            hs,
+            cs,
+        }),
+    }
+}
+
+/// [`backward`] for a compiled cell. `grad` is laid out `dW_ih, dW_hh, db_ih, db_hh, d_units`
+/// (absent parts skipped as in `param_specs`).
+#[allow(clippy::too_many_arguments)]
+fn backward_custom<T: Scalar>(
+    cell: &CompiledCell,
+    sw: Sweep,
+    x: &[T],
+    w: DirWeights<T>,
+    tape: &DirTape<T>,
+    d_out: Option<OutputGrad<T>>,
+    dh_n: Option<&[T]>,
+    dc_n: Option<&[T]>,
+    reg: DirReg<T>,
+    grad: &mut [T],
+    dx: &mut [T],
+) -> (Vec<T>, Option<Vec<T>>) {
+    let (steps, b, h, inp) = (sw.steps, sw.batch, sw.hidden, sw.input);
+    let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+    let two = sw.cell.num_states() == 2;
+    let bh = b * h;
+    let kw = cell.tape_width() * h;
+    let (g_wih, rest) = grad.split_at_mut(xw * inp);
+    let (g_whh, rest) = rest.split_at_mut(hw * h);
+    let (g_bias, g_units) = rest.split_at_mut(if w.bias.is_some() { xw + hw } else { 0 });
+
+    let mut dh = dh_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec);
+    let mut dc = if two {
+        dc_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec)
+    } else {
+        Vec::new()
+    };
+    let mut dh_prev = vec![T::zero(); bh];
+    let mut dc_prev = vec![T::zero(); if two { bh } else { 0 }];
+    let mut dgx = vec![T::zero(); steps * b * xw];
+    let mut dgh = vec![T::zero(); steps * b * hw];
+    let zoned = reg.zoneout.is_some();
+    let mut direct_h = vec![T::zero(); if zoned { bh } else { 0 }];
+    let mut direct_c = vec![T::zero(); if zoned && two { bh } else { 0 }];
+    let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
+
+    for s in (0..steps).rev() {
+        let t = sw.time(s);
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        if let Some(g) = d_out {
+            for r in 0..b {
+                if active.row(r) {
+                    let src = &g.data[(t * b + r) * g.ld + g.col..][..h];
+                    for (d, &v) in dh[r * h..(r + 1) * h].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+        if let Some(z) = reg.zoneout {
+            split_zone(active, h, &mut dh, &mut direct_h, |k| z.hidden(t, bh, k));
+            if two {
+                split_zone(active, h, &mut dc, &mut direct_c, |k| z.cell(t, bh, k));
+            }
+        }
+        let enter = sw.enter(t);
+        let h_prev = &tape.hs[enter * bh..][..bh];
+        let tape_t = &tape.act[t * b * kw..][..b * kw];
+        let dgx_t = &mut dgx[t * b * xw..(t + 1) * b * xw];
+        let dgh_t = &mut dgh[t * b * hw..(t + 1) * b * hw];
+        if two {
+            let c_prev = &tape.cs[enter * bh..][..bh];
+            cell.backward_step(
+                h,
+                active,
+                w.units,
+                &[h_prev, c_prev],
+                tape_t,
+                &[&dh, &dc],
+                &mut [&mut dh_prev, &mut dc_prev],
+                dgx_t,
+                dgh_t,
+                g_units,
+            );
+        } else {
+            cell.backward_step(
+                h,
+                active,
+                w.units,
+                &[h_prev],
+                tape_t,
+                &[&dh],
+                &mut [&mut dh_prev],
+                dgx_t,
+                dgh_t,
+                g_units,
+            );
+        }
+        std::mem::swap(&mut dh, &mut dh_prev);
+        std::mem::swap(&mut dc, &mut dc_prev);
+        if hw > 0 {
+            match reg.state_mask {
+                None => a_b(
+                    &mut dh,
+                    h,
+                    true,
+                    Mat::new(dgh_t, b, hw),
+                    Mat::new(w.w_hh, hw, h),
+                ),
+                Some(m) => {
+                    a_b(
+                        &mut rec,
+                        h,
+                        false,
+                        Mat::new(dgh_t, b, hw),
+                        Mat::new(w.w_hh, hw, h),
+                    );
+                    dh.iter_mut()
+                        .zip(&rec)
+                        .zip(m)
+                        .for_each(|((d, &r), &k)| *d += r * k);
+                }
+            }
+        }
+        if zoned {
+            dh.iter_mut().zip(&direct_h).for_each(|(d, &v)| *d += v);
+            dc.iter_mut().zip(&direct_c).for_each(|(d, &v)| *d += v);
+        }
+    }
+
+    let rows = steps * b;
+    at_b(
+        g_wih,
+        inp,
+        false,
+        Mat::new(&dgx, rows, xw),
+        Mat::new(x, rows, inp),
+    );
+    if hw > 0 {
+        let h_enter = &tape.hs[sw.enter(0).min(sw.enter(steps - 1)) * bh..][..rows * h];
+        let masked;
+        let h_enter: &[T] = match reg.state_mask {
+            Some(m) => {
+                masked = h_enter
+                    .iter()
+                    .zip(m.iter().cycle())
+                    .map(|(&v, &k)| v * k)
+                    .collect::<Vec<_>>();
+                &masked
+            }
+            None => h_enter,
+        };
+        at_b(
+            g_whh,
+            h,
+            false,
+            Mat::new(&dgh, rows, hw),
+            Mat::new(h_enter, rows, h),
+        );
+    }
+    if w.bias.is_some() {
+        let (g_bih, g_bhh) = g_bias.split_at_mut(xw);
+        add_column_sums(g_bih, &dgx);
+        if hw > 0 {
+            add_column_sums(g_bhh, &dgh);
+        }
+    }
+    a_b(
+        dx,
+        inp,
+        false,
+        Mat::new(&dgx, rows, xw),
+        Mat::new(w.w_ih, xw, inp),
+    );
+    (dh, two.then_some(dc))
 }

@@ -89,8 +89,12 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
         InputKind::Dense { features } => features,
         InputKind::Embedding { dim, .. } => dim,
     };
-    let cell_name = field("cell")?.as_str().unwrap_or("");
-    let cell = CellKind::from_name(cell_name).map_err(|e| core_error(py, e))?;
+    // A built-in name, or a custom cell's description (an object, or its JSON text).
+    let cell = match field("cell")? {
+        Value::Object(_) => CellKind::parse(&field("cell")?.to_string()),
+        other => CellKind::parse(other.as_str().unwrap_or("")),
+    }
+    .map_err(|e| core_error(py, e))?;
     let rnn = RnnConfig::new(
         cell,
         width,
@@ -398,7 +402,10 @@ impl ModelCore {
         if arg == "c0" && !self.config.rnn.cell.has_cell_state() {
             return Err(bad(
                 v.py(),
-                "c0: expected None for a GRU (it has no cell state)",
+                format!(
+                    "c0: expected None for a {} cell (it has no cell state)",
+                    self.config.rnn.cell.name().to_uppercase()
+                ),
             ));
         }
         let a = readonly::<T>(arg, v)?;

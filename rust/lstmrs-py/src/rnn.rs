@@ -412,7 +412,10 @@ impl RnnCore {
             return Err(error(
                 py,
                 Kind::InvalidArgument,
-                "c0: expected None for a GRU (it has no cell state), got an array",
+                format!(
+                    "c0: expected None for a {} cell (it has no cell state), got an array",
+                    cfg.cell.name().to_uppercase()
+                ),
             ));
         }
         let c0a = c0.map(|a| readonly::<T>("c0", a)).transpose()?;
@@ -510,7 +513,10 @@ impl RnnCore {
             return Err(error(
                 py,
                 Kind::InvalidArgument,
-                "d_c_n: expected None for a GRU (it has no cell state), got an array",
+                format!(
+                    "d_c_n: expected None for a {} cell (it has no cell state), got an array",
+                    cfg.cell.name().to_uppercase()
+                ),
             ));
         }
         let d_c_a = d_c_n.map(|a| readonly::<T>("d_c_n", a)).transpose()?;
@@ -625,7 +631,7 @@ impl RnnCore {
         dtype: &str,
         seed: u64,
     ) -> PyResult<Self> {
-        let kind = CellKind::from_name(cell).map_err(|e| core_error(py, e))?;
+        let kind = CellKind::parse(cell).map_err(|e| core_error(py, e))?;
         let dtype = parse_dtype(py, dtype)?;
         let config = RnnConfig::new(
             kind,
@@ -651,10 +657,16 @@ impl RnnCore {
         })
     }
 
-    /// "lstm" or "gru".
+    /// "lstm", "gru" or a custom cell's name.
     #[getter]
     fn cell(&self) -> &'static str {
         self.config.cell.name()
+    }
+
+    /// The JSON description of a custom cell, None for the built-in ones.
+    #[getter]
+    fn cell_description(&self) -> Option<&'static str> {
+        self.config.cell.description()
     }
 
     #[getter]
@@ -797,4 +809,13 @@ impl RnnCore {
             dtype_name(self.dtype)
         )
     }
+}
+
+/// Validates and compiles a cell description (JSON), once per distinct text; returns the cell's
+/// name. `RnnCore` and `ModelCore` then accept the same text where they take a cell name.
+#[pyfunction]
+pub(crate) fn compile_cell(py: Python<'_>, json: &str) -> PyResult<&'static str> {
+    let r = py.detach(|| guarded(|| lstmrs_core::config::register_cell(json)));
+    let kind = lift(py, r)?;
+    Ok(kind.name())
 }

@@ -19,7 +19,9 @@ use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization, Tape};
 use crate::optim::{clip_grad_norm, clip_grad_value, grad_norm, Optimizer};
-use crate::params::{param_count, param_specs, ParamSpec, RnnWeights};
+use crate::params::{
+    param_count, param_specs, param_specs_with_init, InitRule, ParamSpec, RnnWeights,
+};
 use crate::scalar::Scalar;
 use crate::threads;
 use pooling::{AttentionCache, AttentionParams};
@@ -245,7 +247,21 @@ impl<T: Scalar> Model<T> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let uniform = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let h = self.config.rnn.hidden_size as f64;
+        // Unit parameters of custom cells carry their own rule (`param_specs_with_init`).
+        let rnn_rules: std::collections::HashMap<String, InitRule> =
+            param_specs_with_init(&self.config.rnn)
+                .into_iter()
+                .map(|(s, r)| (format!("rnn.{}", s.name), r))
+                .collect();
         for spec in self.specs.clone() {
+            if let Some(&InitRule::Constant(c)) = rnn_rules.get(&spec.name) {
+                self.params[spec.offset..spec.offset + spec.len].fill(T::from_f64(c));
+                continue;
+            }
+            let unit_bound = match rnn_rules.get(&spec.name) {
+                Some(&InitRule::Uniform(a)) if self.config.rnn.cell.compiled().is_some() => Some(a),
+                _ => None,
+            };
             let fan = if spec.name.starts_with("rnn.") {
                 h
             } else if spec.name.ends_with(".weight") {
@@ -267,7 +283,7 @@ impl<T: Scalar> Model<T> {
                     *v = T::from_f64((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
                 }
             } else {
-                let bound = 1.0 / fan.sqrt();
+                let bound = unit_bound.unwrap_or(1.0 / fan.sqrt());
                 for v in dst.iter_mut() {
                     *v = T::from_f64((2.0 * uniform(&mut rng) - 1.0) * bound);
                 }
