@@ -27,7 +27,7 @@ build: setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
 
 demo: build
-	$(PY) -m lstmrs.demo
+	$(PY) -m lstmrs.cli train
 
 test-rust:
 	cargo test --workspace --exclude lstmrs-py

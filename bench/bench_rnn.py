@@ -312,7 +312,7 @@ def main(argv=None) -> int:
             import onnx
             import onnxruntime
 
-            ort_version = f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}"
+            ort_version = f"{onnxruntime.__version__} (onnx {onnx.__version__})"
         except ImportError:
             print("onnxruntime/onnx not installed: skipping ONNX Runtime")
 

@@ -56,6 +56,13 @@ def lstmrs_register_optimizers(register):
 
 
 @hookimpl
+def lstmrs_register_tasks(register):
+    from .. import tasks
+
+    tasks.lstmrs_register_tasks(register)
+
+
+@hookimpl
 def lstmrs_register_commands(register):
     from . import plugins_command
 

@@ -1,0 +1,781 @@
+"""The ``lstmrs`` command line.
+
+::
+
+    lstmrs train [CONFIG.toml] [--task NAME] [--set key=value ...]   train a task, write a run dir
+    lstmrs eval RUN_DIR [--data FILE]                                 evaluate a run's model again
+    lstmrs predict RUN_DIR --input FILE --output FILE                 predictions for new data
+    lstmrs generate RUN_DIR --prompt TEXT --length N                  sample from a charlm run
+    lstmrs tasks [NAME]                                               the tasks and their defaults
+    lstmrs plugins                                                    installed plugins
+    lstmrs bench [ARGS]                                               the benchmark (source tree)
+
+``lstmrs train`` with no arguments trains an LSTM on the adding problem (no files needed) in
+well under a minute and prints its loss falling and the final test MSE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from . import config as C
+from .callbacks import Callback, EarlyStopping, JSONLLogger
+from .errors import LstmrsError
+from .rundir import RunDir, RunDirError
+
+__all__ = ["get_tasks", "main", "resolve_config"]
+
+DEFAULT_TASK = "adding"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# --------------------------------------------------------------------------------------------
+# Task lookup
+
+
+def get_tasks() -> dict[str, Any]:
+    """``{name: Task}``: the tasks registered through the plugin hook ``lstmrs_register_tasks``
+    plus the built-ins (so the CLI works whether or not the built-in plugin registers them)."""
+    from .tasks import BUILTIN_TASKS, as_task
+
+    try:
+        from .plugins import get_tasks as registry
+    except ImportError:  # pragma: no cover - the registry ships with lstmrs
+        found: dict[str, Any] = {}
+    else:
+        found = registry()
+    merged = {name: as_task(t) for name, t in found.items()}
+    merged.update(BUILTIN_TASKS)
+    return merged
+
+
+def lookup_task(name: str):
+    tasks = get_tasks()
+    key = name.lower()
+    if key not in tasks:
+        raise C.ConfigError(
+            f"config: task = {name!r} is not allowed: expected one of "
+            f"{', '.join(repr(t) for t in sorted(tasks))} (plugins add more: `lstmrs plugins`)"
+        )
+    return tasks[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def resolve_config(
+    task,
+    *,
+    file_cfg: dict | None = None,
+    file_source: str = "config file",
+    file_dir: str | None = None,
+    cell: str | None = None,
+    optimizer: str | None = None,
+    sets: list[str] = (),
+) -> dict[str, Any]:
+    """The task's defaults, then the file, then ``--cell``/``--optimizer``, then ``--set``."""
+    cfg = copy.deepcopy(task.default_config)
+    if file_cfg:
+        layer = dict(file_cfg)
+        layer.pop("task", None)  # Already used to pick the task.
+        cfg = C.apply_layer(cfg, layer, task.rules, source=file_source, base_dir=file_dir)
+    if cell is not None:
+        cfg = C.apply_layer(cfg, {"model": {"cell": cell}}, task.rules, source="--cell")
+    if optimizer is not None:
+        cfg = C.apply_layer(
+            cfg, {"train": {"optimizer": optimizer}}, task.rules, source="--optimizer"
+        )
+    for text in sets:
+        key, value = C.parse_override(text)
+        if key == "task":
+            raise C.ConfigError("--set task=...: choose the task with --task NAME")
+        cfg = C.apply_layer(cfg, C.nest({key: value}), task.rules, source=f"--set {text}")
+    cfg["task"] = task.name
+    task.check(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Callbacks of a training run
+
+
+class _Interrupt:
+    """First Ctrl-C: ask the loop to stop after the current batch (a checkpoint follows).
+    Second Ctrl-C: abort at once."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._prev = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGINT, self._handler)
+
+    def restore(self) -> None:
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+            self._prev = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        print(
+            "\nInterrupted: finishing this batch and saving a checkpoint "
+            "(Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+class _StopOnInterrupt(Callback):
+    def __init__(self, flag: _Interrupt) -> None:
+        super().__init__()
+        self.flag = flag
+        self.stopped = False
+
+    def _check(self) -> None:
+        if self.flag.hit and not self.stopped:
+            self.stopped = True
+            self.model.stop_training = True
+
+    def on_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+
+class _TimeLimit(Callback):
+    """Stops training after ``seconds`` of wall time in this process."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.hit = False
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_batch_end(self, batch, logs=None):
+        if self.seconds and time.perf_counter() - self._start >= self.seconds:
+            self.hit = True
+            self.model.stop_training = True
+
+
+class _TargetReached(Callback):
+    """Stops once ``val_loss`` is at or below ``target`` (the task counts as solved)."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+        self.hit = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        v = (logs or {}).get("val_loss")
+        if self.target and v is not None and v <= self.target:
+            self.hit = True
+            self.model.stop_training = True
+
+
+def _fmt(v: float) -> str:
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.3e}"
+    return f"{v:.5f}" if abs(v) < 1 else f"{v:.4f}"
+
+
+_EPOCH_SKIP = {"lr", "seconds", "size", "batch_loss", "grad_norm"}
+
+
+class _EpochPrinter(Callback):
+    """A line per epoch (at most one every ``min_gap`` seconds when epochs are quick; the first
+    and the last are always shown), and a progress line every ``every`` seconds inside long
+    epochs."""
+
+    def __init__(self, say, every: float = 20.0, min_gap: float = 1.0) -> None:
+        super().__init__()
+        self.say, self.every, self.min_gap = say, every, min_gap
+        self._last = time.perf_counter()
+        self._printed = -math.inf
+        self._pending: str | None = None
+        self._epoch = 0
+        self._batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._last = time.perf_counter()
+        self._batches = 0
+
+    def on_batch_end(self, batch, logs=None):
+        self._batches = batch + 1
+        now = time.perf_counter()
+        if now - self._last >= self.every:
+            self._last = now
+            steps = self.params.get("steps", "?")
+            loss = (logs or {}).get("loss")
+            text = f"  epoch {self._epoch + 1} batch {batch + 1}/{steps}"
+            if loss is not None:
+                text += f"  loss {_fmt(float(loss))}"
+            self.say(text)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        epochs = self.params.get("epochs", "?")
+        parts = [f"epoch {epoch + 1:>3}/{epochs}"]
+        for k, v in logs.items():
+            if k in _EPOCH_SKIP or not isinstance(v, (int, float)):
+                continue
+            parts.append(f"{k} {_fmt(float(v))}")
+        parts.append(f"{logs.get('seconds', 0.0):.1f}s")
+        steps = self.params.get("steps")
+        if isinstance(steps, int) and 0 < self._batches < steps and self.model.stop_training:
+            parts.append(f"(stopped after batch {self._batches}/{steps})")
+        line = "  ".join(parts)
+        now = time.perf_counter()
+        first = epoch == self.params.get("initial_epoch", 0)
+        if first or now - self._printed >= self.min_gap or self.model.stop_training:
+            self.say(line)
+            self._printed, self._pending = now, None
+        else:
+            self._pending = line
+
+    def on_train_end(self, logs=None):
+        if self._pending is not None:
+            self.say(self._pending)
+            self._pending = None
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def _say_fn(quiet: bool):
+    def say(text: str = "") -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    return say
+
+
+def _show(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _public(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def _resume_target(args) -> RunDir:
+    if args.run_dir:
+        return RunDir.open(args.run_dir)
+    run = RunDir.latest()
+    if run is None:
+        raise RunDirError("--resume: no run directory given (--run-dir DIR) and none under runs/")
+    return run
+
+
+def cmd_train(args) -> int:
+    say = _say_fn(args.quiet)
+    if args.threads is not None:
+        from .rnn import set_num_threads
+
+        set_num_threads(args.threads)
+    if args.resume:
+        if args.config:
+            raise C.ConfigError(
+                "--resume: the run's own config.toml is used; change values with --set"
+            )
+        run = _resume_target(args)
+        file_cfg = run.read_config()
+        task = lookup_task(args.task or file_cfg.get("task", ""))
+        cfg = resolve_config(
+            task,
+            file_cfg=file_cfg,
+            file_source=run.config_path,
+            file_dir=run.path,
+            cell=args.cell,
+            optimizer=args.optimizer,
+            sets=args.set or [],
+        )
+    else:
+        file_cfg, file_dir = None, None
+        if args.config:
+            file_cfg = C.load_toml(args.config)
+            file_dir = os.path.dirname(os.path.abspath(args.config))
+        name = args.task or (file_cfg or {}).get("task") or DEFAULT_TASK
+        if not isinstance(name, str):
+            raise C.ConfigError(f"config: task = {name!r} is not allowed: expected a task name")
+        task = lookup_task(name)
+        cfg = resolve_config(
+            task,
+            file_cfg=file_cfg,
+            file_source=args.config or "",
+            file_dir=file_dir,
+            cell=args.cell,
+            optimizer=args.optimizer,
+            sets=args.set or [],
+        )
+        run = RunDir.create(args.run_dir, task.name)
+    return train_run(task, cfg, run, resume=args.resume, say=say, make_plots=not args.no_plots)
+
+
+def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bool = True) -> int:
+    """Prepares the data, trains (or continues) and evaluates; writes the run directory."""
+    from .models import Model
+
+    verb = "continuing" if resume else "training"
+    say(f"lstmrs: {verb} task {task.name!r} in {run.path}")
+    previous = run.read_state() if resume else {}
+    run.write_config(cfg)
+    run.update_state(task=task.name, status="preparing")
+    data = task.prepare(cfg, state=previous.get("task_state") or None)
+    for line in data.info:
+        say(line)
+    run.update_state(task_state=data.state)
+
+    ck = run.latest_checkpoint() if resume else None
+    if ck is not None:
+        model = Model.resume(ck)
+        training = model._checkpoint["training"]
+        # A run stopped by Ctrl-C or a time limit goes on; one that stopped early stays done.
+        if previous.get("status") != "early_stopped":
+            training["stopped"] = False
+        say(
+            f"resuming from {_show(ck)} (epoch {training['epoch']}, step {training['global_step']})"
+        )
+    else:
+        if resume:
+            say("no checkpoint in this run yet: starting its training from the beginning")
+        model = task.build_model(cfg, data)
+        task.compile(model, cfg)
+    say(f"model: {model!r}")
+
+    t = cfg["train"]
+    flag = _Interrupt()
+    stop_flag = _StopOnInterrupt(flag)
+    limit = _TimeLimit(t["time_limit"])
+    target = _TargetReached(t["target_val_loss"])
+    callbacks: list[Callback] = [JSONLLogger(run.metrics_path), _EpochPrinter(say), stop_flag]
+    callbacks.append(limit)
+    early = None
+    if data.val is None:
+        if t["patience"] or t["target_val_loss"]:
+            say("no validation data: train.patience and train.target_val_loss do not apply")
+    else:
+        callbacks.append(target)
+        if t["patience"] > 0:
+            early = EarlyStopping("val_loss", patience=t["patience"], restore_best_weights=True)
+            callbacks.append(early)
+    run.update_state(status="training")
+    say(
+        "Ctrl-C stops after the current batch and saves a checkpoint; `lstmrs train --resume "
+        f"--run-dir {run.path}` continues"
+    )
+    start = time.perf_counter()
+    flag.install()
+    try:
+        task.train(
+            model,
+            data,
+            cfg,
+            callbacks=callbacks,
+            checkpoint_dir=run.checkpoints,
+            checkpoint_every=t["checkpoint_every"],
+            resume=ck is not None,
+            seed=cfg["seed"],
+            verbose=0,
+        )
+    except KeyboardInterrupt:
+        flag.restore()
+        run.update_state(status="aborted")
+        print(
+            "aborted: the newest checkpoint (if any) is from before the interrupt", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        flag.restore()
+    seconds = time.perf_counter() - start
+    elapsed = previous.get("train_seconds", 0.0) + seconds
+    if stop_flag.stopped:
+        run.update_state(status="interrupted", train_seconds=elapsed)
+        print(
+            f"interrupted after {seconds:.1f}s; checkpoint {run.latest_checkpoint()}\n"
+            f"continue with: lstmrs train --resume --run-dir {run.path}",
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    if early is not None and early.stopped_epoch is not None:
+        status = "early_stopped"
+        say(
+            f"early stopping: val_loss has not improved for {t['patience']} epochs; "
+            f"best epoch {early.best_epoch + 1}"
+        )
+    elif limit.hit:
+        status = "time_limit"
+        say(f"time limit of {t['time_limit']:g}s reached")
+    elif target.hit:
+        status = "target_reached"
+        say(f"val_loss reached the target {t['target_val_loss']:g}")
+    else:
+        status = "completed"
+    model.save(run.model_path)
+
+    summary = task.evaluate(model, data, cfg)
+    run.update_state(task_state=data.state)  # evaluation may fit state too (a threshold)
+    records = run.read_metrics()
+    public = _public(summary)
+    public.update(
+        task=task.name,
+        status=status,
+        epochs=len(records),
+        train_seconds=round(elapsed, 2),
+        params=model.num_params,
+    )
+    run.write_summary(public)
+    print(f"[{task.name}] {task.format_summary(summary)}", flush=True)
+    if make_plots:
+        written = _plots(task, model, data, summary, cfg, run, records)
+        if written:
+            say("plots: " + ", ".join(_show(p) for p in written))
+    run.update_state(status=status, train_seconds=elapsed)
+    say(f"run directory: {run.path}  (summary.json, metrics.jsonl, model/, plots/)")
+    return 0
+
+
+def _plots(task, model, data, summary, cfg, run: RunDir, records) -> list[str]:
+    from . import plots
+
+    if not plots.available():
+        print("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        return []
+    out = []
+    p = plots.loss_curves(
+        records, os.path.join(run.plots, "loss.png"), f"{task.name}: loss per epoch"
+    )
+    if p:
+        out.append(p)
+    out += task.plot(model, data, summary, cfg, run.plots, records)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# eval, predict, generate
+
+
+def _open_run(path: str):
+    run = RunDir.open(path)
+    cfg = run.read_config()
+    task = lookup_task(cfg.get("task", ""))
+    cfg = resolve_config(task, file_cfg=cfg, file_source=run.config_path, file_dir=run.path)
+    return run, task, cfg
+
+
+def cmd_eval(args) -> int:
+    run, task, cfg = _open_run(args.run_dir)
+    if args.set:
+        cfg = resolve_config(task, file_cfg=cfg, file_source=run.config_path, sets=args.set)
+    state = run.read_state().get("task_state") or {}
+    whole = False
+    if args.data:
+        if "path" not in cfg["data"]:
+            raise C.ConfigError(f"--data: task {task.name!r} reads no data file")
+        cfg["data"]["path"] = os.path.abspath(args.data)
+        whole = True
+    data = task.prepare(cfg, state=state or None, whole=whole)
+    for line in data.info:
+        _say_fn(args.quiet)(line)
+    model = run.load_model()
+    summary = task.evaluate(model, data, cfg)
+    print(f"[{task.name}] {task.format_summary(summary)}")
+    if args.json:
+        from .rundir import _write_json
+
+        _write_json(args.json, _public(summary))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    run, task, cfg = _open_run(args.run_dir)
+    state = run.read_state().get("task_state") or {}
+    model = run.load_model()
+    if not os.path.exists(args.input):
+        raise C.ConfigError(f"--input: {args.input!r} does not exist")
+    message = task.predict_file(model, cfg, state, args.input, args.output)
+    print(f"wrote {args.output}: {message}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    run, task, _cfg = _open_run(args.run_dir)
+    gen = getattr(task, "generate", None)
+    if gen is None:
+        raise C.ConfigError(
+            f"generate: the run's task {task.name!r} does not generate text (train a charlm)"
+        )
+    state = run.read_state().get("task_state") or {}
+    model = run.load_model()
+    gen(
+        model,
+        state,
+        prompt=args.prompt,
+        length=args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        out=sys.stdout,
+    )
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    tasks = get_tasks()
+    if args.name:
+        task = lookup_task(args.name)
+        print(f"# {task.name}: {task.description}")
+        print(C.dumps(task.default_config), end="")
+        return 0
+    width = max(len(n) for n in tasks)
+    for name in sorted(tasks):
+        print(f"{name:<{width}}  {tasks[name].description}")
+    print("\n`lstmrs tasks NAME` prints a task's default configuration (a starting CONFIG.toml).")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# plugins, bench and plugin commands
+
+
+def cmd_plugins(argv: list[str]) -> int:
+    try:
+        from .plugins import plugins_command
+    except ImportError:  # pragma: no cover - the registry ships with lstmrs
+        print("lstmrs plugins: the plugin registry is not available in this installation")
+        return 1
+    return int(plugins_command(argv) or 0)
+
+
+def _find_bench() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(here))):
+        p = os.path.join(root, "bench", "bench_rnn.py")
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+BENCH_HELP = (
+    "Runs the benchmark against PyTorch and ONNX Runtime (bench/bench_rnn.py of the lstmrs "
+    "source tree; found in the working directory or next to an editable install). Every "
+    "argument is passed on to the script, e.g. `lstmrs bench --quick` or `lstmrs bench "
+    "--threads 2 --json out.json`."
+)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    script = _find_bench()
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: lstmrs bench [ARGS ...]\n\n" + BENCH_HELP)
+        if script is not None:
+            print("\nThe script's own options:\n")
+            sys.stdout.flush()
+            subprocess.call([sys.executable, script, "--help"])
+        return 0
+    if script is None:
+        print(
+            "lstmrs bench: bench/bench_rnn.py was not found. The benchmark ships with the "
+            "lstmrs source repository, not with the installed package: run `lstmrs bench` "
+            "from a checkout of the repository.",
+            file=sys.stderr,
+        )
+        return 1
+    return subprocess.call([sys.executable, script, *argv])
+
+
+def _plugin_commands() -> dict[str, Any]:
+    try:
+        from .plugins import get_commands
+    except ImportError:  # pragma: no cover
+        return {}
+    return get_commands()
+
+
+# --------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstmrs",
+        description="Train and use LSTM/GRU models on the tasks people use them for. "
+        "`lstmrs train` with no arguments trains an LSTM on the adding problem.",
+        formatter_class=_Formatter,
+        epilog="Each command has --help. `lstmrs tasks` lists the tasks; `lstmrs plugins` "
+        "lists installed plugins (which add tasks, cells, optimizers and commands).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a task and write a run directory",
+        formatter_class=_Formatter,
+        description="Train a task (built-in or from a plugin) from a TOML config, with "
+        "overrides, into a run directory: config.toml as used, checkpoints/, metrics.jsonl, "
+        "summary.json, model/ and plots/.\n\nWithout CONFIG and --task it trains the "
+        f"{DEFAULT_TASK!r} task (the adding problem at T=50, about half a minute).\n\n"
+        "Configs have sections [data], [model], [train] and [eval]; `lstmrs tasks NAME` prints "
+        "a task's defaults. Relative paths in a config file are relative to that file.",
+        epilog="examples:\n  lstmrs train\n  lstmrs train --task adding --set data.seq_len=200\n"
+        "  lstmrs train examples/forecast_airline.toml --set train.epochs=50\n"
+        "  lstmrs train --resume --run-dir runs/charlm-20250101-120000",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="configuration file")
+    p.add_argument(
+        "--task", metavar="NAME", help=f"task to train (default: the config's, else {DEFAULT_TASK})"
+    )
+    p.add_argument("--cell", metavar="NAME", help="recurrent cell: model.cell (lstm, gru, ...)")
+    p.add_argument("--optimizer", metavar="NAME", help="optimizer: train.optimizer (adam, ...)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable): --set train.lr=0.003 --set data.columns=a,b",
+    )
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="run directory (default: runs/<task>-<date>-<time>)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir (default: the newest under runs/) from its last "
+        "checkpoint; --set train.epochs=N trains longer",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the final numbers")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="worker threads (default: all cores, or LSTMRS_NUM_THREADS)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run's model again",
+        formatter_class=_Formatter,
+        description="Evaluate the final model of a run directory on the run's test split, or "
+        "on the whole of another data file (--data) with the run's fitted state (vocabulary, "
+        "scaler, threshold).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="FILE", help="evaluate on all of FILE instead")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override eval options")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers to FILE as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only the numbers")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict",
+        help="predictions for new data",
+        formatter_class=_Formatter,
+        description="Run a trained model on FILE and write its predictions. forecast: a CSV "
+        "with the run's columns -> the forecast after its end (CSV); classify: a CSV of texts "
+        "or an .npz of sequences -> labels and probabilities (CSV); anomaly: a CSV series -> "
+        "scores and alarms (CSV); charlm: a text file -> bits per character (JSON); adding / "
+        "copy: an .npz with X -> predictions (.npy, .npz or CSV).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--input", required=True, metavar="FILE", help="data to predict for")
+    p.add_argument("--output", required=True, metavar="FILE", help="where to write predictions")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a charlm run",
+        formatter_class=_Formatter,
+        description="Stream characters sampled from a character language model (a charlm "
+        "run), one step at a time, after feeding it the prompt.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--prompt", default="\n", help="text to start from")
+    p.add_argument("--length", type=int, default=500, help="characters to generate")
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature (lower: safer)"
+    )
+    p.add_argument("--top-k", type=int, default=0, help="sample from the K likeliest (0: all)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "tasks",
+        help="list the tasks, or print one's default config",
+        formatter_class=_Formatter,
+        description="List the registered tasks (built-in and from plugins); with NAME, print "
+        "that task's default configuration as TOML.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.set_defaults(func=cmd_tasks)
+
+    sub.add_parser("plugins", help="list installed plugins (see `lstmrs plugins --help`)")
+    sub.add_parser("bench", help="run the benchmark (see `lstmrs bench --help`)")
+    return parser
+
+
+_PASSTHROUGH = {"plugins": cmd_plugins, "bench": cmd_bench}
+_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "tasks", *_PASSTHROUGH}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in _BUILTIN_COMMANDS:
+        try:
+            commands = _plugin_commands()
+        except LstmrsError as e:
+            print(f"lstmrs: error: {e}", file=sys.stderr)
+            return 1
+        if argv[0] in commands:
+            return int(commands[argv[0]].func(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    prog = f"lstmrs {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except (C.ConfigError, RunDirError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LstmrsError, OSError, ValueError) as e:
+        if os.environ.get("LSTMRS_DEBUG"):
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
