@@ -108,17 +108,17 @@ def test_bad_toml_names_the_file(tmp_path):
 
 
 def test_builtin_tasks_register_through_the_plugin_hook():
-    from lstmrs import tasks as tasks_module
-    from lstmrs.plugins import create_manager
+    from lstmrs.plugins import BUILTIN, create_manager
 
-    pm = create_manager(load_entrypoints=False)
-    pm.register(tasks_module, name="lstmrs.tasks-under-test")
+    pm = create_manager(load_entrypoints=False)  # the built-in plugin alone
     registered = pm.registry("tasks")
-    assert set(registered) >= {"adding", "copy", "forecast", "classify", "charlm", "anomaly"}
-    assert registered["forecast"] is BUILTIN_TASKS["forecast"]
+    assert set(registered) == set(BUILTIN_TASKS)
+    for name, task in BUILTIN_TASKS.items():
+        assert registered[name] is task
+        assert pm.owner("tasks", name) == BUILTIN
     got = []
     lstmrs_register_tasks(got.append)
-    assert {t.name for t in got} == set(BUILTIN_TASKS)
+    assert [t.name for t in got] == list(BUILTIN_TASKS)
 
 
 def test_cli_sees_builtin_tasks():
@@ -337,3 +337,26 @@ def test_every_example_config_is_valid():
         for key in ("path", "windows"):
             if cfg["data"].get(key):
                 assert cfg["data"][key].startswith(DATA), (name, cfg["data"][key])
+
+
+def test_copy_baseline_follows_the_masking():
+    task = BUILTIN_TASKS["copy"]
+    for mask, want in ((False, 3 * math.log(5) / 13), (True, math.log(5))):
+        cfg = resolve_config(
+            task,
+            sets=[
+                "data.length=3",
+                "data.delay=6",
+                "data.num_symbols=5",
+                f"data.mask_prefix={mask}",
+                "data.n_train=8",
+                "data.n_val=4",
+                "data.n_test=4",
+                "model.hidden_size=4",
+            ],
+        )
+        data = task.prepare(cfg)
+        assert (data.train[1][:, :-3] == (-100 if mask else 0)).all()
+        s = task.evaluate(task.build_model(cfg, data), data, cfg)
+        assert s["baseline_loss"] == pytest.approx(want)
+        assert len(s["recall_accuracy_per_position"]) == 3

@@ -44,19 +44,13 @@ EXIT_INTERRUPTED = 130
 
 
 def get_tasks() -> dict[str, Any]:
-    """``{name: Task}``: the tasks registered through the plugin hook ``lstmrs_register_tasks``
-    plus the built-ins (so the CLI works whether or not the built-in plugin registers them)."""
-    from .tasks import BUILTIN_TASKS, as_task
+    """``{name: Task}``: every task registered through the plugin hook ``lstmrs_register_tasks``
+    (the built-in plugin registers :data:`lstmrs.tasks.BUILTIN_TASKS`); plugin tasks with only
+    the registry's minimal protocol come wrapped in :class:`lstmrs.tasks.PluginTask`."""
+    from .plugins import get_tasks as registry
+    from .tasks import as_task
 
-    try:
-        from .plugins import get_tasks as registry
-    except ImportError:  # pragma: no cover - the registry ships with lstmrs
-        found: dict[str, Any] = {}
-    else:
-        found = registry()
-    merged = {name: as_task(t) for name, t in found.items()}
-    merged.update(BUILTIN_TASKS)
-    return merged
+    return {name: as_task(t) for name, t in registry().items()}
 
 
 def lookup_task(name: str):

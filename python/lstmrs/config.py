@@ -178,7 +178,14 @@ class Float(Rule):
 
 
 class Bool(Rule):
-    _WORDS: ClassVar[dict[str, bool]] = {"yes": True, "on": True, "no": False, "off": False}
+    _WORDS: ClassVar[dict[str, bool]] = {
+        "true": True,
+        "yes": True,
+        "on": True,
+        "false": False,
+        "no": False,
+        "off": False,
+    }
 
     def describe(self) -> str:
         return "true or false"
