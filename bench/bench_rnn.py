@@ -248,6 +248,71 @@ def run_case(cell, case, args, torch, lstmrs, ort_ok, verify):
     return rows
 
 
+STREAM_CASES = [(1, 128), (32, 128), (1, 512), (32, 512)]  # (batch, hidden)
+STREAM_INPUT = 32
+
+
+def run_stream(args, torch, lstmrs) -> list[dict]:
+    """One streamed time step (state kept between calls) of LSTM(STREAM_INPUT -> H) -> linear(1):
+    lstmrs' `Model.stepper` against torch's nn.LSTM + nn.Linear on a length-1 sequence with the
+    state passed back in, both called from Python the way a real-time loop calls them."""
+    rows = []
+    steps = 200 if args.quick else 2000
+    for b, h in STREAM_CASES:
+        model = lstmrs.Model(
+            input_size=STREAM_INPUT, hidden_size=h, pooling="per_step", output_size=1, seed=0
+        )
+        stepper = model.stepper(batch=b)
+        x_np = np.random.default_rng(0).standard_normal((b, STREAM_INPUT)).astype(np.float32)
+        t_lstm = torch.nn.LSTM(STREAM_INPUT, h)
+        t_head = torch.nn.Linear(h, 1)
+        x_t = torch.from_numpy(x_np)[None]
+        state = [None]
+
+        def torch_step(t_lstm=t_lstm, t_head=t_head, x_t=x_t, state=state):
+            with torch.no_grad():
+                out, state[0] = t_lstm(x_t, state[0])
+                t_head(out)
+
+        def lstmrs_step(stepper=stepper, x_np=x_np):
+            stepper.step(x_np)
+
+        fns = {"torch": torch_step, "lstmrs": lstmrs_step}
+        per_step = {}
+        for name, fn in fns.items():
+            for _ in range(steps // 10):
+                fn()
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times.append((time.perf_counter() - t0) / steps * 1e6)
+            per_step[name] = float(np.median(times))
+        rows.append(
+            {
+                "mode": "stream",
+                "B": b,
+                "H": h,
+                "I": STREAM_INPUT,
+                "torch_us": per_step["torch"],
+                "lstmrs_us": per_step["lstmrs"],
+                "ratio_vs_torch": per_step["lstmrs"] / per_step["torch"],
+            }
+        )
+    return rows
+
+
+def print_stream(rows):
+    print(f"streaming one step, LSTM({STREAM_INPUT} -> H) -> linear(1), microseconds per call")
+    print(f"{'B':>4} {'H':>5} {'torch':>10} {'lstmrs':>10} {'/torch':>8}")
+    for r in rows:
+        print(
+            f"{r['B']:>4} {r['H']:>5} {r['torch_us']:>10.1f} {r['lstmrs_us']:>10.1f} "
+            f"{r['ratio_vs_torch']:>7.2f}x"
+        )
+
+
 def print_table(rows):
     def find(row, impl):
         for r in rows:
@@ -283,11 +348,17 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     ap.add_argument("--quick", action="store_true", help="small cases, few repeats: a smoke run")
     ap.add_argument("--cells", default="lstm,gru", help="comma list of lstm,gru")
-    ap.add_argument("--modes", default="inference,training", help="comma list")
+    ap.add_argument(
+        "--modes",
+        default="inference,training,stream",
+        help="comma list of inference,training,stream",
+    )
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--json", metavar="PATH", help="write results as JSON")
     args = ap.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
+    stream = "stream" in args.modes
+    args.modes = [m for m in args.modes if m != "stream"]
     cells = [c for c in args.cells.split(",") if c]
     if any(c not in CELLS for c in cells) or any(
         m not in ("inference", "training") for m in args.modes
@@ -342,12 +413,18 @@ def main(argv=None) -> int:
     )
 
     rows = []
-    for cell in cells:
+    for cell in cells if args.modes else []:
         for n, case in enumerate(cases):
             rows += run_case(cell, case, args, torch, lstmrs, ort_version is not None, n == 0)
             print(f"  done {cell} {case}", flush=True)
     print()
-    print_table(rows)
+    if rows:
+        print_table(rows)
+    stream_rows = run_stream(args, torch, lstmrs) if stream else []
+    if stream_rows:
+        print()
+        print_stream(stream_rows)
+    rows += stream_rows
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
