@@ -264,7 +264,11 @@ fn dir_weights<'p, T: Scalar>(p: RnnWeights<'p, T>, layer: usize, dir: usize) ->
     }
 }
 
-fn validate_forward<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOptions) -> Result<()> {
+pub(crate) fn validate_forward<T: Scalar>(
+    cfg: &RnnConfig,
+    x: &Batch<T>,
+    opts: &ForwardOptions,
+) -> Result<()> {
     let (t, b) = (x.seq_len, x.batch);
     for (arg, v) in [("seq_len", t), ("batch", b)] {
         if v == 0 {

@@ -261,6 +261,8 @@ struct Record<T> {
     steps: Vec<Vec<Vec<Vec<Step<T>>>>>,
 }
 
+/// Input checks are the fast path's own (they are not the mathematics under test); the reference
+/// only adds that it implements the built-in cells.
 fn validate<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOptions) -> Result<()> {
     if let crate::config::CellKind::Custom(_) = cfg.cell {
         return Err(Error::Value {
@@ -269,53 +271,7 @@ fn validate<T: Scalar>(cfg: &RnnConfig, x: &Batch<T>, opts: &ForwardOptions) -> 
             got: cfg.cell.name().into(),
         });
     }
-    let (t, b) = (x.seq_len, x.batch);
-    for (arg, v) in [("seq_len", t), ("batch", b)] {
-        if v == 0 {
-            return Err(Error::Value {
-                arg,
-                expected: "at least 1".into(),
-                got: "0".into(),
-            });
-        }
-    }
-    let shape = match x.layout {
-        Layout::BatchFirst => [b, t, cfg.input_size],
-        Layout::TimeMajor => [t, b, cfg.input_size],
-    };
-    check_len("input", x.input.len(), &shape)?;
-    let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
-    if let Some(h0) = x.h0 {
-        check_len("h0", h0.len(), &state)?;
-    }
-    if let Some(c0) = x.c0 {
-        if !cfg.cell.has_cell_state() {
-            return Err(Error::Value {
-                arg: "c0",
-                expected: "no cell state for a GRU".into(),
-                got: "a cell state".into(),
-            });
-        }
-        check_len("c0", c0.len(), &state)?;
-    }
-    if let Some(lengths) = x.lengths {
-        check_len("lengths", lengths.len(), &[b])?;
-        if let Some(&bad) = lengths.iter().find(|&&l| l == 0 || l > t) {
-            return Err(Error::Value {
-                arg: "lengths",
-                expected: format!("every length in 1..={t}"),
-                got: bad.to_string(),
-            });
-        }
-    }
-    if !(0.0..1.0).contains(&opts.dropout) {
-        return Err(Error::Value {
-            arg: "dropout",
-            expected: "a probability in [0, 1)".into(),
-            got: opts.dropout.to_string(),
-        });
-    }
-    Ok(())
+    crate::network::validate_forward(cfg, x, opts)
 }
 
 fn run<T: Scalar>(
