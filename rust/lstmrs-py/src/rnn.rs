@@ -38,55 +38,37 @@ pub(crate) trait Float: Scalar + Element {
     fn wrap_tape(t: core::Tape<Self>) -> TapeData;
 }
 
-impl Float for f32 {
-    const NAME: &'static str = "float32";
-    fn params(p: &Params) -> Option<&RnnParams<f32>> {
-        match p {
-            Params::F32(p) => Some(p),
-            Params::F64(_) => None,
+/// One `Float` impl per element type: `$v` is its variant in `Params` and `TapeData`.
+macro_rules! float_impl {
+    ($t:ty, $v:ident, $name:literal) => {
+        impl Float for $t {
+            const NAME: &'static str = $name;
+            fn params(p: &Params) -> Option<&RnnParams<$t>> {
+                match p {
+                    Params::$v(p) => Some(p),
+                    _ => None,
+                }
+            }
+            fn params_mut(p: &mut Params) -> Option<&mut RnnParams<$t>> {
+                match p {
+                    Params::$v(p) => Some(p),
+                    _ => None,
+                }
+            }
+            fn tape(t: &TapeData) -> Option<&core::Tape<$t>> {
+                match t {
+                    TapeData::$v(t) => Some(t),
+                    _ => None,
+                }
+            }
+            fn wrap_tape(t: core::Tape<$t>) -> TapeData {
+                TapeData::$v(t)
+            }
         }
-    }
-    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<f32>> {
-        match p {
-            Params::F32(p) => Some(p),
-            Params::F64(_) => None,
-        }
-    }
-    fn tape(t: &TapeData) -> Option<&core::Tape<f32>> {
-        match t {
-            TapeData::F32(t) => Some(t),
-            TapeData::F64(_) => None,
-        }
-    }
-    fn wrap_tape(t: core::Tape<f32>) -> TapeData {
-        TapeData::F32(t)
-    }
+    };
 }
-
-impl Float for f64 {
-    const NAME: &'static str = "float64";
-    fn params(p: &Params) -> Option<&RnnParams<f64>> {
-        match p {
-            Params::F64(p) => Some(p),
-            Params::F32(_) => None,
-        }
-    }
-    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<f64>> {
-        match p {
-            Params::F64(p) => Some(p),
-            Params::F32(_) => None,
-        }
-    }
-    fn tape(t: &TapeData) -> Option<&core::Tape<f64>> {
-        match t {
-            TapeData::F64(t) => Some(t),
-            TapeData::F32(_) => None,
-        }
-    }
-    fn wrap_tape(t: core::Tape<f64>) -> TapeData {
-        TapeData::F64(t)
-    }
-}
+float_impl!(f32, F32, "float32");
+float_impl!(f64, F64, "float64");
 
 const DTYPE_MISMATCH: &str = "internal error in lstmrs (please report it): dtype mismatch";
 
