@@ -1,0 +1,449 @@
+"""Training races: the same model, data and recipe trained by lstmrs and by PyTorch, one after the
+other in one process, each with the same thread count and the same training-time budget.
+
+Only training steps run on the clock; validation happens at fixed marks of training time with the
+clock paused, so both curves (validation loss against seconds of training) are comparable.
+
+    python bench/train_race.py adding --seq-len 200 --budget 300
+    python bench/train_race.py charlm --budget 300 --hidden 256
+
+Tasks:
+- ``adding``: the adding problem (Hochreiter & Schmidhuber 1997), an LSTM (or ``--cell rnn``: a
+  plain tanh RNN, lstmrs's ``elman`` plugin cell against ``torch.nn.RNN``) and a linear layer on
+  the last step, Adam, gradient clipping by global norm; stops when the validation MSE falls
+  under ``--target`` or at the budget.
+- ``charlm``: a character language model on tiny Shakespeare (last 10% held out): embedding,
+  a stacked LSTM, a linear layer per step, truncated BPTT over ``--batch`` contiguous
+  sub-streams in chunks of ``--seq-len`` with the state carried between chunks, Adam, clipping.
+
+Differences that remain by construction: the two libraries draw different initial weights and
+dropout masks from their own generators (same distributions), and lstmrs shuffles nothing in
+``charlm`` (chunks are consumed in order, as in this PyTorch loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "..", "shared", "data")
+
+
+class Clock:
+    """Training time only: paused while validating."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start: float | None = None
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def pause(self) -> float:
+        if self._start is not None:
+            self.total += time.perf_counter() - self._start
+            self._start = None
+        return self.total
+
+    def elapsed(self) -> float:
+        extra = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.total + extra
+
+
+class Marks:
+    """Decides when to validate: every ``every`` seconds of training time."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.next = every
+
+    def due(self, t: float) -> bool:
+        if t >= self.next:
+            while self.next <= t:
+                self.next += self.every
+            return True
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# Adding problem
+
+
+def adding_data(args):
+    from lstmrs.datasets import adding_problem
+
+    train = adding_problem(args.n_train, args.seq_len, seed=1)
+    val = adding_problem(1000, args.seq_len, seed=2)
+    return train, val
+
+
+def race_adding_lstmrs(args, train, val):
+    import lstmrs
+    from lstmrs.callbacks import Callback
+
+    lstmrs.set_num_threads(args.threads)
+    cell = "elman" if args.cell == "rnn" else "lstm"
+    model = lstmrs.Model(
+        input_size=2, output_size=1, loss="mse", cell=cell, hidden_size=args.hidden, seed=0
+    )
+    model.compile("adam", lr=args.lr, clip_norm=args.clip)
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+    xv, yv = val
+
+    def validate(step):
+        mse = float(np.mean((model.predict(xv, batch_size=500) - yv) ** 2))
+        curve.append({"seconds": clock.total, "step": step, "val_mse": mse})
+        return mse
+
+    class Race(Callback):
+        steps = 0
+
+        def on_batch_end(self, batch, logs=None):
+            self.steps += 1
+            t = clock.elapsed()
+            if marks.due(t) or t >= args.budget:
+                clock.pause()
+                mse = validate(self.steps)
+                if mse < args.target or clock.total >= args.budget:
+                    self.model.stop_training = True
+                clock.start()
+
+    clock.start()
+    model.fit(
+        train[0],
+        train[1],
+        epochs=10_000,
+        batch_size=args.batch,
+        callbacks=[Race()],
+        verbose=0,
+        seed=0,
+    )
+    clock.pause()
+    return curve
+
+
+def race_adding_torch(args, train, val):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            rnn = torch.nn.RNN if args.cell == "rnn" else torch.nn.LSTM
+            self.rnn = rnn(2, args.hidden, batch_first=True)
+            self.head = torch.nn.Linear(args.hidden, 1)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    x, y = (torch.from_numpy(a) for a in train)
+    xv, yv = (torch.from_numpy(a) for a in val)
+    rng = np.random.default_rng(0)
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+    steps, done = 0, False
+    clock.start()
+    while not done:
+        order = torch.from_numpy(rng.permutation(len(x)))
+        for i in range(0, len(x), args.batch):
+            idx = order[i : i + args.batch]
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(net(x[idx]), y[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+            opt.step()
+            steps += 1
+            t = clock.elapsed()
+            if marks.due(t) or t >= args.budget:
+                clock.pause()
+                with torch.no_grad():
+                    mse = float(torch.mean((net(xv) - yv) ** 2))
+                curve.append({"seconds": clock.total, "step": steps, "val_mse": mse})
+                if mse < args.target or clock.total >= args.budget:
+                    done = True
+                    break
+                clock.start()
+    clock.pause()
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------
+# Character language model
+
+
+def charlm_data(args):
+    path = os.path.join(DATA, "tinyshakespeare", "input.txt")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cut = int(len(text) * 0.9)
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    ids = np.array([index[c] for c in text], dtype=np.int64)
+    return ids[:cut], ids[cut:], len(chars)
+
+
+def _streams(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` contiguous sub-streams of inputs and next-character targets."""
+    x, y = ids[:-1], ids[1:]
+    n = len(x) // batch
+    return x[: batch * n].reshape(batch, n), y[: batch * n].reshape(batch, n)
+
+
+def race_charlm_lstmrs(args, train, val, vocab):
+    import lstmrs
+    from lstmrs.callbacks import Callback
+
+    lstmrs.set_num_threads(args.threads)
+    model = lstmrs.Model(
+        vocab_size=vocab,
+        embedding_dim=args.embedding,
+        output_size=vocab,
+        pooling="per_step",
+        loss="cross_entropy",
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        dropout=args.dropout,
+        seed=0,
+    )
+    model.compile("adam", lr=args.lr, clip_norm=args.clip)
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+
+    def validate(step):
+        res = model.evaluate_stream(val, batch_size=8, seq_len=256)
+        loss = float(res["loss"])
+        curve.append({"seconds": clock.total, "step": step, "val_loss": loss})
+        return loss
+
+    class Race(Callback):
+        steps = 0
+
+        def on_batch_end(self, batch, logs=None):
+            self.steps += 1
+            t = clock.elapsed()
+            if marks.due(t) or t >= args.budget:
+                clock.pause()
+                validate(self.steps)
+                if clock.total >= args.budget:
+                    self.model.stop_training = True
+                clock.start()
+
+    clock.start()
+    model.fit_stream(
+        train, args.seq_len, batch_size=args.batch, epochs=1000, callbacks=[Race()], verbose=0
+    )
+    clock.pause()
+    return curve
+
+
+def race_charlm_torch(args, train, val, vocab):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, args.embedding)
+            self.rnn = torch.nn.LSTM(
+                args.embedding,
+                args.hidden,
+                num_layers=args.layers,
+                dropout=args.dropout,
+                batch_first=True,
+            )
+            self.head = torch.nn.Linear(args.hidden, vocab)
+
+        def forward(self, x, state):
+            out, state = self.rnn(self.emb(x), state)
+            return self.head(out), state
+
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    xs, ys = (torch.from_numpy(a) for a in _streams(train, args.batch))
+    vx, vy = (torch.from_numpy(a) for a in _streams(val, 8))
+    ce = torch.nn.functional.cross_entropy
+
+    def validate(step):
+        net.eval()
+        total, count, state = 0.0, 0, None
+        with torch.no_grad():
+            for s in range(0, vx.shape[1], 256):
+                logits, state = net(vx[:, s : s + 256], state)
+                target = vy[:, s : s + 256]
+                total += float(ce(logits.reshape(-1, vocab), target.reshape(-1), reduction="sum"))
+                count += target.numel()
+        net.train()
+        curve.append({"seconds": clock.total, "step": step, "val_loss": total / count})
+
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+    steps, done = 0, False
+    clock.start()
+    while not done:
+        state = None
+        for s in range(0, xs.shape[1], args.seq_len):
+            opt.zero_grad(set_to_none=True)
+            logits, state = net(xs[:, s : s + args.seq_len], state)
+            state = tuple(v.detach() for v in state)
+            loss = ce(logits.reshape(-1, vocab), ys[:, s : s + args.seq_len].reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+            opt.step()
+            steps += 1
+            t = clock.elapsed()
+            if marks.due(t) or t >= args.budget:
+                clock.pause()
+                validate(steps)
+                if clock.total >= args.budget:
+                    done = True
+                    break
+                clock.start()
+    clock.pause()
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import lstmrs
+
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "lstmrs": getattr(lstmrs, "__version__", "?"),
+        "loadavg_before": os.getloadavg(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is the reference this script races
+        pass
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    return info
+
+
+def summarize(task: str, curves: dict, args) -> list[str]:
+    key = "val_mse" if task == "adding" else "val_loss"
+    lines = []
+    for name, curve in curves.items():
+        if not curve:
+            lines.append(f"{name:>7}: no validation point")
+            continue
+        last = curve[-1]
+        best = min(p[key] for p in curve)
+        extra = ""
+        if task == "adding":
+            hit = next((p for p in curve if p[key] < args.target), None)
+            extra = (
+                f"; MSE < {args.target} after {hit['seconds']:.1f} s ({hit['step']} steps)"
+                if hit
+                else f"; MSE < {args.target} not reached"
+            )
+        else:
+            extra = f" (best {best / math.log(2):.3f} bits per character)"
+        lines.append(
+            f"{name:>7}: {last['step']} steps in {last['seconds']:.1f} s of training, "
+            f"final {key} {last[key]:.4f}, best {best:.4f}{extra}"
+        )
+    return lines
+
+
+def plot(task: str, curves: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "val_mse" if task == "adding" else "val_loss"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        ax.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker=".", label=name)
+    ax.set_xlabel("seconds of training")
+    ax.set_ylabel("validation MSE" if task == "adding" else "validation loss (nats/char)")
+    if task == "adding":
+        ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task", choices=["adding", "charlm"])
+    ap.add_argument("--libs", default="lstmrs,torch", help="comma list, run in this order")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per library")
+    ap.add_argument("--eval-every", type=float, default=10.0, help="training seconds")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
+    ap.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="adding only")
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--n-train", type=int, default=6400, help="adding: training sequences")
+    ap.add_argument("--target", type=float, default=0.01, help="adding: stop below this MSE")
+    ap.add_argument("--layers", type=int, default=2, help="charlm")
+    ap.add_argument("--embedding", type=int, default=64, help="charlm")
+    ap.add_argument("--dropout", type=float, default=0.0, help="charlm, between layers")
+    ap.add_argument("--json", metavar="PATH", help="write the curves and settings as JSON")
+    ap.add_argument("--plot", metavar="PATH", help="write the curves as a PNG")
+    args = ap.parse_args(argv)
+    adding = args.task == "adding"
+    defaults = (
+        {"lr": 0.01, "batch": 64, "hidden": 32, "seq_len": 200}
+        if adding
+        else {"lr": 0.003, "batch": 32, "hidden": 256, "seq_len": 100}
+    )
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+    info = machine()
+    print(
+        f"{args.task} race: {info.get('cpu', '?')}, {args.threads} threads, budget {args.budget:g} s"
+    )
+    if adding:
+        data = adding_data(args)
+        runners = {"lstmrs": race_adding_lstmrs, "torch": race_adding_torch}
+    else:
+        train, val, vocab = charlm_data(args)
+        data = (train, val, vocab)
+        runners = {"lstmrs": race_charlm_lstmrs, "torch": race_charlm_torch}
+    curves = {}
+    for name in args.libs.split(","):
+        wall = time.perf_counter()
+        curves[name] = runners[name](args, *data)
+        print(f"{name}: done in {time.perf_counter() - wall:.0f} s of wall time", flush=True)
+    info["loadavg_after"] = os.getloadavg()
+    for line in summarize(args.task, curves, args):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": vars(args), "machine": info, "curves": curves}, f, indent=1)
+    if args.plot:
+        plot(args.task, curves, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
