@@ -1,0 +1,120 @@
+"""ONNX Runtime sessions built directly from torch-layout weights: a whole-sequence LSTM/GRU
+stack, and a one-step LSTM + linear head with the state passed in and out (streaming)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def available() -> str | None:
+    """ORT's version string when onnxruntime and onnx import, else None."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        return None
+    return f"{onnxruntime.__version__} (onnx {onnx.__version__})"
+
+
+def _gate_order(cell: str, h: int) -> np.ndarray:
+    # torch LSTM gates i,f,g,o -> ONNX i,o,f,c; torch GRU r,z,n -> ONNX z,r,h.
+    blocks = [0, 3, 1, 2] if cell == "lstm" else [1, 0, 2]
+    return np.concatenate([np.arange(k * h, (k + 1) * h) for k in blocks])
+
+
+def _layer_tensors(cell: str, sd: dict, layer: int, h: int, prefix: str = "") -> list:
+    """ONNX W [1, G*H, I], R [1, G*H, H], B [1, 2*G*H] of one layer (torch key suffix _l{k})."""
+    order = _gate_order(cell, h)
+    w = sd[f"{prefix}weight_ih_l{layer}"][order][None]
+    r = sd[f"{prefix}weight_hh_l{layer}"][order][None]
+    b = np.concatenate(
+        [sd[f"{prefix}bias_ih_l{layer}"][order], sd[f"{prefix}bias_hh_l{layer}"][order]]
+    )
+    return [np.ascontiguousarray(a, np.float32) for a in (w, r, b[None])]
+
+
+def _session(model, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def sequence_session(
+    cell: str, sd: dict, b: int, t: int, i: int, h: int, layers: int, threads: int
+):
+    """Batch-first [B, T, I] -> [B, T, H]: ORT's CPU RNN kernels only take time-major input, so
+    the LSTM/GRU nodes are wrapped in Transpose nodes (part of the timed call)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Transpose", ["x"], ["x_tm0"], perm=[1, 0, 2])]
+    inits = []
+    for layer in range(layers):
+        names = [f"W{layer}", f"R{layer}", f"B{layer}"]
+        for arr, name in zip(_layer_tensors(cell, sd, layer, h), names):
+            inits.append(numpy_helper.from_array(arr, name))
+        attrs = {"hidden_size": h}
+        if cell == "gru":
+            attrs["linear_before_reset"] = 1  # torch: n = tanh(W_in x + b_in + r*(W_hn h + b_hn))
+        nodes.append(
+            helper.make_node(cell.upper(), [f"x_tm{layer}", *names], [f"y{layer}"], **attrs)
+        )
+        # Y is [T, num_directions, B, H].
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), f"axes{layer}"))
+        nodes.append(
+            helper.make_node("Squeeze", [f"y{layer}", f"axes{layer}"], [f"x_tm{layer + 1}"])
+        )
+    nodes.append(helper.make_node("Transpose", [f"x_tm{layers}"], ["out"], perm=[1, 0, 2]))
+    graph = helper.make_graph(
+        nodes,
+        f"{cell}_bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, t, i])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [b, t, h])],
+        inits,
+    )
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)
+
+
+def step_session(sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, threads: int):
+    """One LSTM step + linear head: inputs x [1, B, I], h0, c0 [1, B, H]; outputs y [B, O],
+    h1, c1 [1, B, H] (fed back as the next call's h0, c0). ``sd`` uses torch's LSTM names."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    h = sd["weight_hh_l0"].shape[1]
+    o = head_w.shape[0]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip(_layer_tensors("lstm", sd, 0, h), "WRB")]
+    inits += [
+        numpy_helper.from_array(np.ascontiguousarray(head_w.T, np.float32), "head_w"),
+        numpy_helper.from_array(np.ascontiguousarray(head_b, np.float32), "head_b"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
+    nodes = [
+        # Inputs: X, W, R, B, sequence_lens (absent), initial_h, initial_c.
+        helper.make_node(
+            "LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["", "h1", "c1"], hidden_size=h
+        ),
+        helper.make_node("Squeeze", ["h1", "axis0"], ["h_last"]),
+        helper.make_node("MatMul", ["h_last", "head_w"], ["proj"]),
+        helper.make_node("Add", ["proj", "head_b"], ["y"]),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "lstm_step",
+        [
+            helper.make_tensor_value_info("x", f32, [1, b, i]),
+            helper.make_tensor_value_info("h0", f32, [1, b, h]),
+            helper.make_tensor_value_info("c0", f32, [1, b, h]),
+        ],
+        [
+            helper.make_tensor_value_info("y", f32, [b, o]),
+            helper.make_tensor_value_info("h1", f32, [1, b, h]),
+            helper.make_tensor_value_info("c1", f32, [1, b, h]),
+        ],
+        inits,
+    )
+    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)

@@ -1,0 +1,199 @@
+"""Printing the record: the run's description and one table per section."""
+
+from __future__ import annotations
+
+
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    return "" if v is None else f"{v:{spec}}{suffix}"
+
+
+def _table(head: list[tuple[str, int]], lines: list[list[str]]) -> None:
+    """Left-aligned first columns (width < 0), right-aligned the rest."""
+
+    def row(cells):
+        return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w) in zip(cells, head))
+
+    title = row([name for name, _ in head])
+    print(title)
+    print("-" * len(title))
+    for cells in lines:
+        print(row(cells))
+
+
+def print_meta(meta: dict) -> None:
+    print(
+        f"threads: torch {meta['torch_threads']}, lstmrs {meta['lstmrs_threads']}, "
+        f"ORT intra-op {meta['threads']}"
+    )
+    print("versions:", ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
+    print(
+        f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])}); "
+        f"median of {meta['repeats']} after {meta['warmup']} warm-up"
+    )
+    print(f"load average before: {meta['loadavg_before']}")
+    if meta["loadavg_before"] and meta["loadavg_before"][0] > 0.5:
+        print("  WARNING: the machine is busy; torch's spinning OpenMP threads suffer most")
+
+
+def print_gemm(g: dict) -> None:
+    n = g["shape"][0]
+    print(
+        f"GEMM ceiling: {g['library']} f32 [{n}x{n}]@[{n}x{n}]: {g['median_ms']:.2f} ms, {g['gflops']:.1f} GFLOP/s"
+    )
+
+
+def _pct(r: dict) -> str:
+    return _fmt(100 * r["gemm_fraction"], ".0f", "%") if "gemm_fraction" in r else ""
+
+
+def _peak(r: dict) -> str:
+    if "peak_error" in r:
+        return "error"
+    return _fmt(r.get("peak_rss_increase_mb"), ".1f")
+
+
+def print_cases(rows: list[dict]) -> None:
+    head = [
+        ("cell", -4),
+        ("case (B,T,I,H,L)", -22),
+        ("mode", -9),
+        ("impl", -11),
+        ("median ms", 10),
+        ("GFLOP/s", 8),
+        ("%GEMM", 6),
+        ("/torch", 7),
+        ("/ort", 7),
+        ("peak MiB", 9),
+        ("mem/torch", 9),
+    ]
+    lines = []
+    for r in rows:
+        case = f"({r['B']},{r['T']},{r['I']},{r['H']},{r['layers']})"
+        lines.append(
+            [
+                r["cell"],
+                case,
+                r["mode"],
+                r["impl"],
+                f"{r['median_ms']:.2f}",
+                f"{r['gflops']:.2f}",
+                _pct(r),
+                _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
+                _fmt(r.get("ratio_vs_ort"), ".2f", "x"),
+                _peak(r),
+                _fmt(r.get("peak_ratio_vs_torch"), ".2f", "x"),
+            ]
+        )
+    _table(head, lines)
+    print("ratios: lstmrs median time / reference median time (below 1 = lstmrs faster);")
+    print(
+        "%GEMM: GFLOP/s / the GEMM ceiling's; peak MiB: RSS added by one training step (memory.py)"
+    )
+
+
+def print_plugin(rows: list[dict], info: dict) -> None:
+    b, t, i, h, layers = info["case"]
+    plug = info.get("peephole_plugin", "not installed")
+    print(
+        f"cells in the cell language vs built-in LSTM, (B,T,I,H,L) = ({b},{t},{i},{h},{layers}); peephole from {plug}"
+    )
+    head = [
+        ("impl", -16),
+        ("cell", -13),
+        ("mode", -9),
+        ("median ms", 10),
+        ("GFLOP/s", 8),
+        ("%GEMM", 6),
+        ("/builtin", 9),
+        ("/torch", 7),
+        ("peak MiB", 9),
+    ]
+    lines = [
+        [
+            r["impl"],
+            r["cell"],
+            r["mode"],
+            f"{r['median_ms']:.2f}",
+            f"{r['gflops']:.2f}",
+            _pct(r),
+            _fmt(r.get("ratio_vs_builtin"), ".2f", "x"),
+            _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
+            _peak(r),
+        ]
+        for r in rows
+    ]
+    _table(head, lines)
+    print(
+        "/builtin: time / lstmrs.LSTM's; /torch: time / torch's for the same cell (torch-peephole is a Python loop)"
+    )
+
+
+def print_stream(rows: list[dict], input_size: int) -> None:
+    print(f"streaming one step, LSTM({input_size} -> H) -> linear(1), microseconds per call")
+    head = [
+        ("B", 4),
+        ("H", 5),
+        ("torch", 10),
+        ("ORT", 10),
+        ("lstmrs", 10),
+        ("/torch", 8),
+        ("/ort", 8),
+    ]
+    lines = [
+        [
+            str(r["B"]),
+            str(r["H"]),
+            f"{r['torch_us']:.1f}",
+            _fmt(r.get("onnxruntime_us"), ".1f"),
+            f"{r['lstmrs_us']:.1f}",
+            _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
+            _fmt(r.get("ratio_vs_ort"), ".2f", "x"),
+        ]
+        for r in rows
+    ]
+    _table(head, lines)
+
+
+def print_tbptt(rows: list[dict]) -> None:
+    r0 = rows[0]
+    print(
+        f"long stream, truncated BPTT: LSTM B={r0['B']} I={r0['I']} H={r0['H']}, window {r0['window']}, SGD per window"
+    )
+    head = [
+        ("impl", -7),
+        ("T", 8),
+        ("wall s", 8),
+        ("steps/s", 9),
+        ("ms/window", 10),
+        ("/torch", 7),
+        ("peak MiB", 9),
+        ("T_short", 8),
+        ("peak MiB", 9),
+        ("long/short", 10),
+        ("2nd-half growth", 15),
+    ]
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append([r["impl"], "error: " + r["error"]])
+            continue
+        lines.append(
+            [
+                r["impl"],
+                str(r["T"]),
+                f"{r['wall_s']:.2f}",
+                f"{r['steps_per_s']:.0f}",
+                f"{r['window_ms']:.2f}",
+                _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
+                f"{r['peak_rss_increase_mb']:.1f}",
+                str(r["T_short"]),
+                f"{r['peak_rss_increase_short_mb']:.1f}",
+                f"{r['peak_ratio_long_vs_short']:.2f}",
+                f"{r['peak_growth_second_half_mb']:.1f}",
+            ]
+        )
+    _table(head, lines)
+    print(
+        "peak MiB: RSS added over the post-setup baseline during the whole loop (T, then T_short);"
+    )
+    print("2nd-half growth: MiB the T run's peak grew during its second half (~0 = bounded)")
