@@ -7,6 +7,12 @@ import numpy as np
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: minutes-long end-to-end tests (deselect with -m 'not slow')"
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_installed_plugins():
     """The suite never depends on the lstmrs plugins installed on this machine: only the

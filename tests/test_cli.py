@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from lstmrs.cli import main
 
@@ -21,7 +22,8 @@ DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 needs_data = pytest.mark.skipif(
     not os.path.isdir(DATA), reason=f"real data sets not found at {DATA} (../shared/data)"
 )
-ENV = {**os.environ, "LSTMRS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# No installed plugin loads in the subprocesses either (tests that need one register it).
+ENV = {**os.environ, "LSTMRS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LSTMRS_PLUGINS": ""}
 
 
 def lstmrs(*args, cwd, timeout=120):
@@ -224,6 +226,74 @@ def test_copy_task_runs_quietly(tmp_path):
     assert summary["baseline_loss"] == pytest.approx(3 * math.log(8) / 11)
 
 
+def test_lion_plugin_optimizer_trains_through_the_cli(tmp_path, capsys):
+    try:
+        import lstmrs_lion
+    except ImportError:  # not installed: the source tree
+        sys.path.insert(0, os.path.join(ROOT, "plugins", "lstmrs-lion", "src"))
+        import lstmrs_lion
+    from lstmrs.checkpoint import read_checkpoint
+    from lstmrs.testing import isolated_plugins, register_temporarily
+
+    run = tmp_path / "run"
+    with isolated_plugins(), register_temporarily(lstmrs_lion, name="lstmrs_lion"):
+        code = main(
+            [
+                "train",
+                "--task",
+                "adding",
+                "--optimizer",
+                "lion",
+                "--run-dir",
+                str(run),
+                "--no-plots",
+                "--set",
+                "data.seq_len=8",
+                "--set",
+                "data.n_train=512",
+                "--set",
+                "data.n_val=64",
+                "--set",
+                "data.n_test=64",
+                "--set",
+                "train.epochs=4",
+                "--set",
+                "train.lr=0.003",
+                "--set",
+                "train.batch_size=32",
+                "--set",
+                "model.hidden_size=8",
+            ]
+        )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary, records = run_files(run)
+    assert summary["status"] == "completed" and len(records) == 4
+    assert records[-1]["loss"] < records[0]["loss"]
+    with open(run / "config.toml") as f:
+        assert 'optimizer = "lion"' in f.read()
+    config, tensors = read_checkpoint(run / "checkpoints")
+    assert config["compile"]["optimizer"]["name"] == "lion"
+    assert config["optimizer_state"] == {"kind": "lion", "step": 4 * 512 // 32}
+    assert np.abs(tensors["optimizer.safetensors"]["exp_avg"]).max() > 0
+    # Without the plugin the name is refused like any unknown value, listing the choices.
+    assert main(["train", "--optimizer", "lion", "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "train.optimizer = 'lion'" in capsys.readouterr().err
+
+
+CTRL_C_ARGS = [
+    "--no-plots",
+    "--set",
+    "data.seq_len=10",
+    "--set",
+    "data.n_train=2048",
+    "--set",
+    "model.hidden_size=8",
+    "--set",
+    "train.target_val_loss=0",
+]
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     args = [
         "train",
@@ -231,17 +301,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
         "adding",
         "--run-dir",
         "run",
-        "--no-plots",
-        "--set",
-        "data.seq_len=10",
-        "--set",
-        "data.n_train=2048",
-        "--set",
-        "model.hidden_size=8",
+        *CTRL_C_ARGS,
         "--set",
         "train.epochs=500",
-        "--set",
-        "train.target_val_loss=0",
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lstmrs.cli", *args],
@@ -262,6 +324,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     assert "checkpoint" in out and "--resume" in out
+    assert "finishing this batch" in err and "checkpoint saved to" in err
     with open(tmp_path / "run" / "state.json") as f:
         assert json.load(f)["status"] == "interrupted"
     assert os.path.isfile(tmp_path / "run" / "checkpoints" / "latest")
@@ -285,6 +348,31 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     summary, records = run_files(tmp_path / "run")
     assert [r["epoch"] for r in records] == list(range(total))
     assert summary["epochs"] == total and summary["status"] == "completed"
+
+    # The checkpoint was taken mid-epoch, after a whole batch: the interrupted and resumed run
+    # ends exactly where one run of `total` epochs does.
+    ok(
+        lstmrs(
+            "train",
+            "--task",
+            "adding",
+            "--run-dir",
+            "full",
+            *CTRL_C_ARGS,
+            "--set",
+            f"train.epochs={total}",
+            cwd=tmp_path,
+        )
+    )
+    full_summary, full_records = run_files(tmp_path / "full")
+    assert [r["loss"] for r in records] == [r["loss"] for r in full_records]
+    assert summary["test_mse"] == full_summary["test_mse"]
+    from lstmrs.checkpoint import load
+
+    np.testing.assert_array_equal(
+        load(tmp_path / "run" / "model").get_weights(),
+        load(tmp_path / "full" / "model").get_weights(),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lstmrs.errors import InvalidArgumentError, ShapeError
+from lstmrs.errors import DTypeError, InvalidArgumentError, ShapeError
 from lstmrs.models import Model
 from lstmrs.streaming import Stepper
 
@@ -113,3 +113,106 @@ def test_stepper_errors():
         s.step(np.zeros((3, 3)))
     with pytest.raises(ShapeError):
         s.step(np.zeros(3))  # one stream's step for a 2-stream stepper
+
+
+def small_f32(**kw):
+    return Model(input_size=5, hidden_size=7, pooling="per_step", output_size=3, seed=3, **kw)
+
+
+def test_step_returns_a_fresh_array_each_call():
+    s = small_f32().stepper()
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    a = s.step(x[None])
+    b = s.step(x[None])
+    assert a.shape == b.shape == (1, 3) and a.dtype == np.float32
+    assert not np.shares_memory(a, b)
+    kept = b.copy()
+    a[:] = 99.0  # writing a result changes nothing else
+    np.testing.assert_array_equal(b, kept)
+    assert s.step(x).shape == (3,)  # no batch axis in, none out
+    assert s.steps == 3
+    s.reset()
+    assert s.steps == 0
+
+
+def test_converted_inputs_step_like_the_fast_path():
+    m = small_f32()
+    x = np.random.default_rng(5).normal(size=(4, 2, 10))  # float64, [B, 2, 10]
+    want_stepper = m.stepper(batch=4)
+    want = [want_stepper.step(np.ascontiguousarray(x[:, 0, ::2], dtype=np.float32))]
+    want.append(want_stepper.step(np.ascontiguousarray(x[:, 1, ::2], dtype=np.float32)))
+    for convert in (
+        lambda a: a,  # float64: converted
+        lambda a: a.astype(np.float32),  # float32 but strided: copied
+        lambda a: np.asfortranarray(a.astype(np.float32)),
+        lambda a: a.tolist(),  # nested lists
+    ):
+        s = m.stepper(batch=4)
+        for t in range(2):
+            got = s.step(convert(x[:, t, ::2]))
+            np.testing.assert_array_equal(got, want[t])
+    # The core reports unconverted input instead of stepping it.
+    s = m.stepper(batch=4)
+    assert s.core.step(x[:, 0, ::2]) is None
+    assert s.core.step(np.ascontiguousarray(x[:, 0, ::2], dtype=np.float32)) is not None
+    assert s.steps == 1
+
+
+def test_bad_step_input_raises_typed_errors_and_does_not_step():
+    s = small_f32().stepper(batch=2)
+    good = np.zeros((2, 5), np.float32)
+    for bad in (
+        np.zeros((2, 4), np.float32),  # fast path: right dtype, wrong shape
+        np.zeros((3, 5), np.float32),
+        np.zeros(5, np.float32),  # one stream's step for a 2-stream stepper
+        np.zeros((2, 5, 1), np.float32),
+        np.zeros((2, 4)),  # converted first, then the shape check
+        [[0.0] * 5],
+    ):
+        with pytest.raises(ShapeError):
+            s.step(bad)
+    for bad in (np.array([["a"] * 5] * 2), np.zeros((2, 5), complex), [[None] * 5] * 2):
+        with pytest.raises(DTypeError):
+            s.step(bad)
+    assert s.steps == 0
+    np.testing.assert_array_equal(s.state[0], 0.0)  # no failed call moved the state
+    assert s.step(good).shape == (2, 3)
+
+
+def test_token_steps_fast_and_converted_and_their_errors():
+    m = Model(
+        vocab_size=6, embedding_dim=3, hidden_size=4, pooling="per_step", output_size=2, seed=4
+    )
+    ids = np.array([[1, 5], [0, 2]])  # [B=2, T=2]
+    full = m.predict(ids)
+    for convert in (
+        lambda a: np.ascontiguousarray(a, dtype=np.int64),
+        lambda a: a.astype(np.int32),
+        lambda a: a.tolist(),
+    ):
+        s = m.stepper(batch=2)
+        for t in range(2):
+            np.testing.assert_allclose(s.step(convert(ids[:, t])), full[:, t], rtol=1e-5, atol=1e-6)
+    s = m.stepper(batch=2)
+    with pytest.raises(DTypeError):
+        s.step(np.array([1.0, 2.0]))  # float token ids
+    with pytest.raises(ShapeError):
+        s.step(np.array([1, 2, 3]))
+    with pytest.raises(ShapeError):
+        s.step(np.int64(1))  # one id for two streams
+    with pytest.raises(InvalidArgumentError):
+        s.step(np.array([1, 6]))  # out of the vocabulary
+    one = m.stepper()
+    assert one.step(np.int64(3)).shape == (2,)
+    assert one.step(np.array([3])).shape == (1, 2)
+
+
+def test_large_steps_release_the_gil_and_agree_with_predict():
+    # 1 x (32 + 256) x 4*256 multiply-adds per step: above the size where the binding releases
+    # the GIL, so this runs the borrowing path; the small test models run the GIL-held one.
+    m = Model(input_size=32, hidden_size=256, pooling="per_step", dtype="float64", seed=6)
+    x = np.random.default_rng(6).normal(size=(1, 4, 32))
+    full = m.predict(x)
+    s = m.stepper()
+    for t in range(4):
+        np.testing.assert_allclose(s.step(x[0, t]), full[0, t], **TOL)

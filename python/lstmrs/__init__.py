@@ -19,6 +19,7 @@ from .errors import (
     NonFiniteError,
     ShapeError,
 )
+from .gpu import gpu_available
 from .models import Loss, Model
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .streaming import Stepper
@@ -42,6 +43,7 @@ __all__ = [
     "callbacks",
     "datasets",
     "get_num_threads",
+    "gpu_available",
     "load",
     "metrics",
     "optim",

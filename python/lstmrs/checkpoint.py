@@ -4,7 +4,8 @@ A checkpoint is a directory:
 
 - ``model.safetensors``: the weights by name (``rnn.weight_ih_l0``, ``head.0.weight``, ...);
 - ``optimizer.safetensors``: the optimizer's state buffers (``exp_avg``, ...), float64, when the
-  model was compiled;
+  model was compiled (a plugin optimizer's too: its ``state_dict()``, see
+  :mod:`lstmrs.plugins.hookspecs`);
 - ``carry.safetensors``: recurrent states carried between truncated-BPTT chunks, when a fit was
   interrupted between two chunks;
 - ``config.json``: architecture, loss, optimizer kind, hyper-parameters and step, schedule
@@ -28,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -149,6 +151,8 @@ def save(
         put(OPTIMIZER_FILE, dict(opt["buffers"]))
         config["compile"] = model._compile_config()
         config["optimizer_state"] = {"kind": opt["kind"], "step": int(opt["step"])}
+        if opt.get("extra") is not None:  # a plugin optimizer's JSON state beside its buffers
+            config["optimizer_state"]["extra"] = opt["extra"]
     if carry is not None:
         h, c = carry
         put(CARRY_FILE, {"h": h} if c is None else {"h": h, "c": c})
@@ -222,22 +226,59 @@ def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
     if saved and saved != names:
         raise CheckpointError(f"path: saved parameters {saved} do not match the model's {names}")
     model.load_state_dict(tensors[MODEL_FILE])
+    missing = None
     if compile and "compile" in config:
-        model._restore_compile(config["compile"])
-        st = config["optimizer_state"]
-        model._opt_core.load_state_dict(
-            {
+        name = config["compile"]["optimizer"]["name"]
+        if _optimizer_known(name):
+            model._restore_compile(config["compile"])
+            st = config["optimizer_state"]
+            state = {
                 "kind": st["kind"],
                 "step": int(st["step"]),
                 "buffers": tensors.get(OPTIMIZER_FILE, {}),
             }
-        )
+            if "extra" in st:
+                state["extra"] = st["extra"]
+            model._opt_core.load_state_dict(state)
+        else:
+            # The weights still serve for inference; only continuing the training needs it.
+            missing = name
+            warnings.warn(
+                f"{config['_path']}: trained with optimizer {name!r}, which no installed plugin "
+                "provides; the model is loaded without its optimizer state (install the plugin "
+                "to continue training)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     model._checkpoint = {
         "path": config["_path"],
         "training": config.get("training"),
         "carry": tensors.get(CARRY_FILE),
+        "optimizer_missing": missing,
     }
     return model
+
+
+def _optimizer_known(name: str) -> bool:
+    from . import optim
+
+    if name in optim._OPTIMIZERS:  # the built-ins, without loading plugins
+        return True
+    from .plugins import get_optimizers
+
+    return name in get_optimizers()
+
+
+def _require_optimizer(model: Model, path: str) -> None:
+    """Raises :class:`CheckpointError` when ``model`` came from a checkpoint whose optimizer is
+    not installed (training cannot continue without it)."""
+    name = (model._checkpoint or {}).get("optimizer_missing")
+    if name is not None:
+        raise CheckpointError(
+            f"path: {path!r} was trained with optimizer {name!r}, which no installed plugin "
+            "provides; install that plugin to resume the training (`lstmrs plugins` lists "
+            "what is installed)"
+        )
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:

@@ -20,10 +20,8 @@ import argparse
 import copy
 import math
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -102,53 +100,6 @@ def resolve_config(
 
 # --------------------------------------------------------------------------------------------
 # Callbacks of a training run
-
-
-class _Interrupt:
-    """First Ctrl-C: ask the loop to stop after the current batch (a checkpoint follows).
-    Second Ctrl-C: abort at once."""
-
-    def __init__(self) -> None:
-        self.hit = False
-        self._prev = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._prev = signal.signal(signal.SIGINT, self._handler)
-
-    def restore(self) -> None:
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
-            self._prev = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-        print(
-            "\nInterrupted: finishing this batch and saving a checkpoint "
-            "(Ctrl-C again to abort without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-class _StopOnInterrupt(Callback):
-    def __init__(self, flag: _Interrupt) -> None:
-        super().__init__()
-        self.flag = flag
-        self.stopped = False
-
-    def _check(self) -> None:
-        if self.flag.hit and not self.stopped:
-            self.stopped = True
-            self.model.stop_training = True
-
-    def on_batch_end(self, batch, logs=None):
-        self._check()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check()
 
 
 class _TimeLimit(Callback):
@@ -359,11 +310,9 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
     say(f"model: {model!r}")
 
     t = cfg["train"]
-    flag = _Interrupt()
-    stop_flag = _StopOnInterrupt(flag)
     limit = _TimeLimit(t["time_limit"])
     target = _TargetReached(t["target_val_loss"])
-    callbacks: list[Callback] = [JSONLLogger(run.metrics_path), _EpochPrinter(say), stop_flag]
+    callbacks: list[Callback] = [JSONLLogger(run.metrics_path), _EpochPrinter(say)]
     callbacks.append(limit)
     early = None
     if data.val is None:
@@ -380,8 +329,9 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
         f"--run-dir {run.path}` continues"
     )
     start = time.perf_counter()
-    flag.install()
     try:
+        # Ctrl-C: fit finishes the running batch, saves a checkpoint of that point and raises
+        # KeyboardInterrupt; a second Ctrl-C stops at once (fit saves what is consistent).
         task.train(
             model,
             data,
@@ -394,24 +344,26 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
             verbose=0,
         )
     except KeyboardInterrupt:
-        flag.restore()
-        run.update_state(status="aborted")
-        print(
-            "aborted: the newest checkpoint (if any) is from before the interrupt", file=sys.stderr
-        )
+        seconds = time.perf_counter() - start
+        elapsed = previous.get("train_seconds", 0.0) + seconds
+        saved = model._interrupt_checkpoint
+        if saved is None:
+            run.update_state(status="aborted", train_seconds=elapsed)
+            print(
+                "aborted: no checkpoint of this point; the newest checkpoint (if any) is from "
+                "before the interrupt",
+                file=sys.stderr,
+            )
+        else:
+            run.update_state(status="interrupted", train_seconds=elapsed)
+            print(
+                f"interrupted after {seconds:.1f}s; checkpoint {_show(saved)}\n"
+                f"continue with: lstmrs train --resume --run-dir {run.path}",
+                flush=True,
+            )
         return EXIT_INTERRUPTED
-    finally:
-        flag.restore()
     seconds = time.perf_counter() - start
     elapsed = previous.get("train_seconds", 0.0) + seconds
-    if stop_flag.stopped:
-        run.update_state(status="interrupted", train_seconds=elapsed)
-        print(
-            f"interrupted after {seconds:.1f}s; checkpoint {run.latest_checkpoint()}\n"
-            f"continue with: lstmrs train --resume --run-dir {run.path}",
-            flush=True,
-        )
-        return EXIT_INTERRUPTED
     if early is not None and early.stopped_epoch is not None:
         status = "early_stopped"
         say(

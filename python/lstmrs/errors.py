@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
     "NonFiniteError",
@@ -38,3 +39,8 @@ class InvalidArgumentError(LstmrsError, ValueError):
 
 class NonFiniteError(LstmrsError, ValueError):
     """An input holds NaN or infinity while the layer checks for them (``check_finite=True``)."""
+
+
+class GpuUnavailableError(LstmrsError, RuntimeError):
+    """A GPU was asked for (``device="gpu"``) and cannot be used; the message gives the reason:
+    ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""

@@ -3,7 +3,9 @@ with a Keras/scikit-learn style ``compile`` / ``fit`` / ``evaluate`` / ``predict
 
 The weights live in one flat buffer in the Rust core (``ModelCore``); a training batch is one
 Rust call (forward, loss, backpropagation through time, clipping, optimizer update) with the GIL
-released. Parameter names follow PyTorch (``rnn.weight_ih_l0``, ``head.0.weight``, ...), so
+released. A plugin optimizer (``compile("lion")``) splits the step in two: one Rust call for the
+loss and the clipped gradient (into a buffer reused across steps), then the plugin's update in
+place on a zero-copy NumPy view of the weights. Parameter names follow PyTorch (``rnn.weight_ih_l0``, ``head.0.weight``, ...), so
 ``state_dict()`` maps onto an ``nn.LSTM`` + ``nn.Linear`` model by name.
 
 >>> import lstmrs
@@ -154,7 +156,11 @@ class Model:
     ``attention_units``, default ``hidden_size``) or ``"per_step"`` (the head at every step:
     sequence labelling, language models). ``head_hidden``: sizes of hidden dense layers with
     ``activation`` between them. ``dropout`` applies between recurrent layers while training.
-    ``seed`` fixes the initial weights (PyTorch's initialisation scheme).
+    ``seed`` fixes the initial weights (PyTorch's initialisation scheme). ``device``: where the
+    recurrent layers run, ``"cpu"`` (default), ``"gpu"`` (the wgpu/Vulkan backend, float32
+    LSTM/GRU; raises :class:`~lstmrs.errors.GpuUnavailableError` with the reason when it cannot
+    run) or ``"auto"`` (the GPU when usable, else the CPU with a warning); the embedding, head,
+    loss and optimizer stay on the host. See :meth:`to`.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class Model:
         loss: Any = "mse",
         dtype: str = "float32",
         seed: int | None = None,
+        device: str = "cpu",
     ) -> None:
         if (input_size is None) == (vocab_size is None):
             raise InvalidArgumentError(
@@ -280,6 +287,7 @@ class Model:
         from ._lstmrs import ModelCore
 
         self.core = ModelCore(json.dumps(core_cfg), dtype, seed)
+        self.to(device)
         self.loss = loss
         self._loss_spec = loss.spec()
         self._features = features
@@ -294,6 +302,12 @@ class Model:
         self.schedule: _optim.Schedule | None = None
         self.metrics: list[str] = []
         self._checkpoint: dict | None = None
+        # The plugin-optimizer step's buffers, made on first use: a view of the weights (not a
+        # copy) and the gradient, reused by every step.
+        self._params_view: np.ndarray | None = None
+        self._grad: np.ndarray | None = None
+        #: Set by ``fit`` when a KeyboardInterrupt stopped it: the checkpoint it saved, or None.
+        self._interrupt_checkpoint: str | None = None
 
     # ---------------------------------------------------------------------------------------
     # Description
@@ -313,6 +327,31 @@ class Model:
     @property
     def config(self) -> dict[str, Any]:
         return self.get_config()
+
+    @property
+    def device(self) -> str:
+        """Where the recurrent layers run: ``"cpu"`` or ``"gpu"``."""
+        return self.core.device
+
+    def to(self, device: str) -> Model:
+        """Moves the recurrent layers to ``device`` (``"cpu"``, ``"gpu"`` or ``"auto"``, as the
+        constructor's argument); returns the model. Weights and optimizer state stay where they
+        are (on the host), so training continues unchanged."""
+        if device not in ("cpu", "gpu", "auto"):
+            raise InvalidArgumentError(f"device: expected 'cpu', 'gpu' or 'auto', got {device!r}")
+        if device != "auto":
+            self.core.set_device(device)
+            return self
+        from .errors import GpuUnavailableError
+
+        try:
+            self.core.set_device("gpu")
+        except (GpuUnavailableError, InvalidArgumentError) as e:
+            import warnings
+
+            warnings.warn(f"device='auto': running on the CPU ({e})", RuntimeWarning, stacklevel=2)
+            self.core.set_device("cpu")
+        return self
 
     @property
     def dtype(self) -> str:
@@ -432,6 +471,14 @@ class Model:
         """All weights as one flat array (a copy)."""
         return self.core.get_flat()
 
+    def weights_view(self) -> np.ndarray:
+        """All weights as one flat, writable array that *is* the model's buffer (no copy):
+        writing it changes the model, training shows in it. Plugin optimizers update it in
+        place. Do not write it from another thread while the model runs a call."""
+        if self._params_view is None:
+            self._params_view = self.core.params_view()
+        return self._params_view
+
     def set_weights(self, flat: np.ndarray) -> None:
         self.core.set_flat(np.ascontiguousarray(flat, dtype=self.dtype))
 
@@ -453,8 +500,9 @@ class Model:
         state.
 
         ``optimizer``: ``"sgd" | "adam" | "adamw" | "rmsprop" | "adagrad"`` with PyTorch's
-        keyword arguments (``momentum=0.9``, ``betas=(0.9, 0.99)``, ``weight_decay=...``), or
-        an :mod:`lstmrs.optim` spec. ``clip_norm`` scales the gradient to at most that global
+        keyword arguments (``momentum=0.9``, ``betas=(0.9, 0.99)``, ``weight_decay=...``), a
+        name a plugin registered (``"lion"`` from ``lstmrs-lion``), or an :mod:`lstmrs.optim`
+        spec. ``clip_norm`` scales the gradient to at most that global
         2-norm, ``clip_value`` clamps each gradient element. ``schedule``: an
         :mod:`lstmrs.optim` schedule applied to ``lr``.
         """
@@ -478,8 +526,23 @@ class Model:
                 outputs=self.output_size,
                 ignore_index=self.loss.ignore_index,
             )
+        core = spec.build(self.num_params, self.dtype)
+        if not _optim.is_fused(core):
+            missing = [
+                a
+                for a in ("step", "state_dict", "load_state_dict")
+                if not callable(getattr(core, a, None))
+            ]
+            if not hasattr(core, "steps"):
+                missing.append("steps")
+            if missing:
+                raise InvalidArgumentError(
+                    f"optimizer: {type(spec).__name__}.build() returned {type(core).__name__}, "
+                    f"which lacks {', '.join(missing)} (see lstmrs.plugins.hookspecs."
+                    "lstmrs_register_optimizers)"
+                )
         self._opt = spec
-        self._opt_core = spec.build(self.num_params, self.dtype)
+        self._opt_core = core
         self.lr = spec.lr
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.clip_value = None if clip_value is None else float(clip_value)
@@ -499,6 +562,18 @@ class Model:
     @property
     def optimizer_steps(self) -> int:
         return 0 if self._opt_core is None else int(self._opt_core.steps)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """Whether a training step is one Rust call (the core's optimizers) rather than the
+        core's gradient plus a plugin optimizer's update in Python."""
+        return self._opt_core is not None and _optim.is_fused(self._opt_core)
+
+    def _plugin_step_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weights' view and the reused gradient buffer of the plugin-optimizer step."""
+        if self._grad is None:
+            self._grad = np.zeros(self.num_params, dtype=self.dtype)
+        return self.weights_view(), self._grad
 
     def _compile_config(self) -> dict[str, Any]:
         cfg = self._opt.get_config()
@@ -590,12 +665,11 @@ class Model:
     def resume(cls, path: str | os.PathLike) -> Model:
         """The model of a training checkpoint (or checkpoint directory), set to continue that
         training where it stopped at the next :meth:`fit` (same data, same arguments)."""
-        from .checkpoint import load
+        from .checkpoint import CheckpointError, _require_optimizer, load
 
         model = load(path, compile=True)
         if not (model._checkpoint or {}).get("training"):
-            from .checkpoint import CheckpointError
-
             raise CheckpointError(f"path: {os.fspath(path)!r} holds no training state to resume")
+        _require_optimizer(model, os.fspath(path))
         model._checkpoint["resume"] = True
         return model

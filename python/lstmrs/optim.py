@@ -2,7 +2,9 @@
 
 Optimizers carry PyTorch's names and defaults (``SGD``, ``Adam``, ``AdamW``, ``RMSprop``,
 ``Adagrad``); the update itself runs in the Rust core (``OptimizerCore``), one fused pass over
-the model's flat parameter buffer.
+the model's flat parameter buffer. Plugins register more (``lstmrs_register_optimizers``); their
+update runs in Python on a zero-copy view of the same buffer (see
+:mod:`lstmrs.plugins.hookspecs`).
 
 Schedules are closed forms of ``torch.optim.lr_scheduler`` (``lr_at(k, base_lr)`` is the rate
 after ``k`` calls of torch's ``scheduler.step()``): :class:`StepLR`, :class:`ExponentialLR`,
@@ -32,6 +34,7 @@ __all__ = [
     "Schedule",
     "StepLR",
     "get_optimizer",
+    "is_fused",
     "schedule_from_state",
 ]
 
@@ -201,25 +204,46 @@ _OPTIMIZERS = {c.name: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
 def get_optimizer(
     optimizer: str | Optimizer = "adam", lr: float | None = None, **hyper
 ) -> Optimizer:
-    """An :class:`Optimizer` from a name (``"adam"``, ...) or a spec (``lr``/``hyper`` override)."""
+    """An :class:`Optimizer` from a name (``"adam"``, ... or one a plugin registered, like
+    ``"lion"``) or a spec (``lr``/``hyper`` override)."""
     if isinstance(optimizer, Optimizer):
         if lr is None and not hyper:
             return optimizer
         cls = type(optimizer)
         return cls(lr=optimizer.lr if lr is None else lr, **{**optimizer.hyper, **hyper})
-    if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
+    cls = None
+    if isinstance(optimizer, str):
+        # The built-ins without touching the registry: plugins load only when a name needs them.
+        cls = _OPTIMIZERS.get(optimizer.lower())
+        if cls is None:
+            from .plugins import get_optimizers
+
+            cls = get_optimizers().get(optimizer.lower())
+    if cls is None:
+        from .plugins import get_optimizers
+
         raise InvalidArgumentError(
-            f"optimizer: expected one of {sorted(_OPTIMIZERS)} or an lstmrs.optim.Optimizer, "
-            f"got {optimizer!r}"
+            f"optimizer: expected one of {sorted(get_optimizers())} or an "
+            f"lstmrs.optim.Optimizer, got {optimizer!r} (plugins add more: `lstmrs plugins` "
+            "lists what is installed)"
         )
-    return _OPTIMIZERS[optimizer.lower()](lr=lr, **hyper)
+    return cls(lr=lr, **hyper)
 
 
 def optimizer_from_config(cfg: dict) -> Optimizer:
-    hyper = dict(cfg.get("hyper", {}))
-    if "betas" in hyper:
-        hyper["betas"] = tuple(hyper["betas"])
+    """The optimizer of :meth:`Optimizer.get_config` (checkpoints); JSON lists come back as the
+    tuples the specs take (``betas``)."""
+    hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("hyper", {}).items()}
     return get_optimizer(cfg["name"], lr=cfg["lr"], **hyper)
+
+
+def is_fused(core: Any) -> bool:
+    """Whether an optimizer built by :meth:`Optimizer.build` is the Rust core's own
+    (``OptimizerCore``: the whole training step is one core call) rather than a plugin's that
+    updates the weights itself."""
+    from ._lstmrs import OptimizerCore
+
+    return isinstance(core, OptimizerCore)
 
 
 # --------------------------------------------------------------------------------------------

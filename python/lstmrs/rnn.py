@@ -14,6 +14,9 @@ semantics for ``lengths``. Differences from torch:
   records a tape and the backward pass uses it without recomputing the forward pass.
 * Initial weights are uniform in ``[-1/sqrt(hidden_size), 1/sqrt(hidden_size)]`` as in torch, but
   drawn from lstmrs' own generator seeded by ``seed`` (so they differ from torch's values).
+* ``device="gpu"`` runs the forward and backward passes on the GPU (Vulkan, float32, LSTM and GRU
+  cells) when the extension was built with it; arrays in and out stay NumPy arrays. ``"auto"``
+  uses the GPU when it can and otherwise the CPU, with a warning. See :mod:`lstmrs.gpu`.
 
 Like torch, a new layer is in training mode (``training=True``); dropout only acts in training
 mode, with ``num_layers > 1`` and ``dropout > 0``, on the outputs of every layer but the last.
@@ -34,7 +37,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _lstmrs
-from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
+from . import gpu as _gpu
+from .errors import (
+    DTypeError,
+    GpuUnavailableError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeError,
+)
 
 __all__ = [
     "GRU",
@@ -138,6 +148,34 @@ def _float_array(name: str, value: Any) -> np.ndarray:
             f"got dtype {arr.dtype}"
         )
     return arr
+
+
+def _device_arg(value: Any, dtype: np.dtype, cell: str) -> str:
+    """Resolves ``device`` to ``"cpu"`` or ``"gpu"``. ``"gpu"`` raises when the layer or the
+    machine cannot use it; ``"auto"`` falls back to the CPU with a warning."""
+    if value not in ("cpu", "gpu", "auto"):
+        raise InvalidArgumentError(f"device: expected 'cpu', 'gpu' or 'auto', got {value!r}")
+    if value == "cpu":
+        return "cpu"
+    # What the GPU kernels implement: float32, the LSTM and GRU cells.
+    unsupported = None
+    if dtype != np.float32:
+        unsupported = f"the GPU backend computes in float32, the layer's dtype is {dtype}"
+    elif cell not in ("lstm", "gru"):
+        unsupported = "the GPU backend implements the LSTM and GRU cells, not custom cells"
+    if unsupported is not None:
+        if value == "gpu":
+            raise InvalidArgumentError(f"device: 'gpu' is not possible: {unsupported}")
+        reason = unsupported
+    else:
+        info = _gpu.gpu_info()
+        if info["available"]:
+            return "gpu"
+        if value == "gpu":
+            raise GpuUnavailableError(f"device='gpu': {info['reason']}")
+        reason = info["reason"]
+    warnings.warn(f"device='auto': running on the CPU ({reason})", RuntimeWarning, stacklevel=4)
+    return "cpu"
 
 
 def _check_finite(name: str, arr: np.ndarray) -> None:
@@ -246,6 +284,7 @@ class _RNNBase:
         seed: int | None = None,
         *,
         check_finite: bool = True,
+        device: str = "cpu",
     ) -> None:
         self._setup(
             input_size,
@@ -267,6 +306,7 @@ class _RNNBase:
                 UserWarning,
                 stacklevel=3,
             )
+        self.device = device
 
     def _setup(
         self,
@@ -292,6 +332,7 @@ class _RNNBase:
         self._seed = _seed_arg(seed)
         self.check_finite = check_finite
         self.training = True
+        self._device = "cpu"
 
         d, h = self.num_directions, self._hidden_size
         gx, gh, units = self._cell_sizes()
@@ -385,6 +426,18 @@ class _RNNBase:
         self._check_finite = _bool_arg("check_finite", value)
 
     @property
+    def device(self) -> str:
+        """Where forward and backward run: ``"cpu"`` or ``"gpu"``. Assigning ``"cpu"``,
+        ``"gpu"`` or ``"auto"`` moves the layer (the weights stay host arrays; each call
+        uploads them). A tape records where it was made, so a backward pass runs on the device
+        of its forward pass."""
+        return self._device
+
+    @device.setter
+    def device(self, value: Any) -> None:
+        self._device = _device_arg(value, self._dtype, self._cell)
+
+    @property
     def num_parameters(self) -> int:
         return self._core.num_parameters
 
@@ -410,6 +463,8 @@ class _RNNBase:
         if self._bidirectional:
             extra.append("bidirectional=True")
         extra.append(f"dtype={_DTYPE_NAMES[self._dtype]}")
+        if self._device != "cpu":
+            extra.append(f"device={self._device!r}")
         args = ", ".join([str(self._input_size), str(self._hidden_size), *extra])
         return f"{type(self).__name__}({args})"
 
@@ -495,6 +550,7 @@ class _RNNBase:
                 self._check_finite,
             ),
             "training": self.training,
+            "device": self._device,
             "flat": self.parameters_flat(),
             "rng": self._rng.bit_generator.state,
         }
@@ -504,6 +560,8 @@ class _RNNBase:
         self.training = state["training"]
         self._core.set_flat(np.ascontiguousarray(state["flat"], dtype=self._dtype))
         self._rng.bit_generator.state = state["rng"]
+        # A GPU layer restored where no GPU is usable raises GpuUnavailableError, as "gpu" does.
+        self.device = state.get("device", "cpu")
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -626,7 +684,7 @@ class _RNNBase:
         if training and self._dropout > 0 and self._num_layers > 1:
             seed = int(self._rng.integers(0, 1 << 64, dtype=np.uint64))
         out, h_n, c_n, tape = self._core.forward(
-            arr, h0, c0, lens, batch_first, training, self._dropout, seed, keep_tape
+            arr, h0, c0, lens, batch_first, training, self._dropout, seed, keep_tape, self._device
         )
         if unbatched:
             out, h_n = out[0], h_n[:, 0]
@@ -719,6 +777,9 @@ class LSTM(_RNNBase):
         seed: seed of the initial weights and of the dropout stream; ``None`` draws one (see
             the ``seed`` attribute).
         check_finite: raise :class:`~lstmrs.errors.NonFiniteError` on NaN/inf inputs.
+        device: ``"cpu"`` (default), ``"gpu"`` (raises
+            :class:`~lstmrs.errors.GpuUnavailableError` with the reason when no GPU is usable)
+            or ``"auto"`` (the GPU when usable, else the CPU with a warning). GPU: float32 only.
 
     ``layer(x, state=None, lengths=None)`` returns ``out, (h_n, c_n)``:
 
@@ -854,6 +915,7 @@ class RNN(_RNNBase):
         seed: int | None = None,
         *,
         check_finite: bool = True,
+        device: str = "cpu",
     ) -> None:
         self._set_cell(resolve_cell(cell))
         super().__init__(
@@ -867,6 +929,7 @@ class RNN(_RNNBase):
             dtype,
             seed,
             check_finite=check_finite,
+            device=device,
         )
 
     def _set_cell(self, r: ResolvedCell) -> None:

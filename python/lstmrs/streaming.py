@@ -5,9 +5,16 @@
 ...     y_t = stepper.step(x_t)                 # [O] for one stream, [B, O] for B streams
 
 The recurrent state stays inside the Rust ``StepperCore`` between calls; a step allocates nothing
-there. Works for unidirectional models with ``pooling="per_step"`` (output at each step) or
-``"last"`` (the output the model would give if the sequence ended at this step). Each step reads
-the model's current weights, so a stepper follows further training or ``load_state_dict``.
+there but its result. Works for unidirectional models with ``pooling="per_step"`` (output at each
+step) or ``"last"`` (the output the model would give if the sequence ended at this step). Each
+step reads the model's current weights in place, so a stepper follows further training or
+``load_state_dict``.
+
+Latency: ``step`` hands ``x_t`` straight to Rust, which only checks the array's type, dtype,
+layout and shape. An input of another type (a list, a scalar), dtype or layout comes back
+unstepped and is converted here first, so it costs a copy more but gives the same result. Every
+call returns a new array (PyTorch users expect a fresh tensor; a small array costs well under a
+microsecond), never a view of state that the next step would overwrite.
 """
 
 from __future__ import annotations
@@ -41,36 +48,39 @@ class Stepper:
         self.model = model
         self.batch = int(batch)
         self.core = StepperCore(model.core, self.batch)
+        # The bound method, looked up once: `step` is on the microsecond path.
+        self._core_step = self.core.step
         self._features = model._features
         self._lstm = model.has_cell_state
-        self.steps = 0
 
-    def _input(self, x_t: Any) -> tuple[np.ndarray, bool]:
-        """``x_t`` as ``[B, F]`` floats or ``[B]`` token ids; whether a batch axis was added."""
+    @property
+    def steps(self) -> int:
+        """Steps fed since construction or the last :meth:`reset`."""
+        return self.core.steps
+
+    def _input(self, x_t: Any) -> np.ndarray:
+        """``x_t`` as a C-contiguous array of the model's dtype (int64 for token ids), its shape
+        unchanged: the core checks shapes."""
         a = np.asarray(x_t)
         if a.dtype.kind not in "biuf":
             raise DTypeError(f"x_t: expected real numbers, got dtype {a.dtype}")
         if self.model.tokens:
             if a.dtype.kind == "f":
                 raise DTypeError(f"x_t: expected integer token ids, got dtype {a.dtype}")
-            single = a.ndim == 0
-            a = a.reshape(1) if single else a
-            if a.shape != (self.batch,):
-                raise ShapeError(f"x_t: expected {self.batch} token ids, got shape {a.shape}")
-            return np.ascontiguousarray(a, dtype=np.int64), single
-        single = a.ndim == 1 and self.batch == 1
-        if single:
-            a = a[None, :]
-        if a.shape != (self.batch, self._features):
-            raise ShapeError(f"x_t: expected shape [{self.batch}, {self._features}], got {a.shape}")
-        return np.ascontiguousarray(a, dtype=self.model.dtype), single
+            return np.asarray(a, dtype=np.int64, order="C")
+        return np.asarray(a, dtype=self.model.dtype, order="C")
 
     def step(self, x_t: Any) -> np.ndarray:
-        """Feeds one step; returns ``[B, O]`` (``[O]`` when ``x_t`` had no batch axis)."""
-        x, single = self._input(x_t)
-        out = self.core.step(x)
-        self.steps += 1
-        return out[0] if single else out
+        """Feeds one step and returns a new array ``[B, O]`` (``[O]`` for a one-stream stepper
+        given ``x_t`` without the batch axis: ``[F]`` features or one token id).
+
+        ``x_t`` is ``[B, F]`` features or ``[B]`` token ids. A C-contiguous ndarray of the
+        model's dtype (int64 for ids) is the fast path; anything else is converted first.
+        Raises ``ShapeError`` for a wrong shape and ``DTypeError`` for non-numeric input."""
+        out = self._core_step(x_t)
+        if out is None:
+            out = self._core_step(self._input(x_t))
+        return out
 
     def step_many(self, x: Any) -> np.ndarray:
         """Feeds ``T`` steps ``[B, T, F]`` (or ``[B, T]`` tokens; no batch axis for one stream)
@@ -90,7 +100,6 @@ class Stepper:
     def reset(self) -> None:
         """Back to zero states, as at the start of a sequence."""
         self.core.reset()
-        self.steps = 0
 
     @property
     def state(self) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,7 +2,16 @@
 checkpoints and exact resumption.
 
 Every optimizer step is one ``ModelCore.train_step`` call into Rust (forward, loss, BPTT,
-clipping, update) with the GIL released; this module only slices batches and keeps score.
+clipping, update) with the GIL released; this module only slices batches and keeps score. With a
+plugin optimizer a step is ``ModelCore.loss_and_grad_into`` (the same forward, loss, BPTT and
+clipping, into a gradient buffer reused by every step) followed by the plugin's ``step`` on a
+zero-copy view of the weights.
+
+Ctrl-C: while ``fit`` runs in the main thread, SIGINT is deferred to the end of the running
+batch (a second one stops at once). A ``KeyboardInterrupt`` (from Ctrl-C or raised by a
+callback) then writes a checkpoint of the last consistent state, when ``checkpoint_dir`` is set,
+says where on stderr, and propagates; ``resume=True`` continues from it exactly as if the run had
+never stopped.
 
 Determinism: the loop owns a ``numpy.random.Generator`` seeded by ``fit(seed=...)``. At the start
 of each epoch it draws the epoch's permutation and one dropout seed per step, so a run is a pure
@@ -14,6 +23,9 @@ skips the batches already done.
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,8 +35,8 @@ import numpy as np
 
 from .callbacks import Callback, CallbackList, History, _FileLogger
 from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
-from .metrics import ARRAY_METRICS, Metric, get_metric, loss_value
-from .optim import ReduceLROnPlateau
+from .metrics import ARRAY_METRICS, Metric, get_metric
+from .optim import ReduceLROnPlateau, is_fused
 
 if TYPE_CHECKING:
     from .models import Model
@@ -347,20 +359,6 @@ class _Scores:
             m.load_state_dict(ms)
 
 
-def _score_batch(model: Model, scores: _Scores, b: _Batch, out: np.ndarray) -> None:
-    lo = model.loss
-    value, weight = loss_value(
-        lo.name,
-        out,
-        b.y,
-        b.mask,
-        ignore_index=lo.ignore_index,
-        class_weights=lo.class_weights,
-        delta=lo.delta,
-    )
-    scores.update(value, weight, b.y, out, b.mask)
-
-
 # --------------------------------------------------------------------------------------------
 # Inference
 
@@ -427,6 +425,16 @@ def predict(
     return out
 
 
+def _loss_batch(model: Model, scores: _Scores, b: _Batch, h0=None, c0=None):
+    """Scores a batch with the core's loss (inference mode, one Rust call); returns the final
+    states."""
+    value, out, h_n, c_n = model.core.loss(
+        b.x, b.y, model._loss_spec, lengths=b.lengths, h0=h0, c0=c0
+    )
+    scores.update(value, _loss_weight(model, b.y, b.mask), b.y, out, b.mask)
+    return h_n, c_n
+
+
 def _evaluate_data(
     model: Model,
     data: _Data,
@@ -437,8 +445,7 @@ def _evaluate_data(
 ) -> dict[str, Any]:
     scores = _Scores(model, metrics, prefix)
     for s in range(0, data.n, batch_size):
-        b = _take(model, data, slice(s, s + batch_size))
-        _score_batch(model, scores, b, _predict_batch(model, b)[0])
+        _loss_batch(model, scores, _take(model, data, slice(s, s + batch_size)))
     return scores.logs(arrays=arrays)
 
 
@@ -515,8 +522,7 @@ def _stream_scores(model: Model, xs, ys, seq_len: int, metrics: list, prefix="",
             False,
             0,
         )
-        out, h, c = _predict_batch(model, b, h, c)
-        _score_batch(model, scores, b, out)
+        h, c = _loss_batch(model, scores, b, h, c)
     return scores.logs(arrays=arrays)
 
 
@@ -540,6 +546,100 @@ def evaluate_stream(
 
 # --------------------------------------------------------------------------------------------
 # The loop
+
+
+class _Step:
+    """One optimizer step on a batch: ``(loss, grad_norm, out, h_n, c_n)``.
+
+    The core's optimizers: one fused Rust call. A plugin optimizer: the core's loss, gradient
+    and clipping into the model's reused gradient buffer (GIL released), then the plugin's
+    in-place update of the weights' zero-copy view; nothing the size of the model is copied.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.fused = is_fused(model._opt_core)
+        if not self.fused:
+            self.params, self.grad = model._plugin_step_buffers()
+
+    def __call__(self, b: _Batch, lr: float, seed: int, h0, c0):
+        m = self.model
+        if self.fused:
+            return m.core.train_step(
+                b.x,
+                b.y,
+                m._loss_spec,
+                m._opt_core,
+                lr,
+                seed,
+                lengths=b.lengths,
+                h0=h0,
+                c0=c0,
+                clip_norm=m.clip_norm,
+                clip_value=m.clip_value,
+            )
+        res = m.core.loss_and_grad_into(
+            b.x,
+            b.y,
+            m._loss_spec,
+            self.grad,
+            seed,
+            lengths=b.lengths,
+            h0=h0,
+            c0=c0,
+            clip_norm=m.clip_norm,
+            clip_value=m.clip_value,
+        )
+        m._opt_core.step(self.params, self.grad, lr)
+        return res
+
+
+class _DeferInterrupt:
+    """Holds Ctrl-C (SIGINT) back until the training loop reaches a consistent point.
+
+    Installed only in the main thread and only over Python's default handler (a program with
+    its own handler keeps it). The first Ctrl-C is noted and raised as ``KeyboardInterrupt`` at
+    the next :meth:`check` (the end of the running batch); a second one raises at once.
+    """
+
+    def __init__(self, saving: bool) -> None:
+        self.saving = saving
+        self.pending = False
+        self._prev: Any = None
+        self._installed = False
+
+    def __enter__(self):
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            try:
+                self._prev = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+            except ValueError:  # not the main interpreter
+                pass
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+        then = "saving a checkpoint and stopping" if self.saving else "stopping"
+        print(
+            f"\nInterrupted: finishing this batch, then {then} (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._prev)
+            self._installed = False
 
 
 def _current_lr(model: Model, epoch: int, step: int) -> float:
@@ -609,9 +709,10 @@ def _train(
         if checkpoint_dir is not None:
             found = latest_checkpoint(checkpoint_dir)
             if found is not None and (ck is None or ck.get("path") != found):
-                from .checkpoint import load
+                from .checkpoint import _require_optimizer, load
 
                 loaded = load(found)
+                _require_optimizer(loaded, found)
                 model.load_state_dict(loaded.state_dict())
                 model._restore_compile(loaded._compile_config())
                 model._opt_core.load_state_dict(loaded._opt_core.state_dict())
@@ -659,6 +760,8 @@ def _train(
         model.schedule.start(model.lr)
     _check_monitor(model, validate is not None)
 
+    saved: dict[str, Any] = {"key": None, "path": None}
+
     def checkpoint(epoch, batch, epoch_rng, scores, carry_now, stopped=False):
         training = {
             "kind": kind,
@@ -673,92 +776,124 @@ def _train(
             "stopped": stopped,
         }
         name = f"step-{global_step:09d}" + ("-end" if batch == 0 else "")
-        write_training_checkpoint(
+        saved["path"] = write_training_checkpoint(
             model, checkpoint_dir, name, training, carry_now, keep_checkpoints
         )
+        saved["key"] = (epoch, batch, global_step)
+
+    # The last consistent training position, as `checkpoint` arguments: set after each
+    # completed step and epoch end, None while a step or the end of an epoch is half done. A
+    # KeyboardInterrupt saves it (nothing when None: the weights may be half updated).
+    safe: tuple | None = None
+    step = _Step(model)
+    model._interrupt_checkpoint = None
 
     from . import plugins  # the registry loads on first use, not at `import lstmrs`
 
+    guard = _DeferInterrupt(saving=checkpoint_dir is not None)
     try:
-        cbs.on_train_begin()
-        plugins.notify_train_start(model, {"epochs": epochs, "start_epoch": start_epoch})
-        for epoch in range(start_epoch, epochs):
-            resumed = state is not None and epoch == start_epoch and start_batch > 0
-            epoch_rng = _rng_state(rng)
-            plan = make_plan(rng)
-            scores = _Scores(model, model.metrics)
-            first = 0
-            if resumed:
-                scores.load_state_dict(state["scores"])
-                first = start_batch
-            else:
-                carry = None
-            t_start = time.perf_counter()
-            cbs.on_epoch_begin(epoch, {"resumed": resumed, "first_batch": first})
-            lr = _current_lr(model, epoch, global_step)
-            for i in range(first, plan.n_steps):
-                b = plan.step(i)
-                lr = _current_lr(model, epoch, global_step)
-                h0 = c0 = None
-                if plan.carries and not b.reset and carry is not None:
-                    h0, c0 = carry
-                cbs.on_batch_begin(i)
-                loss, grad_norm, out, h_n, c_n = model.core.train_step(
-                    b.x,
-                    b.y,
-                    model._loss_spec,
-                    model._opt_core,
-                    lr,
-                    int(plan.seeds[i]),
-                    lengths=b.lengths,
-                    h0=h0,
-                    c0=c0,
-                    clip_norm=model.clip_norm,
-                    clip_value=model.clip_value,
-                )
-                global_step += 1
-                if not math.isfinite(loss):
-                    raise NonFiniteError(
-                        f"loss: became {loss} at epoch {epoch}, batch {i} (step {global_step}); "
-                        f"lower the learning rate or clip gradients (compile(clip_norm=...))"
-                    )
-                carry = (h_n, c_n) if plan.carries else None
-                scores.update(loss, _loss_weight(model, b.y, b.mask), b.y, out, b.mask)
+        with guard:
+            cbs.on_train_begin()
+            plugins.notify_train_start(model, {"epochs": epochs, "start_epoch": start_epoch})
+            for epoch in range(start_epoch, epochs):
+                resumed = state is not None and epoch == start_epoch and start_batch > 0
+                epoch_rng = _rng_state(rng)
+                plan = make_plan(rng)
+                scores = _Scores(model, model.metrics)
+                first = 0
+                if resumed:
+                    scores.load_state_dict(state["scores"])
+                    first = start_batch
+                else:
+                    carry = None
+                safe = (epoch, first, epoch_rng, scores if resumed else None, carry)
+                t_start = time.perf_counter()
+                cbs.on_epoch_begin(epoch, {"resumed": resumed, "first_batch": first})
+                # The rate the epoch logs: its last step's (one done already when resumed).
+                lr = _current_lr(model, epoch, global_step - 1 if resumed else global_step)
+                for i in range(first, plan.n_steps):
+                    b = plan.step(i)
+                    lr = _current_lr(model, epoch, global_step)
+                    h0 = c0 = None
+                    if plan.carries and not b.reset and carry is not None:
+                        h0, c0 = carry
+                    cbs.on_batch_begin(i)
+                    safe = None
+                    loss, grad_norm, out, h_n, c_n = step(b, lr, int(plan.seeds[i]), h0, c0)
+                    global_step += 1
+                    if not math.isfinite(loss):
+                        raise NonFiniteError(
+                            f"loss: became {loss} at epoch {epoch}, batch {i} (step "
+                            f"{global_step}); lower the learning rate or clip gradients "
+                            "(compile(clip_norm=...))"
+                        )
+                    carry = (h_n, c_n) if plan.carries else None
+                    scores.update(loss, _loss_weight(model, b.y, b.mask), b.y, out, b.mask)
+                    safe = (epoch, i + 1, epoch_rng, scores, carry)
+                    logs = scores.logs()
+                    logs.update(batch_loss=loss, lr=lr, grad_norm=grad_norm, size=b.size)
+                    cbs.on_batch_end(i, logs)
+                    if (
+                        checkpoint_dir is not None
+                        and not every_epoch
+                        and global_step % checkpoint_every == 0
+                    ):
+                        checkpoint(*safe)
+                    guard.check()
+                    if model.stop_training:
+                        break
                 logs = scores.logs()
-                logs.update(batch_loss=loss, lr=lr, grad_norm=grad_norm, size=b.size)
-                cbs.on_batch_end(i, logs)
-                if (
-                    checkpoint_dir is not None
-                    and not every_epoch
-                    and global_step % checkpoint_every == 0
+                if validate is not None:
+                    logs.update(validate())
+                logs["lr"] = lr
+                logs["seconds"] = time.perf_counter() - t_start
+                safe = None  # the schedule and the callbacks' epoch state change from here
+                if isinstance(model.schedule, ReduceLROnPlateau):
+                    mon = model.schedule.monitor
+                    model.schedule.step(logs[mon] if mon in logs else logs["loss"])
+                cbs.on_epoch_end(epoch, logs)
+                plugins.notify_epoch_end(model, epoch, logs)
+                safe = (epoch + 1, 0, _rng_state(rng), None, None, model.stop_training)
+                if checkpoint_dir is not None and (
+                    every_epoch or epoch == epochs - 1 or model.stop_training
                 ):
-                    checkpoint(epoch, i + 1, epoch_rng, scores, carry if plan.carries else None)
+                    checkpoint(*safe)
+                guard.check()
                 if model.stop_training:
                     break
-            logs = scores.logs()
-            if validate is not None:
-                logs.update(validate())
-            logs["lr"] = lr
-            logs["seconds"] = time.perf_counter() - t_start
-            if isinstance(model.schedule, ReduceLROnPlateau):
-                mon = model.schedule.monitor
-                model.schedule.step(logs[mon] if mon in logs else logs["loss"])
-            cbs.on_epoch_end(epoch, logs)
-            plugins.notify_epoch_end(model, epoch, logs)
-            if checkpoint_dir is not None and (
-                every_epoch or epoch == epochs - 1 or model.stop_training
-            ):
-                checkpoint(epoch + 1, 0, _rng_state(rng), None, None, stopped=model.stop_training)
-            if model.stop_training:
-                break
-        cbs.on_train_end()
-        plugins.notify_train_end(model, history)
-    except BaseException:
+            cbs.on_train_end()
+            plugins.notify_train_end(model, history)
+            guard.check()
+    except BaseException as e:
         for c in all_callbacks:
             if isinstance(c, (ProgressBar, _FileLogger)):
                 c.on_train_end()
+        if isinstance(e, KeyboardInterrupt) and checkpoint_dir is not None:
+            _save_on_interrupt(model, safe, saved, checkpoint, global_step)
         raise
     return history
+
+
+def _save_on_interrupt(model: Model, safe, saved: dict, checkpoint, step: int) -> None:
+    """Writes the checkpoint of a KeyboardInterrupt (unless the last one already holds that
+    state) and says where it is on stderr."""
+    if safe is None:
+        print(
+            f"lstmrs: interrupted in the middle of step {step}; no checkpoint saved (the newest "
+            f"is {saved['path'] or 'none'})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    if saved["key"] != (safe[0], safe[1], step):
+        checkpoint(*safe)
+    model._interrupt_checkpoint = saved["path"]
+    print(
+        f"lstmrs: interrupted after step {step}; checkpoint saved to {saved['path']} "
+        "(fit(..., resume=True) continues from it)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _validation(model, data: _Data | None, batch_size: int):
@@ -807,6 +942,8 @@ def fit(
     - ``checkpoint_dir`` + ``checkpoint_every`` (``"epoch"`` or a number of batches) write
       crash-safe checkpoints; ``resume=True`` continues from the newest one exactly where it
       stopped (same data and arguments).
+    - Ctrl-C stops after the running batch; with ``checkpoint_dir`` a checkpoint of that point
+      is written first (its path goes to stderr), then ``KeyboardInterrupt`` propagates.
     """
     batch_size = _batch_size(batch_size)
     data = _prepare(model, x, y, lengths)

@@ -161,19 +161,30 @@ def test_registered_through_the_hook(lstmrs_plugins):
     assert "lion" not in get_optimizers()
 
 
-def test_trains_an_lstmrs_model():
-    # Drives a real model through the flat-buffer interface (gradient from the Rust core,
-    # update here) and checks the loss goes down.
+def test_trains_an_lstmrs_model_through_fit(lstmrs_plugins):
+    # compile("lion") finds the plugin; fit takes the gradient from the Rust core and runs the
+    # update here, in place on the model's weights (a view, not a copy).
     x, y = adding_problem(128, 10, seed=0)
-    model = Model(input_size=2, hidden_size=16, output_size=1, loss="mse", seed=0)
-    core = Lion(lr=3e-3).build(model.num_params, model.dtype)
-    loss_spec = model.loss.spec()
-    first = None
-    for _ in range(60):
-        loss, grad = model.core.loss_and_grad(x, y, loss_spec)
-        first = loss if first is None else first
-        flat = model.core.get_flat()
-        core.step(flat, grad, 3e-3)
-        model.core.set_flat(flat)
-    last, _ = model.core.loss_and_grad(x, y, loss_spec)
+    with register_temporarily(lstmrs_lion, name="lstmrs_lion"):
+        model = Model(input_size=2, hidden_size=16, output_size=1, loss="mse", seed=0)
+        model.compile("lion", lr=3e-3, clip_norm=1.0)
+        assert isinstance(model._opt_core, LionCore)
+        first = model.evaluate(x, y)["loss"]
+        model.fit(x, y, epochs=15, batch_size=32, verbose=0, seed=0)
+    last = model.evaluate(x, y)["loss"]
     assert last < 0.5 * first, (first, last)
+    assert model.optimizer_steps == 60
+    np.testing.assert_array_equal(model._opt_core.exp_avg.shape, (model.num_params,))
+
+
+def test_first_fit_step_is_the_formula(lstmrs_plugins):
+    # One step through fit against the paper's formula on the core's gradient.
+    x, y = (a.astype(np.float64) for a in adding_problem(32, 6, seed=1))
+    with register_temporarily(lstmrs_lion, name="lstmrs_lion"):
+        model = Model(input_size=2, hidden_size=8, output_size=1, dtype="float64", seed=2)
+        p0 = model.get_weights()
+        _, g = model.core.loss_and_grad(x, y, model.loss.spec(), training=True)
+        model.compile("lion", lr=1e-2, weight_decay=0.5)
+        model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    expected, _ = lion_formula(p0, [g], 1e-2, 0.9, 0.99, 0.5)
+    np.testing.assert_allclose(model.get_weights(), expected, rtol=1e-13, atol=1e-15)

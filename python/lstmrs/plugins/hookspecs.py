@@ -45,10 +45,27 @@ def lstmrs_register_optimizers(register):
     """Register optimizers.
 
     Call ``register(cls)`` with a subclass of :class:`lstmrs.optim.Optimizer` whose ``name``
-    is the string users pass to ``Model.compile``. ``cls.build(num_params, dtype)`` returns the
-    object that updates the model's flat parameter buffer: it has ``step(params, grads, lr)``
-    (in place), ``steps``, ``state_dict()`` and ``load_state_dict(state)``, like
-    ``lstmrs._lstmrs.OptimizerCore``.
+    is the string users pass to ``Model.compile`` (and ``lstmrs train --optimizer``).
+    ``cls.build(num_params, dtype)`` returns the object that updates the model's flat parameter
+    buffer, with the interface of ``lstmrs._lstmrs.OptimizerCore``:
+
+    - ``step(params, grads, lr)``: one update, **in place** on ``params``. In ``fit``,
+      ``params`` is a writable, C-contiguous 1-D view of the model's weights themselves
+      (``Model.weights_view()``, no copy) and ``grads`` the batch's gradient after the model's
+      clipping, in a buffer that the next step overwrites (copy what you keep). Both have
+      ``num_params`` values of ``dtype``. Allocate state once in ``build``; a step should copy
+      nothing the size of the model (``out=`` and in-place operators).
+    - ``steps``: the number of updates so far.
+    - ``state_dict()`` -> ``{"kind": str, "step": int, "buffers": {name: numpy array}}`` and
+      optionally ``"extra"``: JSON-serialisable values (counters, running scalars). Checkpoints
+      store the buffers in ``optimizer.safetensors`` (store them as float64, or the model's
+      dtype, so that resuming is exact) and ``extra`` in ``config.json``.
+    - ``load_state_dict(state)``: restores such a dict (buffers as NumPy arrays; ``extra``
+      when the state had it); check the kind and the sizes first.
+
+    ``fit`` runs a plugin optimizer's steps as one core call for the loss and the clipped
+    gradient (GIL released), then ``step``. An ``OptimizerCore`` returned by ``build`` runs the
+    core's fused step instead.
     """
 
 

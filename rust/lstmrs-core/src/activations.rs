@@ -32,8 +32,10 @@ pub fn exp_f32(x_in: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 5.000_000_1e-1);
     let y = p.mul_add(r2, r) + 1.0;
-    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp. Adding 2^23 + 127 puts
+    // the biased exponent n + 127 in the low mantissa bits (exactly: integers below 2^24 are
+    // representable), which vectorises; `n as i32` (a saturating conversion) stays scalar.
+    let scale = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     // NaN in, NaN out (max/min above would have replaced it).
     if x_in.is_nan() {
         x_in

@@ -25,6 +25,37 @@ pub enum Error {
         expected: String,
         got: String,
     },
+    /// The GPU backend cannot run this call; `failure` says why in a word, `detail` in full.
+    #[error("GPU backend: {}: {detail}", failure.reason())]
+    Gpu { failure: GpuFailure, detail: String },
+}
+
+/// Why a call asked of the GPU backend cannot run there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuFailure {
+    /// The crate was built without the `gpu` feature.
+    NotBuilt,
+    /// No Vulkan adapter (no driver or no device).
+    NoAdapter,
+    /// The adapter's limits are below what the kernels, or this call's sizes, need.
+    LimitsTooSmall,
+    /// The call asks for something the GPU path does not implement (f64, custom cells).
+    Unsupported,
+    /// The device failed while running (lost, out of memory, a driver error).
+    Device,
+}
+
+impl GpuFailure {
+    /// The short reason shown in messages.
+    pub fn reason(self) -> &'static str {
+        match self {
+            GpuFailure::NotBuilt => "feature not built",
+            GpuFailure::NoAdapter => "no adapter",
+            GpuFailure::LimitsTooSmall => "limits too small",
+            GpuFailure::Unsupported => "not supported on the GPU",
+            GpuFailure::Device => "device error",
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

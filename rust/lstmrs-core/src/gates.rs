@@ -2,11 +2,16 @@
 //! state of a batch, forward and backward.
 //!
 //! Shapes (per step): `B` rows, `H` hidden units, `G*H` gate columns in PyTorch's order.
+//! Each kernel works on a range of hidden units (all `G` gate columns of those units), so the
+//! members of a sweep's team each update their own units right after their share of the
+//! recurrent product; the buffers are then shared between threads, hence the raw row views.
 //! The bodies are plain loops over equally long slices; `dispatch!` compiles each body again with
 //! AVX2+FMA and AVX-512 enabled and picks one at run time, so LLVM vectorises them (including the
 //! branch-free `activations`) without the crate being built for a specific CPU.
 
 use crate::scalar::Scalar;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 /// Rows of a step: which of them are inside their sequence at this time step.
 #[derive(Clone, Copy)]
@@ -22,15 +27,146 @@ impl Active<'_> {
     }
 }
 
+/// A read-only row-major matrix (row stride `ld`) that the members of a team read at once.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a, T> {
+    ptr: *const T,
+    len: usize,
+    ld: usize,
+    _life: PhantomData<&'a [T]>,
+}
+
+// SAFETY: a `Rows` is a shared borrow of `[T]`.
+unsafe impl<T: Sync> Send for Rows<'_, T> {}
+unsafe impl<T: Sync> Sync for Rows<'_, T> {}
+
+impl<'a, T> Rows<'a, T> {
+    pub fn new(data: &'a [T], ld: usize) -> Self {
+        Rows {
+            ptr: data.as_ptr(),
+            len: data.len(),
+            ld,
+            _life: PhantomData,
+        }
+    }
+    /// Row `r`, columns `col..col + n` (bounds-checked).
+    ///
+    /// # Safety
+    /// No thread writes those elements while the slice lives.
+    #[inline(always)]
+    pub unsafe fn row(&self, r: usize, col: usize, n: usize) -> &'a [T] {
+        let start = r * self.ld + col;
+        assert!(start + n <= self.len, "row view out of bounds");
+        // SAFETY: in bounds (checked above); no concurrent writer (the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(start), n) }
+    }
+    /// The view starting `rows` rows further.
+    pub fn skip(&self, rows: usize) -> Self {
+        let off = (rows * self.ld).min(self.len);
+        Rows {
+            // SAFETY: `off <= len`.
+            ptr: unsafe { self.ptr.add(off) },
+            len: self.len - off,
+            ld: self.ld,
+            _life: PhantomData,
+        }
+    }
+    pub fn ptr(&self) -> *const T {
+        self.ptr
+    }
+    /// Whether `rows` rows of `cols` columns lie inside the view.
+    pub fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || ((rows - 1) * self.ld + cols <= self.len && cols <= self.ld)
+    }
+}
+
+/// A writable row-major matrix that the members of a team write at once, each only its own
+/// columns.
+#[derive(Clone, Copy)]
+pub(crate) struct RowsMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    ld: usize,
+    _life: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a `RowsMut` is a mutable borrow of `[T]` split by column between threads; every access
+// goes through the unsafe methods below, whose callers keep the threads' elements disjoint.
+unsafe impl<T: Send> Send for RowsMut<'_, T> {}
+unsafe impl<T: Send> Sync for RowsMut<'_, T> {}
+
+impl<'a, T> RowsMut<'a, T> {
+    pub fn new(data: &'a mut [T], ld: usize) -> Self {
+        RowsMut {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            ld,
+            _life: PhantomData,
+        }
+    }
+    /// Row `r`, columns `col..col + n`, writable (bounds-checked).
+    ///
+    /// # Safety
+    /// No other live slice, on any thread, covers those elements while this one lives.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn row_mut(&self, r: usize, col: usize, n: usize) -> &'a mut [T] {
+        let start = r * self.ld + col;
+        assert!(start + n <= self.len, "row view out of bounds");
+        // SAFETY: in bounds (checked above); exclusive (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
+    /// Read-only view of the same memory.
+    ///
+    /// # Safety
+    /// The elements read through it are not written meanwhile.
+    pub unsafe fn read(&self) -> Rows<'a, T> {
+        Rows {
+            ptr: self.ptr,
+            len: self.len,
+            ld: self.ld,
+            _life: PhantomData,
+        }
+    }
+    pub fn skip(&self, rows: usize) -> Self {
+        let off = (rows * self.ld).min(self.len);
+        RowsMut {
+            // SAFETY: `off <= len`.
+            ptr: unsafe { self.ptr.add(off) },
+            len: self.len - off,
+            ld: self.ld,
+            _life: PhantomData,
+        }
+    }
+    pub fn ptr(&self) -> *mut T {
+        self.ptr
+    }
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+    pub fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || ((rows - 1) * self.ld + cols <= self.len && cols <= self.ld)
+    }
+}
+
 macro_rules! dispatch {
     ($name:ident, $body:ident, ($($arg:ident : $ty:ty),* $(,)?)) => {
-        pub(crate) fn $name<T: Scalar>($($arg: $ty),*) {
+        /// # Safety
+        /// The row views' contracts: no other thread touches the elements of `units` on the
+        /// views written here, nor writes the elements read here.
+        pub(crate) unsafe fn $name<T: Scalar>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512<T: Scalar>($($arg: $ty),*) { $body($($arg),*) }
+                unsafe fn avx512<T: Scalar>($($arg: $ty),*) {
+                    // SAFETY: forwarded contract.
+                    unsafe { $body($($arg),*) }
+                }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<T: Scalar>($($arg: $ty),*) { $body($($arg),*) }
+                unsafe fn avx2<T: Scalar>($($arg: $ty),*) {
+                    // SAFETY: forwarded contract.
+                    unsafe { $body($($arg),*) }
+                }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
@@ -44,17 +180,421 @@ macro_rules! dispatch {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            // SAFETY: forwarded contract.
+            unsafe { $body($($arg),*) }
         }
     };
 }
 
-/// LSTM forward step.
-/// `pre[B,4H]` holds `W_ih x + b_ih + b_hh` and gets `W_hh h` added here; `act[B,4H]` receives
+/// LSTM forward step on hidden units `units` of `rows` rows.
+/// `x_pre[B,4H]` holds `W_ih x + b_ih + b_hh`, `h_pre[B,4H]` holds `W_hh h`; `act[B,4H]` receives
 /// i, f, g, o after their nonlinearities, `tanh_c[B,H]` receives `tanh(c')`. Inactive rows carry
 /// `h`, `c` unchanged and write zero activations.
 #[inline(always)]
-fn lstm_forward_body<T: Scalar>(
+unsafe fn lstm_forward_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    x_pre: Rows<T>,
+    h_pre: Rows<T>,
+    c_prev: Rows<T>,
+    h_prev: Rows<T>,
+    act: RowsMut<T>,
+    tanh_c: RowsMut<T>,
+    c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (ai, af, ag, ao) = unsafe {
+            (
+                act.row_mut(b, u, n),
+                act.row_mut(b, h + u, n),
+                act.row_mut(b, 2 * h + u, n),
+                act.row_mut(b, 3 * h + u, n),
+            )
+        };
+        let (tc, cn, hn) = unsafe {
+            (
+                tanh_c.row_mut(b, u, n),
+                c_next.row_mut(b, u, n),
+                h_next.row_mut(b, u, n),
+            )
+        };
+        let (cp, hp) = unsafe { (c_prev.row(b, u, n), h_prev.row(b, u, n)) };
+        if !active.row(b) {
+            for a in [ai, af, ag, ao, tc] {
+                a.fill(T::zero());
+            }
+            cn.copy_from_slice(cp);
+            hn.copy_from_slice(hp);
+            continue;
+        }
+        let (xi, xf, xg, xo) = unsafe {
+            (
+                x_pre.row(b, u, n),
+                x_pre.row(b, h + u, n),
+                x_pre.row(b, 2 * h + u, n),
+                x_pre.row(b, 3 * h + u, n),
+            )
+        };
+        let (pi, pf, pg, po) = unsafe {
+            (
+                h_pre.row(b, u, n),
+                h_pre.row(b, h + u, n),
+                h_pre.row(b, 2 * h + u, n),
+                h_pre.row(b, 3 * h + u, n),
+            )
+        };
+        lstm_forward_row(
+            xi, xf, xg, xo, pi, pf, pg, po, cp, ai, af, ag, ao, tc, cn, hn,
+        );
+    }
+}
+
+/// One row of [`lstm_forward_body`]. Each slice arrives as its own function argument so that
+/// LLVM knows they do not overlap (slices made from raw pointers inside the body, or passed
+/// inside an array, carry no such promise, and the loop would stay scalar).
+#[inline(always)]
+fn lstm_forward_row<T: Scalar>(
+    xi: &[T],
+    xf: &[T],
+    xg: &[T],
+    xo: &[T],
+    pi: &[T],
+    pf: &[T],
+    pg: &[T],
+    po: &[T],
+    cp: &[T],
+    ai: &mut [T],
+    af: &mut [T],
+    ag: &mut [T],
+    ao: &mut [T],
+    tc: &mut [T],
+    cn: &mut [T],
+    hn: &mut [T],
+) {
+    let n = cp.len();
+    let (xi, xf, xg, xo) = (&xi[..n], &xf[..n], &xg[..n], &xo[..n]);
+    let (pi, pf, pg, po) = (&pi[..n], &pf[..n], &pg[..n], &po[..n]);
+    let (ai, af, ag, ao) = (&mut ai[..n], &mut af[..n], &mut ag[..n], &mut ao[..n]);
+    let (tc, cn, hn) = (&mut tc[..n], &mut cn[..n], &mut hn[..n]);
+    for j in 0..n {
+        let i = (xi[j] + pi[j]).sigmoid();
+        let f = (xf[j] + pf[j]).sigmoid();
+        let gg = (xg[j] + pg[j]).tanh_act();
+        let o = (xo[j] + po[j]).sigmoid();
+        let c = f * cp[j] + i * gg;
+        let t = c.tanh_act();
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = gg;
+        ao[j] = o;
+        cn[j] = c;
+        tc[j] = t;
+        hn[j] = o * t;
+    }
+}
+dispatch!(lstm_forward_units, lstm_forward_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, x_pre: Rows<T>, h_pre: Rows<T>,
+    c_prev: Rows<T>, h_prev: Rows<T>, act: RowsMut<T>, tanh_c: RowsMut<T>, c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+));
+
+/// LSTM backward step on hidden units `units`.
+/// In: `dh[B,H]` (gradient of the step's output state, output gradient included), `dc[B,H]`
+/// (gradient of `c'`), the step's `act`, `tanh_c` and `c_prev`.
+/// Out: `d_pre[B,4H]` (gradient of the gate pre-activations), `dc` becomes the gradient of `c_prev`
+/// and `dh` is zeroed (the recurrent product adds `d_pre · W_hh` afterwards). Inactive rows write
+/// zero `d_pre` and leave `dh`, `dc` to flow through unchanged.
+#[inline(always)]
+unsafe fn lstm_backward_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act: Rows<T>,
+    tanh_c: Rows<T>,
+    c_prev: Rows<T>,
+    dh: RowsMut<T>,
+    dc: RowsMut<T>,
+    d_pre: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (di, df, dg, d_o) = unsafe {
+            (
+                d_pre.row_mut(b, u, n),
+                d_pre.row_mut(b, h + u, n),
+                d_pre.row_mut(b, 2 * h + u, n),
+                d_pre.row_mut(b, 3 * h + u, n),
+            )
+        };
+        if !active.row(b) {
+            for d in [di, df, dg, d_o] {
+                d.fill(T::zero());
+            }
+            continue;
+        }
+        let (ai, af, ag, ao) = unsafe {
+            (
+                act.row(b, u, n),
+                act.row(b, h + u, n),
+                act.row(b, 2 * h + u, n),
+                act.row(b, 3 * h + u, n),
+            )
+        };
+        let (tc, cp) = unsafe { (tanh_c.row(b, u, n), c_prev.row(b, u, n)) };
+        let (dhr, dcr) = unsafe { (dh.row_mut(b, u, n), dc.row_mut(b, u, n)) };
+        lstm_backward_row(ai, af, ag, ao, tc, cp, dhr, dcr, di, df, dg, d_o);
+    }
+}
+
+/// One row of [`lstm_backward_body`] (slices as arguments: see [`lstm_forward_row`]).
+#[inline(always)]
+fn lstm_backward_row<T: Scalar>(
+    ai: &[T],
+    af: &[T],
+    ag: &[T],
+    ao: &[T],
+    tc: &[T],
+    cp: &[T],
+    dhr: &mut [T],
+    dcr: &mut [T],
+    di: &mut [T],
+    df: &mut [T],
+    dg: &mut [T],
+    d_o: &mut [T],
+) {
+    let n = tc.len();
+    let one = T::one();
+    let (ai, af, ag, ao) = (&ai[..n], &af[..n], &ag[..n], &ao[..n]);
+    let cp = &cp[..n];
+    let (dhr, dcr) = (&mut dhr[..n], &mut dcr[..n]);
+    let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
+    for j in 0..n {
+        let (i, f, gg, o) = (ai[j], af[j], ag[j], ao[j]);
+        let dhj = dhr[j];
+        let dct = dcr[j] + dhj * o * (one - tc[j] * tc[j]);
+        di[j] = dct * gg * i * (one - i);
+        df[j] = dct * cp[j] * f * (one - f);
+        dg[j] = dct * i * (one - gg * gg);
+        d_o[j] = dhj * tc[j] * o * (one - o);
+        dcr[j] = dct * f;
+        dhr[j] = T::zero();
+    }
+}
+dispatch!(lstm_backward_units, lstm_backward_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act: Rows<T>, tanh_c: Rows<T>,
+    c_prev: Rows<T>, dh: RowsMut<T>, dc: RowsMut<T>, d_pre: RowsMut<T>,
+));
+
+/// GRU forward step on hidden units `units`.
+/// `x_pre[B,3H]` holds `W_ih x + b_ih` plus `b_hr`, `b_hz` on the r and z columns; `h_pre[B,3H]`
+/// holds `W_hh h` and `b_hn` is added to its n columns here (it sits inside `r * (...)`).
+/// `act[B,3H]` receives r, z, n and `hn_lin[B,H]` receives `W_hn h + b_hn`.
+#[inline(always)]
+unsafe fn gru_forward_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    x_pre: Rows<T>,
+    h_pre: Rows<T>,
+    b_hn: &[T],
+    h_prev: Rows<T>,
+    act: RowsMut<T>,
+    hn_lin: RowsMut<T>,
+    h_next: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    let b_hn = &b_hn[u..u + n];
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (ar, az, an) = unsafe {
+            (
+                act.row_mut(b, u, n),
+                act.row_mut(b, h + u, n),
+                act.row_mut(b, 2 * h + u, n),
+            )
+        };
+        let (hl, hn) = unsafe { (hn_lin.row_mut(b, u, n), h_next.row_mut(b, u, n)) };
+        let hprev = unsafe { h_prev.row(b, u, n) };
+        if !active.row(b) {
+            for a in [ar, az, an, hl] {
+                a.fill(T::zero());
+            }
+            hn.copy_from_slice(hprev);
+            continue;
+        }
+        let (xr, xz, xn) = unsafe {
+            (
+                x_pre.row(b, u, n),
+                x_pre.row(b, h + u, n),
+                x_pre.row(b, 2 * h + u, n),
+            )
+        };
+        let (pr, pz, pn) = unsafe {
+            (
+                h_pre.row(b, u, n),
+                h_pre.row(b, h + u, n),
+                h_pre.row(b, 2 * h + u, n),
+            )
+        };
+        gru_forward_row(xr, xz, xn, pr, pz, pn, b_hn, hprev, ar, az, an, hl, hn);
+    }
+}
+
+/// One row of [`gru_forward_body`] (slices as arguments: see [`lstm_forward_row`]).
+#[inline(always)]
+fn gru_forward_row<T: Scalar>(
+    xr: &[T],
+    xz: &[T],
+    xn: &[T],
+    pr: &[T],
+    pz: &[T],
+    pn: &[T],
+    b_hn: &[T],
+    hprev: &[T],
+    ar: &mut [T],
+    az: &mut [T],
+    an: &mut [T],
+    hl: &mut [T],
+    hn: &mut [T],
+) {
+    let n = hprev.len();
+    let (xr, xz, xn) = (&xr[..n], &xz[..n], &xn[..n]);
+    let (pr, pz, pn) = (&pr[..n], &pz[..n], &pn[..n]);
+    let b_hn = &b_hn[..n];
+    let (ar, az, an) = (&mut ar[..n], &mut az[..n], &mut an[..n]);
+    let (hl, hn) = (&mut hl[..n], &mut hn[..n]);
+    for j in 0..n {
+        let r = (xr[j] + pr[j]).sigmoid();
+        let z = (xz[j] + pz[j]).sigmoid();
+        let lin = pn[j] + b_hn[j];
+        let nn = (xn[j] + r * lin).tanh_act();
+        ar[j] = r;
+        az[j] = z;
+        an[j] = nn;
+        hl[j] = lin;
+        hn[j] = nn + z * (hprev[j] - nn);
+    }
+}
+dispatch!(gru_forward_units, gru_forward_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, x_pre: Rows<T>, h_pre: Rows<T>,
+    b_hn: &[T], h_prev: Rows<T>, act: RowsMut<T>, hn_lin: RowsMut<T>, h_next: RowsMut<T>,
+));
+
+/// GRU backward step on hidden units `units`.
+/// Out: `dx_pre[B,3H]` (gradient of the input-side pre-activations), `dh_pre[B,3H]` (gradient of
+/// the recurrent-side ones: equal on r, z; `da_n * r` on n) and `dh` becomes `dh * z`, the direct
+/// path to `h_prev`; the recurrent product adds `dh_pre · W_hh` afterwards.
+#[inline(always)]
+unsafe fn gru_backward_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act: Rows<T>,
+    hn_lin: Rows<T>,
+    h_prev: Rows<T>,
+    dh: RowsMut<T>,
+    dx_pre: RowsMut<T>,
+    dh_pre: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (dxr, dxz, dxn) = unsafe {
+            (
+                dx_pre.row_mut(b, u, n),
+                dx_pre.row_mut(b, h + u, n),
+                dx_pre.row_mut(b, 2 * h + u, n),
+            )
+        };
+        let (dpr, dpz, dpn) = unsafe {
+            (
+                dh_pre.row_mut(b, u, n),
+                dh_pre.row_mut(b, h + u, n),
+                dh_pre.row_mut(b, 2 * h + u, n),
+            )
+        };
+        if !active.row(b) {
+            for d in [dxr, dxz, dxn, dpr, dpz, dpn] {
+                d.fill(T::zero());
+            }
+            continue;
+        }
+        let (ar, az, an) = unsafe {
+            (
+                act.row(b, u, n),
+                act.row(b, h + u, n),
+                act.row(b, 2 * h + u, n),
+            )
+        };
+        let (hl, hp) = unsafe { (hn_lin.row(b, u, n), h_prev.row(b, u, n)) };
+        let dhr = unsafe { dh.row_mut(b, u, n) };
+        gru_backward_row(ar, az, an, hl, hp, dhr, dxr, dxz, dxn, dpr, dpz, dpn);
+    }
+}
+
+/// One row of [`gru_backward_body`] (slices as arguments: see [`lstm_forward_row`]).
+#[inline(always)]
+fn gru_backward_row<T: Scalar>(
+    ar: &[T],
+    az: &[T],
+    an: &[T],
+    hl: &[T],
+    hp: &[T],
+    dhr: &mut [T],
+    dxr: &mut [T],
+    dxz: &mut [T],
+    dxn: &mut [T],
+    dpr: &mut [T],
+    dpz: &mut [T],
+    dpn: &mut [T],
+) {
+    let n = hl.len();
+    let one = T::one();
+    let (ar, az, an) = (&ar[..n], &az[..n], &an[..n]);
+    let hp = &hp[..n];
+    let dhr = &mut dhr[..n];
+    let (dxr, dxz, dxn) = (&mut dxr[..n], &mut dxz[..n], &mut dxn[..n]);
+    let (dpr, dpz, dpn) = (&mut dpr[..n], &mut dpz[..n], &mut dpn[..n]);
+    for j in 0..n {
+        let (r, z, nn) = (ar[j], az[j], an[j]);
+        let d = dhr[j];
+        let da_n = d * (one - z) * (one - nn * nn);
+        let da_r = da_n * hl[j] * r * (one - r);
+        let da_z = d * (hp[j] - nn) * z * (one - z);
+        dxr[j] = da_r;
+        dxz[j] = da_z;
+        dxn[j] = da_n;
+        dpr[j] = da_r;
+        dpz[j] = da_z;
+        dpn[j] = da_n * r;
+        dhr[j] = d * z;
+    }
+}
+dispatch!(gru_backward_units, gru_backward_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act: Rows<T>, hn_lin: Rows<T>,
+    h_prev: Rows<T>, dh: RowsMut<T>, dx_pre: RowsMut<T>, dh_pre: RowsMut<T>,
+));
+
+/// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.
+fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
+    let rows = len / width.max(1);
+    for &(l, w) in others {
+        assert!(l >= rows * w, "gate buffer too short for {rows} rows");
+    }
+    rows
+}
+
+/// [`lstm_forward_units`] over all units of whole `[B, ...]` slices.
+pub(crate) fn lstm_forward<T: Scalar>(
     h: usize,
     active: Active,
     x_pre: &[T],
@@ -67,63 +607,40 @@ fn lstm_forward_body<T: Scalar>(
     h_next: &mut [T],
 ) {
     let g = 4 * h;
-    let rows = c_prev.len() / h;
-    for b in 0..rows {
-        let (hs, gs) = (b * h..(b + 1) * h, b * g..(b + 1) * g);
-        let act = &mut act[gs.clone()];
-        if !active.row(b) {
-            act.fill(T::zero());
-            tanh_c[hs.clone()].fill(T::zero());
-            c_next[hs.clone()].copy_from_slice(&c_prev[hs.clone()]);
-            h_next[hs.clone()].copy_from_slice(&h_prev[hs]);
-            continue;
-        }
-        let (x, hp) = (&x_pre[gs.clone()], &h_pre[gs]);
-        let (xi, xf, xg, xo) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h], &x[3 * h..4 * h]);
-        let (pi, pf, pg, po) = (
-            &hp[..h],
-            &hp[h..2 * h],
-            &hp[2 * h..3 * h],
-            &hp[3 * h..4 * h],
-        );
-        let (ai, rest) = act.split_at_mut(h);
-        let (af, rest) = rest.split_at_mut(h);
-        let (ag, ao) = rest.split_at_mut(h);
-        let ao = &mut ao[..h];
-        let cp = &c_prev[hs.clone()];
-        let tc = &mut tanh_c[hs.clone()];
-        let cn = &mut c_next[hs.clone()];
-        let hn = &mut h_next[hs];
-        for j in 0..h {
-            let i = (xi[j] + pi[j]).sigmoid();
-            let f = (xf[j] + pf[j]).sigmoid();
-            let gg = (xg[j] + pg[j]).tanh_act();
-            let o = (xo[j] + po[j]).sigmoid();
-            let c = f * cp[j] + i * gg;
-            let t = c.tanh_act();
-            ai[j] = i;
-            af[j] = f;
-            ag[j] = gg;
-            ao[j] = o;
-            cn[j] = c;
-            tc[j] = t;
-            hn[j] = o * t;
-        }
+    let rows = rows_of(
+        c_prev.len(),
+        h,
+        &[
+            (x_pre.len(), g),
+            (h_pre.len(), g),
+            (h_prev.len(), h),
+            (act.len(), g),
+            (tanh_c.len(), h),
+            (c_next.len(), h),
+            (h_next.len(), h),
+        ],
+    );
+    // SAFETY: one thread; the mutable views come from distinct `&mut` slices.
+    unsafe {
+        lstm_forward_units(
+            h,
+            0..h,
+            rows,
+            active,
+            Rows::new(x_pre, g),
+            Rows::new(h_pre, g),
+            Rows::new(c_prev, h),
+            Rows::new(h_prev, h),
+            RowsMut::new(act, g),
+            RowsMut::new(tanh_c, h),
+            RowsMut::new(c_next, h),
+            RowsMut::new(h_next, h),
+        )
     }
 }
-dispatch!(lstm_forward, lstm_forward_body, (
-    h: usize, active: Active, x_pre: &[T], h_pre: &[T], c_prev: &[T], h_prev: &[T],
-    act: &mut [T], tanh_c: &mut [T], c_next: &mut [T], h_next: &mut [T],
-));
 
-/// LSTM backward step for active rows.
-/// In: `dh[B,H]` (gradient of the step's output state, output gradient included), `dc[B,H]`
-/// (gradient of `c'`), the step's `act`, `tanh_c` and `c_prev`.
-/// Out: `d_pre[B,4H]` (gradient of the gate pre-activations), `dc` becomes the gradient of `c_prev`
-/// and `dh` is zeroed (the recurrent product adds `d_pre · W_hh` afterwards). Inactive rows write
-/// zero `d_pre` and leave `dh`, `dc` to flow through unchanged.
-#[inline(always)]
-fn lstm_backward_body<T: Scalar>(
+/// [`lstm_backward_units`] over all units of whole `[B, ...]` slices.
+pub(crate) fn lstm_backward<T: Scalar>(
     h: usize,
     active: Active,
     act: &[T],
@@ -134,49 +651,36 @@ fn lstm_backward_body<T: Scalar>(
     d_pre: &mut [T],
 ) {
     let g = 4 * h;
-    let rows = dh.len() / h;
-    let one = T::one();
-    for b in 0..rows {
-        let (hs, gs) = (b * h..(b + 1) * h, b * g..(b + 1) * g);
-        let dp = &mut d_pre[gs.clone()];
-        if !active.row(b) {
-            dp.fill(T::zero());
-            continue;
-        }
-        let a = &act[gs];
-        let (ai, af, ag, ao) = (&a[..h], &a[h..2 * h], &a[2 * h..3 * h], &a[3 * h..4 * h]);
-        let (di, rest) = dp.split_at_mut(h);
-        let (df, rest) = rest.split_at_mut(h);
-        let (dg, d_o) = rest.split_at_mut(h);
-        let d_o = &mut d_o[..h];
-        let tc = &tanh_c[hs.clone()];
-        let cp = &c_prev[hs.clone()];
-        let dhr = &mut dh[hs.clone()];
-        let dcr = &mut dc[hs];
-        for j in 0..h {
-            let (i, f, gg, o) = (ai[j], af[j], ag[j], ao[j]);
-            let dhj = dhr[j];
-            let dct = dcr[j] + dhj * o * (one - tc[j] * tc[j]);
-            di[j] = dct * gg * i * (one - i);
-            df[j] = dct * cp[j] * f * (one - f);
-            dg[j] = dct * i * (one - gg * gg);
-            d_o[j] = dhj * tc[j] * o * (one - o);
-            dcr[j] = dct * f;
-            dhr[j] = T::zero();
-        }
+    let rows = rows_of(
+        dh.len(),
+        h,
+        &[
+            (act.len(), g),
+            (tanh_c.len(), h),
+            (c_prev.len(), h),
+            (dc.len(), h),
+            (d_pre.len(), g),
+        ],
+    );
+    // SAFETY: as in `lstm_forward`.
+    unsafe {
+        lstm_backward_units(
+            h,
+            0..h,
+            rows,
+            active,
+            Rows::new(act, g),
+            Rows::new(tanh_c, h),
+            Rows::new(c_prev, h),
+            RowsMut::new(dh, h),
+            RowsMut::new(dc, h),
+            RowsMut::new(d_pre, g),
+        )
     }
 }
-dispatch!(lstm_backward, lstm_backward_body, (
-    h: usize, active: Active, act: &[T], tanh_c: &[T], c_prev: &[T],
-    dh: &mut [T], dc: &mut [T], d_pre: &mut [T],
-));
 
-/// GRU forward step.
-/// `x_pre[B,3H]` holds `W_ih x + b_ih` plus `b_hr`, `b_hz` on the r and z columns; `h_pre[B,3H]`
-/// holds `W_hh h` and `b_hn` is added to its n columns here (it sits inside `r * (...)`).
-/// `act[B,3H]` receives r, z, n and `hn_lin[B,H]` receives `W_hn h + b_hn`.
-#[inline(always)]
-fn gru_forward_body<T: Scalar>(
+/// [`gru_forward_units`] over all units of whole `[B, ...]` slices.
+pub(crate) fn gru_forward<T: Scalar>(
     h: usize,
     active: Active,
     x_pre: &[T],
@@ -188,50 +692,37 @@ fn gru_forward_body<T: Scalar>(
     h_next: &mut [T],
 ) {
     let g = 3 * h;
-    let rows = h_prev.len() / h;
-    let b_hn = &b_hn[..h];
-    for b in 0..rows {
-        let (hs, gs) = (b * h..(b + 1) * h, b * g..(b + 1) * g);
-        let act = &mut act[gs.clone()];
-        if !active.row(b) {
-            act.fill(T::zero());
-            hn_lin[hs.clone()].fill(T::zero());
-            h_next[hs.clone()].copy_from_slice(&h_prev[hs]);
-            continue;
-        }
-        let (x, hp) = (&x_pre[gs.clone()], &h_pre[gs]);
-        let (xr, xz, xn) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h]);
-        let (pr, pz, pn) = (&hp[..h], &hp[h..2 * h], &hp[2 * h..3 * h]);
-        let (ar, rest) = act.split_at_mut(h);
-        let (az, an) = rest.split_at_mut(h);
-        let an = &mut an[..h];
-        let hl = &mut hn_lin[hs.clone()];
-        let hprev = &h_prev[hs.clone()];
-        let hn = &mut h_next[hs];
-        for j in 0..h {
-            let r = (xr[j] + pr[j]).sigmoid();
-            let z = (xz[j] + pz[j]).sigmoid();
-            let lin = pn[j] + b_hn[j];
-            let n = (xn[j] + r * lin).tanh_act();
-            ar[j] = r;
-            az[j] = z;
-            an[j] = n;
-            hl[j] = lin;
-            hn[j] = n + z * (hprev[j] - n);
-        }
+    let rows = rows_of(
+        h_prev.len(),
+        h,
+        &[
+            (x_pre.len(), g),
+            (h_pre.len(), g),
+            (act.len(), g),
+            (hn_lin.len(), h),
+            (h_next.len(), h),
+        ],
+    );
+    // SAFETY: as in `lstm_forward`.
+    unsafe {
+        gru_forward_units(
+            h,
+            0..h,
+            rows,
+            active,
+            Rows::new(x_pre, g),
+            Rows::new(h_pre, g),
+            b_hn,
+            Rows::new(h_prev, h),
+            RowsMut::new(act, g),
+            RowsMut::new(hn_lin, h),
+            RowsMut::new(h_next, h),
+        )
     }
 }
-dispatch!(gru_forward, gru_forward_body, (
-    h: usize, active: Active, x_pre: &[T], h_pre: &[T], b_hn: &[T], h_prev: &[T],
-    act: &mut [T], hn_lin: &mut [T], h_next: &mut [T],
-));
 
-/// GRU backward step for active rows.
-/// Out: `dx_pre[B,3H]` (gradient of the input-side pre-activations), `dh_pre[B,3H]` (gradient of
-/// the recurrent-side ones: equal on r, z; `da_n * r` on n) and `dh` becomes `dh * z`, the direct
-/// path to `h_prev`; the recurrent product adds `dh_pre · W_hh` afterwards.
-#[inline(always)]
-fn gru_backward_body<T: Scalar>(
+/// [`gru_backward_units`] over all units of whole `[B, ...]` slices.
+pub(crate) fn gru_backward<T: Scalar>(
     h: usize,
     active: Active,
     act: &[T],
@@ -242,45 +733,30 @@ fn gru_backward_body<T: Scalar>(
     dh_pre: &mut [T],
 ) {
     let g = 3 * h;
-    let rows = dh.len() / h;
-    let one = T::one();
-    for b in 0..rows {
-        let (hs, gs) = (b * h..(b + 1) * h, b * g..(b + 1) * g);
-        let dx = &mut dx_pre[gs.clone()];
-        let dhp = &mut dh_pre[gs.clone()];
-        if !active.row(b) {
-            dx.fill(T::zero());
-            dhp.fill(T::zero());
-            continue;
-        }
-        let a = &act[gs];
-        let (ar, az, an) = (&a[..h], &a[h..2 * h], &a[2 * h..3 * h]);
-        let (dxr, rest) = dx.split_at_mut(h);
-        let (dxz, dxn) = rest.split_at_mut(h);
-        let dxn = &mut dxn[..h];
-        let (dpr, rest) = dhp.split_at_mut(h);
-        let (dpz, dpn) = rest.split_at_mut(h);
-        let dpn = &mut dpn[..h];
-        let hl = &hn_lin[hs.clone()];
-        let hp = &h_prev[hs.clone()];
-        let dhr = &mut dh[hs];
-        for j in 0..h {
-            let (r, z, n) = (ar[j], az[j], an[j]);
-            let d = dhr[j];
-            let da_n = d * (one - z) * (one - n * n);
-            let da_r = da_n * hl[j] * r * (one - r);
-            let da_z = d * (hp[j] - n) * z * (one - z);
-            dxr[j] = da_r;
-            dxz[j] = da_z;
-            dxn[j] = da_n;
-            dpr[j] = da_r;
-            dpz[j] = da_z;
-            dpn[j] = da_n * r;
-            dhr[j] = d * z;
-        }
+    let rows = rows_of(
+        dh.len(),
+        h,
+        &[
+            (act.len(), g),
+            (hn_lin.len(), h),
+            (h_prev.len(), h),
+            (dx_pre.len(), g),
+            (dh_pre.len(), g),
+        ],
+    );
+    // SAFETY: as in `lstm_forward`.
+    unsafe {
+        gru_backward_units(
+            h,
+            0..h,
+            rows,
+            active,
+            Rows::new(act, g),
+            Rows::new(hn_lin, h),
+            Rows::new(h_prev, h),
+            RowsMut::new(dh, h),
+            RowsMut::new(dx_pre, g),
+            RowsMut::new(dh_pre, g),
+        )
     }
 }
-dispatch!(gru_backward, gru_backward_body, (
-    h: usize, active: Active, act: &[T], hn_lin: &[T], h_prev: &[T],
-    dh: &mut [T], dx_pre: &mut [T], dh_pre: &mut [T],
-));

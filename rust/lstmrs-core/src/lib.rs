@@ -16,14 +16,18 @@ pub mod config;
 pub mod dropout;
 pub mod error;
 mod gates;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 mod matmul;
 pub mod model;
 pub mod network;
 pub mod optim;
 pub mod params;
+mod recurrent;
 pub mod reference;
 pub mod scalar;
 pub mod stream;
+mod stream_kernel;
 mod sweep;
 pub mod threads;
 

@@ -9,6 +9,10 @@ use crate::scalar::Scalar;
 use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, Zoneout};
 use crate::threads;
 
+/// The step kernels, for the criterion benchmarks in `benches/`; not a stable API.
+#[doc(hidden)]
+pub use crate::recurrent::bench as kernels;
+
 /// How a sequence batch is laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -318,6 +322,16 @@ pub(crate) fn validate_forward<T: Scalar>(
     Ok(())
 }
 
+/// Threads each sweep of a layer may occupy: the two directions run at once, so each gets half.
+fn sweep_team(directions: usize) -> usize {
+    let capacity = threads::team_capacity();
+    if directions == 2 && capacity > 1 {
+        capacity / 2
+    } else {
+        capacity
+    }
+}
+
 /// Multiply-adds of a forward pass (the matrix products), to decide whether threads pay off.
 pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
     (0..cfg.num_layers)
@@ -420,6 +434,7 @@ fn forward_checked<T: Scalar>(
         let dir_masks: Vec<DirMasks<T>> = (0..nd)
             .map(|dir| DirMasks::draw(reg, opts.training, opts.seed, layer, dir, t, bh, lstm))
             .collect();
+        let team = sweep_team(nd);
         let run = |dir: usize| {
             let sw = Sweep {
                 cell: cfg.cell,
@@ -429,6 +444,7 @@ fn forward_checked<T: Scalar>(
                 hidden: h,
                 lengths: x.lengths,
                 reverse: dir == 1,
+                team,
             };
             let s = (layer * nd + dir) * bh;
             sweep::forward(
@@ -581,6 +597,7 @@ fn backward_checked<T: Scalar>(
             end
         };
         let (g_fwd, g_rev) = g_params[first..end].split_at_mut(mid - first);
+        let team = sweep_team(nd);
         let run = |dir: usize, grad: &mut [T]| {
             let sw = Sweep {
                 cell: cfg.cell,
@@ -590,6 +607,7 @@ fn backward_checked<T: Scalar>(
                 hidden: h,
                 lengths: tape.lengths.as_deref(),
                 reverse: dir == 1,
+                team,
             };
             let s = (layer * nd + dir) * bh;
             let mut dx = vec![T::zero(); t * b * inp];

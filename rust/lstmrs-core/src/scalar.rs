@@ -12,12 +12,34 @@ pub enum DType {
     F64,
 }
 
+/// What a buffer element must be to be copied to a GPU: plain bytes (`bytemuck::Pod`) when the
+/// `gpu` feature is built, nothing otherwise. As a supertrait of [`Scalar`] it lets generic code
+/// (the model) hand any `T: Scalar` to the GPU backend.
+#[cfg(feature = "gpu")]
+pub trait DeviceElement: bytemuck::Pod {}
+#[cfg(feature = "gpu")]
+impl<T: bytemuck::Pod> DeviceElement for T {}
+#[cfg(not(feature = "gpu"))]
+pub trait DeviceElement {}
+#[cfg(not(feature = "gpu"))]
+impl<T> DeviceElement for T {}
+
 /// A floating-point element type with the activations the cells need.
 ///
 /// `sigmoid` and `tanh` are the scalar forms; the fused gate kernels call them inside loops that the
 /// compiler vectorises, so they must be branch-free (see `activations`).
 pub trait Scalar:
-    Float + Debug + Default + Send + Sync + Sum + AddAssign + SubAssign + MulAssign + 'static
+    Float
+    + Debug
+    + Default
+    + Send
+    + Sync
+    + Sum
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DeviceElement
+    + 'static
 {
     const DTYPE: DType;
     fn from_f64(v: f64) -> Self;

@@ -7,9 +7,12 @@
 
 use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
-use crate::gates::{self, Active};
+use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
+use crate::recurrent::{split_units, team_size, Packed};
 use crate::scalar::Scalar;
+use crate::threads;
+use std::ops::Range;
 
 /// One direction's weights (views into the flat parameter buffer).
 #[derive(Clone, Copy)]
@@ -34,6 +37,8 @@ pub(crate) struct Sweep<'a> {
     pub hidden: usize,
     pub lengths: Option<&'a [usize]>,
     pub reverse: bool,
+    /// Threads this sweep may occupy (it uses fewer when its steps are small).
+    pub team: usize,
 }
 
 impl Sweep<'_> {
@@ -112,44 +117,113 @@ impl<T> Default for DirReg<'_, T> {
     }
 }
 
-/// Blends `new` toward `prev` on the active rows: `(1 - z) * new + z * prev`.
-fn zone<T: Scalar>(active: Active, h: usize, prev: &[T], new: &mut [T], z: impl Fn(usize) -> T) {
-    for (r, row) in new.chunks_exact_mut(h).enumerate() {
+/// Blends `new` toward `prev` on the active rows and the units `units`:
+/// `(1 - z) * new + z * prev`.
+///
+/// # Safety
+/// No other thread touches those units of `new`, nor writes them in `prev`, meanwhile.
+unsafe fn zone<T: Scalar>(
+    active: Active,
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    prev: Rows<T>,
+    new: RowsMut<T>,
+    z: impl Fn(usize) -> T,
+) {
+    let (u, n) = (units.start, units.len());
+    for r in 0..rows {
         if active.row(r) {
-            for (j, v) in row.iter_mut().enumerate() {
-                let k = r * h + j;
+            // SAFETY: this call's units (the contract).
+            let (p, v) = unsafe { (prev.row(r, u, n), new.row_mut(r, u, n)) };
+            for j in 0..n {
                 // Written as a blend so that a 0/1 mask selects exactly.
-                let zk = z(k);
-                *v = (T::one() - zk) * *v + zk * prev[k];
+                let zk = z(r * h + u + j);
+                v[j] = (T::one() - zk) * v[j] + zk * p[j];
             }
         }
     }
 }
 
-/// Splits the gradient of a zoned-out state on the active rows: `direct = z * g` flows straight
-/// to the previous state, `g` keeps `(1 - z) * g` for the cell.
-fn split_zone<T: Scalar>(
+/// Splits the gradient of a zoned-out state on the active rows (units `units`):
+/// `direct = z * g` flows straight to the previous state, `g` keeps `(1 - z) * g` for the cell.
+///
+/// # Safety
+/// As [`zone`], for `g` and `direct`.
+unsafe fn split_zone<T: Scalar>(
     active: Active,
     h: usize,
-    g: &mut [T],
-    direct: &mut [T],
+    units: Range<usize>,
+    rows: usize,
+    g: RowsMut<T>,
+    direct: RowsMut<T>,
     z: impl Fn(usize) -> T,
 ) {
-    for (r, (row, drow)) in g
-        .chunks_exact_mut(h)
-        .zip(direct.chunks_exact_mut(h))
-        .enumerate()
-    {
+    let (u, n) = (units.start, units.len());
+    for r in 0..rows {
+        // SAFETY: this call's units (the contract).
+        let (v, d) = unsafe { (g.row_mut(r, u, n), direct.row_mut(r, u, n)) };
         if active.row(r) {
-            for (j, (v, d)) in row.iter_mut().zip(drow.iter_mut()).enumerate() {
-                let zk = z(r * h + j);
-                *d = zk * *v;
-                *v -= *d;
+            for j in 0..n {
+                let zk = z(r * h + u + j);
+                d[j] = zk * v[j];
+                v[j] -= d[j];
             }
         } else {
-            drow.fill(T::zero());
+            d.fill(T::zero());
         }
     }
+}
+
+/// `dst[r, units] (op)= src[r, units]` for every row, `op` applied element-wise.
+///
+/// # Safety
+/// No other thread touches those units of `dst`, nor writes them in `src`, meanwhile.
+unsafe fn combine<T: Scalar>(
+    units: Range<usize>,
+    rows: usize,
+    dst: RowsMut<T>,
+    src: Rows<T>,
+    op: impl Fn(&mut T, T, usize),
+) {
+    let (u, n) = (units.start, units.len());
+    for r in 0..rows {
+        // SAFETY: this call's units (the contract).
+        let (d, s) = unsafe { (dst.row_mut(r, u, n), src.row(r, u, n)) };
+        for j in 0..n {
+            op(&mut d[j], s[j], r * dst.ld() + u + j);
+        }
+    }
+}
+
+/// Adds this direction's part of the output gradient at step `t` to `dh` (active rows, units).
+///
+/// # Safety
+/// As [`combine`].
+unsafe fn add_output_grad<T: Scalar>(
+    g: OutputGrad<T>,
+    active: Active,
+    units: Range<usize>,
+    rows: usize,
+    dh: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for r in 0..rows {
+        if active.row(r) {
+            let src = &g.data[(active.t * rows + r) * g.ld + g.col + u..][..n];
+            // SAFETY: this call's units (the contract).
+            let d = unsafe { dh.row_mut(r, u, n) };
+            for (d, &v) in d.iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+    }
+}
+
+/// Threads for a sweep whose step product is `[B, H]·[H, hw]`; the team splits the hidden units
+/// between the threads that join it (`split_units`).
+fn plan(sw: &Sweep, hw: usize) -> usize {
+    team_size(sw.team, sw.hidden, sw.batch * hw * sw.hidden)
 }
 
 /// What backpropagation needs of one sweep, indexed by time step.
@@ -176,18 +250,6 @@ pub(crate) struct DirOutput<T> {
     pub tape: Option<DirTape<T>>,
 }
 
-/// Splits `v` into the read-only slot `read` and the writable slot `write` (distinct) of size `len`.
-fn read_write<T>(v: &mut [T], read: usize, write: usize, len: usize) -> (&[T], &mut [T]) {
-    debug_assert_ne!(read, write);
-    if read < write {
-        let (a, b) = v.split_at_mut(write * len);
-        (&a[read * len..(read + 1) * len], &mut b[..len])
-    } else {
-        let (a, b) = v.split_at_mut(read * len);
-        (&b[..len], &mut a[write * len..(write + 1) * len])
-    }
-}
-
 /// `dst[c] += Σ_rows src[row, c]`.
 fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
     let cols = dst.len();
@@ -212,6 +274,7 @@ pub(crate) fn forward<T: Scalar>(
         return forward_custom(cell, sw, x, w, h0, c0, reg, keep_tape);
     }
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
+    let gates = sw.cell.gate_count();
     let lstm = sw.cell == CellKind::Lstm;
     let bh = b * h;
 
@@ -250,7 +313,9 @@ pub(crate) fn forward<T: Scalar>(
     let mut act = vec![T::zero(); act_steps * b * gw];
     let mut aux = vec![T::zero(); act_steps * bh];
     let mut h_pre = vec![T::zero(); b * gw];
-    let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
+    // The masked state entering the product, two slots: each member writes its units of the
+    // next one while the others may still read the current one.
+    let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { 2 * bh } else { 0 }];
     let mut out = vec![T::zero(); steps * bh];
     let slot = |s: usize, t: usize| -> (usize, usize) {
         if keep_tape {
@@ -264,65 +329,103 @@ pub(crate) fn forward<T: Scalar>(
     if let Some(c0) = c0 {
         cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
     }
-
-    let mut last = first;
-    for s in 0..steps {
-        let t = sw.time(s);
-        let (rd, wr) = slot(s, t);
-        let a = if keep_tape { t } else { 0 };
-        let active = Active {
-            lengths: sw.lengths,
-            t,
-        };
-        let (h_prev, h_next) = read_write(&mut hs, rd, wr, bh);
-        let h_in: &[T] = match reg.state_mask {
-            Some(m) => {
-                h_masked
-                    .iter_mut()
-                    .zip(h_prev)
-                    .zip(m)
-                    .for_each(|((d, &v), &k)| *d = v * k);
-                &h_masked
-            }
-            None => h_prev,
-        };
-        a_bt(
-            &mut h_pre,
-            gw,
-            false,
-            Mat::new(h_in, b, h),
-            Mat::new(w.w_hh, gw, h),
-        );
-        let x_t = &x_pre[t * b * gw..(t + 1) * b * gw];
-        let act_t = &mut act[a * b * gw..(a + 1) * b * gw];
-        let aux_t = &mut aux[a * bh..(a + 1) * bh];
-        if lstm {
-            let (c_prev, c_next) = read_write(&mut cs, rd, wr, bh);
-            gates::lstm_forward(
-                h, active, x_t, &h_pre, c_prev, h_prev, act_t, aux_t, c_next, h_next,
-            );
-            if let Some(z) = reg.zoneout {
-                zone(active, h, c_prev, c_next, |k| z.cell(t, bh, k));
-            }
-        } else {
-            gates::gru_forward(h, active, x_t, &h_pre, &b_hn, h_prev, act_t, aux_t, h_next);
+    if let Some(m) = reg.state_mask {
+        for ((d, &v), &k) in h_masked.iter_mut().zip(h0).zip(m) {
+            *d = v * k;
         }
-        if let Some(z) = reg.zoneout {
-            zone(active, h, h_prev, h_next, |k| z.hidden(t, bh, k));
-        }
-        let out_t = &mut out[t * bh..(t + 1) * bh];
-        for (r, (o, hn)) in out_t
-            .chunks_exact_mut(h)
-            .zip(h_next.chunks_exact(h))
-            .enumerate()
-        {
-            if active.row(r) {
-                o.copy_from_slice(hn);
-            }
-        }
-        last = wr;
     }
 
+    let members = plan(&sw, gw);
+    {
+        let hs_v = RowsMut::new(&mut hs, h);
+        let cs_v = RowsMut::new(&mut cs, h);
+        let act_v = RowsMut::new(&mut act, gw);
+        let aux_v = RowsMut::new(&mut aux, h);
+        let pre_v = RowsMut::new(&mut h_pre, gw);
+        let masked_v = RowsMut::new(&mut h_masked, h);
+        let out_v = RowsMut::new(&mut out, h);
+        let x_v = Rows::new(&x_pre, gw);
+        let b_hn = &b_hn;
+        threads::team(members, |member, size, barrier| {
+            let units = split_units(h, size)[member].clone();
+            // Packed here, on the thread that uses it, so it starts out in that core's cache.
+            let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
+            for s in 0..steps {
+                let t = sw.time(s);
+                let (rd, wr) = slot(s, t);
+                let a = if keep_tape { t } else { 0 };
+                let active = Active {
+                    lengths: sw.lengths,
+                    t,
+                };
+                // SAFETY: within a step every member reads the whole entering state (slot `rd`,
+                // or the masked slot `s % 2`) and writes only its own units of everything else;
+                // the barrier at the end of the step orders the writes before the next reads.
+                unsafe {
+                    let h_in = match reg.state_mask {
+                        Some(_) => masked_v.read().skip((s % 2) * b),
+                        None => hs_v.read().skip(rd * b),
+                    };
+                    assert!(h_in.holds(b, h) && pre_v.holds(b, packed.col_end()));
+                    packed.product_raw(h_in.ptr(), h, b, pre_v.ptr(), gw, false);
+                    let h_prev = hs_v.read().skip(rd * b);
+                    let h_next = hs_v.skip(wr * b);
+                    if lstm {
+                        let c_prev = cs_v.read().skip(rd * b);
+                        let c_next = cs_v.skip(wr * b);
+                        gates::lstm_forward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            x_v.skip(t * b),
+                            pre_v.read(),
+                            c_prev,
+                            h_prev,
+                            act_v.skip(a * b),
+                            aux_v.skip(a * b),
+                            c_next,
+                            h_next,
+                        );
+                        if let Some(z) = reg.zoneout {
+                            zone(active, h, units.clone(), b, c_prev, c_next, |k| {
+                                z.cell(t, bh, k)
+                            });
+                        }
+                    } else {
+                        gates::gru_forward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            x_v.skip(t * b),
+                            pre_v.read(),
+                            b_hn,
+                            h_prev,
+                            act_v.skip(a * b),
+                            aux_v.skip(a * b),
+                            h_next,
+                        );
+                    }
+                    if let Some(z) = reg.zoneout {
+                        zone(active, h, units.clone(), b, h_prev, h_next, |k| {
+                            z.hidden(t, bh, k)
+                        });
+                    }
+                    if let Some(m) = reg.state_mask {
+                        let next = masked_v.skip(((s + 1) % 2) * b);
+                        combine(units.clone(), b, next, h_next.read(), |d, v, k| {
+                            *d = v * m[k]
+                        });
+                    }
+                    emit(active, units.clone(), b, h_next.read(), out_v.skip(t * b));
+                }
+                barrier.wait();
+            }
+        });
+    }
+
+    let last = slot(steps - 1, sw.time(steps - 1)).1;
     let h_last = hs[last * bh..(last + 1) * bh].to_vec();
     let c_last = lstm.then(|| cs[last * bh..(last + 1) * bh].to_vec());
     DirOutput {
@@ -361,6 +464,7 @@ pub(crate) fn backward<T: Scalar>(
         return backward_custom(cell, sw, x, w, tape, d_out, dh_n, dc_n, reg, grad, dx);
     }
     let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
+    let gates = sw.cell.gate_count();
     let lstm = sw.cell == CellKind::Lstm;
     let bh = b * h;
     let mut dh = dh_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec);
@@ -380,83 +484,104 @@ pub(crate) fn backward<T: Scalar>(
     let mut direct_c = vec![T::zero(); if zoned && lstm { bh } else { 0 }];
     let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
-    for s in (0..steps).rev() {
-        let t = sw.time(s);
-        let active = Active {
-            lengths: sw.lengths,
-            t,
-        };
-        if let Some(g) = d_out {
-            for r in 0..b {
-                if active.row(r) {
-                    let src = &g.data[(t * b + r) * g.ld + g.col..][..h];
-                    for (d, &v) in dh[r * h..(r + 1) * h].iter_mut().zip(src) {
-                        *d += v;
+    let members = plan(&sw, gw);
+    {
+        let dh_v = RowsMut::new(&mut dh, h);
+        let dc_v = RowsMut::new(&mut dc, h);
+        let dgx_v = RowsMut::new(&mut dgx, gw);
+        let dgh_v = RowsMut::new(&mut dgh, gw);
+        let direct_h_v = RowsMut::new(&mut direct_h, h);
+        let direct_c_v = RowsMut::new(&mut direct_c, h);
+        let rec_v = RowsMut::new(&mut rec, h);
+        let act_v = Rows::new(&tape.act, gw);
+        let aux_v = Rows::new(&tape.aux, h);
+        let hs_v = Rows::new(&tape.hs, h);
+        let cs_v = Rows::new(&tape.cs, h);
+        threads::team(members, |member, size, barrier| {
+            let units = split_units(h, size)[member].clone();
+            let packed = Packed::cols_of(w.w_hh, gates, h, units.clone(), b);
+            for s in (0..steps).rev() {
+                let t = sw.time(s);
+                let active = Active {
+                    lengths: sw.lengths,
+                    t,
+                };
+                let enter = sw.enter(t);
+                let dg_rec = if lstm { dgx_v } else { dgh_v }.skip(t * b);
+                // SAFETY: before the barrier each member touches only its own units (of `dh`,
+                // `dc`, the direct paths and step `t`'s gate gradients); after it, every member
+                // reads all of step `t`'s recurrent gate gradients, which nobody writes any more,
+                // and again writes only its own units.
+                unsafe {
+                    if let Some(g) = d_out {
+                        add_output_grad(g, active, units.clone(), b, dh_v);
+                    }
+                    if let Some(z) = reg.zoneout {
+                        split_zone(active, h, units.clone(), b, dh_v, direct_h_v, |k| {
+                            z.hidden(t, bh, k)
+                        });
+                        if lstm {
+                            split_zone(active, h, units.clone(), b, dc_v, direct_c_v, |k| {
+                                z.cell(t, bh, k)
+                            });
+                        }
+                    }
+                    if lstm {
+                        gates::lstm_backward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            act_v.skip(t * b),
+                            aux_v.skip(t * b),
+                            cs_v.skip(enter * b),
+                            dh_v,
+                            dc_v,
+                            dgx_v.skip(t * b),
+                        );
+                    } else {
+                        gates::gru_backward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            act_v.skip(t * b),
+                            aux_v.skip(t * b),
+                            hs_v.skip(enter * b),
+                            dh_v,
+                            dgx_v.skip(t * b),
+                            dgh_v.skip(t * b),
+                        );
+                    }
+                }
+                barrier.wait();
+                unsafe {
+                    let a = dg_rec.read();
+                    assert!(a.holds(b, gw));
+                    match reg.state_mask {
+                        None => {
+                            assert!(dh_v.holds(b, packed.col_end()));
+                            // Adds to what the gate pass left: zero (LSTM) or `dh * z` (GRU) on
+                            // active rows, the untouched gradient on rows past their length.
+                            packed.product_raw(a.ptr(), gw, b, dh_v.ptr(), h, true);
+                        }
+                        Some(m) => {
+                            assert!(rec_v.holds(b, packed.col_end()));
+                            packed.product_raw(a.ptr(), gw, b, rec_v.ptr(), h, false);
+                            combine(units.clone(), b, dh_v, rec_v.read(), |d, r, k| {
+                                *d += r * m[k]
+                            });
+                        }
+                    }
+                    if zoned {
+                        combine(units.clone(), b, dh_v, direct_h_v.read(), |d, v, _| *d += v);
+                        if lstm {
+                            combine(units.clone(), b, dc_v, direct_c_v.read(), |d, v, _| *d += v);
+                        }
                     }
                 }
             }
-        }
-        if let Some(z) = reg.zoneout {
-            split_zone(active, h, &mut dh, &mut direct_h, |k| z.hidden(t, bh, k));
-            if lstm {
-                split_zone(active, h, &mut dc, &mut direct_c, |k| z.cell(t, bh, k));
-            }
-        }
-        let enter = sw.enter(t);
-        let (act, aux) = (&tape.act[t * b * gw..][..b * gw], &tape.aux[t * bh..][..bh]);
-        let dgx_t = &mut dgx[t * b * gw..(t + 1) * b * gw];
-        let dg_rec: &[T] = if lstm {
-            gates::lstm_backward(
-                h,
-                active,
-                act,
-                aux,
-                &tape.cs[enter * bh..][..bh],
-                &mut dh,
-                &mut dc,
-                dgx_t,
-            );
-            dgx_t
-        } else {
-            let dgh_t = &mut dgh[t * b * gw..(t + 1) * b * gw];
-            gates::gru_backward(
-                h,
-                active,
-                act,
-                aux,
-                &tape.hs[enter * bh..][..bh],
-                &mut dh,
-                dgx_t,
-                dgh_t,
-            );
-            dgh_t
-        };
-        match reg.state_mask {
-            None => a_b(
-                &mut dh,
-                h,
-                true,
-                Mat::new(dg_rec, b, gw),
-                Mat::new(w.w_hh, gw, h),
-            ),
-            Some(m) => {
-                a_b(
-                    &mut rec,
-                    h,
-                    false,
-                    Mat::new(dg_rec, b, gw),
-                    Mat::new(w.w_hh, gw, h),
-                );
-                dh.iter_mut()
-                    .zip(&rec)
-                    .zip(m)
-                    .for_each(|((d, &r), &k)| *d += r * k);
-            }
-        }
-        if zoned {
-            dh.iter_mut().zip(&direct_h).for_each(|(d, &v)| *d += v);
-            dc.iter_mut().zip(&direct_c).for_each(|(d, &v)| *d += v);
-        }
+        });
     }
 
     let dg_rec_all: &[T] = if lstm { &dgx } else { &dgh };
@@ -506,15 +631,22 @@ pub(crate) fn backward<T: Scalar>(
     (dh, lstm.then_some(dc))
 }
 
-/// Copies the state `h_next` to the output rows still inside their sequence.
-fn emit<T: Scalar>(active: Active, h: usize, h_next: &[T], out_t: &mut [T]) {
-    for (r, (o, hn)) in out_t
-        .chunks_exact_mut(h)
-        .zip(h_next.chunks_exact(h))
-        .enumerate()
-    {
+/// Copies the units `units` of `h_next` to the output rows still inside their sequence.
+///
+/// # Safety
+/// As [`combine`].
+unsafe fn emit<T: Scalar>(
+    active: Active,
+    units: Range<usize>,
+    rows: usize,
+    h_next: Rows<T>,
+    out_t: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for r in 0..rows {
         if active.row(r) {
-            o.copy_from_slice(hn);
+            // SAFETY: this call's units (the contract).
+            unsafe { out_t.row_mut(r, u, n).copy_from_slice(h_next.row(r, u, n)) };
         }
     }
 }
@@ -522,6 +654,9 @@ fn emit<T: Scalar>(active: Active, h: usize, h_next: &[T], out_t: &mut [T]) {
 /// [`forward`] for a compiled cell: the products as for the built-in cells (`b_hh` stays on the
 /// recurrent side, where the cell's `hg` leaves expect it), the element-wise step from the
 /// cell's program. State 0 is `h`, state 1 (when present) `c`.
+///
+/// The team splits each step's product by units; the cell's program runs on member 0 between two
+/// barriers, since it works on whole rows.
 #[allow(clippy::too_many_arguments)]
 fn forward_custom<T: Scalar>(
     cell: &CompiledCell,
@@ -535,6 +670,7 @@ fn forward_custom<T: Scalar>(
 ) -> DirOutput<T> {
     let (steps, b, h) = (sw.steps, sw.batch, sw.hidden);
     let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+    let h_gates = sw.cell.h_gate_count();
     let two = sw.cell.num_states() == 2;
     let bh = b * h;
     let kw = cell.tape_width() * h;
@@ -576,81 +712,116 @@ fn forward_custom<T: Scalar>(
     if let (true, Some(c0)) = (two, c0) {
         cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
     }
-
-    let mut last = first;
-    for s in 0..steps {
-        let t = sw.time(s);
-        let (rd, wr) = slot(s, t);
-        let active = Active {
-            lengths: sw.lengths,
-            t,
-        };
-        let (h_prev, h_next) = read_write(&mut hs, rd, wr, bh);
-        if hw > 0 {
-            let h_in: &[T] = match reg.state_mask {
-                Some(m) => {
-                    h_masked
-                        .iter_mut()
-                        .zip(h_prev)
-                        .zip(m)
-                        .for_each(|((d, &v), &k)| *d = v * k);
-                    &h_masked
-                }
-                None => h_prev,
-            };
-            if let Some((_, b_hh)) = w.bias {
-                for row in h_pre.chunks_exact_mut(hw) {
-                    row.copy_from_slice(b_hh);
-                }
-            }
-            a_bt(
-                &mut h_pre,
-                hw,
-                w.bias.is_some(),
-                Mat::new(h_in, b, h),
-                Mat::new(w.w_hh, hw, h),
-            );
+    if let Some(m) = reg.state_mask {
+        for ((d, &v), &k) in h_masked.iter_mut().zip(h0).zip(m) {
+            *d = v * k;
         }
-        let x_t = &x_pre[t * b * xw..(t + 1) * b * xw];
-        let tape_t: &mut [T] = if keep_tape {
-            &mut act[t * b * kw..(t + 1) * b * kw]
-        } else {
-            &mut []
-        };
-        if two {
-            let (c_prev, c_next) = read_write(&mut cs, rd, wr, bh);
-            cell.forward_step(
-                h,
-                active,
-                x_t,
-                &h_pre,
-                w.units,
-                &[h_prev, c_prev],
-                &mut [&mut *h_next, &mut *c_next],
-                tape_t,
-            );
-            if let Some(z) = reg.zoneout {
-                zone(active, h, c_prev, c_next, |k| z.cell(t, bh, k));
-            }
-        } else {
-            cell.forward_step(
-                h,
-                active,
-                x_t,
-                &h_pre,
-                w.units,
-                &[h_prev],
-                &mut [&mut *h_next],
-                tape_t,
-            );
-        }
-        if let Some(z) = reg.zoneout {
-            zone(active, h, h_prev, h_next, |k| z.hidden(t, bh, k));
-        }
-        emit(active, h, h_next, &mut out[t * bh..(t + 1) * bh]);
-        last = wr;
     }
 
+    let members = if hw > 0 { plan(&sw, hw) } else { 1 };
+    {
+        let hs_v = RowsMut::new(&mut hs, h);
+        let cs_v = RowsMut::new(&mut cs, h);
+        let act_v = RowsMut::new(&mut act, kw);
+        let pre_v = RowsMut::new(&mut h_pre, hw.max(1));
+        let masked_v = RowsMut::new(&mut h_masked, h);
+        let out_v = RowsMut::new(&mut out, h);
+        threads::team(members, |member, size, barrier| {
+            let units = split_units(h, size)[member].clone();
+            let packed = (hw > 0).then(|| Packed::rows_of(w.w_hh, h_gates, h, units.clone(), b));
+            for s in 0..steps {
+                let t = sw.time(s);
+                let (rd, wr) = slot(s, t);
+                // SAFETY: the products write only their member's units of `h_pre` and read the
+                // entering state, which nobody writes until the next barrier; between the two
+                // barriers member 0 alone touches the buffers.
+                if let Some(packed) = &packed {
+                    unsafe {
+                        let h_in = match reg.state_mask {
+                            Some(_) => masked_v.read(),
+                            None => hs_v.read().skip(rd * b),
+                        };
+                        assert!(h_in.holds(b, h) && pre_v.holds(b, packed.col_end()));
+                        if let Some((_, b_hh)) = w.bias {
+                            for r in 0..b {
+                                for g in 0..h_gates {
+                                    let c = g * h + units.start;
+                                    pre_v
+                                        .row_mut(r, c, units.len())
+                                        .copy_from_slice(&b_hh[c..c + units.len()]);
+                                }
+                            }
+                        }
+                        packed.product_raw(h_in.ptr(), h, b, pre_v.ptr(), hw, w.bias.is_some());
+                    }
+                }
+                barrier.wait();
+                if member == 0 {
+                    let active = Active {
+                        lengths: sw.lengths,
+                        t,
+                    };
+                    let all = 0..h;
+                    // SAFETY: the other members wait at the barrier below.
+                    unsafe {
+                        let (h_prev, h_next) = (hs_v.read().skip(rd * b), hs_v.skip(wr * b));
+                        let x_t = Rows::new(&x_pre, xw).row(t * b, 0, b * xw);
+                        let pre = pre_v.read().row(0, 0, b * hw);
+                        let tape_t: &mut [T] = if keep_tape {
+                            act_v.row_mut(t * b, 0, b * kw)
+                        } else {
+                            &mut []
+                        };
+                        let hp = h_prev.row(0, 0, bh);
+                        let hn = h_next.row_mut(0, 0, bh);
+                        if two {
+                            let (c_prev, c_next) = (cs_v.read().skip(rd * b), cs_v.skip(wr * b));
+                            cell.forward_step(
+                                h,
+                                active,
+                                x_t,
+                                pre,
+                                w.units,
+                                &[hp, c_prev.row(0, 0, bh)],
+                                &mut [hn, c_next.row_mut(0, 0, bh)],
+                                tape_t,
+                            );
+                            if let Some(z) = reg.zoneout {
+                                zone(active, h, all.clone(), b, c_prev, c_next, |k| {
+                                    z.cell(t, bh, k)
+                                });
+                            }
+                        } else {
+                            cell.forward_step(
+                                h,
+                                active,
+                                x_t,
+                                pre,
+                                w.units,
+                                &[hp],
+                                &mut [hn],
+                                tape_t,
+                            );
+                        }
+                        if let Some(z) = reg.zoneout {
+                            zone(active, h, all.clone(), b, h_prev, h_next, |k| {
+                                z.hidden(t, bh, k)
+                            });
+                        }
+                        if let Some(m) = reg.state_mask {
+                            combine(all.clone(), b, masked_v, h_next.read(), |d, v, k| {
+                                *d = v * m[k]
+                            });
+                        }
+                        emit(active, all, b, h_next.read(), out_v.skip(t * b));
+                    }
+                }
+                barrier.wait();
+            }
+        });
+    }
+
+    let last = slot(steps - 1, sw.time(steps - 1)).1;
     let h_last = hs[last * bh..(last + 1) * bh].to_vec();
     let c_last = two.then(|| cs[last * bh..(last + 1) * bh].to_vec());
     DirOutput {
@@ -684,6 +855,7 @@ fn backward_custom<T: Scalar>(
 ) -> (Vec<T>, Option<Vec<T>>) {
     let (steps, b, h, inp) = (sw.steps, sw.batch, sw.hidden, sw.input);
     let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+    let h_gates = sw.cell.h_gate_count();
     let two = sw.cell.num_states() == 2;
     let bh = b * h;
     let kw = cell.tape_width() * h;
@@ -691,14 +863,16 @@ fn backward_custom<T: Scalar>(
     let (g_whh, rest) = rest.split_at_mut(hw * h);
     let (g_bias, g_units) = rest.split_at_mut(if w.bias.is_some() { xw + hw } else { 0 });
 
-    let mut dh = dh_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec);
-    let mut dc = if two {
-        dc_n.map_or_else(|| vec![T::zero(); bh], <[T]>::to_vec)
-    } else {
-        Vec::new()
-    };
-    let mut dh_prev = vec![T::zero(); bh];
-    let mut dc_prev = vec![T::zero(); if two { bh } else { 0 }];
+    // State gradients in two slots each: the step reads one and writes the other, and the
+    // product then adds into the one written (no swap: the team holds views of both).
+    let mut dh = vec![T::zero(); 2 * bh];
+    let mut dc = vec![T::zero(); if two { 2 * bh } else { 0 }];
+    if let Some(g) = dh_n {
+        dh[..bh].copy_from_slice(g);
+    }
+    if let (true, Some(g)) = (two, dc_n) {
+        dc[..bh].copy_from_slice(g);
+    }
     let mut dgx = vec![T::zero(); steps * b * xw];
     let mut dgh = vec![T::zero(); steps * b * hw];
     let zoned = reg.zoneout.is_some();
@@ -706,92 +880,126 @@ fn backward_custom<T: Scalar>(
     let mut direct_c = vec![T::zero(); if zoned && two { bh } else { 0 }];
     let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
-    for s in (0..steps).rev() {
-        let t = sw.time(s);
-        let active = Active {
-            lengths: sw.lengths,
-            t,
-        };
-        if let Some(g) = d_out {
-            for r in 0..b {
-                if active.row(r) {
-                    let src = &g.data[(t * b + r) * g.ld + g.col..][..h];
-                    for (d, &v) in dh[r * h..(r + 1) * h].iter_mut().zip(src) {
-                        *d += v;
+    let members = if hw > 0 { plan(&sw, hw) } else { 1 };
+    {
+        let dh_v = RowsMut::new(&mut dh, h);
+        let dc_v = RowsMut::new(&mut dc, h);
+        let dgx_v = RowsMut::new(&mut dgx, xw);
+        let dgh_v = RowsMut::new(&mut dgh, hw.max(1));
+        let direct_h_v = RowsMut::new(&mut direct_h, h);
+        let direct_c_v = RowsMut::new(&mut direct_c, h);
+        let rec_v = RowsMut::new(&mut rec, h);
+        let g_units_len = g_units.len();
+        let g_units_v = RowsMut::new(g_units, 1);
+        threads::team(members, |member, size, barrier| {
+            let units = split_units(h, size)[member].clone();
+            let packed = (hw > 0).then(|| Packed::cols_of(w.w_hh, h_gates, h, units.clone(), b));
+            for (i, s) in (0..steps).rev().enumerate() {
+                let t = sw.time(s);
+                let (cur, nxt) = ((i % 2) * b, ((i + 1) % 2) * b);
+                let active = Active {
+                    lengths: sw.lengths,
+                    t,
+                };
+                let all = 0..h;
+                if member == 0 {
+                    // SAFETY: the other members wait at the barrier below.
+                    unsafe {
+                        let (dh_cur, dc_cur) = (dh_v.skip(cur), dc_v.skip(cur));
+                        if let Some(g) = d_out {
+                            add_output_grad(g, active, all.clone(), b, dh_cur);
+                        }
+                        if let Some(z) = reg.zoneout {
+                            split_zone(active, h, all.clone(), b, dh_cur, direct_h_v, |k| {
+                                z.hidden(t, bh, k)
+                            });
+                            if two {
+                                split_zone(active, h, all.clone(), b, dc_cur, direct_c_v, |k| {
+                                    z.cell(t, bh, k)
+                                });
+                            }
+                        }
+                        let enter = sw.enter(t);
+                        let h_prev = &tape.hs[enter * bh..][..bh];
+                        let tape_t = &tape.act[t * b * kw..][..b * kw];
+                        let dgx_t = dgx_v.row_mut(t * b, 0, b * xw);
+                        let dgh_t: &mut [T] = if hw > 0 {
+                            dgh_v.row_mut(t * b, 0, b * hw)
+                        } else {
+                            &mut []
+                        };
+                        let g_units = g_units_v.row_mut(0, 0, g_units_len);
+                        let dh_next = dh_v.skip(nxt).row_mut(0, 0, bh);
+                        if two {
+                            let c_prev = &tape.cs[enter * bh..][..bh];
+                            cell.backward_step(
+                                h,
+                                active,
+                                w.units,
+                                &[h_prev, c_prev],
+                                tape_t,
+                                &[dh_cur.read().row(0, 0, bh), dc_cur.read().row(0, 0, bh)],
+                                &mut [dh_next, dc_v.skip(nxt).row_mut(0, 0, bh)],
+                                dgx_t,
+                                dgh_t,
+                                g_units,
+                            );
+                        } else {
+                            cell.backward_step(
+                                h,
+                                active,
+                                w.units,
+                                &[h_prev],
+                                tape_t,
+                                &[dh_cur.read().row(0, 0, bh)],
+                                &mut [dh_next],
+                                dgx_t,
+                                dgh_t,
+                                g_units,
+                            );
+                        }
                     }
                 }
-            }
-        }
-        if let Some(z) = reg.zoneout {
-            split_zone(active, h, &mut dh, &mut direct_h, |k| z.hidden(t, bh, k));
-            if two {
-                split_zone(active, h, &mut dc, &mut direct_c, |k| z.cell(t, bh, k));
-            }
-        }
-        let enter = sw.enter(t);
-        let h_prev = &tape.hs[enter * bh..][..bh];
-        let tape_t = &tape.act[t * b * kw..][..b * kw];
-        let dgx_t = &mut dgx[t * b * xw..(t + 1) * b * xw];
-        let dgh_t = &mut dgh[t * b * hw..(t + 1) * b * hw];
-        if two {
-            let c_prev = &tape.cs[enter * bh..][..bh];
-            cell.backward_step(
-                h,
-                active,
-                w.units,
-                &[h_prev, c_prev],
-                tape_t,
-                &[&dh, &dc],
-                &mut [&mut dh_prev, &mut dc_prev],
-                dgx_t,
-                dgh_t,
-                g_units,
-            );
-        } else {
-            cell.backward_step(
-                h,
-                active,
-                w.units,
-                &[h_prev],
-                tape_t,
-                &[&dh],
-                &mut [&mut dh_prev],
-                dgx_t,
-                dgh_t,
-                g_units,
-            );
-        }
-        std::mem::swap(&mut dh, &mut dh_prev);
-        std::mem::swap(&mut dc, &mut dc_prev);
-        if hw > 0 {
-            match reg.state_mask {
-                None => a_b(
-                    &mut dh,
-                    h,
-                    true,
-                    Mat::new(dgh_t, b, hw),
-                    Mat::new(w.w_hh, hw, h),
-                ),
-                Some(m) => {
-                    a_b(
-                        &mut rec,
-                        h,
-                        false,
-                        Mat::new(dgh_t, b, hw),
-                        Mat::new(w.w_hh, hw, h),
-                    );
-                    dh.iter_mut()
-                        .zip(&rec)
-                        .zip(m)
-                        .for_each(|((d, &r), &k)| *d += r * k);
+                barrier.wait();
+                // SAFETY: every member reads all of step `t`'s recurrent gate gradients, which
+                // nobody writes now, and writes only its own units of the state gradients.
+                unsafe {
+                    let (dh_next, dc_next) = (dh_v.skip(nxt), dc_v.skip(nxt));
+                    if let Some(packed) = &packed {
+                        let a = dgh_v.read().skip(t * b);
+                        assert!(a.holds(b, hw));
+                        match reg.state_mask {
+                            None => {
+                                assert!(dh_next.holds(b, packed.col_end()));
+                                packed.product_raw(a.ptr(), hw, b, dh_next.ptr(), h, true);
+                            }
+                            Some(m) => {
+                                assert!(rec_v.holds(b, packed.col_end()));
+                                packed.product_raw(a.ptr(), hw, b, rec_v.ptr(), h, false);
+                                combine(units.clone(), b, dh_next, rec_v.read(), |d, r, k| {
+                                    *d += r * m[k]
+                                });
+                            }
+                        }
+                    }
+                    if zoned {
+                        combine(units.clone(), b, dh_next, direct_h_v.read(), |d, v, _| {
+                            *d += v
+                        });
+                        if two {
+                            combine(units.clone(), b, dc_next, direct_c_v.read(), |d, v, _| {
+                                *d += v
+                            });
+                        }
+                    }
                 }
+                barrier.wait();
             }
-        }
-        if zoned {
-            dh.iter_mut().zip(&direct_h).for_each(|(d, &v)| *d += v);
-            dc.iter_mut().zip(&direct_c).for_each(|(d, &v)| *d += v);
-        }
+        });
     }
+    let fin = (steps % 2) * bh;
+    let dh_0 = dh[fin..fin + bh].to_vec();
+    let dc_0 = two.then(|| dc[fin..fin + bh].to_vec());
 
     let rows = steps * b;
     at_b(
@@ -837,5 +1045,5 @@ fn backward_custom<T: Scalar>(
         Mat::new(&dgx, rows, xw),
         Mat::new(w.w_ih, xw, inp),
     );
-    (dh, two.then_some(dc))
+    (dh_0, dc_0)
 }

@@ -3,10 +3,19 @@
 //! The core owns its pool instead of using rayon's global one so the thread count can change at run
 //! time (`set_num_threads`) and the same input at the same thread count gives the same bits.
 //! Default: `LSTMRS_NUM_THREADS` when set, else all cores.
+//!
+//! Large products (input projections, weight gradients) split inside the `gemm` crate. The time
+//! loop of a sweep runs on a [`team`]: pool threads that each own a block of hidden units for the
+//! whole sweep and meet at one barrier per step; the two directions of a layer each get half the
+//! pool. Every unit's sums run in the same order whatever the team, so results do not depend on
+//! how many threads joined it.
 
 use crate::error::{Error, Result};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The pool and the id of the process that built it: a forked child sees another id and builds
 /// its own, since the parent's worker threads do not exist in it.
@@ -157,4 +166,184 @@ pub fn join<A: Send, B: Send>(
     } else {
         (a(), b())
     }
+}
+
+/// How long a member spins at a barrier before it sleeps. A partner that is running arrives
+/// within the skew of a step (microseconds); waking a sleeping thread costs about ten, so spin
+/// a little longer than that, but not through an OS time slice: on a busy machine the partner
+/// may be descheduled, and sleeping hands the core to it.
+const BARRIER_SPIN: Duration = Duration::from_micros(50);
+
+/// A barrier for the fixed team of one sweep (see [`team`]): an atomic counter and a generation
+/// number; waiting spins for [`BARRIER_SPIN`], then sleeps on a condition variable.
+pub(crate) struct Barrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+    poisoned: AtomicBool,
+}
+
+impl Barrier {
+    fn new(n: usize) -> Self {
+        Barrier {
+            n,
+            count: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns once every member of the team has called `wait` as often as this one; all writes
+    /// made before it by any member are visible after it.
+    pub fn wait(&self) {
+        if self.n == 1 {
+            return;
+        }
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            // Reset before releasing: a member leaving sees the reset through its Acquire load.
+            self.count.store(0, Ordering::Relaxed);
+            // SeqCst store, then SeqCst load of `sleepers`, against the sleeper's SeqCst
+            // increment, then load of `generation`: one of the two sees the other.
+            self.generation.store(gen.wrapping_add(1), Ordering::SeqCst);
+            if self.sleepers.load(Ordering::SeqCst) > 0 {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.wake.notify_all();
+            }
+            return;
+        }
+        let start = Instant::now();
+        'spin: loop {
+            for _ in 0..16 {
+                if self.generation.load(Ordering::Acquire) != gen {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            self.check_poison();
+            if start.elapsed() > BARRIER_SPIN {
+                break 'spin;
+            }
+        }
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.generation.load(Ordering::SeqCst) == gen {
+            self.check_poison();
+            // The timeout only bounds how late a poisoned barrier is noticed.
+            guard = self
+                .wake
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(guard);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A member that panicked never arrives: fail instead of waiting forever.
+    fn check_poison(&self) {
+        if self.poisoned.load(Ordering::Relaxed) {
+            panic!("another worker of this sweep panicked");
+        }
+    }
+}
+
+/// Marks the barrier poisoned when its member unwinds.
+struct PoisonOnPanic<'a>(&'a Barrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How many threads one sweep may occupy: the pool's size inside a parallel call, one inside a
+/// serial call (see [`install_for`]).
+pub(crate) fn team_capacity() -> usize {
+    if parallel_allowed() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    }
+}
+
+/// How long the first member waits for the others to pick up their jobs before it starts
+/// without them. An idle pool thread wakes within tens of microseconds; one busy elsewhere (the
+/// other direction's sweep, or another process on a loaded machine) may take far longer, and
+/// waiting for it would stall the whole sweep.
+const JOIN_WAIT: Duration = Duration::from_micros(300);
+
+const PENDING: u8 = 0;
+const JOINED: u8 = 1;
+const ABSENT: u8 = 2;
+
+/// Runs `f(rank, size, &barrier)` on a team of up to `max` threads of the pool: the calling
+/// thread is rank 0, and the pool threads that pick up their job within [`JOIN_WAIT`] take
+/// ranks `1..size`; the jobs picked up later return at once. Returns when all have returned.
+///
+/// A sweep synchronises its team at every time step, so the team is fixed for the sweep and
+/// each member keeps its part of the weight in its core's cache. Waiting only for members that
+/// have joined means a team can never wait on a thread that is busy with something else (two
+/// sweeps at once, or a nested call), so it cannot deadlock. `f` must give the same results for
+/// every `size` (the sweeps split work by units and every unit's sums run the same way).
+pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
+    if max <= 1 || !parallel_allowed() {
+        f(0, 1, &Barrier::new(1));
+        return;
+    }
+    let state: Vec<AtomicU8> = (0..max).map(|_| AtomicU8::new(PENDING)).collect();
+    let barrier: OnceLock<Barrier> = OnceLock::new();
+    let formed = AtomicUsize::new(0);
+    let (state, barrier, formed, f) = (&state, &barrier, &formed, &f);
+    rayon::scope(|s| {
+        for member in 1..max {
+            s.spawn(move |_| {
+                if state[member]
+                    .compare_exchange(PENDING, JOINED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return;
+                }
+                // Rank 0 decides the team within JOIN_WAIT of starting.
+                let mut size = formed.load(Ordering::Acquire);
+                while size == 0 {
+                    std::hint::spin_loop();
+                    size = formed.load(Ordering::Acquire);
+                }
+                let rank = 1
+                    + (1..member)
+                        .filter(|&k| state[k].load(Ordering::Acquire) == JOINED)
+                        .count();
+                let b = barrier.get().expect("set before the team is formed");
+                let _poison = PoisonOnPanic(b);
+                f(rank, size, b)
+            });
+        }
+        let start = Instant::now();
+        let joined = || {
+            state[1..]
+                .iter()
+                .filter(|m| m.load(Ordering::Acquire) == JOINED)
+                .count()
+        };
+        while joined() < max - 1 && start.elapsed() < JOIN_WAIT {
+            std::hint::spin_loop();
+        }
+        for m in &state[1..] {
+            let _ = m.compare_exchange(PENDING, ABSENT, Ordering::AcqRel, Ordering::Acquire);
+        }
+        let size = 1 + joined();
+        let b = barrier.get_or_init(|| Barrier::new(size));
+        formed.store(size, Ordering::Release);
+        let _poison = PoisonOnPanic(b);
+        f(0, size, b);
+    });
 }

@@ -1,7 +1,9 @@
 //! Streaming one step at a time gives the full-sequence forward pass.
 
-use lstmrs_core::stream::Stepper;
-use lstmrs_core::{forward, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams};
+use lstmrs_core::stream::{Stepper, SMALL_BATCH_MAX};
+use lstmrs_core::{
+    forward, reference, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams, Scalar,
+};
 
 #[test]
 fn stepping_equals_the_sequence_forward() {
@@ -77,15 +79,142 @@ fn bad_stepper_input_is_an_error() {
     );
 }
 
+/// Steps `t` time steps from a non-zero state and compares every output and the final states with
+/// the plain-loop reference implementation.
+fn check_against_reference<T: Scalar>(
+    cell: CellKind,
+    (b, h, i, layers, bias): (usize, usize, usize, usize, bool),
+    tol: f64,
+) {
+    let t = 3;
+    let cfg = RnnConfig::new(cell, i, h, layers, false, bias).unwrap();
+    let p = RnnParams::<T>::init_uniform(cfg, (b * 131 + h * 17 + i) as u64);
+    let wave = |n: usize, f: f64| -> Vec<T> {
+        (0..n).map(|k| T::from_f64((k as f64 * f).cos())).collect()
+    };
+    let x = wave(t * b * i, 0.29);
+    let (h0, c0) = (wave(layers * b * h, 0.71), wave(layers * b * h, 0.43));
+    let lstm = cell == CellKind::Lstm;
+    let want = reference::forward(
+        &p,
+        &Batch {
+            input: &x,
+            layout: Layout::TimeMajor,
+            seq_len: t,
+            batch: b,
+            h0: Some(&h0),
+            c0: lstm.then_some(&c0[..]),
+            lengths: None,
+        },
+        &ForwardOptions::default(),
+    )
+    .unwrap();
+    let mut s = Stepper::new(p.view(), b).unwrap();
+    assert_eq!(s.uses_small_kernel(), b <= SMALL_BATCH_MAX);
+    s.set_state(&h0, lstm.then_some(&c0[..])).unwrap();
+    let what = format!(
+        "{cell:?} {} b={b} h={h} i={i} layers={layers} bias={bias}",
+        std::any::type_name::<T>()
+    );
+    let close = |got: &[T], want: &[T], part: &str| {
+        assert_eq!(got.len(), want.len(), "{what} {part}");
+        for (k, (&g, &e)) in got.iter().zip(want).enumerate() {
+            let (g, e) = (Scalar::to_f64(g), Scalar::to_f64(e));
+            assert!(
+                (g - e).abs() <= tol * (1.0 + e.abs()),
+                "{what} {part}[{k}]: {g} vs {e}"
+            );
+        }
+    };
+    let mut out = vec![T::zero(); b * h];
+    for step in 0..t {
+        s.step(p.view(), &x[step * b * i..][..b * i], &mut out)
+            .unwrap();
+        close(
+            &out,
+            &want.output[step * b * h..][..b * h],
+            &format!("step {step}"),
+        );
+    }
+    close(s.h(), &want.h_n, "h_n");
+    if let Some(c_n) = &want.c_n {
+        close(s.c(), c_n, "c_n");
+    }
+}
+
+#[test]
+fn stepping_equals_the_reference_at_odd_sizes() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        for b in [1, 2, 33] {
+            for h in [1, 7, 128, 130] {
+                for i in [1, 5] {
+                    for (layers, bias) in [(1, true), (2, false), (3, true)] {
+                        let dims = (b, h, i, layers, bias);
+                        check_against_reference::<f64>(cell, dims, 1e-12);
+                        check_against_reference::<f32>(cell, dims, 2e-5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_stepper_reads_the_current_weights() {
+    // The small-batch kernel reads the weights in place: changing them between steps changes
+    // the next step, exactly as a fresh forward pass from the saved state would.
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        for b in [1, SMALL_BATCH_MAX + 1] {
+            let cfg = RnnConfig::new(cell, 3, 9, 2, false, true).unwrap();
+            let mut p = RnnParams::<f64>::init_uniform(cfg, 4);
+            let x: Vec<f64> = (0..2 * b * 3).map(|k| (k as f64 * 0.61).sin()).collect();
+            let mut s = Stepper::new(p.view(), b).unwrap();
+            let mut out = vec![0.0; b * 9];
+            s.step(p.view(), &x[..b * 3], &mut out).unwrap();
+            let (h1, c1) = (s.h().to_vec(), s.c().to_vec());
+            for (k, v) in p.as_mut_slice().iter_mut().enumerate() {
+                *v = -0.5 * *v + 0.01 * (k % 7) as f64;
+            }
+            s.step(p.view(), &x[b * 3..], &mut out).unwrap();
+            let lstm = cell == CellKind::Lstm;
+            let want = reference::forward(
+                &p,
+                &Batch {
+                    input: &x[b * 3..],
+                    layout: Layout::TimeMajor,
+                    seq_len: 1,
+                    batch: b,
+                    h0: Some(&h1),
+                    c0: lstm.then_some(&c1[..]),
+                    lengths: None,
+                },
+                &ForwardOptions::default(),
+            )
+            .unwrap();
+            for (a, e) in out.iter().zip(&want.output) {
+                assert!((a - e).abs() < 1e-12, "{cell:?} b={b}: {a} vs {e}");
+            }
+        }
+    }
+}
+
 mod model_streaming {
     use lstmrs_core::model::{
         Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,
     };
+    use lstmrs_core::stream::SMALL_BATCH_MAX;
     use lstmrs_core::{CellKind, RnnConfig};
 
     #[test]
     fn model_steps_equal_predict() {
-        let (b, t) = (2, 6);
+        // Batch 1 and 2 step through the small-batch kernel (recurrence and head), 17 through GEMM.
+        for b in [1, 2, SMALL_BATCH_MAX + 1] {
+            model_steps_equal_predict_at(b);
+        }
+    }
+
+    fn model_steps_equal_predict_at(b: usize) {
+        let t = 6;
         for (pooling, input) in [
             (Pooling::PerStep, InputKind::Embedding { vocab: 9, dim: 4 }),
             (Pooling::Last, InputKind::Dense { features: 4 }),

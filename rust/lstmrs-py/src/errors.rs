@@ -4,6 +4,7 @@
 //! looked up when an error is raised. If that module cannot be imported (the extension used on its
 //! own) the matching builtin is raised instead, so an error is never lost.
 
+use lstmrs_core::error::GpuFailure;
 use lstmrs_core::Error;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -16,6 +17,8 @@ pub(crate) enum Kind {
     Shape,
     DType,
     InvalidArgument,
+    /// A GPU was asked for and cannot be used (`GpuUnavailableError`).
+    GpuUnavailable,
     /// `LstmrsError` itself: failures that are not the caller's fault.
     Internal,
 }
@@ -26,6 +29,7 @@ impl Kind {
             Kind::Shape => "ShapeError",
             Kind::DType => "DTypeError",
             Kind::InvalidArgument => "InvalidArgumentError",
+            Kind::GpuUnavailable => "GpuUnavailableError",
             Kind::Internal => "LstmrsError",
         }
     }
@@ -40,17 +44,23 @@ pub(crate) fn error(py: Python<'_>, kind: Kind, msg: impl Into<String>) -> PyErr
         Err(_) => match kind {
             Kind::Shape | Kind::InvalidArgument => PyValueError::new_err(msg),
             Kind::DType => PyTypeError::new_err(msg),
-            Kind::Internal => PyRuntimeError::new_err(msg),
+            Kind::GpuUnavailable | Kind::Internal => PyRuntimeError::new_err(msg),
         },
     }
 }
 
 /// Maps a core error to its exception: shape errors to `ShapeError`, bad values and unknown names
-/// to `InvalidArgumentError`.
+/// to `InvalidArgumentError`, a GPU that cannot run the call to `GpuUnavailableError` (a request
+/// the GPU path does not implement, such as f64, is an invalid argument).
 pub(crate) fn core_error(py: Python<'_>, e: Error) -> PyErr {
     let kind = match e {
         Error::Shape { .. } => Kind::Shape,
         Error::Value { .. } | Error::Name { .. } => Kind::InvalidArgument,
+        Error::Gpu {
+            failure: GpuFailure::Unsupported,
+            ..
+        } => Kind::InvalidArgument,
+        Error::Gpu { .. } => Kind::GpuUnavailable,
     };
     error(py, kind, e.to_string())
 }

@@ -2,6 +2,7 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod errors;
+mod gpu;
 mod model;
 mod rnn;
 
@@ -51,5 +52,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu::gpu_info, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
     Ok(())
 }

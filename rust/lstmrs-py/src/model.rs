@@ -4,18 +4,22 @@
 use crate::errors::{core_error, error, guarded, lift, Kind};
 use crate::rnn::{check_shape, read_lengths, readonly, slice, to_array, Float};
 use lstmrs_core::model::{
-    Activation, Clip, InputKind, Loss, Model, ModelBatch, ModelConfig, ModelInput, ModelStepper,
-    Pooling, Targets,
+    Activation, Clip, Device, InputKind, Loss, Model, ModelBatch, ModelConfig, ModelInput,
+    ModelStepper, Pooling, Targets,
 };
 use lstmrs_core::optim::{
-    AdagradConfig, AdamConfig, Optimizer, OptimizerConfig, OptimizerState, RmsPropConfig, SgdConfig,
+    clip_grad_norm, clip_grad_value, grad_norm, AdagradConfig, AdamConfig, Optimizer,
+    OptimizerConfig, OptimizerState, RmsPropConfig, SgdConfig,
 };
-use lstmrs_core::{CellKind, DType, Regularization, RnnConfig, Scalar};
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use lstmrs_core::{threads, CellKind, DType, Regularization, RnnConfig, Scalar};
+use numpy::{
+    PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use serde_json::Value;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, TryLockError};
 
 fn bad(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     error(py, Kind::InvalidArgument, msg)
@@ -334,6 +338,13 @@ type StepOut<'py> = (
     Option<Bound<'py, PyAny>>,
 );
 
+type LossOut<'py> = (
+    f64,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
 /// Borrowed inputs of one batch.
 enum XArr<'py, T: Float> {
     Dense(PyReadonlyArrayDyn<'py, T>),
@@ -484,9 +495,8 @@ impl ModelCore {
         x: &Bound<'py, PyAny>,
         y: &Bound<'py, PyAny>,
         loss: &LossSpec,
-        step: Option<(&OptimizerCore, f64, Clip)>,
+        mode: Mode<'_, T>,
         seed: u64,
-        training: bool,
         lengths: Option<&Bound<'py, PyAny>>,
         h0: Option<&Bound<'py, PyAny>>,
         c0: Option<&Bound<'py, PyAny>>,
@@ -539,50 +549,101 @@ impl ModelCore {
             h0: h0a.as_ref().map(|a| slice("h0", a)).transpose()?,
             c0: c0a.as_ref().map(|a| slice("c0", a)).transpose()?,
         };
-        let want_grad = step.is_none();
+        let per_step = self.config.pooling == Pooling::PerStep;
         let r = py.detach(|| {
-            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            let mut grad = std::mem::take(T::scratch(&mut scratch));
-            let res = guarded(|| -> lstmrs_core::Result<_> {
-                let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
-                let m = T::model_mut(&mut m).expect("dtype checked at construction");
-                grad.resize(m.num_params(), <T as Scalar>::from_f64(0.0));
-                match step {
-                    Some((opt, lr, clip)) => {
+            guarded(|| -> lstmrs_core::Result<_> {
+                match mode {
+                    Mode::Update(opt, lr, clip) => {
+                        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                        let grad = T::scratch(&mut scratch);
+                        let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+                        let m = T::model_mut(&mut m).expect("dtype checked at construction");
+                        grad.resize(m.num_params(), <T as Scalar>::from_f64(0.0));
                         let mut o = opt.inner.lock().unwrap_or_else(|e| e.into_inner());
                         let o = T::optimizer(&mut o).ok_or(lstmrs_core::Error::Value {
                             arg: "optimizer",
                             expected: format!("an optimizer of {}", T::NAME),
                             got: "one of the other dtype".into(),
                         })?;
-                        let r = m.train_step(
-                            &batch, targets, &loss.loss, seed, o, lr, clip, &mut grad,
-                        )?;
+                        let r =
+                            m.train_step(&batch, targets, &loss.loss, seed, o, lr, clip, grad)?;
                         Ok((r.loss, r.grad_norm, None, r.output))
                     }
-                    None => {
+                    Mode::Grad { training } => {
+                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = T::model(&m).expect("dtype checked at construction");
+                        let mut grad = vec![<T as Scalar>::from_f64(0.0); m.num_params()];
                         let r = m.loss_and_grad(
                             &batch, targets, &loss.loss, training, seed, &mut grad,
                         )?;
-                        Ok((r.loss, f64::NAN, Some(grad.clone()), r.output))
+                        Ok((r.loss, f64::NAN, Some(grad), r.output))
+                    }
+                    Mode::Into(grad, clip) => {
+                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = T::model(&m).expect("dtype checked at construction");
+                        let r = m.loss_and_grad(&batch, targets, &loss.loss, true, seed, grad)?;
+                        // The fused step's clipping (`Model::train_step`), on the caller's buffer.
+                        let norm = threads::install_for(grad.len(), || {
+                            let norm = match clip.max_norm {
+                                Some(max) => clip_grad_norm(grad, max, 2.0, false)?,
+                                None => grad_norm(grad, 2.0)?,
+                            };
+                            if let Some(v) = clip.max_value {
+                                clip_grad_value(grad, v)?;
+                            }
+                            Ok::<_, lstmrs_core::Error>(norm)
+                        })?;
+                        Ok((r.loss, norm, None, r.output))
+                    }
+                    Mode::Loss => {
+                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = T::model(&m).expect("dtype checked at construction");
+                        let out = m.predict(&batch)?;
+                        // The per-step length mask of `Model::loss_and_grad`.
+                        let mask: Option<Vec<bool>> = match (per_step, batch.lengths) {
+                            (true, Some(l)) => Some((0..b * t).map(|k| k % t < l[k / t]).collect()),
+                            _ => None,
+                        };
+                        // The loss's gradient w.r.t. the outputs is a by-product: the output's
+                        // size, not the model's.
+                        let mut d = vec![<T as Scalar>::from_f64(0.0); out.output.len()];
+                        let value = loss.loss.value_and_grad(
+                            &out.output,
+                            self.config.outputs,
+                            targets,
+                            mask.as_deref(),
+                            &mut d,
+                        )?;
+                        Ok((value, f64::NAN, None, out))
                     }
                 }
-            });
-            *T::scratch(&mut scratch) = grad;
-            res
+            })
         });
         let (value, norm, grad, out) = lift(py, r)?;
         let (h_n, c_n) = self.states(py, b, out.h_n, out.c_n)?;
         let output = to_array(py, out.output, &self.outputs_shape(b, t))?;
         let grad = match grad {
-            Some(g) if want_grad => {
+            Some(g) => {
                 let n = g.len();
                 Some(to_array(py, g, &[n])?)
             }
-            _ => None,
+            None => None,
         };
         Ok((value, norm, grad, (output, h_n, c_n)))
     }
+}
+
+/// What `ModelCore::train_t` does with a batch.
+enum Mode<'a, T> {
+    /// Loss, gradient, clipping and the fused optimizer update of the weights.
+    Update(&'a OptimizerCore, f64, Clip),
+    /// Loss and the gradient as a new array (`training`: dropout on).
+    Grad { training: bool },
+    /// Loss and the gradient, clipped, written into the caller's buffer (training mode): the
+    /// step of a plugin optimizer, which then updates the weights itself.
+    Into(&'a mut [T], Clip),
+    /// Loss only (inference mode: no dropout, no tape, no gradient).
+    Loss,
 }
 
 /// Scratch gradient buffer of the element type.
@@ -633,6 +694,28 @@ impl ModelCore {
         }
     }
 
+    /// Where the recurrent layers run: `"cpu"` or `"gpu"`.
+    #[getter]
+    fn device(&self) -> &'static str {
+        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+        match &*m {
+            AnyModel::F32(m) => m.device().name(),
+            AnyModel::F64(m) => m.device().name(),
+        }
+    }
+
+    /// Moves the recurrent layers to `device` (`"cpu"` or `"gpu"`); refused with the reason when
+    /// this build, this machine or this model cannot run there.
+    fn set_device(&self, py: Python<'_>, device: &str) -> PyResult<()> {
+        let device = Device::parse(device).map_err(|e| core_error(py, e))?;
+        let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+        match &mut *m {
+            AnyModel::F32(m) => m.set_device(device),
+            AnyModel::F64(m) => m.set_device(device),
+        }
+        .map_err(|e| core_error(py, e))
+    }
+
     #[getter]
     fn num_params(&self) -> usize {
         let m = self.model.read().unwrap_or_else(|e| e.into_inner());
@@ -678,6 +761,28 @@ impl ModelCore {
         })
     }
 
+    /// The weights as a writable 1-D NumPy array that views the Rust buffer itself (no copy):
+    /// writes through it change the model, and the model's own updates show in it. Plugin
+    /// optimizers update the weights in place through it.
+    ///
+    /// The view keeps this object alive. Do not write it while another thread runs a call on
+    /// this model (calls release the GIL), as with any array handed to such a call.
+    fn params_view<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        by_dtype!(this.dtype, T => {
+            let mut m = this.model.write().unwrap_or_else(|e| e.into_inner());
+            let m = T::model_mut(&mut m).ok_or_else(|| bad(py, MISMATCH))?;
+            let view = numpy::ndarray::ArrayViewMut1::from(m.params_mut());
+            // SAFETY: the buffer is the `Vec` inside this `ModelCore`'s model, which is never
+            // replaced or resized after construction (`set_flat` and the optimizers write in
+            // place), so it lives, unmoved, as long as this object; the array holds a reference
+            // to this object (its base) and so cannot outlive it.
+            let arr = unsafe { numpy::PyArray1::<T>::borrow_from_array(&view, slf.clone().into_any()) };
+            Ok(arr.into_any())
+        })
+    }
+
     /// The head's output for a batch: `(out, h_n, c_n)`.
     #[pyo3(signature = (x, lengths=None, h0=None, c0=None))]
     fn predict<'py>(
@@ -704,7 +809,7 @@ impl ModelCore {
         training: bool,
         seed: u64,
     ) -> PyResult<(f64, Bound<'py, PyAny>)> {
-        let (v, _, g, _) = by_dtype!(self.dtype, T => self.train_t::<T>(x, y, loss, None, seed, training, lengths, h0, c0))?;
+        let (v, _, g, _) = by_dtype!(self.dtype, T => self.train_t::<T>(x, y, loss, Mode::Grad { training }, seed, lengths, h0, c0))?;
         Ok((v, g.expect("gradient requested")))
     }
 
@@ -731,8 +836,80 @@ impl ModelCore {
             max_value: clip_value,
         };
         let (v, norm, _, (out, h, c)) = by_dtype!(self.dtype, T =>
-            self.train_t::<T>(x, y, loss, Some((optimizer, lr, clip)), seed, true, lengths, h0, c0))?;
+            self.train_t::<T>(x, y, loss, Mode::Update(optimizer, lr, clip), seed, lengths, h0, c0))?;
         Ok((v, norm, out, h, c))
+    }
+
+    /// The first half of a training step, for optimizers that update the weights themselves
+    /// (plugin optimizers): forward with dropout from `seed`, loss, BPTT and clipping, with the
+    /// GIL released. The gradient goes into `grad` (a writable C-contiguous array of
+    /// `num_params` values of the model's dtype, reused across steps): nothing the size of the
+    /// model is allocated. Returns `(loss, grad_norm, out, h_n, c_n)`, `grad_norm` before
+    /// clipping, as `train_step` does.
+    #[pyo3(signature = (x, y, loss, grad, seed=0, lengths=None, h0=None, c0=None, clip_norm=None, clip_value=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn loss_and_grad_into<'py>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        y: &Bound<'py, PyAny>,
+        loss: &LossSpec,
+        grad: &Bound<'py, PyAny>,
+        seed: u64,
+        lengths: Option<&Bound<'py, PyAny>>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+        clip_norm: Option<f64>,
+        clip_value: Option<f64>,
+    ) -> PyResult<StepOut<'py>> {
+        let py = x.py();
+        let clip = Clip {
+            max_norm: clip_norm,
+            max_value: clip_value,
+        };
+        let n = self.num_params();
+        by_dtype!(self.dtype, T => {
+            let g = grad.cast::<PyArrayDyn<T>>().map_err(|_| {
+                error(py, Kind::DType, format!("grad: expected a numpy.ndarray of {} [{n}]", T::NAME))
+            })?;
+            let mut gw = g
+                .try_readwrite()
+                .map_err(|e| bad(py, format!("grad: not writable ({e})")))?;
+            check_shape(py, "grad", gw.shape(), &[n])?;
+            let gs = gw
+                .as_slice_mut()
+                .map_err(|e| bad(py, format!("grad: expected a C-contiguous array ({e})")))?;
+            {
+                // The weights are read while `grad` is written: they must not overlap (a
+                // `params_view()` passed as `grad`).
+                let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                let p = T::model(&m).ok_or_else(|| bad(py, MISMATCH))?.params().as_ptr_range();
+                let g = gs.as_ptr_range();
+                if g.start < p.end && p.start < g.end {
+                    return Err(bad(py, "grad: must not share memory with the weights"));
+                }
+            }
+            let (v, norm, _, (out, h, c)) =
+                self.train_t::<T>(x, y, loss, Mode::Into(gs, clip), seed, lengths, h0, c0)?;
+            Ok((v, norm, out, h, c))
+        })
+    }
+
+    /// The loss of a batch in inference mode (no dropout, no gradient) with the outputs:
+    /// `(loss, out, h_n, c_n)`. The loss is the mean over the rows that count, as in
+    /// `train_step`.
+    #[pyo3(signature = (x, y, loss, lengths=None, h0=None, c0=None))]
+    fn loss<'py>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        y: &Bound<'py, PyAny>,
+        loss: &LossSpec,
+        lengths: Option<&Bound<'py, PyAny>>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<LossOut<'py>> {
+        let (v, _, _, (out, h, c)) = by_dtype!(self.dtype, T =>
+            self.train_t::<T>(x, y, loss, Mode::Loss, 0, lengths, h0, c0))?;
+        Ok((v, out, h, c))
     }
 
     fn __repr__(&self) -> String {
@@ -1007,7 +1184,96 @@ impl OptimizerCore {
 pub struct StepperCore {
     model: Py<ModelCore>,
     batch: usize,
+    /// Multiply-adds of one step, to decide whether releasing the GIL pays off.
+    work: usize,
+    steps: AtomicU64,
     inner: Mutex<AnyStepper>,
+}
+
+/// Steps below this many multiply-adds (about 10 µs here) keep the GIL. Another Python thread
+/// could run for only microseconds in that time, and re-taking the GIL from a thread that got it
+/// can wait out its switch interval (5 ms by default): a latency spike a real-time loop cannot
+/// afford. Larger steps release it, as every other long call of the bindings does.
+const STEP_DETACH_MIN_WORK: usize = 1 << 18;
+
+/// A lock guard if it can be had without waiting (a poisoned lock still guards valid state).
+fn lock_now<G>(r: Result<G, TryLockError<G>>) -> Option<G> {
+    match r {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+impl StepperCore {
+    /// `step` for element type `T`: `x_t` already checked to be `[B, F]` (or `[F]`) of `T`, or
+    /// `[B]` (or 0-d) int64 ids, C-contiguous; the output array is new.
+    fn step_t<'py, T: ModelFloat>(
+        &self,
+        py: Python<'py>,
+        x_t: &Bound<'py, PyAny>,
+        single: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mc = self.model.get();
+        let (b, o) = (self.batch, mc.config.outputs);
+        let dims: &[usize] = if single { &[o] } else { &[b, o] };
+        let out = PyArrayDyn::<T>::zeros(py, dims, false);
+        let tokens = matches!(mc.config.input, InputKind::Embedding { .. });
+        let run = |m: &AnyModel, s: &mut AnyStepper, x: ModelInput<T>, out: &mut [T]| {
+            let m = T::model(m).ok_or(MISMATCH.to_string())?;
+            let s = T::stepper(s).ok_or(MISMATCH.to_string())?;
+            guarded(|| m.step(s, x, out))
+        };
+        if self.work < STEP_DETACH_MIN_WORK {
+            if let (Some(m), Some(mut s)) = (
+                lock_now(mc.model.try_read()),
+                lock_now(self.inner.try_lock()),
+            ) {
+                let contiguous = |e| bad(py, format!("x_t: {e}"));
+                // SAFETY: `step` checked the array type; the GIL is held until the step returns,
+                // so no Python code can write `x_t` meanwhile, and `out` is a new array nothing
+                // else refers to yet. This skips rust-numpy's borrow tracking (a hash-map insert
+                // and removal per array), part of the binding's fixed cost per step.
+                let (x, out_s) = unsafe {
+                    let x = if tokens {
+                        let a = x_t.cast_unchecked::<PyArrayDyn<i64>>();
+                        ModelInput::Tokens(a.as_slice().map_err(contiguous)?)
+                    } else {
+                        let a = x_t.cast_unchecked::<PyArrayDyn<T>>();
+                        ModelInput::Dense(a.as_slice().map_err(contiguous)?)
+                    };
+                    (x, out.as_slice_mut().map_err(contiguous)?)
+                };
+                let r = run(&m, &mut s, x, out_s);
+                lift(py, r)?;
+                self.steps.fetch_add(1, Ordering::Relaxed);
+                return Ok(out.into_any());
+            }
+        }
+        // A large step, or a lock held by another thread (a training step, a concurrent step):
+        // borrow the input properly and wait with the GIL released.
+        // SAFETY: `out` is new and only this call refers to it until it is returned.
+        let out_s = unsafe { out.as_slice_mut() }.map_err(|e| bad(py, format!("out: {e}")))?;
+        let (ids, feats);
+        let x = if tokens {
+            // SAFETY: `step` checked the array type.
+            ids = unsafe { x_t.cast_unchecked::<PyArrayDyn<i64>>() }
+                .try_readonly()
+                .map_err(|e| bad(py, format!("x_t: {e}")))?;
+            ModelInput::Tokens(ids.as_slice().map_err(|e| bad(py, format!("x_t: {e}")))?)
+        } else {
+            feats = readonly::<T>("x_t", x_t)?;
+            ModelInput::Dense(slice("x_t", &feats)?)
+        };
+        let r = py.detach(|| {
+            let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            run(&m, &mut s, x, out_s)
+        });
+        lift(py, r)?;
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        Ok(out.into_any())
+    }
 }
 
 #[pymethods]
@@ -1027,48 +1293,81 @@ impl StepperCore {
                 }
             }
         };
+        let work = {
+            let mc = model.get();
+            let rnn = lstmrs_core::network::forward_work(&mc.config.rnn, 1, batch);
+            let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
+            let params = match &*m {
+                AnyModel::F32(m) => m.num_params(),
+                AnyModel::F64(m) => m.num_params(),
+            };
+            // The recurrent products, and at most one multiply-add per weight per stream for the
+            // rest (embedding rows are copies, so this overestimates a token model's head).
+            rnn.max(params * batch)
+        };
         Ok(StepperCore {
             model,
             batch,
+            work,
+            steps: AtomicU64::new(0),
             inner: Mutex::new(inner),
         })
     }
 
-    /// Advances every stream by one step: `x_t` is `[B, F]` features or `[B]` int64 token ids;
-    /// returns the head's output `[B, O]`.
-    fn step<'py>(&self, x_t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    /// Advances every stream by one step and returns the head's output as a new array.
+    ///
+    /// `x_t` must be a C-contiguous ``numpy.ndarray``: of the model's dtype, `[B, F]` (or `[F]`
+    /// for a one-stream stepper, giving `[O]` instead of `[B, O]`), or of int64 token ids `[B]`
+    /// (or 0-d for one stream). Anything else that is not that array type gives `None`
+    /// without stepping, so the Python wrapper can convert it and call again; a wrong shape is
+    /// a `ShapeError`.
+    fn step<'py>(&self, x_t: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let py = x_t.py();
         let mc = self.model.get();
-        by_dtype!(mc.dtype, T => {
-            let b = self.batch;
-            let mut out = vec![<T as Scalar>::from_f64(0.0); b * mc.config.outputs];
-            let dense;
-            let tokens;
-            let input = match mc.config.input {
-                InputKind::Dense { features } => {
-                    dense = readonly::<T>("x_t", x_t)?;
-                    check_shape(py, "x_t", dense.shape(), &[b, features])?;
-                    ModelInput::Dense(slice("x_t", &dense)?)
-                }
-                InputKind::Embedding { .. } => {
-                    let a = x_t.cast::<PyArrayDyn<i64>>().map_err(|_| error(py, Kind::DType, "x_t: expected a numpy.ndarray of int64 token ids [B]"))?;
-                    tokens = a.try_readonly().map_err(|e| bad(py, format!("x_t: {e}")))?;
-                    check_shape(py, "x_t", tokens.shape(), &[b])?;
-                    ModelInput::Tokens(tokens.as_slice().map_err(|e| bad(py, format!("x_t: {e}")))?)
-                }
-            };
-            {
-                let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
-                let m = T::model(&m).ok_or_else(|| bad(py, MISMATCH))?;
-                let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
-                m.step(s, input, &mut out).map_err(|e| core_error(py, e))?;
+        let b = self.batch;
+        // Cheap checks only: exact array type and dtype, layout, shape.
+        let untyped = match x_t.cast::<PyUntypedArray>() {
+            Ok(a) if a.is_c_contiguous() => a,
+            _ => return Ok(None),
+        };
+        let (ok, single, want): (bool, bool, Vec<usize>) = match mc.config.input {
+            InputKind::Dense { features } => {
+                let ok = match mc.dtype {
+                    DType::F32 => x_t.is_instance_of::<PyArrayDyn<f32>>(),
+                    DType::F64 => x_t.is_instance_of::<PyArrayDyn<f64>>(),
+                };
+                let single = b == 1 && untyped.ndim() == 1;
+                (
+                    ok,
+                    single,
+                    if single {
+                        vec![features]
+                    } else {
+                        vec![b, features]
+                    },
+                )
             }
-            to_array(py, out, &[b, mc.config.outputs])
-        })
+            InputKind::Embedding { .. } => {
+                let single = b == 1 && untyped.ndim() == 0;
+                let ok = x_t.is_instance_of::<PyArrayDyn<i64>>();
+                (ok, single, if single { vec![] } else { vec![b] })
+            }
+        };
+        if !ok {
+            return Ok(None);
+        }
+        check_shape(py, "x_t", untyped.shape(), &want)?;
+        by_dtype!(mc.dtype, T => self.step_t::<T>(py, x_t, single).map(Some))
+    }
+
+    /// Steps taken since construction or the last `reset`.
+    #[getter]
+    fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
     }
 
     fn reset(&self) {
+        self.steps.store(0, Ordering::Relaxed);
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *s {
             AnyStepper::F32(s) => s.reset(),

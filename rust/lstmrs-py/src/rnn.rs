@@ -27,10 +27,13 @@ pub(crate) enum Params {
 pub(crate) enum TapeData {
     F32(core::Tape<f32>),
     F64(core::Tape<f64>),
+    /// Recorded by the GPU backend (f32), kept on the device.
+    #[cfg(feature = "gpu")]
+    Gpu(lstmrs_core::gpu::GpuTape),
 }
 
 /// The two element types, tied to their enum variants so the methods below are written once.
-pub(crate) trait Float: Scalar + Element {
+pub(crate) trait Float: Scalar + Element + bytemuck::Pod {
     const NAME: &'static str;
     fn params(p: &Params) -> Option<&RnnParams<Self>>;
     fn params_mut(p: &mut Params) -> Option<&mut RnnParams<Self>>;
@@ -210,6 +213,8 @@ impl Tape {
         match self.data {
             TapeData::F32(_) => f32::NAME,
             TapeData::F64(_) => f64::NAME,
+            #[cfg(feature = "gpu")]
+            TapeData::Gpu(_) => f32::NAME,
         }
     }
 
@@ -218,6 +223,8 @@ impl Tape {
         match &self.data {
             TapeData::F32(t) => t.seq_len(),
             TapeData::F64(t) => t.seq_len(),
+            #[cfg(feature = "gpu")]
+            TapeData::Gpu(t) => t.seq_len(),
         }
     }
 
@@ -226,6 +233,8 @@ impl Tape {
         match &self.data {
             TapeData::F32(t) => t.batch(),
             TapeData::F64(t) => t.batch(),
+            #[cfg(feature = "gpu")]
+            TapeData::Gpu(t) => t.batch(),
         }
     }
 
@@ -356,6 +365,7 @@ impl RnnCore {
         lengths: Option<&Bound<'py, PyAny>>,
         batch_first: bool,
         opts: ForwardOptions,
+        on_gpu: bool,
     ) -> PyResult<ForwardResult<'py>> {
         let py = x.py();
         let cfg = self.config;
@@ -422,9 +432,19 @@ impl RnnCore {
             let st = self.read();
             let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
             let version = st.version;
-            guarded(|| core::forward(p, &batch, &opts)).map(|res| res.map(|out| (out, version)))
+            guarded(|| {
+                if on_gpu {
+                    crate::gpu::forward(p, &batch, &opts)
+                } else {
+                    core::forward(p, &batch, &opts).map(|mut out| {
+                        let tape = out.tape.take().map(T::wrap_tape);
+                        (out, tape)
+                    })
+                }
+            })
+            .map(|res| res.map(|(out, tape)| (out, tape, version)))
         });
-        let (out, version) = lift(py, r)?;
+        let (out, tape, version) = lift(py, r)?;
 
         let out_shape = if batch_first {
             [b, t, cfg.output_size()]
@@ -434,8 +454,8 @@ impl RnnCore {
         let output = to_array(py, out.output, &out_shape)?;
         let h_n = to_array(py, out.h_n, &state)?;
         let c_n = out.c_n.map(|c| to_array(py, c, &state)).transpose()?;
-        let tape = out.tape.map(|t| Tape {
-            data: T::wrap_tape(t),
+        let tape = tape.map(|data| Tape {
+            data,
             owner: self.id,
             version,
             batch_first,
@@ -459,7 +479,7 @@ impl RnnCore {
                 "tape: expected a tape recorded by this network, got one from another network",
             ));
         }
-        let Some(core_tape) = T::tape(&tape.data) else {
+        if tape.dtype() != T::NAME {
             return Err(error(
                 py,
                 Kind::DType,
@@ -469,8 +489,8 @@ impl RnnCore {
                     tape.dtype()
                 ),
             ));
-        };
-        let (t, b) = (core_tape.seq_len(), core_tape.batch());
+        }
+        let (t, b) = (tape.seq_len(), tape.batch());
         let out_shape = if tape.batch_first {
             [b, t, cfg.output_size()]
         } else {
@@ -517,7 +537,17 @@ impl RnnCore {
                 return Ok(Ok(None));
             }
             let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
-            guarded(|| core::backward(p, core_tape, &grads)).map(|res| res.map(Some))
+            // A GPU tape runs the GPU backward pass; a CPU tape of this dtype the CPU one.
+            let core_tape = T::tape(&tape.data);
+            let run = || {
+                crate::gpu::backward(p, &tape.data, &grads)
+                    .or_else(|| core_tape.map(|t| core::backward(p, t, &grads)))
+            };
+            match guarded(run) {
+                Ok(Some(res)) => Ok(res.map(Some)),
+                Ok(None) => Err(DTYPE_MISMATCH.to_string()),
+                Err(msg) => Err(msg),
+            }
         });
         let Some(g) = lift(py, r)? else {
             return Err(error(
@@ -731,9 +761,11 @@ impl RnnCore {
     }
 
     /// Runs the network: `(output, h_n, c_n or None, tape or None)`.
+    /// `device`: "cpu" or "gpu" (the GPU backend, f32; a tape it records stays on the device and
+    /// `backward` runs there too).
     #[pyo3(signature = (
         x, h0=None, c0=None, lengths=None, batch_first=true, training=false, dropout=0.0,
-        seed=0, keep_tape=false
+        seed=0, keep_tape=false, device="cpu"
     ))]
     fn forward<'py>(
         &self,
@@ -746,6 +778,7 @@ impl RnnCore {
         dropout: f64,
         seed: u64,
         keep_tape: bool,
+        device: &str,
     ) -> PyResult<ForwardResult<'py>> {
         let opts = ForwardOptions {
             training,
@@ -753,9 +786,20 @@ impl RnnCore {
             seed,
             keep_tape,
         };
+        let on_gpu = match device {
+            "cpu" => false,
+            "gpu" => true,
+            _ => {
+                return Err(error(
+                    x.py(),
+                    Kind::InvalidArgument,
+                    format!("device: expected 'cpu' or 'gpu', got {device:?}"),
+                ))
+            }
+        };
         match self.dtype {
-            DType::F32 => self.forward_t::<f32>(x, h0, c0, lengths, batch_first, opts),
-            DType::F64 => self.forward_t::<f64>(x, h0, c0, lengths, batch_first, opts),
+            DType::F32 => self.forward_t::<f32>(x, h0, c0, lengths, batch_first, opts, on_gpu),
+            DType::F64 => self.forward_t::<f64>(x, h0, c0, lengths, batch_first, opts, on_gpu),
         }
     }
 

@@ -11,8 +11,9 @@ For parameters ``p``, gradient ``g``, momentum ``m`` (starting at 0), learning r
 0.99)``, ``weight_decay=0``. Lion's update has unit magnitude per element, so it wants a
 learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
 
-The update runs with NumPy, in place on the model's flat parameter buffer; the momentum and
-one scratch buffer are allocated once by :meth:`Lion.build`, so a step copies nothing.
+The update runs with NumPy, in place on the model's flat parameter buffer (in ``Model.fit``,
+a view of the weights held by the Rust core); the momentum and one scratch buffer are allocated
+once by :meth:`Lion.build`, so a step copies nothing.
 """
 
 from __future__ import annotations

@@ -6,18 +6,20 @@
 //! else `B`).
 
 mod dense;
+mod device;
 mod loss;
 mod pooling;
 mod stepper;
 
 pub use dense::Activation;
+pub use device::Device;
 pub use loss::{Loss, Targets};
 pub use pooling::Pooling;
 pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
-use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization, Tape};
+use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization};
 use crate::optim::{clip_grad_norm, clip_grad_value, grad_norm, Optimizer};
 use crate::params::{
     param_count, param_specs, param_specs_with_init, InitRule, ParamSpec, RnnWeights,
@@ -153,7 +155,7 @@ pub struct ModelOutput<T> {
 /// What the backward pass needs.
 struct ModelTape<T> {
     tokens: Option<Vec<i64>>,
-    rnn: Tape<T>,
+    rnn: device::RnnTape<T>,
     rnn_out: Vec<T>,
     attention: Option<AttentionCache<T>>,
     /// Input of each dense layer (`[N, in]`), then the logits.
@@ -167,6 +169,9 @@ pub struct Model<T> {
     specs: Vec<ParamSpec>,
     layout: PartOffsets,
     params: Vec<T>,
+    /// Where the recurrent layers run; not part of the architecture (a checkpoint trained on
+    /// one device loads on another).
+    device: Device,
 }
 
 /// Results of one loss-and-gradient evaluation.
@@ -238,6 +243,7 @@ impl<T: Scalar> Model<T> {
             config,
             specs,
             layout,
+            device: Device::Cpu,
         };
         model.init(seed);
         Ok(model)
@@ -293,6 +299,22 @@ impl<T: Scalar> Model<T> {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// Moves the recurrent layers to `device`. Refused, with the reason, when this build or this
+    /// model cannot run there (no `gpu` feature, f64, a custom cell, variational dropout or
+    /// zoneout, no adapter).
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        device::check(device, &self.config.regularization)?;
+        #[cfg(feature = "gpu")]
+        if device == Device::Gpu {
+            crate::gpu::check_supported::<T>(self.config.rnn.cell)?;
+            crate::gpu::gpu_available()?;
+        }
+        self.device = device;
+        Ok(())
     }
     pub fn specs(&self) -> &[ParamSpec] {
         &self.specs
@@ -394,7 +416,8 @@ impl<T: Scalar> Model<T> {
                 &embedded
             }
         };
-        let rnn_out = network::forward_regularized(
+        let rnn_out = device::forward(
+            self.device,
             self.rnn_weights(),
             &Batch {
                 input: rnn_input,
@@ -605,7 +628,7 @@ impl<T: Scalar> Model<T> {
                 None
             }
         };
-        let rg = network::backward(
+        let rg = device::backward(
             self.rnn_weights(),
             &tape.rnn,
             &GradOutputs {

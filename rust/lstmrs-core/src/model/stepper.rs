@@ -7,14 +7,17 @@ use super::{dense, InputKind, Model, ModelInput, Pooling};
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Scalar;
 use crate::stream::Stepper;
+use crate::stream_kernel::{self, Out, Product};
 
 /// The running state of `B` streams through a model.
 #[derive(Debug, Clone)]
 pub struct ModelStepper<T> {
     rnn: Stepper<T>,
-    /// `[B, I]` the recurrent layer's input (embedded tokens or features).
+    /// `[B, I]` the recurrent layer's input for token models (embedded tokens); dense features
+    /// are read from the caller's slice.
     input: Vec<T>,
-    /// One buffer per head layer output, `[B, width]`; the first holds the recurrent output.
+    /// The recurrent output and each hidden head layer's output, `[B, width]`; the last head
+    /// layer writes straight into the caller's `out`.
     acts: Vec<Vec<T>>,
 }
 
@@ -34,10 +37,21 @@ impl<T: Scalar> Model<T> {
         }
         let rnn = Stepper::new(self.rnn_weights(), batch)?;
         let dims = self.config.head_dims();
+        let tokens = matches!(self.config.input, InputKind::Embedding { .. });
         Ok(ModelStepper {
             rnn,
-            input: vec![T::zero(); batch * self.config.rnn.input_size],
-            acts: dims.iter().map(|&d| vec![T::zero(); batch * d]).collect(),
+            input: vec![
+                T::zero();
+                if tokens {
+                    batch * self.config.rnn.input_size
+                } else {
+                    0
+                }
+            ],
+            acts: dims[..dims.len() - 1]
+                .iter()
+                .map(|&d| vec![T::zero(); batch * d])
+                .collect(),
         })
     }
 
@@ -46,15 +60,16 @@ impl<T: Scalar> Model<T> {
     pub fn step(&self, s: &mut ModelStepper<T>, x: ModelInput<T>, out: &mut [T]) -> Result<()> {
         let b = s.rnn.batch();
         check_len("out", out.len(), &[b, self.config.outputs])?;
-        match (x, self.config.input) {
+        let ModelStepper { rnn, input, acts } = s;
+        let input: &[T] = match (x, self.config.input) {
             (ModelInput::Dense(v), InputKind::Dense { features }) => {
                 check_len("x", v.len(), &[b, features])?;
-                s.input.copy_from_slice(v);
+                v
             }
             (ModelInput::Tokens(ids), InputKind::Embedding { vocab, dim }) => {
                 check_len("x", ids.len(), &[b])?;
                 let off = self.layout.embedding.expect("embedding");
-                for (row, &id) in s.input.chunks_exact_mut(dim).zip(ids) {
+                for (row, &id) in input.chunks_exact_mut(dim).zip(ids) {
                     if id < 0 || id as u64 >= vocab as u64 {
                         return Err(Error::Value {
                             arg: "x",
@@ -64,6 +79,7 @@ impl<T: Scalar> Model<T> {
                     }
                     row.copy_from_slice(self.slice(off + id as usize * dim, dim));
                 }
+                input
             }
             _ => return Err(Error::Value {
                 arg: "x",
@@ -72,26 +88,38 @@ impl<T: Scalar> Model<T> {
                         .into(),
                 got: "the other kind".into(),
             }),
-        }
-        let weights = self.rnn_weights();
-        s.rnn.step(weights, &s.input, &mut s.acts[0])?;
-        let dims = self.config.head_dims();
+        };
+        rnn.step(self.rnn_weights(), input, &mut acts[0])?;
+        let small = rnn.uses_small_kernel();
         let last = self.layout.dense.len() - 1;
         for (k, &(w, bias)) in self.layout.dense.iter().enumerate() {
-            let (inp, o) = (dims[k], dims[k + 1]);
-            let (before, after) = s.acts.split_at_mut(k + 1);
-            dense::forward_into(
-                &before[k],
-                b,
-                self.slice(w, o * inp),
-                self.slice(bias, o),
-                &mut after[0],
-            );
+            let (before, after) = acts.split_at_mut(k + 1);
+            let x = &before[k];
+            let (dst, o): (&mut [T], usize) = if k == last {
+                (&mut *out, self.config.outputs)
+            } else {
+                let o = after[0].len() / b;
+                (&mut after[0], o)
+            };
+            let inp = x.len() / b;
+            let (w, bias) = (self.slice(w, o * inp), self.slice(bias, o));
+            if small {
+                // A head of a few outputs is a handful of dot products: GEMM's call overhead
+                // would exceed them.
+                let p = Product { w, x, k: inp };
+                let y = Out {
+                    dst: &mut *dst,
+                    ld: o,
+                    bias: [Some(bias), None],
+                };
+                stream_kernel::rows(o, b, p, None, y, None);
+            } else {
+                dense::forward_into(x, b, w, bias, dst);
+            }
             if k < last {
-                self.config.activation.apply(&mut after[0]);
+                self.config.activation.apply(dst);
             }
         }
-        out.copy_from_slice(&s.acts[last + 1]);
         Ok(())
     }
 }

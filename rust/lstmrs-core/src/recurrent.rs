@@ -1,0 +1,861 @@
+//! The per-step recurrent product with its weight packed once per sweep.
+//!
+//! Each time step multiplies a small `[B, K]` matrix (the state, or the gate gradients going
+//! back) by the same weight. A general GEMM packs that weight again at every call; here each
+//! member of a sweep's team packs the columns it owns once, into panels laid out for its
+//! register tile, and keeps them hot in its core's cache for the whole sweep.
+//!
+//! Layout: the weight is seen as `W(k, n) = w[k * rs + n * cs]`. Output columns come in vectors
+//! of [`LANES`] consecutive columns (a vector never crosses a gate block; the last one of a block
+//! may be short and is padded with zero weights). `NV` vectors form a panel, stored `[K][NV*LANES]`
+//! so the micro-kernel reads one contiguous stream; a tile of `MR` rows by one panel is summed in
+//! registers over a `KC`-long stretch of `k`.
+//!
+//! The sum for every output element runs over `k` in the same order whatever the tile, the
+//! panel position or the number of threads, so results do not depend on the thread count.
+
+use crate::scalar::{DType, Scalar};
+
+/// Columns of one packed vector: one AVX2 register of f32.
+pub(crate) const LANES: usize = 8;
+
+/// Bytes of L1 cache a panel stretch may fill, with the row tile beside it.
+const L1_PANEL_BYTES: usize = 20 * 1024;
+
+/// One packed vector: `len` (1..=LANES, 0 for padding) columns taken from weight column `src`
+/// onward and written to output column `col` onward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Vector {
+    pub src: usize,
+    pub col: usize,
+    pub len: usize,
+}
+
+/// Vectors covering `units` of each of `gates` blocks of `h` columns (PyTorch's gate-major order):
+/// output columns equal weight columns.
+pub(crate) fn gate_vectors(gates: usize, h: usize, units: std::ops::Range<usize>) -> Vec<Vector> {
+    let mut v = Vec::new();
+    for g in 0..gates {
+        let mut u = units.start;
+        while u < units.end {
+            let len = LANES.min(units.end - u);
+            v.push(Vector {
+                src: g * h + u,
+                col: g * h + u,
+                len,
+            });
+            u += len;
+        }
+    }
+    v
+}
+
+/// Register tile `(MR rows, NV vectors)` for a product of `rows` rows. With enough rows, up to
+/// 6 rows by 2 vectors: 12 accumulators, 2 panel registers and a broadcast fit the 16 AVX2
+/// registers with one to spare (4 × 3 needs all 16, and LLVM then spills an accumulator inside
+/// the loop). One to three rows get wider panels so that 8 or more independent sums hide the
+/// FMA latency.
+fn tile_for(rows: usize) -> (usize, usize) {
+    match rows {
+        0 | 1 => (1, 8),
+        2 => (2, 4),
+        3 => (3, 3),
+        _ => (6, 2),
+    }
+}
+
+/// Rows of the next tile when `left` rows remain: full tiles, except that the last two share
+/// what is left of `mr..2*mr` so that no tile has fewer than `mr/2` rows (few rows leave too
+/// few independent sums).
+fn next_tile(left: usize, mr: usize) -> usize {
+    if left <= mr {
+        left
+    } else if left < 2 * mr {
+        left.div_ceil(2)
+    } else {
+        mr
+    }
+}
+
+/// A weight (or the part of it one thread owns) packed for [`Packed::product`].
+pub(crate) struct Packed<T> {
+    buf: Vec<T>,
+    /// Offset of the first panel in `buf` (aligned to 64 bytes).
+    off: usize,
+    k: usize,
+    mr: usize,
+    nv: usize,
+    kc: usize,
+    /// `panels * nv` output slots `(col, len)`, padding slots with `len == 0`.
+    slots: Vec<(usize, usize)>,
+    simd: bool,
+    /// The lhs of the current `k` stretch, tile by tile `[k][mr]`: read as one stream, its rows
+    /// never fight over L1 sets (rows of a state 4 KiB apart, `H = 1024` in f32, all map to the
+    /// same set) and it is read once per panel from L1 instead of L2.
+    lhs: std::cell::RefCell<Vec<T>>,
+}
+
+impl<T: Scalar> Packed<T> {
+    /// Packs `W(k, n) = w[k * rs + n * cs]`, `k < k_len`, for the output `vectors`, tiled for
+    /// products of about `rows` rows.
+    pub fn new(
+        w: &[T],
+        rs: usize,
+        cs: usize,
+        k_len: usize,
+        vectors: &[Vector],
+        rows: usize,
+    ) -> Self {
+        let (mr, nv) = tile_for(rows);
+        let nr = nv * LANES;
+        let panels = vectors.len().div_ceil(nv);
+        let align = 64 / std::mem::size_of::<T>();
+        let mut buf = vec![T::zero(); panels * k_len * nr + align];
+        let off = buf.as_ptr().align_offset(64).min(align);
+        let mut slots = vec![(0, 0); panels * nv];
+        for (i, v) in vectors.iter().enumerate() {
+            assert!(
+                v.len <= LANES,
+                "a packed vector holds at most {LANES} columns"
+            );
+            if v.len == 0 || k_len == 0 {
+                continue;
+            }
+            assert!(
+                (k_len - 1) * rs + (v.src + v.len - 1) * cs < w.len(),
+                "packed vector outside the weight"
+            );
+            slots[i] = (v.col, v.len);
+            let (p, lane0) = (i / nv, (i % nv) * LANES);
+            let panel = &mut buf[off + p * k_len * nr..][..k_len * nr];
+            for (k, row) in panel.chunks_exact_mut(nr).enumerate() {
+                for j in 0..v.len {
+                    row[lane0 + j] = w[k * rs + (v.src + j) * cs];
+                }
+            }
+        }
+        // One row tile reuses nothing across tiles: stream the whole `k` at once then.
+        let kc = if rows <= mr {
+            k_len.max(1)
+        } else {
+            (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
+        };
+        Packed {
+            buf,
+            off,
+            k: k_len,
+            mr,
+            nv,
+            kc,
+            slots,
+            simd: T::DTYPE == DType::F32 && avx2_available(),
+            lhs: std::cell::RefCell::new(vec![T::zero(); rows * k_len.min(kc)]),
+        }
+    }
+
+    /// Packs the rows `gates × units` of a `[gates*h, h]` weight for `C = A · Wᵀ` (the forward
+    /// step `h · W_hhᵀ`): `K = h`, output columns in gate-major order.
+    pub fn rows_of(
+        w: &[T],
+        gates: usize,
+        h: usize,
+        units: std::ops::Range<usize>,
+        rows: usize,
+    ) -> Self {
+        Self::new(w, 1, h, h, &gate_vectors(gates, h, units), rows)
+    }
+
+    /// Packs the columns `units` of a `[gates*h, h]` weight for `C = A · W` (the backward step
+    /// `d_gates · W_hh`): `K = gates*h`, output columns `units`.
+    pub fn cols_of(
+        w: &[T],
+        gates: usize,
+        h: usize,
+        units: std::ops::Range<usize>,
+        rows: usize,
+    ) -> Self {
+        Self::new(w, h, 1, gates * h, &gate_vectors(1, h, units), rows)
+    }
+
+    /// `k`, the inner dimension.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// The largest output column written plus one.
+    pub fn col_end(&self) -> usize {
+        self.slots.iter().map(|&(c, l)| c + l).max().unwrap_or(0)
+    }
+
+    /// `c[r, col..col+len] (+)= Σ_k a[r, k] · W(k, src..src+len)` for every vector and rows
+    /// `0..rows` (`+=` when `accumulate`), bounds-checked.
+    pub fn product(
+        &self,
+        a: &[T],
+        lda: usize,
+        rows: usize,
+        c: &mut [T],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        assert!(self.k <= lda || rows == 1, "lhs row stride below its width");
+        assert!((rows - 1) * lda + self.k <= a.len(), "lhs too short");
+        assert!(
+            self.col_end() <= ldc || rows == 1,
+            "output stride below its width"
+        );
+        assert!(
+            (rows - 1) * ldc + self.col_end() <= c.len(),
+            "output too short"
+        );
+        // SAFETY: bounds checked above; `c` is borrowed mutably.
+        unsafe { self.product_raw(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, accumulate) }
+    }
+
+    /// [`Packed::product`] on raw pointers, for the members of a team sharing `a` and `c`.
+    ///
+    /// # Safety
+    /// `a` holds `rows` rows of `depth()` values, `lda` apart; in `c` (rows `ldc` apart) every
+    /// slot's columns exist, and no other thread reads or writes them during the call, nor writes
+    /// what is read from `a`.
+    pub unsafe fn product_raw(
+        &self,
+        a: *const T,
+        lda: usize,
+        rows: usize,
+        c: *mut T,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        if self.simd {
+            // SAFETY: `T` is f32 (checked when packing, with the CPU's AVX2 and FMA); the
+            // pointers' contract is the caller's.
+            unsafe {
+                self.drive(
+                    a as *const f32,
+                    lda,
+                    rows,
+                    c as *mut f32,
+                    ldc,
+                    accumulate,
+                    Kernel::Avx2,
+                )
+            }
+        } else {
+            // SAFETY: forwarded contract.
+            unsafe { self.drive(a, lda, rows, c, ldc, accumulate, Kernel::Portable) }
+        }
+    }
+
+    /// The loops around the micro-kernel: `k` in stretches that keep a panel stretch in L1, then
+    /// panels, then row tiles.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn drive<U: Scalar>(
+        &self,
+        a: *const U,
+        lda: usize,
+        rows: usize,
+        c: *mut U,
+        ldc: usize,
+        accumulate: bool,
+        kernel: Kernel,
+    ) {
+        let nr = self.nv * LANES;
+        let panels = self.slots.len() / self.nv;
+        // SAFETY: `U` is `T` or (with `simd`) f32 = `T`.
+        let base = unsafe { (self.buf.as_ptr() as *const U).add(self.off) };
+        if self.k == 0 {
+            if !accumulate {
+                for r in 0..rows {
+                    for &(col, len) in &self.slots {
+                        for j in 0..len {
+                            // SAFETY: the caller's contract covers every slot column.
+                            unsafe { *c.add(r * ldc + col + j) = U::zero() };
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        // Copying the lhs costs about a pass over it: worth it when many panels reread it, or
+        // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
+        let pack_lhs = panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()) % 2048 == 0);
+        let mut lhs = self.lhs.borrow_mut();
+        if pack_lhs && lhs.len() < rows * self.kc.min(self.k) {
+            // Only when called with more rows than packed for (never inside a sweep).
+            lhs.resize(rows * self.kc.min(self.k), T::zero());
+        }
+        // SAFETY: `U` is `T` (see `base`).
+        let lhs_ptr = lhs.as_mut_ptr() as *mut U;
+        let mut k0 = 0;
+        while k0 < self.k {
+            let kl = self.kc.min(self.k - k0);
+            let acc = accumulate || k0 > 0;
+            if pack_lhs {
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = next_tile(rows - r0, self.mr);
+                    for k in 0..kl {
+                        for r in 0..mr {
+                            // SAFETY: row `r0 + r`, column `k0 + k` of `a` (the caller's
+                            // contract); `lhs` holds `rows * kl` values.
+                            unsafe {
+                                *lhs_ptr.add(r0 * kl + k * mr + r) = *a.add((r0 + r) * lda + k0 + k)
+                            };
+                        }
+                    }
+                    r0 += mr;
+                }
+            }
+            for p in 0..panels {
+                let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
+                // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
+                let b = unsafe { base.add(p * self.k * nr + k0 * nr) };
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = next_tile(rows - r0, self.mr);
+                    // Row and `k` strides of the tile's lhs.
+                    let (tile_a, ars, aks) = if pack_lhs {
+                        // SAFETY: inside `lhs` (filled above).
+                        (unsafe { lhs_ptr.add(r0 * kl) as *const U }, 1, mr)
+                    } else {
+                        // SAFETY: rows `r0..r0+mr` exist in `a` (the caller's contract).
+                        (unsafe { a.add(r0 * lda + k0) }, lda, 1)
+                    };
+                    // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract).
+                    unsafe {
+                        tile(
+                            kernel,
+                            mr,
+                            self.nv,
+                            kl,
+                            tile_a,
+                            ars,
+                            aks,
+                            b,
+                            c.add(r0 * ldc),
+                            ldc,
+                            slots,
+                            acc,
+                        )
+                    }
+                    r0 += mr;
+                }
+            }
+            k0 += kl;
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    Avx2,
+    Portable,
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Calls the micro-kernel instance for the tile `(mr, nv)`.
+///
+/// # Safety
+/// As [`Packed::product_raw`], for this tile; with `Kernel::Avx2`, `U` is f32 and the CPU has
+/// AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile<U: Scalar>(
+    kernel: Kernel,
+    mr: usize,
+    nv: usize,
+    k: usize,
+    a: *const U,
+    ars: usize,
+    aks: usize,
+    b: *const U,
+    c: *mut U,
+    ldc: usize,
+    slots: &[(usize, usize)],
+    acc: bool,
+) {
+    macro_rules! pick {
+        ($($m:literal, $n:literal);*) => {
+            match (mr, nv) {
+                $(($m, $n) => match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: f32 and AVX2+FMA (the caller's contract).
+                    Kernel::Avx2 => unsafe {
+                        avx2::tile::<$m, $n>(
+                            k, a as *const f32, ars, aks, b as *const f32, c as *mut f32, ldc,
+                            slots, acc,
+                        )
+                    },
+                    // SAFETY: forwarded contract.
+                    _ => unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc) },
+                },)*
+                _ => unreachable!("no micro-kernel for a {mr}x{nv} tile"),
+            }
+        };
+    }
+    pick!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
+}
+
+/// The micro-kernel in plain Rust (f64, and CPUs without AVX2): a `MR × NV·LANES` tile.
+///
+/// # Safety
+/// As [`tile`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn portable_tile<U: Scalar, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const U,
+    ars: usize,
+    aks: usize,
+    b: *const U,
+    c: *mut U,
+    ldc: usize,
+    slots: &[(usize, usize)],
+    acc: bool,
+) {
+    let mut sum = [[[U::zero(); LANES]; NV]; MR];
+    for kk in 0..k {
+        // SAFETY: row `kk` of the panel stretch.
+        let brow = unsafe { std::slice::from_raw_parts(b.add(kk * NV * LANES), NV * LANES) };
+        for r in 0..MR {
+            // SAFETY: row `r`, column `kk` of the lhs tile.
+            let av = unsafe { *a.add(r * ars + kk * aks) };
+            for v in 0..NV {
+                for j in 0..LANES {
+                    sum[r][v][j] += av * brow[v * LANES + j];
+                }
+            }
+        }
+    }
+    for r in 0..MR {
+        for (v, &(col, len)) in slots.iter().enumerate().take(NV) {
+            for j in 0..len {
+                // SAFETY: a slot column of row `r` (the caller's contract).
+                let p = unsafe { c.add(r * ldc + col + j) };
+                unsafe { *p = if acc { *p + sum[r][v][j] } else { sum[r][v][j] } };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// The f32 micro-kernel: `MR × NV` accumulator registers, one broadcast of `a` per row and one
+    /// load per vector of the panel at each `k`.
+    ///
+    /// # Safety
+    /// As [`super::tile`]; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const MR: usize, const NV: usize>(
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        aks: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        slots: &[(usize, usize)],
+        acc: bool,
+    ) {
+        let mut sum = [[_mm256_setzero_ps(); NV]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..k {
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for v in 0..NV {
+                // SAFETY: the panel row holds NV vectors (packed 64-byte aligned, so the load never splits a cache line).
+                bv[v] = unsafe { _mm256_loadu_ps(b.add(v * LANES)) };
+            }
+            for r in 0..MR {
+                // SAFETY: row `r` of the lhs tile at the current `k`.
+                let av = _mm256_set1_ps(unsafe { *a.add(r * ars) });
+                for v in 0..NV {
+                    sum[r][v] = _mm256_fmadd_ps(av, bv[v], sum[r][v]);
+                }
+            }
+            // SAFETY: one step along `k` (the last step points one past the stretch).
+            unsafe {
+                a = a.add(aks);
+                b = b.add(NV * LANES);
+            }
+        }
+        for r in 0..MR {
+            for v in 0..NV {
+                let (col, len) = slots[v];
+                // SAFETY: the slot's columns of row `r` (the caller's contract).
+                let p = unsafe { c.add(r * ldc + col) };
+                if len == LANES {
+                    unsafe {
+                        let x = if acc {
+                            _mm256_add_ps(_mm256_loadu_ps(p), sum[r][v])
+                        } else {
+                            sum[r][v]
+                        };
+                        _mm256_storeu_ps(p, x);
+                    }
+                } else if len > 0 {
+                    let mut tmp = [0f32; LANES];
+                    // SAFETY: `tmp` holds one vector; `p..p+len` as above.
+                    unsafe {
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), sum[r][v]);
+                        for j in 0..len {
+                            *p.add(j) = if acc { *p.add(j) + tmp[j] } else { tmp[j] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits `h` hidden units between at most `n` threads, in blocks of [`LANES`] units.
+pub(crate) fn split_units(h: usize, n: usize) -> Vec<std::ops::Range<usize>> {
+    let blocks = h.div_ceil(LANES).max(1);
+    let n = n.clamp(1, blocks);
+    (0..n)
+        .map(|i| (blocks * i / n * LANES).min(h)..(blocks * (i + 1) / n * LANES).min(h))
+        .collect()
+}
+
+/// Multiply-adds per thread below which a step's product is not split: a barrier between two
+/// busy cores costs about a microsecond of skew and cache-line traffic.
+pub(crate) const MIN_STEP_WORK: usize = 1 << 16;
+
+/// Threads for a sweep whose steps each do `step_work` multiply-adds over `h` units, given at
+/// most `capacity` threads.
+pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize) -> usize {
+    capacity
+        .min(h.div_ceil(LANES))
+        .min(step_work / MIN_STEP_WORK)
+        .max(1)
+}
+
+/// The plain loop the packed product is tested against:
+/// `c[r, v.col + j] (+)= Σ_k a[r*lda + k] · w[k*rs + (v.src + j)*cs]`.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_product<T: Scalar>(
+    a: &[T],
+    lda: usize,
+    rows: usize,
+    w: &[T],
+    rs: usize,
+    cs: usize,
+    k_len: usize,
+    vectors: &[Vector],
+    c: &mut [T],
+    ldc: usize,
+    accumulate: bool,
+) {
+    for r in 0..rows {
+        for v in vectors {
+            for j in 0..v.len {
+                let mut s = T::zero();
+                for k in 0..k_len {
+                    s += a[r * lda + k] * w[k * rs + (v.src + j) * cs];
+                }
+                let d = &mut c[r * ldc + v.col + j];
+                *d = if accumulate { *d + s } else { s };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill<T: Scalar>(n: usize, seed: f64) -> Vec<T> {
+        (0..n)
+            .map(|i| T::from_f64(((i as f64 + 1.0) * seed).sin()))
+            .collect()
+    }
+
+    fn check<T: Scalar>(
+        rows: usize,
+        gates: usize,
+        h: usize,
+        units: std::ops::Range<usize>,
+        tol: f64,
+    ) {
+        let gw = gates * h;
+        let w: Vec<T> = fill(gw * h, 0.37);
+        for forward in [true, false] {
+            // Forward: a [rows, h] (padded stride), out [rows, gw]; backward: a [rows, gw], out [rows, h].
+            let (k, lda, ldc) = if forward {
+                (h, h + 3, gw + 1)
+            } else {
+                (gw, gw + 2, h + 5)
+            };
+            let a: Vec<T> = fill(rows * lda, 0.71);
+            let (packed, vectors, rs, cs) = if forward {
+                (
+                    Packed::rows_of(&w, gates, h, units.clone(), rows),
+                    gate_vectors(gates, h, units.clone()),
+                    1,
+                    h,
+                )
+            } else {
+                (
+                    Packed::cols_of(&w, gates, h, units.clone(), rows),
+                    gate_vectors(1, h, units.clone()),
+                    h,
+                    1,
+                )
+            };
+            assert_eq!(packed.depth(), k);
+            for accumulate in [false, true] {
+                let init: Vec<T> = fill(rows * ldc, 0.13);
+                let mut got = init.clone();
+                packed.product(&a, lda, rows, &mut got, ldc, accumulate);
+                let mut want = init.clone();
+                reference_product(
+                    &a, lda, rows, &w, rs, cs, k, &vectors, &mut want, ldc, accumulate,
+                );
+                for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
+                    let (g, wv) = (Scalar::to_f64(*g), Scalar::to_f64(*wv));
+                    assert!(
+                        (g - wv).abs() <= tol * (1.0 + wv.abs()) * (k as f64).sqrt(),
+                        "rows={rows} gates={gates} h={h} units={units:?} fwd={forward} \
+                         acc={accumulate} elem {i}: {g} vs {wv}"
+                    );
+                }
+                // Columns outside the vectors are untouched.
+                let covered = |col: usize| {
+                    vectors
+                        .iter()
+                        .any(|v| (v.col..v.col + v.len).contains(&col))
+                };
+                for r in 0..rows {
+                    for col in 0..ldc {
+                        if !covered(col) {
+                            assert_eq!(got[r * ldc + col], init[r * ldc + col]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_product_matches_reference_on_odd_sizes() {
+        for rows in [1, 2, 3, 4, 5, 17] {
+            for h in [1, 5, 33, 130] {
+                for gates in [3, 4] {
+                    check::<f32>(rows, gates, h, 0..h, 2e-6);
+                    check::<f64>(rows, gates, h, 0..h, 1e-14);
+                    // A thread's share: units from a block boundary to the end.
+                    if h > LANES {
+                        check::<f32>(rows, gates, h, LANES..h, 2e-6);
+                        check::<f64>(rows, gates, h, LANES..h.min(3 * LANES), 1e-14);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_depth_is_summed_in_stretches_like_one() {
+        // K = 4*300 > the L1 stretch with 17 rows (several row tiles): exercises the k blocking.
+        check::<f32>(17, 4, 300, 0..300, 2e-6);
+        check::<f64>(9, 4, 300, 40..300, 1e-14);
+    }
+
+    #[test]
+    fn thread_shares_give_the_same_bits_as_one_thread() {
+        let (rows, gates, h) = (17, 4, 130);
+        let w: Vec<f32> = fill(gates * h * h, 0.37);
+        let a: Vec<f32> = fill(rows * h, 0.71);
+        let mut whole = vec![0f32; rows * gates * h];
+        Packed::rows_of(&w, gates, h, 0..h, rows).product(
+            &a,
+            h,
+            rows,
+            &mut whole,
+            gates * h,
+            false,
+        );
+        for n in [2, 3, 5] {
+            let mut parts = vec![0f32; rows * gates * h];
+            for u in split_units(h, n) {
+                Packed::rows_of(&w, gates, h, u, rows).product(
+                    &a,
+                    h,
+                    rows,
+                    &mut parts,
+                    gates * h,
+                    false,
+                );
+            }
+            assert!(whole
+                .iter()
+                .zip(&parts)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
+    #[test]
+    fn units_split_in_blocks_and_cover_all() {
+        for h in [1, 5, 8, 33, 130, 1024] {
+            for n in 1..6 {
+                let parts = split_units(h, n);
+                assert!(parts.len() <= n && !parts.is_empty());
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts.last().unwrap().end, h);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert_eq!(w[0].end % LANES, 0);
+                    assert!(w[0].start < w[0].end);
+                }
+            }
+        }
+    }
+}
+
+/// Entry points for the criterion benchmarks (`benches/kernels.rs`): the step product through
+/// the packed kernel and through the general GEMM it replaced, and the fused gate passes. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::Packed;
+    use crate::gates::{self, Active};
+    use crate::matmul::{a_b, a_bt, Mat};
+    use crate::scalar::Scalar;
+
+    /// A whole `[gates*h, h]` recurrent weight packed for one direction of the step product.
+    pub struct PackedWeight<T> {
+        packed: Packed<T>,
+        width: usize,
+    }
+
+    impl<T: Scalar> PackedWeight<T> {
+        /// For the forward step `h[B,H] · W_hhᵀ -> [B, gates*H]`.
+        pub fn forward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+            PackedWeight {
+                packed: Packed::rows_of(w_hh, gates, h, 0..h, rows),
+                width: gates * h,
+            }
+        }
+        /// For the backward step `dg[B, gates*H] · W_hh -> [B, H]`.
+        pub fn backward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+            PackedWeight {
+                packed: Packed::cols_of(w_hh, gates, h, 0..h, rows),
+                width: h,
+            }
+        }
+        /// `c[rows, width] = a[rows, k] · W` (row-major, dense).
+        pub fn product(&self, a: &[T], rows: usize, c: &mut [T]) {
+            let k = self.packed.depth();
+            self.packed.product(a, k, rows, c, self.width, false);
+        }
+    }
+
+    /// The forward step product through the general GEMM (packs `W_hh` at every call).
+    pub fn gemm_forward<T: Scalar>(
+        w_hh: &[T],
+        gates: usize,
+        h: usize,
+        a: &[T],
+        rows: usize,
+        c: &mut [T],
+    ) {
+        a_bt(
+            c,
+            gates * h,
+            false,
+            Mat::new(a, rows, h),
+            Mat::new(w_hh, gates * h, h),
+        );
+    }
+
+    /// The backward step product through the general GEMM.
+    pub fn gemm_backward<T: Scalar>(
+        w_hh: &[T],
+        gates: usize,
+        h: usize,
+        a: &[T],
+        rows: usize,
+        c: &mut [T],
+    ) {
+        a_b(
+            c,
+            h,
+            false,
+            Mat::new(a, rows, gates * h),
+            Mat::new(w_hh, gates * h, h),
+        );
+    }
+
+    /// One LSTM forward gate pass over `[rows, 4h]` pre-activations (all rows active).
+    pub fn lstm_gates<T: Scalar>(
+        h: usize,
+        x_pre: &[T],
+        h_pre: &[T],
+        c_prev: &[T],
+        h_prev: &[T],
+        act: &mut [T],
+        tanh_c: &mut [T],
+        c_next: &mut [T],
+        h_next: &mut [T],
+    ) {
+        let all = Active {
+            lengths: None,
+            t: 0,
+        };
+        gates::lstm_forward(
+            h, all, x_pre, h_pre, c_prev, h_prev, act, tanh_c, c_next, h_next,
+        );
+    }
+
+    /// One LSTM backward gate pass.
+    pub fn lstm_gates_backward<T: Scalar>(
+        h: usize,
+        act: &[T],
+        tanh_c: &[T],
+        c_prev: &[T],
+        dh: &mut [T],
+        dc: &mut [T],
+        d_pre: &mut [T],
+    ) {
+        let all = Active {
+            lengths: None,
+            t: 0,
+        };
+        gates::lstm_backward(h, all, act, tanh_c, c_prev, dh, dc, d_pre);
+    }
+
+    /// One GRU forward gate pass over `[rows, 3h]` pre-activations.
+    pub fn gru_gates<T: Scalar>(
+        h: usize,
+        x_pre: &[T],
+        h_pre: &[T],
+        b_hn: &[T],
+        h_prev: &[T],
+        act: &mut [T],
+        hn_lin: &mut [T],
+        h_next: &mut [T],
+    ) {
+        let all = Active {
+            lengths: None,
+            t: 0,
+        };
+        gates::gru_forward(h, all, x_pre, h_pre, b_hn, h_prev, act, hn_lin, h_next);
+    }
+}
