@@ -525,35 +525,15 @@ pub fn backward<'p, T: Scalar>(
 ) -> Result<Gradients<T>> {
     let params = params.into();
     let cfg = *params.config();
-    if cfg != tape.config {
-        return Err(Error::Value {
-            arg: "tape",
-            expected: format!("a tape recorded by a network with {cfg:?}"),
-            got: format!("{:?}", tape.config),
-        });
-    }
+    validate_backward(
+        &cfg,
+        &tape.config,
+        tape.layout,
+        tape.seq_len,
+        tape.batch,
+        grads,
+    )?;
     let (t, b) = (tape.seq_len, tape.batch);
-    let out_shape = match tape.layout {
-        Layout::BatchFirst => [b, t, cfg.output_size()],
-        Layout::TimeMajor => [t, b, cfg.output_size()],
-    };
-    if let Some(g) = grads.output {
-        check_len("d_output", g.len(), &out_shape)?;
-    }
-    let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
-    if let Some(g) = grads.h_n {
-        check_len("d_h_n", g.len(), &state)?;
-    }
-    if let Some(g) = grads.c_n {
-        if !cfg.cell.has_cell_state() {
-            return Err(Error::Value {
-                arg: "d_c_n",
-                expected: format!("no cell-state gradient for a {} cell", cfg.cell.name()),
-                got: "a cell-state gradient".into(),
-            });
-        }
-        check_len("d_c_n", g.len(), &state)?;
-    }
     let work = 2 * forward_work(&cfg, t, b);
     Ok(threads::install_for(work, || {
         backward_checked(params, tape, grads)
@@ -662,4 +642,50 @@ fn backward_checked<T: Scalar>(
         h0: dh0,
         c0: lstm.then_some(dc0),
     }
+}
+
+/// Checks a backward call against the forward call its tape recorded (network, layout, sizes):
+/// the parameters' network must be the tape's, and each output gradient must have its output's
+/// shape. Shared by the CPU and GPU backward passes.
+pub(crate) fn validate_backward<T>(
+    cfg: &RnnConfig,
+    recorded: &RnnConfig,
+    layout: Layout,
+    seq_len: usize,
+    batch: usize,
+    grads: &GradOutputs<T>,
+) -> Result<()> {
+    if cfg != recorded {
+        return Err(Error::Value {
+            arg: "tape",
+            expected: format!("a tape recorded by a network with {cfg:?}"),
+            got: format!("{recorded:?}"),
+        });
+    }
+    let out_shape = match layout {
+        Layout::BatchFirst => [batch, seq_len, cfg.output_size()],
+        Layout::TimeMajor => [seq_len, batch, cfg.output_size()],
+    };
+    if let Some(g) = grads.output {
+        check_len("d_output", g.len(), &out_shape)?;
+    }
+    let state = [
+        cfg.num_layers * cfg.num_directions(),
+        batch,
+        cfg.hidden_size,
+    ];
+    if let Some(g) = grads.h_n {
+        check_len("d_h_n", g.len(), &state)?;
+    }
+    if let Some(g) = grads.c_n {
+        if !cfg.cell.has_cell_state() {
+            return Err(Error::Value {
+                arg: "d_c_n",
+                expected: format!("no cell-state gradient for a {} cell", cfg.cell.name()),
+                got: "a cell-state gradient".into(),
+            });
+        }
+        check_len("d_c_n", g.len(), &state)?;
+    }
+    Ok(())
 }

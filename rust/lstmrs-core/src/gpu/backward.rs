@@ -8,8 +8,8 @@ use super::matmul::{matmul, Operand, Out};
 use super::ops::{column_sums, permute, scale};
 use super::step::{backward_step, BackwardAt, BackwardSweep, TapeLayout};
 use crate::config::CellKind;
-use crate::error::{check_len, Error, Result};
-use crate::network::{GradOutputs, Gradients, Layout};
+use crate::error::Result;
+use crate::network::{validate_backward, GradOutputs, Gradients, Layout};
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use bytemuck::Pod;
@@ -23,36 +23,15 @@ pub fn backward<'p, T: Scalar + Pod>(
 ) -> Result<Gradients<T>> {
     let params = params.into();
     let cfg = *params.config();
-    if cfg != tape.config {
-        return Err(Error::Value {
-            arg: "tape",
-            expected: format!("a tape recorded by a network with {cfg:?}"),
-            got: format!("{:?}", tape.config),
-        });
-    }
+    validate_backward(
+        &cfg,
+        &tape.config,
+        tape.layout,
+        tape.seq_len,
+        tape.batch,
+        grads,
+    )?;
     super::check_supported::<T>(cfg.cell)?;
-    let (t, b) = (tape.seq_len, tape.batch);
-    let out_shape = match tape.layout {
-        Layout::BatchFirst => [b, t, cfg.output_size()],
-        Layout::TimeMajor => [t, b, cfg.output_size()],
-    };
-    if let Some(g) = grads.output {
-        check_len("d_output", g.len(), &out_shape)?;
-    }
-    let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
-    if let Some(g) = grads.h_n {
-        check_len("d_h_n", g.len(), &state)?;
-    }
-    if let Some(g) = grads.c_n {
-        if !cfg.cell.has_cell_state() {
-            return Err(Error::Value {
-                arg: "d_c_n",
-                expected: format!("no cell-state gradient for a {} cell", cfg.cell.name()),
-                got: "a cell-state gradient".into(),
-            });
-        }
-        check_len("d_c_n", g.len(), &state)?;
-    }
     let g = gpu()?;
     g.scoped(|| run(g, params.as_slice(), tape, grads))
 }
