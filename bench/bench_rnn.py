@@ -13,6 +13,8 @@ Sections (--modes, comma list; default all):
              (plugin_cells.py), in the modes selected (both when neither is)
   stream     one streamed step per Python call, B 1/32 x H 128/512 (stream.py)
   tbptt      a T = 100,000 stream under truncated BPTT, time and memory (tbptt.py)
+  gpu        lstmrs on the GPU against torch CUDA (TF32 off/on), T x B x H grid, plus the
+             device's dispatch cost and matmul speed (gpu.py); only when named
 
 Every library gets the same number of intra-op threads (torch.set_num_threads,
 lstmrs.set_num_threads, ORT intra_op_num_threads; inter-op threads 1), float32. A large f32
@@ -32,6 +34,7 @@ import time
 
 import cases
 import gemm
+import gpu
 import numpy as np
 import ort_models
 import plugin_cells
@@ -40,7 +43,9 @@ import stream
 import tbptt
 from common import cpu_flags, cpu_name, loadavg, set_threads
 
-SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt")
+SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt", "gpu")
+# The GPU section runs only when named: on a software Vulkan driver its grid takes hours.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 
 def parse_args(argv):
@@ -51,7 +56,9 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
     ap.add_argument("--cells", default="lstm,gru", help="comma list of lstm,gru (shape cases)")
     ap.add_argument(
-        "--modes", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}"
+        "--modes",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma list of {','.join(SECTIONS)} (default: all but gpu)",
     )
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n x n GEMM ceiling")
@@ -60,6 +67,7 @@ def parse_args(argv):
     ap.add_argument("--tbptt-batch", type=int, default=8, help="parallel streams B (tbptt)")
     ap.add_argument("--tbptt-hidden", type=int, default=128, help="hidden size H (tbptt)")
     ap.add_argument("--tbptt-input", type=int, default=16, help="input size I (tbptt)")
+    gpu.add_arguments(ap)
     ap.add_argument("--json", metavar="PATH", help="write the record as JSON")
     args = ap.parse_args(argv)
     args.sections = [m for m in args.modes.split(",") if m]
@@ -151,6 +159,18 @@ def main(argv=None) -> int:
         record["stream"] = section("stream", stream.run_section, args, torch, lstmrs, use_ort)
     if "tbptt" in args.sections:
         record["tbptt"] = section("tbptt", tbptt.run_section, args, torch, lstmrs)
+    if "gpu" in args.sections:
+        # The CPU path's best training speed in this run (else the GEMM ceiling, an upper bound)
+        # estimates which grid cells are cheap enough to time on the CPU too.
+        cpu = [
+            r["gflops"]
+            for r in record.get("cases", [])
+            if r["impl"] == "lstmrs" and r["mode"] == "training"
+        ]
+        if not cpu:
+            meta.setdefault("gemm", gemm.measure(args.gemm_size, args.warmup, args.repeats, torch))
+            cpu = [meta["gemm"]["gflops"]]
+        record["gpu"] = section("gpu", gpu.run_section, args, torch, lstmrs, max(cpu))
     meta["loadavg_after"] = loadavg()
 
     print()
@@ -165,6 +185,9 @@ def main(argv=None) -> int:
         print()
     if record.get("tbptt"):
         report.print_tbptt(record["tbptt"])
+        print()
+    if record.get("gpu"):
+        report.print_gpu(record["gpu"])
         print()
     print(f"load average before: {meta['loadavg_before']}, after: {meta['loadavg_after']}")
     if args.json:

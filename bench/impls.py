@@ -129,8 +129,12 @@ def plugin_cell_spec(name: str):
     return cells[name], dist
 
 
-def lstmrs_layer(lstmrs, variant: str, i: int, h: int, layers: int, seed: int = 0):
+def lstmrs_layer(
+    lstmrs, variant: str, i: int, h: int, layers: int, seed: int = 0, device: str = "cpu"
+):
     kw = {"num_layers": layers, "batch_first": True, "dtype": "float32", "seed": seed}
+    if device != "cpu":
+        kw["device"] = device
     if variant == "lstm":
         return lstmrs.LSTM(i, h, **kw)
     if variant == "gru":

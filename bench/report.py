@@ -197,3 +197,55 @@ def print_tbptt(rows: list[dict]) -> None:
         "peak MiB: RSS added over the post-setup baseline during the whole loop (T, then T_short);"
     )
     print("2nd-half growth: MiB the T run's peak grew during its second half (~0 = bounded)")
+
+
+def print_gpu(section: dict) -> None:
+    dev = section["device"]
+    a = dev["lstmrs_adapter"]
+    print(f"GPU: lstmrs on {a.get('name')} ({a.get('backend')}, {a.get('device_type')})", end="")
+    print(f"; torch CUDA on {dev['cuda_device']}" if dev.get("cuda") else "; torch: no CUDA here")
+    if "lstmrs_probe" in dev:
+        p = dev["lstmrs_probe"]
+        print(
+            f"  lstmrs probe: submit round trip {p['submit_roundtrip_s'] * 1e6:.0f} us, "
+            f"+{p['per_dispatch_s'] * 1e6:.1f} us per dispatch in a submit, "
+            f"matmul {p['matmul_n']}^3 {p['matmul_tflops']:.3f} TFLOP/s"
+        )
+    if dev.get("cuda"):
+        mm = dev["torch_matmul"]
+        print(
+            f"  torch: launch+sync {dev['torch_launch_s'] * 1e6:.0f} us, matmul "
+            f"FP32 {mm['fp32']['tflops']:.1f} / TF32 {mm['tf32']['tflops']:.1f} TFLOP/s"
+        )
+    if not section["rows"]:
+        return
+    head = [
+        ("cell", -4),
+        ("T", 4),
+        ("B", 4),
+        ("H", 5),
+        ("mode", -9),
+        ("impl", -16),
+        ("median ms", 10),
+        ("GFLOP/s", 9),
+        ("time/lstmrs-gpu", 15),
+    ]
+    lines = [
+        [
+            r["cell"],
+            str(r["T"]),
+            str(r["B"]),
+            str(r["H"]),
+            r["mode"],
+            r["impl"],
+            f"{r['median_ms']:.2f}",
+            f"{r['gflops']:.2f}",
+            _fmt(r.get("lstmrs_gpu_speedup"), ".2f", "x"),
+        ]
+        for r in section["rows"]
+    ]
+    _table(head, lines)
+    print("time/lstmrs-gpu: the row's time / lstmrs-gpu's (above 1 = lstmrs-gpu faster);")
+    print(
+        "lstmrs-gpu includes upload and readback of NumPy arrays, torch-cuda keeps tensors on the device"
+    )

@@ -361,3 +361,17 @@ def test_model_device_argument_errors(monkeypatch):
         m = lstmrs.Model(input_size=2, dtype="float64", device="auto")
     assert m.device == "cpu"
     assert m.to("cpu") is m and m.device == "cpu"
+
+
+def test_device_probe_measures_the_adapter(gpu_device):
+    """The benchmark's probe (bench/gpu.py) returns positive, finite timings of the adapter."""
+    p = _lstmrs.gpu_probe(32, 4, 1)
+    assert p["matmul_n"] == 32 and p["dispatches"] == 4
+    for key in ("submit_roundtrip_s", "matmul_s"):
+        assert 0 < p[key] < 60, (key, p)
+    assert 0 <= p["per_dispatch_s"] < 60, p
+
+
+def test_device_probe_rejects_an_empty_product(gpu_device):
+    with pytest.raises(InvalidArgumentError, match="n: expected a matrix size of at least 1"):
+        _lstmrs.gpu_probe(0, 4, 1)

@@ -19,6 +19,11 @@ const INFO_KEYS: [&str; 5] = ["name", "backend", "device_type", "driver", "drive
 mod backend {
     use super::*;
 
+    pub fn probe(n: usize, dispatches: usize, repeats: usize) -> Result<[f64; 3], Error> {
+        let p = lstmrs_core::gpu::probe(n, dispatches, repeats)?;
+        Ok([p.submit_roundtrip_s, p.per_dispatch_s, p.matmul_s])
+    }
+
     pub fn status() -> Result<Info, Error> {
         lstmrs_core::gpu::gpu_available()
             .map(|i| [i.name, i.backend, i.device_type, i.driver, i.driver_info])
@@ -60,6 +65,10 @@ mod backend {
     }
 
     pub fn status() -> Result<Info, Error> {
+        Err(not_built())
+    }
+
+    pub fn probe(_n: usize, _dispatches: usize, _repeats: usize) -> Result<[f64; 3], Error> {
         Err(not_built())
     }
 
@@ -114,4 +123,24 @@ pub(crate) fn gpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 pub(crate) fn gpu_available(py: Python<'_>) -> PyResult<bool> {
     let r = py.detach(|| guarded(|| backend::status().is_ok()));
     lift(py, r.map(Ok))
+}
+
+/// The benchmark's device probe (`lstmrs_core::gpu::probe`): median seconds of a submit's round
+/// trip, of one more dispatch inside a submit, and of an `n`×`n`×`n` product. Not public API.
+#[pyfunction]
+pub(crate) fn gpu_probe<'py>(
+    py: Python<'py>,
+    n: usize,
+    dispatches: usize,
+    repeats: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let r = py.detach(|| guarded(|| backend::probe(n, dispatches, repeats)));
+    let [roundtrip, per_dispatch, matmul] = lift(py, r)?;
+    let d = PyDict::new(py);
+    d.set_item("submit_roundtrip_s", roundtrip)?;
+    d.set_item("per_dispatch_s", per_dispatch)?;
+    d.set_item("matmul_s", matmul)?;
+    d.set_item("matmul_n", n)?;
+    d.set_item("dispatches", dispatches)?;
+    Ok(d)
 }

@@ -54,5 +54,6 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu::gpu_probe, m)?)?;
     Ok(())
 }

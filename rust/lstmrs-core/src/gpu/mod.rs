@@ -17,18 +17,20 @@
 //!
 //! Module map: `context` (the only code that calls wgpu: device, pipelines, buffers, recorder),
 //! `matmul`, `step` (forward and BPTT step kernels), `ops` (permute, mask, column sums),
-//! `forward`, `backward`; the shaders are in `shaders/`.
+//! `forward`, `backward`, `probe` (dispatch cost and matmul speed for the benchmark); the shaders are in `shaders/`.
 
 mod backward;
 mod context;
 mod forward;
 mod matmul;
 mod ops;
+mod probe;
 mod step;
 
 pub use backward::backward;
 pub use context::GpuInfo;
 pub use forward::{forward, GpuForward, GpuTape};
+pub use probe::{probe, GpuProbe};
 
 use crate::config::CellKind;
 use crate::error::{GpuFailure, Result};
