@@ -16,9 +16,11 @@ Tasks:
   a stacked LSTM, a linear layer per step, truncated BPTT over ``--batch`` contiguous
   sub-streams in chunks of ``--seq-len`` with the state carried between chunks, Adam, clipping.
 
-Differences that remain by construction: the two libraries draw different initial weights and
-dropout masks from their own generators (same distributions), and lstmrs shuffles nothing in
-``charlm`` (chunks are consumed in order, as in this PyTorch loop).
+Both libraries start from the same initial weights (PyTorch's, drawn from ``--seed``, loaded
+into lstmrs) and see the same batches in the same order (``adding``: one permutation per epoch
+from ``--seed``; ``charlm``: chunks in order), so the curves differ by speed and by rounding, not
+by the luck of the draw. What still differs: dropout masks (``charlm --dropout``), which each
+library draws from its own generator.
 """
 
 from __future__ import annotations
@@ -85,6 +87,41 @@ def adding_data(args):
     return train, val
 
 
+def adding_torch_net(args):
+    """The torch model, its weights drawn from ``--seed``: both libraries start from them."""
+    import torch
+
+    torch.manual_seed(args.seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            rnn = torch.nn.RNN if args.cell == "rnn" else torch.nn.LSTM
+            self.rnn = rnn(2, args.hidden, batch_first=True)
+            self.head = torch.nn.Linear(args.hidden, 1)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    return Net()
+
+
+def torch_start(net) -> dict[str, np.ndarray]:
+    """The torch model's weights under lstmrs.Model's names (its head is ``head.0``)."""
+    return {
+        k.replace("head.", "head.0.").replace("emb.", "embedding."): v.detach().numpy().copy()
+        for k, v in net.state_dict().items()
+    }
+
+
+def epoch_orders(n: int, seed: int):
+    """The batch order of every epoch, shared by both libraries."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield rng.permutation(n)
+
+
 def race_adding_lstmrs(args, train, val):
     import lstmrs
     from lstmrs.callbacks import Callback
@@ -94,6 +131,7 @@ def race_adding_lstmrs(args, train, val):
     model = lstmrs.Model(
         input_size=2, output_size=1, loss="mse", cell=cell, hidden_size=args.hidden, seed=0
     )
+    model.load_state_dict(torch_start(adding_torch_net(args)))
     model.compile("adam", lr=args.lr, clip_norm=args.clip)
     clock, marks, curve = Clock(), Marks(args.eval_every), []
     xv, yv = val
@@ -116,16 +154,21 @@ def race_adding_lstmrs(args, train, val):
                     self.model.stop_training = True
                 clock.start()
 
+    race = Race()
     clock.start()
-    model.fit(
-        train[0],
-        train[1],
-        epochs=10_000,
-        batch_size=args.batch,
-        callbacks=[Race()],
-        verbose=0,
-        seed=0,
-    )
+    for order in epoch_orders(len(train[0]), args.seed):
+        # One fit call per epoch on the shared order (the optimizer state carries over).
+        model.fit(
+            train[0][order],
+            train[1][order],
+            epochs=1,
+            batch_size=args.batch,
+            shuffle=False,
+            callbacks=[race],
+            verbose=0,
+        )
+        if model.stop_training:
+            break
     clock.pause()
     return curve
 
@@ -134,29 +177,16 @@ def race_adding_torch(args, train, val):
     import torch
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            rnn = torch.nn.RNN if args.cell == "rnn" else torch.nn.LSTM
-            self.rnn = rnn(2, args.hidden, batch_first=True)
-            self.head = torch.nn.Linear(args.hidden, 1)
-
-        def forward(self, x):
-            out, _ = self.rnn(x)
-            return self.head(out[:, -1])
-
-    net = Net()
+    net = adding_torch_net(args)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     x, y = (torch.from_numpy(a) for a in train)
     xv, yv = (torch.from_numpy(a) for a in val)
-    rng = np.random.default_rng(0)
+    orders = epoch_orders(len(x), args.seed)
     clock, marks, curve = Clock(), Marks(args.eval_every), []
     steps, done = 0, False
     clock.start()
     while not done:
-        order = torch.from_numpy(rng.permutation(len(x)))
+        order = torch.from_numpy(next(orders))
         for i in range(0, len(x), args.batch):
             idx = order[i : i + args.batch]
             opt.zero_grad(set_to_none=True)
@@ -201,6 +231,32 @@ def _streams(ids: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return x[: batch * n].reshape(batch, n), y[: batch * n].reshape(batch, n)
 
 
+def charlm_torch_net(args, vocab):
+    """The torch model, its weights drawn from ``--seed``: both libraries start from them."""
+    import torch
+
+    torch.manual_seed(args.seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, args.embedding)
+            self.rnn = torch.nn.LSTM(
+                args.embedding,
+                args.hidden,
+                num_layers=args.layers,
+                dropout=args.dropout,
+                batch_first=True,
+            )
+            self.head = torch.nn.Linear(args.hidden, vocab)
+
+        def forward(self, x, state):
+            out, state = self.rnn(self.emb(x), state)
+            return self.head(out), state
+
+    return Net()
+
+
 def race_charlm_lstmrs(args, train, val, vocab):
     import lstmrs
     from lstmrs.callbacks import Callback
@@ -215,8 +271,9 @@ def race_charlm_lstmrs(args, train, val, vocab):
         hidden_size=args.hidden,
         num_layers=args.layers,
         dropout=args.dropout,
-        seed=0,
+        seed=args.seed,
     )
+    model.load_state_dict(torch_start(charlm_torch_net(args, vocab)))
     model.compile("adam", lr=args.lr, clip_norm=args.clip)
     clock, marks, curve = Clock(), Marks(args.eval_every), []
 
@@ -251,26 +308,7 @@ def race_charlm_torch(args, train, val, vocab):
     import torch
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(vocab, args.embedding)
-            self.rnn = torch.nn.LSTM(
-                args.embedding,
-                args.hidden,
-                num_layers=args.layers,
-                dropout=args.dropout,
-                batch_first=True,
-            )
-            self.head = torch.nn.Linear(args.hidden, vocab)
-
-        def forward(self, x, state):
-            out, state = self.rnn(self.emb(x), state)
-            return self.head(out), state
-
-    net = Net()
+    net = charlm_torch_net(args, vocab)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     xs, ys = (torch.from_numpy(a) for a in _streams(train, args.batch))
     vx, vy = (torch.from_numpy(a) for a in _streams(val, 8))
@@ -398,6 +436,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="initial weights (torch's, shared) and batch order"
+    )
     ap.add_argument("--cell", choices=["lstm", "rnn"], default="lstm", help="adding only")
     ap.add_argument("--seq-len", type=int, default=None)
     ap.add_argument("--n-train", type=int, default=6400, help="adding: training sequences")
