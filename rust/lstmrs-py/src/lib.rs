@@ -1,6 +1,7 @@
 //! `lstmrs._lstmrs`: the Python extension module. A thin layer over `lstmrs-core` that converts
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
+mod alloc;
 mod errors;
 mod gpu;
 mod model;
@@ -41,6 +42,7 @@ fn register_fork_handler() {
 
 #[pymodule]
 fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    alloc::configure();
     register_fork_handler();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<rnn::RnnCore>()?;
