@@ -99,8 +99,7 @@ def _launch_cost(torch, warmup: int, repeats: int) -> float:
         t.add_(1.0)
         torch.cuda.synchronize()
 
-    times = time_interleaved({"k": run}, warmup, repeats)["k"]
-    return sorted(times)[len(times) // 2] / 1e3
+    return summarize(time_interleaved({"k": run}, warmup, repeats)["k"])["median_ms"] / 1e3
 
 
 def device_info(args, torch, lstmrs) -> dict:
