@@ -8,7 +8,7 @@
 //!   backward) of a one-layer LSTM and GRU, at the pool's thread count (`LSTMRS_NUM_THREADS`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lstmrs_core::network::kernels::{self, PackedWeight};
+use lstmrs_core::network::kernels::{self, Active, PackedWeight};
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,
@@ -38,7 +38,18 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("lstm_forward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::lstm_gates(h, &x, &p, &cp, &hp, &mut act, &mut tc, &mut cn, &mut hn);
+                    kernels::lstm_gates(
+                        h,
+                        Active::ALL,
+                        &x,
+                        &p,
+                        &cp,
+                        &hp,
+                        &mut act,
+                        &mut tc,
+                        &mut cn,
+                        &mut hn,
+                    );
                     black_box(&hn);
                 })
             },
@@ -49,7 +60,16 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("lstm_backward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::lstm_gates_backward(h, &act, &tc, &cp, &mut dh, &mut dc, &mut dp);
+                    kernels::lstm_gates_backward(
+                        h,
+                        Active::ALL,
+                        &act,
+                        &tc,
+                        &cp,
+                        &mut dh,
+                        &mut dc,
+                        &mut dp,
+                    );
                     black_box(&dp);
                 })
             },
@@ -60,7 +80,17 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("gru_forward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::gru_gates(h, &x3, &p3, &bhn, &hp, &mut act3, &mut lin, &mut hn);
+                    kernels::gru_gates(
+                        h,
+                        Active::ALL,
+                        &x3,
+                        &p3,
+                        &bhn,
+                        &hp,
+                        &mut act3,
+                        &mut lin,
+                        &mut hn,
+                    );
                     black_box(&hn);
                 })
             },

@@ -21,6 +21,12 @@ pub struct Active<'a> {
 }
 
 impl Active<'_> {
+    /// Every row is inside its sequence (no lengths): streamed steps and the benchmarks.
+    pub const ALL: Active<'static> = Active {
+        lengths: None,
+        t: 0,
+    };
+
     #[inline(always)]
     pub fn row(&self, b: usize) -> bool {
         self.lengths.is_none_or(|l| self.t < l[b])
@@ -594,7 +600,7 @@ fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
 }
 
 /// [`lstm_forward_units`] over all units of whole `[B, ...]` slices.
-pub(crate) fn lstm_forward<T: Scalar>(
+pub fn lstm_forward<T: Scalar>(
     h: usize,
     active: Active,
     x_pre: &[T],
@@ -640,7 +646,7 @@ pub(crate) fn lstm_forward<T: Scalar>(
 }
 
 /// [`lstm_backward_units`] over all units of whole `[B, ...]` slices.
-pub(crate) fn lstm_backward<T: Scalar>(
+pub fn lstm_backward<T: Scalar>(
     h: usize,
     active: Active,
     act: &[T],
@@ -680,7 +686,7 @@ pub(crate) fn lstm_backward<T: Scalar>(
 }
 
 /// [`gru_forward_units`] over all units of whole `[B, ...]` slices.
-pub(crate) fn gru_forward<T: Scalar>(
+pub fn gru_forward<T: Scalar>(
     h: usize,
     active: Active,
     x_pre: &[T],

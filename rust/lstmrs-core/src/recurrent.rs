@@ -735,7 +735,11 @@ mod tests {
 #[doc(hidden)]
 pub mod bench {
     use super::Packed;
-    use crate::gates::{self, Active};
+    /// The fused gate passes; `Active::ALL` marks every row as inside its sequence.
+    pub use crate::gates::{
+        gru_forward as gru_gates, lstm_backward as lstm_gates_backward, lstm_forward as lstm_gates,
+        Active,
+    };
     use crate::matmul::{a_b, a_bt, Mat};
     use crate::scalar::Scalar;
 
@@ -801,61 +805,5 @@ pub mod bench {
             Mat::new(a, rows, gates * h),
             Mat::new(w_hh, gates * h, h),
         );
-    }
-
-    /// One LSTM forward gate pass over `[rows, 4h]` pre-activations (all rows active).
-    pub fn lstm_gates<T: Scalar>(
-        h: usize,
-        x_pre: &[T],
-        h_pre: &[T],
-        c_prev: &[T],
-        h_prev: &[T],
-        act: &mut [T],
-        tanh_c: &mut [T],
-        c_next: &mut [T],
-        h_next: &mut [T],
-    ) {
-        let all = Active {
-            lengths: None,
-            t: 0,
-        };
-        gates::lstm_forward(
-            h, all, x_pre, h_pre, c_prev, h_prev, act, tanh_c, c_next, h_next,
-        );
-    }
-
-    /// One LSTM backward gate pass.
-    pub fn lstm_gates_backward<T: Scalar>(
-        h: usize,
-        act: &[T],
-        tanh_c: &[T],
-        c_prev: &[T],
-        dh: &mut [T],
-        dc: &mut [T],
-        d_pre: &mut [T],
-    ) {
-        let all = Active {
-            lengths: None,
-            t: 0,
-        };
-        gates::lstm_backward(h, all, act, tanh_c, c_prev, dh, dc, d_pre);
-    }
-
-    /// One GRU forward gate pass over `[rows, 3h]` pre-activations.
-    pub fn gru_gates<T: Scalar>(
-        h: usize,
-        x_pre: &[T],
-        h_pre: &[T],
-        b_hn: &[T],
-        h_prev: &[T],
-        act: &mut [T],
-        hn_lin: &mut [T],
-        h_next: &mut [T],
-    ) {
-        let all = Active {
-            lengths: None,
-            t: 0,
-        };
-        gates::gru_forward(h, all, x_pre, h_pre, b_hn, h_prev, act, hn_lin, h_next);
     }
 }

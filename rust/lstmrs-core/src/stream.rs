@@ -6,7 +6,6 @@
 //! `stream_kernel` (matrix-vector rows with both products in one accumulation, no per-call
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
 
-use crate::cellexpr::CompiledCell;
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
@@ -32,15 +31,7 @@ pub struct Stepper<T> {
     /// `[L, B, H]` hidden and (LSTM) cell states.
     h: Vec<T>,
     c: Vec<T>,
-    // Scratch, reused every step.
-    x_pre: Vec<T>,
-    h_pre: Vec<T>,
-    act: Vec<T>,
-    aux: Vec<T>,
-    h_next: Vec<T>,
-    c_next: Vec<T>,
-    /// Zeros `[H]`: the GRU's `b_hn` when the network has no biases.
-    b_hn: Vec<T>,
+    scratch: Scratch<T>,
     /// Whether the small-batch kernel runs the products (fixed at construction: its path keeps
     /// `h_pre` zero where the recurrent product is accumulated into `x_pre`).
     small: bool,
@@ -91,13 +82,15 @@ impl<T: Scalar> Stepper<T> {
             hidden: h,
             h: vec![T::zero(); l * batch * h],
             c: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
-            x_pre: vec![T::zero(); batch * gw],
-            h_pre: vec![T::zero(); batch * hw],
-            act: vec![T::zero(); batch * gw],
-            aux: vec![T::zero(); batch * h],
-            h_next: vec![T::zero(); batch * h],
-            c_next: vec![T::zero(); batch * h],
-            b_hn: vec![T::zero(); h],
+            scratch: Scratch {
+                x_pre: vec![T::zero(); batch * gw],
+                h_pre: vec![T::zero(); batch * hw],
+                act: vec![T::zero(); batch * gw],
+                aux: vec![T::zero(); batch * h],
+                h_next: vec![T::zero(); batch * h],
+                c_next: vec![T::zero(); batch * h],
+                b_hn: vec![T::zero(); h],
+            },
             small,
             kernel,
         })
@@ -217,10 +210,10 @@ impl<T: Scalar> Stepper<T> {
             k: inp,
         };
         let kernel = self.kernel;
-        if let Some(cell) = self.cell.compiled() {
+        if self.cell.compiled().is_some() {
             // A custom cell reads the two sides apart, each with its own bias.
             let out = Out {
-                dst: &mut self.x_pre,
+                dst: &mut self.scratch.x_pre,
                 ld: gw,
                 bias: [b_ih, None],
             };
@@ -232,29 +225,15 @@ impl<T: Scalar> Stepper<T> {
                     k: h,
                 };
                 let out = Out {
-                    dst: &mut self.h_pre,
+                    dst: &mut self.scratch.h_pre,
                     ld: hw,
                     bias: [b_hh, None],
                 };
                 stream_kernel::rows_with(kernel, hw, b, hp, None, out, None);
             }
+            let c = layer_state(&mut self.c, layer, bh);
             let units = &data[o.units..][..cfg.unit_width()];
-            let c = if self.c.is_empty() {
-                &mut [][..]
-            } else {
-                &mut self.c[layer * bh..(layer + 1) * bh]
-            };
-            custom_step(
-                cell,
-                h,
-                &self.x_pre,
-                &self.h_pre,
-                units,
-                &mut this[..bh],
-                c,
-                &mut self.h_next,
-                &mut self.c_next,
-            );
+            self.scratch.update(self.cell, h, &mut this[..bh], c, units);
             return;
         }
         match self.cell {
@@ -266,26 +245,12 @@ impl<T: Scalar> Stepper<T> {
                     k: h,
                 };
                 let out = Out {
-                    dst: &mut self.x_pre,
+                    dst: &mut self.scratch.x_pre,
                     ld: gw,
                     bias: [b_ih, b_hh],
                 };
-                stream_kernel::rows_with(kernel, gw, b, xp, Some(hp), out, None);
-                let c_prev = &self.c[layer * bh..(layer + 1) * bh];
                 // `h_pre` stays zero on this path: the recurrent product is already in `x_pre`.
-                gates::lstm_forward(
-                    h,
-                    ALL,
-                    &self.x_pre,
-                    &self.h_pre,
-                    c_prev,
-                    h_prev,
-                    &mut self.act,
-                    &mut self.aux,
-                    &mut self.c_next,
-                    &mut self.h_next,
-                );
-                self.c[layer * bh..(layer + 1) * bh].copy_from_slice(&self.c_next);
+                stream_kernel::rows_with(kernel, gw, b, xp, Some(hp), out, None);
             }
             CellKind::Gru => {
                 // r and z add both sides; n keeps `W_hn h` apart (it is scaled by r).
@@ -296,7 +261,7 @@ impl<T: Scalar> Stepper<T> {
                     k: h,
                 };
                 let out = Out {
-                    dst: &mut self.x_pre[..],
+                    dst: &mut self.scratch.x_pre[..],
                     ld: gw,
                     bias: [b_ih.map(|v| &v[..rz]), b_hh.map(|v| &v[..rz])],
                 };
@@ -310,13 +275,13 @@ impl<T: Scalar> Stepper<T> {
                     None,
                 );
                 let n_x = Out {
-                    dst: &mut self.x_pre[rz..],
+                    dst: &mut self.scratch.x_pre[rz..],
                     ld: gw,
                     bias: [b_ih.map(|v| &v[rz..]), None],
                 };
                 // `h_pre`'s r and z columns stay zero on this path.
                 let n_h = Out {
-                    dst: &mut self.h_pre[rz..],
+                    dst: &mut self.scratch.h_pre[rz..],
                     ld: gw,
                     bias: [None, None],
                 };
@@ -329,22 +294,14 @@ impl<T: Scalar> Stepper<T> {
                     n_x,
                     Some(n_h),
                 );
-                let b_hn = b_hh.map_or(&self.b_hn[..], |v| &v[rz..]);
-                gates::gru_forward(
-                    h,
-                    ALL,
-                    &self.x_pre,
-                    &self.h_pre,
-                    b_hn,
-                    h_prev,
-                    &mut self.act,
-                    &mut self.aux,
-                    &mut self.h_next,
-                );
+                if let Some(b_hh) = b_hh {
+                    self.scratch.b_hn.copy_from_slice(&b_hh[rz..]);
+                }
             }
             CellKind::Custom(_) => unreachable!("custom cells step above"),
         }
-        this[..bh].copy_from_slice(&self.h_next);
+        let c = layer_state(&mut self.c, layer, bh);
+        self.scratch.update(self.cell, h, &mut this[..bh], c, &[]);
     }
 
     /// One layer through the general matrix products (larger batches).
@@ -371,11 +328,11 @@ impl<T: Scalar> Stepper<T> {
         match o.bias {
             // A custom cell keeps `b_hh` on the recurrent side, where its `hg` leaves read it.
             Some((bi, bhh)) if custom.is_some() => {
-                for row in self.x_pre.chunks_exact_mut(gw) {
+                for row in self.scratch.x_pre.chunks_exact_mut(gw) {
                     row.copy_from_slice(&data[bi..][..gw]);
                 }
                 if hw > 0 {
-                    for row in self.h_pre.chunks_exact_mut(hw) {
+                    for row in self.scratch.h_pre.chunks_exact_mut(hw) {
                         row.copy_from_slice(&data[bhh..][..hw]);
                     }
                 }
@@ -387,7 +344,7 @@ impl<T: Scalar> Stepper<T> {
                 } else {
                     2 * h
                 };
-                for row in self.x_pre.chunks_exact_mut(gw) {
+                for row in self.scratch.x_pre.chunks_exact_mut(gw) {
                     row.copy_from_slice(b_ih);
                     row[..folded]
                         .iter_mut()
@@ -395,135 +352,129 @@ impl<T: Scalar> Stepper<T> {
                         .for_each(|(r, &v)| *r += v);
                 }
                 if self.cell == CellKind::Gru {
-                    self.b_hn.copy_from_slice(&b_hh[2 * h..]);
+                    self.scratch.b_hn.copy_from_slice(&b_hh[2 * h..]);
                 }
             }
             None => {
-                self.x_pre.fill(T::zero());
-                self.h_pre.fill(T::zero());
+                self.scratch.x_pre.fill(T::zero());
+                self.scratch.h_pre.fill(T::zero());
             }
         }
         a_bt(
-            &mut self.x_pre,
+            &mut self.scratch.x_pre,
             gw,
             true,
             Mat::new(input, b, inp),
             Mat::new(w_ih, gw, inp),
         );
-        if let Some(cell) = custom {
+        if custom.is_some() {
             if hw > 0 {
                 a_bt(
-                    &mut self.h_pre,
+                    &mut self.scratch.h_pre,
                     hw,
                     true,
                     Mat::new(h_prev, b, h),
                     Mat::new(w_hh, hw, h),
                 );
             }
+            let c = layer_state(&mut self.c, layer, bh);
             let units = &data[o.units..][..cfg.unit_width()];
-            let c = if self.c.is_empty() {
-                &mut [][..]
-            } else {
-                &mut self.c[layer * bh..(layer + 1) * bh]
-            };
-            custom_step(
-                cell,
-                h,
-                &self.x_pre,
-                &self.h_pre,
-                units,
-                &mut this[..bh],
-                c,
-                &mut self.h_next,
-                &mut self.c_next,
-            );
+            self.scratch.update(self.cell, h, &mut this[..bh], c, units);
             return;
         }
         a_bt(
-            &mut self.h_pre,
+            &mut self.scratch.h_pre,
             gw,
             false,
             Mat::new(h_prev, b, h),
             Mat::new(w_hh, gw, h),
         );
-        match self.cell {
+        let c = layer_state(&mut self.c, layer, bh);
+        self.scratch.update(self.cell, h, &mut this[..bh], c, &[]);
+    }
+}
+
+/// The buffers of one layer's step, reused every step.
+#[derive(Debug, Clone)]
+struct Scratch<T> {
+    /// The input side of the pre-activations `[B, G*H]` (for the built-in cells on the
+    /// small-batch path, with the recurrent side accumulated in).
+    x_pre: Vec<T>,
+    /// The recurrent side `[B, G*H]` (custom cells: `[B, hw]`).
+    h_pre: Vec<T>,
+    act: Vec<T>,
+    aux: Vec<T>,
+    h_next: Vec<T>,
+    c_next: Vec<T>,
+    /// The GRU's `b_hn` `[H]`: copied from the layer's `b_hh` each step, zeros without biases.
+    b_hn: Vec<T>,
+}
+
+impl<T: Scalar> Scratch<T> {
+    /// The cell's update from the pre-activations in `x_pre` and `h_pre`: `h` (and `c`, empty
+    /// for a cell without a cell state) are the layer's `[B, H]` states, read as the previous
+    /// ones and overwritten with the new ones. `units` are a custom cell's unit parameters.
+    fn update(&mut self, cell: CellKind, hidden: usize, h: &mut [T], c: &mut [T], units: &[T]) {
+        match cell {
             CellKind::Lstm => {
-                let c_prev = &self.c[layer * bh..(layer + 1) * bh];
                 gates::lstm_forward(
-                    h,
-                    ALL,
+                    hidden,
+                    Active::ALL,
                     &self.x_pre,
                     &self.h_pre,
-                    c_prev,
-                    h_prev,
+                    c,
+                    h,
                     &mut self.act,
                     &mut self.aux,
                     &mut self.c_next,
                     &mut self.h_next,
                 );
-                self.c[layer * bh..(layer + 1) * bh].copy_from_slice(&self.c_next);
+                c.copy_from_slice(&self.c_next);
             }
             CellKind::Gru => gates::gru_forward(
-                h,
-                ALL,
+                hidden,
+                Active::ALL,
                 &self.x_pre,
                 &self.h_pre,
                 &self.b_hn,
-                h_prev,
+                h,
                 &mut self.act,
                 &mut self.aux,
                 &mut self.h_next,
             ),
-            CellKind::Custom(_) => unreachable!("custom cells step above"),
+            CellKind::Custom(_) => {
+                let compiled = cell.compiled().expect("a custom cell is compiled");
+                let (prev, next): (&[&[T]], &mut [&mut [T]]) = if c.is_empty() {
+                    (&[&*h], &mut [&mut self.h_next])
+                } else {
+                    (&[&*h, &*c], &mut [&mut self.h_next, &mut self.c_next])
+                };
+                compiled.forward_step(
+                    hidden,
+                    Active::ALL,
+                    &self.x_pre,
+                    &self.h_pre,
+                    units,
+                    prev,
+                    next,
+                    &mut [],
+                );
+                if !c.is_empty() {
+                    c.copy_from_slice(&self.c_next);
+                }
+            }
         }
-        this[..bh].copy_from_slice(&self.h_next);
+        h.copy_from_slice(&self.h_next);
     }
 }
 
-/// Every row of a streamed step is inside its sequence.
-const ALL: Active<'static> = Active {
-    lengths: None,
-    t: 0,
-};
-
-/// A custom cell's step: `h` (and `c` when the cell has a cell state) are the layer's `[B, H]`
-/// states, read as the previous and overwritten with the new ones.
-fn custom_step<T: Scalar>(
-    cell: &CompiledCell,
-    hidden: usize,
-    x_pre: &[T],
-    h_pre: &[T],
-    units: &[T],
-    h: &mut [T],
-    c: &mut [T],
-    h_next: &mut [T],
-    c_next: &mut [T],
-) {
+/// Layer `layer`'s `[B, H]` cell states (`bh` = B·H), empty for a cell without them.
+fn layer_state<T>(c: &mut [T], layer: usize, bh: usize) -> &mut [T] {
     if c.is_empty() {
-        cell.forward_step(
-            hidden,
-            ALL,
-            x_pre,
-            h_pre,
-            units,
-            &[&*h],
-            &mut [&mut *h_next],
-            &mut [],
-        );
+        c
     } else {
-        cell.forward_step(
-            hidden,
-            ALL,
-            x_pre,
-            h_pre,
-            units,
-            &[&*h, &*c],
-            &mut [&mut *h_next, &mut *c_next],
-            &mut [],
-        );
-        c.copy_from_slice(c_next);
+        &mut c[layer * bh..(layer + 1) * bh]
     }
-    h.copy_from_slice(h_next);
 }
 
 #[cfg(test)]
@@ -532,13 +483,14 @@ mod tests {
     use crate::network::{Batch, ForwardOptions, Layout};
     use crate::params::RnnParams;
 
-    /// Steps a network through three time steps from a random state on one product path and
-    /// checks every output and the final states against the plain-loop reference forward pass.
+    /// Steps a network through three time steps from a non-zero state and checks every output
+    /// and the final states against the plain-loop reference forward pass. `path` forces a
+    /// product path (small-batch kernel or not, SIMD or portable); `None` takes the one
+    /// `Stepper::new` picks, which must be the small kernel exactly up to `SMALL_BATCH_MAX`.
     fn check<T: Scalar>(
         cell: CellKind,
         (b, h, i, layers, bias): (usize, usize, usize, usize, bool),
-        small: bool,
-        kernel: Kernel,
+        path: Option<(bool, Kernel)>,
         tol: f64,
     ) {
         let t = 3;
@@ -564,10 +516,17 @@ mod tests {
             &ForwardOptions::default(),
         )
         .unwrap();
-        let mut s = Stepper::with_path(p.view(), b, small, kernel).unwrap();
+        let mut s = match path {
+            Some((small, kernel)) => Stepper::with_path(p.view(), b, small, kernel).unwrap(),
+            None => {
+                let s = Stepper::new(p.view(), b).unwrap();
+                assert_eq!(s.uses_small_kernel(), b <= SMALL_BATCH_MAX, "b={b}");
+                s
+            }
+        };
         s.set_state(&h0, lstm.then_some(&c0[..])).unwrap();
         let what = format!(
-            "{cell:?} {} b={b} h={h} i={i} L={layers} bias={bias} small={small} {kernel:?}",
+            "{cell:?} {} b={b} h={h} i={i} L={layers} bias={bias} path={path:?}",
             std::any::type_name::<T>()
         );
         let close = |got: &[T], want: &[T], part: &str| {
@@ -602,15 +561,16 @@ mod tests {
             for b in [1, 2, 33] {
                 for h in [1, 7, 128, 130] {
                     for i in [1, 5] {
-                        for (layers, bias) in [(1, true), (2, false), (2, true)] {
+                        for (layers, bias) in [(1, true), (2, false), (3, true)] {
                             let dims = (b, h, i, layers, bias);
-                            for (small, kernel) in [
-                                (true, Kernel::Auto),
-                                (true, Kernel::Portable),
-                                (false, Kernel::Auto),
+                            for path in [
+                                None,
+                                Some((true, Kernel::Auto)),
+                                Some((true, Kernel::Portable)),
+                                Some((false, Kernel::Auto)),
                             ] {
-                                check::<f64>(cell, dims, small, kernel, 1e-12);
-                                check::<f32>(cell, dims, small, kernel, 2e-5);
+                                check::<f64>(cell, dims, path, 1e-12);
+                                check::<f32>(cell, dims, path, 2e-5);
                             }
                         }
                     }

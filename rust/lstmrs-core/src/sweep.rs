@@ -279,10 +279,11 @@ pub(crate) fn forward<T: Scalar>(
     let bh = b * h;
 
     // x_pre[T*B, GH] = x · W_ihᵀ + b_ih (+ the parts of b_hh that sit outside the recurrence).
-    let mut x_pre = vec![T::zero(); steps * b * gw];
+    // Filled with the bias rows in one pass (not zeroed first), then accumulated into.
     let mut b_hn = vec![T::zero(); h];
+    let mut row_bias = vec![T::zero(); gw];
     if let Some((b_ih, b_hh)) = w.bias {
-        let mut row_bias = b_ih.to_vec();
+        row_bias.copy_from_slice(b_ih);
         let folded = if lstm { gw } else { 2 * h };
         for (r, &v) in row_bias[..folded].iter_mut().zip(b_hh) {
             *r += v;
@@ -290,10 +291,8 @@ pub(crate) fn forward<T: Scalar>(
         if !lstm {
             b_hn.copy_from_slice(&b_hh[2 * h..]);
         }
-        for row in x_pre.chunks_exact_mut(gw) {
-            row.copy_from_slice(&row_bias);
-        }
     }
+    let mut x_pre = row_bias.repeat(steps * b);
     a_bt(
         &mut x_pre,
         gw,
@@ -675,12 +674,10 @@ fn forward_custom<T: Scalar>(
     let bh = b * h;
     let kw = cell.tape_width() * h;
 
-    let mut x_pre = vec![T::zero(); steps * b * xw];
-    if let Some((b_ih, _)) = w.bias {
-        for row in x_pre.chunks_exact_mut(xw) {
-            row.copy_from_slice(b_ih);
-        }
-    }
+    let mut x_pre = match w.bias {
+        Some((b_ih, _)) => b_ih.repeat(steps * b),
+        None => vec![T::zero(); steps * b * xw],
+    };
     a_bt(
         &mut x_pre,
         xw,

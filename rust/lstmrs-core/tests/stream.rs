@@ -2,7 +2,7 @@
 
 use lstmrs_core::stream::{Stepper, SMALL_BATCH_MAX};
 use lstmrs_core::{
-    forward, reference, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams, Scalar,
+    forward, reference, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams,
 };
 
 #[test]
@@ -77,86 +77,6 @@ fn bad_stepper_input_is_an_error() {
         s.set_state(&[0.0; 6], Some(&[0.0; 6])).is_err(),
         "GRU has no cell state"
     );
-}
-
-/// Steps `t` time steps from a non-zero state and compares every output and the final states with
-/// the plain-loop reference implementation.
-fn check_against_reference<T: Scalar>(
-    cell: CellKind,
-    (b, h, i, layers, bias): (usize, usize, usize, usize, bool),
-    tol: f64,
-) {
-    let t = 3;
-    let cfg = RnnConfig::new(cell, i, h, layers, false, bias).unwrap();
-    let p = RnnParams::<T>::init_uniform(cfg, (b * 131 + h * 17 + i) as u64);
-    let wave = |n: usize, f: f64| -> Vec<T> {
-        (0..n).map(|k| T::from_f64((k as f64 * f).cos())).collect()
-    };
-    let x = wave(t * b * i, 0.29);
-    let (h0, c0) = (wave(layers * b * h, 0.71), wave(layers * b * h, 0.43));
-    let lstm = cell == CellKind::Lstm;
-    let want = reference::forward(
-        &p,
-        &Batch {
-            input: &x,
-            layout: Layout::TimeMajor,
-            seq_len: t,
-            batch: b,
-            h0: Some(&h0),
-            c0: lstm.then_some(&c0[..]),
-            lengths: None,
-        },
-        &ForwardOptions::default(),
-    )
-    .unwrap();
-    let mut s = Stepper::new(p.view(), b).unwrap();
-    assert_eq!(s.uses_small_kernel(), b <= SMALL_BATCH_MAX);
-    s.set_state(&h0, lstm.then_some(&c0[..])).unwrap();
-    let what = format!(
-        "{cell:?} {} b={b} h={h} i={i} layers={layers} bias={bias}",
-        std::any::type_name::<T>()
-    );
-    let close = |got: &[T], want: &[T], part: &str| {
-        assert_eq!(got.len(), want.len(), "{what} {part}");
-        for (k, (&g, &e)) in got.iter().zip(want).enumerate() {
-            let (g, e) = (Scalar::to_f64(g), Scalar::to_f64(e));
-            assert!(
-                (g - e).abs() <= tol * (1.0 + e.abs()),
-                "{what} {part}[{k}]: {g} vs {e}"
-            );
-        }
-    };
-    let mut out = vec![T::zero(); b * h];
-    for step in 0..t {
-        s.step(p.view(), &x[step * b * i..][..b * i], &mut out)
-            .unwrap();
-        close(
-            &out,
-            &want.output[step * b * h..][..b * h],
-            &format!("step {step}"),
-        );
-    }
-    close(s.h(), &want.h_n, "h_n");
-    if let Some(c_n) = &want.c_n {
-        close(s.c(), c_n, "c_n");
-    }
-}
-
-#[test]
-fn stepping_equals_the_reference_at_odd_sizes() {
-    for cell in [CellKind::Lstm, CellKind::Gru] {
-        for b in [1, 2, 33] {
-            for h in [1, 7, 128, 130] {
-                for i in [1, 5] {
-                    for (layers, bias) in [(1, true), (2, false), (3, true)] {
-                        let dims = (b, h, i, layers, bias);
-                        check_against_reference::<f64>(cell, dims, 1e-12);
-                        check_against_reference::<f32>(cell, dims, 2e-5);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[test]

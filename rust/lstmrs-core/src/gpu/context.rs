@@ -72,15 +72,22 @@ pub(crate) enum Shader {
 impl Shader {
     fn source(self) -> String {
         const MATH: &str = include_str!("shaders/math.wgsl");
+        const STEP: &str = include_str!("shaders/step_common.wgsl");
         const FWD: &str = include_str!("shaders/step_forward.wgsl");
         const BWD: &str = include_str!("shaders/step_backward.wgsl");
         match self {
             Shader::Matmul => include_str!("shaders/matmul.wgsl").into(),
             Shader::Ops => include_str!("shaders/ops.wgsl").into(),
-            Shader::LstmForward => [FWD, include_str!("shaders/lstm_forward.wgsl"), MATH].concat(),
-            Shader::GruForward => [FWD, include_str!("shaders/gru_forward.wgsl"), MATH].concat(),
-            Shader::LstmBackward => [BWD, include_str!("shaders/lstm_backward.wgsl")].concat(),
-            Shader::GruBackward => [BWD, include_str!("shaders/gru_backward.wgsl")].concat(),
+            Shader::LstmForward => {
+                [STEP, FWD, include_str!("shaders/lstm_forward.wgsl"), MATH].concat()
+            }
+            Shader::GruForward => {
+                [STEP, FWD, include_str!("shaders/gru_forward.wgsl"), MATH].concat()
+            }
+            Shader::LstmBackward => {
+                [STEP, BWD, include_str!("shaders/lstm_backward.wgsl")].concat()
+            }
+            Shader::GruBackward => [STEP, BWD, include_str!("shaders/gru_backward.wgsl")].concat(),
         }
     }
 }

@@ -44,20 +44,11 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dg: array<f32>;
 @group(0) @binding(6) var<storage, read_write> carry: array<f32>;
 
-override WG_J: u32 = 32u;
-override WG_B: u32 = 4u;
-override BK: u32 = 16u;
-const RB: u32 = 4u;
-override ROWS: u32 = WG_B * RB;
 override D_TILE: u32 = BK * ROWS;
 override W_TILE: u32 = BK * WG_J;
 
 var<workgroup> d_s: array<f32, D_TILE>;
 var<workgroup> w_s: array<f32, W_TILE>;
-
-fn in_sequence(b: u32) -> bool {
-    return p.t < lengths[b];
-}
 
 @compute @workgroup_size(WG_J, WG_B)
 fn main(

@@ -39,11 +39,6 @@ struct Params {
 // The layer's [T, B, D*H] output; this direction's columns start at out_off.
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-override WG_J: u32 = 32u;
-override WG_B: u32 = 4u;
-override BK: u32 = 16u;
-const RB: u32 = 4u;
-override ROWS: u32 = WG_B * RB;
 override H_TILE: u32 = BK * ROWS;
 // An odd row stride: the loads write consecutive depths kk from consecutive threads, which would
 // all hit one bank with a power-of-two stride.
@@ -52,10 +47,6 @@ override W_TILE: u32 = BK * W_STRIDE;
 
 var<workgroup> h_s: array<f32, H_TILE>;
 var<workgroup> w_s: array<f32, W_TILE>;
-
-fn in_sequence(b: u32) -> bool {
-    return p.t < lengths[b];
-}
 
 @compute @workgroup_size(WG_J, WG_B)
 fn main(
