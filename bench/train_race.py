@@ -157,7 +157,9 @@ def race_adding_lstmrs(args, train, val):
     race = Race()
     clock.start()
     for order in epoch_orders(len(train[0]), args.seed):
-        # One fit call per epoch on the shared order (the optimizer state carries over).
+        # One fit call per epoch on the shared order (the optimizer state carries over). The
+        # permuted copy is on the clock, as torch's per-batch gathers `x[idx]` are on its own:
+        # both libraries pay for arranging the same data once per epoch.
         model.fit(
             train[0][order],
             train[1][order],

@@ -193,20 +193,20 @@ macro_rules! dispatch {
 }
 
 /// LSTM forward step on hidden units `units` of `rows` rows.
-/// `x_pre[B,4H]` holds `W_ih x + b_ih + b_hh`, `h_pre[B,4H]` holds `W_hh h`; `act[B,4H]` receives
-/// i, f, g, o after their nonlinearities, `tanh_c[B,H]` receives `tanh(c')`. Inactive rows carry
-/// `h`, `c` unchanged and write zero activations.
+/// `pre_act[B,4H]` holds `W_ih x + b_ih + b_hh` and is overwritten with the activations i, f, g,
+/// o (in place: each pre-activation is dead once its gate is computed, so the tape needs no
+/// second `[T, B, 4H]` buffer); `h_pre[B,4H]` holds `W_hh h`; `tanh_c[B,H]` receives `tanh(c')`.
+/// Inactive rows carry `h`, `c` unchanged and write zero activations.
 #[inline(always)]
 unsafe fn lstm_forward_body<T: Scalar>(
     h: usize,
     units: Range<usize>,
     rows: usize,
     active: Active,
-    x_pre: Rows<T>,
+    pre_act: RowsMut<T>,
     h_pre: Rows<T>,
     c_prev: Rows<T>,
     h_prev: Rows<T>,
-    act: RowsMut<T>,
     tanh_c: RowsMut<T>,
     c_next: RowsMut<T>,
     h_next: RowsMut<T>,
@@ -216,10 +216,10 @@ unsafe fn lstm_forward_body<T: Scalar>(
         // SAFETY (all views below): this call's units only, per the contract.
         let (ai, af, ag, ao) = unsafe {
             (
-                act.row_mut(b, u, n),
-                act.row_mut(b, h + u, n),
-                act.row_mut(b, 2 * h + u, n),
-                act.row_mut(b, 3 * h + u, n),
+                pre_act.row_mut(b, u, n),
+                pre_act.row_mut(b, h + u, n),
+                pre_act.row_mut(b, 2 * h + u, n),
+                pre_act.row_mut(b, 3 * h + u, n),
             )
         };
         let (tc, cn, hn) = unsafe {
@@ -238,14 +238,6 @@ unsafe fn lstm_forward_body<T: Scalar>(
             hn.copy_from_slice(hp);
             continue;
         }
-        let (xi, xf, xg, xo) = unsafe {
-            (
-                x_pre.row(b, u, n),
-                x_pre.row(b, h + u, n),
-                x_pre.row(b, 2 * h + u, n),
-                x_pre.row(b, 3 * h + u, n),
-            )
-        };
         let (pi, pf, pg, po) = unsafe {
             (
                 h_pre.row(b, u, n),
@@ -254,9 +246,7 @@ unsafe fn lstm_forward_body<T: Scalar>(
                 h_pre.row(b, 3 * h + u, n),
             )
         };
-        lstm_forward_row(
-            xi, xf, xg, xo, pi, pf, pg, po, cp, ai, af, ag, ao, tc, cn, hn,
-        );
+        lstm_forward_row(ai, af, ag, ao, pi, pf, pg, po, cp, tc, cn, hn);
     }
 }
 
@@ -265,33 +255,28 @@ unsafe fn lstm_forward_body<T: Scalar>(
 /// inside an array, carry no such promise, and the loop would stay scalar).
 #[inline(always)]
 fn lstm_forward_row<T: Scalar>(
-    xi: &[T],
-    xf: &[T],
-    xg: &[T],
-    xo: &[T],
+    ai: &mut [T],
+    af: &mut [T],
+    ag: &mut [T],
+    ao: &mut [T],
     pi: &[T],
     pf: &[T],
     pg: &[T],
     po: &[T],
     cp: &[T],
-    ai: &mut [T],
-    af: &mut [T],
-    ag: &mut [T],
-    ao: &mut [T],
     tc: &mut [T],
     cn: &mut [T],
     hn: &mut [T],
 ) {
     let n = cp.len();
-    let (xi, xf, xg, xo) = (&xi[..n], &xf[..n], &xg[..n], &xo[..n]);
     let (pi, pf, pg, po) = (&pi[..n], &pf[..n], &pg[..n], &po[..n]);
     let (ai, af, ag, ao) = (&mut ai[..n], &mut af[..n], &mut ag[..n], &mut ao[..n]);
     let (tc, cn, hn) = (&mut tc[..n], &mut cn[..n], &mut hn[..n]);
     for j in 0..n {
-        let i = (xi[j] + pi[j]).sigmoid();
-        let f = (xf[j] + pf[j]).sigmoid();
-        let gg = (xg[j] + pg[j]).tanh_act();
-        let o = (xo[j] + po[j]).sigmoid();
+        let i = (ai[j] + pi[j]).sigmoid();
+        let f = (af[j] + pf[j]).sigmoid();
+        let gg = (ag[j] + pg[j]).tanh_act();
+        let o = (ao[j] + po[j]).sigmoid();
         let c = f * cp[j] + i * gg;
         let t = c.tanh_act();
         ai[j] = i;
@@ -304,8 +289,8 @@ fn lstm_forward_row<T: Scalar>(
     }
 }
 dispatch!(lstm_forward_units, lstm_forward_body, (
-    h: usize, units: Range<usize>, rows: usize, active: Active, x_pre: Rows<T>, h_pre: Rows<T>,
-    c_prev: Rows<T>, h_prev: Rows<T>, act: RowsMut<T>, tanh_c: RowsMut<T>, c_next: RowsMut<T>,
+    h: usize, units: Range<usize>, rows: usize, active: Active, pre_act: RowsMut<T>,
+    h_pre: Rows<T>, c_prev: Rows<T>, h_prev: Rows<T>, tanh_c: RowsMut<T>, c_next: RowsMut<T>,
     h_next: RowsMut<T>,
 ));
 
@@ -399,20 +384,20 @@ dispatch!(lstm_backward_units, lstm_backward_body, (
 ));
 
 /// GRU forward step on hidden units `units`.
-/// `x_pre[B,3H]` holds `W_ih x + b_ih` plus `b_hr`, `b_hz` on the r and z columns; `h_pre[B,3H]`
-/// holds `W_hh h` and `b_hn` is added to its n columns here (it sits inside `r * (...)`).
-/// `act[B,3H]` receives r, z, n and `hn_lin[B,H]` receives `W_hn h + b_hn`.
+/// `pre_act[B,3H]` holds `W_ih x + b_ih` plus `b_hr`, `b_hz` on the r and z columns, and is
+/// overwritten with the activations r, z, n (in place, as for the LSTM); `h_pre[B,3H]` holds
+/// `W_hh h` and `b_hn` is added to its n columns here (it sits inside `r * (...)`);
+/// `hn_lin[B,H]` receives `W_hn h + b_hn`.
 #[inline(always)]
 unsafe fn gru_forward_body<T: Scalar>(
     h: usize,
     units: Range<usize>,
     rows: usize,
     active: Active,
-    x_pre: Rows<T>,
+    pre_act: RowsMut<T>,
     h_pre: Rows<T>,
     b_hn: &[T],
     h_prev: Rows<T>,
-    act: RowsMut<T>,
     hn_lin: RowsMut<T>,
     h_next: RowsMut<T>,
 ) {
@@ -422,9 +407,9 @@ unsafe fn gru_forward_body<T: Scalar>(
         // SAFETY (all views below): this call's units only, per the contract.
         let (ar, az, an) = unsafe {
             (
-                act.row_mut(b, u, n),
-                act.row_mut(b, h + u, n),
-                act.row_mut(b, 2 * h + u, n),
+                pre_act.row_mut(b, u, n),
+                pre_act.row_mut(b, h + u, n),
+                pre_act.row_mut(b, 2 * h + u, n),
             )
         };
         let (hl, hn) = unsafe { (hn_lin.row_mut(b, u, n), h_next.row_mut(b, u, n)) };
@@ -436,13 +421,6 @@ unsafe fn gru_forward_body<T: Scalar>(
             hn.copy_from_slice(hprev);
             continue;
         }
-        let (xr, xz, xn) = unsafe {
-            (
-                x_pre.row(b, u, n),
-                x_pre.row(b, h + u, n),
-                x_pre.row(b, 2 * h + u, n),
-            )
-        };
         let (pr, pz, pn) = unsafe {
             (
                 h_pre.row(b, u, n),
@@ -450,38 +428,34 @@ unsafe fn gru_forward_body<T: Scalar>(
                 h_pre.row(b, 2 * h + u, n),
             )
         };
-        gru_forward_row(xr, xz, xn, pr, pz, pn, b_hn, hprev, ar, az, an, hl, hn);
+        gru_forward_row(ar, az, an, pr, pz, pn, b_hn, hprev, hl, hn);
     }
 }
 
 /// One row of [`gru_forward_body`] (slices as arguments: see [`lstm_forward_row`]).
 #[inline(always)]
 fn gru_forward_row<T: Scalar>(
-    xr: &[T],
-    xz: &[T],
-    xn: &[T],
+    ar: &mut [T],
+    az: &mut [T],
+    an: &mut [T],
     pr: &[T],
     pz: &[T],
     pn: &[T],
     b_hn: &[T],
     hprev: &[T],
-    ar: &mut [T],
-    az: &mut [T],
-    an: &mut [T],
     hl: &mut [T],
     hn: &mut [T],
 ) {
     let n = hprev.len();
-    let (xr, xz, xn) = (&xr[..n], &xz[..n], &xn[..n]);
     let (pr, pz, pn) = (&pr[..n], &pz[..n], &pn[..n]);
     let b_hn = &b_hn[..n];
     let (ar, az, an) = (&mut ar[..n], &mut az[..n], &mut an[..n]);
     let (hl, hn) = (&mut hl[..n], &mut hn[..n]);
     for j in 0..n {
-        let r = (xr[j] + pr[j]).sigmoid();
-        let z = (xz[j] + pz[j]).sigmoid();
+        let r = (ar[j] + pr[j]).sigmoid();
+        let z = (az[j] + pz[j]).sigmoid();
         let lin = pn[j] + b_hn[j];
-        let nn = (xn[j] + r * lin).tanh_act();
+        let nn = (an[j] + r * lin).tanh_act();
         ar[j] = r;
         az[j] = z;
         an[j] = nn;
@@ -490,8 +464,8 @@ fn gru_forward_row<T: Scalar>(
     }
 }
 dispatch!(gru_forward_units, gru_forward_body, (
-    h: usize, units: Range<usize>, rows: usize, active: Active, x_pre: Rows<T>, h_pre: Rows<T>,
-    b_hn: &[T], h_prev: Rows<T>, act: RowsMut<T>, hn_lin: RowsMut<T>, h_next: RowsMut<T>,
+    h: usize, units: Range<usize>, rows: usize, active: Active, pre_act: RowsMut<T>,
+    h_pre: Rows<T>, b_hn: &[T], h_prev: Rows<T>, hn_lin: RowsMut<T>, h_next: RowsMut<T>,
 ));
 
 /// GRU backward step on hidden units `units`.
@@ -603,11 +577,10 @@ fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
 pub fn lstm_forward<T: Scalar>(
     h: usize,
     active: Active,
-    x_pre: &[T],
+    pre_act: &mut [T],
     h_pre: &[T],
     c_prev: &[T],
     h_prev: &[T],
-    act: &mut [T],
     tanh_c: &mut [T],
     c_next: &mut [T],
     h_next: &mut [T],
@@ -617,10 +590,9 @@ pub fn lstm_forward<T: Scalar>(
         c_prev.len(),
         h,
         &[
-            (x_pre.len(), g),
+            (pre_act.len(), g),
             (h_pre.len(), g),
             (h_prev.len(), h),
-            (act.len(), g),
             (tanh_c.len(), h),
             (c_next.len(), h),
             (h_next.len(), h),
@@ -633,11 +605,10 @@ pub fn lstm_forward<T: Scalar>(
             0..h,
             rows,
             active,
-            Rows::new(x_pre, g),
+            RowsMut::new(pre_act, g),
             Rows::new(h_pre, g),
             Rows::new(c_prev, h),
             Rows::new(h_prev, h),
-            RowsMut::new(act, g),
             RowsMut::new(tanh_c, h),
             RowsMut::new(c_next, h),
             RowsMut::new(h_next, h),
@@ -689,11 +660,10 @@ pub fn lstm_backward<T: Scalar>(
 pub fn gru_forward<T: Scalar>(
     h: usize,
     active: Active,
-    x_pre: &[T],
+    pre_act: &mut [T],
     h_pre: &[T],
     b_hn: &[T],
     h_prev: &[T],
-    act: &mut [T],
     hn_lin: &mut [T],
     h_next: &mut [T],
 ) {
@@ -702,9 +672,8 @@ pub fn gru_forward<T: Scalar>(
         h_prev.len(),
         h,
         &[
-            (x_pre.len(), g),
+            (pre_act.len(), g),
             (h_pre.len(), g),
-            (act.len(), g),
             (hn_lin.len(), h),
             (h_next.len(), h),
         ],
@@ -716,11 +685,10 @@ pub fn gru_forward<T: Scalar>(
             0..h,
             rows,
             active,
-            Rows::new(x_pre, g),
+            RowsMut::new(pre_act, g),
             Rows::new(h_pre, g),
             b_hn,
             Rows::new(h_prev, h),
-            RowsMut::new(act, g),
             RowsMut::new(hn_lin, h),
             RowsMut::new(h_next, h),
         )

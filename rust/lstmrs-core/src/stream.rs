@@ -85,7 +85,6 @@ impl<T: Scalar> Stepper<T> {
             scratch: Scratch {
                 x_pre: vec![T::zero(); batch * gw],
                 h_pre: vec![T::zero(); batch * hw],
-                act: vec![T::zero(); batch * gw],
                 aux: vec![T::zero(); batch * h],
                 h_next: vec![T::zero(); batch * h],
                 c_next: vec![T::zero(); batch * h],
@@ -398,11 +397,11 @@ impl<T: Scalar> Stepper<T> {
 #[derive(Debug, Clone)]
 struct Scratch<T> {
     /// The input side of the pre-activations `[B, G*H]` (for the built-in cells on the
-    /// small-batch path, with the recurrent side accumulated in).
+    /// small-batch path, with the recurrent side accumulated in); the built-in gate passes
+    /// overwrite it with the activations.
     x_pre: Vec<T>,
     /// The recurrent side `[B, G*H]` (custom cells: `[B, hw]`).
     h_pre: Vec<T>,
-    act: Vec<T>,
     aux: Vec<T>,
     h_next: Vec<T>,
     c_next: Vec<T>,
@@ -420,11 +419,10 @@ impl<T: Scalar> Scratch<T> {
                 gates::lstm_forward(
                     hidden,
                     Active::ALL,
-                    &self.x_pre,
+                    &mut self.x_pre,
                     &self.h_pre,
                     c,
                     h,
-                    &mut self.act,
                     &mut self.aux,
                     &mut self.c_next,
                     &mut self.h_next,
@@ -434,11 +432,10 @@ impl<T: Scalar> Scratch<T> {
             CellKind::Gru => gates::gru_forward(
                 hidden,
                 Active::ALL,
-                &self.x_pre,
+                &mut self.x_pre,
                 &self.h_pre,
                 &self.b_hn,
                 h,
-                &mut self.act,
                 &mut self.aux,
                 &mut self.h_next,
             ),

@@ -279,7 +279,9 @@ pub(crate) fn forward<T: Scalar>(
     let bh = b * h;
 
     // x_pre[T*B, GH] = x · W_ihᵀ + b_ih (+ the parts of b_hh that sit outside the recurrence).
-    // Filled with the bias rows in one pass (not zeroed first), then accumulated into.
+    // Filled with the bias rows in one pass (not zeroed first), then accumulated into. The gate
+    // pass of step t turns its rows into the activations in place, so `x_pre` becomes the
+    // tape's `act`.
     let mut b_hn = vec![T::zero(); h];
     let mut row_bias = vec![T::zero(); gw];
     if let Some((b_ih, b_hh)) = w.bias {
@@ -301,16 +303,15 @@ pub(crate) fn forward<T: Scalar>(
         Mat::new(w.w_ih, gw, sw.input),
     );
 
-    // Without a tape, two state slots and one step of activations are reused.
-    let (slots, act_steps) = if keep_tape {
+    // Without a tape, two state slots and one step of `aux` are reused.
+    let (slots, aux_steps) = if keep_tape {
         (steps + 1, steps)
     } else {
         (2, 1)
     };
     let mut hs = vec![T::zero(); slots * bh];
     let mut cs = vec![T::zero(); if lstm { slots * bh } else { 0 }];
-    let mut act = vec![T::zero(); act_steps * b * gw];
-    let mut aux = vec![T::zero(); act_steps * bh];
+    let mut aux = vec![T::zero(); aux_steps * bh];
     let mut h_pre = vec![T::zero(); b * gw];
     // The masked state entering the product, two slots: each member writes its units of the
     // next one while the others may still read the current one.
@@ -338,12 +339,11 @@ pub(crate) fn forward<T: Scalar>(
     {
         let hs_v = RowsMut::new(&mut hs, h);
         let cs_v = RowsMut::new(&mut cs, h);
-        let act_v = RowsMut::new(&mut act, gw);
         let aux_v = RowsMut::new(&mut aux, h);
         let pre_v = RowsMut::new(&mut h_pre, gw);
         let masked_v = RowsMut::new(&mut h_masked, h);
         let out_v = RowsMut::new(&mut out, h);
-        let x_v = Rows::new(&x_pre, gw);
+        let act_v = RowsMut::new(&mut x_pre, gw);
         let b_hn = &b_hn;
         threads::team(members, |member, size, barrier| {
             let units = split_units(h, size)[member].clone();
@@ -377,11 +377,10 @@ pub(crate) fn forward<T: Scalar>(
                             units.clone(),
                             b,
                             active,
-                            x_v.skip(t * b),
+                            act_v.skip(t * b),
                             pre_v.read(),
                             c_prev,
                             h_prev,
-                            act_v.skip(a * b),
                             aux_v.skip(a * b),
                             c_next,
                             h_next,
@@ -397,11 +396,10 @@ pub(crate) fn forward<T: Scalar>(
                             units.clone(),
                             b,
                             active,
-                            x_v.skip(t * b),
+                            act_v.skip(t * b),
                             pre_v.read(),
                             b_hn,
                             h_prev,
-                            act_v.skip(a * b),
                             aux_v.skip(a * b),
                             h_next,
                         );
@@ -431,7 +429,12 @@ pub(crate) fn forward<T: Scalar>(
         out,
         h_last,
         c_last,
-        tape: keep_tape.then_some(DirTape { act, aux, hs, cs }),
+        tape: keep_tape.then_some(DirTape {
+            act: x_pre,
+            aux,
+            hs,
+            cs,
+        }),
     }
 }
 

@@ -543,11 +543,10 @@ fn push_block<T>(
 pub fn builtin_lstm_step<T: Scalar>(
     h: usize,
     active: Active,
-    x_pre: &[T],
+    pre_act: &mut [T],
     h_pre: &[T],
     c_prev: &[T],
     h_prev: &[T],
-    act: &mut [T],
     tanh_c: &mut [T],
     c_next: &mut [T],
     h_next: &mut [T],
@@ -556,9 +555,9 @@ pub fn builtin_lstm_step<T: Scalar>(
     d_pre: &mut [T],
 ) {
     crate::gates::lstm_forward(
-        h, active, x_pre, h_pre, c_prev, h_prev, act, tanh_c, c_next, h_next,
+        h, active, pre_act, h_pre, c_prev, h_prev, tanh_c, c_next, h_next,
     );
-    crate::gates::lstm_backward(h, active, act, tanh_c, c_prev, dh, dc, d_pre);
+    crate::gates::lstm_backward(h, active, pre_act, tanh_c, c_prev, dh, dc, d_pre);
 }
 
 /// The built-in GRU step kernels of `gates`, for the same timing comparison.
@@ -566,17 +565,16 @@ pub fn builtin_lstm_step<T: Scalar>(
 pub fn builtin_gru_step<T: Scalar>(
     h: usize,
     active: Active,
-    x_pre: &[T],
+    pre_act: &mut [T],
     h_pre: &[T],
     b_hn: &[T],
     h_prev: &[T],
-    act: &mut [T],
     hn_lin: &mut [T],
     h_next: &mut [T],
     dh: &mut [T],
     dx_pre: &mut [T],
     dh_pre: &mut [T],
 ) {
-    crate::gates::gru_forward(h, active, x_pre, h_pre, b_hn, h_prev, act, hn_lin, h_next);
-    crate::gates::gru_backward(h, active, act, hn_lin, h_prev, dh, dx_pre, dh_pre);
+    crate::gates::gru_forward(h, active, pre_act, h_pre, b_hn, h_prev, hn_lin, h_next);
+    crate::gates::gru_backward(h, active, pre_act, hn_lin, h_prev, dh, dx_pre, dh_pre);
 }
