@@ -13,6 +13,7 @@ use crate::matmul::{a_bt, Mat};
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::stream_kernel::{self, Kernel, Out, Product};
+use crate::sweep::fold_bias;
 
 /// The largest batch the matrix-vector kernel serves. It reads each weight row from memory once
 /// and from L1 for the other streams; GEMM's register blocking reuses loaded weights across rows
@@ -88,7 +89,7 @@ impl<T: Scalar> Stepper<T> {
                 aux: vec![T::zero(); batch * h],
                 h_next: vec![T::zero(); batch * h],
                 c_next: vec![T::zero(); batch * h],
-                b_hn: vec![T::zero(); h],
+                zero_b_hn: vec![T::zero(); h],
             },
             small,
             kernel,
@@ -232,7 +233,8 @@ impl<T: Scalar> Stepper<T> {
             }
             let c = layer_state(&mut self.c, layer, bh);
             let units = &data[o.units..][..cfg.unit_width()];
-            self.scratch.update(self.cell, h, &mut this[..bh], c, units);
+            self.scratch
+                .update(self.cell, h, &mut this[..bh], c, None, units);
             return;
         }
         match self.cell {
@@ -293,14 +295,13 @@ impl<T: Scalar> Stepper<T> {
                     n_x,
                     Some(n_h),
                 );
-                if let Some(b_hh) = b_hh {
-                    self.scratch.b_hn.copy_from_slice(&b_hh[rz..]);
-                }
             }
             CellKind::Custom(_) => unreachable!("custom cells step above"),
         }
         let c = layer_state(&mut self.c, layer, bh);
-        self.scratch.update(self.cell, h, &mut this[..bh], c, &[]);
+        let b_hn = b_hh.map(|v| &v[2 * h..]);
+        self.scratch
+            .update(self.cell, h, &mut this[..bh], c, b_hn, &[]);
     }
 
     /// One layer through the general matrix products (larger batches).
@@ -337,21 +338,12 @@ impl<T: Scalar> Stepper<T> {
                 }
             }
             Some((bi, bhh)) => {
-                let (b_ih, b_hh) = (&data[bi..][..gw], &data[bhh..][..gw]);
-                let folded = if self.cell == CellKind::Lstm {
-                    gw
-                } else {
-                    2 * h
-                };
-                for row in self.scratch.x_pre.chunks_exact_mut(gw) {
-                    row.copy_from_slice(b_ih);
-                    row[..folded]
-                        .iter_mut()
-                        .zip(b_hh)
-                        .for_each(|(r, &v)| *r += v);
-                }
-                if self.cell == CellKind::Gru {
-                    self.scratch.b_hn.copy_from_slice(&b_hh[2 * h..]);
+                // Folded into the first row, then copied to the others.
+                let lstm = self.cell == CellKind::Lstm;
+                let (first, rest) = self.scratch.x_pre.split_at_mut(gw);
+                fold_bias(first, lstm, h, &data[bi..][..gw], &data[bhh..][..gw]);
+                for dst in rest.chunks_exact_mut(gw) {
+                    dst.copy_from_slice(first);
                 }
             }
             None => {
@@ -378,7 +370,8 @@ impl<T: Scalar> Stepper<T> {
             }
             let c = layer_state(&mut self.c, layer, bh);
             let units = &data[o.units..][..cfg.unit_width()];
-            self.scratch.update(self.cell, h, &mut this[..bh], c, units);
+            self.scratch
+                .update(self.cell, h, &mut this[..bh], c, None, units);
             return;
         }
         a_bt(
@@ -389,7 +382,9 @@ impl<T: Scalar> Stepper<T> {
             Mat::new(w_hh, gw, h),
         );
         let c = layer_state(&mut self.c, layer, bh);
-        self.scratch.update(self.cell, h, &mut this[..bh], c, &[]);
+        let b_hn = o.bias.map(|(_, bhh)| &data[bhh + 2 * h..][..h]);
+        self.scratch
+            .update(self.cell, h, &mut this[..bh], c, b_hn, &[]);
     }
 }
 
@@ -405,15 +400,24 @@ struct Scratch<T> {
     aux: Vec<T>,
     h_next: Vec<T>,
     c_next: Vec<T>,
-    /// The GRU's `b_hn` `[H]`: copied from the layer's `b_hh` each step, zeros without biases.
-    b_hn: Vec<T>,
+    /// Zeros `[H]`: the GRU's `b_hn` when the network has no biases.
+    zero_b_hn: Vec<T>,
 }
 
 impl<T: Scalar> Scratch<T> {
     /// The cell's update from the pre-activations in `x_pre` and `h_pre`: `h` (and `c`, empty
     /// for a cell without a cell state) are the layer's `[B, H]` states, read as the previous
-    /// ones and overwritten with the new ones. `units` are a custom cell's unit parameters.
-    fn update(&mut self, cell: CellKind, hidden: usize, h: &mut [T], c: &mut [T], units: &[T]) {
+    /// ones and overwritten with the new ones. `b_hn` is the GRU's recurrent n-gate bias (None:
+    /// no biases); `units` are a custom cell's unit parameters.
+    fn update(
+        &mut self,
+        cell: CellKind,
+        hidden: usize,
+        h: &mut [T],
+        c: &mut [T],
+        b_hn: Option<&[T]>,
+        units: &[T],
+    ) {
         match cell {
             CellKind::Lstm => {
                 gates::lstm_forward(
@@ -434,7 +438,7 @@ impl<T: Scalar> Scratch<T> {
                 Active::ALL,
                 &mut self.x_pre,
                 &self.h_pre,
-                &self.b_hn,
+                b_hn.unwrap_or(&self.zero_b_hn),
                 h,
                 &mut self.aux,
                 &mut self.h_next,

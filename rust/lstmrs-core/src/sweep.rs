@@ -250,6 +250,28 @@ pub(crate) struct DirOutput<T> {
     pub tape: Option<DirTape<T>>,
 }
 
+/// Writes into `row` `[G*H]` the bias row of a built-in cell's input-side pre-activations:
+/// `b_ih`, plus `b_hh` on the columns where the recurrence only adds it (all four LSTM gates;
+/// the GRU's r and z, since its `b_hn` sits inside `r * (...)` and stays on the recurrent side).
+pub(crate) fn fold_bias<T: Scalar>(row: &mut [T], lstm: bool, h: usize, b_ih: &[T], b_hh: &[T]) {
+    row.copy_from_slice(b_ih);
+    let folded = if lstm { row.len() } else { 2 * h };
+    for (r, &v) in row[..folded].iter_mut().zip(b_hh) {
+        *r += v;
+    }
+}
+
+/// `x[rows, I] · W_ihᵀ` with the row `bias` added to every row (written once, then accumulated
+/// into, rather than zeroed first): the input side of every step's pre-activations at once.
+fn input_projection<T: Scalar>(x: Mat<T>, w_ih: Mat<T>, bias: Option<&[T]>) -> Vec<T> {
+    let mut pre = match bias {
+        Some(row) => row.repeat(x.rows),
+        None => vec![T::zero(); x.rows * w_ih.rows],
+    };
+    a_bt(&mut pre, w_ih.rows, bias.is_some(), x, w_ih);
+    pre
+}
+
 /// `dst[c] += Σ_rows src[row, c]`.
 fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
     let cols = dst.len();
@@ -279,29 +301,22 @@ pub(crate) fn forward<T: Scalar>(
     let bh = b * h;
 
     // x_pre[T*B, GH] = x · W_ihᵀ + b_ih (+ the parts of b_hh that sit outside the recurrence).
-    // Filled with the bias rows in one pass (not zeroed first), then accumulated into. The gate
-    // pass of step t turns its rows into the activations in place, so `x_pre` becomes the
-    // tape's `act`.
-    let mut b_hn = vec![T::zero(); h];
-    let mut row_bias = vec![T::zero(); gw];
-    if let Some((b_ih, b_hh)) = w.bias {
-        row_bias.copy_from_slice(b_ih);
-        let folded = if lstm { gw } else { 2 * h };
-        for (r, &v) in row_bias[..folded].iter_mut().zip(b_hh) {
-            *r += v;
-        }
-        if !lstm {
-            b_hn.copy_from_slice(&b_hh[2 * h..]);
-        }
-    }
-    let mut x_pre = row_bias.repeat(steps * b);
-    a_bt(
-        &mut x_pre,
-        gw,
-        w.bias.is_some(),
+    // The gate pass of step t turns its rows into the activations in place, so `x_pre` becomes
+    // the tape's `act`.
+    let row_bias = w.bias.map(|(b_ih, b_hh)| {
+        let mut row = vec![T::zero(); gw];
+        fold_bias(&mut row, lstm, h, b_ih, b_hh);
+        row
+    });
+    let mut x_pre = input_projection(
         Mat::new(x, steps * b, sw.input),
         Mat::new(w.w_ih, gw, sw.input),
+        row_bias.as_deref(),
     );
+    let b_hn = match w.bias {
+        Some((_, b_hh)) if !lstm => b_hh[2 * h..].to_vec(),
+        _ => vec![T::zero(); h],
+    };
 
     // Without a tape, two state slots and one step of `aux` are reused.
     let (slots, aux_steps) = if keep_tape {
@@ -677,16 +692,10 @@ fn forward_custom<T: Scalar>(
     let bh = b * h;
     let kw = cell.tape_width() * h;
 
-    let mut x_pre = match w.bias {
-        Some((b_ih, _)) => b_ih.repeat(steps * b),
-        None => vec![T::zero(); steps * b * xw],
-    };
-    a_bt(
-        &mut x_pre,
-        xw,
-        w.bias.is_some(),
+    let x_pre = input_projection(
         Mat::new(x, steps * b, sw.input),
         Mat::new(w.w_ih, xw, sw.input),
+        w.bias.map(|(b_ih, _)| b_ih),
     );
 
     let (slots, tape_steps) = if keep_tape {
