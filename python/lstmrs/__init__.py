@@ -13,6 +13,7 @@ from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import CheckpointError, load
 from .errors import (
+    DataFileError,
     DTypeError,
     InvalidArgumentError,
     LstmrsError,
@@ -30,6 +31,7 @@ __all__ = [
     "RNN",
     "CheckpointError",
     "DTypeError",
+    "DataFileError",
     "History",
     "InvalidArgumentError",
     "Loss",

@@ -29,6 +29,7 @@ from . import config as C
 from .callbacks import Callback, EarlyStopping, JSONLLogger
 from .errors import LstmrsError
 from .rundir import RunDir, RunDirError
+from .tasks import plateau_callback
 
 __all__ = ["get_tasks", "main", "resolve_config"]
 
@@ -288,7 +289,7 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
     run.write_config(cfg)
     run.update_state(task=task.name, status="preparing")
     data = task.prepare(cfg, state=previous.get("task_state") or None)
-    for line in data.info:
+    for line in data.info + task.resolve(cfg, data):
         say(line)
     run.update_state(task_state=data.state)
 
@@ -323,6 +324,8 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
         if t["patience"] > 0:
             early = EarlyStopping("val_loss", patience=t["patience"], restore_best_weights=True)
             callbacks.append(early)
+        if t["lr_plateau"] > 0:
+            callbacks.append(plateau_callback(t))
     run.update_state(status="training")
     say(
         "Ctrl-C stops after the current batch and saves a checkpoint; `lstmrs train --resume "

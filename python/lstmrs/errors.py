@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "DataFileError",
     "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
@@ -44,3 +45,7 @@ class NonFiniteError(LstmrsError, ValueError):
 class GpuUnavailableError(LstmrsError, RuntimeError):
     """A GPU was asked for (``device="gpu"``) and cannot be used; the message gives the reason:
     ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""
+
+
+class DataFileError(LstmrsError, ValueError):
+    """A data file cannot be read or parsed; the message names the file and the line or field."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import config as C
 from .checkpoint import atomic_write, latest_checkpoint
+from .ensemble import Ensemble, is_ensemble
 from .errors import InvalidArgumentError
 
 __all__ = ["RunDir", "RunDirError"]
@@ -188,6 +189,8 @@ class RunDir:
         """The final model, or the newest training checkpoint when training did not finish."""
         from .checkpoint import load
 
+        if is_ensemble(self.model_path):
+            return Ensemble.load(self.model_path)
         if os.path.isfile(os.path.join(self.model_path, "config.json")):
             return load(self.model_path, compile=False)
         ck = self.latest_checkpoint()

@@ -29,6 +29,7 @@ import numpy as np
 import pluggy
 
 from .. import config as C
+from ..callbacks import ReduceLROnPlateau
 from ..errors import InvalidArgumentError
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "compile_model",
     "lstmrs_register_tasks",
     "model_kwargs",
+    "plateau_callback",
     "registry_names",
 ]
 
@@ -82,6 +84,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
         "optimizer": "adam",
         "lr": 1e-3,
         "lr_decay": 1.0,
+        "lr_plateau": 0.0,
         "weight_decay": 0.0,
         "epochs": 20,
         "batch_size": 32,
@@ -105,6 +108,9 @@ COMMON_RULES: dict[str, C.Rule] = {
     "train.lr": C.Float(lo=0.0, lo_open=True),
     # The learning rate is multiplied by this after every epoch (ExponentialLR); 1 = constant.
     "train.lr_decay": C.Float(lo=0.0, hi=1.0, lo_open=True),
+    # The learning rate is multiplied by this when val_loss has not improved for a third of
+    # train.patience epochs (ReduceLROnPlateau); 0 = off.
+    "train.lr_plateau": C.Float(lo=0.0, hi=1.0, hi_open=True),
     "train.weight_decay": C.Float(lo=0.0),
     "train.epochs": C.Int(lo=0),
     "train.batch_size": C.Int(lo=1),
@@ -155,6 +161,14 @@ def model_kwargs(config: dict) -> dict[str, Any]:
         "bidirectional": m["bidirectional"],
         "seed": config["seed"],
     }
+
+
+def plateau_callback(train: dict) -> ReduceLROnPlateau:
+    """``train.lr_plateau``: the rate times that factor after a third of ``train.patience``
+    epochs (at least 3) without a better val_loss."""
+    return ReduceLROnPlateau(
+        "val_loss", factor=train["lr_plateau"], patience=max(3, train["patience"] // 3)
+    )
 
 
 def compile_model(model, config: dict, metrics: Any = ()) -> None:
@@ -233,6 +247,11 @@ class Task:
 
     def check(self, config: dict) -> None:
         """Checks that need several keys at once (or a required value); raises ConfigError."""
+
+    def resolve(self, config: dict, data: Prepared) -> list[str]:
+        """Replaces the ``"auto"`` values of ``config`` (in place) by choices made for ``data``;
+        returns lines saying what was chosen. Called by the runner after :meth:`prepare`."""
+        return []
 
     # The pipeline ----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import csv
 import math
 import os
 import re
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -36,10 +37,16 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
+from ..callbacks import EarlyStopping
+from ..ensemble import Ensemble
 from ..metrics import confusion_matrix, precision_recall_f1
-from . import Prepared, Task, model_kwargs
+from ..models import Loss, Model
+from ..ts_format import find_split_pair, read_ts
+from . import Prepared, Task, model_kwargs, plateau_callback
+from .baselines import Dense, LogisticRegression, choose_l2, dtw_1nn, summary_features, tfidf
+from .series_prep import SeriesPrep
 
-__all__ = ["ClassifyTask", "LogisticRegression", "tokenize"]
+__all__ = ["ClassifyTask", "LogisticRegression", "tokenize"]  # LogisticRegression: .baselines
 
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]", re.UNICODE)
 
@@ -48,157 +55,6 @@ def tokenize(text: str, kind: str, lowercase: bool) -> list[str]:
     if lowercase:
         text = text.lower()
     return _WORD.findall(text) if kind == "word" else list(text)
-
-
-# --------------------------------------------------------------------------------------------
-# Logistic regression in NumPy (the baseline)
-
-
-class _Sparse:
-    """Rows of (feature index, value) pairs: enough of a CSR matrix for ``X @ W`` and
-    ``X.T @ G``. SciPy's sparse matrices do the products when SciPy is installed (about 20x
-    faster); NumPy's ``bincount`` otherwise."""
-
-    def __init__(self, rows: list[dict[int, float]], n_features: int) -> None:
-        self.n, self.d = len(rows), n_features
-        self.row = np.repeat(np.arange(self.n), [len(r) for r in rows])
-        self.col = np.fromiter((k for r in rows for k in r), dtype=np.int64, count=self.row.size)
-        self.val = np.fromiter((v for r in rows for v in r.values()), float, count=self.row.size)
-        self._csr = None
-        try:
-            from scipy import sparse
-        except ImportError:
-            return
-        self._csr = sparse.csr_matrix((self.val, (self.row, self.col)), shape=(self.n, self.d))
-        self._csr_t = self._csr.T.tocsr()
-
-    def dot(self, w: np.ndarray) -> np.ndarray:
-        if self._csr is not None:
-            return np.asarray(self._csr @ w)
-        prod = self.val[:, None] * w[self.col]
-        out = np.empty((self.n, w.shape[1]))
-        for k in range(w.shape[1]):
-            out[:, k] = np.bincount(self.row, weights=prod[:, k], minlength=self.n)
-        return out
-
-    def tdot(self, g: np.ndarray) -> np.ndarray:
-        if self._csr is not None:
-            return np.asarray(self._csr_t @ g)
-        prod = self.val[:, None] * g[self.row]
-        out = np.empty((self.d, g.shape[1]))
-        for k in range(g.shape[1]):
-            out[:, k] = np.bincount(self.col, weights=prod[:, k], minlength=self.d)
-        return out
-
-
-class _Dense:
-    def __init__(self, x: np.ndarray) -> None:
-        self.x = np.asarray(x, float)
-        self.n, self.d = self.x.shape
-
-    def dot(self, w):
-        return self.x @ w
-
-    def tdot(self, g):
-        return self.x.T @ g
-
-
-class LogisticRegression:
-    """Multinomial logistic regression with an L2 penalty ``l2 / 2 * |W|^2`` on the mean
-    cross-entropy, fitted by Nesterov-accelerated gradient descent (a convex problem), with the
-    step set from the largest eigenvalue of ``X^T X / n`` (power iteration)."""
-
-    def __init__(self, l2: float = 1e-3, iters: int = 200) -> None:
-        self.l2, self.iters = l2, iters
-        self.w: np.ndarray | None = None
-        self.b: np.ndarray | None = None
-
-    @staticmethod
-    def curvature(x, iters: int = 30, seed: int = 0) -> float:
-        """An estimate (from above, by 10%) of the largest eigenvalue of ``X^T X / n``."""
-        v = np.random.default_rng(seed).standard_normal((x.d, 1))
-        lam = 0.0
-        for _ in range(iters):
-            u = x.tdot(x.dot(v)) / x.n
-            lam = float(np.linalg.norm(u))
-            if lam == 0.0:
-                return 0.0
-            v = u / lam
-        return 1.1 * lam
-
-    def fit(self, x, y: np.ndarray, classes: int, curvature: float | None = None, warm=None):
-        n, d = x.n, x.d
-        onehot = np.zeros((n, classes))
-        onehot[np.arange(n), y] = 1.0
-        lam = self.curvature(x) if curvature is None else curvature
-        # The softmax cross-entropy's Hessian is at most 0.5 * X^T X / n (+ l2 on W); the bias
-        # column adds at most 0.5.
-        step = 1.0 / (0.5 * max(lam, 1.0) + self.l2)
-        if warm is not None:
-            w, b = warm.w.copy(), warm.b.copy()
-        else:
-            w, b = np.zeros((d, classes)), np.zeros(classes)
-        vw, vb = w.copy(), b.copy()
-        t = 1.0
-        for _ in range(self.iters):
-            z = x.dot(vw) + vb
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            g = (p - onehot) / n
-            w_new = vw - step * (x.tdot(g) + self.l2 * vw)
-            b_new = vb - step * g.sum(axis=0)
-            t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-            mom = (t - 1) / t_new
-            vw = w_new + mom * (w_new - w)
-            vb = b_new + mom * (b_new - b)
-            w, b, t = w_new, b_new, t_new
-        self.w, self.b = w, b
-        return self
-
-    def predict(self, x) -> np.ndarray:
-        return (x.dot(self.w) + self.b).argmax(axis=1)
-
-
-def _tfidf(docs: list[list[str]], vocab: dict[str, int], idf: np.ndarray) -> _Sparse:
-    rows = []
-    for toks in docs:
-        counts = Counter(t for t in toks if t in vocab)
-        r = {vocab[t]: (1.0 + math.log(c)) * idf[vocab[t]] for t, c in counts.items()}
-        norm = math.sqrt(sum(v * v for v in r.values())) or 1.0
-        rows.append({k: v / norm for k, v in r.items()})
-    return _Sparse(rows, len(vocab))
-
-
-def _summary_features(x: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    """Per-feature mean, std, min, max, first and last valid value: ``[N, 6F]``."""
-    n, t = x.shape[:2]
-    x = x.reshape(n, t, -1).astype(float)
-    lens = np.full(n, t) if lengths is None else np.asarray(lengths)
-    valid = (np.arange(t)[None, :] < lens[:, None])[:, :, None]
-    cnt = valid.sum(axis=1)
-    mean = np.where(valid, x, 0).sum(axis=1) / cnt
-    std = np.sqrt(np.where(valid, (x - mean[:, None]) ** 2, 0).sum(axis=1) / cnt)
-    mn = np.where(valid, x, np.inf).min(axis=1)
-    mx = np.where(valid, x, -np.inf).max(axis=1)
-    last = x[np.arange(n), lens - 1]
-    return np.concatenate([mean, std, mn, mx, x[:, 0], last], axis=1)
-
-
-def _choose_l2(xtr, ytr, xval, yval, k, grid=(1e-2, 1e-3, 1e-4, 1e-5)) -> tuple[float, Any]:
-    """The L2 strength of ``grid`` with the best validation accuracy (the first, strongest, on
-    ties), each fit warm-started from the previous one."""
-    lam = LogisticRegression.curvature(xtr)
-    best, prev = None, None
-    for l2 in grid:
-        m = LogisticRegression(l2).fit(xtr, ytr, k, curvature=lam, warm=prev)
-        prev = m
-        acc = float(np.mean(m.predict(xval) == yval)) if yval is not None else 0.0
-        if best is None or acc > best[0]:
-            best = (acc, l2, m)
-        if yval is None:
-            break
-    return best[1], best[2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +108,7 @@ class ClassifyTask(Task):
     task_defaults: ClassVar[dict[str, Any]] = {
         "data": {
             "path": "",
+            "test_path": "",
             "format": "auto",
             "text_column": "",
             "label_column": "",
@@ -259,6 +116,9 @@ class ClassifyTask(Task):
             "test_id_regex": "",
             "test_fraction": 0.2,
             "val_fraction": 0.1,
+            "normalize": "auto",
+            "max_steps": 32,
+            "patch": 0,
             "tokens": "word",
             "lowercase": True,
             "min_freq": 2,
@@ -266,21 +126,44 @@ class ClassifyTask(Task):
             "max_len": 400,
             "keep": "last",
         },
-        "model": {"hidden_size": 64, "embedding_dim": 64, "pooling": "mean"},
-        "train": {"lr": 0.003, "epochs": 30, "batch_size": 32, "patience": 5},
+        "model": {
+            "hidden_size": 64,
+            "embedding_dim": 64,
+            "pooling": "auto",
+            "bidirectional": "auto",
+        },
+        "train": {
+            "lr": 0.003,
+            "epochs": "auto",
+            "batch_size": "auto",
+            "patience": "auto",
+            "lr_plateau": 0.5,
+            "ensemble": "auto",
+            "class_weight": "auto",
+        },
     }
     task_rules: ClassVar[dict[str, C.Rule]] = {
         "data.path": C.Path(),
-        "data.format": C.Choice("auto", "npz", "csv", "text"),
+        "data.test_path": C.Path(),
+        "data.format": C.Choice("auto", "npz", "csv", "ts", "text"),
         "data.test_fraction": C.Float(lo=0.0, hi=0.9, lo_open=True),
         "data.val_fraction": C.Float(lo=0.0, hi=0.5),
+        "data.normalize": C.Choice("auto", "global", "series", "none"),
+        "data.max_steps": C.Int(lo=1),
+        "data.patch": C.Int(lo=0),
         "data.tokens": C.Choice("word", "char"),
         "data.min_freq": C.Int(lo=1),
         "data.max_vocab": C.Int(lo=1),
         "data.max_len": C.Int(lo=1),
         "data.keep": C.Choice("first", "last"),
         "model.embedding_dim": C.Int(lo=1),
-        "model.pooling": C.Choice("last", "mean", "attention"),
+        "model.pooling": C.Choice("auto", "last", "mean", "attention"),
+        "model.bidirectional": C.OneOf(C.Choice("auto"), C.Bool()),
+        "train.epochs": C.OneOf(C.Choice("auto"), C.Int(lo=0)),
+        "train.batch_size": C.OneOf(C.Choice("auto"), C.Int(lo=1)),
+        "train.patience": C.OneOf(C.Choice("auto"), C.Int(lo=0)),
+        "train.ensemble": C.OneOf(C.Choice("auto"), C.Int(lo=1)),
+        "train.class_weight": C.Choice("auto", "none", "balanced"),
     }
     metrics = ("accuracy",)
 
@@ -302,33 +185,52 @@ class ClassifyTask(Task):
 
     # Data ------------------------------------------------------------------------------------
 
-    def _format(self, d) -> str:
+    def _format(self, d, path: str | None = None) -> str:
+        path = path or d["path"]
         if d["format"] != "auto":
             return d["format"]
-        if d["path"].endswith(".npz"):
+        if path.endswith(".npz"):
             return "npz"
+        if path.lower().endswith(".ts"):
+            return "ts"
         if d["text_column"]:
             return "text"
-        _, rows = _read_csv(d["path"])
+        _, rows = _read_csv(path)
         return "text" if "text" in [h.strip() for h in rows[0]] else "csv"
 
-    def _raw(self, d, fmt):
-        """``(items, labels, ids, lengths)``: items are texts, or arrays ``[N, T(, F)]``."""
+    def _test_path(self, d) -> str:
+        """``data.test_path``, else the archive's ``*_TEST`` file beside a ``*_TRAIN`` path."""
+        if d["test_path"]:
+            return d["test_path"]
+        return find_split_pair(d["path"]) or ""
+
+    def _raw(self, d, fmt, path: str | None = None):
+        """``{"seqs" | "texts": items, "labels": [...], "ids": [...] | None}``; ``.npz`` files
+        give their arrays (``X``, ``y``, optional ``lengths``, ``X_test``, ...)."""
+        path = path or d["path"]
         if fmt == "npz":
             try:
-                z = dict(np.load(d["path"], allow_pickle=False))
+                z = dict(np.load(path, allow_pickle=False))
             except (OSError, ValueError) as e:
                 raise C.ConfigError(
-                    f"config: data.path = {d['path']!r}: not a readable .npz ({e})"
+                    f"config: data.path = {path!r}: not a readable .npz ({e})"
                 ) from None
             for k in ("X", "y"):
                 if k not in z:
                     raise C.ConfigError(
-                        f"config: data.path = {d['path']!r}: the .npz has no array {k!r} "
+                        f"config: data.path = {path!r}: the .npz has no array {k!r} "
                         f"(it has {sorted(z)})"
                     )
             return z
-        _, rows = _read_csv(d["path"])
+        if fmt == "ts":
+            ts = read_ts(path)
+            if ts.labels is None:
+                raise C.ConfigError(
+                    f"config: data.path = {path!r}: the .ts file has no class labels "
+                    "(@classLabel false)"
+                )
+            return {"seqs": ts.series, "labels": ts.labels, "ids": None, "filled": ts.filled}
+        _, rows = _read_csv(path)
         header = [h.strip() for h in rows[0]]
         if fmt == "text":
             tcol = _column(
@@ -359,13 +261,13 @@ class ClassifyTask(Task):
         seqs, labels, ids = [], [], []
         for i, r in enumerate(body):
             vals = [c for j, c in enumerate(r) if j not in (lcol, icol)]
-            while vals and not vals[-1].strip():
+            while vals and (not vals[-1].strip() or vals[-1].strip().lower() == "nan"):
                 vals.pop()
             try:
                 seqs.append(np.array([float(v) for v in vals]))
             except ValueError:
                 raise C.ConfigError(
-                    f"data.path: {os.path.basename(d['path'])} row {i + 1 + has_header}: expected "
+                    f"data.path: {os.path.basename(path)} row {i + 1 + has_header}: expected "
                     "numbers after the label"
                 ) from None
             labels.append(r[lcol].strip())
@@ -374,11 +276,36 @@ class ClassifyTask(Task):
             raise C.ConfigError("data.path: a row holds a label but no values")
         return {"seqs": seqs, "labels": labels, "ids": ids if icol >= 0 else None}
 
-    def _splits(self, config, n, labels_idx, ids, state, whole):
+    def _items(self, d, fmt, path: str | None = None) -> dict[str, Any]:
+        """:meth:`_raw` in one shape for every format: ``seqs``/``texts``, ``labels`` (text),
+        ``ids``, ``lengths`` (``None`` or given), plus a ``test`` part from an ``.npz`` file's
+        ``X_test``."""
+        raw = self._raw(d, fmt, path)
+        if fmt != "npz":
+            return {**raw, "lengths": None}
+        out: dict[str, Any] = {
+            "seqs": list(raw["X"]),
+            "labels": [str(v) for v in np.asarray(raw["y"]).reshape(-1).tolist()],
+            "ids": None,
+            "lengths": raw.get("lengths"),
+        }
+        if "X_test" in raw and "y_test" in raw:
+            out["test"] = {
+                "seqs": list(raw["X_test"]),
+                "labels": [str(v) for v in np.asarray(raw["y_test"]).reshape(-1).tolist()],
+                "ids": None,
+                "lengths": raw.get("lengths_test"),
+            }
+        return out
+
+    def _splits(self, config, n, labels_idx, ids, n_fixed_test, whole):
         d, rng = config["data"], np.random.default_rng(config["seed"])
         if whole:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(n)
-        if d["test_id_regex"]:
+        if n_fixed_test:
+            test = np.arange(n - n_fixed_test, n)
+            rest = np.arange(n - n_fixed_test)
+        elif d["test_id_regex"]:
             if ids is None:
                 raise C.ConfigError(
                     "config: data.test_id_regex needs data.id_column (a column of ids)"
@@ -400,16 +327,31 @@ class ClassifyTask(Task):
     def prepare(self, config, state=None, whole=False):
         d = config["data"]
         fmt = state["format"] if state else self._format(d)
-        raw = self._raw(d, fmt)
-        if fmt == "npz" and "X_test" in raw and not whole:
-            return self._prepare_npz_fixed(config, raw, state)
-        if fmt == "npz":
-            labels = [str(v) for v in np.asarray(raw["y"]).reshape(-1).tolist()]
-            ids = None
-        else:
-            labels, ids = raw["labels"], raw["ids"]
+        items = self._items(d, fmt)
+        test_items = items.pop("test", None)
+        test_path = "" if whole else self._test_path(d)
+        if test_path:
+            test_items = self._items(d, self._format(d, test_path), test_path)
+            test_items.pop("test", None)
+        n_fixed = 0
+        if test_items is not None and not whole:
+            # One list of items, the fixed test set last.
+            key = "texts" if fmt == "text" else "seqs"
+            n_fixed = len(test_items["labels"])
+            items[key] = list(items[key]) + list(test_items[key])
+            items["labels"] = list(items["labels"]) + list(test_items["labels"])
+            if items["ids"] is not None:
+                items["ids"] = list(items["ids"]) + list(test_items["ids"] or [""] * n_fixed)
+            if items["lengths"] is not None or test_items["lengths"] is not None:
+                lens = [items["lengths"], test_items["lengths"]]
+                given = [
+                    np.asarray(g) if g is not None else np.array([len(s) for s in part])
+                    for g, part in zip(lens, (items[key][:-n_fixed], test_items[key]))
+                ]
+                items["lengths"] = np.concatenate(given)
+        labels, ids = items["labels"], items["ids"]
         n = len(labels)
-        classes = state["classes"] if state else sorted(set(labels), key=_label_key)
+        classes = state["classes"] if state else sorted(set(labels[: n - n_fixed]), key=_label_key)
         cls_index = {c: i for i, c in enumerate(classes)}
         unknown = sorted({lab for lab in labels if lab not in cls_index})
         if unknown:
@@ -419,11 +361,12 @@ class ClassifyTask(Task):
         if len(classes) < 2 and not whole:
             raise C.ConfigError(f"data: expected at least 2 classes, found {classes}")
         y = np.array([cls_index[lab] for lab in labels], dtype=np.int64)
-        train, val, test = self._splits(config, n, y, ids, state, whole)
+        train, val, test = self._splits(config, n, y, ids, n_fixed, whole)
         new_state: dict[str, Any] = {"format": fmt, "classes": classes}
         extra: dict[str, Any] = {"classes": classes, "ids": ids, "test_index": test}
+        name = os.path.basename(d["path"])
         if fmt == "text":
-            toks = [tokenize(t, d["tokens"], d["lowercase"]) for t in raw["texts"]]
+            toks = [tokenize(t, d["tokens"], d["lowercase"]) for t in items["texts"]]
             if state:
                 vocab = {w: i for i, w in enumerate(state["vocab"])}
             else:
@@ -435,33 +378,54 @@ class ClassifyTask(Task):
             extra["vocab"] = vocab
             info = [
                 (
-                    f"data: {os.path.basename(d['path'])}, {n} texts in {len(classes)} classes "
+                    f"data: {name}, {n} texts in {len(classes)} classes "
                     f"({', '.join(classes)}); {d['tokens']} vocabulary of {len(vocab) - 1} from the "
                     f"training split (+1 for unknown), texts cut to {d['max_len']} tokens "
                     f"(median length {int(np.median([len(t) for t in toks]))})"
                 ),
             ]
         else:
-            seqs_list = [np.asarray(raw["X"][i]) for i in range(n)] if fmt == "npz" else raw["seqs"]
-            lens_arr = None
-            if fmt == "npz" and "lengths" in raw:
-                lens_arr = np.asarray(raw["lengths"], dtype=np.int64)
-            x, lens = _pad(seqs_list, lens_arr)
-            split = lambda idx: (x[idx], y[idx], lens[idx]) if idx.size else None
+            x, lens = _pad(items["seqs"], items["lengths"])
             info = [
                 (
-                    f"data: {os.path.basename(d['path'])}, {n} sequences of up to {x.shape[1]} "
+                    f"data: {name}, {n} sequences of {int(lens.min())}-{int(lens.max())} "
                     f"steps x {x.shape[2] if x.ndim == 3 else 1} features in {len(classes)} classes"
+                    + (
+                        f"; {items['filled']} missing values interpolated"
+                        if items.get("filled")
+                        else ""
+                    )
                 )
             ]
             extra["x"] = x
             extra["lengths"] = lens
-        info.append(
-            f"splits: {len(train)} train / {len(val)} validation / {len(test)} test"
-            + (f" (test = ids matching {d['test_id_regex']!r})" if d["test_id_regex"] else "")
+            if x.dtype.kind == "f":
+                fit_idx = np.concatenate([train, val])
+                if state and "prep" in state:
+                    prep = SeriesPrep.from_state(state["prep"])
+                else:
+                    prep = SeriesPrep.fit(
+                        x[fit_idx],
+                        lens[fit_idx],
+                        y[fit_idx],
+                        normalize=d["normalize"],
+                        max_steps=d["max_steps"],
+                        patch=d["patch"],
+                    )
+                new_state["prep"] = prep.state()
+                info.append("input: " + prep.describe())
+                xm, lm = prep.transform(x, lens)
+            else:
+                xm, lm = x, lens
+            split = lambda idx: (xm[idx], y[idx], lm[idx]) if idx.size else None
+        where = (
+            f" (test = {os.path.basename(test_path) if test_path else 'X_test of the file'})"
+            if n_fixed
+            else (f" (test = ids matching {d['test_id_regex']!r})" if d["test_id_regex"] else "")
         )
+        info.append(f"splits: {len(train)} train / {len(val)} validation / {len(test)} test{where}")
         extra.update(train_index=train, val_index=val, y=y)
-        data = Prepared(
+        return Prepared(
             train=split(train),
             val=split(val),
             test=split(test),
@@ -469,84 +433,125 @@ class ClassifyTask(Task):
             info=info,
             extra=extra,
         )
-        return data
 
-    def _prepare_npz_fixed(self, config, raw, state):
-        # X_test / y_test in the file: the given test set; validation from the training part.
-        d = config["data"]
-        tr_labels = [str(v) for v in np.asarray(raw["y"]).reshape(-1).tolist()]
-        te_labels = [str(v) for v in np.asarray(raw["y_test"]).reshape(-1).tolist()]
-        classes = state["classes"] if state else sorted(set(tr_labels), key=_label_key)
-        idx = {c: i for i, c in enumerate(classes)}
-        y_tr = np.array([idx[v] for v in tr_labels])
-        y_te = np.array([idx[v] for v in te_labels if v in idx])
-        x_tr, l_tr = _pad(list(raw["X"]), raw.get("lengths"))
-        x_te, l_te = _pad(list(raw["X_test"]), raw.get("lengths_test"))
-        rng = np.random.default_rng(config["seed"])
-        val, train = _stratified(y_tr, np.arange(len(y_tr)), d["val_fraction"], rng)
-        split = lambda x, y, lens, i: (x[i], y[i], lens[i]) if i.size else None
-        return Prepared(
-            train=split(x_tr, y_tr, l_tr, np.sort(train)),
-            val=split(x_tr, y_tr, l_tr, np.sort(val)),
-            test=(x_te, y_te, l_te),
-            state={"format": "npz", "classes": classes},
-            info=[
-                (
-                    f"data: {os.path.basename(d['path'])}, {len(y_tr)} training and {len(y_te)} "
-                    f"test sequences in {len(classes)} classes (X_test in the file)"
-                )
-            ],
-            extra={"classes": classes, "x": x_tr, "lengths": l_tr},
-        )
+    # Choices made for the data ---------------------------------------------------------------
+
+    def resolve(self, config, data):
+        """``"auto"`` values: numeric sequences get a bidirectional LSTM read at its last step,
+        small batches, a long training with patience, and (under 1,000 training series) an
+        ensemble of fold models; texts keep a one-directional LSTM with mean pooling."""
+        m, t = config["model"], config["train"]
+        text = "vocab" in data.state
+        n = len(data.extra.get("train_index", ())) + len(data.extra.get("val_index", ()))
+        chosen = []
+
+        def pick(section, key, value):
+            if section[key] == "auto":
+                section[key] = value
+                chosen.append(f"{key} {value}")
+
+        pick(m, "bidirectional", not text)
+        pick(m, "pooling", "mean" if text else "last")
+        pick(t, "epochs", 30 if text else 400)
+        pick(t, "batch_size", 32 if text else 16)
+        pick(t, "patience", 5 if text else 50)
+        members = 1 if text or n >= 1000 or data.val is None else 10
+        pick(t, "ensemble", members)
+        counts = np.bincount(data.extra["y"][data.extra["train_index"]], minlength=2)
+        imbalance = counts.max() / max(counts.min(), 1)
+        pick(t, "class_weight", "balanced" if imbalance >= 1.5 else "none")
+        return [f"auto: {', '.join(chosen)}"] if chosen else []
 
     def build_model(self, config, data):
-        from ..models import Model
-
-        m = config["model"]
+        m, t = config["model"], config["train"]
         x = data.train[0]
         kw = model_kwargs(config)
         k = len(data.state["classes"])
-        if x.dtype.kind in "iu":
-            vocab = len(data.state["vocab"]) if "vocab" in data.state else int(x.max()) + 1
-            data.state.setdefault("vocab_size", vocab)
+        loss: Any = "cross_entropy"
+        if t["class_weight"] == "balanced":
+            counts = np.bincount(data.train[1], minlength=k).astype(float)
+            weights = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
+            loss = Loss("cross_entropy", class_weights=weights)
+
+        def one(seed: int) -> Model:
+            if x.dtype.kind in "iu":
+                vocab = len(data.state["vocab"]) if "vocab" in data.state else int(x.max()) + 1
+                data.state.setdefault("vocab_size", vocab)
+                return Model(
+                    vocab_size=data.state["vocab_size"],
+                    embedding_dim=m["embedding_dim"],
+                    pooling=m["pooling"],
+                    output_size=k,
+                    loss=loss,
+                    **{**kw, "seed": seed},
+                )
             return Model(
-                vocab_size=data.state["vocab_size"],
-                embedding_dim=m["embedding_dim"],
+                input_size=x.shape[2],
                 pooling=m["pooling"],
                 output_size=k,
-                loss="cross_entropy",
-                **kw,
+                loss=loss,
+                **{**kw, "seed": seed},
             )
-        return Model(
-            input_size=x.shape[2],
-            pooling=m["pooling"],
-            output_size=k,
-            loss="cross_entropy",
-            **kw,
-        )
+
+        members = t["ensemble"]
+        if members == 1:
+            return one(config["seed"])
+        return Ensemble([one(config["seed"] + 1000 * i) for i in range(members)])
 
     def train(self, model, data, config, **fit_kwargs):
-        x, y, lens = data.train
+        t = config["train"]
+        if not isinstance(model, Ensemble):
+            x, y, lens = data.train
+            return model.fit(
+                x,
+                y,
+                lengths=lens,
+                validation_data=data.val,
+                epochs=t["epochs"],
+                batch_size=t["batch_size"],
+                **fit_kwargs,
+            )
+        # Every member validates on its own stratified fold of the training and validation
+        # splits together; member 0 reports to the runner's callbacks (log, early stopping).
+        ex = data.extra
+        pool = np.concatenate([ex["train_index"], ex["val_index"]])
+        xs, ys, ls = (np.concatenate([a, b]) for a, b in zip(data.train, data.val))
+        masks = _fold_masks(ex["y"][pool], len(model), config["seed"])
+        runner = list(fit_kwargs.pop("callbacks", ()))
+        resume = fit_kwargs.pop("resume", False)
+        del resume  # members resume from their own checkpoints (Ensemble.fit)
+
+        def callbacks_for(k):
+            if k == 0:
+                return runner
+            cbs = [EarlyStopping("val_loss", patience=t["patience"], restore_best_weights=True)]
+            if t["lr_plateau"] > 0:
+                cbs.append(plateau_callback(t))
+            return cbs
+
         return model.fit(
-            x,
-            y,
-            lengths=lens,
-            validation_data=data.val,
-            epochs=config["train"]["epochs"],
-            batch_size=config["train"]["batch_size"],
+            xs,
+            ys,
+            lengths=ls,
+            masks=masks,
+            callbacks_for=callbacks_for,
+            time_limit=t["time_limit"],
+            epochs=t["epochs"],
+            batch_size=t["batch_size"],
             **fit_kwargs,
         )
 
     # Evaluation ------------------------------------------------------------------------------
 
-    def _baseline(self, data, config) -> tuple[np.ndarray, str] | None:
-        """Test-set predictions of the logistic-regression baseline and its description."""
+    def _baselines(self, data, config) -> list[tuple[str, str, np.ndarray, dict]]:
+        """``(key, label, test predictions, extra summary fields)`` of each baseline."""
         ex = data.extra
         tr, va, te = ex.get("train_index"), ex.get("val_index"), ex.get("test_index")
         if tr is None or not len(tr):
-            return None
+            return []
         y = ex["y"]
         k = len(ex["classes"])
+        out = []
         if "tokens" in ex:
             docs = ex["tokens"]
             d = config["data"]
@@ -559,17 +564,45 @@ class ClassifyTask(Task):
                     if j is not None:
                         df[j] += 1
             idf = np.log((1 + len(tr)) / (1 + df)) + 1
-            feats = lambda idx: _tfidf([docs[i] for i in idx], vocab, idf)
-            what = f"TF-IDF bag of {len(vocab)} words"
+            feats = lambda idx: tfidf([docs[i] for i in idx], vocab, idf)
+            what, label = f"TF-IDF bag of {len(vocab)} words", "bag-of-words LR"
         else:
-            f = _summary_features(ex["x"], ex["lengths"])
+            f = summary_features(ex["x"], ex["lengths"])
             mu, sd = f[tr].mean(axis=0), f[tr].std(axis=0) + 1e-12
-            feats = lambda idx: _Dense((f[idx] - mu) / sd)
-            what = "per-feature mean/std/min/max/first/last"
+            feats = lambda idx: Dense((f[idx] - mu) / sd)
+            what, label = "per-feature mean/std/min/max/first/last", "summary-stats LR"
         xtr = feats(tr)
         xva = feats(va) if len(va) else None
-        l2, model = _choose_l2(xtr, y[tr], xva, y[va] if len(va) else None, k)
-        return model.predict(feats(te)), f"logistic regression on {what} (L2 {l2:g})"
+        l2, lr_model = choose_l2(xtr, y[tr], xva, y[va] if len(va) else None, k)
+        out.append(
+            (
+                "baseline_",
+                label,
+                lr_model.predict(feats(te)),
+                {"baseline": f"logistic regression on {what} (L2 {l2:g})"},
+            )
+        )
+        if "tokens" not in ex and ex["x"].dtype.kind == "f":
+            # 1-NN DTW on the series as given (the archive's convention), trained on the
+            # training and validation splits, its window chosen by leave-one-out there.
+            pool = np.concatenate([tr, va])
+            start = time.perf_counter()
+            pred, window, loo = dtw_1nn(
+                ex["x"][pool], y[pool], ex["x"][te], ex["lengths"][pool], ex["lengths"][te]
+            )
+            out.append(
+                (
+                    "dtw_",
+                    f"1-NN DTW (w={window:.0%})",
+                    pred,
+                    {
+                        "dtw_window": window,
+                        "dtw_loo_accuracy": loo,
+                        "dtw_seconds": round(time.perf_counter() - start, 2),
+                    },
+                )
+            )
+        return out
 
     def evaluate(self, model, data, config):
         x, y, lens = data.test
@@ -578,13 +611,17 @@ class ClassifyTask(Task):
         proba = model.predict(x, lengths=lens, batch_size=256, output="probabilities")
         pred = proba.argmax(axis=1)
         out = _scores(y, pred, k, "")
-        base = self._baseline(data, config)
-        if base is not None:
-            out.update(_scores(y, base[0], k, "baseline_"))
-            out["baseline"] = base[1]
+        rows = []
+        for prefix, label, base_pred, fields in self._baselines(data, config):
+            out.update(_scores(y, base_pred, k, prefix))
+            out.update(fields)
+            rows.append([label, prefix])
+        out["baseline_rows"] = rows
         out["test_size"] = len(y)
         out["classes"] = classes
         out["cell"] = model.cell
+        if isinstance(model, Ensemble):
+            out["ensemble"] = len(model)
         return out
 
     def format_summary(self, s):
@@ -592,9 +629,12 @@ class ClassifyTask(Task):
             f"test set: {s['test_size']} items, classes {', '.join(s['classes'])}",
             f"{'':<22}{'accuracy':>10}{'precision':>11}{'recall':>9}{'F1':>9}",
         ]
-        rows = [(f"{s.get('cell', 'lstm').upper()} model", "")]
-        if "baseline_accuracy" in s:
-            rows.append(("bag-of-words LR", "baseline_"))
+        what = f"{s.get('cell', 'lstm').upper()} model"
+        if s.get("ensemble"):
+            what = f"{s['cell'].upper()} x{s['ensemble']} ensemble"
+        rows = [(what, "")]
+        for label, prefix in s.get("baseline_rows", []):
+            rows.append((label, prefix))
         for label, p in rows:
             lines.append(
                 f"{label:<22}{s[p + 'accuracy']:>10.4f}{s[p + 'precision']:>11.4f}"
@@ -602,12 +642,18 @@ class ClassifyTask(Task):
             )
         if "baseline" in s:
             lines.append(f"baseline: {s['baseline']}; precision/recall/F1 are macro averages")
+        if "dtw_window" in s:
+            lines.append(
+                f"1-NN DTW: Sakoe-Chiba window {s['dtw_window']:.0%} of the length, chosen by "
+                f"leave-one-out on the training data (accuracy {s['dtw_loo_accuracy']:.4f}); "
+                f"{s['dtw_seconds']:.1f}s"
+            )
         return "\n".join(lines)
 
     def plot(self, model, data, summary, config, out_dir, records):
         title = f"Test confusion matrix\nmodel accuracy {summary['accuracy']:.3f}"
-        if "baseline_accuracy" in summary:
-            title += f", bag-of-words baseline {summary['baseline_accuracy']:.3f}"
+        for label, prefix in summary.get("baseline_rows", []):
+            title += f", {label} {summary[prefix + 'accuracy']:.3f}"
         p = plots.confusion_matrix_plot(
             np.asarray(summary["confusion_matrix"]),
             summary["classes"],
@@ -642,9 +688,13 @@ class ClassifyTask(Task):
                 if "X" not in z:
                     raise C.ConfigError(f"--input: {input_path!r} has no array 'X'")
                 x, lens = _pad(list(z["X"]), z.get("lengths", None))
+        elif input_path.lower().endswith(".ts"):
+            x, lens = _pad(read_ts(input_path).series, None)
         else:
             raw = self._raw(d, "csv")
             x, lens = _pad(raw["seqs"], None)
+        if "prep" in state:
+            x, lens = SeriesPrep.from_state(state["prep"]).transform(x, lens)
         proba = model.predict(x, lengths=lens, batch_size=256, output="probabilities")
         with open(output_path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -684,6 +734,23 @@ def _stratified(
     picked_arr = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
     rest = np.setdiff1d(idx, picked_arr)
     return picked_arr, rest
+
+
+def _fold_masks(y: np.ndarray, members: int, seed: int) -> list[np.ndarray]:
+    """Validation masks of ``members`` models: stratified folds (as many as the smallest class
+    allows, at most 5, so no fold misses a class it could hold), repeated with new shuffles
+    until every member has one."""
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    k = max(2, min(5, smallest))
+    masks = []
+    rng = np.random.default_rng(seed)
+    while len(masks) < members:
+        fold = np.zeros(len(y), np.int64)
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            fold[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % k
+        masks += [fold == j for j in range(k)]
+    return masks[:members]
 
 
 def _build_vocab(docs: list[list[str]], min_freq: int, max_vocab: int) -> dict[str, int]:

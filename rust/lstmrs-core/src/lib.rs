@@ -14,6 +14,7 @@ pub mod activations;
 pub mod cellexpr;
 pub mod config;
 pub mod dropout;
+pub mod dtw;
 pub mod error;
 mod gates;
 #[cfg(feature = "gpu")]

@@ -2,6 +2,7 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod alloc;
+mod dtw;
 mod errors;
 mod gpu;
 mod model;
@@ -57,5 +58,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gpu::gpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(dtw::dtw_leave_one_out, m)?)?;
+    m.add_function(wrap_pyfunction!(dtw::dtw_classify, m)?)?;
     Ok(())
 }
