@@ -15,7 +15,8 @@ from lstmrs.rundir import RunDir
 from lstmrs.tasks import BUILTIN_TASKS, PluginTask, as_task, lstmrs_register_tasks
 from lstmrs.tasks.anomaly import window_scores
 from lstmrs.tasks.charlm import UNK, sample_next
-from lstmrs.tasks.classify import LogisticRegression, _build_vocab, _Dense, _encode, _Sparse
+from lstmrs.tasks.baselines import Dense, LogisticRegression, Sparse
+from lstmrs.tasks.classify import _build_vocab, _encode
 from lstmrs.tasks.forecast import _origins, infer_season
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -248,11 +249,11 @@ def test_logistic_regression_sparse_and_dense_agree_and_separate():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((120, 5))
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
-    dense = LogisticRegression(1e-4, iters=400).fit(_Dense(x), y, 2)
+    dense = LogisticRegression(1e-4, iters=400).fit(Dense(x), y, 2)
     rows = [{j: float(v) for j, v in enumerate(r)} for r in x]
-    sparse = LogisticRegression(1e-4, iters=400).fit(_Sparse(rows, 5), y, 2)
+    sparse = LogisticRegression(1e-4, iters=400).fit(Sparse(rows, 5), y, 2)
     np.testing.assert_allclose(dense.w, sparse.w, rtol=1e-6, atol=1e-9)
-    assert np.mean(dense.predict(_Dense(x)) == y) >= 0.97
+    assert np.mean(dense.predict(Dense(x)) == y) >= 0.97
 
 
 def test_logistic_regression_matches_scikit_learn_objective():
@@ -261,7 +262,7 @@ def test_logistic_regression_matches_scikit_learn_objective():
     x = rng.standard_normal((200, 4))
     y = (x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 * rng.standard_normal(200) > 0).astype(int)
     l2 = 1e-2
-    ours = LogisticRegression(l2, iters=3000).fit(_Dense(x), y, 2)
+    ours = LogisticRegression(l2, iters=3000).fit(Dense(x), y, 2)
     # Two softmax columns have the optimum w1 = -w0 = v / 2 with penalty l2 / 4 * |v|^2, so
     # scikit-learn's binary problem 1/2 |v|^2 + C * sum(loss) is ours with C = 2 / (l2 * n).
     ref = sk.LogisticRegression(C=2 / (l2 * len(y)), tol=1e-10, max_iter=10000).fit(x, y)
