@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import os
 
+import lstmrs
 import numpy as np
 import pytest
-
-import lstmrs
 from lstmrs import DataFileError
 from lstmrs.cli import main, resolve_config
 from lstmrs.ensemble import Ensemble, is_ensemble

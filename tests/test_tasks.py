@@ -14,8 +14,8 @@ from lstmrs.cli import get_tasks, resolve_config, train_run
 from lstmrs.rundir import RunDir
 from lstmrs.tasks import BUILTIN_TASKS, PluginTask, as_task, lstmrs_register_tasks
 from lstmrs.tasks.anomaly import window_scores
-from lstmrs.tasks.charlm import UNK, sample_next
 from lstmrs.tasks.baselines import Dense, LogisticRegression, Sparse
+from lstmrs.tasks.charlm import UNK, sample_next
 from lstmrs.tasks.classify import _build_vocab, _encode
 from lstmrs.tasks.forecast import _origins, infer_season
 
