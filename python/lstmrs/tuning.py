@@ -246,7 +246,7 @@ def _param(key: str, spec: Any, base: dict, rules, later: set) -> Param:
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise C.ConfigError(
-            f"config: {where}.{sorted(unknown)[0]} is not a search-space key: expected "
+            f"config: {where}.{min(unknown)} is not a search-space key: expected "
             f"{', '.join(sorted(_SPEC_KEYS))}"
         )
     if not _has(base, key):
@@ -511,18 +511,18 @@ class _Search:
         try:
             cfg = self.trial_config(params, trial.number)
             reporter = _TrialReporter(trial, self.settings.metric, self.deadline, run)
-            with open(os.path.join(run.path, "train.log"), "w", encoding="utf-8") as log:
-                # The trial's console output (its epochs and test numbers) goes to its own log.
-                with contextlib.redirect_stdout(log):
-                    rc = train_run(
-                        self.task,
-                        cfg,
-                        run,
-                        resume=False,
-                        say=lambda text="": print(text, flush=True),
-                        make_plots=self.settings.trial_plots,
-                        callbacks=[reporter],
-                    )
+            log_path = os.path.join(run.path, "train.log")
+            # The trial's console output (its epochs and test numbers) goes to its own log.
+            with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+                rc = train_run(
+                    self.task,
+                    cfg,
+                    run,
+                    resume=False,
+                    say=lambda text="": print(text, flush=True),
+                    make_plots=self.settings.trial_plots,
+                    callbacks=[reporter],
+                )
         except optuna.TrialPruned:
             raise
         except _MetricMissing as e:
@@ -609,12 +609,12 @@ def _pruner(settings: Settings):
 def _open_study(search: _Search, *, create: bool, seed: int):
     optuna = _optuna()
     storage = _storage(search.storage_url, search.settings)
-    args = dict(
-        study_name=search.study_name,
-        storage=storage,
-        sampler=_sampler(search.settings, seed),
-        pruner=_pruner(search.settings),
-    )
+    args = {
+        "study_name": search.study_name,
+        "storage": storage,
+        "sampler": _sampler(search.settings, seed),
+        "pruner": _pruner(search.settings),
+    }
     where = f"study {search.study_name!r} in {_safe_url(search.storage_url)}"
     if create:
         study = optuna.create_study(
