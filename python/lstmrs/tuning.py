@@ -361,7 +361,7 @@ class Settings:
                 "task": task,
                 "metric": self.metric,
                 "direction": self.direction,
-                "params": [p.describe() for p in self.params],
+                "params": sorted((p.describe() for p in self.params), key=lambda d: d["key"]),
             },
             sort_keys=True,
         )
@@ -1030,7 +1030,13 @@ def _prepare(
         run = RunDir.create(run_dir, f"tune-{task.name}")
         storage = storage or f"sqlite:///{os.path.join(run.path, STUDY_DB)}"
         study = study or os.path.basename(run.path)
-        saved = {**base, "tune": table}
+        # Every key as a table of its own: TOML writes plain values before tables, and the
+        # declaration order must survive (``when`` refers to keys declared before).
+        params = {
+            k: v if isinstance(v, dict) else {"choices": v}
+            for k, v in _walk_params(table["params"])
+        }
+        saved = {**base, "tune": {**table, "params": params}}
         header = "# The base configuration and search space of this lstmrs tune directory.\n"
         with open(run.config_path, "w", encoding="utf-8") as f:
             f.write(header + C.dumps(saved))
