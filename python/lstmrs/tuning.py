@@ -61,6 +61,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -829,7 +830,11 @@ def _plots(study, out_dir: str, metric: str, say) -> list[str]:
             say(f"{what} plot skipped: no parameter varies among the completed trials")
             continue
         try:
-            ax = draw(study, target_name=metric)
+            # Optuna warns about thin data (one value of a parameter, few trials per regime);
+            # the plot is still right for what the study has.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                ax = draw(study, target_name=metric)
         except (ValueError, RuntimeError) as e:
             say(f"{what} plot skipped: {e}")
             continue
@@ -947,6 +952,24 @@ def _split_sets(sets) -> tuple[list[str], dict[str, Any]]:
     return base, tune_sets
 
 
+def _set_tune_value(table: dict, key: str, value: Any) -> None:
+    """``--set tune.KEY=VALUE``: a setting (``trials``), a whole search-space entry
+    (``params.model.cell=[...]``) or one field of one (``params.train.lr.high=0.05``)."""
+    if not key.startswith("params."):
+        table[key] = value
+        return
+    params = table.setdefault("params", {})
+    rest = key[len("params.") :]
+    name, _, field_name = rest.rpartition(".")
+    if rest in params or field_name not in _SPEC_KEYS:
+        params[rest] = value
+        return
+    spec = params.get(name)
+    spec = {"choices": spec} if isinstance(spec, list) else dict(spec or {})
+    spec[field_name] = value
+    params[name] = spec
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -997,12 +1020,10 @@ def _prepare(
     base = resolve_config(
         task, file_cfg=file_cfg, file_source=file_source, file_dir=file_dir, sets=base_sets
     )
+    if isinstance(table.get("params"), dict):
+        table["params"] = dict(_walk_params(table["params"]))
     for key, value in tune_sets.items():
-        node = table
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        _set_tune_value(table, key, value)
     if trials is not None:
         table["trials"] = trials
     if timeout is not None:
