@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 
+import lstmrs
 import pytest
 from lstmrs import config as C
 from lstmrs.cli import main
@@ -183,13 +184,16 @@ trial_plots = false
 def test_resume_continues_the_study(tmp_path):
     cfg = write_config(tmp_path, SPACE)
     out_dir = str(tmp_path / "tune")
-    first = tuning.tune(cfg, run_dir=out_dir, trials=2, quiet=True)
+    first = lstmrs.tune(cfg, run_dir=out_dir, trials=2, quiet=True)  # the package's entry point
     assert sum(first.counts.values()) == 2
     # The CLI, as a user would: the directory's own config, a larger budget.
     assert main(["tune", "--resume", "--run-dir", out_dir, "--trials", "4", "--quiet"]) == 0
     study = optuna.load_study(study_name=first.study_name, storage=first.storage)
     numbers = sorted(t.number for t in study.get_trials())
     assert numbers == [0, 1, 2, 3]
+    # The resumed sampler does not draw the first trials' values again.
+    values = [t.params["train.lr"] for t in study.get_trials()]
+    assert len(set(values)) == 4
     assert sorted(os.listdir(os.path.join(out_dir, "trials"))) == [
         f"trial-{n:04d}" for n in numbers
     ]
@@ -282,6 +286,22 @@ def test_cli_errors(tmp_path, capsys):
     other = ["--set", "tune.params.train.lr.high=0.05"]
     assert main([*args, "--run-dir", str(tmp_path / "d"), *other]) == 2
     assert "searches another space" in capsys.readouterr().err
+
+
+def test_help_and_missing_optuna(capsys, monkeypatch, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--storage", "--study", "--trials", "--timeout", "--workers", "--resume"):
+        assert flag in out
+    assert "--worker-index" not in out  # internal: how --workers starts its processes
+    # Without Optuna the error names the pip package (sys.modules[name] = None blocks imports).
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    cfg = write_config(tmp_path, SPACE)
+    assert main(["tune", cfg, "--run-dir", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert "TuneError" in err and "pip install 'lstmrs[tune]'" in err
 
 
 # --------------------------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def _optuna():
 
     # The heartbeat, retry and plotting APIs are marked experimental; their use here is fixed.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Failed trials are reported by lstmrs's own line (with the error), not Optuna's traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -613,7 +614,6 @@ def _open_study(search: _Search, *, create: bool, seed: int):
     args = {
         "study_name": search.study_name,
         "storage": storage,
-        "sampler": _sampler(search.settings, seed),
         "pruner": _pruner(search.settings),
     }
     where = f"study {search.study_name!r} in {_safe_url(search.storage_url)}"
@@ -626,6 +626,8 @@ def _open_study(search: _Search, *, create: bool, seed: int):
             study = optuna.load_study(**args)
         except KeyError:
             raise TuneError(f"--resume: there is no {where}") from None
+    # A study that goes on must not draw its first trials again: the seed moves on with it.
+    study.sampler = _sampler(search.settings, seed + len(study.get_trials(deepcopy=False)))
     mine = search.settings.fingerprint(search.task.name)
     theirs = study.user_attrs.get(SEARCH_ATTR)
     if theirs is None:
