@@ -72,7 +72,7 @@ from rich.table import Table
 from . import config as C
 from .callbacks import Callback
 from .cli import EXIT_INTERRUPTED, lookup_task, resolve_config, train_run
-from .errors import LstmrsError
+from .errors import LstmrsError, NonFiniteError
 from .metrics import METRIC_NAMES
 from .rundir import RunDir, RunDirError, _write_json
 
@@ -540,7 +540,11 @@ class _Search:
             raise KeyboardInterrupt
         records = run.read_metrics()
         trial.set_user_attr("epochs", len(records))
-        return saved_model_value(records, self.settings.metric, cfg["train"]["patience"] > 0)
+        value = saved_model_value(records, self.settings.metric, cfg["train"]["patience"] > 0)
+        if not math.isfinite(value):
+            trial.set_user_attr("error", f"{self.settings.metric} = {value}")
+            raise NonFiniteError(f"tune: trial {trial.number}: {self.settings.metric} = {value}")
+        return value
 
 
 # --------------------------------------------------------------------------------------------
