@@ -6,7 +6,7 @@
     lstmrs eval RUN_DIR [--data FILE]                                 evaluate a run's model again
     lstmrs predict RUN_DIR --input FILE --output FILE                 predictions for new data
     lstmrs generate RUN_DIR --prompt TEXT --length N                  sample from a charlm run
-    lstmrs tune CONFIG.toml [--storage URL --study NAME] [--workers N] search the config's [tune] space
+    lstmrs tune CONFIG.toml [--storage URL --study NAME] [--workers N]  hyperparameter search
     lstmrs tasks [NAME]                                               the tasks and their defaults
     lstmrs plugins                                                    installed plugins
     lstmrs bench [ARGS]                                               the benchmark (source tree)
