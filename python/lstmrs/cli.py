@@ -82,9 +82,8 @@ def resolve_config(
     if file_cfg:
         layer = dict(file_cfg)
         layer.pop("task", None)  # Already used to pick the task.
-        layer.pop(
-            "tune", None
-        )  # The search space of `lstmrs tune`; a trial's values come as --set.
+        # The search space of `lstmrs tune`: a trial's values arrive as a layer of their own.
+        layer.pop("tune", None)
         cfg = C.apply_layer(cfg, layer, task.rules, source=file_source, base_dir=file_dir)
     if cell is not None:
         cfg = C.apply_layer(cfg, {"model": {"cell": cell}}, task.rules, source="--cell")
@@ -283,10 +282,17 @@ def cmd_train(args) -> int:
 
 
 def train_run(
-    task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bool = True, callbacks=()
+    task,
+    cfg: dict,
+    run: RunDir,
+    *,
+    resume: bool,
+    say,
+    make_plots: bool = True,
+    extra_callbacks=(),
 ) -> int:
     """Prepares the data, trains (or continues) and evaluates; writes the run directory.
-    ``callbacks`` run after the runner's own (``lstmrs tune`` reports epochs to its trial)."""
+    ``extra_callbacks`` run after the runner's own (``lstmrs tune`` reports to its trial)."""
     from .models import Model
 
     verb = "continuing" if resume else "training"
@@ -319,7 +325,6 @@ def train_run(
     t = cfg["train"]
     limit = _TimeLimit(t["time_limit"])
     target = _TargetReached(t["target_val_loss"])
-    extra = list(callbacks)
     callbacks: list[Callback] = [JSONLLogger(run.metrics_path), _EpochPrinter(say)]
     callbacks.append(limit)
     early = None
@@ -331,7 +336,7 @@ def train_run(
         if t["patience"] > 0:
             early = EarlyStopping("val_loss", patience=t["patience"], restore_best_weights=True)
             callbacks.append(early)
-    callbacks += extra
+    callbacks += extra_callbacks
     run.update_state(status="training")
     say(
         "Ctrl-C stops after the current batch and saves a checkpoint; `lstmrs train --resume "

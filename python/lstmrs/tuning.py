@@ -523,7 +523,7 @@ class _Search:
                     resume=False,
                     say=lambda text="": print(text, flush=True),
                     make_plots=self.settings.trial_plots,
-                    callbacks=[reporter],
+                    extra_callbacks=[reporter],
                 )
         except optuna.TrialPruned:
             raise
