@@ -6,6 +6,7 @@ server, as .ci/run sets up) where one is killed with SIGKILL in the middle of a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -179,6 +180,56 @@ trial_plots = false
         assert r["val_accuracy"] == pytest.approx(metrics[-1]["val_accuracy"])
     complete = [r["val_accuracy"] for r in result.leaderboard]
     assert complete == sorted(complete, reverse=True)
+
+
+def forecast_config(tmp_path, tune: str) -> str:
+    """A forecast task on a 60-point sine wave (a CSV written here)."""
+    csv_path = tmp_path / "wave.csv"
+    rows = [f"{math.sin(i / 3):.5f}" for i in range(60)]
+    csv_path.write_text("value\n" + "\n".join(rows) + "\n")
+    path = tmp_path / "forecast.toml"
+    path.write_text(
+        'task = "forecast"\n[data]\npath = "wave.csv"\nlookback = 6\nhorizon = 2\n'
+        "[model]\nhidden_size = 4\n[train]\nepochs = 2\npatience = 0\n" + tune
+    )
+    return str(path)
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, capsys):
+    # A lookback of 100 does not fit the 60 points: that trial fails with the task's own error,
+    # the others run (random seed 0 draws 100, 4, 100, 100, 4, 4).
+    tune = """
+[tune]
+trials = 3
+sampler = "random"
+pruner = "none"
+trial_plots = false
+[tune.params]
+"data.lookback" = [4, 100]
+"""
+    result = tuning.tune(forecast_config(tmp_path, tune), run_dir=str(tmp_path / "t"))
+    failed = [r for r in result.leaderboard if r["state"] == "fail"]
+    assert failed and all(r["params"]["data.lookback"] == 100 for r in failed)
+    assert result.counts["COMPLETE"] == 3
+    assert (
+        "failed: ConfigError: config: data.lookback + data.horizon = 102" in capsys.readouterr().out
+    )
+    # A space where every trial fails stops after the first few, with the error.
+    tune = tune.replace("[4, 100]", "[100, 200]")
+    with pytest.raises(tuning.TuneError, match="3 trials in a row failed; the last: ConfigError"):
+        tuning.tune(forecast_config(tmp_path, tune), run_dir=str(tmp_path / "u"), quiet=True)
+
+
+def test_saved_model_value_follows_the_restored_weights():
+    records = [
+        {"val_loss": 0.5, "val_accuracy": 0.6},
+        {"val_loss": 0.3, "val_accuracy": 0.7},
+        {"val_loss": 0.4, "val_accuracy": 0.8},
+    ]
+    # Early stopping restores the best val_loss epoch (the second); without it the last counts.
+    assert tuning.saved_model_value(records, "val_accuracy", restores_best=True) == 0.7
+    assert tuning.saved_model_value(records, "val_accuracy", restores_best=False) == 0.8
+    assert tuning.saved_model_value(records, "val_loss", restores_best=True) == 0.3
 
 
 def test_resume_continues_the_study(tmp_path):
