@@ -74,6 +74,7 @@ from .callbacks import Callback
 from .cli import EXIT_INTERRUPTED, lookup_task, resolve_config, train_run
 from .errors import LstmrsError, NonFiniteError
 from .metrics import METRIC_NAMES
+from .rnn import set_num_threads
 from .rundir import RunDir, RunDirError, _write_json
 
 __all__ = ["TUNE_DEFAULTS", "TuneError", "TuneResult", "tune"]
@@ -1130,8 +1131,6 @@ def tune(
     if _worker is not None:
         search.label = f"w{_worker}"
         if threads:
-            from .rnn import set_num_threads  # only a worker that trains needs the extension
-
             set_num_threads(threads)
         _work(search, the_study, say)
         return None
@@ -1153,8 +1152,6 @@ def tune(
     try:
         if workers == 1:
             if threads:
-                from .rnn import set_num_threads  # see above
-
                 set_num_threads(threads)
             _work(search, the_study, say)
         else:
