@@ -50,4 +50,16 @@ __all__ = [
     "metrics",
     "optim",
     "set_num_threads",
+    "tune",
 ]
+
+
+def tune(config=None, **kwargs):
+    """Hyperparameter search over a config's ``[tune]`` space with Optuna: ``lstmrs tune`` from
+    Python. See :func:`lstmrs.tuning.tune` for the arguments; returns a
+    :class:`lstmrs.tuning.TuneResult`."""
+    # Imported on use: tuning sits above the package's layers (it runs the CLI's pipeline) and
+    # needs Optuna, an optional dependency.
+    from .tuning import tune as run
+
+    return run(config, **kwargs)

@@ -6,6 +6,7 @@
     lstmrs eval RUN_DIR [--data FILE]                                 evaluate a run's model again
     lstmrs predict RUN_DIR --input FILE --output FILE                 predictions for new data
     lstmrs generate RUN_DIR --prompt TEXT --length N                  sample from a charlm run
+    lstmrs tune CONFIG.toml [--storage URL --study NAME] [--workers N]  hyperparameter search
     lstmrs tasks [NAME]                                               the tasks and their defaults
     lstmrs plugins                                                    installed plugins
     lstmrs bench [ARGS]                                               the benchmark (source tree)
@@ -82,6 +83,8 @@ def resolve_config(
     if file_cfg:
         layer = dict(file_cfg)
         layer.pop("task", None)  # Already used to pick the task.
+        # The search space of `lstmrs tune`: a trial's values arrive as a layer of their own.
+        layer.pop("tune", None)
         cfg = C.apply_layer(cfg, layer, task.rules, source=file_source, base_dir=file_dir)
     if cell is not None:
         cfg = C.apply_layer(cfg, {"model": {"cell": cell}}, task.rules, source="--cell")
@@ -279,8 +282,18 @@ def cmd_train(args) -> int:
     return train_run(task, cfg, run, resume=args.resume, say=say, make_plots=not args.no_plots)
 
 
-def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bool = True) -> int:
-    """Prepares the data, trains (or continues) and evaluates; writes the run directory."""
+def train_run(
+    task,
+    cfg: dict,
+    run: RunDir,
+    *,
+    resume: bool,
+    say,
+    make_plots: bool = True,
+    extra_callbacks=(),
+) -> int:
+    """Prepares the data, trains (or continues) and evaluates; writes the run directory.
+    ``extra_callbacks`` run after the runner's own (``lstmrs tune`` reports to its trial)."""
     from .models import Model
 
     verb = "continuing" if resume else "training"
@@ -326,6 +339,7 @@ def train_run(task, cfg: dict, run: RunDir, *, resume: bool, say, make_plots: bo
             callbacks.append(early)
         if t["lr_plateau"] > 0:
             callbacks.append(plateau_callback(t))
+    callbacks += extra_callbacks
     run.update_state(status="training")
     say(
         "Ctrl-C stops after the current batch and saves a checkpoint; `lstmrs train --resume "
@@ -486,6 +500,27 @@ def cmd_generate(args) -> int:
         top_k=args.top_k,
         seed=args.seed,
         out=sys.stdout,
+    )
+    return 0
+
+
+def cmd_tune(args) -> int:
+    # Imported here: tuning needs Optuna, an optional dependency (lstmrs[tune]).
+    from .tuning import tune
+
+    tune(
+        args.config,
+        storage=args.storage,
+        study=args.study,
+        trials=args.trials,
+        timeout=args.timeout,
+        workers=args.workers,
+        resume=args.resume,
+        run_dir=args.run_dir,
+        sets=args.set or [],
+        threads=args.threads,
+        quiet=args.quiet,
+        _worker=args.worker_index,
     )
     return 0
 
@@ -674,6 +709,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
+        "tune",
+        help="search a config's [tune] space with Optuna",
+        formatter_class=_Formatter,
+        description="Hyperparameter search with Optuna (pip install 'lstmrs[tune]'): every "
+        "trial trains CONFIG with values sampled from its [tune.params] table (TPE), reports "
+        "its validation metric each epoch (poor trials are pruned) and is a run directory of "
+        "its own. Writes a leaderboard, best.toml (which `lstmrs train` runs unchanged) and "
+        "plots into the tune directory.\n\nOne machine: the study is an SQLite file in the "
+        "tune directory; --workers N runs N trials at once. Several machines: start the same "
+        "command with the same --storage URL (any database Optuna supports, e.g. "
+        "postgresql://user:pass@host/db) and --study NAME on each; they share the study, and "
+        "a trial whose worker died is retried by another.",
+        epilog="examples:\n  lstmrs tune examples/tune_forecast_airline.toml --trials 30\n"
+        "  lstmrs tune cfg.toml --workers 2 --timeout 1200\n"
+        "  lstmrs tune cfg.toml --storage postgresql://lstmrs@db/optuna --study airline\n"
+        "  lstmrs tune --resume --run-dir runs/tune-forecast-20250101-120000",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="config with a [tune] table")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL shared by all workers (default: RUN_DIR/study.db, SQLite)",
+    )
+    p.add_argument("--study", metavar="NAME", help="study name (default: the tune directory's)")
+    p.add_argument(
+        "--trials", type=int, metavar="N", help="finished trials in the study (tune.trials)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time budget of each worker (tune.timeout)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="worker processes on this machine"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the study of --run-dir (default: the newest runs/tune-*)",
+    )
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="tune directory (default: runs/tune-<task>-<date>-<time>)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, tune.* included (repeatable): --set tune.metric=val_mse",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads per worker (default: the cores divided among --workers)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the result")
+    # Set by --workers for the processes it starts.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
         "tasks",
         help="list the tasks, or print one's default config",
         formatter_class=_Formatter,
@@ -689,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _PASSTHROUGH = {"plugins": cmd_plugins, "bench": cmd_bench}
-_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "tasks", *_PASSTHROUGH}
+_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "tune", "tasks", *_PASSTHROUGH}
 
 
 def main(argv: list[str] | None = None) -> int:
