@@ -351,6 +351,7 @@ def test_classify_ts_pair_end_to_end_with_dtw_baseline(tmp_path, capsys):
     with open(os.path.join(run, "summary.json")) as f:
         s = json.load(f)
     assert s["test_size"] == 20 and s["ensemble"] == 3
+    assert 0.0 <= s["cv_accuracy"] <= 1.0 and s["cv_loss"] > 0  # out-of-fold, all 30 items
     assert 0.0 <= s["dtw_window"] <= 1.0 and s["dtw_accuracy"] >= 0.9  # ramps are easy for DTW
     assert is_ensemble(os.path.join(run, "model"))
     # eval reloads the ensemble and gives the same accuracy; predict reads a .ts file.
@@ -360,3 +361,52 @@ def test_classify_ts_pair_end_to_end_with_dtw_baseline(tmp_path, capsys):
     assert main(["predict", run, "--input", test_file, "--output", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0].startswith("id,label,p_down,p_up") and len(rows) == 21
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly detection on the UCR anomaly archive's layout
+
+
+def _ucr_anomaly_pair(tmp_path, n_train=400, n=1200, at=(800, 811)):
+    """A noisy sine whose TEST file is the whole series (TRAIN is its first part, as the UCR
+    anomaly archive ships them), with a labelled burst of 12 points."""
+    rng = np.random.default_rng(4)
+    t = np.arange(n)
+    v = np.sin(2 * np.pi * t / 40) + rng.normal(0, 0.05, n)
+    v[at[0] : at[1] + 1] += 1.5 * np.sin(np.linspace(0, 3 * np.pi, at[1] - at[0] + 1))
+    label = ((t >= at[0]) & (t <= at[1])).astype(int)
+    rows = ["timestamp,value,is_anomaly"] + [f"{i},{v[i]:.5f},{label[i]}" for i in range(n)]
+    (tmp_path / "Sine_TRAIN.csv").write_text("\n".join(rows[: n_train + 1]) + "\n")
+    (tmp_path / "Sine_TEST.csv").write_text("\n".join(rows) + "\n")
+    return str(tmp_path / "Sine_TRAIN.csv")
+
+
+def test_anomaly_finds_the_labelled_burst_of_a_ucr_style_pair(tmp_path, capsys):
+    path = _ucr_anomaly_pair(tmp_path)
+    task = BUILTIN_TASKS["anomaly"]
+    cfg = resolve_config(task, sets=[f"data.path={path}"])
+    data = task.prepare(cfg)
+    assert data.extra["train_end"] == 400 and data.extra["windows"] == [(800, 811)]
+    assert data.train[0].shape[2] == 1  # integer timestamps: no time-of-day features
+    run = str(tmp_path / "run")
+    sets = [f"data.path={path}", "train.epochs=15", "model.hidden_size=16"]
+    args = ["train", "--task", "anomaly", "--run-dir", run, "--no-plots", "--quiet"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    with open(os.path.join(run, "summary.json")) as f:
+        s = json.load(f)
+    a, b = s["top_window"]
+    assert s["top_window_hit"] is True and a <= 811 and b >= 800
+    assert "top-scored window" in capsys.readouterr().out
+
+
+def test_anomaly_label_column_errors_name_the_row(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text("timestamp,value,is_anomaly\n" + "".join(f"{i},1.0,0\n" for i in range(99)))
+    with open(p, "a") as f:
+        f.write("99,1.0,yes\n")
+    task = BUILTIN_TASKS["anomaly"]
+    cfg = resolve_config(task, sets=[f"data.path={p}", "data.lookback=4"])
+    with pytest.raises(
+        lstmrs.InvalidArgumentError, match="row 101: expected a number in 'is_anomaly'"
+    ):
+        task.prepare(cfg)

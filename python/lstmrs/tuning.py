@@ -542,6 +542,11 @@ class _Search:
         records = run.read_metrics()
         trial.set_user_attr("epochs", len(records))
         value = saved_model_value(records, self.settings.metric, cfg["train"]["patience"] > 0)
+        # A task that trains several models (classify's fold ensembles) reports the metric
+        # cross-validated over all of them; it replaces the first model's own validation value.
+        cv = run.read_summary().get("cv_" + self.settings.metric[len("val_") :])
+        if isinstance(cv, (int, float)):
+            value = float(cv)
         if not math.isfinite(value):
             trial.set_user_attr("error", f"{self.settings.metric} = {value}")
             raise NonFiniteError(f"tune: trial {trial.number}: {self.settings.metric} = {value}")

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
+from ..ts_format import find_split_pair
 from . import Prepared, Task, model_kwargs
 
 __all__ = ["AnomalyTask", "window_scores"]
@@ -44,8 +45,10 @@ def _parse(t: str) -> datetime | None:
         return None
 
 
-def read_series(path: str, value_column: str, time_column: str):
-    """``(times [str], parsed [datetime|None], values float [N])`` of a CSV with a header."""
+def read_series(path: str, value_column: str, time_column: str, label_column: str = ""):
+    """``(times [str], parsed [datetime|None], values float [N], labels int [N] | None)`` of a
+    CSV with a header; ``label_column`` ``"auto"`` takes ``is_anomaly`` (the UCR anomaly
+    archive's column), ``label`` or ``anomaly`` when the file has one."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
@@ -56,26 +59,67 @@ def read_series(path: str, value_column: str, time_column: str):
     if len(rows) < 3:
         raise C.ConfigError(f"config: data.path = {path!r}: expected a header and rows")
     header = [h.strip() for h in rows[0]]
-    for key, col in (("data.value_column", value_column), ("data.time_column", time_column)):
+    if label_column == "auto":
+        label_column = next((c for c in ("is_anomaly", "label", "anomaly") if c in header), "")
+    named = [("data.value_column", value_column), ("data.time_column", time_column)]
+    if label_column:
+        named.append(("data.label_column", label_column))
+    for key, col in named:
         if col not in header:
             raise C.ConfigError(
                 f"config: {key} = {col!r} is not allowed: expected one of the columns "
                 f"{', '.join(header)}"
             )
     vi, ti = header.index(value_column), header.index(time_column)
+    li = header.index(label_column) if label_column else -1
     times, values = [], np.empty(len(rows) - 1)
+    labels = np.zeros(len(rows) - 1, dtype=np.int64) if li >= 0 else None
     for i, r in enumerate(rows[1:]):
         try:
             values[i] = float(r[vi])
+            if labels is not None:
+                labels[i] = int(float(r[li])) != 0
         except (ValueError, IndexError):
+            col = value_column if labels is None or vi >= len(r) else label_column
             raise C.ConfigError(
                 f"data.path: {os.path.basename(path)} row {i + 2}: expected a number in "
-                f"{value_column!r}, got {r[vi] if vi < len(r) else '(missing)'!r}"
+                f"{col!r}, got {r[header.index(col)] if header.index(col) < len(r) else '(missing)'!r}"
             ) from None
         times.append(r[ti].strip())
     if not np.all(np.isfinite(values)):
         raise C.ConfigError(f"data.path: {os.path.basename(path)} holds NaN or infinite values")
-    return times, [_parse(t) for t in times], values
+    return times, [_parse(t) for t in times], values, labels
+
+
+def _label_windows(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive index ranges of the runs of labelled (non-zero) steps."""
+    edges = np.diff(np.concatenate([[0], (labels != 0).astype(np.int8), [0]]))
+    return list(
+        zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist())
+    )
+
+
+def _read_split(d) -> tuple[list[str], list, np.ndarray, np.ndarray | None, int | None]:
+    """The series of ``data.path``, joined with ``data.test_path`` (or the ``*_TEST`` file
+    beside a ``*_TRAIN`` path) when there is one: ``(times, parsed, values, labels,
+    train_end)``; ``train_end`` is the training file's length then. A test file that repeats
+    the training file at its start (the UCR anomaly archive's layout) is the whole series."""
+    read = lambda p: read_series(p, d["value_column"], d["time_column"], d["label_column"])
+    times, parsed, values, labels = read(d["path"])
+    test_path = d["test_path"] or find_split_pair(d["path"]) or ""
+    if not test_path:
+        return times, parsed, values, labels, None
+    t2, p2, v2, l2 = read(test_path)
+    n = len(values)
+    if (labels is None) != (l2 is None):
+        raise C.ConfigError(
+            f"config: data.test_path = {test_path!r}: one file has a label column and the other "
+            "not (expected both or neither)"
+        )
+    if len(v2) > n and np.array_equal(v2[:n], values):
+        return t2, p2, v2, l2, n
+    labels_all = None if labels is None else np.concatenate([labels, l2])
+    return times + t2, parsed + p2, np.concatenate([values, v2]), labels_all, n
 
 
 def _time_features(parsed: list[datetime | None]) -> np.ndarray | None:
@@ -196,14 +240,16 @@ class AnomalyTask(Task):
     task_defaults: ClassVar[dict[str, Any]] = {
         "data": {
             "path": "",
+            "test_path": "",
             "windows": "",
             "key": "",
             "value_column": "value",
             "time_column": "timestamp",
+            "label_column": "auto",
             "lookback": 48,
             "train_fraction": "auto",
             "val_fraction": 0.1,
-            "time_features": True,
+            "time_features": "auto",
         },
         "model": {"hidden_size": 64},
         "train": {"lr": 0.003, "epochs": 40, "batch_size": 64, "patience": 5},
@@ -211,7 +257,9 @@ class AnomalyTask(Task):
     }
     task_rules: ClassVar[dict[str, C.Rule]] = {
         "data.path": C.Path(),
+        "data.test_path": C.Path(optional=True),
         "data.windows": C.Path(optional=True),
+        "data.time_features": C.OneOf(C.Choice("auto"), C.Bool()),
         "data.lookback": C.Int(lo=1),
         "data.train_fraction": C.OneOf(C.Choice("auto"), C.Float(0.0, 1.0, True, True)),
         "data.val_fraction": C.Float(lo=0.0, hi=0.5),
@@ -238,7 +286,7 @@ class AnomalyTask(Task):
 
     def prepare(self, config, state=None, whole=False):
         d = config["data"]
-        times, parsed, values = read_series(d["path"], d["value_column"], d["time_column"])
+        times, parsed, values, labels, split_end = _read_split(d)
         n, lb = len(values), d["lookback"]
         if n < lb + 10:
             raise C.ConfigError(
@@ -254,8 +302,13 @@ class AnomalyTask(Task):
                 )
             key, raw_windows = _load_windows(d["windows"], d["key"], d["path"])
             windows = _window_index(parsed, raw_windows)
+        elif labels is not None:
+            windows = _label_windows(labels)
+            key = "labelled points"
         if whole:
             train_end = lb + 1
+        elif split_end is not None:
+            train_end = split_end
         elif d["train_fraction"] == "auto":
             first = windows[0][0] if windows else n // 2
             train_end = int(np.clip(first, 0.15 * n, 0.5 * n))
@@ -273,7 +326,9 @@ class AnomalyTask(Task):
             std = float(values[:train_end].std()) or 1.0
         use_tf = d["time_features"]
         tf = _time_features(parsed) if use_tf else None
-        if use_tf and tf is None:
+        if use_tf == "auto":
+            use_tf = tf is not None
+        elif use_tf and tf is None:
             raise C.ConfigError(
                 "config: data.time_features = true is not allowed for this data: the time "
                 "column does not hold timestamps (expected false)"
@@ -295,7 +350,7 @@ class AnomalyTask(Task):
         info = [
             f"data: {os.path.basename(d['path'])}, {n} points from {times[0]} to {times[-1]}; "
             f"training span: the first {train_end} ({100 * train_end / n:.0f}%)"
-            + (f", {len(windows)} labelled windows ({key})" if d["windows"] else ", no labels"),
+            + (f", {len(windows)} labelled windows ({key})" if key else ", no labels"),
             f"model input: {lb} steps of value" + (" + time of day/week" if use_tf else ""),
         ]
         return Prepared(
@@ -351,6 +406,7 @@ class AnomalyTask(Task):
             out.update(window_scores(alarms, data.extra["windows"], train_end, e["group_gap"]))
         else:
             out["alarms"] = int(alarms.sum())
+        out.update(_top_window(scores, train_end, e["smooth"], data.extra["windows"]))
         out["_scores"], out["_alarms"] = scores, alarms
         return out
 
@@ -365,6 +421,15 @@ class AnomalyTask(Task):
             )
         else:
             text += f"\n{s['alarms']} alarm steps after the training span (no labelled windows)"
+        if "top_window" in s:
+            a, b = s["top_window"]
+            text += f"\ntop-scored window: steps {a}-{b} (score {s['top_score']:.4g})"
+            if "top_window_hit" in s:
+                text += (
+                    " overlaps a labelled window"
+                    if s["top_window_hit"]
+                    else " overlaps no labelled window"
+                )
         return text
 
     def plot(self, model, data, summary, config, out_dir, records):
@@ -402,6 +467,23 @@ class AnomalyTask(Task):
         return (
             f"{len(scores)} steps, {int(alarms.sum())} alarms (threshold {state['threshold']:.4g})"
         )
+
+
+def _top_window(
+    scores: np.ndarray, start: int, span: int, windows: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """The ``span`` steps whose smoothed score (a trailing mean over ``span`` steps) is the
+    highest after the training span, and whether they overlap a labelled window: the UCR
+    anomaly archive's question, "where is the one anomaly?"."""
+    live = np.where(np.arange(len(scores)) >= start, scores, np.nan)
+    if not np.isfinite(live).any():
+        return {}
+    end = int(np.nanargmax(live))
+    first = max(start, end - span + 1)
+    out: dict[str, Any] = {"top_window": [first, end], "top_score": float(live[end])}
+    if windows:
+        out["top_window_hit"] = any(lo <= end and hi >= first for lo, hi in windows)
+    return out
 
 
 def _p(v: float) -> str:

@@ -529,7 +529,7 @@ class ClassifyTask(Task):
                 cbs.append(plateau_callback(t))
             return cbs
 
-        return model.fit(
+        histories = model.fit(
             xs,
             ys,
             lengths=ls,
@@ -540,6 +540,8 @@ class ClassifyTask(Task):
             batch_size=t["batch_size"],
             **fit_kwargs,
         )
+        ex["cv"] = _out_of_fold(model, xs, ys, ls, masks)
+        return histories
 
     # Evaluation ------------------------------------------------------------------------------
 
@@ -622,6 +624,7 @@ class ClassifyTask(Task):
         out["cell"] = model.cell
         if isinstance(model, Ensemble):
             out["ensemble"] = len(model)
+            out.update(data.extra.get("cv", {}))
         return out
 
     def format_summary(self, s):
@@ -734,6 +737,20 @@ def _stratified(
     picked_arr = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
     rest = np.setdiff1d(idx, picked_arr)
     return picked_arr, rest
+
+
+def _out_of_fold(ens: Ensemble, x, y, lengths, masks) -> dict[str, float]:
+    """Cross-validated accuracy and loss of an ensemble's members, each on its own validation
+    fold: an estimate over every training item instead of one member's small fold."""
+    hits, losses = [], []
+    for member, m in zip(ens.members, masks):
+        p = member.predict(x[m], lengths=lengths[m], output="probabilities")
+        hits.append(p.argmax(axis=1) == y[m])
+        losses.append(-np.log(np.maximum(p[np.arange(len(p)), y[m]], 1e-12)))
+    return {
+        "cv_accuracy": float(np.concatenate(hits).mean()),
+        "cv_loss": float(np.concatenate(losses).mean()),
+    }
 
 
 def _fold_masks(y: np.ndarray, members: int, seed: int) -> list[np.ndarray]:
