@@ -180,6 +180,72 @@ fn bounded_distance(
     prev[m]
 }
 
+/// Lanes of [`distance_lanes`]: candidates compared with one query in one pass.
+const LANES: usize = 4;
+
+/// [`bounded_distance`] of one query `a` `[n, f]` against `LANES` candidates of the same length
+/// at once. The recurrence is a chain of dependent additions and minima along each row; four
+/// independent chains side by side keep the floating-point units busy (and vectorise) where one
+/// chain would wait on each result. A lane is abandoned once its row minimum plus its `tails`
+/// bound exceeds `cutoff`; the pass ends when every lane is.
+fn distance_lanes(
+    a: &[f64],
+    b: [&[f64]; LANES],
+    f: usize,
+    r: f64,
+    cutoff: f64,
+    tails: [&[f64]; LANES],
+) -> [f64; LANES] {
+    let n = a.len() / f;
+    let w = window_steps(r, n, n);
+    let inf = [f64::INFINITY; LANES];
+    let mut prev = vec![inf; n + 1];
+    let mut cur = vec![inf; n + 1];
+    let mut alive = [true; LANES];
+    for i in 0..n {
+        let (lo, hi) = band(i, n, n, w);
+        cur[lo] = inf;
+        if i == 0 {
+            prev[lo] = [0.0; LANES];
+        }
+        let ai = &a[i * f..(i + 1) * f];
+        let mut row_min = inf;
+        for j in lo..=hi {
+            let mut c = [0.0; LANES];
+            for k in 0..f {
+                for l in 0..LANES {
+                    let d = ai[k] - b[l][j * f + k];
+                    c[l] += d * d;
+                }
+            }
+            let (up, diag, left) = (prev[j + 1], prev[j], cur[j]);
+            let mut v = [0.0; LANES];
+            for l in 0..LANES {
+                v[l] = c[l] + up[l].min(diag[l]).min(left[l]);
+                row_min[l] = row_min[l].min(v[l]);
+            }
+            cur[j + 1] = v;
+        }
+        if i == 0 {
+            prev[lo] = inf;
+        }
+        for l in 0..LANES {
+            alive[l] &= row_min[l] + tails[l][i] <= cutoff;
+        }
+        if !alive.iter().any(|&x| x) {
+            return inf;
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    let mut out = prev[n];
+    for l in 0..LANES {
+        if !alive[l] {
+            out[l] = f64::INFINITY;
+        }
+    }
+    out
+}
+
 /// The plain DTW of the definition over the whole `n x m` matrix (cells off the band are
 /// infinite): the reference [`distance`] is tested against.
 pub fn reference_distance(a: &[f64], b: &[f64], f: usize, r: f64) -> f64 {
@@ -311,15 +377,38 @@ impl<'a, 'b> Indexed<'a, 'b> {
             })
             .collect();
         bounded.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (lb, j) in bounded {
-            if lb > best.1 {
-                break;
-            }
-            let (u, l) = &self.envelopes[j];
-            let tail = keogh_tail(query, f, u, l);
-            let d = bounded_distance(query, refs.series(j), f, self.r, best.1, Some(&tail));
-            if d < best.1 || (d == best.1 && j < best.0) {
-                best = (j, d);
+        // Candidates in order of their bound, LANES at a time: a group is taken while its first
+        // bound does not exceed the best distance, and members whose bound does are skipped.
+        let mut next = 0;
+        while next < bounded.len() && bounded[next].0 <= best.1 {
+            let group: Vec<usize> = bounded[next..]
+                .iter()
+                .take(LANES)
+                .filter(|(lb, _)| *lb <= best.1)
+                .map(|&(_, j)| j)
+                .collect();
+            next += LANES.min(bounded.len() - next);
+            let tails: Vec<Vec<f64>> = group
+                .iter()
+                .map(|&j| keogh_tail(query, f, &self.envelopes[j].0, &self.envelopes[j].1))
+                .collect();
+            let d: Vec<f64> = if group.len() == LANES {
+                let b = [0, 1, 2, 3].map(|l| refs.series(group[l]));
+                let t = [0, 1, 2, 3].map(|l| tails[l].as_slice());
+                distance_lanes(query, b, f, self.r, best.1, t).to_vec()
+            } else {
+                group
+                    .iter()
+                    .zip(&tails)
+                    .map(|(&j, t)| {
+                        bounded_distance(query, refs.series(j), f, self.r, best.1, Some(t))
+                    })
+                    .collect()
+            };
+            for (&j, d) in group.iter().zip(d) {
+                if d < best.1 || (d == best.1 && j < best.0) {
+                    best = (j, d);
+                }
             }
         }
         for j in other {
@@ -424,7 +513,14 @@ mod tests {
     #[test]
     fn fast_distance_equals_the_reference() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for &(n, m, f) in &[(1, 1, 1), (1, 5, 2), (7, 7, 1), (9, 23, 3), (40, 17, 1), (31, 32, 2)] {
+        for &(n, m, f) in &[
+            (1, 1, 1),
+            (1, 5, 2),
+            (7, 7, 1),
+            (9, 23, 3),
+            (40, 17, 1),
+            (31, 32, 2),
+        ] {
             let a = random_series(&mut rng, n, f);
             let b = random_series(&mut rng, m, f);
             for &r in &[0.0, 0.05, 0.1, 0.3, 1.0] {
@@ -452,7 +548,11 @@ mod tests {
     fn warping_aligns_a_shifted_copy() {
         // A bump shifted by 3 steps: the Euclidean distance is large, DTW with a window of at
         // least 3 steps matches it exactly, a narrower one cannot.
-        let bump = |c: f64| (0..40).map(|i| (-(i as f64 - c).powi(2) / 4.0).exp()).collect();
+        let bump = |c: f64| {
+            (0..40)
+                .map(|i| (-(i as f64 - c).powi(2) / 4.0).exp())
+                .collect()
+        };
         let a: Vec<f64> = bump(15.0);
         let b: Vec<f64> = bump(18.0);
         assert!(distance(&a, &b, 1, 0.0, f64::INFINITY) > 1.0);
@@ -528,6 +628,46 @@ mod tests {
                 }
                 assert_eq!(fast[k], correct as f64 / n as f64, "window {r}");
                 assert_eq!(classify(&set, &labels, &set, r).unwrap().len(), n);
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_equal_the_single_distance() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for &(n, f) in &[(1, 1), (12, 1), (33, 2)] {
+            for &r in &[0.0, 0.1, 1.0] {
+                let a = random_series(&mut rng, n, f);
+                let bs: Vec<Vec<f64>> = (0..LANES).map(|_| random_series(&mut rng, n, f)).collect();
+                let zero = vec![0.0; n];
+                let d = distance_lanes(
+                    &a,
+                    [0, 1, 2, 3].map(|l| bs[l].as_slice()),
+                    f,
+                    r,
+                    f64::INFINITY,
+                    [0, 1, 2, 3].map(|_| zero.as_slice()),
+                );
+                for l in 0..LANES {
+                    let want = reference_distance(&a, &bs[l], f, r);
+                    assert!(
+                        (d[l] - want).abs() <= 1e-12 * want.max(1.0),
+                        "{n} {f} {r} {l}"
+                    );
+                }
+                // A cutoff below every distance abandons every lane.
+                let low = d.iter().cloned().fold(f64::INFINITY, f64::min) * 0.5;
+                let cut = distance_lanes(
+                    &a,
+                    [0, 1, 2, 3].map(|l| bs[l].as_slice()),
+                    f,
+                    r,
+                    low,
+                    [0, 1, 2, 3].map(|_| zero.as_slice()),
+                );
+                if low > 0.0 {
+                    assert!(cut.iter().all(|x| x.is_infinite()));
+                }
             }
         }
     }
