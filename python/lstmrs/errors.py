@@ -13,11 +13,15 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "ExportError",
+    "ExportMismatchError",
     "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
+    "MissingDependencyError",
     "NonFiniteError",
     "ShapeError",
+    "UnsupportedModelError",
 ]
 
 
@@ -44,3 +48,23 @@ class NonFiniteError(LstmrsError, ValueError):
 class GpuUnavailableError(LstmrsError, RuntimeError):
     """A GPU was asked for (``device="gpu"``) and cannot be used; the message gives the reason:
     ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""
+
+
+class MissingDependencyError(LstmrsError, ImportError):
+    """An optional dependency (onnx, onnxruntime, torch, keras) is needed and not installed; the
+    message names the pip package."""
+
+
+class ExportError(LstmrsError, ValueError):
+    """A model or layer cannot be written in the requested format (the message says which part
+    of it and why)."""
+
+
+class ExportMismatchError(LstmrsError, RuntimeError):
+    """An exported model, run in its target runtime, does not reproduce lstmrs' outputs to the
+    tolerance; the message gives the output, the largest difference and where."""
+
+
+class UnsupportedModelError(LstmrsError, ValueError):
+    """A model given to an importer (torch, Keras, ONNX) uses a feature lstmrs cannot represent
+    (the message names the feature and its value)."""
