@@ -6,6 +6,7 @@
     lstmrs eval RUN_DIR [--data FILE]                                 evaluate a run's model again
     lstmrs predict RUN_DIR --input FILE --output FILE                 predictions for new data
     lstmrs generate RUN_DIR --prompt TEXT --length N                  sample from a charlm run
+    lstmrs export RUN_DIR --format onnx|safetensors [--output PATH]   the model for deployment
     lstmrs tasks [NAME]                                               the tasks and their defaults
     lstmrs plugins                                                    installed plugins
     lstmrs bench [ARGS]                                               the benchmark (source tree)
@@ -33,6 +34,9 @@ from .rundir import RunDir, RunDirError
 __all__ = ["get_tasks", "main", "resolve_config"]
 
 DEFAULT_TASK = "adding"
+# The ONNX exporter's default opset (lstmrs.interop.onnx_export.DEFAULT_OPSET; not imported
+# from there so that the command line starts without the interop modules).
+ONNX_OPSET = 17
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -487,6 +491,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    run = RunDir.open(args.run_dir)
+    model = run.load_model()
+    ext = {"onnx": ".onnx", "safetensors": ".safetensors"}[args.format]
+    out = args.output or os.path.join(run.path, "model" + ext)
+    if args.format == "onnx":
+        if args.rnn_only:
+            raise C.ConfigError("--rnn-only: only with --format safetensors")
+        model.to_onnx(out, opset=args.opset, output=args.values, verify=not args.no_verify)
+        checked = "not verified" if args.no_verify else "onnx.checker and ONNX Runtime agree"
+        print(f"wrote {out}: ONNX opset {args.opset}, output {args.values!r} ({checked})")
+    else:
+        if args.values != "raw" or args.opset != ONNX_OPSET or args.no_verify:
+            raise C.ConfigError("--values/--opset/--no-verify: only with --format onnx")
+        model.save_safetensors(out, rnn_only=args.rnn_only)
+        names = "torch.nn.LSTM/GRU names" if args.rnn_only else "PyTorch names (rnn.*, head.*)"
+        print(f"wrote {out}: {model.num_params} weights under {names}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     tasks = get_tasks()
     if args.name:
@@ -671,6 +695,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
+        "export",
+        help="write a run's model as ONNX or safetensors",
+        formatter_class=_Formatter,
+        description="Export the final model of a run directory. onnx: the whole model (input, "
+        "recurrent layers, pooling, head) as an ONNX graph with inputs x [batch, time, ...] and "
+        "lengths [batch], checked with onnx.checker and against lstmrs in ONNX Runtime before "
+        "it is written (needs the onnx and onnxruntime packages). safetensors: the weights "
+        "under PyTorch's names.",
+        epilog="examples:\n  lstmrs export runs/adding-20250101-120000 --format onnx\n"
+        "  lstmrs export runs/classify-x --format onnx --values probabilities\n"
+        "  lstmrs export runs/adding-x --format safetensors --rnn-only --output lstm.safetensors",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
+    p.add_argument(
+        "--output", metavar="PATH", help="file to write (default: RUN_DIR/model.onnx or .safetensors)"
+    )
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
+    p.add_argument(
+        "--values",
+        choices=("raw", "probabilities", "labels"),
+        default="raw",
+        help="what the ONNX output y holds: raw (as lstmrs predict), probabilities or labels",
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the ONNX Runtime comparison (not the checker)"
+    )
+    p.add_argument(
+        "--rnn-only",
+        action="store_true",
+        help="safetensors: only the recurrent layers, under torch.nn.LSTM/GRU's own names",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "tasks",
         help="list the tasks, or print one's default config",
         formatter_class=_Formatter,
@@ -686,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _PASSTHROUGH = {"plugins": cmd_plugins, "bench": cmd_bench}
-_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "tasks", *_PASSTHROUGH}
+_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "export", "tasks", *_PASSTHROUGH}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,13 +82,39 @@ class _Constants:
                 f"{what}: tensor {name!r} is a graph input, not a stored weight"
             )
         # Computed from constants (e.g. a Transpose or Slice of an initializer): evaluate the
-        # subgraph that produces it.
+        # nodes that produce it.
+        nodes, used, stack = [], set(), [name]
+        while stack:
+            n = stack.pop()
+            if not n or n in used:
+                continue
+            used.add(n)
+            if n in self.inits:
+                continue
+            producer = self.producers.get(n)
+            if producer is None or n in self.inputs:
+                raise UnsupportedModelError(
+                    f"{what}: tensor {name!r} depends on the graph input {n!r}, it is not a "
+                    "stored weight"
+                )
+            nodes.append(producer)
+            stack.extend(producer.input)
+        helper = self.onnx.helper
+        order = [n for n in self.model.graph.node if any(n is m for m in nodes)]
+        graph = helper.make_graph(
+            order,
+            "constant",
+            [],
+            [self.onnx.ValueInfoProto(name=name)],
+            [self.inits[n] for n in used if n in self.inits],
+        )
+        sub = helper.make_model(graph, opset_imports=self.model.opset_import)
+        sub.ir_version = self.model.ir_version
         try:
-            sub = self.onnx.utils.Extractor(self.model).extract_model([], [name])
             from onnx.reference import ReferenceEvaluator  # part of onnx; loaded only here
 
             return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
-        except Exception as e:  # noqa: BLE001 - whatever keeps it from being a constant
+        except Exception as e:  # noqa: BLE001 - whatever keeps it from being evaluated
             raise UnsupportedModelError(
                 f"{what}: tensor {name!r} is not a constant the importer can evaluate ({e})"
             ) from None
