@@ -87,6 +87,10 @@ def print_cases(rows: list[dict]) -> None:
     _table(head, lines)
     print("ratios: lstmrs median time / reference median time (below 1 = lstmrs faster);")
     print(
+        "lstmrs_onnx: the lstmrs layer exported by layer.to_onnx, run in ONNX Runtime (the "
+        "deployment path); onnxruntime: a graph built by hand from torch's weights"
+    )
+    print(
         "%GEMM: GFLOP/s / the GEMM ceiling's; peak MiB: RSS added by one training step (memory.py)"
     )
 
