@@ -46,8 +46,12 @@ def test_export_safetensors_loads_into_torch(run_dir, tmp_path, rng):
     from safetensors.torch import load_file
 
     out = tmp_path / "lstm.safetensors"
-    assert main(["export", str(run_dir), "--format", "safetensors", "--rnn-only", "--output",
-                 str(out)]) == 0
+    assert (
+        main(
+            ["export", str(run_dir), "--format", "safetensors", "--rnn-only", "--output", str(out)]
+        )
+        == 0
+    )
     model = lstmrs.load(str(run_dir / "model"))
     lstm = torch.nn.LSTM(2, 5, bidirectional=True, batch_first=True)
     lstm.load_state_dict(load_file(str(out)))  # strict: exactly nn.LSTM's names

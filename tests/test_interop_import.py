@@ -207,7 +207,7 @@ def test_onnx_import_of_lstmrs_exports(cls, rng):
 
 
 def test_onnx_import_evaluates_computed_weights_and_refuses_what_it_cannot_represent(rng):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from lstmrs.interop.onnx_rnn import onnx_layer_tensors
     from onnx import TensorProto, helper, numpy_helper
 
@@ -276,7 +276,9 @@ def as_np(v):
 
 def randomize(layer, rng):
     """Random weights, biases included (Keras starts them at zero or one)."""
-    layer.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    layer.set_weights(
+        [rng.uniform(-0.5, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
+    )
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])

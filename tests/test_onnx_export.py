@@ -60,48 +60,72 @@ def op_types(model):
 # task takes cell, num_layers, bidirectional and dropout from its config. head_hidden is a
 # Model option no task sets; it is covered too.
 KINDS = {
-    "adding": dict(input_size=2, output_size=1, loss="mse"),
-    "forecast": dict(input_size=3, output_size=4, loss="mse", num_layers=2, dropout=0.2),
-    "anomaly_bidir": dict(input_size=1, output_size=1, loss="mse", bidirectional=True),
-    "classify_dense_last": dict(input_size=3, output_size=3, loss="cross_entropy"),
-    "classify_dense_mean": dict(
-        input_size=3, output_size=3, loss="cross_entropy", pooling="mean", bidirectional=True
-    ),
-    "classify_tokens_attention": dict(
-        vocab_size=13, embedding_dim=4, output_size=3, loss="cross_entropy", pooling="attention"
-    ),
-    "classify_tokens_attention_stacked_bidir": dict(
-        vocab_size=13,
-        embedding_dim=4,
-        output_size=3,
-        loss="cross_entropy",
-        pooling="attention",
-        attention_units=3,
-        num_layers=2,
-        bidirectional=True,
-    ),
-    "classify_tokens_mean_stacked": dict(
-        vocab_size=13, embedding_dim=4, output_size=2, loss="cross_entropy", pooling="mean",
-        num_layers=2,
-    ),
-    "charlm": dict(
-        vocab_size=11, embedding_dim=5, output_size=11, loss="cross_entropy", pooling="per_step"
-    ),
-    "copy_stacked_bidir": dict(
-        vocab_size=7,
-        embedding_dim=7,
-        output_size=7,
-        loss="cross_entropy",
-        pooling="per_step",
-        num_layers=2,
-        bidirectional=True,
-    ),
-    "head_hidden_relu": dict(
-        input_size=3, output_size=2, loss="bce_with_logits", head_hidden=[5, 4], activation="relu"
-    ),
-    "head_hidden_tanh_per_step": dict(
-        input_size=3, output_size=2, loss="mse", head_hidden=[5], pooling="per_step"
-    ),
+    "adding": {"input_size": 2, "output_size": 1, "loss": "mse"},
+    "forecast": {"input_size": 3, "output_size": 4, "loss": "mse", "num_layers": 2, "dropout": 0.2},
+    "anomaly_bidir": {"input_size": 1, "output_size": 1, "loss": "mse", "bidirectional": True},
+    "classify_dense_last": {"input_size": 3, "output_size": 3, "loss": "cross_entropy"},
+    "classify_dense_mean": {
+        "input_size": 3,
+        "output_size": 3,
+        "loss": "cross_entropy",
+        "pooling": "mean",
+        "bidirectional": True,
+    },
+    "classify_tokens_attention": {
+        "vocab_size": 13,
+        "embedding_dim": 4,
+        "output_size": 3,
+        "loss": "cross_entropy",
+        "pooling": "attention",
+    },
+    "classify_tokens_attention_stacked_bidir": {
+        "vocab_size": 13,
+        "embedding_dim": 4,
+        "output_size": 3,
+        "loss": "cross_entropy",
+        "pooling": "attention",
+        "attention_units": 3,
+        "num_layers": 2,
+        "bidirectional": True,
+    },
+    "classify_tokens_mean_stacked": {
+        "vocab_size": 13,
+        "embedding_dim": 4,
+        "output_size": 2,
+        "loss": "cross_entropy",
+        "pooling": "mean",
+        "num_layers": 2,
+    },
+    "charlm": {
+        "vocab_size": 11,
+        "embedding_dim": 5,
+        "output_size": 11,
+        "loss": "cross_entropy",
+        "pooling": "per_step",
+    },
+    "copy_stacked_bidir": {
+        "vocab_size": 7,
+        "embedding_dim": 7,
+        "output_size": 7,
+        "loss": "cross_entropy",
+        "pooling": "per_step",
+        "num_layers": 2,
+        "bidirectional": True,
+    },
+    "head_hidden_relu": {
+        "input_size": 3,
+        "output_size": 2,
+        "loss": "bce_with_logits",
+        "head_hidden": [5, 4],
+        "activation": "relu",
+    },
+    "head_hidden_tanh_per_step": {
+        "input_size": 3,
+        "output_size": 2,
+        "loss": "mse",
+        "head_hidden": [5],
+        "pooling": "per_step",
+    },
 }
 
 
@@ -155,8 +179,9 @@ def test_output_activations_match_predict(kind, output, rng):
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (3, True)])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_layers_export_with_lengths_and_initial_state(cls, layers, bidirectional, batch_first, rng):
-    layer = cls(3, 5, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
-                seed=1)
+    layer = cls(
+        3, 5, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, seed=1
+    )
     proto = layer.to_onnx(initial_state=True)
     assert [n.op_type for n in proto.graph.node].count(cls.__name__) == layers
     b, t = 4, 8
@@ -250,3 +275,27 @@ def test_other_opsets(opset, rng):
     model = lstmrs.Model(vocab_size=5, embedding_dim=3, hidden_size=4, pooling="mean", seed=0)
     proto = model.to_onnx(opset=opset)
     assert proto.opset_import[0].version == opset
+
+
+def test_layers_without_bias(rng):
+    for layer in (
+        lstmrs.LSTM(3, 4, bias=False, bidirectional=True, seed=0),
+        lstmrs.RNN(3, 4, cell=PEEPHOLE, bias=False, seed=0),
+    ):
+        proto = layer.to_onnx()
+        x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+        got = run(proto, {"x": x, "lengths": np.array([5, 2])})
+        close(got[0], layer(x, lengths=[5, 2])[0])
+    model = lstmrs.Model(input_size=3, hidden_size=4, bias=False, pooling="mean", seed=0)
+    (got,) = run(model.to_onnx(), {"x": x, "lengths": np.array([5, 2])})
+    close(got, model.predict(x, lengths=[5, 2]))
+
+
+def test_missing_onnx_names_the_package(monkeypatch):
+    import sys
+
+    from lstmrs.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
+    with pytest.raises(MissingDependencyError, match="pip install onnx"):
+        lstmrs.LSTM(2, 3, seed=0).to_onnx()

@@ -14,10 +14,14 @@ from .callbacks import History
 from .checkpoint import CheckpointError, load
 from .errors import (
     DTypeError,
+    ExportError,
+    ExportMismatchError,
     InvalidArgumentError,
     LstmrsError,
+    MissingDependencyError,
     NonFiniteError,
     ShapeError,
+    UnsupportedModelError,
 )
 from .gpu import gpu_available
 from .models import Loss, Model
@@ -30,15 +34,19 @@ __all__ = [
     "RNN",
     "CheckpointError",
     "DTypeError",
+    "ExportError",
+    "ExportMismatchError",
     "History",
     "InvalidArgumentError",
     "Loss",
     "LstmrsError",
+    "MissingDependencyError",
     "Model",
     "NonFiniteError",
     "RnnGradients",
     "ShapeError",
     "Stepper",
+    "UnsupportedModelError",
     "__version__",
     "callbacks",
     "datasets",

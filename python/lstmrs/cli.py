@@ -710,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
     p.add_argument(
-        "--output", metavar="PATH", help="file to write (default: RUN_DIR/model.onnx or .safetensors)"
+        "--output",
+        metavar="PATH",
+        help="file to write (default: RUN_DIR/model.onnx or .safetensors)",
     )
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
     p.add_argument(
@@ -720,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the ONNX output y holds: raw (as lstmrs predict), probabilities or labels",
     )
     p.add_argument(
-        "--no-verify", action="store_true", help="skip the ONNX Runtime comparison (not the checker)"
+        "--no-verify",
+        action="store_true",
+        help="skip the ONNX Runtime comparison (not the checker)",
     )
     p.add_argument(
         "--rnn-only",

@@ -14,3 +14,23 @@ ONNX, and safetensors under PyTorch's names.
 onnx, onnxruntime, torch and keras are optional: each is imported when first needed, with an
 error naming the pip package when it is missing.
 """
+
+from .keras_import import KerasRecurrent, from_keras, from_keras_weights
+from .onnx_export import DEFAULT_OPSET, layer_to_onnx, model_to_onnx
+from .onnx_import import OnnxRecurrent, read_onnx_rnns
+from .safetensors_export import save_model, save_state_dict
+from .torch_import import from_torch
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "KerasRecurrent",
+    "OnnxRecurrent",
+    "from_keras",
+    "from_keras_weights",
+    "from_torch",
+    "layer_to_onnx",
+    "model_to_onnx",
+    "read_onnx_rnns",
+    "save_model",
+    "save_state_dict",
+]

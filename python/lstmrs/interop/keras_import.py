@@ -89,7 +89,9 @@ def keras_weights_to_torch(
             out[f"bias_hh{suffix}"] = bias[1][order]
         else:
             if bias.shape != (gates * h,):
-                raise ShapeError(f"weights: expected a bias of shape [{gates * h}], got {bias.shape}")
+                raise ShapeError(
+                    f"weights: expected a bias of shape [{gates * h}], got {bias.shape}"
+                )
             out[f"bias_ih{suffix}"] = bias
             out[f"bias_hh{suffix}"] = np.zeros_like(bias)
     return out
@@ -272,8 +274,7 @@ def _from_layer(keras: Any, layer: Any, dtype: Any) -> KerasRecurrent:
     kind = _layer_kind(keras, layer)
     if kind is None:
         raise InvalidArgumentError(
-            f"source: expected a Keras LSTM, GRU or Bidirectional layer, got "
-            f"{type(layer).__name__}"
+            f"source: expected a Keras LSTM, GRU or Bidirectional layer, got {type(layer).__name__}"
         )
     cfg = layer.get_config()
     _check_activations(cfg, f"Keras layer {layer.name!r}")

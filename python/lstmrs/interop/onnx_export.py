@@ -233,7 +233,9 @@ def layer_to_onnx(
 
 def _verify_layer(layer, model, spec, lengths, initial_state, tolerance, batch=5, steps=7):
     rng = np.random.default_rng(0)
-    shape = (batch, steps, spec.input_size) if layer.batch_first else (steps, batch, spec.input_size)
+    shape = (
+        (batch, steps, spec.input_size) if layer.batch_first else (steps, batch, spec.input_size)
+    )
     x = rng.standard_normal(shape).astype(np.float32)
     feeds: dict[str, np.ndarray] = {"x": x}
     lens = None

@@ -257,9 +257,7 @@ def _scan_body(g, spec, weights, sfx, states, masked):
     batched: list[bool] = []
     for n in desc["nodes"]:
         op = n["op"]
-        batched.append(
-            op in ("xg", "hg", "state") or any(batched[a] for a in n.get("args", ()))
-        )
+        batched.append(op in ("xg", "hg", "state") or any(batched[a] for a in n.get("args", ())))
         if op == "xg":
             v = xg[n["index"]]
         elif op == "hg":

@@ -60,7 +60,9 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> f
         bad = got != want
         if bad.any():
             i = tuple(int(k) for k in np.argwhere(bad)[0])
-            raise ExportMismatchError(f"{name}: ONNX Runtime gives {got[i]} at {i}, lstmrs {want[i]}")
+            raise ExportMismatchError(
+                f"{name}: ONNX Runtime gives {got[i]} at {i}, lstmrs {want[i]}"
+            )
         return 0.0
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     limit = tolerance * (1.0 + np.abs(want.astype(np.float64)))

@@ -77,18 +77,18 @@ def from_torch(module: Any, *, dtype: Any = None, expect: type | None = None):
         for k, v in module.state_dict().items()
     }
     layers = int(module.num_layers)
-    kwargs = dict(
-        input_size=int(module.input_size),
-        hidden_size=int(module.hidden_size),
-        num_layers=layers,
-        bias=bool(module.bias),
-        batch_first=bool(module.batch_first),
+    kwargs = {
+        "input_size": int(module.input_size),
+        "hidden_size": int(module.hidden_size),
+        "num_layers": layers,
+        "bias": bool(module.bias),
+        "batch_first": bool(module.batch_first),
         # torch keeps dropout on a one-layer module (and warns); it has no effect there.
-        dropout=float(module.dropout) if layers > 1 else 0.0,
-        bidirectional=bool(module.bidirectional),
-        dtype=dtype,
-        seed=0,
-    )
+        "dropout": float(module.dropout) if layers > 1 else 0.0,
+        "bidirectional": bool(module.bidirectional),
+        "dtype": dtype,
+        "seed": 0,
+    }
     cell = _MODES[mode]
     if expect is RNN or not isinstance(cell, str):
         layer: Any = RNN(cell=cell, **kwargs)
