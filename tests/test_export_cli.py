@@ -72,5 +72,15 @@ def test_export_usage_errors(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--format", "onnx", "--rnn-only"]) == 2
     assert "--rnn-only" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx"]) == 2
+    assert main(["export", str(run_dir), "--format", "safetensors", "--opset", "17"]) == 2
+    assert "--opset: only with --format onnx" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--format", "onnx", "--opset", "3"]) == 1
     assert "opset" in capsys.readouterr().err
+
+
+def test_export_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--format" in out and "safetensors" in out and "--rnn-only" in out

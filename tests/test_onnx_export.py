@@ -119,6 +119,13 @@ KINDS = {
         "head_hidden": [5, 4],
         "activation": "relu",
     },
+    "per_step_bce": {
+        "input_size": 3,
+        "output_size": 2,
+        "loss": "bce_with_logits",
+        "pooling": "per_step",
+        "bidirectional": True,
+    },
     "head_hidden_tanh_per_step": {
         "input_size": 3,
         "output_size": 2,
@@ -158,7 +165,9 @@ def test_every_task_model_kind_exports_and_matches_in_onnxruntime(kind, cell, rn
     close(got, model.predict(x))
 
 
-@pytest.mark.parametrize("kind", ["classify_tokens_attention", "charlm", "head_hidden_relu"])
+@pytest.mark.parametrize(
+    "kind", ["classify_tokens_attention", "charlm", "head_hidden_relu", "per_step_bce"]
+)
 @pytest.mark.parametrize("output", ["probabilities", "labels"])
 def test_output_activations_match_predict(kind, output, rng):
     model = lstmrs.Model(hidden_size=6, seed=3, **KINDS[kind])

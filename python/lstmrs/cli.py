@@ -34,9 +34,6 @@ from .rundir import RunDir, RunDirError
 __all__ = ["get_tasks", "main", "resolve_config"]
 
 DEFAULT_TASK = "adding"
-# The ONNX exporter's default opset (lstmrs.interop.onnx_export.DEFAULT_OPSET; not imported
-# from there so that the command line starts without the interop modules).
-ONNX_OPSET = 17
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -492,19 +489,21 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    onnx_only = [f for f, v in (("--opset", args.opset), ("--no-verify", args.no_verify)) if v]
+    if args.format == "onnx" and args.rnn_only:
+        raise C.ConfigError("--rnn-only: only with --format safetensors")
+    if args.format == "safetensors" and (onnx_only or args.values != "raw"):
+        raise C.ConfigError(f"{', '.join(onnx_only) or '--values'}: only with --format onnx")
     run = RunDir.open(args.run_dir)
     model = run.load_model()
-    ext = {"onnx": ".onnx", "safetensors": ".safetensors"}[args.format]
-    out = args.output or os.path.join(run.path, "model" + ext)
+    out = args.output or os.path.join(run.path, f"model.{args.format}")
     if args.format == "onnx":
-        if args.rnn_only:
-            raise C.ConfigError("--rnn-only: only with --format safetensors")
-        model.to_onnx(out, opset=args.opset, output=args.values, verify=not args.no_verify)
-        checked = "not verified" if args.no_verify else "onnx.checker and ONNX Runtime agree"
-        print(f"wrote {out}: ONNX opset {args.opset}, output {args.values!r} ({checked})")
+        extra = {} if args.opset is None else {"opset": args.opset}
+        proto = model.to_onnx(out, output=args.values, verify=not args.no_verify, **extra)
+        opset = proto.opset_import[0].version
+        checked = "onnx.checker only" if args.no_verify else "onnx.checker, ONNX Runtime agrees"
+        print(f"wrote {out}: ONNX opset {opset}, output {args.values!r} ({checked})")
     else:
-        if args.values != "raw" or args.opset != ONNX_OPSET or args.no_verify:
-            raise C.ConfigError("--values/--opset/--no-verify: only with --format onnx")
         model.save_safetensors(out, rnn_only=args.rnn_only)
         names = "torch.nn.LSTM/GRU names" if args.rnn_only else "PyTorch names (rnn.*, head.*)"
         print(f"wrote {out}: {model.num_params} weights under {names}")
@@ -714,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file to write (default: RUN_DIR/model.onnx or .safetensors)",
     )
-    p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 17)")
     p.add_argument(
         "--values",
         choices=("raw", "probabilities", "labels"),

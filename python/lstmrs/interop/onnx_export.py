@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .._lstmrs import __version__
 from ..errors import ExportError, InvalidArgumentError
 from .onnx_graph import GraphBuilder
 from .onnx_rnn import StackSpec, emit_stack
@@ -82,7 +83,7 @@ def _finish(onnx: Any, g: GraphBuilder, name: str, inputs, outputs, opset: int, 
         graph,
         opset_imports=ops,
         producer_name="lstmrs",
-        producer_version=_version(),
+        producer_version=__version__,
         doc_string=doc,
     )
     # The oldest IR version that carries this opset, so older runtimes load the file.
@@ -90,15 +91,6 @@ def _finish(onnx: Any, g: GraphBuilder, name: str, inputs, outputs, opset: int, 
     onnx.helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     check_model(model)
     return model
-
-
-def _version() -> str:
-    try:
-        from .. import __version__  # the extension's version; absent in a broken build
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "unknown"
 
 
 def _save(onnx: Any, model: Any, path: Any) -> None:

@@ -16,7 +16,6 @@ _PACKAGES = {
     "onnxruntime": ("onnxruntime", "onnx"),
     "torch": ("torch", "torch"),
     "keras": ("keras", "keras"),
-    "safetensors": ("safetensors", None),
 }
 
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from ..errors import InvalidArgumentError
-from .optional import require
 
 __all__ = ["save_model", "save_state_dict"]
 
@@ -18,15 +18,12 @@ __all__ = ["save_model", "save_state_dict"]
 def save_state_dict(state: Mapping[str, Any], path: Any, metadata: Mapping[str, str]) -> None:
     """Writes ``state`` (name -> array) with ``metadata``; ``"format": "pt"`` marks the names
     as PyTorch's for the tools that look for it."""
-    st = require("safetensors", "safetensors export")
-    import safetensors.numpy  # noqa: F401 - the numpy flavour is a submodule
-
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InvalidArgumentError(f"path: the folder {folder!r} does not exist")
     tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    st.numpy.save_file(tensors, path, metadata={"format": "pt", **metadata})
+    save_file(tensors, path, metadata={"format": "pt", **metadata})
 
 
 def save_model(model: Any, path: Any, *, rnn_only: bool = False) -> None:
