@@ -204,7 +204,7 @@ def layer_to_onnx(
     ]
     outputs = []
     for name, src, shape in zip(names, sources, shapes):
-        g.op("Identity", [src], [g.reserve(name)])
+        g.output(src, name)
         outputs.append(g.value_info(name, tp.FLOAT, shape))
     meta = {"lstmrs.layer": repr(layer), "lstmrs.opset": opset}
     model = _finish(
@@ -387,7 +387,7 @@ def model_to_onnx(
             m = g.op("Unsqueeze", [mask_bt, g.i64([2])])
         zero = g.i64(0) if elem == tp.INT64 else g.f32(0.0)
         rows = g.op("Where", [m, rows, zero])
-    g.op("Identity", [rows], [g.reserve("y")])
+    g.output(rows, "y")
     o = cfg["output_size"]
     y_shape = ["batch", "time"] if per_step else ["batch"]
     if not (output == "labels" and loss != "bce_with_logits"):

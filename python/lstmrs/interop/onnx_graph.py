@@ -19,6 +19,8 @@ class GraphBuilder:
         self.onnx = onnx
         self.helper = onnx.helper
         self.nodes: list[Any] = []
+        # Values renamed to graph outputs by `output` (a second output of one value copies).
+        self._renamed_outputs: dict[str, str] = {}
         self._parent = parent
         self._root: GraphBuilder = self if parent is None else parent._root
         if parent is None:
@@ -86,6 +88,21 @@ class GraphBuilder:
             )
         )
         return names[0] if single else names
+
+    def output(self, src: str, name: str) -> None:
+        """Makes ``src`` available as the graph output ``name``: the node computing ``src``
+        writes ``name`` directly when it can (no copy at run time), else an Identity does."""
+        name = self.reserve(name)
+        producers = [n for n in self.nodes if src in n.output]
+        if producers and src not in self._renamed_outputs:
+            for n in self.nodes:
+                for field in (n.input, n.output):
+                    for k, v in enumerate(field):
+                        if v == src:
+                            field[k] = name
+            self._renamed_outputs[src] = name
+        else:
+            self.op("Identity", [self._renamed_outputs.get(src, src)], [name])
 
     def subgraph(self) -> GraphBuilder:
         """A builder for a subgraph (a Scan or Loop body) sharing this graph's names."""

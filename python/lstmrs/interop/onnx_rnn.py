@@ -76,7 +76,12 @@ def onnx_layer_tensors(
 @dataclass(frozen=True)
 class StackSpec:
     """What the exporter needs of a recurrent stack. ``cell``: ``"lstm"``, ``"gru"`` or a cell
-    description (the dict of :meth:`lstmrs.cells.CellSpec.to_dict`)."""
+    description (the dict of :meth:`lstmrs.cells.CellSpec.to_dict`).
+
+    Where later options slot in: ONNX's LSTM operator has no projection, so a ``proj_size``
+    stack (once the layers have one) takes the Scan path, the projection one more product in
+    the body after the cell's program; a seq2seq decoder reuses :func:`emit_stack` for its
+    encoder and a ``Loop`` around one Scan-body step for greedy decoding."""
 
     cell: Any
     input_size: int
