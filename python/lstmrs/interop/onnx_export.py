@@ -1,8 +1,8 @@
 """Export of lstmrs layers and models to ONNX, checked on the spot.
 
 Opset: 17 by default (any of 15 to the installed ``onnx``'s newest may be asked for; 15 is the
-first with ``Shape(start, end)``). ONNX Runtime 1.12 and later run opset 17, as do most mobile
-and server runtimes. Graphs are float32 (a float64 layer or model is exported with its weights
+first with ``Shape(start, end)``); opset 17 came with ONNX 1.12 (2022) and ONNX Runtime
+1.12. The file's IR version is the oldest that carries the opset. Graphs are float32 (a float64 layer or model is exported with its weights
 rounded to float32); batch and time are dynamic axes.
 
 Each export is run through ``onnx.checker`` (full check) and, unless ``verify=False``, in ONNX
