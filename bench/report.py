@@ -102,7 +102,7 @@ def print_plugin(rows: list[dict], info: dict) -> None:
         f"cells in the cell language vs built-in LSTM, (B,T,I,H,L) = ({b},{t},{i},{h},{layers}); peephole from {plug}"
     )
     head = [
-        ("impl", -16),
+        ("impl", -20),
         ("cell", -13),
         ("mode", -9),
         ("median ms", 10),
