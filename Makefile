@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Set ORACLES=0 to skip installing PyTorch and ONNX Runtime (the test oracles and benchmark references).
+# Set ORACLES=0 to skip installing PyTorch, ONNX Runtime, onnx and Keras 3 (the test oracles, the
+# benchmark references and the interop tests' live sources; Keras runs on the torch backend).
 ORACLES ?= 1
 
 .PHONY: setup build demo test test-rust test-python lint bench clean
@@ -16,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" "ruff==0.17.6" scikit-learn \
 		rich safetensors pluggy matplotlib setuptools "optuna>=4.9" "psycopg[binary]"
 	@if [ "$(ORACLES)" = "1" ]; then \
-		$(PIP) install --quiet torch onnxruntime onnx \
-		|| echo "warning: torch/onnxruntime not installed; live parity tests will be skipped"; \
+		$(PIP) install --quiet torch onnxruntime onnx keras \
+		|| echo "warning: torch/onnxruntime/onnx/keras not installed; live parity tests will be skipped"; \
 	fi
 	touch $@
 

@@ -27,7 +27,12 @@ QUICK_CASES = [(32, 100, 8, 64, 1), (16, 32, 32, 64, 2)]
 CELLS = ("lstm", "gru")
 
 # Reference implementations of each lstmrs row: ratio_vs_<key> = lstmrs time / reference time.
-REFS = {"lstmrs": {"torch": "torch", "ort": "onnxruntime"}}
+# "lstmrs_onnx": the lstmrs layer exported by layer.to_onnx and run in ONNX Runtime (the
+# deployment path); "onnxruntime": the hand-built graph from torch's weights.
+REFS = {
+    "lstmrs": {"torch": "torch", "ort": "onnxruntime"},
+    "lstmrs_onnx": {"torch": "torch", "ort": "onnxruntime"},
+}
 
 
 def make_rows(group: str, section: str, cell: str, case, mode: str, timed: dict, flops: float):
@@ -54,7 +59,7 @@ def add_ratios(rows: list[dict], refs: dict) -> None:
                 r["peak_ratio_vs_torch"] = r["peak_rss_increase_mb"] / max(
                     ref["peak_rss_increase_mb"], 1e-3
                 )
-        if r["mode"] == "inference" and "ratio_vs_torch" in r:
+        if r["impl"] == "lstmrs" and r["mode"] == "inference" and "ratio_vs_torch" in r:
             ratios = [r[k] for k in ("ratio_vs_torch", "ratio_vs_ort") if k in r]
             r["ratio_vs_fastest_reference"] = max(ratios)
 
@@ -82,28 +87,37 @@ def run_case(cell: str, case, args, torch, lstmrs, use_ort: bool, measure_memory
     sess = (
         ort_models.sequence_session(cell, sd, b, t, i, h, layers, args.threads) if use_ort else None
     )
+    exported = ort_models.exported_session(ours, args.threads) if use_ort else None
 
     def ort_infer():
         return sess.run(None, {"x": x})[0]
+
+    def exported_infer():
+        return exported.run(None, {"x": x})[0]
 
     # Verify every case before timing it.
     ref = torch_infer().numpy()
     problems = [close(f"{cell} lstmrs output", ours_infer(), ref, 1e-4)]
     if sess is not None:
         problems.append(close(f"{cell} onnxruntime output", ort_infer(), ref, 1e-4))
+        problems.append(close(f"{cell} lstmrs_onnx output", exported_infer(), ref, 1e-4))
     g = ours_train()
     tx_grad = torch_train()
     for name, p in tnet.named_parameters():
         problems.append(close(f"{cell} lstmrs d{name}", g.params[name], p.grad.numpy(), 1e-3))
     problems.append(close(f"{cell} lstmrs dinput", g.input, tx_grad.grad.numpy(), 1e-3))
-    others = "lstmrs" + (", onnxruntime" if sess is not None else "")
+    others = "lstmrs" + (", onnxruntime, lstmrs_onnx" if sess is not None else "")
     require_agreement(f"{cell} {case}: {others} agree with torch", problems)
 
     fwd = forward_flops(cell, b, t, i, h, layers)
     modes = {
         "inference": (
             {"torch": torch_infer, "lstmrs": ours_infer}
-            | ({"onnxruntime": ort_infer} if sess is not None else {}),
+            | (
+                {"onnxruntime": ort_infer, "lstmrs_onnx": exported_infer}
+                if sess is not None
+                else {}
+            ),
             fwd,
         ),
         "training": ({"torch": torch_train, "lstmrs": ours_train}, training_flops(fwd)),

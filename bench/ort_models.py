@@ -1,9 +1,11 @@
-"""ONNX Runtime sessions built directly from torch-layout weights: a whole-sequence LSTM/GRU
-stack, and a one-step LSTM + linear head with the state passed in and out (streaming)."""
+"""ONNX Runtime sessions: a whole-sequence LSTM/GRU stack built directly from torch-layout
+weights, the same stack exported by lstmrs' own exporter (``layer.to_onnx``), and a one-step LSTM
++ linear head with the state passed in and out (streaming)."""
 
 from __future__ import annotations
 
 import numpy as np
+from lstmrs.interop.onnx_rnn import onnx_layer_tensors
 
 
 def available() -> str | None:
@@ -16,21 +18,10 @@ def available() -> str | None:
     return f"{onnxruntime.__version__} (onnx {onnx.__version__})"
 
 
-def _gate_order(cell: str, h: int) -> np.ndarray:
-    # torch LSTM gates i,f,g,o -> ONNX i,o,f,c; torch GRU r,z,n -> ONNX z,r,h.
-    blocks = [0, 3, 1, 2] if cell == "lstm" else [1, 0, 2]
-    return np.concatenate([np.arange(k * h, (k + 1) * h) for k in blocks])
-
-
-def _layer_tensors(cell: str, sd: dict, layer: int, h: int, prefix: str = "") -> list:
-    """ONNX W [1, G*H, I], R [1, G*H, H], B [1, 2*G*H] of one layer (torch key suffix _l{k})."""
-    order = _gate_order(cell, h)
-    w = sd[f"{prefix}weight_ih_l{layer}"][order][None]
-    r = sd[f"{prefix}weight_hh_l{layer}"][order][None]
-    b = np.concatenate(
-        [sd[f"{prefix}bias_ih_l{layer}"][order], sd[f"{prefix}bias_hh_l{layer}"][order]]
-    )
-    return [np.ascontiguousarray(a, np.float32) for a in (w, r, b[None])]
+def _layer_tensors(cell: str, sd: dict, layer: int, h: int) -> list:
+    """ONNX W [1, G*H, I], R [1, G*H, H], B [1, 2*G*H] of one layer (torch key suffix _l{k}):
+    the exporter's own conversion (gates reordered to i,o,f,c / z,r,h)."""
+    return list(onnx_layer_tensors(cell, sd, layer, h, 1, True))
 
 
 def _session(model, threads: int):
@@ -77,6 +68,12 @@ def sequence_session(
         inits,
     )
     return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)
+
+
+def exported_session(layer, threads: int):
+    """The lstmrs layer's own ONNX export (``layer.to_onnx``: checked by onnx.checker and in
+    ONNX Runtime against the layer when made), without a lengths input: the deployment path."""
+    return _session(layer.to_onnx(lengths=False), threads)
 
 
 def step_session(sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, threads: int):

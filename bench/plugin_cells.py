@@ -5,6 +5,8 @@
   lstmrs-peephole   the peephole LSTM of the lstmrs-cells plugin (found through the registry)
   torch             torch.nn.LSTM
   torch-peephole    the same peephole cell as a per-step torch loop (impls.TorchPeephole)
+  lstmrs-peephole-onnx  (inference) the lstmrs peephole layer exported to ONNX (a Scan running
+                    the cell's program, layer.to_onnx), run in ONNX Runtime
 
 ratio_vs_builtin = time / lstmrs.LSTM's time (issue 4: the DSL LSTM within 1.5x of it);
 ratio_vs_torch = time / torch's time for the same cell.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import impls
 import memory
+import ort_models
 from cases import add_ratios, attach_peaks, make_rows
 from common import close, forward_flops, require_agreement, time_interleaved, training_flops
 
@@ -32,6 +35,7 @@ REFS = {
     "lstmrs": {"torch": "torch"},
     "lstmrs-dsl": {"torch": "torch", "builtin": "lstmrs"},
     "lstmrs-peephole": {"torch": "torch-peephole", "builtin": "lstmrs"},
+    "lstmrs-peephole-onnx": {"torch": "torch-peephole", "builtin": "lstmrs"},
 }
 
 
@@ -88,12 +92,26 @@ def run_section(args, torch, lstmrs) -> tuple[list[dict], dict]:
         for n, m in built.items()
     }
     _verify(case, built, fns)
+    exported = {}
+    if "lstmrs-peephole" in built and not args.no_ort and ort_models.available():
+        sess = ort_models.exported_session(built["lstmrs-peephole"], args.threads)
+
+        def peephole_onnx():
+            return sess.run(None, {"x": x})[0]
+
+        ref = fns["torch-peephole"][0]().detach().numpy()
+        problem = close("lstmrs-peephole-onnx output", peephole_onnx(), ref, 1e-4)
+        require_agreement(f"plugin cells {case}: lstmrs-peephole-onnx agrees with torch", [problem])
+        exported["lstmrs-peephole-onnx"] = peephole_onnx
 
     fwd = forward_flops("lstm", b, t, i, h, layers)
     rows = []
     for mode in args.modes or ("inference", "training"):
         k, flops = (0, fwd) if mode == "inference" else (1, training_flops(fwd))
-        timed = time_interleaved({n: f[k] for n, f in fns.items()}, args.warmup, args.repeats)
+        timing = {n: f[k] for n, f in fns.items()}
+        if mode == "inference":
+            timing |= exported
+        timed = time_interleaved(timing, args.warmup, args.repeats)
         group = f"plugin/{case}/{mode}"
         for n, times in timed.items():
             cell = "peephole_lstm" if "peephole" in n else "lstm"

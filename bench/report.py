@@ -87,6 +87,10 @@ def print_cases(rows: list[dict]) -> None:
     _table(head, lines)
     print("ratios: lstmrs median time / reference median time (below 1 = lstmrs faster);")
     print(
+        "lstmrs_onnx: the lstmrs layer exported by layer.to_onnx, run in ONNX Runtime (the "
+        "deployment path); onnxruntime: a graph built by hand from torch's weights"
+    )
+    print(
         "%GEMM: GFLOP/s / the GEMM ceiling's; peak MiB: RSS added by one training step (memory.py)"
     )
 
@@ -98,7 +102,7 @@ def print_plugin(rows: list[dict], info: dict) -> None:
         f"cells in the cell language vs built-in LSTM, (B,T,I,H,L) = ({b},{t},{i},{h},{layers}); peephole from {plug}"
     )
     head = [
-        ("impl", -16),
+        ("impl", -20),
         ("cell", -13),
         ("mode", -9),
         ("median ms", 10),

@@ -7,6 +7,7 @@
     lstmrs predict RUN_DIR --input FILE --output FILE                 predictions for new data
     lstmrs generate RUN_DIR --prompt TEXT --length N                  sample from a charlm run
     lstmrs tune CONFIG.toml [--storage URL --study NAME] [--workers N]  hyperparameter search
+    lstmrs export RUN_DIR --format onnx|safetensors [--output PATH]   the model for deployment
     lstmrs tasks [NAME]                                               the tasks and their defaults
     lstmrs plugins                                                    installed plugins
     lstmrs bench [ARGS]                                               the benchmark (source tree)
@@ -525,6 +526,28 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    onnx_only = [f for f, v in (("--opset", args.opset), ("--no-verify", args.no_verify)) if v]
+    if args.format == "onnx" and args.rnn_only:
+        raise C.ConfigError("--rnn-only: only with --format safetensors")
+    if args.format == "safetensors" and (onnx_only or args.values != "raw"):
+        raise C.ConfigError(f"{', '.join(onnx_only) or '--values'}: only with --format onnx")
+    run = RunDir.open(args.run_dir)
+    model = run.load_model()
+    out = args.output or os.path.join(run.path, f"model.{args.format}")
+    if args.format == "onnx":
+        extra = {} if args.opset is None else {"opset": args.opset}
+        proto = model.to_onnx(out, output=args.values, verify=not args.no_verify, **extra)
+        opset = proto.opset_import[0].version
+        checked = "onnx.checker only" if args.no_verify else "onnx.checker, ONNX Runtime agrees"
+        print(f"wrote {out}: ONNX opset {opset}, output {args.values!r} ({checked})")
+    else:
+        model.save_safetensors(out, rnn_only=args.rnn_only)
+        names = "torch.nn.LSTM/GRU names" if args.rnn_only else "PyTorch names (rnn.*, head.*)"
+        print(f"wrote {out}: {model.num_params} weights under {names}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     tasks = get_tasks()
     if args.name:
@@ -771,6 +794,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
+        "export",
+        help="write a run's model as ONNX or safetensors",
+        formatter_class=_Formatter,
+        description="Export the final model of a run directory. onnx: the whole model (input, "
+        "recurrent layers, pooling, head) as an ONNX graph with inputs x [batch, time, ...] and "
+        "lengths [batch], checked with onnx.checker and against lstmrs in ONNX Runtime before "
+        "it is written (needs the onnx and onnxruntime packages). safetensors: the weights "
+        "under PyTorch's names.",
+        epilog="examples:\n  lstmrs export runs/adding-20250101-120000 --format onnx\n"
+        "  lstmrs export runs/classify-x --format onnx --values probabilities\n"
+        "  lstmrs export runs/adding-x --format safetensors --rnn-only --output lstm.safetensors",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=("onnx", "safetensors"))
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="file to write (default: RUN_DIR/model.onnx or .safetensors)",
+    )
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 17)")
+    p.add_argument(
+        "--values",
+        choices=("raw", "probabilities", "labels"),
+        default="raw",
+        help="what the ONNX output y holds: raw (as lstmrs predict), probabilities or labels",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the ONNX Runtime comparison (not the checker)",
+    )
+    p.add_argument(
+        "--rnn-only",
+        action="store_true",
+        help="safetensors: only the recurrent layers, under torch.nn.LSTM/GRU's own names",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "tasks",
         help="list the tasks, or print one's default config",
         formatter_class=_Formatter,
@@ -786,7 +848,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _PASSTHROUGH = {"plugins": cmd_plugins, "bench": cmd_bench}
-_BUILTIN_COMMANDS = {"train", "eval", "predict", "generate", "tune", "tasks", *_PASSTHROUGH}
+_BUILTIN_COMMANDS = {
+    "train",
+    "eval",
+    "predict",
+    "generate",
+    "tune",
+    "export",
+    "tasks",
+    *_PASSTHROUGH,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

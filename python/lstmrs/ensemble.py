@@ -25,7 +25,7 @@ import numpy as np
 
 from .callbacks import Callback
 from .checkpoint import latest_checkpoint
-from .errors import InvalidArgumentError
+from .errors import ExportError, InvalidArgumentError
 from .models import Model
 
 __all__ = ["ENSEMBLE_FILE", "Ensemble", "is_ensemble"]
@@ -69,6 +69,18 @@ class Ensemble:
     def _interrupt_checkpoint(self) -> str | None:
         return next(
             (m._interrupt_checkpoint for m in self.members if m._interrupt_checkpoint), None
+        )
+
+    def to_onnx(self, *args: Any, **kwargs: Any):
+        raise ExportError(
+            f"an ensemble of {len(self)} models has no single graph: export each member "
+            "(ensemble.members[k].to_onnx(path)) and average their probabilities"
+        )
+
+    def save_safetensors(self, *args: Any, **kwargs: Any):
+        raise ExportError(
+            f"an ensemble of {len(self)} models: save each member "
+            "(ensemble.members[k].save_safetensors(path))"
         )
 
     def compile(self, optimizer: Any, **kwargs: Any) -> None:

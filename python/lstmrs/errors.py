@@ -14,11 +14,15 @@ from __future__ import annotations
 __all__ = [
     "DTypeError",
     "DataFileError",
+    "ExportError",
+    "ExportMismatchError",
     "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
+    "MissingDependencyError",
     "NonFiniteError",
     "ShapeError",
+    "UnsupportedModelError",
 ]
 
 
@@ -49,3 +53,23 @@ class GpuUnavailableError(LstmrsError, RuntimeError):
 
 class DataFileError(LstmrsError, ValueError):
     """A data file cannot be read or parsed; the message names the file and the line or field."""
+
+
+class MissingDependencyError(LstmrsError, ImportError):
+    """An optional dependency (onnx, onnxruntime, torch, keras) is needed and not installed; the
+    message names the pip package."""
+
+
+class ExportError(LstmrsError, ValueError):
+    """A model or layer cannot be written in the requested format (the message says which part
+    of it and why)."""
+
+
+class ExportMismatchError(LstmrsError, RuntimeError):
+    """An exported model, run in its target runtime, does not reproduce lstmrs' outputs to the
+    tolerance; the message gives the output, the largest difference and where."""
+
+
+class UnsupportedModelError(LstmrsError, ValueError):
+    """A model given to an importer (torch, Keras, ONNX) uses a feature lstmrs cannot represent
+    (the message names the feature and its value)."""

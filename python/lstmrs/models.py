@@ -646,6 +646,29 @@ class Model:
         return Stepper(self, batch=batch)
 
     # ---------------------------------------------------------------------------------------
+    # Export (the interop modules build on the model and need optional packages, hence the
+    # imports inside these methods)
+
+    def to_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
+        """The model as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
+        in ONNX Runtime against :meth:`predict` on random inputs with mixed lengths, written to
+        ``path`` when given. Keywords: ``opset`` (default 17), ``output`` (``"raw"`` as
+        :meth:`predict`, ``"probabilities"`` or ``"labels"``), ``lengths`` (a ``lengths``
+        input, default True), ``verify``, ``tolerance``; see
+        :func:`lstmrs.interop.onnx_export.model_to_onnx`."""
+        from .interop.onnx_export import model_to_onnx
+
+        return model_to_onnx(self, path, **kwargs)
+
+    def save_safetensors(self, path: str | os.PathLike, *, rnn_only: bool = False) -> None:
+        """Writes the weights under their PyTorch names (``rnn.weight_ih_l0``,
+        ``head.0.weight``, ...) to a ``.safetensors`` file; ``rnn_only=True`` writes only the
+        recurrent layers, named as ``torch.nn.LSTM``/``GRU`` name them."""
+        from .interop.safetensors_export import save_model
+
+        save_model(self, path, rnn_only=rnn_only)
+
+    # ---------------------------------------------------------------------------------------
     # Persistence
 
     def save(self, path: str | os.PathLike) -> str:

@@ -533,6 +533,46 @@ class _RNNBase:
             _check_finite("flat", arr)
         self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
 
+    # -- interop: ONNX, PyTorch, safetensors ---------------------------------------------------
+    # The interop modules build on the layers (a higher layer of the package) and need optional
+    # packages (onnx, torch), hence the imports inside these methods.
+
+    def to_onnx(self, path: Any = None, **kwargs: Any):
+        """The layer as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
+        in ONNX Runtime against this layer, written to ``path`` when given. Keywords:
+        ``opset`` (default 17), ``lengths`` (a ``lengths`` input, default True),
+        ``initial_state`` (``h0``/``c0`` inputs), ``verify``, ``tolerance``; see
+        :func:`lstmrs.interop.onnx_export.layer_to_onnx`."""
+        from .interop.onnx_export import layer_to_onnx
+
+        return layer_to_onnx(self, path, **kwargs)
+
+    def save_safetensors(self, path: Any) -> None:
+        """Writes the parameters under PyTorch's names to a ``.safetensors`` file:
+        ``torch.nn.LSTM(...).load_state_dict(safetensors.torch.load_file(path))`` loads it."""
+        from .interop.safetensors_export import save_state_dict
+
+        save_state_dict(self.state_dict(), path, {"lstmrs.layer": repr(self)})
+
+    @classmethod
+    def from_torch(cls, module: Any, *, dtype: Any = None):
+        """A layer with a live ``torch.nn.LSTM`` / ``GRU`` (``RNN`` for :class:`RNN`)'s
+        configuration and weights (``batch_first``, ``bidirectional``, stacked, training
+        mode); ``dtype`` None keeps the module's. See
+        :func:`lstmrs.interop.torch_import.from_torch`."""
+        from .interop.torch_import import from_torch
+
+        return from_torch(module, dtype=dtype, expect=cls)
+
+    @classmethod
+    def from_onnx(cls, source: Any, node: Any = None, *, dtype: Any = "float32"):
+        """A layer from an ``LSTM``/``GRU`` node of an ONNX file or ``ModelProto``: the only
+        such node, or ``node`` (its name or its index among them). See
+        :func:`lstmrs.interop.onnx_import.read_onnx_rnns`."""
+        from .interop.onnx_import import layer_from_onnx
+
+        return layer_from_onnx(source, node, dtype=dtype, expect=cls)
+
     # -- pickling (copy.deepcopy, multiprocessing) ---------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
