@@ -410,3 +410,16 @@ def test_anomaly_label_column_errors_name_the_row(tmp_path):
         lstmrs.InvalidArgumentError, match="row 101: expected a number in 'is_anomaly'"
     ):
         task.prepare(cfg)
+
+
+def test_training_budget_follows_the_data_size(tmp_path):
+    task = BUILTIN_TASKS["classify"]
+    budgets = {}
+    for n in (30, 2000):
+        path = _ucr_like(tmp_path, n_train=n, n_test=10)
+        cfg = resolve_config(task, sets=[f"data.path={path}"])
+        data = task.prepare(cfg)
+        task.resolve(cfg, data)
+        budgets[n] = (cfg["train"]["epochs"], cfg["train"]["patience"], cfg["train"]["ensemble"])
+    assert budgets[30] == (400, 50, 10)  # 2 steps an epoch: the longest budget
+    assert budgets[2000] == (48, 10, 1)  # 125 steps an epoch, one model

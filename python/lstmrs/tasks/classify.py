@@ -438,8 +438,9 @@ class ClassifyTask(Task):
 
     def resolve(self, config, data):
         """``"auto"`` values: numeric sequences get a bidirectional LSTM read at its last step,
-        small batches, a long training with patience, and (under 1,000 training series) an
-        ensemble of fold models; texts keep a one-directional LSTM with mean pooling."""
+        small batches, epochs and patience sized in optimizer steps (long for small data), and
+        (under 1,000 training series) an ensemble of fold models; texts keep a one-directional
+        LSTM with mean pooling."""
         m, t = config["model"], config["train"]
         text = "vocab" in data.state
         n = len(data.extra.get("train_index", ())) + len(data.extra.get("val_index", ()))
@@ -452,9 +453,13 @@ class ClassifyTask(Task):
 
         pick(m, "bidirectional", not text)
         pick(m, "pooling", "mean" if text else "last")
-        pick(t, "epochs", 30 if text else 400)
         pick(t, "batch_size", 32 if text else 16)
-        pick(t, "patience", 5 if text else 50)
+        # Budgets in optimizer steps, so that a small data set (a few steps per epoch) gets as
+        # many updates, and as much patience, as a large one: about 300 steps without a better
+        # val_loss before stopping, at most about 6,000 steps in all.
+        steps = max(1, math.ceil(n / t["batch_size"]))
+        pick(t, "epochs", 30 if text else int(np.clip(math.ceil(6000 / steps), 30, 400)))
+        pick(t, "patience", 5 if text else int(np.clip(math.ceil(300 / steps), 10, 50)))
         members = 1 if text or n >= 1000 or data.val is None else 10
         pick(t, "ensemble", members)
         counts = np.bincount(data.extra["y"][data.extra["train_index"]], minlength=2)
