@@ -423,3 +423,12 @@ def test_training_budget_follows_the_data_size(tmp_path):
         budgets[n] = (cfg["train"]["epochs"], cfg["train"]["patience"], cfg["train"]["ensemble"])
     assert budgets[30] == (400, 50, 10)  # 2 steps an epoch: the longest budget
     assert budgets[2000] == (48, 10, 1)  # 125 steps an epoch, one model
+
+
+def test_ensemble_does_not_pass_off_one_member_as_the_whole():
+    ens = _members(2)
+    assert ens.cell == "lstm" and ens.output_size == 2
+    with pytest.raises(AttributeError, match="use predict, or one model of .members"):
+        ens.evaluate
+    with pytest.raises(lstmrs.ExportError, match="export each member"):
+        ens.to_onnx("x.onnx")

@@ -31,6 +31,24 @@ from .models import Model
 __all__ = ["ENSEMBLE_FILE", "Ensemble", "is_ensemble"]
 
 ENSEMBLE_FILE = "ensemble.json"
+# Descriptions that are the same for every member.
+_SHARED = frozenset(
+    (
+        "bidirectional",
+        "cell",
+        "config",
+        "device",
+        "dtype",
+        "has_cell_state",
+        "hidden_size",
+        "loss",
+        "metrics",
+        "num_layers",
+        "output_size",
+        "pooling",
+        "tokens",
+    )
+)
 
 
 def is_ensemble(path: str | os.PathLike) -> bool:
@@ -55,11 +73,13 @@ class Ensemble:
         return f"Ensemble({len(self)} x {self.members[0]!r})"
 
     def __getattr__(self, name: str) -> Any:
-        # Configuration (cell, pooling, loss, ...) is the first member's; every member has the
-        # same. Only called for names the ensemble does not define itself.
-        if name == "members":
-            raise AttributeError(name)
-        return getattr(self.members[0], name)
+        # The configuration every member shares; anything else (evaluate, core, stepper, ...)
+        # would silently be the first member's alone, so it is not forwarded.
+        if name in _SHARED:
+            return getattr(self.members[0], name)
+        raise AttributeError(
+            f"Ensemble has no attribute {name!r}: use predict, or one model of .members"
+        )
 
     @property
     def num_params(self) -> int:
