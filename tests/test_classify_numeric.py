@@ -429,6 +429,6 @@ def test_ensemble_does_not_pass_off_one_member_as_the_whole():
     ens = _members(2)
     assert ens.cell == "lstm" and ens.output_size == 2
     with pytest.raises(AttributeError, match="use predict, or one model of .members"):
-        ens.evaluate
+        ens.evaluate(np.zeros((1, 3, 1)), np.zeros(1))
     with pytest.raises(lstmrs.ExportError, match="export each member"):
         ens.to_onnx("x.onnx")
