@@ -13,7 +13,8 @@
 //! so unequal lengths are compared along their own diagonal. The band never gets narrower than
 //! the diagonal's slope, so a path always exists.
 //!
-//! Speed: the 1-NN search visits candidates in order of their LB_Keogh lower bound and stops when
+//! Speed: the 1-NN search visits candidates in order of a lower bound (LB_Keogh, and for
+//! leave-one-out the unconstrained distance, computed once for all windows) and stops when
 //! the bound exceeds the best distance so far; it abandons a candidate as soon as a whole row of
 //! its cost matrix exceeds that distance; and the leave-one-out window search starts each query
 //! at the neighbour the previous (narrower) window found. Queries run in parallel on the rayon
@@ -352,7 +353,15 @@ impl<'a, 'b> Indexed<'a, 'b> {
     /// first when given: `(index, distance)`. Candidates of the query's length are visited in
     /// order of their lower bound, and the search stops once that bound exceeds the best
     /// distance; the others are visited after, each abandoned once it exceeds the best.
-    fn nearest(&self, query: &[f64], skip: Option<usize>, start: Option<usize>) -> (usize, f64) {
+    /// `floor[j]`, when given, is a lower bound of the distance to reference `j` (the
+    /// unconstrained distance, for leave-one-out); it prunes like LB_Keogh does.
+    fn nearest(
+        &self,
+        query: &[f64],
+        skip: Option<usize>,
+        start: Option<usize>,
+        floor: Option<&[f64]>,
+    ) -> (usize, f64) {
         let refs = self.refs;
         let f = refs.f;
         let n = query.len() / f;
@@ -369,11 +378,12 @@ impl<'a, 'b> Indexed<'a, 'b> {
         }
         let others = (0..refs.len()).filter(|&j| Some(j) != skip && Some(j) != start);
         let (same, other): (Vec<usize>, Vec<usize>) = others.partition(|&j| refs.lens[j] == n);
+        let floor_of = |j: usize| floor.map_or(0.0, |fl| fl[j]);
         let mut bounded: Vec<(f64, usize)> = same
             .into_iter()
             .map(|j| {
                 let (u, l) = &self.envelopes[j];
-                (lb_keogh(query, u, l), j)
+                (lb_keogh(query, u, l).max(floor_of(j)), j)
             })
             .collect();
         bounded.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -411,11 +421,78 @@ impl<'a, 'b> Indexed<'a, 'b> {
                 }
             }
         }
-        for j in other {
+        let mut other: Vec<(f64, usize)> = other.into_iter().map(|j| (floor_of(j), j)).collect();
+        other.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (bound, j) in other {
+            if bound > best.1 {
+                break;
+            }
             visit(j, &mut best);
         }
         best
     }
+}
+
+/// Cells of the unconstrained all-pairs pass above which leave-one-out does without it: its
+/// cost would then outweigh the pruning it buys.
+const FLOOR_CELLS: f64 = 4e10;
+
+/// The unconstrained DTW distance of every pair of `set` (`[n, n]`, symmetric), or `None` when
+/// that pass would cost more than [`FLOOR_CELLS`]. A wider band admits more warping paths, so
+/// these bound every window's distances from below: one pass prunes every window's search.
+fn unconstrained_pairs(set: &SeriesSet<'_>) -> Option<Vec<f64>> {
+    let n = set.len();
+    let cells: f64 = (0..n)
+        .map(|i| {
+            ((i + 1)..n)
+                .map(|j| (set.lens[i] * set.lens[j]) as f64)
+                .sum::<f64>()
+        })
+        .sum();
+    if cells > FLOOR_CELLS {
+        return None;
+    }
+    let f = set.f;
+    let rows: Vec<Vec<(usize, f64)>> = threads::install(|| {
+        (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let a = set.series(i);
+                let zero = vec![0.0; set.lens[i]];
+                let (same, other): (Vec<usize>, Vec<usize>) =
+                    ((i + 1)..n).partition(|&j| set.lens[j] == set.lens[i]);
+                let mut out = Vec::with_capacity(n - i - 1);
+                for group in same.chunks(LANES) {
+                    if group.len() == LANES {
+                        let b = [0, 1, 2, 3].map(|l| set.series(group[l]));
+                        let t = [0, 1, 2, 3].map(|_| zero.as_slice());
+                        let d = distance_lanes(a, b, f, 1.0, f64::INFINITY, t);
+                        out.extend(group.iter().copied().zip(d));
+                    } else {
+                        out.extend(
+                            group
+                                .iter()
+                                .map(|&j| (j, distance(a, set.series(j), f, 1.0, f64::INFINITY))),
+                        );
+                    }
+                }
+                out.extend(
+                    other
+                        .iter()
+                        .map(|&j| (j, distance(a, set.series(j), f, 1.0, f64::INFINITY))),
+                );
+                out
+            })
+            .collect()
+    });
+    let mut full = vec![0.0; n * n];
+    for (i, row) in rows.into_iter().enumerate() {
+        for (j, d) in row {
+            full[i * n + j] = d;
+            full[j * n + i] = d;
+        }
+    }
+    Some(full)
 }
 
 fn check_fraction(r: f64) -> Result<()> {
@@ -450,6 +527,7 @@ pub fn leave_one_out(train: &SeriesSet<'_>, labels: &[i64], windows: &[f64]) -> 
         check_fraction(r)?;
     }
     let n = train.len();
+    let full = unconstrained_pairs(train);
     let mut hints: Vec<Option<usize>> = vec![None; n];
     let mut out = Vec::with_capacity(windows.len());
     for &r in windows {
@@ -457,7 +535,10 @@ pub fn leave_one_out(train: &SeriesSet<'_>, labels: &[i64], windows: &[f64]) -> 
         let found: Vec<usize> = threads::install(|| {
             (0..n)
                 .into_par_iter()
-                .map(|i| index.nearest(train.series(i), Some(i), hints[i]).0)
+                .map(|i| {
+                    let floor = full.as_ref().map(|m| &m[i * n..(i + 1) * n]);
+                    index.nearest(train.series(i), Some(i), hints[i], floor).0
+                })
                 .collect()
         });
         let correct = (0..n).filter(|&i| labels[found[i]] == labels[i]).count();
@@ -493,7 +574,7 @@ pub fn classify(
     Ok(threads::install(|| {
         (0..queries.len())
             .into_par_iter()
-            .map(|i| labels[index.nearest(queries.series(i), None, None).0])
+            .map(|i| labels[index.nearest(queries.series(i), None, None, None).0])
             .collect()
     }))
 }
