@@ -19,7 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import tomllib
+from lstmrs.config import _toml_module
 
 GUIDE = Path(__file__).resolve().parents[1] / "plugins" / "README.md"
 BLOCK = re.compile(r"<!-- (file|check): ([^>]+?) -->\n```[a-z]*\n(.*?)```", re.DOTALL)
@@ -49,7 +49,7 @@ def guide_package(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body, encoding="utf-8")
     (root / "README.md").write_text("The guide's example plugin.\n")
-    project = tomllib.loads(files["pyproject.toml"])["project"]
+    project = _toml_module().loads(files["pyproject.toml"])["project"]
     site = root.parent / "site"
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir(parents=True)
