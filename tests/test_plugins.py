@@ -365,7 +365,7 @@ def test_two_packages_claiming_one_plugin_name(site):
     assert len(w) == 1 and clash in w[0]
 
 
-def test_a_plugin_that_fails_to_import(site):
+def test_a_plugin_that_fails_to_import(site, capsys):
     site("fake-broken", "raise RuntimeError('boom')\n")
     site("fake-good", ELMAN_SRC.format(version="1", cell="good_cell"))
     failed = (
@@ -380,8 +380,13 @@ def test_a_plugin_that_fails_to_import(site):
     assert rows["fake_good"]["broken"] is None and rows["fake_good"]["cells"] == ["good_cell"]
     assert "RuntimeError: boom" in rows["fake_broken"]["broken"]
     assert rows["fake_broken"]["package"] == "fake-broken"
-    with isolated_plugins(load=None, block="fake_broken"):
+    with plugin_warnings(), isolated_plugins(load=None):
+        assert plugins_command(["--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "boom" in rows["fake_broken"]["broken"] and rows["fake_good"]["broken"] is None
+    with plugin_warnings() as w, isolated_plugins(load=None, block="fake_broken"):
         assert "good_cell" in get_cells() and get_manager().broken == {}
+    assert w == []  # blocking silences it
 
 
 @pytest.mark.parametrize(
