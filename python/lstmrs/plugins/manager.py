@@ -193,7 +193,11 @@ class LstmrsPluginManager(pluggy.PluginManager):
         # Once per manager: registries are re-collected after every (un)registration.
         if message not in self._reported:
             self._reported.add(message)
-            warnings.warn(message, PluginWarning, stacklevel=4)
+            # Not attributed to a line of lstmrs (which would print that line under it): the
+            # message names the plugin and its package.
+            warnings.warn_explicit(
+                message, PluginWarning, filename="lstmrs", lineno=0, module="lstmrs.plugins"
+            )
 
     def _package(self, plugin: str) -> str:
         if plugin == BUILTIN:
