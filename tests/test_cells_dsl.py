@@ -4,6 +4,8 @@ its gradients, and the built-in LSTM/GRU descriptions against torch and the Rust
 from __future__ import annotations
 
 import json
+import math
+import re
 import unittest
 
 import numpy as np
@@ -191,38 +193,73 @@ def test_json_round_trip(spec):
 
 
 @pytest.mark.parametrize(
-    "expr, what",
+    "expr, what, instead",
     [
-        (lambda x, h: x / h, "division"),
-        (lambda x, h: x / 2.0, "division"),
-        (lambda x, h: 1.0 / x, "division"),
-        (lambda x, h: x // h, "floor division"),
-        (lambda x, h: x**2, r"power \(\*\*\)"),
-        (lambda x, h: 2**x, r"power \(\*\*\)"),
-        (lambda x, h: x % h, "modulo"),
-        (lambda x, h: x @ h, "matrix product"),
-        (lambda x, h: x < h, r"comparison \(<\)"),
-        (lambda x, h: x >= 0, r"comparison \(>=\)"),
-        (lambda x, h: x == h, r"comparison \(==\)"),
-        (lambda x, h: x if x else h, "truth value"),
-        (lambda x, h: max(x, h), r"comparison \(>\)"),
-        (lambda x, h: abs(x), r"abs\(\)"),
-        (lambda x, h: float(x), r"float\(\)"),
-        (lambda x, h: np.exp(x), "ufunc|exp"),
-        (lambda x, h: x + "1", r"\+: expected an expression or a Python number, got str"),
-        (lambda x, h: x * True, r"\*: expected an expression or a Python number, got bool"),
-        (lambda x, h: sigmoid(0.5), "sigmoid: expected an expression"),
+        (lambda x, h: x / h, "division", r"multiplication by a constant"),
+        (lambda x, h: x / 2.0, "division", r"x \* 0.5"),
+        (lambda x, h: 1.0 / x, "division", "multiplication"),
+        (lambda x, h: x // h, "floor division", ""),
+        (lambda x, h: x**2, r"power \(\*\*\)", r"square\(x\) or x \* x"),
+        (lambda x, h: 2**x, r"power \(\*\*\)", r"sigmoid\(x\) for a gate"),
+        (lambda x, h: x % h, "modulo", ""),
+        (lambda x, h: x @ h, "matrix product", "x_gates / h_gates"),
+        (lambda x, h: x < h, r"comparison \(<\)", r"relu\(a - b\) \+ b for max"),
+        (lambda x, h: x >= 0, r"comparison \(>=\)", r"relu\(x\) for max\(x, 0\)"),
+        (lambda x, h: x == h, r"comparison \(==\)", "no branches"),
+        (lambda x, h: x if x else h, "truth value", r"a - relu\(a - b\) for min"),
+        # max() and min() compare: the message says so, and how to write them.
+        (
+            lambda x, h: max(x, h),
+            r"comparison \(>\), which is also what max\(\) and min\(\)",
+            "relu",
+        ),
+        (lambda x, h: min(x, 0.0), r"what max\(\) and min\(\) do", r"a - relu\(a - b\)"),
+        (lambda x, h: abs(x), r"abs\(\)", r"relu\(x\) \+ relu\(-x\)"),
+        (lambda x, h: float(x), r"float\(\)", "no value until the cell runs"),
+        # math functions convert with float(): the message names them and the replacements.
+        (lambda x, h: math.exp(x), r"float\(\), which math.exp", r"sigmoid\(x\) for 1 / \(1"),
+        (lambda x, h: math.tanh(x), "math.tanh", r"tanh\(x\) for math.tanh\(x\)"),
+        # NumPy ufuncs name themselves.
+        (lambda x, h: np.exp(x), r"numpy.exp\(...\) on an expression", "exp is unbounded"),
+        (lambda x, h: np.tanh(x), r"numpy.tanh\(...\)", r"lstmrs.cells.tanh\(x\) instead"),
+        (lambda x, h: np.maximum(x, h), r"numpy.maximum\(...\)", r"relu\(a - b\) \+ b"),
+        (lambda x, h: np.sqrt(x), r"numpy.sqrt\(...\)", "no roots"),
+        (lambda x, h: np.log1p(x), r"numpy.log1p\(...\)", "no logarithm"),
+        (lambda x, h: np.divide(x, 2.0), r"numpy.divide\(...\)", r"x \* 0.5"),
+        (lambda x, h: np.ones(3) * x, r"numpy.multiply\(...\)", r"c.param\(name\)"),
+        (lambda x, h: x * np.ones(3), r"\*: expected an expression.*ndarray", r"c.param\(name\)"),
+        (lambda x, h: x + "1", r"\+: expected an expression or a Python number, got str", ""),
+        (lambda x, h: x * True, r"\*: expected an expression or a Python number, got bool", ""),
+        (lambda x, h: sigmoid(0.5), "sigmoid: expected an expression", ""),
     ],
 )
-def test_unsupported_operations_name_the_operation(expr, what):
+def test_unsupported_operations_name_the_operation_and_what_to_write(expr, what, instead):
     def cell(c):
         (x,) = c.x_gates(1)
         return {"h": expr(x, c.state("h"))}
 
-    with pytest.raises(TypeError, match=what) as e:
+    with pytest.raises(UnsupportedOperationError, match=what) as e:
         Cell.define("bad", cell)
-    if "ufunc" not in what:
-        assert isinstance(e.value, (UnsupportedOperationError, LstmrsError))
+    assert isinstance(e.value, (TypeError, LstmrsError))
+    assert re.search(instead, str(e.value)), str(e.value)
+
+
+def test_numpy_scalars_are_constants():
+    """The ufunc hook keeps NumPy scalars working as numbers on either side of + - *: the
+    graph is the one the same cell gives with Python floats."""
+
+    def cell(two, half, one, three, neg):
+        def define(c):
+            (x,) = c.x_gates(1)
+            y = two * x - half + one - x * three
+            return {"h": tanh(-one + y + neg(x))}
+
+        return define
+
+    with_numpy = Cell.define("same", cell(*map(np.float64, (2, 0.5, 1, 3)), np.negative))
+    plain = Cell.define("same", cell(2.0, 0.5, 1.0, 3.0, lambda x: -x))
+    assert with_numpy.to_json() == plain.to_json()
+    assert '"neg"' in plain.to_json() and "3.0" in plain.to_json()
 
 
 @pytest.mark.parametrize(

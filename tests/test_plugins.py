@@ -12,11 +12,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import types
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,6 +30,7 @@ from lstmrs.cells import Cell, CellSpec, tanh
 from lstmrs.plugins import (
     BUILTIN,
     PluginError,
+    PluginWarning,
     get_cells,
     get_commands,
     get_manager,
@@ -33,6 +38,7 @@ from lstmrs.plugins import (
     get_tasks,
     hookimpl,
     hookspecs,
+    list_clashes,
     list_plugins,
     lookup,
     notify_epoch_end,
@@ -53,6 +59,16 @@ __version__ = "{version}"
 def lstmrs_register_cells(register):
     register(Cell.define("{cell}", lambda c: {{"h": tanh(c.x_gates(1)[0] + c.h_gates(1)[0])}}))
 """
+
+
+@contextmanager
+def plugin_warnings() -> Iterator[list[str]]:
+    """Collects the messages of the PluginWarnings issued inside the block."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield messages
+    messages.extend(str(w.message) for w in caught if issubclass(w.category, PluginWarning))
 
 
 @pytest.fixture(autouse=True)
@@ -190,6 +206,7 @@ def test_installed_plugin_appears_and_disappears_with_its_distribution(site):
             "tasks": [],
             "optimizers": [],
             "commands": [],
+            "broken": None,
         }
     # "Uninstall": remove the distribution; a fresh manager no longer sees it.
     (site.path / "fake_cells-2.3.4.dist-info" / "entry_points.txt").unlink()
@@ -253,11 +270,12 @@ def test_misspelt_hook_is_an_error(site):
             pass
         """,
     )
-    with pytest.raises(PluginError) as e, isolated_plugins(load=None):
-        pass
-    msg = str(e.value)
-    assert "'fake_typo'" in msg and "'lstmrs_register_cell'" in msg
-    assert "Did you mean 'lstmrs_register_cells'" in msg
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        assert "lstm" in get_cells()  # the built-ins still work
+        reason = get_manager().broken["fake_typo"]["reason"]
+    assert "'fake_typo'" in reason and "'lstmrs_register_cell'" in reason
+    assert "Did you mean 'lstmrs_register_cells'" in reason
+    assert len(w) == 1 and "LSTMRS_BLOCK_PLUGINS=fake_typo" in w[0]
 
 
 def test_unmarked_prefixed_functions_are_hooks_too():
@@ -285,12 +303,17 @@ def test_wrong_hook_arguments_are_an_error():
         get_manager().register(Bad(), name="bad")
 
 
-def test_two_plugins_registering_one_name_is_an_error_naming_both(site):
+def test_two_plugins_registering_one_name_warn_naming_both_and_the_first_keeps_it(site):
     site("fake-one", ELMAN_SRC.format(version="1", cell="same"))
     site("fake-two", ELMAN_SRC.format(version="1", cell="same"))
-    both = "cell 'same' is registered by both 'fake_one' and 'fake_two'"
-    with isolated_plugins(load=None), pytest.raises(PluginError, match=both):
-        get_cells()
+    both = (
+        r"cell 'same' is registered by both 'fake_one' \(package fake-one 1.0.0\) and "
+        r"'fake_two' \(package fake-two 1.0.0\).*LSTMRS_BLOCK_PLUGINS=fake_two"
+    )
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        assert get_manager().owner("cells", "same") == "fake_one"
+        get_tasks(), get_cells()  # collected again: reported once
+    assert len(w) == 1 and re.search(both, w[0])
 
 
 def test_a_plugin_cannot_take_a_builtin_name():
@@ -300,32 +323,157 @@ def test_a_plugin_cannot_take_a_builtin_name():
             class Adam(optim.Optimizer):
                 name = "adam"
 
-            register(Adam)
+            class Lion(optim.Optimizer):
+                name = "lion"
 
-    both = f"optimizer 'adam' is registered by both '{BUILTIN}' and 'shadow'"
-    with register_temporarily(Shadow(), name="shadow"), pytest.raises(PluginError, match=both):
-        get_optimizers()
-    assert get_optimizers()["adam"] is optim.Adam  # the registry recovers once it is gone
+            register(Adam)
+            register(Lion)
+
+    both = f"optimizer 'adam' is registered by both '{BUILTIN}' \\(package lstmrs\\) and 'shadow'"
+    with plugin_warnings() as w, register_temporarily(Shadow(), name="shadow"):
+        opts = get_optimizers()
+        # The clash changes neither the clashing name nor an unrelated one.
+        assert opts["adam"] is optim.Adam and opts["lion"].name == "lion"
+        assert isinstance(optim.get_optimizer("lion", 0.01), opts["lion"])
+        assert isinstance(optim.get_optimizer("adam", 0.01), optim.Adam)
+    assert len(w) == 1 and re.search(both, w[0])
+    assert "lion" not in get_optimizers()
+
+
+def test_every_clash_is_reported(site):
+    site("fake-one", ELMAN_SRC.format(version="1", cell="dup_a"))
+    site("fake-two", ELMAN_SRC.format(version="1", cell="dup_a"))
+    site("fake-three", ELMAN_SRC.format(version="1", cell="dup_a"))
+    with plugin_warnings() as messages, isolated_plugins(load=None):
+        clashes = list_clashes()
+    assert {(c["kept"], c["refused"]) for c in clashes} == {
+        ("fake_one", "fake_two"),
+        ("fake_one", "fake_three"),
+    }
+    assert len(messages) == 2
+    assert any("'fake_three'" in m for m in messages) and any("'fake_two'" in m for m in messages)
 
 
 def test_two_packages_claiming_one_plugin_name(site):
     site("fake-x", ELMAN_SRC.format(version="1", cell="x1"), ep_name="clash")
     site("fake-y", ELMAN_SRC.format(version="1", cell="y1"), ep_name="clash")
-    clash = "'clash' is claimed by two installed packages"
-    with pytest.raises(PluginError, match=clash), isolated_plugins(load=None):
-        pass
+    clash = "'clash' is claimed by two installed packages: fake-x 1.0.0 and fake-y 1.0.0"
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        cells = get_cells()
+        assert "x1" not in cells and "y1" not in cells and "lstm" in cells
+        assert "clash" in get_manager().broken
+    assert len(w) == 1 and clash in w[0]
 
 
-def test_a_plugin_that_fails_to_import(site):
+def test_a_plugin_that_fails_to_import(site, capsys):
     site("fake-broken", "raise RuntimeError('boom')\n")
+    site("fake-good", ELMAN_SRC.format(version="1", cell="good_cell"))
     failed = (
-        r"'fake_broken' \(package fake-broken 1.0.0\) failed to import.*boom.*"
+        r"'fake_broken' \(package fake-broken 1.0.0\) is disabled: failed to import.*boom.*"
         r"LSTMRS_BLOCK_PLUGINS=fake_broken"
     )
-    with pytest.raises(PluginError, match=failed), isolated_plugins(load=None):
-        pass
-    with isolated_plugins(load=None, block="fake_broken"):
-        assert "lstm" in get_cells()
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        assert {"lstm", "good_cell"} <= set(get_cells())
+        get_tasks()
+        rows = {r["name"]: r for r in list_plugins()}
+    assert len(w) == 1 and re.search(failed, w[0])  # reported once
+    assert rows["fake_good"]["broken"] is None and rows["fake_good"]["cells"] == ["good_cell"]
+    assert "RuntimeError: boom" in rows["fake_broken"]["broken"]
+    assert rows["fake_broken"]["package"] == "fake-broken"
+    with plugin_warnings(), isolated_plugins(load=None):
+        assert plugins_command(["--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "boom" in rows["fake_broken"]["broken"] and rows["fake_good"]["broken"] is None
+    with plugin_warnings() as w, isolated_plugins(load=None, block="fake_broken"):
+        assert "good_cell" in get_cells() and get_manager().broken == {}
+    assert w == []  # blocking silences it
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        (
+            """
+            from lstmrs.plugins import hookimpl
+
+            @hookimpl
+            def lstmrs_register_cells(register):
+                register("not a spec")
+            """,
+            "not an lstmrs.cells.CellSpec",
+        ),
+        (
+            """
+            from lstmrs.plugins import hookimpl
+
+            @hookimpl
+            def lstmrs_register_tasks(register):
+                raise KeyError("no data dir")
+            """,
+            "failed in lstmrs_register_tasks: KeyError",
+        ),
+        (
+            """
+            from lstmrs.plugins import hookimpl
+
+            @hookimpl
+            def lstmrs_register_cells(register, extra):
+                pass
+            """,
+            "extra",
+        ),
+    ],
+)
+def test_a_plugin_that_fails_to_register_is_disabled(site, source, reason):
+    site("fake-bad", source)
+    site("fake-good", ELMAN_SRC.format(version="1", cell="good_cell"))
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        # Everything the broken plugin registered (in any category) is gone; the rest works.
+        assert {"lstm", "gru", "good_cell"} <= set(get_cells())
+        assert "plugins" in get_commands() and "adam" in get_optimizers()
+        get_tasks()
+        assert reason in get_manager().broken["fake_bad"]["reason"]
+        assert get_manager().get_plugin("fake_bad") is None
+    assert len(w) == 1 and "'fake_bad' (package fake-bad 1.0.0) is disabled" in w[0]
+
+
+def test_cli_works_beside_a_broken_plugin_and_lists_it(site, tmp_path):
+    """The issue's scenario, through the real CLI in a subprocess: a broken plugin installed
+    beside a good one. `lstmrs plugins` lists both, `lstmrs train` trains the good one's cell."""
+    real = _installed_here()
+    site("fake-broken", "import no_such_module_anywhere\n")
+    site("fake-good", ELMAN_SRC.format(version="1", cell="good_cell"))
+    env = dict(os.environ, PYTHONPATH=f"{site.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env["LSTMRS_BLOCK_PLUGINS"] = real
+    env.pop("LSTMRS_PLUGINS", None)
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "lstmrs.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    out = cli("plugins")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert "fake_good" in rows, out.stdout + out.stderr
+    assert "cells: good_cell" in rows["fake_good"]
+    assert "BROKEN: failed to import" in rows["fake_broken"]
+    assert "No module named 'no_such_module_anywhere'" in rows["fake_broken"]
+    assert out.stderr.count("PluginWarning") == 1
+    assert "LSTMRS_BLOCK_PLUGINS=fake_broken" in out.stderr
+    run = tmp_path / "run"
+    small = ["data.seq_len=6", "data.n_train=64", "data.n_val=16", "data.n_test=16"]
+    small += ["train.epochs=1", "model.hidden_size=4"]
+    sets = [a for kv in small for a in ("--set", kv)]
+    out = cli("train", "--cell", "good_cell", "--run-dir", str(run), "--no-plots", *sets)
+    assert out.returncode == 0, out.stderr
+    assert 'cell = "good_cell"' in (run / "config.toml").read_text()
+    assert json.loads((run / "state.json").read_text())["status"] == "completed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,12 +626,21 @@ def test_plugins_command_table_and_json(site, capsys):
         assert "No lstmrs plugins installed" in capsys.readouterr().out
 
 
-def test_plugins_command_reports_errors(site, capsys):
+def test_plugins_command_reports_clashes(site, capsys):
     site("fake-one", ELMAN_SRC.format(version="1", cell="dup"))
     site("fake-two", ELMAN_SRC.format(version="1", cell="dup"))
-    with isolated_plugins(load=None):
+    with plugin_warnings() as w, isolated_plugins(load=None):
+        assert plugins_command([]) == 0
+        out = capsys.readouterr().out
+    assert len(w) == 1
+    assert "clash: cell 'dup' is registered by 'fake_one' and 'fake_two'" in out
+
+
+def test_plugins_command_reports_errors_of_run_time_plugins(capsys):
+    plugin = _plugin(register_cells=lambda register: 1 / 0)
+    with register_temporarily(plugin, name="live"):
         assert plugins_command([]) == 1
-        assert "registered by both 'fake_one' and 'fake_two'" in capsys.readouterr().err
+        assert "'live' failed in lstmrs_register_cells" in capsys.readouterr().err
 
 
 def test_reset_manager_builds_a_fresh_one_from_the_environment(monkeypatch):

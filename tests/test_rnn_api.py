@@ -679,3 +679,26 @@ def test_public_names():
     ]:
         assert name in lstmrs.__all__ and hasattr(lstmrs, name)
     assert lstmrs.__version__.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: GRU(3, 8, num_layers=1, seed=0), "GRU"),
+        (lambda: lstmrs.RNN(3, 8, cell="gru", seed=0), "gru"),
+    ],
+)
+def test_a_pair_of_states_for_a_one_state_cell_says_so(make, name):
+    rnn = make()
+    x = np.zeros((2, 5, 3), dtype=np.float32)
+    h0 = np.zeros((1, 2, 8), dtype=np.float32)
+    for pair in ((h0, h0.copy()), [h0, h0.copy()]):
+        with pytest.raises(
+            lstmrs.ShapeError, match=rf"'{name}' has one state \(h\), so pass h0 alone"
+        ):
+            rnn(x, pair)
+    # h0 alone works; a wrong shape that is not a pair keeps the plain shape message.
+    assert rnn(x, h0)[1].shape == (1, 2, 8)
+    with pytest.raises(lstmrs.ShapeError, match="h0") as e:
+        rnn(x, np.zeros((1, 3, 8), dtype=np.float32))
+    assert "one state" not in str(e.value)

@@ -93,8 +93,6 @@ class Expr:
     with ``+``, ``-``, ``*``, numbers and the functions of this module."""
 
     __slots__ = ("_args", "_attr", "_cell", "_id", "_op")
-    # NumPy must hand `np.float64(2) * expr` back to Expr.__rmul__ instead of broadcasting.
-    __array_ufunc__ = None
 
     def __init__(self, cell: Cell, ident: int, op: str, args: tuple, attr: Any) -> None:
         self._cell = cell
@@ -128,8 +126,13 @@ class Expr:
             return other
         if _is_number(other):
             return self._cell.const(other)
+        hint = (
+            " (per-unit values are parameters: c.param(name))"
+            if isinstance(other, np.ndarray)
+            else ""
+        )
         raise UnsupportedOperationError(
-            f"{op}: expected an expression or a Python number, got {type(other).__name__}"
+            f"{op}: expected an expression or a Python number, got {type(other).__name__}{hint}"
         )
 
     def __add__(self, other: Any) -> Expr:
@@ -162,12 +165,36 @@ class Expr:
 
     def _unsupported(self, what: str, hint: str = "") -> UnsupportedOperationError:
         return UnsupportedOperationError(
-            f"{what} is not supported in a cell expression (ops: +, -, *, unary -, 1 - x, "
-            f"sigmoid, tanh, relu, square){hint}"
+            f"{what} is not supported in a cell expression (it has {_LANGUAGE}){hint}"
         )
 
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # NumPy scalars times expressions (`np.float64(2) * x`) arrive here as ufunc calls:
+        # + - * and unary - become graph nodes; every other ufunc (np.exp(x), np.maximum, ...)
+        # is refused with its name and what to write instead.
+        name = getattr(ufunc, "__name__", str(ufunc))
+        arithmetic = _UFUNC_ARITHMETIC.get(name)
+        arrays = [a for a in inputs if isinstance(a, np.ndarray) and a.ndim > 0]
+        if arithmetic is None or method != "__call__" or kwargs or arrays:
+            if arithmetic is not None and arrays:
+                hint = (
+                    "; a NumPy array is not a constant of the graph: per-unit values are "
+                    "parameters (c.param(name)), constants are Python numbers"
+                )
+            else:
+                instead = _INSTEAD.get(name)
+                hint = f"; write {instead} instead" if instead else ""
+            call = f"numpy.{name}" + ("" if method == "__call__" else f".{method}")
+            raise self._unsupported(f"{call}(...) on an expression", hint)
+        if len(inputs) == 1:
+            return getattr(self, arithmetic)()
+        a, b = inputs
+        if a is self:
+            return getattr(self, arithmetic)(b)
+        return getattr(self, "__r" + arithmetic[2:])(a)
+
     def __truediv__(self, other: Any):
-        raise self._unsupported("division (/)", "; multiply by a constant instead, e.g. x * 0.5")
+        raise self._unsupported("division (/)", f"; write {_INSTEAD['true_divide']} instead")
 
     __rtruediv__ = __truediv__
 
@@ -182,10 +209,10 @@ class Expr:
     __rmod__ = __mod__
 
     def __pow__(self, other: Any, mod: Any = None):
-        raise self._unsupported("power (**)", "; use square(x) or x * x")
+        raise self._unsupported("power (**)", "; write square(x) or x * x instead")
 
     def __rpow__(self, other: Any):
-        raise self._unsupported("power (**)", "; exp is deliberately absent (unbounded)")
+        raise self._unsupported("power (**)", f"; write {_INSTEAD['exp']} instead")
 
     def __matmul__(self, other: Any):
         raise self._unsupported("matrix product (@)", "; the matrix products are x_gates / h_gates")
@@ -193,38 +220,93 @@ class Expr:
     __rmatmul__ = __matmul__
 
     def __abs__(self):
-        raise self._unsupported("abs()", "; use relu(x) + relu(-x)")
+        raise self._unsupported("abs()", f"; write {_INSTEAD['absolute']} instead")
+
+    def _compare(self, op: str) -> UnsupportedOperationError:
+        # max()/min() reach an expression only through a comparison: say so.
+        return self._unsupported(
+            f"comparison ({op}), which is also what max() and min() do,",
+            f"; write {_INSTEAD['maximum']} for max(a, b), {_INSTEAD['minimum']} for "
+            "min(a, b), relu(x) for max(x, 0)",
+        )
 
     def __lt__(self, other: Any):
-        raise self._unsupported("comparison (<)")
+        raise self._compare("<")
 
     def __le__(self, other: Any):
-        raise self._unsupported("comparison (<=)")
+        raise self._compare("<=")
 
     def __gt__(self, other: Any):
-        raise self._unsupported("comparison (>)")
+        raise self._compare(">")
 
     def __ge__(self, other: Any):
-        raise self._unsupported("comparison (>=)")
+        raise self._compare(">=")
 
     def __eq__(self, other: object):  # type: ignore[override]
-        raise self._unsupported("comparison (==)")
+        raise self._unsupported("comparison (==)", "; the graph has no branches")
 
     def __ne__(self, other: object):  # type: ignore[override]
-        raise self._unsupported("comparison (!=)")
+        raise self._unsupported("comparison (!=)", "; the graph has no branches")
 
     __hash__ = object.__hash__
 
     def __bool__(self):
         raise self._unsupported(
-            "truth value (if / and / or / max / min)", "; the graph has no branches"
+            "truth value (if / and / or / max / min)",
+            f"; the graph has no branches: write {_INSTEAD['maximum']} for max(a, b), "
+            f"{_INSTEAD['minimum']} for min(a, b)",
         )
 
     def __float__(self):
-        raise self._unsupported("float()", "; an expression has no value until the cell runs")
+        # The math module's functions (math.exp, math.tanh, ...) convert with float() first.
+        raise self._unsupported(
+            "float(), which math.exp, math.tanh, math.log and every math function call first,",
+            "; an expression has no value until the cell runs: write the lstmrs.cells "
+            "functions instead (tanh(x) for math.tanh(x), sigmoid(x) for 1 / (1 + math.exp(-x))"
+            ", square(x) for math.pow(x, 2))",
+        )
 
     def __index__(self):
-        raise self._unsupported("int()")
+        raise self._unsupported("int()", "; an expression has no value until the cell runs")
+
+
+_LANGUAGE = "+, -, *, unary -, 1 - x, sigmoid, tanh, relu, square"
+#: NumPy ufuncs that are the language's own arithmetic, and the Expr method each one is.
+_UFUNC_ARITHMETIC = {
+    "add": "__add__",
+    "subtract": "__sub__",
+    "multiply": "__mul__",
+    "negative": "__neg__",
+    "positive": "__pos__",
+}
+#: What to write instead of an operation the language lacks (keyed by NumPy ufunc name).
+_INSTEAD = {
+    "exp": "sigmoid(x) for a gate or tanh(x) for a candidate (exp is unbounded, so absent)",
+    "tanh": "lstmrs.cells.tanh(x)",
+    "square": "lstmrs.cells.square(x)",
+    "maximum": "relu(a - b) + b",
+    "minimum": "a - relu(a - b)",
+    "absolute": "relu(x) + relu(-x)",
+    "true_divide": "a multiplication by a constant (x * 0.5)",
+    "sqrt": "a gate (sigmoid) or a constant scale: the language has no roots",
+    "log": "tanh or sigmoid of the projection: the language has no logarithm",
+}
+for _alias, _of in (
+    ("exp2", "exp"),
+    ("expm1", "exp"),
+    ("power", "square"),
+    ("float_power", "square"),
+    ("fmax", "maximum"),
+    ("fmin", "minimum"),
+    ("fabs", "absolute"),
+    ("divide", "true_divide"),
+    ("reciprocal", "true_divide"),
+    ("floor_divide", "true_divide"),
+    ("log1p", "log"),
+    ("log2", "log"),
+    ("log10", "log"),
+):
+    _INSTEAD[_alias] = _INSTEAD[_of]
 
 
 def _unary(op: str, x: Any) -> Expr:

@@ -283,7 +283,24 @@ def cmd_train(args) -> int:
     return train_run(task, cfg, run, resume=args.resume, say=say, make_plots=not args.no_plots)
 
 
-def train_run(
+def train_run(task, cfg: dict, run: RunDir, **kwargs: Any) -> int:
+    """Prepares the data, trains (or continues) and evaluates; writes the run directory.
+    Keyword arguments: ``resume``, ``say``, ``make_plots`` (default True) and
+    ``extra_callbacks`` (run after the runner's own: ``lstmrs tune`` reports to its trial).
+    A run that raises is marked ``status = "failed"`` (with the error) in its state, unless a
+    callback already gave it another status (``lstmrs tune`` marks a pruned trial "pruned")."""
+    try:
+        return _train_run(task, cfg, run, **kwargs)
+    except Exception as e:
+        try:
+            if run.read_state().get("status") in (None, "preparing", "training"):
+                run.update_state(status="failed", error=f"{type(e).__name__}: {e}")
+        except (OSError, ValueError):  # the run directory itself is the problem: keep `e`
+            pass
+        raise
+
+
+def _train_run(
     task,
     cfg: dict,
     run: RunDir,
@@ -293,8 +310,6 @@ def train_run(
     make_plots: bool = True,
     extra_callbacks=(),
 ) -> int:
-    """Prepares the data, trains (or continues) and evaluates; writes the run directory.
-    ``extra_callbacks`` run after the runner's own (``lstmrs tune`` reports to its trial)."""
     from .models import Model
 
     verb = "continuing" if resume else "training"

@@ -653,7 +653,18 @@ class _RNNBase:
                 self._state_array(names[0], f"{arg}[0]", state[0], batch, unbatched),
                 self._state_array(names[1], f"{arg}[1]", state[1], batch, unbatched),
             )
-        return self._state_array(names[0], arg, state, batch, unbatched), None
+        try:
+            return self._state_array(names[0], arg, state, batch, unbatched), None
+        except ShapeError:
+            if isinstance(state, (tuple, list)) and len(state) == 2:
+                # An LSTM-style (h0, c0) pair given to a cell with one state.
+                cell = getattr(self, "cell", None) or type(self).__name__
+                raise ShapeError(
+                    f"{arg}: the cell {cell!r} has one state (h), so pass {names[0]} alone, "
+                    f"not a pair ({names[0]}, {names[1]}); got a {type(state).__name__} of "
+                    f"two: {_describe(state[0])} and {_describe(state[1])}"
+                ) from None
+            raise
 
     def _lengths(self, lengths: Any, batch: int, seq_len: int, unbatched: bool):
         if lengths is None:

@@ -35,6 +35,7 @@ from .manager import (
     Command,
     LstmrsPluginManager,
     PluginError,
+    PluginWarning,
     create_manager,
     get_manager,
     hookimpl,
@@ -48,6 +49,7 @@ __all__ = [
     "Command",
     "LstmrsPluginManager",
     "PluginError",
+    "PluginWarning",
     "create_manager",
     "get_cells",
     "get_commands",
@@ -55,6 +57,7 @@ __all__ = [
     "get_optimizers",
     "get_tasks",
     "hookimpl",
+    "list_clashes",
     "list_plugins",
     "lookup",
     "notify_epoch_end",
@@ -123,7 +126,9 @@ def notify_train_end(model: Any, history: Any) -> None:
 def list_plugins(include_builtin: bool = True) -> list[dict[str, Any]]:
     """One dict per registered plugin, in registration order: ``name``, ``version``,
     ``package`` (the distribution, None for a plugin registered at run time), ``builtin``,
-    ``hooks`` (the hooks it implements) and, per category, the names it registered."""
+    ``hooks`` (the hooks it implements), per category the names it registered, and ``broken``:
+    None, or why an installed plugin was disabled (it failed to import or register; such a
+    plugin comes after the working ones and registers nothing)."""
     pm = get_manager()
     regs = pm.registries()
     out = []
@@ -147,8 +152,23 @@ def list_plugins(include_builtin: bool = True) -> list[dict[str, Any]]:
         }
         for cat in CATEGORIES:
             info[cat] = sorted(k for k, owner in regs[cat].owners.items() if owner == name)
+        info["broken"] = None
         out.append(info)
+    for name, why in sorted(pm.broken.items()):
+        row = {"name": name, "version": why["version"], "package": why["package"]}
+        row.update({"builtin": False, "hooks": [], **{cat: [] for cat in CATEGORIES}})
+        row["broken"] = why["reason"]
+        out.append(row)
     return out
+
+
+def list_clashes() -> list[dict[str, str]]:
+    """Every name two plugins registered in one category: ``category``, ``name``, ``kept``
+    (the plugin the name resolves to) and ``refused`` (the one whose object was dropped)."""
+    pm = get_manager()
+    pm.registries()
+    keys = ("category", "name", "kept", "refused")
+    return [dict(zip(keys, c)) for c in pm.clashes]
 
 
 def _lstmrs_version() -> str | None:
@@ -164,6 +184,11 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     header = ("NAME", "VERSION", "PACKAGE", "PROVIDES")
     lines = []
     for r in rows:
+        if r["broken"]:
+            lines.append(
+                (r["name"], r["version"] or "-", r["package"] or "-", "BROKEN: " + r["broken"])
+            )
+            continue
         parts = [f"{cat}: {', '.join(r[cat])}" for cat in CATEGORIES if r[cat]]
         observers = [h for h in r["hooks"] if not h.startswith("lstmrs_register_")]
         if observers:
@@ -187,13 +212,25 @@ def plugins_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = list_plugins(include_builtin=args.all)
+        clashes = list_clashes()
     except PluginError as e:
         print(f"lstmrs plugins: error: {e}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(rows, indent=2))
-    elif not rows:
+        return 0
+    if not rows:
         print("No lstmrs plugins installed (`lstmrs plugins --all` shows the built-ins).")
     else:
         print(_format_table(rows))
+    for c in clashes:
+        print(
+            f"clash: {c['category'][:-1]} {c['name']!r} is registered by {c['kept']!r} and "
+            f"{c['refused']!r}; it resolves to {c['kept']!r}'s"
+        )
+    if any(r["broken"] for r in rows):
+        print(
+            "Broken plugins are disabled; uninstall them or list them in LSTMRS_BLOCK_PLUGINS "
+            "(comma-separated)."
+        )
     return 0

@@ -3,12 +3,14 @@
 A plugin is a module (or any object) with functions named after these hooks, marked with
 :data:`lstmrs.plugins.hookimpl` (unmarked functions whose names start with ``lstmrs_`` are
 taken as implementations too, as pytest does for ``pytest_``). A function with the
-``lstmrs_`` prefix that matches no hook here is an error, so a misspelt hook never goes
-silently unused. Implementations may accept a subset of the arguments.
+``lstmrs_`` prefix that matches no hook here is an error (an installed plugin with one is
+disabled, with a warning), so a misspelt hook never goes silently unused. Implementations may accept a subset of the arguments.
 
 Registration hooks are called once, the first time the registry they fill is needed (for
-example :func:`lstmrs.plugins.get_cells`). Names are lowercase identifiers; two plugins that
-register the same name in one category is an error naming both.
+example :func:`lstmrs.plugins.get_cells`). Names are lowercase identifiers. When two plugins
+register the same name in one category, the first keeps it (the built-ins first) and a
+:class:`lstmrs.plugins.PluginWarning` names both; an installed plugin whose hook raises or
+registers something invalid is disabled with a warning (see :mod:`lstmrs.plugins.manager`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,16 @@ something needs it (a registry, a lifecycle hook, ``lstmrs plugins``). Environme
 * ``LSTMRS_BLOCK_PLUGINS``: comma-separated plugin names never to load.
 * ``LSTMRS_TRACE_PLUGINS=1``: print every hook call and its result to stderr (pluggy tracing).
 
+Isolation: an installed plugin that fails to import, implements a misspelt hook, or raises or
+registers something invalid inside a registration hook is reported once (a
+:class:`PluginWarning` naming its package and ``LSTMRS_BLOCK_PLUGINS``), disabled, and listed in
+:attr:`LstmrsPluginManager.broken`; the built-ins and every other plugin keep working. A name
+registered twice in one category keeps its first owner (the built-ins first, then plugins in
+entry-point-name order) and every clash is reported naming both plugins and their packages, so a
+clash never changes what another name resolves to. A plugin registered at run time by Python
+code (``pm.register``, :func:`lstmrs.testing.register_temporarily`) is not isolated: its errors
+raise :class:`PluginError` in the code that registered it.
+
 The built-in cells and optimizers are registered through the same hooks by
 :mod:`lstmrs.plugins.builtin`, so a plugin's names live in one namespace with them.
 """
@@ -37,6 +47,7 @@ __all__ = [
     "Command",
     "LstmrsPluginManager",
     "PluginError",
+    "PluginWarning",
     "get_manager",
     "hookimpl",
     "reset_manager",
@@ -58,6 +69,19 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 class PluginError(LstmrsError, RuntimeError):
     """A plugin cannot be loaded or registers something invalid (a misspelt hook, a name
     another plugin already registered, an object of the wrong kind)."""
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin was disabled (it failed to load or register) or two plugins
+    registered one name; the message names the packages and how to block one."""
+
+
+class _Broken(Exception):
+    """Internal: an isolated plugin failed inside a registration hook."""
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        super().__init__(reason)
+        self.plugin, self.reason = plugin, reason
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,12 @@ class LstmrsPluginManager(pluggy.PluginManager):
         self._registries: dict[str, _Registry] | None = None
         #: plugin name -> (distribution name, version) for plugins loaded from entry points.
         self.distributions: dict[str, tuple[str, str]] = {}
+        #: plugin name -> {"package", "version", "reason"} for installed plugins disabled
+        #: because they failed to import or register.
+        self.broken: dict[str, dict[str, Any]] = {}
+        #: (category, name, kept owner, refused owner) for every name registered twice.
+        self.clashes: list[tuple[str, str, str, str]] = []
+        self._reported: set[str] = set()
 
     # Registration -------------------------------------------------------------------------------
 
@@ -131,10 +161,10 @@ class LstmrsPluginManager(pluggy.PluginManager):
             self._registries = None
         return result
 
-    def check_pending(self) -> None:
-        """Raises :class:`PluginError` for an ``lstmrs_*`` implementation that matches no hook
-        (usually a misspelling), naming the plugin and the closest hook."""
+    def _misspelt_hooks(self) -> list[tuple[str, str]]:
+        """(plugin name, message) for every ``lstmrs_*`` implementation that matches no hook."""
         known = sorted(n for n in dir(hookspecs) if n.startswith(HOOK_PREFIX))
+        found = []
         for name in list(vars(self.hook)):
             if name.startswith("_"):
                 continue
@@ -146,10 +176,51 @@ class LstmrsPluginManager(pluggy.PluginManager):
                     continue
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise PluginError(
-                    f"plugin {impl.plugin_name!r} implements {name!r}, which is not an lstmrs "
-                    f"hook.{hint} Hooks: {', '.join(known)}"
+                message = (
+                    f"plugin {impl.plugin_name!r} implements {name!r}, which is not an "
+                    f"lstmrs hook.{hint} Hooks: {', '.join(known)}"
                 )
+                found.append((impl.plugin_name, message))
+        return found
+
+    def check_pending(self) -> None:
+        """Raises :class:`PluginError` for an ``lstmrs_*`` implementation that matches no hook
+        (usually a misspelling), naming the plugin and the closest hook."""
+        for _, message in self._misspelt_hooks():
+            raise PluginError(message)
+
+    def _report(self, message: str) -> None:
+        # Once per manager: registries are re-collected after every (un)registration.
+        if message not in self._reported:
+            self._reported.add(message)
+            # Not attributed to a line of lstmrs (which would print that line under it): the
+            # message names the plugin and its package.
+            warnings.warn_explicit(
+                message, PluginWarning, filename="lstmrs", lineno=0, module="lstmrs.plugins"
+            )
+
+    def _package(self, plugin: str) -> str:
+        if plugin == BUILTIN:
+            return "lstmrs"
+        info = self.distributions.get(plugin) or self.broken.get(plugin)
+        if info is None:
+            return "registered at run time"
+        package, version = (info["package"], info["version"]) if isinstance(info, dict) else info
+        return f"{package} {version}"
+
+    def _disable(self, plugin: str, package: str, version: str, reason: str) -> None:
+        """Unregisters an installed plugin that failed, records why and warns once."""
+        with self._lock:
+            if self.has_plugin(plugin):
+                super().unregister(name=plugin)
+            self.distributions.pop(plugin, None)
+            self.broken[plugin] = {"package": package, "version": version, "reason": reason}
+            self._registries = None
+        self._report(
+            f"lstmrs plugin {plugin!r} (package {package} {version}) is disabled: {reason}. "
+            f"Everything else still works; uninstall it (pip uninstall {package}) or set "
+            f"LSTMRS_BLOCK_PLUGINS={plugin} to silence this"
+        )
 
     def load_entrypoints(
         self, only: list[str] | None = None, blocked: list[str] | None = None
@@ -167,6 +238,7 @@ class LstmrsPluginManager(pluggy.PluginManager):
                 self.set_blocked(n)
         blocked_norm = {_norm(n) for n in blocked or ()}
         found: dict[str, tuple[str, Any]] = {}  # entry-point name -> (package, distribution)
+        claimed: dict[str, list[tuple[str, str]]] = {}  # entry-point name -> [(package, version)]
         eps = []
         seen: set[str] = set()
         for dist in importlib.metadata.distributions():
@@ -177,13 +249,10 @@ class LstmrsPluginManager(pluggy.PluginManager):
             for ep in dist.entry_points:
                 if ep.group != ENTRY_POINT_GROUP:
                     continue
-                if ep.name in found:
-                    raise PluginError(
-                        f"plugin name {ep.name!r} is claimed by two installed packages: "
-                        f"{found[ep.name][0]!r} and {package!r}; uninstall one"
-                    )
-                found[ep.name] = (package, dist)
-                eps.append(ep)
+                claimed.setdefault(ep.name, []).append((package, dist.version))
+                if ep.name not in found:
+                    found[ep.name] = (package, dist)
+                    eps.append(ep)
         loaded: list[str] = []
         # Sorted, so registration order (and the registries' order) does not depend on sys.path.
         for ep in sorted(eps, key=lambda e: e.name):
@@ -193,15 +262,37 @@ class LstmrsPluginManager(pluggy.PluginManager):
                 continue
             if wanted is not None and not names & wanted:
                 continue
+            owners = claimed[ep.name]
+            if len(owners) > 1:
+                # Which one Python would import depends on sys.path: load neither.
+                both = " and ".join(f"{p} {v}" for p, v in sorted(owners))
+                self._disable(
+                    ep.name,
+                    package,
+                    dist.version,
+                    f"the plugin name {ep.name!r} is claimed by two installed packages: {both}; "
+                    "uninstall one",
+                )
+                continue
             try:
                 plugin = ep.load()
-            except Exception as e:
-                raise PluginError(
-                    f"plugin {ep.name!r} (package {package} {dist.version}) failed to "
-                    f"import {ep.value!r}: {type(e).__name__}: {e}. Uninstall it or set "
-                    f"LSTMRS_BLOCK_PLUGINS={ep.name}"
-                ) from e
-            self.register(plugin, name=ep.name)
+            except Exception as e:  # noqa: BLE001  (any import failure disables only this plugin)
+                self._disable(
+                    ep.name,
+                    package,
+                    dist.version,
+                    f"failed to import {ep.value!r}: {type(e).__name__}: {e}",
+                )
+                continue
+            try:
+                self.register(plugin, name=ep.name)
+            except PluginError as e:
+                self._disable(ep.name, package, dist.version, str(e))
+                continue
+            misspelt = [m for who, m in self._misspelt_hooks() if who == ep.name]
+            if misspelt:
+                self._disable(ep.name, package, dist.version, misspelt[0])
+                continue
             self.distributions[ep.name] = (package, dist.version)
             loaded.append(ep.name)
         if wanted is not None:
@@ -219,15 +310,24 @@ class LstmrsPluginManager(pluggy.PluginManager):
 
     def registries(self, *categories: str) -> dict[str, _Registry]:
         """The registries of ``categories`` (default: all), each collected from its hook on
-        first use and cached until a plugin is registered or unregistered."""
+        first use and cached until a plugin is registered or unregistered. An installed plugin
+        that fails in a registration hook is disabled (:meth:`_disable`) and the registries are
+        collected again without it."""
         with self._lock:
-            if self._registries is None:
-                self.check_pending()
-                self._registries = {}
-            for c in categories or CATEGORIES:
-                if c not in self._registries:
-                    self._registries[c] = self._collect(c)
-            return dict(self._registries)
+            while True:
+                if self._registries is None:
+                    self.check_pending()
+                    self._registries = {}
+                    self.clashes = []
+                try:
+                    for c in categories or CATEGORIES:
+                        if c not in self._registries:
+                            self._registries[c] = self._collect(c)
+                except _Broken as b:
+                    package, version = self.distributions[b.plugin]
+                    self._disable(b.plugin, package, version, b.reason)
+                    continue
+                return dict(self._registries)
 
     def _collect(self, category: str) -> _Registry:
         hook_name = _HOOKS[category]
@@ -242,18 +342,40 @@ class LstmrsPluginManager(pluggy.PluginManager):
         for plugin in plugins:
             pname = self.get_name(plugin) or repr(plugin)
             sub = self.subset_hook_caller(hook_name, [p for p in plugins if p is not plugin])
-            register, close = self._registrar(category, pname, reg)
+            # What this plugin registers goes into a scratch registry first, so a plugin that
+            # fails half-way leaves nothing behind.
+            own = _Registry()
+            register, close = self._registrar(category, pname, own)
             self.trace(f"{hook_name}: plugin {pname!r}")
             try:
                 sub(register=register)
-            except PluginError:
-                raise
             except Exception as e:
-                raise PluginError(
-                    f"plugin {pname!r} failed in {hook_name}: {type(e).__name__}: {e}"
-                ) from e
+                reason = (
+                    str(e)
+                    if isinstance(e, PluginError)
+                    else f"plugin {pname!r} failed in {hook_name}: {type(e).__name__}: {e}"
+                )
+                if pname in self.distributions:
+                    raise _Broken(pname, reason) from e
+                if isinstance(e, PluginError):
+                    raise
+                raise PluginError(reason) from e
             finally:
                 close()
+            what = _SINGULAR[category]
+            for name, obj in own.objects.items():
+                if name in reg.objects:
+                    kept = reg.owners[name]
+                    self.clashes.append((category, name, kept, pname))
+                    self._report(
+                        f"{what} {name!r} is registered by both {kept!r} (package "
+                        f"{self._package(kept)}) and {pname!r} (package {self._package(pname)});"
+                        f" {name!r} stays {kept!r}'s. Uninstall one of them or block one with "
+                        f"LSTMRS_BLOCK_PLUGINS={pname if pname != BUILTIN else kept}"
+                    )
+                    continue
+                reg.objects[name] = obj
+                reg.owners[name] = pname
         return reg
 
     def _registrar(self, category: str, plugin: str, reg: _Registry):
@@ -268,12 +390,7 @@ class LstmrsPluginManager(pluggy.PluginManager):
                     "identifiers (letters, digits, '_', starting with a letter)"
                 )
             if name in reg.objects:
-                other = reg.owners[name]
-                who = f"both {other!r} and {plugin!r}" if other != plugin else f"{plugin!r} twice"
-                raise PluginError(
-                    f"{what} {name!r} is registered by {who}; uninstall or block one of them "
-                    f"(LSTMRS_BLOCK_PLUGINS)"
-                )
+                raise PluginError(f"plugin {plugin!r} registered the {what} {name!r} twice")
             reg.objects[name] = obj
             reg.owners[name] = plugin
 

@@ -30,7 +30,7 @@ import pluggy
 
 from .. import config as C
 from ..callbacks import ReduceLROnPlateau
-from ..errors import InvalidArgumentError
+from ..errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -39,6 +39,7 @@ __all__ = [
     "PluginTask",
     "Prepared",
     "Task",
+    "check_task_data",
     "compile_model",
     "lstmrs_register_tasks",
     "model_kwargs",
@@ -339,6 +340,103 @@ def split_fractions(n: int, val: float, test: float, what: str) -> tuple[int, in
 # Plugin tasks that only make data
 
 
+def _loss_name(loss: Any) -> str:
+    if isinstance(loss, dict):
+        return str(loss.get("name", ""))
+    return loss if isinstance(loss, str) else str(getattr(loss, "name", ""))
+
+
+def check_task_data(result: Any, where: str, kwargs: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """Checks what a task's ``make_data`` returned before anything trains on it, against the
+    :class:`lstmrs.Model` arguments ``kwargs`` the run will use; returns ``(X, y)`` as arrays.
+
+    ``where`` names the task and its plugin in the errors: :class:`~lstmrs.errors.DTypeError`
+    (not an ``(X, y)`` pair, not numeric, token ids that are not integers),
+    :class:`~lstmrs.errors.ShapeError` (ranks, no sequences, ``len(X) != len(y)``),
+    :class:`~lstmrs.errors.NonFiniteError` (NaN or infinity) and
+    :class:`~lstmrs.errors.InvalidArgumentError` (token ids or class labels out of range)."""
+    what = f"{where}: make_data(config, seed)"
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        got = type(result).__name__ if not isinstance(result, (tuple, list)) else len(result)
+        raise DTypeError(f"{what} must return a pair (X, y) of arrays, got {got}")
+    arrays = []
+    for label, value in zip(("X", "y"), result):
+        if value is None:
+            raise DTypeError(f"{what} returned None for {label}; expected a NumPy array")
+        try:
+            a = np.asarray(value)
+        except (TypeError, ValueError) as e:  # ragged lists
+            raise DTypeError(f"{what}: {label} is not an array ({type(e).__name__}: {e})") from e
+        if a.dtype.kind not in "biuf":
+            raise DTypeError(
+                f"{what}: {label} has dtype {a.dtype} ({type(value).__name__}); expected numbers "
+                "(float features or labels, integer token ids or class labels)"
+            )
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise NonFiniteError(f"{what}: {label} holds NaN or infinity")
+        arrays.append(a)
+    x, y = arrays
+    if x.ndim not in (2, 3) or x.shape[0] == 0:
+        raise ShapeError(
+            f"{what}: X has shape {x.shape}; expected (N, T) token ids or univariate values, "
+            "or (N, T, features), with N > 0 sequences"
+        )
+    if y.ndim == 0 or len(y) != len(x):
+        raise ShapeError(
+            f"{what}: X has {len(x)} sequences and y has "
+            f"{'a scalar' if y.ndim == 0 else f'{len(y)} targets'} (shapes {x.shape} and "
+            f"{y.shape}); expected one target row per sequence"
+        )
+    vocab = kwargs.get("vocab_size")
+    if vocab is not None:
+        if x.dtype.kind not in "iu" or x.ndim != 2:
+            raise DTypeError(
+                f"{what}: model_kwargs() gives vocab_size={vocab}, so X must hold integer token "
+                f"ids of shape (N, T); got {x.dtype} of shape {x.shape}"
+            )
+        if x.min() < 0 or x.max() >= vocab:
+            raise InvalidArgumentError(
+                f"{what}: X holds token ids from {x.min()} to {x.max()}; expected 0 <= id < "
+                f"vocab_size={vocab}"
+            )
+    elif x.dtype.kind in "iu":
+        raise DTypeError(
+            f"{what}: X holds integers ({x.dtype}) but model_kwargs() gives no vocab_size: "
+            "return float features, or token ids with vocab_size (and embedding_dim)"
+        )
+    loss = kwargs.get("loss", "mse")
+    name = _loss_name(loss)
+    if name == "cross_entropy":
+        if y.dtype.kind not in "iu":
+            raise DTypeError(
+                f"{what}: the cross_entropy loss needs integer class labels in y, got {y.dtype}"
+            )
+        classes = int(kwargs.get("output_size", 1))
+        ignore = loss.get("ignore_index") if isinstance(loss, dict) else None
+        labels = y if ignore is None else y[y != ignore]
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise InvalidArgumentError(
+                f"{what}: y holds class labels from {labels.min()} to {labels.max()}; expected "
+                f"0 <= label < output_size={classes}"
+                + ("" if ignore is None else f" (or ignore_index={ignore})")
+            )
+    elif name == "bce_with_logits" and y.size and (y.min() < 0 or y.max() > 1):
+        raise InvalidArgumentError(
+            f"{what}: the bce_with_logits loss needs targets in [0, 1], got {y.min()} to {y.max()}"
+        )
+    return x, y
+
+
+def _plugin_of(task: str) -> str | None:
+    """The plugin that registered ``task``, for error messages."""
+    try:  # local like registry_names(): the built-in plugin imports this module lazily
+        from ..plugins import get_manager
+
+        return get_manager().owner("tasks", task)
+    except ImportError:  # pragma: no cover - the registry ships with lstmrs
+        return None
+
+
 class PluginTask(Task):
     """Runs a registered task object that follows the registry's minimal protocol (``name``,
     ``description``, ``default_config`` (its data options), ``make_data(config, seed)``,
@@ -365,8 +463,9 @@ class PluginTask(Task):
         return dict(fn(config["data"])) if fn is not None else {}
 
     def prepare(self, config, state=None, whole=False):
-        x, y = self.inner.make_data(config["data"], config["seed"])
-        x, y = np.asarray(x), np.asarray(y)
+        where = f"task {self.name!r} of plugin {_plugin_of(self.name) or '(not registered)'!r}"
+        kwargs = {**model_kwargs(config), **self._kwargs(config)}
+        x, y = check_task_data(self.inner.make_data(config["data"], config["seed"]), where, kwargs)
         n = x.shape[0]
         n_val, n_test = split_fractions(
             n, config["eval"]["val_fraction"], config["eval"]["test_fraction"], "data"
