@@ -81,6 +81,10 @@ def test_study_end_to_end_and_best_toml_reruns(tmp_path, capsys):
     assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 4
     assert set(states) <= {"COMPLETE", "PRUNED"}
     assert result.counts == states
+    # The first trial runs the config's own values (tune.start_from_config).
+    first = study.get_trials()[0]
+    assert first.user_attrs.get("from_config") is True
+    assert first.params["model.hidden_size"] == 8 and first.params["model.cell"] == "lstm"
     # Every trial is a run directory with the sampled values in its config.
     for t in study.get_trials():
         run = t.user_attrs["run_dir"]

@@ -121,6 +121,7 @@ TUNE_DEFAULTS: dict[str, Any] = {
     "grace_period": 30,
     "retries": 2,
     "trial_plots": True,
+    "start_from_config": True,
 }
 
 _TUNE_RULES: dict[str, C.Rule] = {
@@ -142,6 +143,9 @@ _TUNE_RULES: dict[str, C.Rule] = {
     "tune.retries": C.Int(lo=0),
     # Whether every completed trial draws its run's plots (the best trial's always exist then).
     "tune.trial_plots": C.Bool(),
+    # The first trial of a new study runs the config's own values (where the space holds them):
+    # the search then never ends below what `lstmrs train` would give.
+    "tune.start_from_config": C.Bool(),
 }
 
 # Sections whose keys can be tuned (eval only changes how the test split is scored).
@@ -198,6 +202,13 @@ class Param:
 
     def active(self, values: dict[str, Any]) -> bool:
         return all(values.get(k) in allowed for k, allowed in self.when.items())
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is in this key's space."""
+        if self.kind == "categorical":
+            return value in self.choices
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and self.low <= value <= self.high
 
     def suggest(self, trial) -> Any:
         if self.kind == "categorical":
@@ -356,6 +367,7 @@ class Settings:
     grace_period: int
     retries: int
     trial_plots: bool
+    start_from_config: bool
     params: list[Param]
 
     def fingerprint(self, task: str) -> str:
@@ -618,6 +630,10 @@ def _pruner(settings: Settings):
     )
 
 
+# Study attribute set once the config's own values were queued as the first trial.
+START_ATTR = "lstmrs_start_enqueued"
+
+
 def _open_study(search: _Search, *, create: bool, seed: int):
     optuna = _optuna()
     storage = _storage(search.storage_url, search.settings)
@@ -638,6 +654,16 @@ def _open_study(search: _Search, *, create: bool, seed: int):
             raise TuneError(f"--resume: there is no {where}") from None
     # A study that goes on must not draw its first trials again: the seed moves on with it.
     study.sampler = _sampler(search.settings, seed + len(study.get_trials(deepcopy=False)))
+    if create and search.settings.start_from_config and not study.user_attrs.get(START_ATTR):
+        study.set_user_attr(START_ATTR, True)
+        flat = C.flatten(search.base)
+        start = {
+            p.key: flat[p.key]
+            for p in search.settings.params
+            if p.active(flat) and p.holds(flat.get(p.key))
+        }
+        if start:
+            study.enqueue_trial(start, user_attrs={"from_config": True})
     mine = search.settings.fingerprint(search.task.name)
     theirs = study.user_attrs.get(SEARCH_ATTR)
     if theirs is None:
