@@ -7,6 +7,7 @@
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
 
 use crate::config::{CellKind, RnnConfig};
+use crate::memory;
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
 use crate::matmul::{a_bt, Mat};
@@ -76,6 +77,12 @@ impl<T: Scalar> Stepper<T> {
             cfg.h_gate_width(),
         );
         let lstm = cfg.cell.has_cell_state();
+        // States and scratch: 2 [L, B, H] states and about G + 5 [B, H] rows.
+        let rows = (2 * l as u128 + cfg.cell.gate_count() as u128 * 2 + 5)
+            .checked_mul(h as u128)
+            .and_then(|r| r.checked_mul(batch as u128))
+            .and_then(|r| r.checked_mul(std::mem::size_of::<T>() as u128));
+        memory::check("batch", rows)?;
         Ok(Stepper {
             cell: cfg.cell,
             layers: l,
