@@ -13,13 +13,16 @@ from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import CheckpointError, load
 from .errors import (
+    DataFileError,
     DTypeError,
     InvalidArgumentError,
     LstmrsError,
+    MemoryLimitError,
     NonFiniteError,
     ShapeError,
 )
 from .gpu import gpu_available
+from .memory import get_memory_limit, set_memory_limit
 from .models import Loss, Model
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .streaming import Stepper
@@ -30,10 +33,12 @@ __all__ = [
     "RNN",
     "CheckpointError",
     "DTypeError",
+    "DataFileError",
     "History",
     "InvalidArgumentError",
     "Loss",
     "LstmrsError",
+    "MemoryLimitError",
     "Model",
     "NonFiniteError",
     "RnnGradients",
@@ -42,10 +47,12 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "get_memory_limit",
     "get_num_threads",
     "gpu_available",
     "load",
     "metrics",
     "optim",
+    "set_memory_limit",
     "set_num_threads",
 ]

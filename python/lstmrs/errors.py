@@ -13,9 +13,11 @@ from __future__ import annotations
 
 __all__ = [
     "DTypeError",
+    "DataFileError",
     "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
+    "MemoryLimitError",
     "NonFiniteError",
     "ShapeError",
 ]
@@ -44,3 +46,15 @@ class NonFiniteError(LstmrsError, ValueError):
 class GpuUnavailableError(LstmrsError, RuntimeError):
     """A GPU was asked for (``device="gpu"``) and cannot be used; the message gives the reason:
     ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""
+
+
+class MemoryLimitError(LstmrsError, MemoryError):
+    """A size would need more memory than the ceiling allows (checked before allocating); the
+    message names the argument, the bytes asked for and the limit. The ceiling defaults to the
+    machine's memory; :func:`lstmrs.set_memory_limit` or ``LSTMRS_MEMORY_LIMIT`` change it."""
+
+
+class DataFileError(LstmrsError, ValueError):
+    """A data file (``.npz``, ``.npy``, CSV, JSON) cannot be read: it is corrupt, truncated or
+    not of the format its name says. The message names the file; the original error is the
+    ``__cause__``."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
+from ..datasets import load_arrays
 from ..metrics import confusion_matrix, precision_recall_f1
 from . import Prepared, Task, model_kwargs
 
@@ -315,12 +316,7 @@ class ClassifyTask(Task):
     def _raw(self, d, fmt):
         """``(items, labels, ids, lengths)``: items are texts, or arrays ``[N, T(, F)]``."""
         if fmt == "npz":
-            try:
-                z = dict(np.load(d["path"], allow_pickle=False))
-            except (OSError, ValueError) as e:
-                raise C.ConfigError(
-                    f"config: data.path = {d['path']!r}: not a readable .npz ({e})"
-                ) from None
+            z = load_arrays(d["path"], "data.path")
             for k in ("X", "y"):
                 if k not in z:
                     raise C.ConfigError(
@@ -638,10 +634,10 @@ class ClassifyTask(Task):
             toks = [tokenize(r[tcol], d["tokens"], d["lowercase"]) for r in rows[1:]]
             x, lens = _encode(toks, vocab, d["max_len"], d["keep"])
         elif fmt == "npz":
-            with np.load(input_path, allow_pickle=False) as z:
-                if "X" not in z:
-                    raise C.ConfigError(f"--input: {input_path!r} has no array 'X'")
-                x, lens = _pad(list(z["X"]), z.get("lengths", None))
+            z = load_arrays(input_path, "--input")
+            if "X" not in z:
+                raise C.ConfigError(f"--input: {input_path!r} has no array 'X'")
+            x, lens = _pad(list(z["X"]), z.get("lengths", None))
         else:
             raw = self._raw(d, "csv")
             x, lens = _pad(raw["seqs"], None)

@@ -347,7 +347,7 @@ pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
 
 /// Bytes of the buffers a forward pass over `[T, B]` allocates (an upper estimate): per layer the
 /// input pre-activations, outputs and cell states of each direction; with a tape every layer's
-/// stay alive, without one only two layers' at a time. None when the size overflows.
+/// stay alive, without one only two consecutive layers' at a time. None when the size overflows.
 pub fn forward_bytes(
     cfg: &RnnConfig,
     seq_len: usize,
@@ -357,18 +357,20 @@ pub fn forward_bytes(
 ) -> Option<u128> {
     let h = cfg.hidden_size as u128;
     let nd = cfg.num_directions() as u128;
-    let per_step = (0..cfg.num_layers).try_fold((0u128, 0u128), |(sum, max), l| {
-        let gates = cfg.cell.gate_count() as u128 + 3;
-        let layer = nd
-            .checked_mul(h)?
-            .checked_mul(gates)?
-            .checked_add(cfg.layer_input_size(l) as u128)?;
-        Some((sum.checked_add(layer)?, max.max(layer)))
-    })?;
+    let layers = (0..cfg.num_layers)
+        .map(|l| {
+            let gates = cfg.cell.gate_count() as u128 + 3;
+            nd.checked_mul(h)?
+                .checked_mul(gates)?
+                .checked_add(cfg.layer_input_size(l) as u128)
+        })
+        .collect::<Option<Vec<u128>>>()?;
     let per_step = if keep_tape {
-        per_step.0
+        layers.iter().try_fold(0u128, |acc, &l| acc.checked_add(l))?
     } else {
-        per_step.1.checked_mul(2)?
+        // A layer's buffers live until the next layer's are made.
+        let pairs = layers.windows(2).map(|w| w[0].checked_add(w[1]));
+        pairs.chain([layers.first().copied()]).try_fold(0u128, |m, p| Some(m.max(p?)))?
     };
     memory::bytes_of(elem, &[seq_len, batch])?.checked_mul(per_step)
 }
