@@ -9,6 +9,7 @@
 """
 
 from . import callbacks, datasets, metrics, optim
+from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import CheckpointError, load
