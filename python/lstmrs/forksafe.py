@@ -23,8 +23,17 @@ __all__ = ["finish_pending_imports"]
 
 
 def finish_pending_imports() -> None:
-    """Waits until no module is half imported by another thread (importing it again blocks until
-    that thread has finished; a module the forking thread itself is importing returns at once)."""
+    """Waits until no module is being imported by another thread: takes and releases each module
+    import lock in use (the importing thread holds its module's lock from before the module
+    appears in ``sys.modules`` until it is initialised). A lock the forking thread holds itself
+    (a fork from module-level code) is re-entrant and returns at once."""
+    bootstrap = getattr(importlib, "_bootstrap", None)
+    locks = getattr(bootstrap, "_module_locks", None)
+    lock_unlock = getattr(bootstrap, "_lock_unlock_module", None)
+    if isinstance(locks, dict) and lock_unlock is not None:
+        for name in list(locks):
+            lock_unlock(name)
+    # Without those internals (another Python implementation): modules already in sys.modules.
     for name, module in list(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
         if spec is not None and getattr(spec, "_initializing", False):
