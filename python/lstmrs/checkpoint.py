@@ -354,8 +354,10 @@ def _check_model_sizes(model_cfg: dict, tensors: dict[str, np.ndarray], path: st
         last = _shape(tensors, f"head.{heads[-1]}.bias")
         want_int("output_size", last[0] if last else None)
         hidden = model_cfg.get("head_hidden", [])
-        if isinstance(hidden, int):
+        if isinstance(hidden, int) and not isinstance(hidden, bool):
             hidden = [hidden]
+        if not isinstance(hidden, list):
+            raise _field_error(path, "model.head_hidden", "a list of sizes", hidden)
         got = [(_shape(tensors, f"head.{k}.bias") or (None,))[0] for k in heads[:-1]]
         if list(hidden) != got:
             raise CheckpointError(

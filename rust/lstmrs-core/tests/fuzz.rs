@@ -96,7 +96,7 @@ fn dsl_parser_never_panics_on_text() {
     let b = fuzz("dsl_parser/mutated", 3000, mutated_description(), |s| {
         match CellSpec::from_json(&s) {
             Ok(spec) => prop_assert!(is_name(spec.name())),
-            Err(e) => prop_assert!(matches!(e, Error::Value { .. } | Error::Name { .. })),
+            Err(e) => prop_assert!(matches!(e, Error::Value { .. } | Error::Name { .. }), "{e}"),
         }
         Ok(())
     });
@@ -349,7 +349,7 @@ fn loading_weights_checks_every_length() {
             let values: Vec<f32> = (0..len).map(|k| fill[k % fill.len()]).collect();
             match p.set(name, &values) {
                 Ok(()) => prop_assert_eq!(p.get(name).unwrap(), &values[..]),
-                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Name { .. })),
+                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Name { .. }), "{e}"),
             }
             Ok(())
         },
@@ -395,7 +395,7 @@ fn forward_checks_shapes_lengths_and_states() {
                     prop_assert_eq!(out.output.len(), t * b * 4);
                     prop_assert!(out.output.iter().all(|v| v.is_finite()));
                 }
-                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Value { .. })),
+                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Value { .. }), "{e}"),
             }
             Ok(())
         },
