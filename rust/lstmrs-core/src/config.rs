@@ -2,8 +2,8 @@
 
 use crate::cellexpr::{CompiledCell, UnitParam};
 use crate::error::{Error, Result};
-use std::collections::HashMap;
 use crate::forklock::ForkRwLock;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// A compiled custom cell in the process-wide registry (see [`register_cell`]).

@@ -296,7 +296,10 @@ mod tests {
         let held = l.write();
         // What a forked child sees: the holder's thread is gone, the word still says "held".
         after_fork_in_child();
-        assert!(l.try_write().is_some(), "the child must be able to take the lock");
+        assert!(
+            l.try_write().is_some(),
+            "the child must be able to take the lock"
+        );
         // The stale guard's release must not disturb the new generation.
         let r = l.read();
         drop(held);

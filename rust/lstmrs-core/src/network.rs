@@ -366,11 +366,15 @@ pub fn forward_bytes(
         })
         .collect::<Option<Vec<u128>>>()?;
     let per_step = if keep_tape {
-        layers.iter().try_fold(0u128, |acc, &l| acc.checked_add(l))?
+        layers
+            .iter()
+            .try_fold(0u128, |acc, &l| acc.checked_add(l))?
     } else {
         // A layer's buffers live until the next layer's are made.
         let pairs = layers.windows(2).map(|w| w[0].checked_add(w[1]));
-        pairs.chain([layers.first().copied()]).try_fold(0u128, |m, p| Some(m.max(p?)))?
+        pairs
+            .chain([layers.first().copied()])
+            .try_fold(0u128, |m, p| Some(m.max(p?)))?
     };
     memory::bytes_of(elem, &[seq_len, batch])?.checked_mul(per_step)
 }
@@ -577,10 +581,7 @@ pub fn backward<'p, T: Scalar>(
         grads,
     )?;
     let (t, b) = (tape.seq_len, tape.batch);
-    memory::check(
-        "tape",
-        backward_bytes(&cfg, t, b, std::mem::size_of::<T>()),
-    )?;
+    memory::check("tape", backward_bytes(&cfg, t, b, std::mem::size_of::<T>()))?;
     let work = 2 * forward_work(&cfg, t, b);
     Ok(threads::install_for(work, || {
         backward_checked(params, tape, grads)

@@ -7,10 +7,10 @@
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
 
 use crate::config::{CellKind, RnnConfig};
-use crate::memory;
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
 use crate::matmul::{a_bt, Mat};
+use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::stream_kernel::{self, Kernel, Out, Product};

@@ -8,7 +8,9 @@
 use lstmrs_core::cellexpr::{is_name, CellSpec, MAX_NAME_LEN};
 use lstmrs_core::config::register_cell;
 use lstmrs_core::memory;
-use lstmrs_core::model::{Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling};
+use lstmrs_core::model::{
+    Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,
+};
 use lstmrs_core::{forward, Batch, CellKind, Error, ForwardOptions, Layout, RnnConfig, RnnParams};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -68,13 +70,19 @@ fn mutated_description() -> impl Strategy<Value = String> {
     (edits, 0usize..400).prop_map(|(edits, depth)| {
         let mut b = ELMAN.as_bytes().to_vec();
         for (pos, kind, byte) in edits {
-            let pos = pos.min(b.len().saturating_sub(1));
+            if b.is_empty() {
+                break;
+            }
+            let pos = pos.min(b.len() - 1);
             match kind {
                 0 => b[pos] = byte,
                 1 => {
                     b.remove(pos);
                 }
-                2 => b.insert(pos, b"{}[]\",:0-9e"[byte as usize % 12]),
+                2 => {
+                    let alphabet = b"{}[]\",:0-9e";
+                    b.insert(pos, alphabet[byte as usize % alphabet.len()])
+                }
                 _ => b.truncate(pos),
             }
         }
@@ -230,7 +238,14 @@ fn network_configs_error_or_allocate_within_the_limit() {
     let n = fuzz(
         "config/network",
         3000,
-        (size(), size(), size(), any::<bool>(), any::<bool>(), any::<bool>()),
+        (
+            size(),
+            size(),
+            size(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
         |(i, h, l, bidi, bias, gru)| {
             let cell = if gru { CellKind::Gru } else { CellKind::Lstm };
             let Ok(cfg) = RnnConfig::new(cell, i, h, l.min(8), bidi, bias) else {
@@ -349,7 +364,9 @@ fn loading_weights_checks_every_length() {
             let values: Vec<f32> = (0..len).map(|k| fill[k % fill.len()]).collect();
             match p.set(name, &values) {
                 Ok(()) => prop_assert_eq!(p.get(name).unwrap(), &values[..]),
-                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Name { .. }), "{e}"),
+                Err(e) => {
+                    prop_assert!(matches!(e, Error::Shape { .. } | Error::Name { .. }), "{e}")
+                }
             }
             Ok(())
         },
@@ -395,7 +412,10 @@ fn forward_checks_shapes_lengths_and_states() {
                     prop_assert_eq!(out.output.len(), t * b * 4);
                     prop_assert!(out.output.iter().all(|v| v.is_finite()));
                 }
-                Err(e) => prop_assert!(matches!(e, Error::Shape { .. } | Error::Value { .. }), "{e}"),
+                Err(e) => prop_assert!(
+                    matches!(e, Error::Shape { .. } | Error::Value { .. }),
+                    "{e}"
+                ),
             }
             Ok(())
         },

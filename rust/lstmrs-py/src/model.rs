@@ -3,6 +3,7 @@
 
 use crate::errors::{core_error, error, guarded, lift, Kind};
 use crate::rnn::{check_shape, read_lengths, readonly, slice, to_array, Float};
+use lstmrs_core::forklock::{ForkMutex, ForkRwLock};
 use lstmrs_core::model::{
     Activation, Clip, Device, InputKind, Loss, Model, ModelBatch, ModelConfig, ModelInput,
     ModelStepper, Pooling, Targets,
@@ -19,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
-use lstmrs_core::forklock::{ForkMutex, ForkRwLock};
 
 fn bad(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     error(py, Kind::InvalidArgument, msg)
@@ -1216,10 +1216,7 @@ impl StepperCore {
             guarded(|| m.step(s, x, out))
         };
         if self.work < STEP_DETACH_MIN_WORK {
-            if let (Some(m), Some(mut s)) = (
-                mc.model.try_read(),
-                self.inner.try_lock(),
-            ) {
+            if let (Some(m), Some(mut s)) = (mc.model.try_read(), self.inner.try_lock()) {
                 let contiguous = |e| bad(py, format!("x_t: {e}"));
                 // SAFETY: `step` checked the array type; the GIL is held until the step returns,
                 // so no Python code can write `x_t` meanwhile, and `out` is a new array nothing

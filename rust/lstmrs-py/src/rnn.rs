@@ -7,6 +7,7 @@
 //! finish, and other Python threads run while a forward or backward pass computes.
 
 use crate::errors::{core_error, error, guarded, lift, Kind};
+use lstmrs_core::forklock::{ForkRwLock, ReadGuard, WriteGuard};
 use lstmrs_core::{
     self as core, param_specs, Batch, CellKind, DType, ForwardOptions, GradOutputs, Layout,
     RnnConfig, RnnParams, Scalar,
@@ -18,7 +19,6 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::sync::atomic::{AtomicU64, Ordering};
-use lstmrs_core::forklock::{ForkRwLock, ReadGuard, WriteGuard};
 
 pub(crate) enum Params {
     F32(RnnParams<f32>),

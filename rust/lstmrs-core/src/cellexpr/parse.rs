@@ -338,7 +338,11 @@ fn name_rule() -> String {
 /// A name for a message: quoted, at most 80 characters of it.
 fn show_name(n: &str) -> String {
     if n.chars().count() > 80 {
-        format!("{:?}... ({} characters)", n.chars().take(80).collect::<String>(), n.chars().count())
+        format!(
+            "{:?}... ({} characters)",
+            n.chars().take(80).collect::<String>(),
+            n.chars().count()
+        )
     } else {
         format!("{n:?}")
     }
