@@ -21,11 +21,11 @@ from lstmrs import config as C
 from lstmrs.cells import CellSpec, is_name
 
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (the test extra)")
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("LSTMRS_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("LSTMRS_FUZZ_EXAMPLES", "300")),
     deadline=None,
     database=None,
     derandomize=True,
@@ -160,7 +160,9 @@ def test_layer_call_is_typed_error_or_equals_reference(call, seed):
         out, state = layer(x, hx, lengths=lens)
     except Exception as e:  # noqa: BLE001 - the property: every error is typed
         assert typed(e), f"untyped {type(e).__name__}: {e}"
+        event(f"typed error: {type(e).__name__}")
         return
+    event("result compared with the reference")
     # A result: the input was valid ([B, T, I], or [T, I] unbatched); compare with the reference.
     assert x.dtype.kind == "f" and np.isfinite(x).all()
     assert (len(shape) == 3 and shape[2] == i) or (len(shape) == 2 and shape[1] == i)
@@ -224,7 +226,9 @@ def test_model_config_is_typed_error_or_a_model_that_predicts(cfg):
         m = lstmrs.Model(seed=0, **cfg)
     except Exception as e:  # noqa: BLE001 - the property: every error is typed
         assert typed(e), f"{cfg}: untyped {type(e).__name__}: {e}"
+        event(f"typed error: {type(e).__name__}")
         return
+    event("model built and predicted")
     if m.get_config()["vocab_size"] is None:
         x = np.ones((2, 3, m.get_config()["input_size"]), m.dtype)
     else:
@@ -443,6 +447,7 @@ def test_checkpoint_config_edits_are_checkpoint_errors_or_load(saved_checkpoint,
         try:
             m = ckpt.load(path)
         except ckpt.CheckpointError:
+            event("CheckpointError")
             return
         except Exception as e:
             raise AssertionError(f"untyped {type(e).__name__}: {e}") from e

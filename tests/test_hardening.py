@@ -152,14 +152,14 @@ call = sys.argv[1]
 layer = lstmrs.LSTM(8, 256, seed=0)
 model = lstmrs.Model(input_size=8, hidden_size=128, output_size=2, seed=0)
 model.compile("adam", lr=1e-3)
-x = np.random.default_rng(0).standard_normal((32, 400, 8)).astype(np.float32)
-y = np.zeros((32, 2), np.float32)
+x = np.random.default_rng(0).standard_normal((16, 200, 8)).astype(np.float32)
+y = np.zeros((16, 2), np.float32)
 sd = layer.state_dict()
 flat = layer.parameters_flat()
 work = {
     "forward": lambda: layer(x),
     "predict": lambda: model.predict(x),
-    "fit": lambda: model.fit(x, y, epochs=1, batch_size=32, verbose=0),
+    "fit": lambda: model.fit(x, y, epochs=1, batch_size=16, verbose=0),
     "load_state_dict": lambda: layer.load_state_dict(sd),
     "set_parameters_flat": lambda: layer.set_parameters_flat(flat),
 }[call]

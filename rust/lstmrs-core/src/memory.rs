@@ -64,7 +64,10 @@ pub fn default_limit() -> u64 {
         if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut rl) } == 0
             && rl.rlim_cur != libc::RLIM_INFINITY
         {
-            limit = limit.min(rl.rlim_cur as u64);
+            // rlim_t is u64 on Linux but not on every unix.
+            #[allow(clippy::unnecessary_cast)]
+            let cur = rl.rlim_cur as u64;
+            limit = limit.min(cur);
         }
     }
     limit
