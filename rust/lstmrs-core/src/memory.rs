@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn overflowing_and_huge_sizes_are_refused_without_allocating() {
-        assert!(bytes_of(4, &[usize::MAX, 2]).is_none());
+        assert!(bytes_of(4, &[usize::MAX, usize::MAX, 2]).is_none());
+        assert_eq!(bytes_of(4, &[usize::MAX, 2]), Some(8 * usize::MAX as u128));
         let e = check("x", None).unwrap_err();
         assert!(matches!(e, Error::Memory { arg: "x", .. }));
         let e = try_filled::<f32>("params", usize::MAX / 2, 0.0).unwrap_err();
