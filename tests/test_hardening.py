@@ -208,7 +208,7 @@ def test_issue15_2_fork_while_threads_are_inside_a_call_never_deadlocks(call):
             [sys.executable, "-W", "ignore", "-c", FORK_PROG, call],
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=float(os.environ.get("LSTMRS_FORK_TIMEOUT", "90")),
             env=ENV,
             check=False,
         )
