@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" "ruff==0.17.6" scikit-learn \
-		rich safetensors pluggy matplotlib setuptools "optuna>=4.9" "psycopg[binary]"
+		rich safetensors pluggy matplotlib setuptools "optuna>=4.9" "psycopg[binary]" hypothesis
 	@if [ "$(ORACLES)" = "1" ]; then \
 		$(PIP) install --quiet torch onnxruntime onnx keras \
 		|| echo "warning: torch/onnxruntime/onnx/keras not installed; live parity tests will be skipped"; \

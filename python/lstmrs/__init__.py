@@ -9,6 +9,7 @@
 """
 
 from . import callbacks, datasets, metrics, optim
+from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import CheckpointError, load
@@ -19,12 +20,14 @@ from .errors import (
     ExportMismatchError,
     InvalidArgumentError,
     LstmrsError,
+    MemoryLimitError,
     MissingDependencyError,
     NonFiniteError,
     ShapeError,
     UnsupportedModelError,
 )
 from .gpu import gpu_available
+from .memory import get_memory_limit, set_memory_limit
 from .models import Loss, Model
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .streaming import Stepper
@@ -42,6 +45,7 @@ __all__ = [
     "InvalidArgumentError",
     "Loss",
     "LstmrsError",
+    "MemoryLimitError",
     "MissingDependencyError",
     "Model",
     "NonFiniteError",
@@ -52,11 +56,13 @@ __all__ = [
     "__version__",
     "callbacks",
     "datasets",
+    "get_memory_limit",
     "get_num_threads",
     "gpu_available",
     "load",
     "metrics",
     "optim",
+    "set_memory_limit",
     "set_num_threads",
     "tune",
 ]

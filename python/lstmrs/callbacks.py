@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import DataFileError, InvalidArgumentError
 from .optim import ReduceLROnPlateau as _PlateauSchedule
 from .optim import Schedule
 
@@ -419,15 +419,50 @@ class CSVLogger(_FileLogger):
         self._write(self.separator.join(row) + "\n")
 
 
+def _epoch_of(record: dict[str, Any]) -> int:
+    e = record.get("epoch", 0)
+    return e if isinstance(e, int) and not isinstance(e, bool) else 0
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log. A torn last line (the process died mid-write) is dropped
+    with a warning; a bad line before it, or a record that is not an object, raises
+    :class:`~lstmrs.errors.DataFileError` naming the file and line."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read ({e.strerror or e})") from e
+    lines = [(n, ln) for n, ln in enumerate(raw.split(b"\n"), 1) if ln.strip()]
+    records = []
+    for k, (n, line) in enumerate(lines):
+        cause: Exception | None = None
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            cause, record = e, None
+        if not isinstance(record, dict):
+            if k == len(lines) - 1 and not raw.endswith(b"\n"):
+                warnings.warn(
+                    f"{path}: line {n} is torn (an interrupted write); dropping it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            why = cause or f"expected a JSON object, got {type(record).__name__}"
+            raise DataFileError(f"{path}: line {n} is not a JSON record ({why})") from cause
+        records.append(record)
+    return records
+
+
 class JSONLLogger(_FileLogger):
     """Writes one JSON object per epoch and line: ``{"epoch": e, "loss": ..., ...}``."""
 
     def _keep_rows_before(self, epoch):
-        with open(self.path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < epoch]
+        kept = [r for r in read_jsonl(self.path) if _epoch_of(r) < epoch]
         with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
+            f.writelines(json.dumps(r) + "\n" for r in kept)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch, **{k: float(v) for k, v in _scalar_logs(logs or {}).items()}}

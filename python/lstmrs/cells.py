@@ -56,7 +56,10 @@ LEAF_OPS = ("xg", "hg", "state", "param", "const")
 UNARY_OPS = ("neg", "one_minus", "sigmoid", "tanh", "relu", "square")
 BINARY_OPS = ("add", "sub", "mul")
 _COMMUTATIVE = ("add", "mul")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# The one rule for cell, state and unit-parameter names; it mirrors the Rust core's
+# `cellexpr::is_name` (tests/test_fuzz.py asserts they agree on arbitrary text).
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+MAX_NAME_LEN = 64
 # Unit parameters become `{name}_l{k}` next to the layer's matrices: these prefixes would clash.
 _RESERVED_PARAM_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -65,11 +68,27 @@ class UnsupportedOperationError(LstmrsError, TypeError):
     """An operation the cell language does not have (division, ``**``, comparisons, ...)."""
 
 
+def is_name(name: Any) -> bool:
+    """Whether ``name`` may name a cell, a state or a unit parameter: a lowercase identifier
+    (``[a-z][a-z0-9_]*``) of at most 64 characters."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LEN
+        and name.isascii()
+        and _NAME_RE.fullmatch(name) is not None
+    )
+
+
 def _check_name(what: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_name(name):
+        shown = (
+            repr(name)
+            if not isinstance(name, str) or len(name) <= 80
+            else (f"{name[:80]!r}... ({len(name)} characters)")
+        )
         raise InvalidArgumentError(
             f"{what}: expected a lowercase identifier (letters, digits, '_', starting with a "
-            f"letter), got {name!r}"
+            f"letter, at most {MAX_NAME_LEN} characters), got {shown}"
         )
     return name
 
@@ -739,7 +758,12 @@ class CellSpec:
             d = json.loads(text)
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(f"cell description: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        except RecursionError as e:  # JSON nested thousands deep
+            raise InvalidArgumentError("cell description: JSON nested too deeply") from e
+        try:
+            return cls.from_dict(d)
+        except RecursionError as e:
+            raise InvalidArgumentError("cell description: nested too deeply") from e
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CellSpec) and self.to_dict() == other.to_dict()

@@ -60,7 +60,8 @@ LATEST_FILE = "latest"
 
 
 class CheckpointError(LstmrsError, ValueError):
-    """A checkpoint is missing, incomplete, corrupted or of another format."""
+    """A checkpoint is missing, incomplete, corrupted or of another format; the message names the
+    file and the field, the original error (safetensors, JSON) is the ``__cause__``."""
 
 
 def _fsync_dir(path: str) -> None:
@@ -175,62 +176,238 @@ def _resolve(path: str) -> str:
     return found
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """The config and the tensors of each file of a checkpoint, after checking the hashes."""
-    from safetensors.numpy import load as st_load
+def _field_error(path: str, field: str, expected: str, got: Any) -> CheckpointError:
+    return CheckpointError(
+        f"path: {CONFIG_FILE} in {path!r}: field {field!r}: expected {expected}, got {got!r}"
+    )
 
-    path = _resolve(os.fspath(path))
-    try:
-        with open(os.path.join(path, CONFIG_FILE), "rb") as f:
-            config = json.loads(f.read().decode())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"path: cannot read {CONFIG_FILE} in {path!r}: {e}") from None
+
+def _check_config(config: Any, path: str) -> None:
+    """The fields of ``config.json`` that loading reads, with their types; everything a
+    checkpoint's files may not be trusted to hold (the config is not covered by a hash)."""
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"path: {path!r} is not an lstmrs checkpoint")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _field_error(path, "format_version", "an integer", version)
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"path: checkpoint format {config['format_version']} is newer than this lstmrs "
+            f"path: checkpoint format {version} is newer than this lstmrs "
             f"reads ({FORMAT_VERSION}); upgrade lstmrs"
         )
+    if not isinstance(config.get("model"), dict):
+        raise _field_error(
+            path, "model", "an object (the model's configuration)", config.get("model")
+        )
+    files = config.get("files", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise _field_error(path, "files", "an object of file name -> SHA-256", files)
+    if MODEL_FILE not in files:
+        raise _field_error(path, "files", f"an entry for {MODEL_FILE}", sorted(files))
+    specs = config.get("param_specs", [])
+    if not isinstance(specs, list) or not all(
+        isinstance(s, list)
+        and len(s) == 2
+        and isinstance(s[0], str)
+        and isinstance(s[1], list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in s[1])
+        for s in specs
+    ):
+        raise _field_error(path, "param_specs", "a list of [name, shape] pairs", specs)
+    if "compile" in config:
+        comp = config["compile"]
+        opt = comp.get("optimizer") if isinstance(comp, dict) else None
+        if not isinstance(opt, dict) or not isinstance(opt.get("name"), str):
+            raise _field_error(path, "compile.optimizer.name", "an optimizer name", opt)
+        st = config.get("optimizer_state")
+        if (
+            not isinstance(st, dict)
+            or not isinstance(st.get("kind"), str)
+            or isinstance(st.get("step"), bool)
+            or not isinstance(st.get("step"), int)
+        ):
+            raise _field_error(
+                path, "optimizer_state", "an object with 'kind' (text) and 'step' (integer)", st
+            )
+    if not isinstance(config.get("training", {}), (dict, type(None))):
+        raise _field_error(path, "training", "an object", config.get("training"))
+
+
+def _load_tensors(data: bytes, name: str, path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load as st_load
+
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own SafetensorError, not a ValueError
+        raise CheckpointError(
+            f"path: {name} in {path!r} is not a valid safetensors file ({type(e).__name__}: {e})"
+        ) from e
+    for key, value in tensors.items():
+        if value.dtype.kind != "f":
+            raise CheckpointError(
+                f"path: {name} in {path!r}: tensor {key!r} has dtype {value.dtype}; expected "
+                "float32 or float64"
+            )
+    return tensors
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """The config and the tensors of each file of a checkpoint, after checking the hashes and
+    the types of the config's fields."""
+    path = _resolve(os.fspath(path))
+    config_path = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(config_path, "rb") as f:
+            config = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"path: cannot read {CONFIG_FILE} in {path!r}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            f"path: {CONFIG_FILE} in {path!r} is not UTF-8 text (byte {e.start})"
+        ) from e
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"path: {CONFIG_FILE} in {path!r} is not valid JSON: {e}") from e
+    _check_config(config, path)
     tensors = {}
     for name, digest in config.get("files", {}).items():
-        if os.path.basename(name) != name:
+        if os.path.basename(name) != name or name in ("", ".", ".."):
             raise CheckpointError(f"path: bad file name {name!r} in {CONFIG_FILE}")
         try:
             with open(os.path.join(path, name), "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise CheckpointError(f"path: cannot read {name} in {path!r}: {e}") from None
+            raise CheckpointError(f"path: cannot read {name} in {path!r}: {e}") from e
         if _sha256(data) != digest:
             raise CheckpointError(
                 f"path: {name} in {path!r} does not match {CONFIG_FILE} (a torn or edited "
                 f"checkpoint)"
             )
-        tensors[name] = st_load(data)
+        tensors[name] = _load_tensors(data, name, path)
     config["_path"] = path
     return config, tensors
+
+
+def _shape(tensors: dict[str, np.ndarray], name: str) -> tuple[int, ...] | None:
+    t = tensors.get(name)
+    return None if t is None else tuple(t.shape)
+
+
+def _check_model_sizes(model_cfg: dict, tensors: dict[str, np.ndarray], path: str) -> None:
+    """Compares the sizes ``config.json`` gives the model with the shapes of the weights file,
+    before the model is built: the config is not covered by a hash, and a size in it allocates."""
+
+    def mismatch(field: str, tensor: str, want: Any) -> CheckpointError:
+        return CheckpointError(
+            f"path: {CONFIG_FILE} in {path!r}: field 'model.{field}' is "
+            f"{model_cfg.get(field)!r}, but {MODEL_FILE} holds {tensor} of shape "
+            f"{_shape(tensors, tensor)} (expected {want})"
+        )
+
+    def want_int(field: str, value: Any) -> None:
+        if model_cfg.get(field) != value:
+            raise mismatch(field, _WHERE[field], value)
+
+    _WHERE = {
+        "hidden_size": "rnn.weight_hh_l0",
+        "input_size": "rnn.weight_ih_l0",
+        "vocab_size": "embedding.weight",
+        "embedding_dim": "embedding.weight",
+        "num_layers": "rnn.weight_ih_l*",
+        "bidirectional": "rnn.weight_ih_l0_reverse",
+        "output_size": "the last head bias",
+        "attention_units": "attention.bias",
+    }
+    # Every field must be a plain value before it is compared or used.
+    for field in _WHERE:
+        v = model_cfg.get(field)
+        if v is not None and (not isinstance(v, (int, bool)) or (isinstance(v, int) and v < 0)):
+            raise _field_error(path, f"model.{field}", "a non-negative integer", v)
+    hh = _shape(tensors, "rnn.weight_hh_l0")
+    if hh is not None and len(hh) == 2:
+        want_int("hidden_size", hh[1])
+    emb = _shape(tensors, "embedding.weight")
+    if model_cfg.get("vocab_size") is not None:
+        if emb is None or len(emb) != 2:
+            raise mismatch("vocab_size", "embedding.weight", "a [vocab_size, embedding_dim] matrix")
+        want_int("vocab_size", emb[0])
+        want_int("embedding_dim", emb[1])
+    else:
+        ih = _shape(tensors, "rnn.weight_ih_l0")
+        if ih is None or len(ih) != 2:
+            raise mismatch("input_size", "rnn.weight_ih_l0", "a matrix")
+        want_int("input_size", ih[1])
+    layers = sum(
+        1 for k in tensors if k.startswith("rnn.weight_ih_l") and not k.endswith("_reverse")
+    )
+    want_int("num_layers", layers)
+    if bool(model_cfg.get("bidirectional", False)) != ("rnn.weight_ih_l0_reverse" in tensors):
+        raise mismatch("bidirectional", "rnn.weight_ih_l0_reverse", "matching tensors")
+    heads = sorted(
+        int(k[len("head.") : -len(".bias")])
+        for k in tensors
+        if k.startswith("head.") and k.endswith(".bias") and k[5:-5].isdigit()
+    )
+    if heads:
+        _WHERE["output_size"] = f"head.{heads[-1]}.bias"
+        last = _shape(tensors, f"head.{heads[-1]}.bias")
+        want_int("output_size", last[0] if last else None)
+        hidden = model_cfg.get("head_hidden", [])
+        if isinstance(hidden, int) and not isinstance(hidden, bool):
+            hidden = [hidden]
+        if not isinstance(hidden, list):
+            raise _field_error(path, "model.head_hidden", "a list of sizes", hidden)
+        got = [(_shape(tensors, f"head.{k}.bias") or (None,))[0] for k in heads[:-1]]
+        if list(hidden) != got:
+            raise CheckpointError(
+                f"path: {CONFIG_FILE} in {path!r}: field 'model.head_hidden' is {hidden!r}, "
+                f"but {MODEL_FILE}'s head layers have sizes {got}"
+            )
+    att = _shape(tensors, "attention.bias")
+    if model_cfg.get("pooling") == "attention" and att is not None:
+        want_int("attention_units", att[0])
+
+
+def _build_model(config: dict, tensors: dict[str, dict[str, np.ndarray]]) -> Model:
+    from .models import Model
+
+    path = config["_path"]
+    weights = tensors.get(MODEL_FILE, {})
+    _check_model_sizes(config["model"], weights, path)
+    try:
+        model = Model.from_config(config["model"])
+    except TypeError as e:  # an unknown or missing keyword in the saved configuration
+        raise CheckpointError(f"path: {CONFIG_FILE} in {path!r}: field 'model': {e}") from e
+    except (InvalidArgumentError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"path: {CONFIG_FILE} in {path!r}: field 'model': {e}") from e
+    names = [n for n, _ in model.param_specs]
+    saved = [n for n, _ in config.get("param_specs", [])]
+    if saved and saved != names:
+        raise CheckpointError(f"path: saved parameters {saved} do not match the model's {names}")
+    try:
+        model.load_state_dict(weights)
+    except (LstmrsError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"path: {MODEL_FILE} in {path!r}: {e}") from e
+    return model
 
 
 def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
     """A model from a checkpoint directory (or a training directory's latest checkpoint).
 
     With ``compile`` (the default) a checkpoint that holds optimizer state comes back compiled
-    with that state, ready to continue training.
+    with that state, ready to continue training. Every way a checkpoint can be broken (a
+    missing or torn file, a bad field in ``config.json``, sizes that do not match the weights)
+    raises :class:`CheckpointError` naming the file and field.
     """
-    from .models import Model
-
     config, tensors = read_checkpoint(path)
-    model = Model.from_config(config["model"])
-    names = [n for n, _ in model.param_specs]
-    saved = [n for n, _ in config.get("param_specs", [])]
-    if saved and saved != names:
-        raise CheckpointError(f"path: saved parameters {saved} do not match the model's {names}")
-    model.load_state_dict(tensors[MODEL_FILE])
+    model = _build_model(config, tensors)
     missing = None
     if compile and "compile" in config:
         name = config["compile"]["optimizer"]["name"]
         if _optimizer_known(name):
-            model._restore_compile(config["compile"])
             st = config["optimizer_state"]
             state = {
                 "kind": st["kind"],
@@ -239,7 +416,16 @@ def load(path: str | os.PathLike, *, compile: bool = True) -> Model:
             }
             if "extra" in st:
                 state["extra"] = st["extra"]
-            model._opt_core.load_state_dict(state)
+            try:
+                model._restore_compile(config["compile"])
+                model._opt_core.load_state_dict(state)
+            except CheckpointError:
+                raise
+            except (LstmrsError, ValueError, TypeError, KeyError, AttributeError) as e:
+                raise CheckpointError(
+                    f"path: {CONFIG_FILE} or {OPTIMIZER_FILE} in {config['_path']!r}: the "
+                    f"optimizer state does not restore ({type(e).__name__}: {e})"
+                ) from e
         else:
             # The weights still serve for inference; only continuing the training needs it.
             missing = name

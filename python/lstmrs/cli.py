@@ -55,6 +55,8 @@ def get_tasks() -> dict[str, Any]:
 
 
 def lookup_task(name: str):
+    if not isinstance(name, str):
+        raise C.ConfigError(f"config: task = {name!r} is not allowed: expected a task name (text)")
     tasks = get_tasks()
     key = name.lower()
     if key not in tasks:
@@ -652,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each command has --help. `lstmrs tasks` lists the tasks; `lstmrs plugins` "
         "lists installed plugins (which add tasks, cells, optimizers and commands).",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -875,38 +880,47 @@ _BUILTIN_COMMANDS = {
 }
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, LstmrsError):
+        return text
+    if isinstance(e, (OSError, ValueError, MemoryError, RecursionError, TypeError, KeyError)):
+        return f"{type(e).__name__}: {text}"
+    return f"internal error ({type(e).__name__}: {text}); rerun with --debug for the traceback"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status. Every error is one line on stderr and a
+    non-zero status; ``--debug`` (anywhere before ``--``) shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _PASSTHROUGH:
-        return _PASSTHROUGH[argv[0]](argv[1:])
-    if argv and not argv[0].startswith("-") and argv[0] not in _BUILTIN_COMMANDS:
-        try:
-            commands = _plugin_commands()
-        except LstmrsError as e:
-            print(f"lstmrs: error: {e}", file=sys.stderr)
-            return 1
-        if argv[0] in commands:
-            return int(commands[argv[0]].func(argv[1:]) or 0)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
-    prog = f"lstmrs {args.command}"
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end] or bool(os.environ.get("LSTMRS_DEBUG"))
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    prog = "lstmrs"
     try:
+        if argv and argv[0] in _PASSTHROUGH:
+            prog = f"lstmrs {argv[0]}"
+            return _PASSTHROUGH[argv[0]](argv[1:])
+        if argv and not argv[0].startswith("-") and argv[0] not in _BUILTIN_COMMANDS:
+            commands = _plugin_commands()
+            if argv[0] in commands:
+                prog = f"lstmrs {argv[0]}"
+                return int(commands[argv[0]].func(argv[1:]) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        prog = f"lstmrs {args.command}"
         return int(args.func(args) or 0)
-    except (C.ConfigError, RunDirError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (LstmrsError, OSError, ValueError) as e:
-        if os.environ.get("LSTMRS_DEBUG"):
-            raise
-        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, (C.ConfigError, RunDirError)) else 1
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ def loads_toml(text: str, source: str = "<string>") -> dict[str, Any]:
         return toml.loads(text)
     except toml.TOMLDecodeError as e:
         raise ConfigError(f"config: {source} is not valid TOML: {e}") from None
+    except RecursionError as e:  # arrays or tables nested thousands deep
+        raise ConfigError(f"config: {source} is nested too deeply to read") from e
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -87,6 +89,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             text = f.read()
     except OSError as e:
         raise ConfigError(f"config: cannot read {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {path!r} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     return loads_toml(text, path)
 
 
@@ -398,6 +402,8 @@ def parse_value(text: str) -> Any:
         return toml.loads(f"v = {text}")["v"]
     except toml.TOMLDecodeError:
         return text
+    except RecursionError as e:  # "[[[[...]]]]" thousands deep
+        raise ConfigError(f"--set: value nested too deeply to read: {text[:40]!r}...") from e
 
 
 def parse_override(text: str) -> tuple[str, Any]:

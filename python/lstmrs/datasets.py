@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import DataFileError, InvalidArgumentError
 
 __all__ = ["adding_problem", "copy_task"]
 
@@ -71,3 +73,24 @@ def copy_task(
     y = np.full((n, total), ignore_index if mask_prefix else 0, dtype=np.int64)
     y[:, total - length :] = symbols
     return x, y
+
+
+def load_arrays(path: str, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (or ``{"X": array}`` for an ``.npy``), read eagerly and
+    without unpickling. A missing, truncated or foreign file raises
+    :class:`~lstmrs.errors.DataFileError` naming ``what`` (the argument or config field) and
+    the file; NumPy's own error is the ``__cause__``."""
+    try:
+        if str(path).endswith(".npy"):
+            return {"X": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except OSError as e:
+        raise DataFileError(f"{what}: cannot read {path!r}: {e.strerror or e}") from e
+    except AttributeError as e:  # np.load returned a plain array: an .npy under another name
+        raise DataFileError(f"{what}: {path!r} is an .npy array, expected an .npz archive") from e
+    except (ValueError, EOFError, zipfile.BadZipFile, KeyError, MemoryError) as e:
+        raise DataFileError(
+            f"{what}: {path!r} is not a valid NumPy .npz/.npy file (corrupt, truncated or "
+            f"another format: {type(e).__name__})"
+        ) from e

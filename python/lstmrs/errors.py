@@ -19,6 +19,7 @@ __all__ = [
     "GpuUnavailableError",
     "InvalidArgumentError",
     "LstmrsError",
+    "MemoryLimitError",
     "MissingDependencyError",
     "NonFiniteError",
     "ShapeError",
@@ -51,8 +52,16 @@ class GpuUnavailableError(LstmrsError, RuntimeError):
     ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""
 
 
+class MemoryLimitError(LstmrsError, MemoryError):
+    """A size would need more memory than the ceiling allows (checked before allocating); the
+    message names the argument, the bytes asked for and the limit. The ceiling defaults to the
+    machine's memory; :func:`lstmrs.set_memory_limit` or ``LSTMRS_MEMORY_LIMIT`` change it."""
+
+
 class DataFileError(LstmrsError, ValueError):
-    """A data file cannot be read or parsed; the message names the file and the line or field."""
+    """A data file (``.npz``, ``.npy``, CSV, JSON) cannot be read: it is corrupt, truncated or
+    not of the format its name says. The message names the file; the original error is the
+    ``__cause__``."""
 
 
 class MissingDependencyError(LstmrsError, ImportError):

@@ -234,6 +234,10 @@ class Model:
             raise InvalidArgumentError("attention_units: only with pooling='attention'")
         if isinstance(head_hidden, (int, np.integer)):
             head_hidden = (head_hidden,)
+        if not isinstance(head_hidden, (list, tuple, np.ndarray)):
+            raise InvalidArgumentError(
+                f"head_hidden: expected a size or a list of sizes, got {head_hidden!r}"
+            )
         head_hidden = [_positive_int("head_hidden", h) for h in head_hidden]
         if dtype in ("f32", "f4", np.float32):
             dtype = "float32"

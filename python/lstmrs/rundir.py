@@ -23,9 +23,10 @@ import time
 from typing import Any
 
 from . import config as C
+from .callbacks import read_jsonl
 from .checkpoint import atomic_write, latest_checkpoint
 from .ensemble import Ensemble, is_ensemble
-from .errors import InvalidArgumentError
+from .errors import DataFileError, InvalidArgumentError
 
 __all__ = ["RunDir", "RunDirError"]
 
@@ -156,11 +157,28 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         return C.load_toml(self.config_path)
 
+    def _read_json(self, path: str, what: str) -> Any:
+        try:
+            with open(path, "rb") as f:
+                return json.loads(f.read().decode("utf-8"))
+        except OSError as e:
+            raise RunDirError(f"run directory: cannot read {path!r}: {e.strerror or e}") from e
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise RunDirError(
+                f"run directory: {path!r} ({what}) is torn or not JSON ({e}); "
+                "delete it to start that part afresh"
+            ) from e
+
     def read_state(self) -> dict[str, Any]:
         if not os.path.isfile(self.state_path):
             return {}
-        with open(self.state_path, encoding="utf-8") as f:
-            return json.load(f)
+        state = self._read_json(self.state_path, "the run's state")
+        if not isinstance(state, dict):
+            raise RunDirError(
+                f"run directory: {self.state_path!r}: expected a JSON object, got "
+                f"{type(state).__name__}"
+            )
+        return state
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
         state = self.read_state()
@@ -172,15 +190,16 @@ class RunDir:
         _write_json(self.summary_path, summary)
 
     def read_summary(self) -> dict[str, Any]:
-        with open(self.summary_path, encoding="utf-8") as f:
-            return json.load(f)
+        return self._read_json(self.summary_path, "the run's summary")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The per-epoch records of ``metrics.jsonl`` (empty when there are none)."""
         if not os.path.isfile(self.metrics_path):
             return []
-        with open(self.metrics_path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        try:
+            return read_jsonl(self.metrics_path)
+        except DataFileError as e:
+            raise RunDirError(f"run directory: {e}") from e
 
     def latest_checkpoint(self) -> str | None:
         return latest_checkpoint(self.checkpoints)

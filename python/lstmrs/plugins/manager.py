@@ -483,6 +483,18 @@ _manager: LstmrsPluginManager | None = None
 _manager_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held these at the fork; it does not exist in the child.
+    global _manager_lock
+    _manager_lock = threading.Lock()
+    if _manager is not None:
+        _manager._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _trace_enabled() -> bool:
     return os.environ.get("LSTMRS_TRACE_PLUGINS", "").strip().lower() not in (
         "",

@@ -38,6 +38,7 @@ import numpy as np
 from .. import config as C
 from .. import plots
 from ..callbacks import EarlyStopping
+from ..datasets import load_arrays
 from ..ensemble import Ensemble
 from ..metrics import confusion_matrix, precision_recall_f1
 from ..models import Loss, Model
@@ -209,12 +210,7 @@ class ClassifyTask(Task):
         give their arrays (``X``, ``y``, optional ``lengths``, ``X_test``, ...)."""
         path = path or d["path"]
         if fmt == "npz":
-            try:
-                z = dict(np.load(path, allow_pickle=False))
-            except (OSError, ValueError) as e:
-                raise C.ConfigError(
-                    f"config: data.path = {path!r}: not a readable .npz ({e})"
-                ) from None
+            z = load_arrays(path, "data.path")
             for k in ("X", "y"):
                 if k not in z:
                     raise C.ConfigError(
@@ -692,10 +688,10 @@ class ClassifyTask(Task):
             toks = [tokenize(r[tcol], d["tokens"], d["lowercase"]) for r in rows[1:]]
             x, lens = _encode(toks, vocab, d["max_len"], d["keep"])
         elif fmt == "npz":
-            with np.load(input_path, allow_pickle=False) as z:
-                if "X" not in z:
-                    raise C.ConfigError(f"--input: {input_path!r} has no array 'X'")
-                x, lens = _pad(list(z["X"]), z.get("lengths", None))
+            z = load_arrays(input_path, "--input")
+            if "X" not in z:
+                raise C.ConfigError(f"--input: {input_path!r} has no array 'X'")
+            x, lens = _pad(list(z["X"]), z.get("lengths", None))
         elif input_path.lower().endswith(".ts"):
             x, lens = _pad(read_ts(input_path).series, None)
         else:

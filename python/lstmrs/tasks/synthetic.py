@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
-from ..datasets import adding_problem, copy_task
+from ..datasets import adding_problem, copy_task, load_arrays
 from . import Prepared, Task, model_kwargs
 
 __all__ = ["AddingTask", "CopyTask"]
@@ -29,12 +29,10 @@ __all__ = ["AddingTask", "CopyTask"]
 
 def _npz_input(path: str, tokens: bool) -> np.ndarray:
     """``X`` from an ``.npz`` (key ``X`` or ``x``) or ``.npy`` file."""
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    with np.load(path, allow_pickle=False) as z:
-        for k in ("X", "x"):
-            if k in z:
-                return z[k]
+    z = load_arrays(path, "--input")
+    for k in ("X", "x"):
+        if k in z:
+            return z[k]
     raise C.ConfigError(f"--input: {path!r} has no array named 'X'")
 
 

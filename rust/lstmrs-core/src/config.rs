@@ -2,8 +2,9 @@
 
 use crate::cellexpr::{CompiledCell, UnitParam};
 use crate::error::{Error, Result};
+use crate::forklock::ForkRwLock;
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
 
 /// A compiled custom cell in the process-wide registry (see [`register_cell`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,24 +22,21 @@ struct Registry {
     by_json: HashMap<String, CellId>,
 }
 
-fn registry() -> &'static RwLock<Registry> {
-    static REG: OnceLock<RwLock<Registry>> = OnceLock::new();
+/// Behind a [`ForkRwLock`]: a forked child can register cells even if a thread of the parent was
+/// registering one at the fork.
+fn registry() -> &'static ForkRwLock<Registry> {
+    static REG: OnceLock<ForkRwLock<Registry>> = OnceLock::new();
     REG.get_or_init(Default::default)
 }
 
 /// Compiles a cell description (JSON, `notes/cell_dsl.md`) once and returns its kind. The same
 /// text registered twice gives the same id without recompiling.
 pub fn register_cell(json: &str) -> Result<CellKind> {
-    if let Some(&id) = registry()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .by_json
-        .get(json)
-    {
+    if let Some(&id) = registry().read().by_json.get(json) {
         return Ok(CellKind::Custom(id));
     }
     let cell = CompiledCell::from_json(json)?;
-    let mut reg = registry().write().unwrap_or_else(|e| e.into_inner());
+    let mut reg = registry().write();
     if let Some(&id) = reg.by_json.get(json) {
         return Ok(CellKind::Custom(id));
     }
@@ -54,7 +52,7 @@ pub fn register_cell(json: &str) -> Result<CellKind> {
 
 fn entry(id: CellId) -> &'static Entry {
     // Ids are only made by `register_cell`, so the index exists.
-    registry().read().unwrap_or_else(|e| e.into_inner()).cells[id.0 as usize]
+    registry().read().cells[id.0 as usize]
 }
 
 /// The recurrent cell, with PyTorch's gate order for the built-in ones.

@@ -25,6 +25,16 @@ pub enum Error {
         expected: String,
         got: String,
     },
+    /// A size that would need more memory than the ceiling allows (see [`crate::memory`]).
+    #[error(
+        "{arg}: needs {bytes} bytes, above the memory limit of {limit} bytes \
+         (lstmrs.set_memory_limit or LSTMRS_MEMORY_LIMIT raise it)"
+    )]
+    Memory {
+        arg: &'static str,
+        bytes: String,
+        limit: u64,
+    },
     /// The GPU backend cannot run this call; `failure` says why in a word, `detail` in full.
     #[error("GPU backend: {}: {detail}", failure.reason())]
     Gpu { failure: GpuFailure, detail: String },

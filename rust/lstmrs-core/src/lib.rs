@@ -16,10 +16,12 @@ pub mod config;
 pub mod dropout;
 pub mod dtw;
 pub mod error;
+pub mod forklock;
 mod gates;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 mod matmul;
+pub mod memory;
 pub mod model;
 pub mod network;
 pub mod optim;

@@ -4,6 +4,7 @@
 use crate::config::RnnConfig;
 use crate::dropout::{bernoulli_mask, dropout_mask, MaskKind};
 use crate::error::{check_len, Error, Result};
+use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, Zoneout};
@@ -344,6 +345,47 @@ pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
         * batch
 }
 
+/// Bytes of the buffers a forward pass over `[T, B]` allocates (an upper estimate): per layer the
+/// input pre-activations, outputs and cell states of each direction; with a tape every layer's
+/// stay alive, without one only two consecutive layers' at a time. None when the size overflows.
+pub fn forward_bytes(
+    cfg: &RnnConfig,
+    seq_len: usize,
+    batch: usize,
+    elem: usize,
+    keep_tape: bool,
+) -> Option<u128> {
+    let h = cfg.hidden_size as u128;
+    let nd = cfg.num_directions() as u128;
+    let layers = (0..cfg.num_layers)
+        .map(|l| {
+            let gates = cfg.cell.gate_count() as u128 + 3;
+            nd.checked_mul(h)?
+                .checked_mul(gates)?
+                .checked_add(cfg.layer_input_size(l) as u128)
+        })
+        .collect::<Option<Vec<u128>>>()?;
+    let per_step = if keep_tape {
+        layers
+            .iter()
+            .try_fold(0u128, |acc, &l| acc.checked_add(l))?
+    } else {
+        // A layer's buffers live until the next layer's are made.
+        let pairs = layers.windows(2).map(|w| w[0].checked_add(w[1]));
+        pairs
+            .chain([layers.first().copied()])
+            .try_fold(0u128, |m, p| Some(m.max(p?)))?
+    };
+    memory::bytes_of(elem, &[seq_len, batch])?.checked_mul(per_step)
+}
+
+/// Bytes of the buffers [`backward`] allocates on top of the tape (an upper estimate).
+pub fn backward_bytes(cfg: &RnnConfig, seq_len: usize, batch: usize, elem: usize) -> Option<u128> {
+    let layer = forward_bytes(cfg, seq_len, batch, elem, false)?;
+    let params = (crate::params::param_count(cfg) as u128).checked_mul(elem as u128)?;
+    layer.checked_add(params)
+}
+
 /// Runs the network over a batch of sequences.
 pub fn forward<'p, T: Scalar>(
     params: impl Into<RnnWeights<'p, T>>,
@@ -364,6 +406,11 @@ pub fn forward_regularized<'p, T: Scalar>(
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
     reg.validate()?;
+    let elem = std::mem::size_of::<T>();
+    memory::check(
+        "x",
+        forward_bytes(&cfg, x.seq_len, x.batch, elem, opts.keep_tape),
+    )?;
     let work = forward_work(&cfg, x.seq_len, x.batch);
     Ok(threads::install_for(work, || {
         forward_checked(params, x, opts, reg)
@@ -534,6 +581,7 @@ pub fn backward<'p, T: Scalar>(
         grads,
     )?;
     let (t, b) = (tape.seq_len, tape.batch);
+    memory::check("tape", backward_bytes(&cfg, t, b, std::mem::size_of::<T>()))?;
     let work = 2 * forward_work(&cfg, t, b);
     Ok(threads::install_for(work, || {
         backward_checked(params, tape, grads)

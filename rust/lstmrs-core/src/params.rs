@@ -6,6 +6,7 @@
 use crate::cellexpr::ParamInit;
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
+use crate::memory;
 use crate::scalar::Scalar;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -107,21 +108,34 @@ pub struct RnnParams<T> {
 }
 
 impl<T: Scalar> RnnParams<T> {
-    /// All parameters zero.
+    /// All parameters zero. Panics above the memory ceiling; [`RnnParams::try_zeros`] does not.
     pub fn zeros(config: RnnConfig) -> Self {
+        Self::try_zeros(config).expect("parameters within the memory limit")
+    }
+
+    /// All parameters zero, or [`Error::Memory`](crate::Error::Memory) when they would not fit
+    /// under the memory ceiling (checked before anything is allocated).
+    pub fn try_zeros(config: RnnConfig) -> Result<Self> {
+        check_param_memory::<T>(&config)?;
         let specs = param_specs(&config);
         let n = specs.last().map_or(0, |s| s.offset + s.len);
-        RnnParams {
+        Ok(RnnParams {
             config,
             specs,
-            data: vec![T::zero(); n],
-        }
+            data: memory::try_filled("parameters", n, T::zero())?,
+        })
     }
 
     /// PyTorch's initialisation: every parameter uniform in `[-1/sqrt(H), 1/sqrt(H)]`, reproducible
     /// from `seed` (the stream is ChaCha8, so the values differ from torch's own generator).
+    /// Panics above the memory ceiling; [`RnnParams::try_init_uniform`] does not.
     pub fn init_uniform(config: RnnConfig, seed: u64) -> Self {
-        let mut p = Self::zeros(config);
+        Self::try_init_uniform(config, seed).expect("parameters within the memory limit")
+    }
+
+    /// [`RnnParams::init_uniform`], or [`Error::Memory`](crate::Error::Memory) above the ceiling.
+    pub fn try_init_uniform(config: RnnConfig, seed: u64) -> Result<Self> {
+        let mut p = Self::try_zeros(config)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (s, init) in param_specs_with_init(&config) {
             for v in p.data[s.offset..s.offset + s.len].iter_mut() {
@@ -135,15 +149,20 @@ impl<T: Scalar> RnnParams<T> {
                 });
             }
         }
-        p
+        Ok(p)
     }
 
     /// Wraps a flat buffer laid out as `param_specs(config)` says.
     pub fn from_flat(config: RnnConfig, data: Vec<T>) -> Result<Self> {
-        let mut p = Self::zeros(config);
-        check_len("params", data.len(), &[p.data.len()])?;
-        p.data = data;
-        Ok(p)
+        check_param_memory::<T>(&config)?;
+        let specs = param_specs(&config);
+        let n = specs.last().map_or(0, |s| s.offset + s.len);
+        check_len("params", data.len(), &[n])?;
+        Ok(RnnParams {
+            config,
+            specs,
+            data,
+        })
     }
 
     pub fn config(&self) -> &RnnConfig {
@@ -242,6 +261,33 @@ impl<'a, T: Scalar> From<&'a RnnParams<T>> for RnnWeights<'a, T> {
     fn from(p: &'a RnnParams<T>) -> Self {
         p.view()
     }
+}
+
+/// Checks that the parameters of `config` fit under the memory ceiling, with arithmetic that
+/// cannot overflow (a size near `usize::MAX` must not wrap into a small allocation).
+pub fn check_param_memory<T>(config: &RnnConfig) -> Result<()> {
+    let h = config.hidden_size as u128;
+    let (xw, hw) = (
+        config.cell.gate_count() as u128 * h,
+        config.cell.h_gate_count() as u128 * h,
+    );
+    let bytes = (0..config.num_layers).try_fold(0u128, |acc, l| {
+        let per_dir = hw
+            .checked_mul(h)?
+            .checked_add(xw + hw)?
+            .checked_add(h.checked_mul(config.cell.unit_params().len() as u128)?)?;
+        let input = if l == 0 {
+            config.input_size as u128
+        } else {
+            h * config.num_directions() as u128
+        };
+        let per_dir = per_dir.checked_add(xw.checked_mul(input)?)?;
+        acc.checked_add(per_dir.checked_mul(config.num_directions() as u128)?)
+    });
+    memory::check(
+        "parameters",
+        bytes.and_then(|b| b.checked_mul(std::mem::size_of::<T>() as u128)),
+    )
 }
 
 /// Number of scalars in all parameters of `config`.

@@ -10,6 +10,7 @@ use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
 use crate::matmul::{a_bt, Mat};
+use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::stream_kernel::{self, Kernel, Out, Product};
@@ -76,6 +77,12 @@ impl<T: Scalar> Stepper<T> {
             cfg.h_gate_width(),
         );
         let lstm = cfg.cell.has_cell_state();
+        // States and scratch: 2 [L, B, H] states and about G + 5 [B, H] rows.
+        let rows = (2 * l as u128 + cfg.cell.gate_count() as u128 * 2 + 5)
+            .checked_mul(h as u128)
+            .and_then(|r| r.checked_mul(batch as u128))
+            .and_then(|r| r.checked_mul(std::mem::size_of::<T>() as u128));
+        memory::check("batch", rows)?;
         Ok(Stepper {
             cell: cfg.cell,
             layers: l,

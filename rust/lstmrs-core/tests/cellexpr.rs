@@ -1102,7 +1102,7 @@ fn empty_or_bad_structure() {
     error_of(|d| d.name.clear(), &["cell.name"]);
     error_of(
         |d| d.states[0] = "9h".into(),
-        &["cell.states", "identifier"],
+        &["cell.states", "lowercase identifier"],
     );
     error_of(
         |d| d.unit_params[0].name = "weight_ih".into(),

@@ -6,7 +6,7 @@
 
 use lstmrs_core::error::GpuFailure;
 use lstmrs_core::Error;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,6 +17,8 @@ pub(crate) enum Kind {
     Shape,
     DType,
     InvalidArgument,
+    /// A size above the memory ceiling (`MemoryLimitError`, a `MemoryError`).
+    MemoryLimit,
     /// A GPU was asked for and cannot be used (`GpuUnavailableError`).
     GpuUnavailable,
     /// `LstmrsError` itself: failures that are not the caller's fault.
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Shape => "ShapeError",
             Kind::DType => "DTypeError",
             Kind::InvalidArgument => "InvalidArgumentError",
+            Kind::MemoryLimit => "MemoryLimitError",
             Kind::GpuUnavailable => "GpuUnavailableError",
             Kind::Internal => "LstmrsError",
         }
@@ -44,6 +47,7 @@ pub(crate) fn error(py: Python<'_>, kind: Kind, msg: impl Into<String>) -> PyErr
         Err(_) => match kind {
             Kind::Shape | Kind::InvalidArgument => PyValueError::new_err(msg),
             Kind::DType => PyTypeError::new_err(msg),
+            Kind::MemoryLimit => PyMemoryError::new_err(msg),
             Kind::GpuUnavailable | Kind::Internal => PyRuntimeError::new_err(msg),
         },
     }
@@ -56,6 +60,7 @@ pub(crate) fn core_error(py: Python<'_>, e: Error) -> PyErr {
     let kind = match e {
         Error::Shape { .. } => Kind::Shape,
         Error::Value { .. } | Error::Name { .. } => Kind::InvalidArgument,
+        Error::Memory { .. } => Kind::MemoryLimit,
         Error::Gpu {
             failure: GpuFailure::Unsupported,
             ..

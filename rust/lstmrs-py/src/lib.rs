@@ -29,6 +29,21 @@ extern "C" fn after_fork_in_child() {
     // The parent's worker threads do not exist in the child: without this, the first call in a
     // forked child (multiprocessing's default start method on Linux) would wait on them forever.
     lstmrs_core::threads::reset_after_fork();
+    // Nor do the threads that held a weights lock at the fork: free every lock.
+    lstmrs_core::forklock::after_fork_in_child();
+}
+
+/// Sets the memory ceiling in bytes (None: back to the machine's memory).
+#[pyfunction]
+#[pyo3(signature = (nbytes))]
+fn set_memory_limit(py: Python<'_>, nbytes: Option<u64>) -> PyResult<()> {
+    lstmrs_core::memory::set_limit(nbytes).map_err(|e| errors::core_error(py, e))
+}
+
+/// The memory ceiling in bytes.
+#[pyfunction]
+fn get_memory_limit() -> u64 {
+    lstmrs_core::memory::limit()
 }
 
 fn register_fork_handler() {
@@ -55,6 +70,8 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(get_memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_info, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_available, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_probe, m)?)?;

@@ -3,6 +3,7 @@
 
 use crate::errors::{core_error, error, guarded, lift, Kind};
 use crate::rnn::{check_shape, read_lengths, readonly, slice, to_array, Float};
+use lstmrs_core::forklock::{ForkMutex, ForkRwLock};
 use lstmrs_core::model::{
     Activation, Clip, Device, InputKind, Loss, Model, ModelBatch, ModelConfig, ModelInput,
     ModelStepper, Pooling, Targets,
@@ -19,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, TryLockError};
 
 fn bad(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     error(py, Kind::InvalidArgument, msg)
@@ -320,9 +320,9 @@ pub struct ModelCore {
     config_json: String,
     config: ModelConfig,
     dtype: DType,
-    model: RwLock<AnyModel>,
+    model: ForkRwLock<AnyModel>,
     /// Gradient scratch of `train_step`, reused across steps.
-    scratch: Mutex<(Vec<f32>, Vec<f64>)>,
+    scratch: ForkMutex<(Vec<f32>, Vec<f64>)>,
 }
 
 type Prediction<'py> = (
@@ -476,7 +476,7 @@ impl ModelCore {
             c0: c0a.as_ref().map(|a| slice("c0", a)).transpose()?,
         };
         let r = py.detach(|| {
-            let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+            let m = self.model.read();
             let m = T::model(&m).ok_or(MISMATCH.to_string())?;
             guarded(|| m.predict(&batch))
         });
@@ -554,12 +554,12 @@ impl ModelCore {
             guarded(|| -> lstmrs_core::Result<_> {
                 match mode {
                     Mode::Update(opt, lr, clip) => {
-                        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut scratch = self.scratch.lock();
                         let grad = T::scratch(&mut scratch);
-                        let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+                        let mut m = self.model.write();
                         let m = T::model_mut(&mut m).expect("dtype checked at construction");
                         grad.resize(m.num_params(), <T as Scalar>::from_f64(0.0));
-                        let mut o = opt.inner.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut o = opt.inner.lock();
                         let o = T::optimizer(&mut o).ok_or(lstmrs_core::Error::Value {
                             arg: "optimizer",
                             expected: format!("an optimizer of {}", T::NAME),
@@ -570,7 +570,7 @@ impl ModelCore {
                         Ok((r.loss, r.grad_norm, None, r.output))
                     }
                     Mode::Grad { training } => {
-                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = self.model.read();
                         let m = T::model(&m).expect("dtype checked at construction");
                         let mut grad = vec![<T as Scalar>::from_f64(0.0); m.num_params()];
                         let r = m.loss_and_grad(
@@ -579,7 +579,7 @@ impl ModelCore {
                         Ok((r.loss, f64::NAN, Some(grad), r.output))
                     }
                     Mode::Into(grad, clip) => {
-                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = self.model.read();
                         let m = T::model(&m).expect("dtype checked at construction");
                         let r = m.loss_and_grad(&batch, targets, &loss.loss, true, seed, grad)?;
                         // The fused step's clipping (`Model::train_step`), on the caller's buffer.
@@ -596,7 +596,7 @@ impl ModelCore {
                         Ok((r.loss, norm, None, r.output))
                     }
                     Mode::Loss => {
-                        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                        let m = self.model.read();
                         let m = T::model(&m).expect("dtype checked at construction");
                         let out = m.predict(&batch)?;
                         // The per-step length mask of `Model::loss_and_grad`.
@@ -676,8 +676,8 @@ impl ModelCore {
             config_json: config_json.to_string(),
             config,
             dtype: dt,
-            model: RwLock::new(model),
-            scratch: Mutex::new((Vec::new(), Vec::new())),
+            model: ForkRwLock::new(model),
+            scratch: ForkMutex::new((Vec::new(), Vec::new())),
         })
     }
 
@@ -697,7 +697,7 @@ impl ModelCore {
     /// Where the recurrent layers run: `"cpu"` or `"gpu"`.
     #[getter]
     fn device(&self) -> &'static str {
-        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+        let m = self.model.read();
         match &*m {
             AnyModel::F32(m) => m.device().name(),
             AnyModel::F64(m) => m.device().name(),
@@ -708,7 +708,7 @@ impl ModelCore {
     /// this build, this machine or this model cannot run there.
     fn set_device(&self, py: Python<'_>, device: &str) -> PyResult<()> {
         let device = Device::parse(device).map_err(|e| core_error(py, e))?;
-        let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.model.write();
         match &mut *m {
             AnyModel::F32(m) => m.set_device(device),
             AnyModel::F64(m) => m.set_device(device),
@@ -718,7 +718,7 @@ impl ModelCore {
 
     #[getter]
     fn num_params(&self) -> usize {
-        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+        let m = self.model.read();
         match &*m {
             AnyModel::F32(m) => m.num_params(),
             AnyModel::F64(m) => m.num_params(),
@@ -727,7 +727,7 @@ impl ModelCore {
 
     /// `[(name, shape), ...]` in the flat buffer's order.
     fn param_specs(&self) -> Vec<(String, Vec<usize>)> {
-        let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+        let m = self.model.read();
         let specs = match &*m {
             AnyModel::F32(m) => m.specs().to_vec(),
             AnyModel::F64(m) => m.specs().to_vec(),
@@ -739,7 +739,7 @@ impl ModelCore {
     fn get_flat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         by_dtype!(self.dtype, T => {
             let data = {
-                let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                let m = self.model.read();
                 T::model(&m).ok_or_else(|| bad(py, MISMATCH))?.params().to_vec()
             };
             let n = data.len();
@@ -753,7 +753,7 @@ impl ModelCore {
         by_dtype!(self.dtype, T => {
             let arr = readonly::<T>("flat", values)?;
             let data = slice("flat", &arr)?;
-            let mut m = self.model.write().unwrap_or_else(|e| e.into_inner());
+            let mut m = self.model.write();
             let m = T::model_mut(&mut m).ok_or_else(|| bad(py, MISMATCH))?;
             check_shape(py, "flat", arr.shape(), &[m.num_params()])?;
             m.params_mut().copy_from_slice(data);
@@ -771,7 +771,7 @@ impl ModelCore {
         let py = slf.py();
         let this = slf.get();
         by_dtype!(this.dtype, T => {
-            let mut m = this.model.write().unwrap_or_else(|e| e.into_inner());
+            let mut m = this.model.write();
             let m = T::model_mut(&mut m).ok_or_else(|| bad(py, MISMATCH))?;
             let view = numpy::ndarray::ArrayViewMut1::from(m.params_mut());
             // SAFETY: the buffer is the `Vec` inside this `ModelCore`'s model, which is never
@@ -881,7 +881,7 @@ impl ModelCore {
             {
                 // The weights are read while `grad` is written: they must not overlap (a
                 // `params_view()` passed as `grad`).
-                let m = self.model.read().unwrap_or_else(|e| e.into_inner());
+                let m = self.model.read();
                 let p = T::model(&m).ok_or_else(|| bad(py, MISMATCH))?.params().as_ptr_range();
                 let g = gs.as_ptr_range();
                 if g.start < p.end && p.start < g.end {
@@ -943,7 +943,7 @@ impl ModelWrap for f64 {
 pub struct OptimizerCore {
     name: String,
     dtype: DType,
-    inner: Mutex<AnyOptimizer>,
+    inner: ForkMutex<AnyOptimizer>,
 }
 
 fn optimizer_config(
@@ -1086,7 +1086,7 @@ impl OptimizerCore {
         Ok(OptimizerCore {
             name: name.to_string(),
             dtype: dt,
-            inner: Mutex::new(inner),
+            inner: ForkMutex::new(inner),
         })
     }
 
@@ -1097,19 +1097,19 @@ impl OptimizerCore {
 
     #[getter]
     fn steps(&self) -> u64 {
-        let mut o = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = self.inner.lock();
         by_dtype!(self.dtype, T => T::optimizer(&mut o).map_or(0, |o| o.steps()))
     }
 
     fn hyper_params(&self) -> Vec<(&'static str, f64)> {
-        let mut o = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = self.inner.lock();
         by_dtype!(self.dtype, T => T::optimizer(&mut o).map(|o| o.hyper_params()).unwrap_or_default())
     }
 
     /// `{"kind": str, "step": int, "buffers": {name: float64 array}}`.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let st: OptimizerState = {
-            let mut o = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut o = self.inner.lock();
             by_dtype!(self.dtype, T => T::optimizer(&mut o).ok_or_else(|| bad(py, MISMATCH))?.state())
         };
         let d = PyDict::new(py);
@@ -1156,7 +1156,7 @@ impl OptimizerCore {
             step,
             buffers,
         };
-        let mut o = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = self.inner.lock();
         by_dtype!(self.dtype, T => {
             let o = T::optimizer(&mut o).ok_or_else(|| bad(py, MISMATCH))?;
             o.load_state(&st).map_err(|e| core_error(py, e))
@@ -1172,7 +1172,7 @@ impl OptimizerCore {
             let g = readonly::<T>("grads", grads)?;
             let gs = slice("grads", &g)?;
             let ps = pw.as_slice_mut().map_err(|e| bad(py, format!("params: expected a C-contiguous array ({e})")))?;
-            let mut o = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut o = self.inner.lock();
             let o = T::optimizer(&mut o).ok_or_else(|| bad(py, MISMATCH))?;
             o.step(ps, gs, lr).map_err(|e| core_error(py, e))
         })
@@ -1187,7 +1187,7 @@ pub struct StepperCore {
     /// Multiply-adds of one step, to decide whether releasing the GIL pays off.
     work: usize,
     steps: AtomicU64,
-    inner: Mutex<AnyStepper>,
+    inner: ForkMutex<AnyStepper>,
 }
 
 /// Steps below this many multiply-adds (about 10 µs here) keep the GIL. Another Python thread
@@ -1195,15 +1195,6 @@ pub struct StepperCore {
 /// can wait out its switch interval (5 ms by default): a latency spike a real-time loop cannot
 /// afford. Larger steps release it, as every other long call of the bindings does.
 const STEP_DETACH_MIN_WORK: usize = 1 << 18;
-
-/// A lock guard if it can be had without waiting (a poisoned lock still guards valid state).
-fn lock_now<G>(r: Result<G, TryLockError<G>>) -> Option<G> {
-    match r {
-        Ok(g) => Some(g),
-        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    }
-}
 
 impl StepperCore {
     /// `step` for element type `T`: `x_t` already checked to be `[B, F]` (or `[F]`) of `T`, or
@@ -1225,10 +1216,7 @@ impl StepperCore {
             guarded(|| m.step(s, x, out))
         };
         if self.work < STEP_DETACH_MIN_WORK {
-            if let (Some(m), Some(mut s)) = (
-                lock_now(mc.model.try_read()),
-                lock_now(self.inner.try_lock()),
-            ) {
+            if let (Some(m), Some(mut s)) = (mc.model.try_read(), self.inner.try_lock()) {
                 let contiguous = |e| bad(py, format!("x_t: {e}"));
                 // SAFETY: `step` checked the array type; the GIL is held until the step returns,
                 // so no Python code can write `x_t` meanwhile, and `out` is a new array nothing
@@ -1266,8 +1254,8 @@ impl StepperCore {
             ModelInput::Dense(slice("x_t", &feats)?)
         };
         let r = py.detach(|| {
-            let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
-            let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let m = mc.model.read();
+            let mut s = self.inner.lock();
             run(&m, &mut s, x, out_s)
         });
         lift(py, r)?;
@@ -1283,7 +1271,7 @@ impl StepperCore {
     fn new(py: Python<'_>, model: Py<ModelCore>, batch: usize) -> PyResult<Self> {
         let inner = {
             let mc = model.get();
-            let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
+            let m = mc.model.read();
             match &*m {
                 AnyModel::F32(m) => {
                     AnyStepper::F32(m.stepper(batch).map_err(|e| core_error(py, e))?)
@@ -1296,7 +1284,7 @@ impl StepperCore {
         let work = {
             let mc = model.get();
             let rnn = lstmrs_core::network::forward_work(&mc.config.rnn, 1, batch);
-            let m = mc.model.read().unwrap_or_else(|e| e.into_inner());
+            let m = mc.model.read();
             let params = match &*m {
                 AnyModel::F32(m) => m.num_params(),
                 AnyModel::F64(m) => m.num_params(),
@@ -1310,7 +1298,7 @@ impl StepperCore {
             batch,
             work,
             steps: AtomicU64::new(0),
-            inner: Mutex::new(inner),
+            inner: ForkMutex::new(inner),
         })
     }
 
@@ -1368,7 +1356,7 @@ impl StepperCore {
 
     fn reset(&self) {
         self.steps.store(0, Ordering::Relaxed);
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.lock();
         match &mut *s {
             AnyStepper::F32(s) => s.reset(),
             AnyStepper::F64(s) => s.reset(),
@@ -1384,7 +1372,7 @@ impl StepperCore {
             mc.config.rnn.hidden_size,
         ];
         let lstm = mc.config.rnn.cell.has_cell_state();
-        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.inner.lock();
         by_dtype!(mc.dtype, T => {
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
             let h = to_array(py, s.h().to_vec(), &shape)?;
@@ -1409,7 +1397,7 @@ impl StepperCore {
             if let Some(a) = &ca {
                 check_shape(py, "c", a.shape(), &shape)?;
             }
-            let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.inner.lock();
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
             s.set_state(slice("h", &ha)?, ca.as_ref().map(|a| slice("c", a)).transpose()?)
                 .map_err(|e| core_error(py, e))

@@ -1,11 +1,13 @@
 //! `RnnCore` (a network's configuration and flat weights) and `Tape` (what backward needs), as
 //! Python classes. This layer only converts and validates: every computation is the core's.
 //!
-//! Locking: the weights sit behind an `RwLock` that is only ever taken with the GIL released
+//! Locking: the weights sit behind a `ForkRwLock` (free again in a forked child, see
+//! `lstmrs_core::forklock`) that is only ever taken with the GIL released
 //! (inside `py.detach`), so a thread waiting for it never holds the GIL another thread needs to
 //! finish, and other Python threads run while a forward or backward pass computes.
 
 use crate::errors::{core_error, error, guarded, lift, Kind};
+use lstmrs_core::forklock::{ForkRwLock, ReadGuard, WriteGuard};
 use lstmrs_core::{
     self as core, param_specs, Batch, CellKind, DType, ForwardOptions, GradOutputs, Layout,
     RnnConfig, RnnParams, Scalar,
@@ -17,7 +19,6 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub(crate) enum Params {
     F32(RnnParams<f32>),
@@ -193,7 +194,7 @@ pub struct RnnCore {
     id: u64,
     config: RnnConfig,
     dtype: DType,
-    state: RwLock<State>,
+    state: ForkRwLock<State>,
 }
 
 /// What `RnnCore.backward` needs from a forward call; opaque to Python.
@@ -269,14 +270,12 @@ type BackwardResult<'py> = (
 );
 
 impl RnnCore {
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        // A panic cannot happen while the lock is held for writing (writes are length-checked
-        // copies), so a poisoned lock still holds consistent weights.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> ReadGuard<'_, State> {
+        self.state.read()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> WriteGuard<'_, State> {
+        self.state.write()
     }
 
     fn state_shape(&self, batch: usize) -> [usize; 3] {
@@ -656,16 +655,16 @@ impl RnnCore {
         .map_err(|e| core_error(py, e))?;
         let r = py.detach(|| {
             guarded(|| match dtype {
-                DType::F32 => Params::F32(RnnParams::init_uniform(config, seed)),
-                DType::F64 => Params::F64(RnnParams::init_uniform(config, seed)),
+                DType::F32 => RnnParams::try_init_uniform(config, seed).map(Params::F32),
+                DType::F64 => RnnParams::try_init_uniform(config, seed).map(Params::F64),
             })
         });
-        let params = lift(py, r.map(Ok))?;
+        let params = lift(py, r)?;
         Ok(RnnCore {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             dtype,
-            state: RwLock::new(State { params, version: 0 }),
+            state: ForkRwLock::new(State { params, version: 0 }),
         })
     }
 

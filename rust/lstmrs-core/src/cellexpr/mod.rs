@@ -33,8 +33,8 @@ mod program;
 
 pub use crate::gates::Active;
 pub use parse::{
-    BinaryOp, CellDesc, CellSpec, Expr, NodeDesc, ParamInit, UnaryOp, UnitParam, MAX_GATES,
-    MAX_NODES, MAX_PARAMS, MAX_STATES,
+    is_name, BinaryOp, CellDesc, CellSpec, Expr, NodeDesc, ParamInit, UnaryOp, UnitParam,
+    MAX_GATES, MAX_NAME_LEN, MAX_NODES, MAX_PARAMS, MAX_STATES,
 };
 
 use crate::error::Result;

@@ -232,6 +232,7 @@ impl CellDesc {
             .as_str()
             .ok_or_else(|| value_err("cell.name", "a string", show(name)))?
             .to_string();
+
         let states = field(top, "states", "cell.states")?;
         let states = states
             .as_array()
@@ -316,20 +317,44 @@ impl CellDesc {
     }
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`: names become parts of parameter names and Python attributes.
-fn is_identifier(s: &str) -> bool {
+/// The longest name a cell, state or unit parameter may have.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The one rule for the names of cells, states and unit parameters: a lowercase identifier
+/// (`[a-z][a-z0-9_]*`) of at most [`MAX_NAME_LEN`] characters. Names become parts of parameter
+/// names, Python attributes and registry keys. The Python DSL (`lstmrs.cells`) mirrors it, and a
+/// test asserts the two agree.
+pub fn is_name(s: &str) -> bool {
     let mut c = s.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    s.len() <= MAX_NAME_LEN
+        && matches!(c.next(), Some(f) if f.is_ascii_lowercase())
+        && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '_')
+}
+
+fn name_rule() -> String {
+    format!("a lowercase identifier ([a-z][a-z0-9_]*, at most {MAX_NAME_LEN} characters)")
+}
+
+/// A name for a message: quoted, at most 80 characters of it.
+fn show_name(n: &str) -> String {
+    if n.chars().count() > 80 {
+        format!(
+            "{:?}... ({} characters)",
+            n.chars().take(80).collect::<String>(),
+            n.chars().count()
+        )
+    } else {
+        format!("{n:?}")
+    }
 }
 
 fn check_names(arg: &'static str, what: &str, names: &[&str]) -> Result<()> {
     for (k, n) in names.iter().enumerate() {
-        if !is_identifier(n) {
+        if !is_name(n) {
             return Err(value_err(
                 arg,
-                format!("{what} {k}: an identifier ([A-Za-z_][A-Za-z0-9_]*)"),
-                format!("{n:?}"),
+                format!("{what} {k}: {}", name_rule()),
+                show_name(n),
             ));
         }
         if names[..k].contains(n) {
@@ -355,8 +380,8 @@ impl CellSpec {
 
     /// Validates a description. Every error names the offending node, state or parameter.
     pub fn from_desc(d: CellDesc) -> Result<Self> {
-        if d.name.is_empty() {
-            return Err(value_err("cell.name", "a non-empty name", "\"\""));
+        if !is_name(&d.name) {
+            return Err(value_err("cell.name", name_rule(), show_name(&d.name)));
         }
         if d.states.is_empty() {
             return Err(value_err("cell.states", "at least one state", "[]"));

@@ -60,6 +60,18 @@ pub fn forward<'p, T: Scalar + Pod>(
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
     super::check_supported::<T>(cfg.cell)?;
+    // The host buffers of a GPU pass (inputs, outputs, the tape's downloads) are those of a CPU
+    // pass: the same ceiling applies before anything is uploaded.
+    crate::memory::check(
+        "x",
+        crate::network::forward_bytes(
+            &cfg,
+            x.seq_len,
+            x.batch,
+            std::mem::size_of::<T>(),
+            opts.keep_tape,
+        ),
+    )?;
     let g = gpu()?;
     g.scoped(|| run(g, params.as_slice(), &cfg, x, opts))
 }

@@ -19,6 +19,7 @@ pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
+use crate::memory;
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization};
 use crate::optim::{clip_grad_norm, clip_grad_value, grad_norm, Optimizer};
 use crate::params::{
@@ -91,6 +92,39 @@ impl ModelConfig {
             });
         }
         Ok(())
+    }
+
+    /// Checks that the parameters fit under the memory ceiling, in arithmetic that cannot
+    /// overflow, before [`Model::new`] lays them out.
+    pub fn check_memory<T>(&self) -> Result<()> {
+        crate::params::check_param_memory::<T>(&self.rnn)?;
+        let sz = std::mem::size_of::<T>();
+        let embedding = match self.input {
+            InputKind::Embedding { vocab, dim } => memory::bytes_of(sz, &[vocab, dim]),
+            InputKind::Dense { .. } => Some(0),
+        };
+        memory::check("embedding", embedding)?;
+        let p = (self.rnn.hidden_size as u128).checked_mul(self.rnn.num_directions() as u128);
+        let attention = match self.pooling {
+            Pooling::Attention { units } => p
+                .and_then(|p| p.checked_add(2))
+                .and_then(|w| w.checked_mul(units as u128))
+                .and_then(|n| n.checked_mul(sz as u128)),
+            _ => Some(0),
+        };
+        memory::check("attention_units", attention)?;
+        let mut dims: Vec<u128> = p.into_iter().collect();
+        dims.extend(self.head_hidden.iter().map(|&h| h as u128));
+        dims.push(self.outputs as u128);
+        let head = dims.windows(2).try_fold(0u128, |acc, d| {
+            acc.checked_add(d[0].checked_add(1)?.checked_mul(d[1])?)
+        });
+        memory::check("head_hidden", head.and_then(|n| n.checked_mul(sz as u128)))?;
+        let rnn = crate::params::param_count(&self.rnn) as u128;
+        let total = [embedding, attention, head.map(|n| n * sz as u128)]
+            .into_iter()
+            .try_fold(rnn * sz as u128, |acc, b| acc.checked_add(b?));
+        memory::check("parameters", total)
     }
 
     fn head_dims(&self) -> Vec<usize> {
@@ -187,6 +221,7 @@ impl<T: Scalar> Model<T> {
     /// layers, input width for dense layers). Reproducible from `seed`.
     pub fn new(config: ModelConfig, seed: u64) -> Result<Self> {
         config.validate()?;
+        config.check_memory::<T>()?;
         let mut specs: Vec<ParamSpec> = Vec::new();
         let mut push = |name: String, shape: Vec<usize>| {
             let offset = specs.last().map_or(0, |s| s.offset + s.len);
@@ -239,7 +274,7 @@ impl<T: Scalar> Model<T> {
         };
         let total = specs.last().map_or(0, |s| s.offset + s.len);
         let mut model = Model {
-            params: vec![T::zero(); total],
+            params: memory::try_filled("parameters", total, T::zero())?,
             config,
             specs,
             layout,
@@ -408,6 +443,10 @@ impl<T: Scalar> Model<T> {
                     }
                     InputKind::Dense { .. } => unreachable!("checked"),
                 };
+                memory::check(
+                    "x",
+                    memory::bytes_of(std::mem::size_of::<T>(), &[ids.len(), dim]),
+                )?;
                 let mut e = Vec::with_capacity(ids.len() * dim);
                 for &id in ids {
                     e.extend_from_slice(self.slice(off + id as usize * dim, dim));
