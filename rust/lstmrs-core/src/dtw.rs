@@ -22,6 +22,7 @@
 //! [`reference_distance`] is the plain full-matrix version the fast one is tested against.
 
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::threads;
 use rayon::prelude::*;
 
@@ -449,7 +450,9 @@ fn unconstrained_pairs(set: &SeriesSet<'_>) -> Option<Vec<f64>> {
                 .sum::<f64>()
         })
         .sum();
-    if cells > FLOOR_CELLS {
+    // Skipped (not an error) when the [n, n] matrix would pass the memory ceiling: it only
+    // speeds the search up.
+    if cells > FLOOR_CELLS || memory::check_elems::<f64>("dtw pairs", n * n).is_err() {
         return None;
     }
     let f = set.f;
