@@ -432,3 +432,20 @@ def test_ensemble_does_not_pass_off_one_member_as_the_whole():
         ens.evaluate(np.zeros((1, 3, 1)), np.zeros(1))
     with pytest.raises(lstmrs.ExportError, match="export each member"):
         ens.to_onnx("x.onnx")
+
+
+def test_resume_of_an_ensemble_run_keeps_its_finished_members(tmp_path, capsys):
+    import shutil
+
+    path = _ucr_like(tmp_path)
+    run = str(tmp_path / "run")
+    sets = [f"data.path={path}", "train.ensemble=3", "train.epochs=3", "model.hidden_size=8"]
+    flags = [a for s in sets for a in ("--set", s)]
+    assert main(["train", "--task", "classify", "--run-dir", run, "--no-plots"] + flags) == 0
+    # As if killed while training the last member: its final model is not there yet.
+    shutil.rmtree(os.path.join(run, "checkpoints", "member_2", "final"))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--run-dir", run, "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming the ensemble" in out and "LSTM x3 ensemble" in out
+    assert os.path.isdir(os.path.join(run, "checkpoints", "member_2", "final"))

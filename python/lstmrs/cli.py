@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import glob
 import math
 import os
 import subprocess
@@ -335,7 +336,10 @@ def _train_run(
             f"resuming from {_show(ck)} (epoch {training['epoch']}, step {training['global_step']})"
         )
     else:
-        if resume:
+        if resume and glob.glob(os.path.join(run.checkpoints, "member_*")):
+            # An ensemble keeps a checkpoint directory per member (lstmrs.ensemble).
+            say("resuming the ensemble: finished members are kept, the others go on from theirs")
+        elif resume:
             say("no checkpoint in this run yet: starting its training from the beginning")
         model = task.build_model(cfg, data)
         task.compile(model, cfg)
