@@ -356,7 +356,7 @@ def test_help_and_missing_optuna(capsys, monkeypatch, tmp_path):
     cfg = write_config(tmp_path, SPACE)
     assert main(["tune", cfg, "--run-dir", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err
-    assert "TuneError" in err and "pip install 'lstmrs[tune]'" in err
+    assert "lstmrs tune needs Optuna" in err and "pip install 'lstmrs[tune]'" in err
 
 
 # --------------------------------------------------------------------------------------------
