@@ -519,8 +519,8 @@ class ClassifyTask(Task):
         xs, ys, ls = (np.concatenate([a, b]) for a, b in zip(data.train, data.val))
         masks = _fold_masks(ex["y"][pool], len(model), config["seed"])
         runner = list(fit_kwargs.pop("callbacks", ()))
-        resume = fit_kwargs.pop("resume", False)
-        del resume  # members resume from their own checkpoints (Ensemble.fit)
+        # Members resume from their own checkpoints (Ensemble.fit), not the runner's flag.
+        fit_kwargs.pop("resume", None)
 
         def callbacks_for(k):
             if k == 0:

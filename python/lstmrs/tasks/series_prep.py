@@ -49,6 +49,15 @@ def _series_stats(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean, np.sqrt(var)
 
 
+def _feature_stats(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over every valid step of every series: ``[F]``."""
+    valid = valid_mask(lengths, x.shape[1])
+    cnt = valid.sum()
+    mean = np.where(valid, x, 0.0).sum(axis=(0, 1)) / cnt
+    std = np.sqrt(np.where(valid, (x - mean) ** 2, 0.0).sum(axis=(0, 1)) / cnt)
+    return mean, std
+
+
 def _znorm_series(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Each series z-normalised per feature, with its mean and log scale as extra channels."""
     mean, std = _series_stats(x, lengths)
@@ -115,11 +124,7 @@ class SeriesPrep:
         if patch <= 0:
             patch = max(1, math.ceil(int(np.max(lengths)) / max_steps))
         prep = cls(normalize=normalize, patch=int(patch), loo=loo)
-        base = prep._normalized(x, lengths)
-        valid = valid_mask(lengths, x.shape[1])
-        cnt = valid.sum()
-        mean = np.where(valid, base, 0.0).sum(axis=(0, 1)) / cnt
-        std = np.sqrt(np.where(valid, (base - mean) ** 2, 0.0).sum(axis=(0, 1)) / cnt)
+        mean, std = _feature_stats(prep._normalized(x, lengths), lengths)
         if normalize == "none":
             mean, std = np.zeros_like(mean), np.ones_like(std)
         prep.mean = mean.tolist()
@@ -132,10 +137,8 @@ class SeriesPrep:
     def _standardized(self, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Normalised and standardised with statistics of ``x`` itself (for the auto choice)."""
         base = self._normalized(x, lengths)
+        mean, std = _feature_stats(base, lengths)
         valid = valid_mask(lengths, x.shape[1])
-        cnt = valid.sum()
-        mean = np.where(valid, base, 0.0).sum(axis=(0, 1)) / cnt
-        std = np.sqrt(np.where(valid, (base - mean) ** 2, 0.0).sum(axis=(0, 1)) / cnt)
         return np.where(valid, (base - mean) / np.where(std > _EPS, std, 1.0), 0.0)
 
     @property
