@@ -303,7 +303,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
         "run",
         *CTRL_C_ARGS,
         "--set",
-        "train.epochs=500",
+        # Far more than the test waits for: the interrupt must land while training runs, however
+        # fast or slow the machine is.
+        "train.epochs=100000",
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lstmrs.cli", *args],
@@ -319,8 +321,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
         if metrics.exists() and metrics.read_text().count("\n") >= 2:
             break
         time.sleep(0.1)
+    assert proc.poll() is None, "training ended before the interrupt: " + proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("Ctrl-C did not stop training within 60 s:\n" + out + err) from None
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     assert "checkpoint" in out and "--resume" in out
