@@ -8,23 +8,31 @@
 ((4, 10, 16), (2, 4, 16))
 """
 
-from . import callbacks, datasets, metrics, optim
+from . import callbacks, cells, datasets, metrics, optim
 from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
-from .checkpoint import CheckpointError, load
+from .checkpoint import load
 from .errors import (
+    CheckpointError,
+    ConfigError,
     DataFileError,
     DTypeError,
     ExportError,
     ExportMismatchError,
+    GpuUnavailableError,
     InvalidArgumentError,
     LstmrsError,
     MemoryLimitError,
     MissingDependencyError,
     NonFiniteError,
+    PluginError,
+    PluginWarning,
+    RunDirError,
     ShapeError,
+    TuneError,
     UnsupportedModelError,
+    UnsupportedOperationError,
 )
 from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
@@ -37,10 +45,12 @@ __all__ = [
     "LSTM",
     "RNN",
     "CheckpointError",
+    "ConfigError",
     "DTypeError",
     "DataFileError",
     "ExportError",
     "ExportMismatchError",
+    "GpuUnavailableError",
     "History",
     "InvalidArgumentError",
     "Loss",
@@ -49,12 +59,18 @@ __all__ = [
     "MissingDependencyError",
     "Model",
     "NonFiniteError",
+    "PluginError",
+    "PluginWarning",
     "RnnGradients",
+    "RunDirError",
     "ShapeError",
     "Stepper",
+    "TuneError",
     "UnsupportedModelError",
+    "UnsupportedOperationError",
     "__version__",
     "callbacks",
+    "cells",
     "datasets",
     "get_memory_limit",
     "get_num_threads",
