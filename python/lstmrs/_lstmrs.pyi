@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module. Use the public API in :mod:`lstmrs` instead: this
 layer expects C-contiguous arrays of the network's dtype and does no conversion."""
 
-from typing import Any, final
+from typing import Any, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ __all__ = [
     "set_num_threads",
 ]
 
-_Array = npt.NDArray[np.floating]
+_Array: TypeAlias = npt.NDArray[np.floating]
 
 __version__: str
 
