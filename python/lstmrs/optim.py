@@ -19,7 +19,6 @@ import inspect
 import math
 from typing import Any, ClassVar
 
-from . import plugins
 from ._lstmrs import OptimizerCore
 from .errors import InvalidArgumentError
 from .optim_spec import Optimizer
@@ -145,7 +144,14 @@ def optimizer_class(name: str) -> type[Optimizer] | None:
     if not isinstance(name, str):
         return None
     key = name.lower()
-    return _OPTIMIZERS.get(key) or plugins.get_optimizers().get(key)
+    return _OPTIMIZERS.get(key) or _registered().get(key)
+
+
+def _registered() -> dict[str, type]:
+    # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+    from . import plugins
+
+    return plugins.get_optimizers()
 
 
 def get_optimizer(
@@ -161,7 +167,7 @@ def get_optimizer(
     cls = optimizer_class(optimizer)
     if cls is None:
         raise InvalidArgumentError(
-            f"optimizer: expected one of {sorted(plugins.get_optimizers())} or an "
+            f"optimizer: expected one of {sorted(_registered())} or an "
             f"lstmrs.optim.Optimizer, got {optimizer!r} (plugins add more: `lstmrs plugins` "
             "lists what is installed)"
         )

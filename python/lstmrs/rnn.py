@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _lstmrs, plugins
+from . import _lstmrs
 from . import gpu as _gpu
 from .errors import (
     DTypeError,
@@ -887,6 +887,9 @@ def resolve_cell(cell: Any) -> ResolvedCell:
     else:
         spec = cell
         if isinstance(cell, str):
+            # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+            from . import plugins
+
             spec = plugins.lookup("cells", cell)
         native = getattr(spec, "native", None)
         if native in ("lstm", "gru"):

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import plugins
 from .callbacks import Callback, CallbackList, History, _FileLogger
 from .checkpoint_format import latest_checkpoint, restore_training, write_training_checkpoint
 from .errors import InvalidArgumentError, NonFiniteError, ShapeError
@@ -609,6 +608,9 @@ def _train(
     safe: tuple | None = None
     step = _Step(model)
     model._interrupt_checkpoint = None
+
+    # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+    from . import plugins
 
     guard = _DeferInterrupt(saving=checkpoint_dir is not None)
     try:
