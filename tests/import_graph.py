@@ -1,8 +1,9 @@
 """The imports between the modules of ``python/lstmrs``, read with :mod:`ast` (nothing is
 imported), for ``test_layers.py``.
 
-``python tests/import_graph.py`` prints the counts the layering is judged by: the modules that
-import each other in a circle, and the imports of lstmrs modules made inside functions.
+``python tests/import_graph.py [PACKAGE_DIR]`` prints the counts the layering is judged by: the
+modules that import each other in a circle, and the imports of lstmrs modules made inside
+functions (of this checkout's ``python/lstmrs``, or of another checkout's package directory).
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-def main() -> int:
-    graph = read_package()
+def main(argv: list[str]) -> int:
+    graph = read_package(Path(argv[0]) if argv else SOURCE)
     # The package's own __init__ imports everything and is imported by everything (Python runs
     # it first), so it is left out of the circles, as every lstmrs import implies it.
     edges = {m: t - {PACKAGE} for m, t in runtime_edges(graph).items() if m != PACKAGE}
@@ -197,4 +198,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
