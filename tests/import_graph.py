@@ -26,7 +26,7 @@ class Import:
     line: int
     local: bool  # inside a function: runs when the function does
     type_checking: bool  # under `if TYPE_CHECKING:`: never runs
-    comment: str  # the comments on the import's line and the line above it
+    comment: str  # the comment on the import's line and the comment lines right above it
     implicit: bool = False  # the package that Python runs before `target`
 
     def where(self) -> str:
@@ -83,7 +83,12 @@ def imports_of(module: str, source: str, known, is_package: bool = False) -> lis
     found: list[Import] = []
 
     def comment(line: int) -> str:
-        near = lines[max(0, line - 2) : line]
+        # The import line's own comment and the block of comment lines right above it.
+        near = [lines[line - 1]]
+        k = line - 2
+        while k >= 0 and lines[k].strip().startswith("#"):
+            near.insert(0, lines[k])
+            k -= 1
         return " ".join(t.split("#", 1)[1].strip() for t in near if "#" in t)
 
     def visit(node: ast.AST, local: bool, type_checking: bool) -> None:

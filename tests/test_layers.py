@@ -6,7 +6,7 @@ higher layer fails this test, wherever it is (module level, inside a function, `
 ``from x import y`` or relative), with a message naming both modules and the rule. Imports under
 ``if TYPE_CHECKING:`` never run and are exempt (that is how training, streaming and the checkpoint
 format name ``Model`` in annotations). An import inside a function needs a comment on its line or
-the line above saying why it is not at the top: an optional dependency, or start-up time with a
+right above it saying why it is not at the top: an optional dependency, or start-up time with a
 measured number. And no modules may import each other in a circle.
 
 The graph is read from the source with :mod:`ast` (``tests/import_graph.py``); nothing is
@@ -20,7 +20,7 @@ import re
 import import_graph as ig
 import pytest
 
-#: From the bottom up. Each line of the docstrings of :data:`LAYER_OF` says what a layer holds.
+#: From the bottom up; the comment beside each says what it holds.
 LAYERS = (
     "base",  # errors, the Rust extension, the GPU probe, fork safety, memory ceiling, validation
     "specs",  # descriptions without behaviour of their own: cells, optimizer spec, metrics, ...
@@ -127,7 +127,7 @@ def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAY
             if i.local and not i.implicit and not _WHY_LOCAL.search(i.comment):
                 out.append(
                     f"{i.where()}: {module} imports {i.target} inside a function without a "
-                    "comment (on its line or the line above) saying why: an optional "
+                    "comment (on its line or right above it) saying why: an optional "
                     "dependency, or start-up time with a measured number; otherwise import it "
                     "at the top of the module"
                 )
