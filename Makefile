@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "maturin>=1.8,<2" "numpy>=1.24" "pytest>=8" "ruff==0.17.6" scikit-learn \
-		rich safetensors pluggy matplotlib setuptools "optuna>=4.9" "psycopg[binary]" hypothesis
+		rich safetensors pluggy matplotlib setuptools "optuna>=4.9" "psycopg[binary]" hypothesis mypy
 	@if [ "$(ORACLES)" = "1" ]; then \
 		$(PIP) install --quiet torch onnxruntime onnx keras \
 		|| echo "warning: torch/onnxruntime/onnx/keras not installed; live parity tests will be skipped"; \
@@ -44,7 +44,10 @@ test-python: build
 
 test: test-rust test-python
 
-lint: setup
+# stubtest compares the hand-written python/lstmrs/_lstmrs.pyi with the built extension (hence
+# `build`); tests/stubtest_allowlist.txt lists, with a reason each, what it cannot see.
+lint: build
+	$(PY) -m mypy.stubtest lstmrs._lstmrs --allowlist tests/stubtest_allowlist.txt
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --features lstmrs-py/gpu -- -D warnings

@@ -16,82 +16,17 @@ line.
 
 from __future__ import annotations
 
-import gc
 import json
-import os
-import re
-import subprocess
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+import tbptt
+from common import measure_peak, run_child
 
-
-def _status_kib(field: str) -> int:
-    return rss_hwm_kib()[field]
-
-
-def rss_hwm_kib() -> dict[str, int]:
-    """Current (VmRSS) and peak (VmHWM) resident set size in KiB, from one read."""
-    with open("/proc/self/status") as f:
-        text = f.read()
-    return {
-        k: int(re.search(rf"^{k}:\s+(\d+) kB", text, re.MULTILINE).group(1))
-        for k in ("VmRSS", "VmHWM")
-    }
-
-
-def reset_peak() -> bool:
-    """Resets VmHWM to VmRSS; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def measure_peak(fn) -> dict:
-    """Runs ``fn`` once and returns its peak RSS increase (MiB) over the RSS just before."""
-    gc.collect()
-    reset = reset_peak()
-    base = _status_kib("VmRSS")
-    result = fn()
-    peak = _status_kib("VmHWM")
-    after = _status_kib("VmRSS")
-    del result
-    return {
-        "peak_rss_increase_mb": (peak - base) / 1024,
-        "baseline_rss_mb": base / 1024,
-        "rss_after_mb": after / 1024,
-        "method": "VmHWM after clear_refs reset" if reset else "VmHWM since start (upper bound)",
-    }
+__all__ = ["measure_peak", "run_child", "train_step_peak"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Parent side
-
-
-def run_child(job: dict, timeout: float = 900) -> dict:
-    """Runs ``job`` in a fresh interpreter; returns its JSON result or {"error": ...}."""
-    env = dict(os.environ)
-    threads = str(job["threads"])
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, LSTMRS_NUM_THREADS=threads)
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.join(_HERE, "memory.py"), json.dumps(job)],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
 
 
 def train_step_peak(lib: str, variant: str, case, threads: int, steps: int = 2) -> dict:
@@ -144,8 +79,6 @@ def _train_step_job(job: dict) -> dict:
 
 
 def _tbptt_job(job: dict) -> dict:
-    import tbptt
-
     return tbptt.child(job)
 
 

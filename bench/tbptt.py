@@ -21,8 +21,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import close, require_agreement
-from memory import measure_peak, rss_hwm_kib, run_child
+from common import close, measure_peak, require_agreement, rss_hwm_kib, run_child
 
 POOL = 4
 TRACE_POINTS = 20

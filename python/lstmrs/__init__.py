@@ -8,23 +8,31 @@
 ((4, 10, 16), (2, 4, 16))
 """
 
-from . import callbacks, datasets, metrics, optim
+from . import callbacks, cells, datasets, metrics, optim
 from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
-from .checkpoint import CheckpointError, load
+from .checkpoint import load
 from .errors import (
+    CheckpointError,
+    ConfigError,
     DataFileError,
     DTypeError,
     ExportError,
     ExportMismatchError,
+    GpuUnavailableError,
     InvalidArgumentError,
     LstmrsError,
     MemoryLimitError,
     MissingDependencyError,
     NonFiniteError,
+    PluginError,
+    PluginWarning,
+    RunDirError,
     ShapeError,
+    TuneError,
     UnsupportedModelError,
+    UnsupportedOperationError,
 )
 from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
@@ -37,10 +45,12 @@ __all__ = [
     "LSTM",
     "RNN",
     "CheckpointError",
+    "ConfigError",
     "DTypeError",
     "DataFileError",
     "ExportError",
     "ExportMismatchError",
+    "GpuUnavailableError",
     "History",
     "InvalidArgumentError",
     "Loss",
@@ -49,12 +59,18 @@ __all__ = [
     "MissingDependencyError",
     "Model",
     "NonFiniteError",
+    "PluginError",
+    "PluginWarning",
     "RnnGradients",
+    "RunDirError",
     "ShapeError",
     "Stepper",
+    "TuneError",
     "UnsupportedModelError",
+    "UnsupportedOperationError",
     "__version__",
     "callbacks",
+    "cells",
     "datasets",
     "get_memory_limit",
     "get_num_threads",
@@ -72,8 +88,8 @@ def tune(config=None, **kwargs):
     """Hyperparameter search over a config's ``[tune]`` space with Optuna: ``lstmrs tune`` from
     Python. See :func:`lstmrs.tuning.tune` for the arguments; returns a
     :class:`lstmrs.tuning.TuneResult`."""
-    # Imported on use: tuning sits above the package's layers (it runs the CLI's pipeline) and
-    # needs Optuna, an optional dependency.
+    # start-up time: tuning and the task pipeline it runs add ~170 ms to `import lstmrs`; it needs
+    # Optuna, an optional dependency, besides.
     from .tuning import tune as run
 
     return run(config, **kwargs)

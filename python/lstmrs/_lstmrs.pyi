@@ -1,8 +1,32 @@
 """Type stubs of the Rust extension module. Use the public API in :mod:`lstmrs` instead: this
 layer expects C-contiguous arrays of the network's dtype and does no conversion."""
 
+from typing import Any, TypeAlias, final
+
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "LossSpec",
+    "ModelCore",
+    "OptimizerCore",
+    "RnnCore",
+    "StepperCore",
+    "Tape",
+    "__version__",
+    "compile_cell",
+    "dtw_classify",
+    "dtw_leave_one_out",
+    "get_memory_limit",
+    "get_num_threads",
+    "gpu_available",
+    "gpu_info",
+    "gpu_probe",
+    "set_memory_limit",
+    "set_num_threads",
+]
+
+_Array: TypeAlias = npt.NDArray[np.floating]
 
 __version__: str
 
@@ -13,7 +37,34 @@ def compile_cell(json: str) -> str:
 def get_num_threads() -> int: ...
 def set_memory_limit(nbytes: int | None) -> None: ...
 def get_memory_limit() -> int: ...
+def gpu_available() -> bool:
+    """Whether `device="gpu"` can run here."""
 
+def gpu_info() -> dict[str, Any]:
+    """{"available": bool, "reason": str | None, "name", "backend", "device_type", ...}."""
+
+def gpu_probe(n: int, dispatches: int, repeats: int) -> dict[str, float]:
+    """The benchmark's device probe (not public API)."""
+
+def dtw_leave_one_out(
+    x: npt.NDArray[np.float64],
+    lens: npt.NDArray[np.int64],
+    labels: npt.NDArray[np.int64],
+    windows: list[float],
+) -> list[float]:
+    """Leave-one-out accuracy of 1-NN DTW for each Sakoe-Chiba band fraction in `windows`."""
+
+def dtw_classify(
+    x: npt.NDArray[np.float64],
+    lens: npt.NDArray[np.int64],
+    labels: npt.NDArray[np.int64],
+    queries: npt.NDArray[np.float64],
+    query_lens: npt.NDArray[np.int64],
+    window: float,
+) -> npt.NDArray[np.int64]:
+    """The label of each query's nearest training series under band fraction `window`."""
+
+@final
 class Tape:
     """What RnnCore.backward needs from a forward call (forward(..., keep_tape=True))."""
 
@@ -26,11 +77,12 @@ class Tape:
     @property
     def batch_first(self) -> bool: ...
 
+@final
 class RnnCore:
     """A recurrent network's configuration and weights (one flat buffer)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         cell: str,
         input_size: int,
         hidden_size: int,
@@ -39,7 +91,7 @@ class RnnCore:
         bidirectional: bool,
         dtype: str,
         seed: int,
-    ) -> None: ...
+    ) -> RnnCore: ...
     @property
     def cell(self) -> str: ...
     @property
@@ -74,6 +126,7 @@ class RnnCore:
         dropout: float = 0.0,
         seed: int = 0,
         keep_tape: bool = False,
+        device: str = "cpu",
     ) -> tuple[
         npt.NDArray[np.floating],
         npt.NDArray[np.floating],
@@ -92,3 +145,120 @@ class RnnCore:
         npt.NDArray[np.floating],
         npt.NDArray[np.floating] | None,
     ]: ...
+
+@final
+class LossSpec:
+    """A loss and its options, as the core computes it."""
+
+    def __new__(
+        cls,
+        name: str,
+        ignore_index: int = -100,
+        class_weights: list[float] | None = None,
+        delta: float = 1.0,
+    ) -> LossSpec: ...
+    @property
+    def name(self) -> str: ...
+
+@final
+class OptimizerCore:
+    """A built-in optimizer's state over a flat parameter buffer; `step` updates in place."""
+
+    def __new__(
+        cls, name: str, num_params: int, dtype: str = "float32", **hyper: Any
+    ) -> OptimizerCore: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    def hyper_params(self) -> list[tuple[str, float]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def step(self, params: _Array, grads: _Array, lr: float) -> None: ...
+
+@final
+class ModelCore:
+    """A whole model (input, recurrent stack, pooling, head) over one flat weight buffer."""
+
+    def __new__(cls, config_json: str, dtype: str = "float32", seed: int = 0) -> ModelCore: ...
+    @property
+    def num_params(self) -> int: ...
+    @property
+    def config_json(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    def set_device(self, device: str) -> None: ...
+    def param_specs(self) -> list[tuple[str, list[int]]]: ...
+    def get_flat(self) -> _Array: ...
+    def set_flat(self, values: _Array) -> None: ...
+    def params_view(self) -> _Array: ...
+    def predict(
+        self,
+        x: npt.NDArray[Any],
+        lengths: npt.NDArray[np.int64] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+    ) -> tuple[_Array, _Array, _Array | None]: ...
+    def loss_and_grad(
+        self,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        loss: LossSpec,
+        lengths: npt.NDArray[np.int64] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+        training: bool = False,
+        seed: int = 0,
+    ) -> tuple[float, _Array]: ...
+    def train_step(
+        self,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        loss: LossSpec,
+        optimizer: OptimizerCore,
+        lr: float,
+        seed: int,
+        lengths: npt.NDArray[np.int64] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+    ) -> tuple[float, float, _Array, _Array, _Array | None]: ...
+    def loss_and_grad_into(
+        self,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        loss: LossSpec,
+        grad: _Array,
+        seed: int = 0,
+        lengths: npt.NDArray[np.int64] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+    ) -> tuple[float, float, _Array, _Array, _Array | None]: ...
+    def loss(
+        self,
+        x: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        loss: LossSpec,
+        lengths: npt.NDArray[np.int64] | None = None,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+    ) -> tuple[float, _Array, _Array, _Array | None]: ...
+
+@final
+class StepperCore:
+    """Step-by-step inference of a ModelCore: one time step per call, the state kept inside."""
+
+    def __new__(cls, model: ModelCore, batch: int = 1) -> StepperCore: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    def step(self, x_t: npt.NDArray[Any]) -> _Array | None: ...
+    def reset(self) -> None: ...
+    def get_state(self) -> tuple[_Array, _Array | None]: ...
+    def set_state(self, h: _Array, c: _Array | None = None) -> None: ...

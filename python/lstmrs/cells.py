@@ -37,7 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InvalidArgumentError, LstmrsError, ShapeError
+from .errors import InvalidArgumentError, ShapeError, UnsupportedOperationError
+from .validation import check_int
 
 __all__ = [
     "Cell",
@@ -62,10 +63,6 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 MAX_NAME_LEN = 64
 # Unit parameters become `{name}_l{k}` next to the layer's matrices: these prefixes would clash.
 _RESERVED_PARAM_PREFIXES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-class UnsupportedOperationError(LstmrsError, TypeError):
-    """An operation the cell language does not have (division, ``**``, comparisons, ...)."""
 
 
 def is_name(name: Any) -> bool:
@@ -462,9 +459,7 @@ class Cell:
         return self._h_gates
 
     def _gates(self, what: str, op: str, n: Any, have: tuple | None, lo: int) -> tuple:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < lo:
-            raise InvalidArgumentError(f"{what}: expected an integer >= {lo}, got {n!r}")
-        n = int(n)
+        n = check_int(what, n, lo)
         if have is not None and len(have) != n:
             raise InvalidArgumentError(
                 f"{what}: already declared with {len(have)} gates, now asked for {n}"

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from .errors import InvalidArgumentError
+from .errors import ConfigError
 
 __all__ = [
     "Bool",
@@ -50,10 +50,6 @@ __all__ = [
     "parse_value",
     "rule_for_default",
 ]
-
-
-class ConfigError(InvalidArgumentError):
-    """A configuration key is unknown, or its value is not allowed."""
 
 
 def _toml_module():

@@ -15,22 +15,17 @@ import zipfile
 
 import numpy as np
 
-from .errors import DataFileError, InvalidArgumentError
+from .errors import DataFileError
+from .validation import check_int
 
 __all__ = ["adding_problem", "copy_task"]
-
-
-def _positive(name: str, v: int, lo: int = 1) -> int:
-    if int(v) != v or v < lo:
-        raise InvalidArgumentError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 def adding_problem(
     n: int, seq_len: int, *, seed: int = 0, dtype: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` adding-problem sequences of ``seq_len`` steps: ``(x [n, T, 2], y [n, 1])``."""
-    n, t = _positive("n", n), _positive("seq_len", seq_len, 2)
+    n, t = check_int("n", n), check_int("seq_len", seq_len, 2)
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.0, 1.0, size=(n, t))
     half = t // 2
@@ -62,8 +57,8 @@ def copy_task(
     ``vocab_size = num_symbols + 2``). Targets are blank (0) until the last ``length`` steps,
     which hold the symbols; ``mask_prefix`` puts ``ignore_index`` in place of those blanks.
     """
-    n, length = _positive("n", n), _positive("length", length)
-    delay, num_symbols = _positive("delay", delay, 0), _positive("num_symbols", num_symbols)
+    n, length = check_int("n", n), check_int("length", length)
+    delay, num_symbols = check_int("delay", delay, 0), check_int("num_symbols", num_symbols)
     rng = np.random.default_rng(seed)
     symbols = rng.integers(1, num_symbols + 1, size=(n, length))
     total = 2 * length + delay + 1

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback
-from .checkpoint import latest_checkpoint
+from .checkpoint_format import latest_checkpoint
 from .errors import ExportError, InvalidArgumentError
 from .models import Model
 

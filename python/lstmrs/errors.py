@@ -6,12 +6,16 @@ argument, what was expected and what was given, e.g.
 ``x: expected shape [B, T, 8] (batch_first=True), got (4, 5, 7)``.
 
 The Rust extension raises these same classes (it looks them up in this module), so there is one
-exception tree.
+exception tree: every lstmrs exception is defined here and exported from ``lstmrs``; the modules
+that raise them re-export their own (``lstmrs.config.ConfigError`` is
+``lstmrs.errors.ConfigError``).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
     "DTypeError",
     "DataFileError",
     "ExportError",
@@ -22,8 +26,13 @@ __all__ = [
     "MemoryLimitError",
     "MissingDependencyError",
     "NonFiniteError",
+    "PluginError",
+    "PluginWarning",
+    "RunDirError",
     "ShapeError",
+    "TuneError",
     "UnsupportedModelError",
+    "UnsupportedOperationError",
 ]
 
 
@@ -82,3 +91,35 @@ class ExportMismatchError(LstmrsError, RuntimeError):
 class UnsupportedModelError(LstmrsError, ValueError):
     """A model given to an importer (torch, Keras, ONNX) uses a feature lstmrs cannot represent
     (the message names the feature and its value)."""
+
+
+class UnsupportedOperationError(LstmrsError, TypeError):
+    """An operation the cell language does not have (division, ``**``, comparisons, ...)."""
+
+
+class ConfigError(InvalidArgumentError):
+    """A configuration key is unknown, or its value is not allowed."""
+
+
+class RunDirError(InvalidArgumentError):
+    """A run directory is missing or lacks what a command needs."""
+
+
+class CheckpointError(LstmrsError, ValueError):
+    """A checkpoint is missing, incomplete, corrupted or of another format; the message names the
+    file and the field, the original error (safetensors, JSON) is the ``__cause__``."""
+
+
+class PluginError(LstmrsError, RuntimeError):
+    """A plugin cannot be loaded or registers something invalid (a misspelt hook, a name
+    another plugin already registered, an object of the wrong kind)."""
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin was disabled (it failed to load or register) or two plugins
+    registered one name; the message names the packages and how to block one."""
+
+
+class TuneError(LstmrsError, RuntimeError):
+    """A search cannot go on: Optuna or a database driver is missing, the storage cannot be
+    reached, or every trial fails."""

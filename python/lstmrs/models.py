@@ -23,13 +23,27 @@ import json
 import math
 import os
 import secrets
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from . import checkpoint_format, training
 from . import optim as _optim
-from .errors import DTypeError, InvalidArgumentError, ShapeError
+from ._lstmrs import LossSpec, ModelCore
+from .checkpoint_format import CheckpointError
+from .errors import (
+    DTypeError,
+    GpuUnavailableError,
+    InvalidArgumentError,
+    LstmrsError,
+    ShapeError,
+)
+from .metrics import get_metric
+from .rnn import resolve_cell
+from .streaming import Stepper
+from .validation import check_int
 
 __all__ = ["Loss", "Model"]
 
@@ -111,8 +125,6 @@ class Loss:
 
     def spec(self):
         """The binding's ``LossSpec``."""
-        from ._lstmrs import LossSpec
-
         return LossSpec(
             self.name,
             ignore_index=self.ignore_index,
@@ -133,9 +145,7 @@ class Loss:
 
 
 def _positive_int(name: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise InvalidArgumentError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
+    return check_int(name, v, lo)
 
 
 def _choice(name: str, v: Any, options: tuple[str, ...]) -> str:
@@ -203,8 +213,6 @@ class Model:
             input_size = _positive_int("input_size", input_size)
             features = input_size
             input_cfg = {"kind": "dense", "features": input_size}
-        from .rnn import resolve_cell
-
         # "lstm"/"gru", a registered cell name, a CellSpec or a description: custom cells are
         # kept as their description, so the config (and checkpoints) restore without the plugin.
         resolved = resolve_cell(cell)
@@ -288,8 +296,6 @@ class Model:
         }
         if pooling == "attention":
             core_cfg["attention_units"] = attention_units
-        from ._lstmrs import ModelCore
-
         self.core = ModelCore(json.dumps(core_cfg), dtype, seed)
         self.to(device)
         self.loss = loss
@@ -346,13 +352,9 @@ class Model:
         if device != "auto":
             self.core.set_device(device)
             return self
-        from .errors import GpuUnavailableError
-
         try:
             self.core.set_device("gpu")
         except (GpuUnavailableError, InvalidArgumentError) as e:
-            import warnings
-
             warnings.warn(f"device='auto': running on the CPU ({e})", RuntimeWarning, stacklevel=2)
             self.core.set_device("cpu")
         return self
@@ -510,8 +512,6 @@ class Model:
         2-norm, ``clip_value`` clamps each gradient element. ``schedule``: an
         :mod:`lstmrs.optim` schedule applied to ``lr``.
         """
-        from .metrics import get_metric
-
         spec = _optim.get_optimizer(optimizer, lr=lr, **optimizer_kwargs)
         for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -611,33 +611,23 @@ class Model:
         lengths, shuffle, callbacks, seed, verbose, tbptt, checkpoint_dir, checkpoint_every,
         resume).
         """
-        from .training import fit
-
-        return fit(self, x, y, **kwargs)
+        return training.fit(self, x, y, **kwargs)
 
     def fit_stream(self, stream: Any, seq_len: int, **kwargs: Any):
         """Truncated BPTT over one long stream; see :func:`lstmrs.training.fit_stream`."""
-        from .training import fit_stream
-
-        return fit_stream(self, stream, seq_len, **kwargs)
+        return training.fit_stream(self, stream, seq_len, **kwargs)
 
     def evaluate(self, x: Any, y: Any, **kwargs: Any) -> dict[str, Any]:
         """Loss and metrics on ``x``, ``y``; see :func:`lstmrs.training.evaluate`."""
-        from .training import evaluate
-
-        return evaluate(self, x, y, **kwargs)
+        return training.evaluate(self, x, y, **kwargs)
 
     def evaluate_stream(self, stream: Any, **kwargs: Any) -> dict[str, Any]:
         """Loss and metrics over a long stream; see :func:`lstmrs.training.evaluate_stream`."""
-        from .training import evaluate_stream
-
-        return evaluate_stream(self, stream, **kwargs)
+        return training.evaluate_stream(self, stream, **kwargs)
 
     def predict(self, x: Any, **kwargs: Any) -> np.ndarray:
         """Model outputs for ``x``; see :func:`lstmrs.training.predict`."""
-        from .training import predict
-
-        return predict(self, x, **kwargs)
+        return training.predict(self, x, **kwargs)
 
     def predict_proba(self, x: Any, **kwargs: Any) -> np.ndarray:
         """Class probabilities (softmax for cross-entropy, sigmoid for bce_with_logits)."""
@@ -645,13 +635,12 @@ class Model:
 
     def stepper(self, batch: int = 1):
         """A :class:`lstmrs.streaming.Stepper` for step-by-step inference."""
-        from .streaming import Stepper
-
         return Stepper(self, batch=batch)
 
     # ---------------------------------------------------------------------------------------
-    # Export (the interop modules build on the model and need optional packages, hence the
-    # imports inside these methods)
+    # Export: the interop package sits above the model (its importers build layers), so these
+    # two methods import its exporters when called; they are the layer table's listed exceptions
+    # (tests/test_layers.py), and onnx / safetensors are optional dependencies besides.
 
     def to_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
         """The model as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
@@ -660,6 +649,7 @@ class Model:
         :meth:`predict`, ``"probabilities"`` or ``"labels"``), ``lengths`` (a ``lengths``
         input, default True), ``verify``, ``tolerance``; see
         :func:`lstmrs.interop.onnx_export.model_to_onnx`."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.onnx_export import model_to_onnx
 
         return model_to_onnx(self, path, **kwargs)
@@ -668,6 +658,7 @@ class Model:
         """Writes the weights under their PyTorch names (``rnn.weight_ih_l0``,
         ``head.0.weight``, ...) to a ``.safetensors`` file; ``rnn_only=True`` writes only the
         recurrent layers, named as ``torch.nn.LSTM``/``GRU`` name them."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.safetensors_export import save_model
 
         save_model(self, path, rnn_only=rnn_only)
@@ -678,25 +669,65 @@ class Model:
     def save(self, path: str | os.PathLike) -> str:
         """Writes a checkpoint directory (weights, optimizer state, config); see
         :mod:`lstmrs.checkpoint`."""
-        from .checkpoint import save
-
-        return save(self, path)
+        return checkpoint_format.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, compile: bool = True) -> Model:
-        from .checkpoint import load
+        """A model from a checkpoint directory (or a training directory's latest checkpoint).
 
-        return load(path, compile=compile)
+        With ``compile`` (the default) a checkpoint that holds optimizer state comes back
+        compiled with that state, ready to continue training. Every way a checkpoint can be
+        broken (a missing or torn file, a bad field in ``config.json``, sizes that do not match
+        the weights) raises :class:`~lstmrs.errors.CheckpointError` naming the file and field;
+        :mod:`lstmrs.checkpoint_format` reads and checks the files.
+        """
+        ck = checkpoint_format
+        config, tensors = ck.read_checkpoint(path)
+        ck.check_model_config(config, tensors)
+        where = f"path: {ck.CONFIG_FILE} in {config['_path']!r}"
+        try:
+            model = cls.from_config(config["model"])
+        except TypeError as e:  # an unknown or missing keyword in the saved configuration
+            raise CheckpointError(f"{where}: field 'model': {e}") from e
+        except (InvalidArgumentError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{where}: field 'model': {e}") from e
+        names = [n for n, _ in model.param_specs]
+        saved = [n for n, _ in config.get("param_specs", [])]
+        if saved and saved != names:
+            raise CheckpointError(
+                f"path: saved parameters {saved} do not match the model's {names}"
+            )
+        try:
+            model.load_state_dict(tensors.get(ck.MODEL_FILE, {}))
+        except (LstmrsError, ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"path: {ck.MODEL_FILE} in {config['_path']!r}: {e}") from e
+        missing = None
+        if compile and "compile" in config:
+            name = config["compile"]["optimizer"]["name"]
+            if _optim.optimizer_class(name) is not None:
+                ck.restore_compiled(model, config, tensors)
+            else:
+                # The weights still serve for inference; only continuing the training needs it.
+                missing = name
+                warnings.warn(
+                    f"{config['_path']}: trained with optimizer {name!r}, which no installed "
+                    "plugin provides; the model is loaded without its optimizer state (install "
+                    "the plugin to continue training)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        model._checkpoint = ck.checkpoint_record(config, tensors, missing)
+        return model
 
     @classmethod
     def resume(cls, path: str | os.PathLike) -> Model:
         """The model of a training checkpoint (or checkpoint directory), set to continue that
         training where it stopped at the next :meth:`fit` (same data, same arguments)."""
-        from .checkpoint import CheckpointError, _require_optimizer, load
-
-        model = load(path, compile=True)
+        model = cls.load(path, compile=True)
         if not (model._checkpoint or {}).get("training"):
             raise CheckpointError(f"path: {os.fspath(path)!r} holds no training state to resume")
-        _require_optimizer(model, os.fspath(path))
+        checkpoint_format._require_optimizer(model, os.fspath(path))
         model._checkpoint["resume"] = True
         return model

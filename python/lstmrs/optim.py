@@ -15,11 +15,14 @@ optimizer steps (batches).
 
 from __future__ import annotations
 
+import inspect
 import math
-import numbers
 from typing import Any, ClassVar
 
+from ._lstmrs import OptimizerCore
 from .errors import InvalidArgumentError
+from .optim_spec import Optimizer
+from .validation import check_int, check_number
 
 __all__ = [
     "SGD",
@@ -35,80 +38,13 @@ __all__ = [
     "StepLR",
     "get_optimizer",
     "is_fused",
+    "optimizer_class",
     "schedule_from_state",
 ]
 
 
-def _number(name: str, v: Any, lo: float = 0.0, hi: float | None = None, hi_open=False) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{name}: expected a number, got {v!r}") from None
-    bad = not math.isfinite(f) or f < lo or (hi is not None and (f >= hi if hi_open else f > hi))
-    if bad:
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}{')' if hi_open else ']'}"
-        raise InvalidArgumentError(f"{name}: expected a finite number {rng}, got {v!r}")
-    return f
-
-
-def _count(name: str, v: Any, lo: int = 0) -> int:
-    whole = isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
-    if isinstance(v, bool) or not whole or int(v) < lo:
-        raise InvalidArgumentError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
 # --------------------------------------------------------------------------------------------
 # Optimizers
-
-
-class Optimizer:
-    """An optimizer's kind, learning rate and hyper-parameters (torch's names and defaults)."""
-
-    name = ""
-    defaults: ClassVar[dict[str, Any]] = {}
-    default_lr = 1e-3
-
-    def __init__(self, lr: float | None = None, **hyper: Any) -> None:
-        unknown = set(hyper) - set(self.defaults)
-        if unknown:
-            raise InvalidArgumentError(
-                f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; expected "
-                f"{sorted(self.defaults)}"
-            )
-        self.lr = _number("lr", self.default_lr if lr is None else lr)
-        self.hyper = {**self.defaults, **hyper}
-        self._check()
-
-    def _check(self) -> None:
-        for k in ("weight_decay", "eps", "momentum", "dampening", "lr_decay"):
-            if k in self.hyper:
-                self.hyper[k] = _number(k, self.hyper[k])
-        for k in ("nesterov", "amsgrad", "centered", "maximize"):
-            if k in self.hyper:
-                self.hyper[k] = bool(self.hyper[k])
-
-    def core_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``OptimizerCore``."""
-        kw = dict(self.hyper)
-        # Only SGD's binding documents `maximize`; pass it where it matters.
-        if not kw.get("maximize", False):
-            kw.pop("maximize", None)
-        return kw
-
-    def build(self, num_params: int, dtype: str):
-        """The Rust optimizer for a flat buffer of ``num_params`` values."""
-        from ._lstmrs import OptimizerCore
-
-        return OptimizerCore(self.name, num_params, dtype, **self.core_kwargs())
-
-    def get_config(self) -> dict[str, Any]:
-        hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hyper.items()}
-        return {"name": self.name, "lr": self.lr, "hyper": hyper}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items() if v != self.defaults[k])
-        return f"{type(self).__name__}(lr={self.lr!r}{', ' + args if args else ''})"
 
 
 class SGD(Optimizer):
@@ -148,7 +84,7 @@ class Adam(Optimizer):
         if not isinstance(b, (tuple, list)) or len(b) != 2:
             raise InvalidArgumentError(f"betas: expected a pair (beta1, beta2), got {b!r}")
         self.hyper["betas"] = tuple(
-            _number(f"betas[{i}]", v, 0.0, 1.0, hi_open=True) for i, v in enumerate(b)
+            check_number(f"betas[{i}]", v, 0.0, 1.0, hi_open=True) for i, v in enumerate(b)
         )
 
 
@@ -175,7 +111,7 @@ class RMSprop(Optimizer):
 
     def _check(self) -> None:
         super()._check()
-        self.hyper["alpha"] = _number("alpha", self.hyper["alpha"], 0.0, 1.0)
+        self.hyper["alpha"] = check_number("alpha", self.hyper["alpha"], 0.0, 1.0)
 
 
 class Adagrad(Optimizer):
@@ -193,12 +129,29 @@ class Adagrad(Optimizer):
 
     def _check(self) -> None:
         super()._check()
-        self.hyper["initial_accumulator_value"] = _number(
+        self.hyper["initial_accumulator_value"] = check_number(
             "initial_accumulator_value", self.hyper["initial_accumulator_value"]
         )
 
 
 _OPTIMIZERS = {c.name: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def optimizer_class(name: str) -> type[Optimizer] | None:
+    """The optimizer class registered as ``name`` (case-insensitive), or None: the one lookup of
+    optimizer names. The built-ins are found without touching the registry, so plugins load
+    only when a name needs them."""
+    if not isinstance(name, str):
+        return None
+    key = name.lower()
+    return _OPTIMIZERS.get(key) or _registered().get(key)
+
+
+def _registered() -> dict[str, type]:
+    # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+    from . import plugins
+
+    return plugins.get_optimizers()
 
 
 def get_optimizer(
@@ -211,19 +164,10 @@ def get_optimizer(
             return optimizer
         cls = type(optimizer)
         return cls(lr=optimizer.lr if lr is None else lr, **{**optimizer.hyper, **hyper})
-    cls = None
-    if isinstance(optimizer, str):
-        # The built-ins without touching the registry: plugins load only when a name needs them.
-        cls = _OPTIMIZERS.get(optimizer.lower())
-        if cls is None:
-            from .plugins import get_optimizers
-
-            cls = get_optimizers().get(optimizer.lower())
+    cls = optimizer_class(optimizer)
     if cls is None:
-        from .plugins import get_optimizers
-
         raise InvalidArgumentError(
-            f"optimizer: expected one of {sorted(get_optimizers())} or an "
+            f"optimizer: expected one of {sorted(_registered())} or an "
             f"lstmrs.optim.Optimizer, got {optimizer!r} (plugins add more: `lstmrs plugins` "
             "lists what is installed)"
         )
@@ -241,8 +185,6 @@ def is_fused(core: Any) -> bool:
     """Whether an optimizer built by :meth:`Optimizer.build` is the Rust core's own
     (``OptimizerCore``: the whole training step is one core call) rather than a plugin's that
     updates the weights itself."""
-    from ._lstmrs import OptimizerCore
-
     return isinstance(core, OptimizerCore)
 
 
@@ -284,8 +226,8 @@ class StepLR(Schedule):
     kind = "step_lr"
 
     def __init__(self, step_size: int, gamma: float = 0.1, interval: str = "epoch") -> None:
-        self.step_size = _count("step_size", step_size, 1)
-        self.gamma = _number("gamma", gamma)
+        self.step_size = check_int("step_size", step_size, 1)
+        self.gamma = check_number("gamma", gamma)
         self._set_interval(interval)
 
     def lr_at(self, k: int, base_lr: float) -> float:
@@ -301,7 +243,7 @@ class ExponentialLR(Schedule):
     kind = "exponential_lr"
 
     def __init__(self, gamma: float, interval: str = "epoch") -> None:
-        self.gamma = _number("gamma", gamma)
+        self.gamma = check_number("gamma", gamma)
         self._set_interval(interval)
 
     def lr_at(self, k: int, base_lr: float) -> float:
@@ -329,15 +271,17 @@ class CosineWarmup(Schedule):
         warmup_start_factor: float = 1.0 / 3.0,
         interval: str = "step",
     ) -> None:
-        self.total_steps = _count("total_steps", total_steps, 1)
-        self.warmup_steps = _count("warmup_steps", warmup_steps, 0)
+        self.total_steps = check_int("total_steps", total_steps, 1)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         if self.total_steps <= self.warmup_steps:
             raise InvalidArgumentError(
                 f"total_steps: expected more than warmup_steps ({self.warmup_steps}), "
                 f"got {total_steps}"
             )
-        self.min_lr = _number("min_lr", min_lr)
-        self.warmup_start_factor = _number("warmup_start_factor", warmup_start_factor, 0.0, 1.0)
+        self.min_lr = check_number("min_lr", min_lr)
+        self.warmup_start_factor = check_number(
+            "warmup_start_factor", warmup_start_factor, 0.0, 1.0
+        )
         self._set_interval(interval)
 
     def lr_at(self, k: int, base_lr: float) -> float:
@@ -389,12 +333,12 @@ class ReduceLROnPlateau(Schedule):
                 f"threshold_mode: expected 'rel' or 'abs', got {threshold_mode!r}"
             )
         self.monitor, self.mode, self.threshold_mode = monitor, mode, threshold_mode
-        self.factor = _number("factor", factor, 0.0, 1.0, hi_open=True)
-        self.patience = _count("patience", patience)
-        self.threshold = _number("threshold", threshold)
-        self.cooldown = _count("cooldown", cooldown)
-        self.min_lr = _number("min_lr", min_lr)
-        self.eps = _number("eps", eps)
+        self.factor = check_number("factor", factor, 0.0, 1.0, hi_open=True)
+        self.patience = check_int("patience", patience, 0)
+        self.threshold = check_number("threshold", threshold)
+        self.cooldown = check_int("cooldown", cooldown, 0)
+        self.min_lr = check_number("min_lr", min_lr)
+        self.eps = check_number("eps", eps)
         self.lr: float | None = None
         self.reset_counters()
 
@@ -481,8 +425,6 @@ def schedule_from_state(state: dict) -> Schedule:
     if kind not in _SCHEDULES:
         raise InvalidArgumentError(f"schedule: unknown kind {kind!r}")
     cls = _SCHEDULES[kind]
-    import inspect
-
     params = inspect.signature(cls.__init__).parameters
     sched = cls(**{k: v for k, v in state.items() if k in params and k != "self"})
     sched.load_state_dict(state)

@@ -26,8 +26,8 @@ Each training-mode call draws a fresh dropout seed from the layer's own generato
 
 from __future__ import annotations
 
+import json
 import numbers
-import operator
 import os
 import warnings
 from collections.abc import Mapping
@@ -45,6 +45,7 @@ from .errors import (
     NonFiniteError,
     ShapeError,
 )
+from .validation import check_bool, check_int, describe
 
 __all__ = [
     "GRU",
@@ -63,42 +64,10 @@ _DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"
 _MAX_PARAMETERS = 1 << 36
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {value.shape} and dtype {value.dtype}"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _int_arg(name: str, value: Any, minimum: int = 1) -> int:
-    """An integer argument >= minimum; bools and floats are refused as in torch."""
-    if isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(
-            f"{name}: expected an integer >= {minimum}, got {_describe(value)}"
-        )
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise InvalidArgumentError(
-            f"{name}: expected an integer >= {minimum}, got {_describe(value)}"
-        ) from None
-    if v < minimum:
-        raise InvalidArgumentError(f"{name}: expected an integer >= {minimum}, got {v}")
-    return v
-
-
-def _bool_arg(name: str, value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise InvalidArgumentError(f"{name}: expected True or False, got {_describe(value)}")
-
-
 def _dropout_arg(value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(
-            f"dropout: expected a probability in [0, 1), got {_describe(value)}"
+            f"dropout: expected a probability in [0, 1), got {describe(value)}"
         )
     p = float(value)
     if not 0.0 <= p < 1.0:  # also refuses NaN
@@ -122,7 +91,7 @@ def _dtype_arg(dtype: Any) -> np.dtype:
 def _seed_arg(seed: Any) -> int:
     if seed is None:
         return int.from_bytes(os.urandom(8), "little")
-    v = _int_arg("seed", seed, minimum=0)
+    v = check_int("seed", seed, minimum=0)
     if v >= 1 << 64:
         raise InvalidArgumentError(f"seed: expected an integer in [0, 2**64), got {v}")
     return v
@@ -139,7 +108,7 @@ def _float_array(name: str, value: Any) -> np.ndarray:
         # this argument's error.
         except Exception as e:  # noqa: BLE001
             raise DTypeError(
-                f"{name}: expected an array-like of real numbers, got {_describe(value)} "
+                f"{name}: expected an array-like of real numbers, got {describe(value)} "
                 f"which NumPy cannot convert ({e})"
             ) from None
     if arr.dtype.kind != "f":
@@ -321,13 +290,13 @@ class _RNNBase:
         seed: Any,
         check_finite: Any,
     ) -> None:
-        self._input_size = _int_arg("input_size", input_size)
-        self._hidden_size = _int_arg("hidden_size", hidden_size)
-        self._num_layers = _int_arg("num_layers", num_layers)
-        self._bias = _bool_arg("bias", bias)
+        self._input_size = check_int("input_size", input_size)
+        self._hidden_size = check_int("hidden_size", hidden_size)
+        self._num_layers = check_int("num_layers", num_layers)
+        self._bias = check_bool("bias", bias)
         self.batch_first = batch_first
         self.dropout = dropout
-        self._bidirectional = _bool_arg("bidirectional", bidirectional)
+        self._bidirectional = check_bool("bidirectional", bidirectional)
         self._dtype = _dtype_arg(dtype)
         self._seed = _seed_arg(seed)
         self.check_finite = check_finite
@@ -407,7 +376,7 @@ class _RNNBase:
 
     @batch_first.setter
     def batch_first(self, value: Any) -> None:
-        self._batch_first = _bool_arg("batch_first", value)
+        self._batch_first = check_bool("batch_first", value)
 
     @property
     def dropout(self) -> float:
@@ -423,7 +392,7 @@ class _RNNBase:
 
     @check_finite.setter
     def check_finite(self, value: Any) -> None:
-        self._check_finite = _bool_arg("check_finite", value)
+        self._check_finite = check_bool("check_finite", value)
 
     @property
     def device(self) -> str:
@@ -443,7 +412,7 @@ class _RNNBase:
 
     def train(self, mode: bool = True):
         """Sets training mode (dropout on, when configured); returns the layer."""
-        self.training = _bool_arg("mode", mode)
+        self.training = check_bool("mode", mode)
         return self
 
     def eval(self):
@@ -486,9 +455,9 @@ class _RNNBase:
         if not isinstance(state_dict, Mapping):
             raise InvalidArgumentError(
                 f"state_dict: expected a mapping of parameter names to arrays, "
-                f"got {_describe(state_dict)}"
+                f"got {describe(state_dict)}"
             )
-        strict = _bool_arg("strict", strict)
+        strict = check_bool("strict", strict)
         missing = [k for k in self._layout if k not in state_dict]
         unexpected = [str(k) for k in state_dict if k not in self._layout]
         if strict and (missing or unexpected):
@@ -534,8 +503,9 @@ class _RNNBase:
         self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
 
     # -- interop: ONNX, PyTorch, safetensors ---------------------------------------------------
-    # The interop modules build on the layers (a higher layer of the package) and need optional
-    # packages (onnx, torch), hence the imports inside these methods.
+    # The interop package builds on the layers (a higher layer of the package) and needs optional
+    # packages (onnx, torch): these four methods import it when called. They are the layer
+    # table's listed exceptions (tests/test_layers.py).
 
     def to_onnx(self, path: Any = None, **kwargs: Any):
         """The layer as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
@@ -543,6 +513,7 @@ class _RNNBase:
         ``opset`` (default 17), ``lengths`` (a ``lengths`` input, default True),
         ``initial_state`` (``h0``/``c0`` inputs), ``verify``, ``tolerance``; see
         :func:`lstmrs.interop.onnx_export.layer_to_onnx`."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.onnx_export import layer_to_onnx
 
         return layer_to_onnx(self, path, **kwargs)
@@ -550,6 +521,7 @@ class _RNNBase:
     def save_safetensors(self, path: Any) -> None:
         """Writes the parameters under PyTorch's names to a ``.safetensors`` file:
         ``torch.nn.LSTM(...).load_state_dict(safetensors.torch.load_file(path))`` loads it."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.safetensors_export import save_state_dict
 
         save_state_dict(self.state_dict(), path, {"lstmrs.layer": repr(self)})
@@ -560,6 +532,7 @@ class _RNNBase:
         configuration and weights (``batch_first``, ``bidirectional``, stacked, training
         mode); ``dtype`` None keeps the module's. See
         :func:`lstmrs.interop.torch_import.from_torch`."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.torch_import import from_torch
 
         return from_torch(module, dtype=dtype, expect=cls)
@@ -569,6 +542,7 @@ class _RNNBase:
         """A layer from an ``LSTM``/``GRU`` node of an ONNX file or ``ModelProto``: the only
         such node, or ``node`` (its name or its index among them). See
         :func:`lstmrs.interop.onnx_import.read_onnx_rnns`."""
+        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
         from .interop.onnx_import import layer_from_onnx
 
         return layer_from_onnx(source, node, dtype=dtype, expect=cls)
@@ -647,7 +621,7 @@ class _RNNBase:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise InvalidArgumentError(
                     f"{arg}: expected a tuple ({names[0]}, {names[1]}) for an LSTM, "
-                    f"got {_describe(state)}"
+                    f"got {describe(state)}"
                 )
             return (
                 self._state_array(names[0], f"{arg}[0]", state[0], batch, unbatched),
@@ -662,7 +636,7 @@ class _RNNBase:
                 raise ShapeError(
                     f"{arg}: the cell {cell!r} has one state (h), so pass {names[0]} alone, "
                     f"not a pair ({names[0]}, {names[1]}); got a {type(state).__name__} of "
-                    f"two: {_describe(state[0])} and {_describe(state[1])}"
+                    f"two: {describe(state[0])} and {describe(state[1])}"
                 ) from None
             raise
 
@@ -673,7 +647,7 @@ class _RNNBase:
             arr = np.asarray(lengths)
         except Exception as e:  # noqa: BLE001 - any conversion failure is this argument's error
             raise InvalidArgumentError(
-                f"lengths: expected a 1-D sequence of integers, got {_describe(lengths)} "
+                f"lengths: expected a 1-D sequence of integers, got {describe(lengths)} "
                 f"which NumPy cannot convert ({e})"
             ) from None
         if unbatched and arr.ndim == 0:
@@ -769,7 +743,7 @@ class _RNNBase:
         """
         if not isinstance(tape, RnnTape):
             raise InvalidArgumentError(
-                f"tape: expected the RnnTape returned by forward_train(), got {_describe(tape)}"
+                f"tape: expected the RnnTape returned by forward_train(), got {describe(tape)}"
             )
         batch, seq_len, unbatched = tape.batch, tape.seq_len, tape.unbatched
         out_features = self.num_directions * self._hidden_size
@@ -903,8 +877,6 @@ def resolve_cell(cell: Any) -> ResolvedCell:
     (:func:`lstmrs.plugins.get_cells`), a :class:`~lstmrs.cells.CellSpec`, or a description (a
     dict or its JSON text). Cells with a native kernel (``spec.native``) use it; the others are
     compiled by the Rust core (validated here, once per distinct description)."""
-    import json
-
     if isinstance(cell, str) and cell.lower() in ("lstm", "gru"):
         name = cell.lower()
         return ResolvedCell(name, name, None, 2 if name == "lstm" else 1)
@@ -915,16 +887,17 @@ def resolve_cell(cell: Any) -> ResolvedCell:
     else:
         spec = cell
         if isinstance(cell, str):
-            from .plugins import lookup
+            # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+            from . import plugins
 
-            spec = lookup("cells", cell)
+            spec = plugins.lookup("cells", cell)
         native = getattr(spec, "native", None)
         if native in ("lstm", "gru"):
             return ResolvedCell(native, native, None, 2 if native == "lstm" else 1)
         if not hasattr(spec, "to_json"):
             raise InvalidArgumentError(
                 "cell: expected 'lstm', 'gru', a registered cell name, a CellSpec or a cell "
-                f"description, got {_describe(cell)}"
+                f"description, got {describe(cell)}"
             )
         text = spec.to_json()
     name = _lstmrs.compile_cell(text)
@@ -1027,7 +1000,7 @@ def set_num_threads(n: int) -> None:
     The default is the ``LSTMRS_NUM_THREADS`` environment variable when set, else all cores.
     Results are bitwise reproducible for a fixed thread count.
     """
-    n = _int_arg("n", n)
+    n = check_int("n", n)
     if n >= 1 << 32:
         raise InvalidArgumentError(f"n: expected a thread count below 2**32, got {n}")
     _lstmrs.set_num_threads(n)

@@ -24,9 +24,9 @@ from typing import Any
 
 from . import config as C
 from .callbacks import read_jsonl
-from .checkpoint import atomic_write, latest_checkpoint
+from .checkpoint import atomic_write, latest_checkpoint, load
 from .ensemble import Ensemble, is_ensemble
-from .errors import DataFileError, InvalidArgumentError
+from .errors import DataFileError, RunDirError
 
 __all__ = ["RunDir", "RunDirError"]
 
@@ -37,10 +37,6 @@ SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 PLOTS = "plots"
-
-
-class RunDirError(InvalidArgumentError):
-    """A run directory is missing or lacks what a command needs."""
 
 
 def _jsonable(v: Any) -> Any:
@@ -206,8 +202,6 @@ class RunDir:
 
     def load_model(self):
         """The final model, or the newest training checkpoint when training did not finish."""
-        from .checkpoint import load
-
         if is_ensemble(self.model_path):
             return Ensemble.load(self.model_path)
         if os.path.isfile(os.path.join(self.model_path, "config.json")):

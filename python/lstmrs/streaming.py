@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._lstmrs import StepperCore
 from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .validation import check_int
 
 if TYPE_CHECKING:
     from .models import Model
@@ -41,12 +43,8 @@ class Stepper:
             raise InvalidArgumentError(
                 f"stepper: needs pooling='per_step' or 'last', the model uses {model.pooling!r}"
             )
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InvalidArgumentError(f"batch: expected an integer >= 1, got {batch!r}")
-        from ._lstmrs import StepperCore
-
         self.model = model
-        self.batch = int(batch)
+        self.batch = check_int("batch", batch, 1)
         self.core = StepperCore(model.core, self.batch)
         # The bound method, looked up once: `step` is on the microsecond path.
         self._core_step = self.core.step

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _lstmrs
 from .cells import CellSpec
 from .plugins import manager as _manager
 
@@ -215,8 +216,6 @@ def _rust_layer(spec: CellSpec, input_size: int, hidden_size: int, dtype: str, s
     """A one-layer Rust network running ``spec``. The single place that knows how the binding
     spells custom cells: ``compile_cell(json)`` validates and compiles the description, and
     ``RnnCore`` accepts the same JSON where it takes a cell name."""
-    from . import _lstmrs
-
     compile_cell = getattr(_lstmrs, "compile_cell", None)
     if compile_cell is None:
         raise unittest.SkipTest(

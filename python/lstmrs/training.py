@@ -34,9 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .callbacks import Callback, CallbackList, History, _FileLogger
-from .errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
+from .checkpoint_format import latest_checkpoint, restore_training, write_training_checkpoint
+from .errors import InvalidArgumentError, NonFiniteError, ShapeError
+from .fit_inputs import FitData, check_numeric, prepare, prepare_x, prepare_y
 from .metrics import ARRAY_METRICS, Metric, get_metric
 from .optim import ReduceLROnPlateau, is_fused
+from .progress import ProgressBar
+from .validation import check_int
 
 if TYPE_CHECKING:
     from .models import Model
@@ -44,176 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["evaluate", "evaluate_stream", "fit", "fit_stream", "predict"]
 
 _SEED_MAX = np.iinfo(np.int64).max
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs and targets
-
-
-@dataclass
-class _Data:
-    """Inputs padded to one length, targets and valid lengths (None: every sequence is full)."""
-
-    x: np.ndarray  # [N, T, F] float or [N, T] int64
-    y: np.ndarray | None
-    lengths: np.ndarray | None  # int64 [N]
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.x.shape[1])
-
-    def subset(self, sl: slice) -> _Data:
-        return _Data(
-            self.x[sl],
-            None if self.y is None else self.y[sl],
-            None if self.lengths is None else self.lengths[sl],
-        )
-
-
-def _is_ragged(x: Any) -> bool:
-    if not isinstance(x, (list, tuple)) or not x:
-        return False
-    first = np.shape(x[0])
-    return any(np.shape(s) != first for s in x) or len(first) == 0
-
-
-def _check_numeric(name: str, a: np.ndarray) -> None:
-    if a.dtype.kind not in "biuf":
-        raise DTypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
-
-
-def _prepare_x(model: Model, x: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` as a C-contiguous array of the model's input type, and int64 lengths."""
-    tokens = model.tokens
-    if isinstance(x, (list, tuple)) and x and _is_ragged(x):
-        seqs = [np.asarray(s) for s in x]
-        lens = np.array([s.shape[0] if s.ndim else 0 for s in seqs], dtype=np.int64)
-        if lengths is not None:
-            raise InvalidArgumentError(
-                "lengths: not with a list of sequences (their lengths are the lengths)"
-            )
-        if lens.min() < 1:
-            raise InvalidArgumentError("x: every sequence needs at least one step")
-        t = int(lens.max())
-        for i, s in enumerate(seqs):
-            _check_numeric(f"x[{i}]", s)
-            want = 1 if tokens else 2
-            if s.ndim == 1 and not tokens and model._features == 1:
-                seqs[i] = s = s[:, None]
-            if s.ndim != want or (not tokens and s.shape[1] != model._features):
-                shape = "[T]" if tokens else f"[T, {model._features}]"
-                raise ShapeError(f"x[{i}]: expected shape {shape}, got {s.shape}")
-        if tokens:
-            out = np.zeros((len(seqs), t), dtype=np.int64)
-        else:
-            out = np.zeros((len(seqs), t, model._features), dtype=model.dtype)
-        for i, s in enumerate(seqs):
-            out[i, : len(s)] = s
-        return _finish_x(model, out), lens
-    a = np.asarray(x)
-    _check_numeric("x", a)
-    if not tokens and a.ndim == 2 and model._features == 1:
-        a = a[..., None]
-    want = 2 if tokens else 3
-    if a.ndim != want or (not tokens and a.shape[2] != model._features):
-        shape = "[N, T] token ids" if tokens else f"[N, T, {model._features}]"
-        raise ShapeError(f"x: expected shape {shape}, got {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ShapeError(f"x: expected at least one sequence of at least one step, got {a.shape}")
-    return _finish_x(model, a), _prepare_lengths(lengths, a.shape[0], a.shape[1])
-
-
-def _finish_x(model: Model, a: np.ndarray) -> np.ndarray:
-    if model.tokens:
-        if a.dtype.kind == "f":
-            raise DTypeError(f"x: expected integer token ids, got dtype {a.dtype}")
-        vocab = model._kwargs["vocab_size"]
-        if a.size and (a.min() < 0 or a.max() >= vocab):
-            raise InvalidArgumentError(
-                f"x: expected token ids in 0..{vocab}, got values in {a.min()}..{a.max()}"
-            )
-        return np.ascontiguousarray(a, dtype=np.int64)
-    out = np.ascontiguousarray(a, dtype=model.dtype)
-    if not np.isfinite(out).all():
-        raise NonFiniteError("x: holds NaN or infinity")
-    return out
-
-
-def _prepare_lengths(lengths: Any, n: int, t: int) -> np.ndarray | None:
-    if lengths is None:
-        return None
-    lens = np.asarray(lengths)
-    if lens.dtype.kind not in "iu" or lens.shape != (n,):
-        raise InvalidArgumentError(
-            f"lengths: expected {n} integers (one per sequence), got {lens.dtype} {lens.shape}"
-        )
-    if lens.min() < 1 or lens.max() > t:
-        raise InvalidArgumentError(f"lengths: expected every length in 1..={t}")
-    return lens.astype(np.int64)
-
-
-def _prepare_y(model: Model, y: Any, n: int, t: int) -> np.ndarray:
-    """Targets in the layout ``train_step`` expects: int64 ``[N]`` / ``[N, T]`` for
-    cross-entropy, float ``[N, O]`` / ``[N, T, O]`` otherwise."""
-    if y is None:
-        raise InvalidArgumentError("y: targets are required")
-    per_step, o = model.pooling == "per_step", model.output_size
-    ce = model.loss.name == "cross_entropy"
-    pad = model.loss.ignore_index if ce else 0
-    if isinstance(y, (list, tuple)) and y and _is_ragged(y):
-        if not per_step:
-            raise ShapeError("y: a list of sequences of targets needs pooling='per_step'")
-        seqs = [np.asarray(s) for s in y]
-        shape = (len(seqs), t) if ce else (len(seqs), t, o)
-        out = np.full(shape, pad, dtype=np.int64 if ce else np.float64)
-        for i, s in enumerate(seqs):
-            _check_numeric(f"y[{i}]", s)
-            if len(s) > t:
-                raise ShapeError(f"y[{i}]: {len(s)} steps, more than the inputs' {t}")
-            out[i, : len(s)] = s.reshape((len(s),) if ce else (len(s), o))
-        a = out
-    else:
-        a = np.asarray(y)
-        _check_numeric("y", a)
-    if a.shape[:1] != (n,):
-        raise ShapeError(f"y: expected {n} targets (one per sequence), got shape {a.shape}")
-    if ce:
-        if a.dtype.kind == "f" and not np.all(a == np.round(a)):
-            raise DTypeError("y: expected integer class ids for the cross_entropy loss")
-        want = (n, t) if per_step else (n,)
-        if a.shape != want and a.shape == want + (1,):
-            a = a.reshape(want)
-        if a.shape != want:
-            raise ShapeError(f"y: expected class ids of shape {list(want)}, got {a.shape}")
-        a = a.astype(np.int64)
-        bad = (a != model.loss.ignore_index) & ((a < 0) | (a >= o))
-        if bad.any():
-            raise InvalidArgumentError(
-                f"y: expected class ids in 0..{o} (or ignore_index {model.loss.ignore_index}), "
-                f"got {a[bad][0]}"
-            )
-        return np.ascontiguousarray(a)
-    want = (n, t, o) if per_step else (n, o)
-    if a.shape != want and o == 1 and a.shape == want[:-1]:
-        a = a.reshape(want)
-    if a.shape != want:
-        raise ShapeError(f"y: expected shape {list(want)}, got {a.shape}")
-    a = np.ascontiguousarray(a, dtype=model.dtype)
-    if not np.isfinite(a).all():
-        raise NonFiniteError("y: holds NaN or infinity")
-    return a
-
-
-def _prepare(model: Model, x: Any, y: Any, lengths: Any, *, need_y: bool = True) -> _Data:
-    xa, lens = _prepare_x(model, x, lengths)
-    ya = _prepare_y(model, y, xa.shape[0], xa.shape[1]) if need_y else None
-    if lens is not None and np.all(lens == xa.shape[1]):
-        lens = None  # Full-length sequences need no masking.
-    return _Data(xa, ya, lens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +64,7 @@ class _Batch:
     size: int  # sequences this step completes (for the rate display)
 
 
-def _take(model: Model, data: _Data, idx: Any, t0: int = 0, t1: int | None = None) -> _Batch:
+def _take(model: Model, data: FitData, idx: Any, t0: int = 0, t1: int | None = None) -> _Batch:
     per_step = model.pooling == "per_step"
     lens = None if data.lengths is None else data.lengths[idx]
     if t1 is None:
@@ -405,7 +239,7 @@ def predict(
             f"output: expected 'raw', 'probabilities' or 'labels', got {output!r}"
         )
     batch_size = _batch_size(batch_size)
-    data = _prepare(model, x, None, lengths, need_y=False)
+    data = prepare(model, x, None, lengths, need_y=False)
     per_step = model.pooling == "per_step"
     parts = []
     for s in range(0, data.n, batch_size):
@@ -437,7 +271,7 @@ def _loss_batch(model: Model, scores: _Scores, b: _Batch, h0=None, c0=None):
 
 def _evaluate_data(
     model: Model,
-    data: _Data,
+    data: FitData,
     batch_size: int,
     metrics: list,
     prefix: str = "",
@@ -466,14 +300,12 @@ def evaluate(
     metrics = list(
         model.metrics if metrics is None else ([metrics] if isinstance(metrics, str) else metrics)
     )
-    data = _prepare(model, x, y, lengths)
+    data = prepare(model, x, y, lengths)
     return _evaluate_data(model, data, _batch_size(batch_size), metrics, arrays=True)
 
 
 def _batch_size(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InvalidArgumentError(f"batch_size: expected an integer >= 1, got {v!r}")
-    return int(v)
+    return check_int("batch_size", v, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +319,7 @@ def _split_stream(model: Model, stream: Any, targets: Any, batch: int):
     if model.bidirectional:
         raise InvalidArgumentError("fit_stream: a bidirectional model cannot carry state forward")
     s = np.asarray(stream)
-    _check_numeric("stream", s)
+    check_numeric("stream", s)
     if targets is None:
         if not model.tokens:
             raise InvalidArgumentError("targets: required for a stream of features")
@@ -505,8 +337,8 @@ def _split_stream(model: Model, stream: Any, targets: Any, batch: int):
         )
     x = x[: batch * length].reshape((batch, length) + x.shape[1:])
     y = y[: batch * length].reshape((batch, length) + y.shape[1:])
-    xa, _ = _prepare_x(model, x, None)
-    ya = _prepare_y(model, y, batch, length)
+    xa, _ = prepare_x(model, x, None)
+    ya = prepare_y(model, y, batch, length)
     return xa, ya
 
 
@@ -679,11 +511,7 @@ def _train(
     resume: bool,
     fingerprint: dict,
 ) -> History:
-    from .checkpoint import latest_checkpoint, write_training_checkpoint
-    from .progress import ProgressBar
-
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise InvalidArgumentError(f"epochs: expected an integer >= 0, got {epochs!r}")
+    epochs = check_int("epochs", epochs, 0)
     if verbose not in (0, 1, 2):
         raise InvalidArgumentError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
     every_epoch = checkpoint_every in ("epoch", None)
@@ -709,14 +537,7 @@ def _train(
         if checkpoint_dir is not None:
             found = latest_checkpoint(checkpoint_dir)
             if found is not None and (ck is None or ck.get("path") != found):
-                from .checkpoint import _require_optimizer, load
-
-                loaded = load(found)
-                _require_optimizer(loaded, found)
-                model.load_state_dict(loaded.state_dict())
-                model._restore_compile(loaded._compile_config())
-                model._opt_core.load_state_dict(loaded._opt_core.state_dict())
-                ck = loaded._checkpoint
+                ck = restore_training(model, found)
         if ck is not None and ck.get("training"):
             state = ck["training"]
             if ck.get("carry"):
@@ -788,7 +609,8 @@ def _train(
     step = _Step(model)
     model._interrupt_checkpoint = None
 
-    from . import plugins  # the registry loads on first use, not at `import lstmrs`
+    # start-up time: the registry (pluggy, importlib.metadata) costs ~50 ms: loaded on first use
+    from . import plugins
 
     guard = _DeferInterrupt(saving=checkpoint_dir is not None)
     try:
@@ -896,13 +718,13 @@ def _save_on_interrupt(model: Model, safe, saved: dict, checkpoint, step: int) -
     )
 
 
-def _validation(model, data: _Data | None, batch_size: int):
+def _validation(model, data: FitData | None, batch_size: int):
     if data is None:
         return None
     return lambda: _evaluate_data(model, data, batch_size, model.metrics, prefix="val_")
 
 
-def _fingerprint(data: _Data, **extra) -> dict:
+def _fingerprint(data: FitData, **extra) -> dict:
     return {"n": data.n, "seq_len": data.seq_len, **extra}
 
 
@@ -946,7 +768,7 @@ def fit(
       is written first (its path goes to stderr), then ``KeyboardInterrupt`` propagates.
     """
     batch_size = _batch_size(batch_size)
-    data = _prepare(model, x, y, lengths)
+    data = prepare(model, x, y, lengths)
     if tbptt is not None:
         tbptt = _batch_size(tbptt)
         if model.pooling != "per_step":
@@ -964,7 +786,7 @@ def fit(
                 "validation_data: expected (x_val, y_val) or (x_val, y_val, lengths_val)"
             )
         vx, vy, *vl = validation_data
-        val = _prepare(model, vx, vy, vl[0] if vl else None)
+        val = prepare(model, vx, vy, vl[0] if vl else None)
     elif validation_split:
         if not 0.0 < float(validation_split) < 1.0:
             raise InvalidArgumentError(

@@ -71,11 +71,11 @@ from rich.table import Table
 
 from . import config as C
 from .callbacks import Callback
-from .cli import EXIT_INTERRUPTED, lookup_task, resolve_config, train_run
-from .errors import LstmrsError, NonFiniteError
+from .errors import LstmrsError, NonFiniteError, TuneError
 from .metrics import METRIC_NAMES
 from .rnn import set_num_threads
 from .rundir import RunDir, RunDirError, _write_json
+from .tasks.runner import EXIT_INTERRUPTED, lookup_task, resolve_config, train_run
 
 __all__ = ["TUNE_DEFAULTS", "TuneError", "TuneResult", "tune"]
 
@@ -99,11 +99,6 @@ _DRIVERS = {
     "pymysql": "pymysql",
     "MySQLdb": "mysqlclient",
 }
-
-
-class TuneError(LstmrsError, RuntimeError):
-    """A search cannot go on: Optuna or a database driver is missing, the storage cannot be
-    reached, or every trial fails."""
 
 
 # The [tune] table's settings (besides ``params``) and their defaults.

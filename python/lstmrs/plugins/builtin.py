@@ -1,5 +1,9 @@
-"""lstmrs' own cells, optimizers and commands, registered through the plugin hooks like any
-plugin's (the plugin name is ``lstmrs.builtin``).
+"""lstmrs' own cells, optimizers, tasks and commands, registered through the plugin hooks like
+any plugin's (the plugin name is ``lstmrs.builtin``).
+
+The tasks live in the application layer above the registry (they build and train models), so
+they are imported by name (:data:`TASKS_MODULE`) when the task registry is first needed, as
+llm and pytest load their default plugins; the registry itself never imports them.
 
 The LSTM and GRU cells are written in the cell language too: the Rust core runs them with its
 own fused kernels (``spec.native``), and the expression form documents their exact equations
@@ -8,8 +12,15 @@ and gives the NumPy reference that the tests compare those kernels against.
 
 from __future__ import annotations
 
+import importlib
+
+from .. import optim
 from ..cells import Cell, CellSpec, sigmoid, tanh
+from . import plugins_command
 from .manager import hookimpl
+
+#: The module whose ``lstmrs_register_tasks`` registers the built-in tasks.
+TASKS_MODULE = "lstmrs.tasks"
 
 
 def _lstm(c: Cell):
@@ -49,21 +60,15 @@ def lstmrs_register_cells(register):
 
 @hookimpl
 def lstmrs_register_optimizers(register):
-    from .. import optim
-
     for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop, optim.Adagrad):
         register(cls)
 
 
 @hookimpl
 def lstmrs_register_tasks(register):
-    from .. import tasks
-
-    tasks.lstmrs_register_tasks(register)
+    importlib.import_module(TASKS_MODULE).lstmrs_register_tasks(register)
 
 
 @hookimpl
 def lstmrs_register_commands(register):
-    from . import plugins_command
-
     register("plugins", plugins_command, help="list installed plugins and what they register")

@@ -18,13 +18,16 @@ clash never changes what another name resolves to. A plugin registered at run ti
 code (``pm.register``, :func:`lstmrs.testing.register_temporarily`) is not isolated: its errors
 raise :class:`PluginError` in the code that registered it.
 
-The built-in cells and optimizers are registered through the same hooks by
-:mod:`lstmrs.plugins.builtin`, so a plugin's names live in one namespace with them.
+The built-in cells, optimizers, tasks and commands are registered through the same hooks by
+:mod:`lstmrs.plugins.builtin`, so a plugin's names live in one namespace with them. The manager
+imports that module by name when it is created, and the built-in plugin imports the tasks by
+name when their registry is first needed: the registry imports nothing above it.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import os
@@ -37,7 +40,9 @@ from typing import Any, Callable
 
 import pluggy
 
-from ..errors import InvalidArgumentError, LstmrsError
+from ..cells import CellSpec
+from ..errors import InvalidArgumentError, PluginError, PluginWarning
+from ..optim_spec import Optimizer
 from . import hookspecs
 
 __all__ = [
@@ -57,6 +62,10 @@ PROJECT = "lstmrs"
 ENTRY_POINT_GROUP = "lstmrs"
 HOOK_PREFIX = "lstmrs_"
 BUILTIN = "lstmrs.builtin"
+#: The module of the built-in plugin, imported by name when a manager is created, so the
+#: registry imports none of the modules that register through it (as llm and pytest load their
+#: default plugins).
+BUILTIN_MODULE = "lstmrs.plugins.builtin"
 CATEGORIES = ("cells", "tasks", "optimizers", "commands")
 _HOOKS = {c: f"lstmrs_register_{c}" for c in CATEGORIES}
 _SINGULAR = {"cells": "cell", "tasks": "task", "optimizers": "optimizer", "commands": "command"}
@@ -64,16 +73,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class PluginError(LstmrsError, RuntimeError):
-    """A plugin cannot be loaded or registers something invalid (a misspelt hook, a name
-    another plugin already registered, an object of the wrong kind)."""
-
-
-class PluginWarning(UserWarning):
-    """An installed plugin was disabled (it failed to load or register) or two plugins
-    registered one name; the message names the packages and how to block one."""
 
 
 class _Broken(Exception):
@@ -397,8 +396,6 @@ class LstmrsPluginManager(pluggy.PluginManager):
         if category == "cells":
 
             def register(spec: Any) -> None:
-                from ..cells import CellSpec
-
                 if not isinstance(spec, CellSpec):
                     raise PluginError(
                         f"plugin {plugin!r} registered a cell that is not an "
@@ -409,8 +406,6 @@ class LstmrsPluginManager(pluggy.PluginManager):
         elif category == "optimizers":
 
             def register(cls: Any) -> None:
-                from ..optim import Optimizer
-
                 if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
                     raise PluginError(
                         f"plugin {plugin!r} registered an optimizer that is not a subclass of "
@@ -507,13 +502,11 @@ def _trace_enabled() -> bool:
 def create_manager(load_entrypoints: bool = True) -> LstmrsPluginManager:
     """A new manager with the built-ins and (``load_entrypoints``) the installed plugins that
     ``LSTMRS_PLUGINS`` / ``LSTMRS_BLOCK_PLUGINS`` allow. :func:`get_manager` keeps one."""
-    from . import builtin
-
     pm = LstmrsPluginManager()
     if _trace_enabled():
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
-    pm.register(builtin, name=BUILTIN)
+    pm.register(importlib.import_module(BUILTIN_MODULE), name=BUILTIN)
     if load_entrypoints:
         only = _split_env("LSTMRS_PLUGINS")
         pm.load_entrypoints(only=only, blocked=_split_env("LSTMRS_BLOCK_PLUGINS") or [])

@@ -32,30 +32,19 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
+from ..csv_series import parse_number, parse_time, read_rows
+from ..models import Model
 from ..ts_format import find_split_pair
-from . import Prepared, Task, model_kwargs
+from .base import Prepared, Task, model_kwargs
 
 __all__ = ["AnomalyTask", "window_scores"]
-
-
-def _parse(t: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(t.strip().replace("T", " "))
-    except ValueError:
-        return None
 
 
 def read_series(path: str, value_column: str, time_column: str, label_column: str = ""):
     """``(times [str], parsed [datetime|None], values float [N], labels int [N] | None)`` of a
     CSV with a header; ``label_column`` ``"auto"`` takes ``is_anomaly`` (the UCR anomaly
     archive's column), ``label`` or ``anomaly`` when the file has one."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except OSError as e:
-        raise C.ConfigError(
-            f"config: data.path = {path!r}: cannot read it ({e.strerror})"
-        ) from None
+    rows = read_rows(path)
     if len(rows) < 3:
         raise C.ConfigError(f"config: data.path = {path!r}: expected a header and rows")
     header = [h.strip() for h in rows[0]]
@@ -76,9 +65,9 @@ def read_series(path: str, value_column: str, time_column: str, label_column: st
     labels = np.zeros(len(rows) - 1, dtype=np.int64) if li >= 0 else None
     for i, r in enumerate(rows[1:]):
         try:
-            values[i] = float(r[vi])
+            values[i] = parse_number(r[vi])
             if labels is not None:
-                labels[i] = int(float(r[li])) != 0
+                labels[i] = int(parse_number(r[li])) != 0
         except (ValueError, IndexError):
             col = value_column if labels is None or vi >= len(r) else label_column
             raise C.ConfigError(
@@ -88,7 +77,7 @@ def read_series(path: str, value_column: str, time_column: str, label_column: st
         times.append(r[ti].strip())
     if not np.all(np.isfinite(values)):
         raise C.ConfigError(f"data.path: {os.path.basename(path)} holds NaN or infinite values")
-    return times, [_parse(t) for t in times], values, labels
+    return times, [parse_time(t) for t in times], values, labels
 
 
 def _label_windows(labels: np.ndarray) -> list[tuple[int, int]]:
@@ -169,7 +158,7 @@ def _window_index(parsed: list[datetime], windows: list[tuple[str, str]]) -> lis
     stamps = np.array([p.timestamp() for p in parsed])
     out = []
     for a, b in windows:
-        ta, tb = _parse(a), _parse(b)
+        ta, tb = parse_time(a), parse_time(b)
         if ta is None or tb is None:
             raise C.ConfigError(f"data.windows: cannot read the window {a!r} .. {b!r}")
         lo = int(np.searchsorted(stamps, ta.timestamp(), side="left"))
@@ -371,8 +360,6 @@ class AnomalyTask(Task):
         )
 
     def build_model(self, config, data):
-        from ..models import Model
-
         return Model(
             input_size=data.train[0].shape[2], output_size=1, loss="mse", **model_kwargs(config)
         )

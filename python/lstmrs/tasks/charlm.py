@@ -23,7 +23,8 @@ import numpy as np
 
 from .. import config as C
 from .. import plots
-from . import Prepared, Task, model_kwargs
+from ..models import Model
+from .base import Prepared, Task, model_kwargs
 
 __all__ = ["CharLMTask", "sample_next"]
 
@@ -139,8 +140,6 @@ class CharLMTask(Task):
         )
 
     def build_model(self, config, data):
-        from ..models import Model
-
         v = len(data.state["chars"])
         return Model(
             vocab_size=v,

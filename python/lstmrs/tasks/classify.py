@@ -38,12 +38,13 @@ import numpy as np
 from .. import config as C
 from .. import plots
 from ..callbacks import EarlyStopping
+from ..csv_series import is_number, parse_number, read_rows
 from ..datasets import load_arrays
 from ..ensemble import Ensemble
 from ..metrics import confusion_matrix, precision_recall_f1
 from ..models import Loss, Model
 from ..ts_format import find_split_pair, read_ts
-from . import Prepared, Task, model_kwargs, plateau_callback
+from .base import Prepared, Task, model_kwargs, plateau_callback
 from .baselines import Dense, LogisticRegression, choose_l2, dtw_1nn, summary_features, tfidf
 from .series_prep import SeriesPrep
 
@@ -63,27 +64,10 @@ def tokenize(text: str, kind: str, lowercase: bool) -> list[str]:
 
 
 def _read_csv(path: str) -> tuple[list[str] | None, list[list[str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            sample = f.read(4096)
-            f.seek(0)
-            delim = "\t" if path.endswith(".tsv") or sample.count("\t") > sample.count(",") else ","
-            rows = [r for r in csv.reader(f, delimiter=delim) if r]
-    except OSError as e:
-        raise C.ConfigError(
-            f"config: data.path = {path!r}: cannot read it ({e.strerror})"
-        ) from None
+    rows = read_rows(path)
     if not rows:
         raise C.ConfigError(f"config: data.path = {path!r}: the file is empty")
     return None, rows
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
 
 
 def _column(header: list[str], name: str, key: str, default: int | None = None) -> int:
@@ -247,7 +231,7 @@ class ClassifyTask(Task):
             labels = [r[lcol].strip() if lcol < len(r) else "" for r in body]
             ids = [r[icol] for r in body] if icol >= 0 else None
             return {"texts": texts, "labels": labels, "ids": ids}
-        has_header = not all(_is_number(c) for c in rows[0][1:] if c.strip())
+        has_header = not all(is_number(c) for c in rows[0][1:] if c.strip())
         header = (
             [h.strip() for h in rows[0]] if has_header else [str(i) for i in range(len(rows[0]))]
         )
@@ -260,7 +244,7 @@ class ClassifyTask(Task):
             while vals and (not vals[-1].strip() or vals[-1].strip().lower() == "nan"):
                 vals.pop()
             try:
-                seqs.append(np.array([float(v) for v in vals]))
+                seqs.append(np.array([parse_number(v) for v in vals]))
             except ValueError:
                 raise C.ConfigError(
                     f"data.path: {os.path.basename(path)} row {i + 1 + has_header}: expected "
@@ -716,7 +700,7 @@ class ClassifyTask(Task):
 
 def _label_key(label: str):
     # Numeric labels sort as numbers (2 before 10), others as text.
-    return (0, float(label), "") if _is_number(label) else (1, 0.0, label)
+    return (0, parse_number(label), "") if is_number(label) else (1, 0.0, label)
 
 
 def _stratified(

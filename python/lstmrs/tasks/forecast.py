@@ -24,14 +24,15 @@ from __future__ import annotations
 import csv
 import math
 import os
-from datetime import datetime
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import config as C
 from .. import plots
-from . import Prepared, Task, model_kwargs
+from ..csv_series import parse_number, parse_time, read_rows
+from ..models import Model
+from .base import Prepared, Task, model_kwargs
 
 __all__ = ["ForecastTask", "infer_season", "read_series"]
 
@@ -40,23 +41,13 @@ __all__ = ["ForecastTask", "infer_season", "read_series"]
 # Reading
 
 
-def _float(text: str) -> float:
-    return float(text.strip().strip('"'))
-
-
 def read_series(path: str, columns: list[str], time_column: str):
     """``(times, values [N, len(columns)], header)`` from a CSV file with a header row.
 
     ``columns`` empty: the last column. ``time_column`` empty: the first column when it is
     not numeric. Raises :class:`ConfigError` naming the bad column, row and value.
     """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except OSError as e:
-        raise C.ConfigError(
-            f"config: data.path = {path!r}: cannot read it ({e.strerror})"
-        ) from None
+    rows = read_rows(path)
     if len(rows) < 3:
         raise C.ConfigError(f"config: data.path = {path!r}: expected a header and rows of values")
     header = [h.strip() for h in rows[0]]
@@ -71,7 +62,7 @@ def read_series(path: str, columns: list[str], time_column: str):
     if not time_column:
         first = header[0]
         try:
-            _float(body[0][0])
+            parse_number(body[0][0])
         except ValueError:
             time_column = first
     elif time_column not in header:
@@ -84,7 +75,7 @@ def read_series(path: str, columns: list[str], time_column: str):
     for i, r in enumerate(body):
         for j, k in enumerate(idx):
             try:
-                values[i, j] = _float(r[k])
+                values[i, j] = parse_number(r[k])
             except (ValueError, IndexError):
                 cell = r[k] if k < len(r) else "(missing)"
                 raise C.ConfigError(
@@ -101,16 +92,6 @@ def read_series(path: str, columns: list[str], time_column: str):
     return times, values, columns
 
 
-def _parse_time(text: str) -> datetime | None:
-    t = text.strip().strip('"').replace("T", " ")
-    for candidate in (t, t + "-01"):
-        try:
-            return datetime.fromisoformat(candidate)
-        except ValueError:
-            continue
-    return None
-
-
 # (lower, upper) bounds in days of a median step, and the season length it implies.
 _SEASONS = (
     (0.019, 0.023, 48),  # half-hourly: a day
@@ -124,7 +105,7 @@ _SEASONS = (
 
 def infer_season(times: list[str]) -> tuple[int, str]:
     """The season length implied by the spacing of ``times``, and how it was decided."""
-    parsed = [_parse_time(t) for t in times[: min(len(times), 400)]]
+    parsed = [parse_time(t) for t in times[: min(len(times), 400)]]
     if len(parsed) < 3 or any(p is None for p in parsed):
         return 1, "no parseable time column, so the seasonal-naive forecast is the naive one"
     days = np.median([(b - a).total_seconds() / 86400 for a, b in zip(parsed, parsed[1:])])
@@ -348,8 +329,6 @@ class ForecastTask(Task):
         )
 
     def build_model(self, config, data):
-        from ..models import Model
-
         f = data.train[0].shape[2]
         return Model(
             input_size=f, output_size=config["data"]["horizon"], loss="mse", **model_kwargs(config)

@@ -22,7 +22,8 @@ import numpy as np
 from .. import config as C
 from .. import plots
 from ..datasets import adding_problem, copy_task, load_arrays
-from . import Prepared, Task, model_kwargs
+from ..models import Model
+from .base import Prepared, Task, model_kwargs
 
 __all__ = ["AddingTask", "CopyTask"]
 
@@ -84,8 +85,6 @@ class AddingTask(Task):
         return Prepared(train=train, val=val, test=test, info=info)
 
     def build_model(self, config, data):
-        from ..models import Model
-
         return Model(input_size=2, output_size=1, loss="mse", **model_kwargs(config))
 
     def evaluate(self, model, data, config):
@@ -175,8 +174,6 @@ class CopyTask(Task):
         return Prepared(train=train, val=val, test=test, info=info)
 
     def build_model(self, config, data):
-        from ..models import Model
-
         vocab = config["data"]["num_symbols"] + 2
         return Model(
             vocab_size=vocab,

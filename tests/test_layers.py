@@ -1,0 +1,263 @@
+"""The package's layers, and the test that keeps its imports pointing one way: down.
+
+Every module of ``python/lstmrs`` belongs to one layer of :data:`LAYERS`, written once in
+:data:`LAYER_OF`. A module may import modules of its own layer and of lower ones; an import of a
+higher layer fails this test, wherever it is (module level, inside a function, ``import x``,
+``from x import y`` or relative), with a message naming both modules and the rule. Imports under
+``if TYPE_CHECKING:`` never run and are exempt (that is how training, streaming and the checkpoint
+format name ``Model`` in annotations). An import inside a function needs a comment on its line or
+right above it saying why it is not at the top: an optional dependency, or start-up time with a
+measured number. And no modules may import each other in a circle.
+
+The graph is read from the source with :mod:`ast` (``tests/import_graph.py``); nothing is
+imported.
+"""
+
+from __future__ import annotations
+
+import re
+
+import import_graph as ig
+import pytest
+
+#: From the bottom up; the comment beside each says what it holds.
+LAYERS = (
+    "base",  # errors, the Rust extension, the GPU probe, fork safety, memory ceiling, validation
+    "specs",  # descriptions without behaviour of their own: cells, optimizer spec, metrics, ...
+    "registry",  # the plugin registry, the built-in cells and optimizers, the name lookups
+    "layers",  # the recurrent layers and step-by-step inference
+    "training",  # callbacks, progress, the checkpoint file format, the fit loop
+    "model",  # Model, loading and resuming it, ensembles of models
+    "applications",  # tasks, run directories, tuning, interop, the CLI, testing helpers
+    "package",  # lstmrs/__init__.py: the public names
+)
+
+LAYER_OF = {
+    "lstmrs._lstmrs": "base",
+    "lstmrs.errors": "base",
+    "lstmrs.forksafe": "base",
+    "lstmrs.gpu": "base",
+    "lstmrs.memory": "base",
+    "lstmrs.validation": "base",
+    "lstmrs.cells": "specs",
+    "lstmrs.config": "specs",
+    "lstmrs.csv_series": "specs",
+    "lstmrs.datasets": "specs",
+    "lstmrs.metrics": "specs",
+    "lstmrs.optim_spec": "specs",
+    "lstmrs.plots": "specs",
+    "lstmrs.ts_format": "specs",
+    "lstmrs.optim": "registry",
+    "lstmrs.plugins": "registry",
+    "lstmrs.plugins.builtin": "registry",
+    "lstmrs.plugins.hookspecs": "registry",
+    "lstmrs.plugins.manager": "registry",
+    "lstmrs.rnn": "layers",
+    "lstmrs.streaming": "layers",
+    "lstmrs.callbacks": "training",
+    "lstmrs.checkpoint_format": "training",
+    "lstmrs.fit_inputs": "training",
+    "lstmrs.progress": "training",
+    "lstmrs.training": "training",
+    "lstmrs.checkpoint": "model",
+    "lstmrs.ensemble": "model",
+    "lstmrs.models": "model",
+    "lstmrs.cli": "applications",
+    "lstmrs.interop": "applications",
+    "lstmrs.interop.keras_import": "applications",
+    "lstmrs.interop.onnx_export": "applications",
+    "lstmrs.interop.onnx_graph": "applications",
+    "lstmrs.interop.onnx_import": "applications",
+    "lstmrs.interop.onnx_rnn": "applications",
+    "lstmrs.interop.onnx_verify": "applications",
+    "lstmrs.interop.optional": "applications",
+    "lstmrs.interop.safetensors_export": "applications",
+    "lstmrs.interop.torch_import": "applications",
+    "lstmrs.rundir": "applications",
+    "lstmrs.tasks": "applications",
+    "lstmrs.tasks.anomaly": "applications",
+    "lstmrs.tasks.base": "applications",
+    "lstmrs.tasks.baselines": "applications",
+    "lstmrs.tasks.charlm": "applications",
+    "lstmrs.tasks.classify": "applications",
+    "lstmrs.tasks.forecast": "applications",
+    "lstmrs.tasks.runner": "applications",
+    "lstmrs.tasks.series_prep": "applications",
+    "lstmrs.tasks.synthetic": "applications",
+    "lstmrs.testing": "applications",
+    "lstmrs.tuning": "applications",
+    "lstmrs": "package",
+}
+
+#: The upward imports that remain, each with why: ``(module, package or module) -> reason``.
+#: They are imports inside a method that run only when it is called, and they form the one
+#: remaining circle (rnn -> interop -> rnn); keep this list short.
+UPWARD_EXCEPTIONS = {
+    ("lstmrs.rnn", "lstmrs.interop"): "LSTM.to_onnx/save_safetensors/from_torch/from_onnx "
+    "delegate to the interop package, whose importers build layers",
+    ("lstmrs.models", "lstmrs.interop"): "Model.to_onnx/save_safetensors delegate to the "
+    "interop package",
+}
+
+# What a comment must say for an import inside a function: an optional dependency, the
+# start-up time saved with its number (ms or s), or that it is one of UPWARD_EXCEPTIONS.
+_WHY_LOCAL = re.compile(
+    r"optional|UPWARD_EXCEPTIONS|(start-?up|import time).*\d+(\.\d+)?\s*(ms|s)\b", re.IGNORECASE
+)
+
+
+def _excepted(source: str, target: str) -> bool:
+    return any(
+        source == s and (target == t or target.startswith(t + ".")) for s, t in UPWARD_EXCEPTIONS
+    )
+
+
+def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAYER_OF) -> list[str]:
+    """Every broken rule of ``graph`` (module -> its imports), one message each."""
+    out = [
+        f"{m}: not in the layer table: add it to LAYER_OF in tests/test_layers.py (layers: "
+        f"{', '.join(LAYERS)})"
+        for m in sorted(set(graph) - set(layer_of))
+    ]
+    rank = {name: k for k, name in enumerate(LAYERS)}
+    for module, imports in sorted(graph.items()):
+        for i in imports:
+            if i.type_checking:
+                continue
+            if i.local and not i.implicit and not _WHY_LOCAL.search(i.comment):
+                out.append(
+                    f"{i.where()}: {module} imports {i.target} inside a function without a "
+                    "comment (on its line or right above it) saying why: an optional "
+                    "dependency, or start-up time with a measured number; otherwise import it "
+                    "at the top of the module"
+                )
+            src, dst = layer_of.get(module), layer_of.get(i.target)
+            if src is None or dst is None or rank[dst] <= rank[src]:
+                continue
+            if _excepted(module, i.target):
+                continue
+            how = "runs the package" if i.implicit else "imports"
+            out.append(
+                f"{i.where()}: {module} (layer {src!r}) {how} {i.target} (layer {dst!r}): a "
+                f"module may import only its own layer and lower ones ({' < '.join(LAYERS)}); "
+                "move the code, or name the type under `if TYPE_CHECKING:`"
+            )
+    edges = {
+        m: {t for t in targets if not _excepted(m, t)} - {ig.PACKAGE}
+        for m, targets in ig.runtime_edges(graph).items()
+        if m != ig.PACKAGE
+    }
+    for cycle in ig.cycles(edges):
+        out.append(f"import cycle: {', '.join(cycle)} import each other in a circle")
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return ig.read_package()
+
+
+def test_every_module_is_in_the_layer_table(graph):
+    assert set(LAYER_OF) == set(graph), (
+        f"not in LAYER_OF: {sorted(set(graph) - set(LAYER_OF))}; "
+        f"no longer in the package: {sorted(set(LAYER_OF) - set(graph))}"
+    )
+    assert set(LAYER_OF.values()) <= set(LAYERS)
+
+
+def test_imports_point_down(graph):
+    problems = violations(graph)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_exceptions_are_still_needed(graph):
+    """An exception nobody needs any more is removed from the table."""
+    used = {
+        (s, t)
+        for s, t in UPWARD_EXCEPTIONS
+        for i in graph[s]
+        if i.target == t or i.target.startswith(t + ".")
+    }
+    assert used == set(UPWARD_EXCEPTIONS)
+
+
+# --------------------------------------------------------------------------------------------
+# The test of the test: synthetic modules
+
+
+def _graph_of(sources: dict[str, str]) -> dict[str, list[ig.Import]]:
+    known = set(LAYER_OF) | set(sources)
+    return {
+        name: ig.imports_of(name, text, known, is_package=name == "lstmrs.tasks")
+        for name, text in sources.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from .models import Model\n",
+        "from . import models\n",
+        "import lstmrs.models\n",
+        "from lstmrs.models import Model\n",
+        "def f():\n    from .models import Model  # optional dependency\n    return Model\n",
+    ],
+)
+def test_an_upward_import_fails_naming_both_modules_and_the_rule(source):
+    problems = violations(_graph_of({"lstmrs.rnn": source}))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("lstmrs.rnn:")
+    assert "lstmrs.rnn (layer 'layers') imports lstmrs.models (layer 'model')" in problems[0]
+    assert "a module may import only its own layer and lower ones" in problems[0]
+
+
+def test_a_subpackage_import_runs_its_package():
+    """``from .tasks.baselines import x`` runs ``lstmrs/tasks/__init__.py`` first."""
+    problems = violations(_graph_of({"lstmrs.training": "from .tasks.baselines import dtw\n"}))
+    assert any("runs the package lstmrs.tasks (layer 'applications')" in p for p in problems)
+
+
+def test_type_checking_imports_and_downward_imports_pass():
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from . import errors\n"
+        "from .rnn import LSTM\n"
+        "if TYPE_CHECKING:\n"
+        "    from .models import Model\n"
+    )
+    assert violations(_graph_of({"lstmrs.training": source})) == []
+
+
+def test_a_function_local_import_needs_a_reason():
+    bare = "def f():\n    from . import errors\n    return errors\n"
+    problems = violations(_graph_of({"lstmrs.training": bare}))
+    assert len(problems) == 1 and "inside a function without a comment" in problems[0]
+    for why in ("# optional dependency (onnx)", "# start-up time: saves 40 ms at import"):
+        ok = f"def f():\n    {why}\n    from . import errors\n    return errors\n"
+        assert violations(_graph_of({"lstmrs.training": ok})) == []
+    vague = "def f():\n    from . import errors  # faster\n    return errors\n"
+    assert violations(_graph_of({"lstmrs.training": vague}))
+
+
+def test_a_new_module_must_be_placed_in_a_layer():
+    problems = violations(_graph_of({"lstmrs.brand_new": "import numpy\n"}))
+    assert problems == [
+        (
+            "lstmrs.brand_new: not in the layer table: add it to LAYER_OF in "
+            f"tests/test_layers.py (layers: {', '.join(LAYERS)})"
+        )
+    ]
+
+
+def test_a_cycle_within_one_layer_fails():
+    problems = violations(
+        _graph_of(
+            {
+                "lstmrs.callbacks": "from . import progress\n",
+                "lstmrs.progress": "from . import callbacks\n",
+            }
+        )
+    )
+    assert problems == [
+        "import cycle: lstmrs.callbacks, lstmrs.progress import each other in a circle"
+    ]
