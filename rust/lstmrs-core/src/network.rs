@@ -191,6 +191,17 @@ impl<T> Tape<T> {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    pub(crate) fn lengths(&self) -> Option<&[usize]> {
+        self.lengths.as_deref()
+    }
+    /// Time-major input `[T, B, I]` of layer `layer`, after dropout.
+    pub(crate) fn layer_input(&self, layer: usize) -> &[T] {
+        &self.layer_inputs[layer]
+    }
+    /// The sweep tape of one layer and direction.
+    pub(crate) fn dir_tape(&self, layer: usize, dir: usize) -> &DirTape<T> {
+        &self.dirs[layer * self.config.num_directions() + dir]
+    }
 }
 
 /// Results of a forward call.
@@ -254,7 +265,11 @@ fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: us
     }
 }
 
-fn dir_weights<'p, T: Scalar>(p: RnnWeights<'p, T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
+pub(crate) fn dir_weights<'p, T: Scalar>(
+    p: RnnWeights<'p, T>,
+    layer: usize,
+    dir: usize,
+) -> DirWeights<'p, T> {
     let cfg = p.config();
     let (xw, hw, h) = (cfg.x_gate_width(), cfg.h_gate_width(), cfg.hidden_size);
     let o = dir_offsets(cfg, layer, dir);

@@ -239,6 +239,22 @@ pub(crate) struct DirTape<T> {
     cs: Vec<T>,
 }
 
+impl<T> DirTape<T> {
+    /// `[T, B, G*H]` gate activations of a built-in cell (a custom cell's saved values).
+    pub(crate) fn activations(&self) -> &[T] {
+        &self.act
+    }
+    /// `[T+1, B, H]` hidden states; step `t` reads slot `t` and writes `t+1` going forward,
+    /// reads `t+1` and writes `t` going backward.
+    pub(crate) fn hidden_states(&self) -> &[T] {
+        &self.hs
+    }
+    /// `[T+1, B, H]` second states (LSTM `c`), slots as for `hidden_states`; empty without.
+    pub(crate) fn cell_states(&self) -> &[T] {
+        &self.cs
+    }
+}
+
 /// Result of a forward sweep.
 pub(crate) struct DirOutput<T> {
     /// `[T, B, H]`; zero past each sequence's length.
