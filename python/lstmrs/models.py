@@ -649,6 +649,21 @@ class Model:
 
         return Stepper(self, batch=batch)
 
+    def explain(self, x: Any, lengths: Any = None, **kwargs: Any):
+        """Attributions of one output per sequence to the input steps and features
+        (``method="integrated_gradients" | "gradient_x_input" | "occlusion"``, ``target``,
+        ``baseline``, ``steps``, ``window``); see :func:`lstmrs.explain.explain`."""
+        from .explain import explain
+
+        return explain(self, x, lengths, **kwargs)
+
+    def trace(self, x: Any, lengths: Any = None):
+        """Gate activations and states of every layer and direction over time, as named
+        NumPy arrays; see :func:`lstmrs.explain.trace`."""
+        from .explain import trace
+
+        return trace(self, x, lengths)
+
     # ---------------------------------------------------------------------------------------
     # Export (the interop modules build on the model and need optional packages, hence the
     # imports inside these methods)
