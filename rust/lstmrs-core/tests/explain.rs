@@ -402,3 +402,48 @@ fn custom_cell_trace_equals_the_builtin_trace() {
         assert!((p - q).abs() < 1e-12);
     }
 }
+
+/// `backward_input` skips the weight products and must give the same input and initial-state
+/// gradients as the full `backward`, bit for bit (the same products in the same order).
+#[test]
+fn backward_input_equals_backward_without_the_parameters() {
+    use lstmrs_core::{
+        backward, forward, network::backward_input, Batch, ForwardOptions, GradOutputs, Layout,
+        RnnParams,
+    };
+    let custom = register_cell(&peephole_json()).unwrap();
+    for cell in [CellKind::Lstm, CellKind::Gru, custom] {
+        let cfg = RnnConfig::new(cell, 3, 4, 2, true, true).unwrap();
+        let p = RnnParams::<f64>::init_uniform(cfg, 3);
+        let (b, t) = (3, 5);
+        let x: Vec<f64> = (0..b * t * 3).map(|i| (i as f64 * 0.4).sin()).collect();
+        let lengths = [5, 3, 1];
+        let batch = Batch {
+            input: &x,
+            layout: Layout::BatchFirst,
+            seq_len: t,
+            batch: b,
+            h0: None,
+            c0: None,
+            lengths: Some(&lengths),
+        };
+        let opts = ForwardOptions {
+            keep_tape: true,
+            ..Default::default()
+        };
+        let out = forward(&p, &batch, &opts).unwrap();
+        let tape = out.tape.unwrap();
+        let d: Vec<f64> = (0..out.output.len()).map(|i| (i as f64).cos()).collect();
+        let grads = GradOutputs {
+            output: Some(&d),
+            h_n: None,
+            c_n: None,
+        };
+        let full = backward(&p, &tape, &grads).unwrap();
+        let only = backward_input(&p, &tape, &grads).unwrap();
+        assert!(only.params.is_empty() && !full.params.is_empty());
+        assert_eq!(only.input, full.input, "{}", cell.name());
+        assert_eq!(only.h0, full.h0);
+        assert_eq!(only.c0, full.c0);
+    }
+}

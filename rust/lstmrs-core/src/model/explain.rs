@@ -169,9 +169,10 @@ impl<T: Scalar> Model<T> {
                 }
             }
         }
-        // The parameters' gradient is computed on the way and dropped.
+        // The head's and attention's parameter gradients come on the way (small) and are
+        // dropped; the recurrent layers' are skipped.
         let mut scratch = crate::memory::try_filled("parameters", self.params.len(), T::zero())?;
-        let input_grad = self.backward(x, &tape, d, &mut scratch)?;
+        let input_grad = self.backward(x, &tape, d, &mut scratch, false)?;
         Ok(InputGradient {
             output: output.output,
             input_grad,

@@ -601,7 +601,7 @@ impl<T: Scalar> Model<T> {
                 &mut d_logits,
             )?;
             grad.fill(T::zero());
-            self.backward(x, &tape, d_logits, grad)?;
+            self.backward(x, &tape, d_logits, grad, true)?;
             Ok(LossResult {
                 loss: value,
                 output,
@@ -610,13 +610,15 @@ impl<T: Scalar> Model<T> {
     }
 
     /// Backpropagates `d_logits` into `grad` (same layout as `params`); returns the gradient of
-    /// the recurrent layers' input `[B, T, F]` (the embedded vectors for token models).
+    /// the recurrent layers' input `[B, T, F]` (the embedded vectors for token models). Without
+    /// `rnn_params` the recurrent layers' part of `grad` is left as it is (not computed).
     fn backward(
         &self,
         x: &ModelBatch<T>,
         tape: &ModelTape<T>,
         d_logits: Vec<T>,
         grad: &mut [T],
+        rnn_params: bool,
     ) -> Result<Vec<T>> {
         let cfg = &self.config;
         let (b, t, p) = (x.batch, x.seq_len, cfg.rnn.output_size());
@@ -690,6 +692,7 @@ impl<T: Scalar> Model<T> {
                 h_n: d_hn.as_deref(),
                 c_n: None,
             },
+            rnn_params,
         )?;
         grad[self.layout.rnn..self.layout.rnn + rg.params.len()].copy_from_slice(&rg.params);
         if let (Some(ids), InputKind::Embedding { dim, .. }, Some(off)) =
