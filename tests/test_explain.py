@@ -345,3 +345,17 @@ def test_explain_module_does_not_import_models_at_runtime():
             if isinstance(sub, ast.ImportFrom):
                 runtime.append(sub.module or "")
     assert "models" not in runtime and "lstmrs.models" not in runtime, runtime
+
+
+def test_results_do_not_depend_on_the_call_size(rng, monkeypatch):
+    """The batch is cut into core calls of bounded memory; the cut must not show."""
+    m = lstmrs.Model(input_size=2, hidden_size=6, pooling="attention", dtype="float64", seed=3)
+    x = rng.standard_normal((7, 9, 2))
+    lengths = np.array([9, 3, 5, 9, 1, 8, 2])
+    whole = {k: m.explain(x, lengths=lengths, method=k, steps=8) for k in lstmrs.explain.METHODS}
+    monkeypatch.setattr(lstmrs.explain, "_CALL_BYTES", 9 * 60 * 8 * 3)  # three rows a call
+    assert lstmrs.explain._rows_per_call(m, 9) == 3
+    for k, e in whole.items():
+        cut = m.explain(x, lengths=lengths, method=k, steps=8)
+        np.testing.assert_allclose(cut.attributions, e.attributions, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(cut.attention, e.attention, rtol=1e-12)

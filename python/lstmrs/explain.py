@@ -41,8 +41,18 @@ __all__ = ["METHODS", "Explanation", "LayerTrace", "Trace", "explain", "trace"]
 
 METHODS = ("integrated_gradients", "gradient_x_input", "occlusion")
 # Rows (sequences x interpolation points) per core call: large enough to keep every thread
-# busy, small enough that the tape of a call stays in the hundreds of megabytes.
+# busy, small enough that the tape of a call stays within about 256 MiB.
 _ROWS_PER_CALL = 2048
+_CALL_BYTES = 256 << 20
+
+
+def _rows_per_call(model: Model, t: int) -> int:
+    """Rows per core call for sequences of ``t`` steps: the tape keeps about ``8 H`` values
+    per step, layer and direction (gates, states, pre-activations)."""
+    k = model._kwargs
+    width = k["num_layers"] * (2 if k["bidirectional"] else 1) * k["hidden_size"] * 8
+    per_row = t * (width + model._features) * np.dtype(model.dtype).itemsize
+    return int(max(1, min(_ROWS_PER_CALL, _CALL_BYTES // max(per_row, 1))))
 
 
 @dataclass
@@ -298,11 +308,26 @@ def _pick(out: np.ndarray, idx: np.ndarray, step: np.ndarray | None) -> np.ndarr
 
 
 def _grad(model: Model, v: np.ndarray, d: np.ndarray, lengths: np.ndarray | None):
-    return model.core.input_gradient(
-        np.ascontiguousarray(v, dtype=model.dtype),
-        np.ascontiguousarray(d),
-        lengths=lengths,
-        embedded=model.tokens,
+    """``(output, input_grad, attention)`` of the core, in calls of a bounded size."""
+    rows = _rows_per_call(model, v.shape[1])
+    parts = []
+    for s in range(0, v.shape[0], rows):
+        sl = slice(s, s + rows)
+        parts.append(
+            model.core.input_gradient(
+                np.ascontiguousarray(v[sl], dtype=model.dtype),
+                np.ascontiguousarray(d[sl]),
+                lengths=None if lengths is None else np.ascontiguousarray(lengths[sl]),
+                embedded=model.tokens,
+            )
+        )
+    if len(parts) == 1:
+        return parts[0]
+    out, grad, att = zip(*parts)
+    return (
+        np.concatenate(out),
+        np.concatenate(grad),
+        None if att[0] is None else np.concatenate(att),
     )
 
 
@@ -316,7 +341,7 @@ def _integrated(model, v, base, d, lengths, steps):
     alphas, weights = (nodes + 1) / 2, weights / 2
     b = v.shape[0]
     total = np.zeros(v.shape, dtype=np.float64)
-    per_call = max(1, _ROWS_PER_CALL // steps)
+    per_call = max(1, _rows_per_call(model, v.shape[1]) // steps)
     diff = v.astype(np.float64) - base
     for s in range(0, b, per_call):
         sl = slice(s, s + per_call)
@@ -341,7 +366,7 @@ def _occlusion(model, v, base, idx, step, lengths, window, f_x):
     counts = np.zeros((b, t, feats), dtype=np.float64)
     starts = list(range(max(1, t - window + 1)))
     jobs = [(w0, k) for w0 in starts for k in range(feats)]
-    per_call = max(1, _ROWS_PER_CALL // b)
+    per_call = max(1, _rows_per_call(model, t) // b)
     for j in range(0, len(jobs), per_call):
         chunk = jobs[j : j + per_call]
         xs = np.repeat(v[None], len(chunk), axis=0)
@@ -370,7 +395,7 @@ def _occlusion_tokens(model, v, base, idx, step, lengths, window, f_x):
     scores = np.zeros((b, t), dtype=np.float64)
     counts = np.zeros((b, t), dtype=np.float64)
     starts = list(range(max(1, t - window + 1)))
-    per_call = max(1, _ROWS_PER_CALL // b)
+    per_call = max(1, _rows_per_call(model, t) // b)
     for j in range(0, len(starts), per_call):
         chunk = starts[j : j + per_call]
         xs = np.repeat(v[None], len(chunk), axis=0)
