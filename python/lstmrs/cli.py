@@ -175,6 +175,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain_report import write_report
+
+    run, task, cfg = _open_run(args.run_dir)
+    state = run.read_state().get("task_state") or {}
+    whole = False
+    if args.input:
+        if "path" not in cfg["data"]:
+            raise C.ConfigError(f"--input: task {task.name!r} reads no data file")
+        if not os.path.exists(args.input):
+            raise C.ConfigError(f"--input: {args.input!r} does not exist")
+        cfg["data"]["path"] = os.path.abspath(args.input)
+        whole = True
+    data = task.prepare(cfg, state=state or None, whole=whole)
+    out = args.out or os.path.join(run.path, "explain")
+    report = write_report(
+        task,
+        run.load_model(),
+        data,
+        cfg,
+        out,
+        index=args.index,
+        method=args.method,
+        steps=args.steps,
+        target=args.target,
+        unit=args.unit,
+        title=f"lstmrs explain: {os.path.basename(run.path)} ({task.name})",
+    )
+    for line in report.lines:
+        print(line)
+    print(f"wrote {_show(report.html)} and {len(report.figures)} figure(s)")
+    return 0
+
+
 def cmd_tune(args) -> int:
     # start-up time: tuning (rich tables, the search) adds ~55 ms to every other command; Optuna,
     # which it needs, is an optional dependency (lstmrs[tune]).
@@ -394,6 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
+        "explain",
+        help="attributions and gate traces of a run, as PNG figures and one HTML page",
+        formatter_class=_Formatter,
+        description="Explain a trained run: which input steps and features made its "
+        "predictions (integrated gradients by default) and what its recurrent layers hold. "
+        "Reads the run's own test data, or FILE (all of it) as the task reads its data file; "
+        "writes PNG figures and one self-contained HTML page to RUN_DIR/explain (--out).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--input", metavar="FILE", help="data to explain (default: the test split)")
+    p.add_argument("--index", type=int, default=None, help="which item (window, text, offset)")
+    p.add_argument(
+        "--method",
+        default="integrated_gradients",
+        choices=["integrated_gradients", "gradient_x_input", "occlusion"],
+    )
+    p.add_argument("--steps", type=int, default=50, help="integrated-gradients steps")
+    p.add_argument("--target", type=int, default=None, help="output index (class, forecast step)")
+    p.add_argument("--unit", type=int, default=None, help="charlm: the unit to colour the text by")
+    p.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/explain)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
         "tune",
         help="search a config's [tune] space with Optuna",
         formatter_class=_Formatter,
@@ -515,6 +572,7 @@ _BUILTIN_COMMANDS = {
     "eval",
     "predict",
     "generate",
+    "explain",
     "tune",
     "export",
     "tasks",

@@ -637,6 +637,21 @@ class Model:
         """A :class:`lstmrs.streaming.Stepper` for step-by-step inference."""
         return Stepper(self, batch=batch)
 
+    def explain(self, x: Any, lengths: Any = None, **kwargs: Any):
+        """Attributions of one output per sequence to the input steps and features
+        (``method="integrated_gradients" | "gradient_x_input" | "occlusion"``, ``target``,
+        ``baseline``, ``steps``, ``window``); see :func:`lstmrs.explain.explain`."""
+        from .explain import explain
+
+        return explain(self, x, lengths, **kwargs)
+
+    def trace(self, x: Any, lengths: Any = None):
+        """Gate activations and states of every layer and direction over time, as named
+        NumPy arrays; see :func:`lstmrs.explain.trace`."""
+        from .explain import trace
+
+        return trace(self, x, lengths)
+
     # ---------------------------------------------------------------------------------------
     # Export: the interop package sits above the model (its importers build layers), so these
     # two methods import its exporters when called; they are the layer table's listed exceptions

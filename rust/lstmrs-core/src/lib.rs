@@ -33,6 +33,7 @@ pub mod stream;
 mod stream_kernel;
 mod sweep;
 pub mod threads;
+pub mod trace;
 
 pub use config::{CellKind, RnnConfig};
 pub use error::{Error, Result};

@@ -191,6 +191,17 @@ impl<T> Tape<T> {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    pub(crate) fn lengths(&self) -> Option<&[usize]> {
+        self.lengths.as_deref()
+    }
+    /// Time-major input `[T, B, I]` of layer `layer`, after dropout.
+    pub(crate) fn layer_input(&self, layer: usize) -> &[T] {
+        &self.layer_inputs[layer]
+    }
+    /// The sweep tape of one layer and direction.
+    pub(crate) fn dir_tape(&self, layer: usize, dir: usize) -> &DirTape<T> {
+        &self.dirs[layer * self.config.num_directions() + dir]
+    }
 }
 
 /// Results of a forward call.
@@ -254,7 +265,11 @@ fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: us
     }
 }
 
-fn dir_weights<'p, T: Scalar>(p: RnnWeights<'p, T>, layer: usize, dir: usize) -> DirWeights<'p, T> {
+pub(crate) fn dir_weights<'p, T: Scalar>(
+    p: RnnWeights<'p, T>,
+    layer: usize,
+    dir: usize,
+) -> DirWeights<'p, T> {
     let cfg = p.config();
     let (xw, hw, h) = (cfg.x_gate_width(), cfg.h_gate_width(), cfg.hidden_size);
     let o = dir_offsets(cfg, layer, dir);
@@ -570,7 +585,26 @@ pub fn backward<'p, T: Scalar>(
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
 ) -> Result<Gradients<T>> {
-    let params = params.into();
+    backward_with(params.into(), tape, grads, true)
+}
+
+/// [`backward`] without the parameters' gradient (`Gradients::params` is empty): the input and
+/// initial-state gradients only, for attributions. Built-in cells skip the weight products,
+/// about a third of the work.
+pub fn backward_input<'p, T: Scalar>(
+    params: impl Into<RnnWeights<'p, T>>,
+    tape: &Tape<T>,
+    grads: &GradOutputs<T>,
+) -> Result<Gradients<T>> {
+    backward_with(params.into(), tape, grads, false)
+}
+
+fn backward_with<T: Scalar>(
+    params: RnnWeights<'_, T>,
+    tape: &Tape<T>,
+    grads: &GradOutputs<T>,
+    want_params: bool,
+) -> Result<Gradients<T>> {
     let cfg = *params.config();
     validate_backward(
         &cfg,
@@ -584,7 +618,7 @@ pub fn backward<'p, T: Scalar>(
     memory::check("tape", backward_bytes(&cfg, t, b, std::mem::size_of::<T>()))?;
     let work = 2 * forward_work(&cfg, t, b);
     Ok(threads::install_for(work, || {
-        backward_checked(params, tape, grads)
+        backward_checked(params, tape, grads, want_params)
     }))
 }
 
@@ -592,6 +626,7 @@ fn backward_checked<T: Scalar>(
     params: RnnWeights<T>,
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
+    want_params: bool,
 ) -> Gradients<T> {
     let cfg = *params.config();
     let (t, b, h, nd) = (
@@ -602,7 +637,7 @@ fn backward_checked<T: Scalar>(
     );
     let bh = b * h;
     let lstm = cfg.cell.has_cell_state();
-    let mut g_params = vec![T::zero(); params.len()];
+    let mut g_params = vec![T::zero(); if want_params { params.len() } else { 0 }];
     let mut dh0 = vec![T::zero(); cfg.num_layers * nd * bh];
     let mut dc0 = vec![T::zero(); if lstm { dh0.len() } else { 0 }];
     let mut d_out: Option<Vec<T>> = grads
@@ -624,7 +659,20 @@ fn backward_checked<T: Scalar>(
         } else {
             end
         };
-        let (g_fwd, g_rev) = g_params[first..end].split_at_mut(mid - first);
+        // Without parameter gradients a built-in cell's sweep gets an empty region (it skips
+        // the weight products); a custom cell's writes its unit gradients during the sweep,
+        // into scratch here.
+        let mut scratch = Vec::new();
+        let region: &mut [T] = if want_params {
+            &mut g_params[first..end]
+        } else if cfg.cell.compiled().is_some() {
+            scratch.resize(end - first, T::zero());
+            &mut scratch
+        } else {
+            &mut []
+        };
+        let split = if region.is_empty() { 0 } else { mid - first };
+        let (g_fwd, g_rev) = region.split_at_mut(split);
         let team = sweep_team(nd);
         let run = |dir: usize, grad: &mut [T]| {
             let sw = Sweep {

@@ -239,6 +239,22 @@ pub(crate) struct DirTape<T> {
     cs: Vec<T>,
 }
 
+impl<T> DirTape<T> {
+    /// `[T, B, G*H]` gate activations of a built-in cell (a custom cell's saved values).
+    pub(crate) fn activations(&self) -> &[T] {
+        &self.act
+    }
+    /// `[T+1, B, H]` hidden states; step `t` reads slot `t` and writes `t+1` going forward,
+    /// reads `t+1` and writes `t` going backward.
+    pub(crate) fn hidden_states(&self) -> &[T] {
+        &self.hs
+    }
+    /// `[T+1, B, H]` second states (LSTM `c`), slots as for `hidden_states`; empty without.
+    pub(crate) fn cell_states(&self) -> &[T] {
+        &self.cs
+    }
+}
+
 /// Result of a forward sweep.
 pub(crate) struct DirOutput<T> {
     /// `[T, B, H]`; zero past each sequence's length.
@@ -601,7 +617,37 @@ pub(crate) fn backward<T: Scalar>(
         });
     }
 
-    let dg_rec_all: &[T] = if lstm { &dgx } else { &dgh };
+    let rows = steps * b;
+    if !grad.is_empty() {
+        weight_grads(sw, x, w, tape, reg, &dgx, &dgh, grad);
+    }
+    a_b(
+        dx,
+        inp,
+        false,
+        Mat::new(&dgx, rows, gw),
+        Mat::new(w.w_ih, gw, inp),
+    );
+    (dh, lstm.then_some(dc))
+}
+
+/// The weight gradients of a built-in cell's sweep from its pre-activation gradients `dgx`,
+/// `dgh` (`[T*B, G*H]`): three large products over all `T*B` rows.
+#[allow(clippy::too_many_arguments)]
+fn weight_grads<T: Scalar>(
+    sw: Sweep,
+    x: &[T],
+    w: DirWeights<T>,
+    tape: &DirTape<T>,
+    reg: DirReg<T>,
+    dgx: &[T],
+    dgh: &[T],
+    grad: &mut [T],
+) {
+    let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
+    let lstm = sw.cell == CellKind::Lstm;
+    let bh = b * h;
+    let dg_rec_all: &[T] = if lstm { dgx } else { dgh };
     let rows = steps * b;
     let (g_wih, rest) = grad.split_at_mut(gw * inp);
     let (g_whh, g_bias) = rest.split_at_mut(gw * h);
@@ -609,7 +655,7 @@ pub(crate) fn backward<T: Scalar>(
         g_wih,
         inp,
         false,
-        Mat::new(&dgx, rows, gw),
+        Mat::new(dgx, rows, gw),
         Mat::new(x, rows, inp),
     );
     // States entering steps 0..T, in time order: slots 0..T forward, 1..=T backward in time.
@@ -635,17 +681,9 @@ pub(crate) fn backward<T: Scalar>(
     );
     if w.bias.is_some() {
         let (g_bih, g_bhh) = g_bias.split_at_mut(gw);
-        add_column_sums(g_bih, &dgx);
+        add_column_sums(g_bih, dgx);
         add_column_sums(&mut g_bhh[..gw], dg_rec_all);
     }
-    a_b(
-        dx,
-        inp,
-        false,
-        Mat::new(&dgx, rows, gw),
-        Mat::new(w.w_ih, gw, inp),
-    );
-    (dh, lstm.then_some(dc))
 }
 
 /// Copies the units `units` of `h_next` to the output rows still inside their sequence.

@@ -21,6 +21,8 @@ use pyo3::types::{PyDict, PyTuple};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod explain;
+
 fn bad(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     error(py, Kind::InvalidArgument, msg)
 }
@@ -793,6 +795,37 @@ impl ModelCore {
         c0: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Prediction<'py>> {
         by_dtype!(self.dtype, T => self.predict_t::<T>(x, lengths, h0, c0))
+    }
+
+    /// `(output, input_grad, attention)`: the gradient of `sum(d_output * output)` with
+    /// respect to the input features `[B, T, F]` or, for token models, the embedded vectors
+    /// `[B, T, E]` (`embedded=True`: `x` holds those vectors instead of ids).
+    #[pyo3(signature = (x, d_output, lengths=None, embedded=false))]
+    fn input_gradient<'py>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        d_output: &Bound<'py, PyAny>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        embedded: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        by_dtype!(self.dtype, T => self.input_gradient_t::<T>(x, d_output, lengths, embedded))
+    }
+
+    /// A token model's embedding lookup: ids `[B, T]` -> vectors `[B, T, E]`.
+    fn embed<'py>(&self, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        by_dtype!(self.dtype, T => self.embed_t::<T>(x))
+    }
+
+    /// `(output, layers, attention)`: every layer's and direction's gate activations and states
+    /// over time, `[(layer, direction, [(gate, [B, T, H])], [(state, [B, T, H])])]`.
+    #[pyo3(signature = (x, lengths=None, embedded=false))]
+    fn trace<'py>(
+        &self,
+        x: &Bound<'py, PyAny>,
+        lengths: Option<&Bound<'py, PyAny>>,
+        embedded: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        by_dtype!(self.dtype, T => self.trace_t::<T>(x, lengths, embedded))
     }
 
     /// Loss and its gradient with respect to the flat weights, without updating them.

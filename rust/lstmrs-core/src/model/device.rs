@@ -117,12 +117,16 @@ pub(super) fn forward<T: Scalar>(
     }
 }
 
+/// Backpropagation through the recurrent stack; without `want_params` the CPU skips the
+/// parameters' gradient (`Gradients::params` is then empty, see `network::backward_input`).
 pub(super) fn backward<T: Scalar>(
     weights: RnnWeights<'_, T>,
     tape: &RnnTape<T>,
     grads: &GradOutputs<T>,
+    want_params: bool,
 ) -> Result<Gradients<T>> {
     match tape {
+        RnnTape::Cpu(t) if !want_params => network::backward_input(weights, t, grads),
         RnnTape::Cpu(t) => network::backward(weights, t, grads),
         #[cfg(feature = "gpu")]
         RnnTape::Gpu(t) => crate::gpu::backward(weights, t, grads),

@@ -7,12 +7,14 @@
 
 mod dense;
 mod device;
+mod explain;
 mod loss;
 mod pooling;
 mod stepper;
 
 pub use dense::Activation;
 pub use device::Device;
+pub use explain::{InputGradient, ModelTrace};
 pub use loss::{Loss, Targets};
 pub use pooling::Pooling;
 pub use stepper::ModelStepper;
@@ -161,6 +163,9 @@ pub enum ModelInput<'a, T> {
     Dense(&'a [T]),
     /// `[B, T]`
     Tokens(&'a [i64]),
+    /// `[B, T, E]`: vectors given in place of a token model's embedding lookup (e.g. points
+    /// between two sequences' embeddings, for integrated gradients).
+    Embedded(&'a [T]),
 }
 
 /// One batch: inputs (batch-first), optional lengths and initial recurrent states.
@@ -401,6 +406,14 @@ impl<T: Scalar> Model<T> {
                     None => Ok(()),
                 }
             }
+            (ModelInput::Embedded(v), InputKind::Embedding { dim, .. }) => {
+                check_len("x", v.len(), &[b, t, dim])
+            }
+            (ModelInput::Embedded(_), InputKind::Dense { .. }) => Err(Error::Value {
+                arg: "x",
+                expected: "float features [B, T, F] (the model has no embedding)".into(),
+                got: "embedded vectors".into(),
+            }),
             (ModelInput::Dense(_), InputKind::Embedding { .. }) => Err(Error::Value {
                 arg: "x",
                 expected: "integer token ids [B, T] for a model with an embedding".into(),
@@ -435,7 +448,7 @@ impl<T: Scalar> Model<T> {
         let (b, t) = (x.batch, x.seq_len);
         let embedded;
         let rnn_input: &[T] = match x.input {
-            ModelInput::Dense(v) => v,
+            ModelInput::Dense(v) | ModelInput::Embedded(v) => v,
             ModelInput::Tokens(ids) => {
                 let (off, dim) = match cfg.input {
                     InputKind::Embedding { dim, .. } => {
@@ -520,7 +533,7 @@ impl<T: Scalar> Model<T> {
         let tape = rnn_out.tape.map(|rnn| ModelTape {
             tokens: match x.input {
                 ModelInput::Tokens(ids) => Some(ids.to_vec()),
-                ModelInput::Dense(_) => None,
+                ModelInput::Dense(_) | ModelInput::Embedded(_) => None,
             },
             rnn,
             rnn_out: rnn_out.output,
@@ -588,7 +601,7 @@ impl<T: Scalar> Model<T> {
                 &mut d_logits,
             )?;
             grad.fill(T::zero());
-            self.backward(x, &tape, d_logits, grad)?;
+            self.backward(x, &tape, d_logits, grad, true)?;
             Ok(LossResult {
                 loss: value,
                 output,
@@ -596,13 +609,17 @@ impl<T: Scalar> Model<T> {
         })
     }
 
+    /// Backpropagates `d_logits` into `grad` (same layout as `params`); returns the gradient of
+    /// the recurrent layers' input `[B, T, F]` (the embedded vectors for token models). Without
+    /// `rnn_params` the recurrent layers' part of `grad` is left as it is (not computed).
     fn backward(
         &self,
         x: &ModelBatch<T>,
         tape: &ModelTape<T>,
         d_logits: Vec<T>,
         grad: &mut [T],
-    ) -> Result<()> {
+        rnn_params: bool,
+    ) -> Result<Vec<T>> {
         let cfg = &self.config;
         let (b, t, p) = (x.batch, x.seq_len, cfg.rnn.output_size());
         let n = if cfg.pooling == Pooling::PerStep {
@@ -675,6 +692,7 @@ impl<T: Scalar> Model<T> {
                 h_n: d_hn.as_deref(),
                 c_n: None,
             },
+            rnn_params,
         )?;
         grad[self.layout.rnn..self.layout.rnn + rg.params.len()].copy_from_slice(&rg.params);
         if let (Some(ids), InputKind::Embedding { dim, .. }, Some(off)) =
@@ -688,7 +706,7 @@ impl<T: Scalar> Model<T> {
                     .for_each(|(g, &v)| *g += v);
             }
         }
-        Ok(())
+        Ok(rg.input)
     }
 }
 

@@ -46,6 +46,13 @@ pub(crate) struct AttentionCache<T> {
     alpha: Vec<T>,
 }
 
+impl<T> AttentionCache<T> {
+    /// `[B, T]` attention weights, zero past each length.
+    pub(crate) fn weights(&self) -> &[T] {
+        &self.alpha
+    }
+}
+
 fn valid(lengths: Option<&[usize]>, b: usize, t: usize) -> usize {
     lengths.map_or(t, |l| l[b])
 }
