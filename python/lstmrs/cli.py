@@ -27,11 +27,13 @@ from typing import Any
 from . import config as C
 from . import plugins
 from .errors import LstmrsError
+from .explain_report import write_report
 from .rnn import set_num_threads
 from .rundir import RunDir, RunDirError, _write_json
 from .tasks.runner import (
     EXIT_INTERRUPTED,
     _public,
+    _show,
     get_tasks,
     lookup_task,
     resolve_config,
@@ -176,8 +178,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .explain_report import write_report
-
     run, task, cfg = _open_run(args.run_dir)
     state = run.read_state().get("task_state") or {}
     whole = False

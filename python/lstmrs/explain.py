@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .fit_inputs import prepare_x
 
 if TYPE_CHECKING:
     from .models import Model
@@ -216,9 +217,7 @@ def _valid(b: int, t: int, lengths: np.ndarray | None) -> np.ndarray:
 
 
 def _inputs(model: Model, x: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    from .training import _prepare_x
-
-    xa, lens = _prepare_x(model, x, lengths)
+    xa, lens = prepare_x(model, x, lengths)
     if lens is not None and np.all(lens == xa.shape[1]):
         lens = None
     return xa, lens

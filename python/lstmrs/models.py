@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint_format, training
+from . import explain as _explain
 from . import optim as _optim
 from ._lstmrs import LossSpec, ModelCore
 from .checkpoint_format import CheckpointError
@@ -641,16 +642,12 @@ class Model:
         """Attributions of one output per sequence to the input steps and features
         (``method="integrated_gradients" | "gradient_x_input" | "occlusion"``, ``target``,
         ``baseline``, ``steps``, ``window``); see :func:`lstmrs.explain.explain`."""
-        from .explain import explain
-
-        return explain(self, x, lengths, **kwargs)
+        return _explain.explain(self, x, lengths, **kwargs)
 
     def trace(self, x: Any, lengths: Any = None):
         """Gate activations and states of every layer and direction over time, as named
         NumPy arrays; see :func:`lstmrs.explain.trace`."""
-        from .explain import trace
-
-        return trace(self, x, lengths)
+        return _explain.trace(self, x, lengths)
 
     # ---------------------------------------------------------------------------------------
     # Export: the interop package sits above the model (its importers build layers), so these
