@@ -63,6 +63,15 @@ impl<T: Scalar> Stepper<T> {
                 got: "true".into(),
             });
         }
+        if cfg.proj_size > 0 {
+            return Err(Error::Value {
+                arg: "proj_size",
+                expected: "proj_size=0 (the streaming stepper runs LSTMs without projections; \
+                           run a projected LSTM over whole sequences with forward)"
+                    .into(),
+                got: cfg.proj_size.to_string(),
+            });
+        }
         if batch == 0 {
             return Err(Error::Value {
                 arg: "batch",

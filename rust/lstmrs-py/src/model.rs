@@ -99,6 +99,7 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
         other => CellKind::parse(other.as_str().unwrap_or("")),
     }
     .map_err(|e| core_error(py, e))?;
+    let proj_size = uint("proj_size", v.get("proj_size").unwrap_or(&Value::from(0)))?;
     let rnn = RnnConfig::new(
         cell,
         width,
@@ -107,6 +108,7 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
         boolean("bidirectional", false)?,
         boolean("bias", true)?,
     )
+    .and_then(|c| c.with_proj_size(proj_size))
     .map_err(|e| core_error(py, e))?;
     let pooling = match v.get("pooling").and_then(Value::as_str).unwrap_or("last") {
         "per_step" => Pooling::PerStep,
@@ -352,9 +354,11 @@ enum XArr<'py, T: Float> {
 }
 
 impl ModelCore {
-    fn state_shape(&self, b: usize) -> [usize; 3] {
+    /// `[L*D, B, S]` for `h` (`S`: `proj_size` when set), `[L*D, B, H]` for `c` (`cell`).
+    fn state_shape(&self, b: usize, cell: bool) -> [usize; 3] {
         let r = &self.config.rnn;
-        [r.num_layers * r.num_directions(), b, r.hidden_size]
+        let size = if cell { r.hidden_size } else { r.state_size() };
+        [r.num_layers * r.num_directions(), b, size]
     }
 
     /// Reads `x` as the model's input kind; returns it with `(B, T)`.
@@ -420,7 +424,7 @@ impl ModelCore {
             ));
         }
         let a = readonly::<T>(arg, v)?;
-        check_shape(v.py(), arg, a.shape(), &self.state_shape(b))?;
+        check_shape(v.py(), arg, a.shape(), &self.state_shape(b, arg == "c0"))?;
         Ok(Some(a))
     }
 
@@ -439,10 +443,10 @@ impl ModelCore {
         h_n: Vec<T>,
         c_n: Option<Vec<T>>,
     ) -> PyResult<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
-        let shape = self.state_shape(b);
         Ok((
-            to_array(py, h_n, &shape)?,
-            c_n.map(|c| to_array(py, c, &shape)).transpose()?,
+            to_array(py, h_n, &self.state_shape(b, false))?,
+            c_n.map(|c| to_array(py, c, &self.state_shape(b, true)))
+                .transpose()?,
         ))
     }
 
