@@ -183,3 +183,32 @@ fn projected_lstm_large_sizes_and_dropout_match_reference() {
         }
     }
 }
+
+/// One direction with a step large enough for a team of threads: the hidden units and the
+/// projected features are split between members, including a `P` of one SIMD block that leaves
+/// later members without features (they still take their share of the gate pass).
+#[test]
+fn projected_lstm_split_between_threads_matches_reference() {
+    for (k, shape) in [proj_shape(48, 96, 20, 32, 8), proj_shape(16, 256, 6, 32, 6)]
+        .into_iter()
+        .enumerate()
+    {
+        for init_state in [false, true] {
+            let case = Case {
+                cell: lstmrs_core::CellKind::Lstm,
+                layers: 1,
+                bidirectional: false,
+                bias: true,
+                ragged: true,
+                init_state,
+                layout: lstmrs_core::Layout::TimeMajor,
+                shape,
+            };
+            let seed = 23_000 + k as u64;
+            check_forward::<f64>(&case, seed, &eval_opts());
+            check_forward::<f32>(&case, seed, &eval_opts());
+            check_backward::<f64>(&case, seed, &eval_opts());
+            check_backward::<f32>(&case, seed, &eval_opts());
+        }
+    }
+}
