@@ -264,3 +264,64 @@ def test_forward_and_gradients_match_torch(config):
         np.testing.assert_allclose(
             back(torch.from_numpy(x))[0].numpy(), net(torch.from_numpy(x))[0].numpy(), **ftol
         )
+
+
+# -- the Model ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling, bidirectional", [("last", True), ("per_step", False)])
+def test_model_with_projections_computes_the_layer_then_the_head(pooling, bidirectional, rng):
+    model = lstmrs.Model(
+        input_size=3,
+        hidden_size=8,
+        proj_size=3,
+        num_layers=2,
+        bidirectional=bidirectional,
+        pooling=pooling,
+        output_size=2,
+        dtype="float64",
+        seed=0,
+    )
+    assert model.proj_size == 3 and "proj_size=3" in repr(model)
+    assert lstmrs.Model.from_config(model.get_config()).proj_size == 3
+    sd = model.state_dict()
+    d = 2 if bidirectional else 1
+    assert sd["rnn.weight_hr_l1"].shape == (3, 8) and sd["head.0.weight"].shape == (2, d * 3)
+    lstm = lstmrs.LSTM(
+        3, 8, num_layers=2, bidirectional=bidirectional, proj_size=3, dtype="float64"
+    ).eval()
+    lstm.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
+    x = rng.standard_normal((4, 5, 3))
+    lengths = np.array([5, 2, 4, 1])
+    out, (h_n, _) = lstm(x, lengths=lengths)
+    if pooling == "last":
+        feats = np.concatenate([h_n[-2], h_n[-1]], axis=1) if bidirectional else h_n[-1]
+    else:
+        feats = out
+    want = feats @ sd["head.0.weight"].T + sd["head.0.bias"]
+    if pooling == "per_step":
+        want[np.arange(5)[None, :] >= lengths[:, None]] = 0.0
+    np.testing.assert_allclose(model.predict(x, lengths=lengths), want, rtol=1e-10, atol=1e-12)
+
+
+def test_model_with_projections_trains_saves_and_refuses_what_it_cannot(tmp_path, rng):
+    x = rng.standard_normal((32, 6, 2)).astype(np.float32)
+    y = x.sum(axis=(1, 2))[:, None].astype(np.float32)
+    model = lstmrs.Model(input_size=2, hidden_size=16, proj_size=4, output_size=1, seed=1)
+    model.compile(lr=0.01)
+    before = model.evaluate(x, y)["loss"]
+    model.fit(x, y, epochs=15, batch_size=8, verbose=0)
+    assert model.evaluate(x, y)["loss"] < 0.8 * before
+    path = model.save(tmp_path / "m")
+    again = lstmrs.Model.load(path)
+    assert again.proj_size == 4
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+    with pytest.raises(InvalidArgumentError, match="proj_size"):
+        model.stepper()
+    with pytest.raises(ExportError, match="proj_size=4: ONNX's LSTM operator has no projection"):
+        model.to_onnx(verify=False)
+    with pytest.raises(InvalidArgumentError, match="proj_size: expected 0 for the 'gru' cell"):
+        lstmrs.Model(input_size=2, hidden_size=16, cell="gru", proj_size=4)
+    with pytest.raises(InvalidArgumentError, match="proj_size: expected an integer in 0..15"):
+        lstmrs.Model(input_size=2, hidden_size=16, proj_size=16)

@@ -440,8 +440,9 @@ class Model:
             if self.tokens
             else f"input_size={k['input_size']}"
         )
+        proj = f"proj_size={self.proj_size}, " if self.proj_size else ""
         return (
-            f"Model({inp}, cell={self.cell!r}, hidden_size={k['hidden_size']}, "
+            f"Model({inp}, cell={self.cell!r}, hidden_size={k['hidden_size']}, {proj}"
             f"num_layers={k['num_layers']}, bidirectional={k['bidirectional']}, "
             f"pooling={k['pooling']!r}, output_size={k['output_size']}, loss={self.loss!r}, "
             f"dtype={k['dtype']!r}, params={self.num_params})"

@@ -267,6 +267,11 @@ def _verify_layer(layer, model, spec, lengths, initial_state, tolerance, batch=5
 
 def _model_spec(model: Any) -> StackSpec:
     k = model.get_config()
+    if k.get("proj_size"):
+        raise ExportError(
+            f"model: proj_size={k['proj_size']}: ONNX's LSTM operator has no projection "
+            "(weight_hr), so a projected LSTM cannot be exported; models with proj_size=0 export"
+        )
     unknown = {
         key: v
         for key, v in k.items()
