@@ -317,8 +317,14 @@ def test_model_with_projections_trains_saves_and_refuses_what_it_cannot(tmp_path
     assert again.proj_size == 4
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
 
-    with pytest.raises(InvalidArgumentError, match="proj_size"):
-        model.stepper()
+    # Streaming gives what predict gives for the sequence ending at each step.
+    stepper = model.stepper(batch=4)
+    for t in range(6):
+        y_t = stepper.step(x[:4, t])
+    np.testing.assert_allclose(y_t, model.predict(x[:4]), rtol=1e-5, atol=1e-6)
+    h, c = stepper.state
+    assert h.shape == (1, 4, 4) and c.shape == (1, 4, 16)
+    stepper.state = (h, c)
     with pytest.raises(ExportError, match="proj_size=4: ONNX's LSTM operator has no projection"):
         model.to_onnx(verify=False)
     with pytest.raises(InvalidArgumentError, match="proj_size: expected 0 for the 'gru' cell"):

@@ -174,7 +174,7 @@ class Model:
     ``activation`` between them. ``dropout`` applies between recurrent layers while training.
     ``proj_size``: the LSTM projects its hidden state to that many features, as
     ``torch.nn.LSTM(..., proj_size=P)`` (the pooling and head then read ``P`` per direction;
-    CPU only, not exported to ONNX, no streaming stepper).
+    CPU only, not exported to ONNX).
     ``seed`` fixes the initial weights (PyTorch's initialisation scheme). ``device``: where the
     recurrent layers run, ``"cpu"`` (default), ``"gpu"`` (the wgpu/Vulkan backend, float32
     LSTM/GRU; raises :class:`~lstmrs.errors.GpuUnavailableError` with the reason when it cannot

@@ -283,8 +283,8 @@ fn configs_and_parameter_buffers_are_checked() {
     ));
 }
 
-/// `proj_size`: torch's rules as typed errors, and every path without projections refuses them
-/// instead of computing something else.
+/// `proj_size`: torch's rules as typed errors, the projected shapes, and the sweep's
+/// regularisation (which has no projected kernel) refusing projections.
 #[test]
 fn projections_are_checked_and_refused_where_unsupported() {
     let lstm = RnnConfig::new(CellKind::Lstm, 3, 5, 2, false, true).unwrap();
@@ -352,10 +352,12 @@ fn projections_are_checked_and_refused_where_unsupported() {
             true,
         );
     }
-    // The streaming stepper runs LSTMs without projections only.
+    // The streaming stepper's state is `[L, B, P]`.
+    let mut stepper = lstmrs_core::stream::Stepper::new(params.view(), 2).unwrap();
+    expect_err(stepper.set_state(&h_wrong, None), "h", false);
     expect_err(
-        lstmrs_core::stream::Stepper::new(params.view(), 2),
-        "proj_size",
-        true,
+        stepper.step(params.view(), &x[..6], &mut [0.0; 10]),
+        "out",
+        false,
     );
 }

@@ -1367,20 +1367,18 @@ impl StepperCore {
         }
     }
 
-    /// `(h [L, B, H], c [L, B, H] | None)`.
+    /// `(h [L, B, S], c [L, B, H] | None)`; `S` is `proj_size` when the LSTM projects.
     fn get_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let mc = self.model.get();
-        let shape = [
-            mc.config.rnn.num_layers,
-            self.batch,
-            mc.config.rnn.hidden_size,
-        ];
+        let r = &mc.config.rnn;
+        let shape = [r.num_layers, self.batch, r.state_size()];
+        let c_shape = [r.num_layers, self.batch, r.hidden_size];
         let lstm = mc.config.rnn.cell.has_cell_state();
         let mut s = self.inner.lock();
         by_dtype!(mc.dtype, T => {
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
             let h = to_array(py, s.h().to_vec(), &shape)?;
-            let c = if lstm { Some(to_array(py, s.c().to_vec(), &shape)?) } else { None };
+            let c = if lstm { Some(to_array(py, s.c().to_vec(), &c_shape)?) } else { None };
             PyTuple::new(py, [Some(h), c])
         })
     }
@@ -1389,17 +1387,15 @@ impl StepperCore {
     fn set_state(&self, h: &Bound<'_, PyAny>, c: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = h.py();
         let mc = self.model.get();
-        let shape = [
-            mc.config.rnn.num_layers,
-            self.batch,
-            mc.config.rnn.hidden_size,
-        ];
+        let r = &mc.config.rnn;
+        let shape = [r.num_layers, self.batch, r.state_size()];
+        let c_shape = [r.num_layers, self.batch, r.hidden_size];
         by_dtype!(mc.dtype, T => {
             let ha = readonly::<T>("h", h)?;
             check_shape(py, "h", ha.shape(), &shape)?;
             let ca = c.map(|c| readonly::<T>("c", c)).transpose()?;
             if let Some(a) = &ca {
-                check_shape(py, "c", a.shape(), &shape)?;
+                check_shape(py, "c", a.shape(), &c_shape)?;
             }
             let mut s = self.inner.lock();
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
