@@ -13,6 +13,7 @@ Sections (--modes, comma list; default all):
              (plugin_cells.py), in the modes selected (both when neither is)
   stream     one streamed step per Python call, B 1/32 x H 128/512 (stream.py)
   tbptt      a T = 100,000 stream under truncated BPTT, time and memory (tbptt.py)
+  proj       the projected LSTM (proj_size) against torch's, in the modes selected (proj.py)
   gpu        lstmrs on the GPU against torch CUDA (TF32 off/on), T x B x H grid, plus the
              device's dispatch cost and matmul speed (gpu.py); only when named
 
@@ -38,12 +39,13 @@ import gpu
 import numpy as np
 import ort_models
 import plugin_cells
+import proj
 import report
 import stream
 import tbptt
 from common import cpu_flags, cpu_name, loadavg, set_threads
 
-SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt", "gpu")
+SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt", "proj", "gpu")
 # The GPU section runs only when named: on a software Vulkan driver its grid takes hours.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
         record["stream"] = section("stream", stream.run_section, args, torch, lstmrs, use_ort)
     if "tbptt" in args.sections:
         record["tbptt"] = section("tbptt", tbptt.run_section, args, torch, lstmrs)
+    if "proj" in args.sections:
+        record["proj"] = section("proj", proj.run_section, args, torch, lstmrs)
     if "gpu" in args.sections:
         # The CPU path's best training speed in this run (else the GEMM ceiling, an upper bound)
         # estimates which grid cells are cheap enough to time on the CPU too.
@@ -185,6 +189,9 @@ def main(argv=None) -> int:
         print()
     if record.get("tbptt"):
         report.print_tbptt(record["tbptt"])
+        print()
+    if record.get("proj"):
+        proj.print_proj(record["proj"])
         print()
     if record.get("gpu"):
         report.print_gpu(record["gpu"])

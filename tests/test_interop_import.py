@@ -113,8 +113,6 @@ def test_from_torch_keeps_float64_and_training_mode(torch, rng):
 
 
 def test_from_torch_errors(torch):
-    with pytest.raises(UnsupportedModelError, match="proj_size=2"):
-        lstmrs.LSTM.from_torch(torch.nn.LSTM(3, 4, proj_size=2))
     with pytest.raises(InvalidArgumentError, match="expects a torch.nn.LSTM, got GRU"):
         lstmrs.LSTM.from_torch(torch.nn.GRU(3, 4))
     with pytest.raises(InvalidArgumentError, match="Linear"):

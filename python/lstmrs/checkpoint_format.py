@@ -322,6 +322,7 @@ def _check_model_sizes(model_cfg: dict, tensors: dict[str, np.ndarray], path: st
         "bidirectional": "rnn.weight_ih_l0_reverse",
         "output_size": "the last head bias",
         "attention_units": "attention.bias",
+        "proj_size": "rnn.weight_hr_l0",
     }
     # Every field must be a plain value before it is compared or used.
     for field in _WHERE:
@@ -329,7 +330,15 @@ def _check_model_sizes(model_cfg: dict, tensors: dict[str, np.ndarray], path: st
         if v is not None and (not isinstance(v, (int, bool)) or (isinstance(v, int) and v < 0)):
             raise _field_error(path, f"model.{field}", "a non-negative integer", v)
     hh = _shape(tensors, "rnn.weight_hh_l0")
-    if hh is not None and len(hh) == 2:
+    hr = _shape(tensors, "rnn.weight_hr_l0")
+    if hr is not None and len(hr) == 2:
+        # A projected LSTM: W_hr is [proj_size, hidden_size] and W_hh reads proj_size features.
+        _WHERE["hidden_size"] = _WHERE["proj_size"] = "rnn.weight_hr_l0"
+        want_int("hidden_size", hr[1])
+        want_int("proj_size", hr[0])
+    elif model_cfg.get("proj_size", 0):
+        raise mismatch("proj_size", "rnn.weight_hr_l0", "a [proj_size, hidden_size] matrix")
+    elif hh is not None and len(hh) == 2:
         want_int("hidden_size", hh[1])
     emb = _shape(tensors, "embedding.weight")
     if model_cfg.get("vocab_size") is not None:

@@ -149,6 +149,22 @@ def _positive_int(name: str, v: Any, lo: int = 1) -> int:
     return check_int(name, v, lo)
 
 
+def _proj_size_arg(v: Any, cell: Any, hidden_size: int) -> int:
+    """``proj_size``: 0, or ``1..hidden_size-1`` on the built-in LSTM (as torch.nn.LSTM)."""
+    p = _positive_int("proj_size", v, 0)
+    if p and (cell.description is not None or cell.name != "lstm"):
+        raise InvalidArgumentError(
+            f"proj_size: expected 0 for the {cell.name!r} cell (projections exist for the "
+            f"built-in LSTM only, as in torch.nn.LSTM), got {p}"
+        )
+    if p >= hidden_size and p:
+        raise InvalidArgumentError(
+            f"proj_size: expected an integer in 0..{hidden_size - 1} (smaller than "
+            f"hidden_size={hidden_size}), got {p}"
+        )
+    return p
+
+
 def _choice(name: str, v: Any, options: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v.lower() not in options:
         raise InvalidArgumentError(
@@ -167,6 +183,9 @@ class Model:
     ``attention_units``, default ``hidden_size``) or ``"per_step"`` (the head at every step:
     sequence labelling, language models). ``head_hidden``: sizes of hidden dense layers with
     ``activation`` between them. ``dropout`` applies between recurrent layers while training.
+    ``proj_size``: the LSTM projects its hidden state to that many features, as
+    ``torch.nn.LSTM(..., proj_size=P)`` (the pooling and head then read ``P`` per direction;
+    CPU only, not exported to ONNX).
     ``seed`` fixes the initial weights (PyTorch's initialisation scheme). ``device``: where the
     recurrent layers run, ``"cpu"`` (default), ``"gpu"`` (the wgpu/Vulkan backend, float32
     LSTM/GRU; raises :class:`~lstmrs.errors.GpuUnavailableError` with the reason when it cannot
@@ -195,6 +214,7 @@ class Model:
         dtype: str = "float32",
         seed: int | None = None,
         device: str = "cpu",
+        proj_size: int = 0,
     ) -> None:
         if (input_size is None) == (vocab_size is None):
             raise InvalidArgumentError(
@@ -225,6 +245,7 @@ class Model:
         self._has_cell_state = resolved.num_states == 2
         cell = resolved.name if resolved.description is None else resolved.description
         hidden_size = _positive_int("hidden_size", hidden_size)
+        proj_size = _proj_size_arg(proj_size, resolved, hidden_size)
         num_layers = _positive_int("num_layers", num_layers)
         pooling = _choice("pooling", pooling, _POOLINGS)
         activation = _choice("activation", activation, ("tanh", "relu"))
@@ -282,6 +303,9 @@ class Model:
             "dtype": dtype,
             "seed": seed,
         }
+        if proj_size:
+            # Only when set, so configs (and checkpoints) without projections stay as they were.
+            self._kwargs["proj_size"] = proj_size
         core_cfg: dict[str, Any] = {
             "input": input_cfg,
             "cell": cell,
@@ -294,6 +318,7 @@ class Model:
             "head_hidden": list(head_hidden),
             "activation": activation,
             "outputs": output_size,
+            "proj_size": proj_size,
         }
         if pooling == "attention":
             core_cfg["attention_units"] = attention_units
@@ -381,6 +406,11 @@ class Model:
         return self._kwargs["num_layers"]
 
     @property
+    def proj_size(self) -> int:
+        """The LSTM's projection of its hidden state (``torch.nn.LSTM``'s); 0 without one."""
+        return self._kwargs.get("proj_size", 0)
+
+    @property
     def bidirectional(self) -> bool:
         return self._kwargs["bidirectional"]
 
@@ -413,8 +443,9 @@ class Model:
             if self.tokens
             else f"input_size={k['input_size']}"
         )
+        proj = f"proj_size={self.proj_size}, " if self.proj_size else ""
         return (
-            f"Model({inp}, cell={self.cell!r}, hidden_size={k['hidden_size']}, "
+            f"Model({inp}, cell={self.cell!r}, hidden_size={k['hidden_size']}, {proj}"
             f"num_layers={k['num_layers']}, bidirectional={k['bidirectional']}, "
             f"pooling={k['pooling']!r}, output_size={k['output_size']}, loss={self.loss!r}, "
             f"dtype={k['dtype']!r}, params={self.num_params})"

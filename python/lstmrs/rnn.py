@@ -119,19 +119,24 @@ def _float_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
-def _device_arg(value: Any, dtype: np.dtype, cell: str) -> str:
+def _device_arg(value: Any, dtype: np.dtype, cell: str, proj_size: int = 0) -> str:
     """Resolves ``device`` to ``"cpu"`` or ``"gpu"``. ``"gpu"`` raises when the layer or the
     machine cannot use it; ``"auto"`` falls back to the CPU with a warning."""
     if value not in ("cpu", "gpu", "auto"):
         raise InvalidArgumentError(f"device: expected 'cpu', 'gpu' or 'auto', got {value!r}")
     if value == "cpu":
         return "cpu"
-    # What the GPU kernels implement: float32, the LSTM and GRU cells.
+    # What the GPU kernels implement: float32, the LSTM and GRU cells, no projections.
     unsupported = None
     if dtype != np.float32:
         unsupported = f"the GPU backend computes in float32, the layer's dtype is {dtype}"
     elif cell not in ("lstm", "gru"):
         unsupported = "the GPU backend implements the LSTM and GRU cells, not custom cells"
+    elif proj_size:
+        unsupported = (
+            f"proj_size={proj_size}: the GPU backend implements the LSTM without projections "
+            "(proj_size=0); a projected LSTM runs on the CPU"
+        )
     if unsupported is not None:
         if value == "gpu":
             raise InvalidArgumentError(f"device: 'gpu' is not possible: {unsupported}")
@@ -254,6 +259,7 @@ class _RNNBase:
         *,
         check_finite: bool = True,
         device: str = "cpu",
+        proj_size: int = 0,
     ) -> None:
         self._setup(
             input_size,
@@ -266,6 +272,7 @@ class _RNNBase:
             dtype,
             seed,
             check_finite,
+            proj_size,
         )
         if self._dropout > 0 and self._num_layers == 1:
             # torch warns the same way: dropout acts between layers, so one layer gets none.
@@ -289,9 +296,11 @@ class _RNNBase:
         dtype: Any,
         seed: Any,
         check_finite: Any,
+        proj_size: Any = 0,
     ) -> None:
         self._input_size = check_int("input_size", input_size)
         self._hidden_size = check_int("hidden_size", hidden_size)
+        self._proj_size = self._proj_size_arg(proj_size)
         self._num_layers = check_int("num_layers", num_layers)
         self._bias = check_bool("bias", bias)
         self.batch_first = batch_first
@@ -303,11 +312,11 @@ class _RNNBase:
         self.training = True
         self._device = "cpu"
 
-        d, h = self.num_directions, self._hidden_size
+        d, h, s = self.num_directions, self._hidden_size, self.state_size
         gx, gh, units = self._cell_sizes()
         b = 1 if self._bias else 0
-        per_dir0 = h * (gx * (self._input_size + b) + gh * (h + b) + units)
-        per_dir = h * (gx * (d * h + b) + gh * (h + b) + units)
+        per_dir0 = h * (gx * (self._input_size + b) + gh * (s + b) + units + self._proj_size)
+        per_dir = h * (gx * (d * s + b) + gh * (s + b) + units + self._proj_size)
         total = d * (per_dir0 + (self._num_layers - 1) * per_dir)
         if total > _MAX_PARAMETERS:
             raise InvalidArgumentError(
@@ -325,6 +334,7 @@ class _RNNBase:
             self._bidirectional,
             _DTYPE_NAMES[self._dtype],
             self._seed,
+            proj_size=self._proj_size,
         )
         # name -> (offset, shape) in the flat buffer, state_dict order.
         self._layout: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -334,6 +344,25 @@ class _RNNBase:
             offset += int(np.prod(shape))
         # Dropout seeds: a stream of its own, so a run is reproducible from `seed`.
         self._rng = np.random.default_rng(self._seed)
+
+    def _proj_size_arg(self, value: Any) -> int:
+        """``proj_size`` as torch checks it: 0, or ``1..hidden_size-1`` on an LSTM."""
+        p = check_int("proj_size", value, minimum=0)
+        if p == 0:
+            return 0
+        if self._cell != "lstm":
+            cell = getattr(self, "_resolved", None)
+            name = cell.name if cell is not None else self._cell
+            raise InvalidArgumentError(
+                f"proj_size: expected 0 for the {name!r} cell (projections exist for the LSTM "
+                f"only, as in torch.nn.LSTM), got {p}"
+            )
+        if p >= self._hidden_size:
+            raise InvalidArgumentError(
+                f"proj_size: expected an integer in 0..{self._hidden_size - 1} (smaller than "
+                f"hidden_size={self._hidden_size}), got {p}"
+            )
+        return p
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -348,6 +377,16 @@ class _RNNBase:
     @property
     def num_layers(self) -> int:
         return self._num_layers
+
+    @property
+    def proj_size(self) -> int:
+        """Features of the projected hidden state (``h``, the output); 0 without projections."""
+        return self._proj_size
+
+    @property
+    def state_size(self) -> int:
+        """Features of ``h`` and of each direction's output: ``proj_size`` or ``hidden_size``."""
+        return self._proj_size or self._hidden_size
 
     @property
     def bias(self) -> bool:
@@ -404,7 +443,7 @@ class _RNNBase:
 
     @device.setter
     def device(self, value: Any) -> None:
-        self._device = _device_arg(value, self._dtype, self._cell)
+        self._device = _device_arg(value, self._dtype, self._cell, self._proj_size)
 
     @property
     def num_parameters(self) -> int:
@@ -431,6 +470,8 @@ class _RNNBase:
             extra.append(f"dropout={self._dropout}")
         if self._bidirectional:
             extra.append("bidirectional=True")
+        if self._proj_size:
+            extra.append(f"proj_size={self._proj_size}")
         extra.append(f"dtype={_DTYPE_NAMES[self._dtype]}")
         if self._device != "cpu":
             extra.append(f"device={self._device!r}")
@@ -562,6 +603,7 @@ class _RNNBase:
                 _DTYPE_NAMES[self._dtype],
                 self._seed,
                 self._check_finite,
+                self._proj_size,
             ),
             "training": self.training,
             "device": self._device,
@@ -583,23 +625,26 @@ class _RNNBase:
         lead = "B, T" if self._batch_first else "T, B"
         return f"[{lead}, {self._input_size}] (batch_first={self._batch_first})"
 
-    def _state_shape(self, batch: int, unbatched: bool) -> tuple[int, ...]:
+    def _state_shape(self, batch: int, unbatched: bool, size: int) -> tuple[int, ...]:
         ld = self._num_layers * self.num_directions
-        return (ld, self._hidden_size) if unbatched else (ld, batch, self._hidden_size)
+        return (ld, size) if unbatched else (ld, batch, size)
 
     def _state_array(
-        self, name: str, label: str, value: Any, batch: int, unbatched: bool
+        self, name: str, label: str, value: Any, batch: int, unbatched: bool, cell: bool = False
     ) -> np.ndarray | None:
-        """One state (or state gradient) checked and in the core's [L*D, B, H] layout."""
+        """One state (or state gradient) checked and in the core's [L*D, B, F] layout: ``F``
+        is ``hidden_size`` for the cell state (``cell``), :attr:`state_size` for ``h``."""
         if value is None:
             return None
         arr = _float_array(name, value)
-        want = self._state_shape(batch, unbatched)
+        size = self._hidden_size if cell else self.state_size
+        want = self._state_shape(batch, unbatched, size)
         if arr.shape != want:
+            f = "H" if cell or not self._proj_size else "proj_size"
             what = (
-                "[num_layers*num_directions, H]"
+                f"[num_layers*num_directions, {f}]"
                 if unbatched
-                else ("[num_layers*num_directions, B, H]")
+                else (f"[num_layers*num_directions, B, {f}]")
             )
             raise ShapeError(
                 f"{name} ({label}): expected shape {_shape_str(want)} = {what}, "
@@ -625,7 +670,7 @@ class _RNNBase:
                 )
             return (
                 self._state_array(names[0], f"{arg}[0]", state[0], batch, unbatched),
-                self._state_array(names[1], f"{arg}[1]", state[1], batch, unbatched),
+                self._state_array(names[1], f"{arg}[1]", state[1], batch, unbatched, cell=True),
             )
         try:
             return self._state_array(names[0], arg, state, batch, unbatched), None
@@ -746,7 +791,7 @@ class _RNNBase:
                 f"tape: expected the RnnTape returned by forward_train(), got {describe(tape)}"
             )
         batch, seq_len, unbatched = tape.batch, tape.seq_len, tape.unbatched
-        out_features = self.num_directions * self._hidden_size
+        out_features = self.num_directions * self.state_size
         if unbatched:
             out_shape: tuple[int, ...] = (seq_len, out_features)
         elif tape.batch_first:
@@ -805,15 +850,22 @@ class LSTM(_RNNBase):
         device: ``"cpu"`` (default), ``"gpu"`` (raises
             :class:`~lstmrs.errors.GpuUnavailableError` with the reason when no GPU is usable)
             or ``"auto"`` (the GPU when usable, else the CPU with a warning). GPU: float32 only.
+        proj_size: torch's projection (keyword only): with ``0 < P < H`` each layer-direction
+            projects its hidden state, ``h = W_hr (o * tanh(c))`` with ``weight_hr_l{k}`` of
+            shape ``[P, H]``, so ``h``, the output and what ``W_hh`` (``[4H, P]``) and the next
+            layer read have ``P`` features while ``c`` keeps ``H``. CPU only.
 
-    ``layer(x, state=None, lengths=None)`` returns ``out, (h_n, c_n)``:
+    ``layer(x, state=None, lengths=None)`` returns ``out, (h_n, c_n)`` (``S`` below is
+    ``proj_size`` when set, else ``H``):
 
     * ``x``: ``[B, T, I]`` (``batch_first``) or ``[T, B, I]``, or an unbatched ``[T, I]``.
-    * ``state``: ``(h0, c0)``, each ``[L*D, B, H]`` (``[L*D, H]`` unbatched); zeros if None.
+    * ``state``: ``(h0, c0)``, ``h0`` ``[L*D, B, S]`` and ``c0`` ``[L*D, B, H]`` (``[L*D, S]``
+      and ``[L*D, H]`` unbatched); zeros if None.
     * ``lengths``: ``B`` integers in ``1..T``: sequence ``b`` only has its first
       ``lengths[b]`` steps (torch's packed sequences): its outputs past that are zero and its
       final state is the one at its last step; the reverse direction starts there.
-    * ``out``: ``[B, T, D*H]`` / ``[T, B, D*H]`` / ``[T, D*H]``; ``h_n``, ``c_n``: like ``h0``.
+    * ``out``: ``[B, T, D*S]`` / ``[T, B, D*S]`` / ``[T, D*S]``; ``h_n``, ``c_n``: like ``h0``,
+      ``c0``.
 
     Training without autograd: :meth:`forward_train` keeps a tape, :meth:`backward` turns output
     gradients into parameter, input and state gradients. A manual SGD step on
@@ -940,6 +992,7 @@ class RNN(_RNNBase):
         *,
         check_finite: bool = True,
         device: str = "cpu",
+        proj_size: int = 0,
     ) -> None:
         self._set_cell(resolve_cell(cell))
         super().__init__(
@@ -954,6 +1007,7 @@ class RNN(_RNNBase):
             seed,
             check_finite=check_finite,
             device=device,
+            proj_size=proj_size,
         )
 
     def _set_cell(self, r: ResolvedCell) -> None:

@@ -101,7 +101,8 @@ class Stepper:
 
     @property
     def state(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(h, c)``, each ``[num_layers, B, H]`` (``c`` is None for a GRU); copies."""
+        """``(h, c)``: ``h`` ``[num_layers, B, S]`` (``S`` is ``proj_size`` when the LSTM
+        projects, else ``H``), ``c`` ``[num_layers, B, H]`` (None for a GRU); copies."""
         h, c = self.core.get_state()
         return h, c
 

@@ -137,6 +137,12 @@ def _emit_recurrent(g, spec, weights, x_tm, lengths, mask_tm, h0=None, c0=None):
 
 
 def _layer_spec(layer: Any) -> StackSpec:
+    proj = getattr(layer, "proj_size", 0)
+    if proj:
+        raise ExportError(
+            f"layer: proj_size={proj}: ONNX's LSTM operator has no projection (weight_hr), so "
+            "a projected LSTM cannot be exported; layers with proj_size=0 export"
+        )
     desc = getattr(layer, "cell_description", None)
     return StackSpec(
         cell=layer._cell if desc is None else desc,
@@ -261,6 +267,11 @@ def _verify_layer(layer, model, spec, lengths, initial_state, tolerance, batch=5
 
 def _model_spec(model: Any) -> StackSpec:
     k = model.get_config()
+    if k.get("proj_size"):
+        raise ExportError(
+            f"model: proj_size={k['proj_size']}: ONNX's LSTM operator has no projection "
+            "(weight_hr), so a projected LSTM cannot be exported; models with proj_size=0 export"
+        )
     unknown = {
         key: v
         for key, v in k.items()

@@ -4,8 +4,8 @@ The lstmrs layers share torch's parameter names, shapes and gate orders, so the 
 unchanged; the importer carries over the configuration (``batch_first``, ``bidirectional``,
 ``num_layers``, ``bias``, ``dropout``, training mode). ``nn.RNN`` becomes an
 :class:`~lstmrs.RNN` whose cell (:data:`TORCH_RNN_TANH` / :data:`TORCH_RNN_RELU`) is written in
-the cell language, so it trains and exports like any plugin cell. ``proj_size`` is refused until
-lstmrs has projections.
+the cell language, so it trains and exports like any plugin cell. An LSTM's ``proj_size`` carries
+over (``weight_hr_l{k}`` loads under its own name).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..cells import Cell, relu, tanh
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import InvalidArgumentError
 from ..rnn import GRU, LSTM, RNN
 from .optional import require
 
@@ -65,10 +65,6 @@ def from_torch(module: Any, *, dtype: Any = None, expect: type | None = None):
             f"{type(module).__name__} (mode {mode!r}); use lstmrs.RNN.from_torch for any cell"
         )
     proj = int(getattr(module, "proj_size", 0) or 0)
-    if proj:
-        raise UnsupportedModelError(
-            f"module: proj_size={proj}: lstmrs.LSTM has no projection (proj_size) yet"
-        )
     weight = module.weight_ih_l0
     if dtype is None:
         dtype = "float64" if weight.dtype == torch.float64 else "float32"
@@ -89,6 +85,8 @@ def from_torch(module: Any, *, dtype: Any = None, expect: type | None = None):
         "dtype": dtype,
         "seed": 0,
     }
+    if proj:
+        kwargs["proj_size"] = proj
     cell = _MODES[mode]
     if expect is RNN or not isinstance(cell, str):
         layer: Any = RNN(cell=cell, **kwargs)

@@ -159,6 +159,9 @@ pub struct RnnConfig {
     pub num_layers: usize,
     pub bidirectional: bool,
     pub bias: bool,
+    /// PyTorch's `proj_size`: 0 for none, else the LSTM's hidden state is projected to this
+    /// many features by `weight_hr` (`h = W_hr (o * tanh(c))`), and `c` keeps `hidden_size`.
+    pub proj_size: usize,
 }
 
 impl RnnConfig {
@@ -198,7 +201,44 @@ impl RnnConfig {
             num_layers,
             bidirectional,
             bias,
+            proj_size: 0,
         })
+    }
+
+    /// The same network with its hidden state projected to `proj_size` features, as
+    /// `torch.nn.LSTM(..., proj_size=P)` does: LSTM only, `0 <= P < hidden_size` (0 removes it).
+    pub fn with_proj_size(self, proj_size: usize) -> Result<Self> {
+        if proj_size > 0 && self.cell != CellKind::Lstm {
+            return Err(Error::Value {
+                arg: "proj_size",
+                expected: format!(
+                    "0 for a {} cell (projections exist for the built-in LSTM only, as in torch)",
+                    self.cell.name()
+                ),
+                got: proj_size.to_string(),
+            });
+        }
+        if proj_size >= self.hidden_size && proj_size > 0 {
+            return Err(Error::Value {
+                arg: "proj_size",
+                expected: format!(
+                    "an integer in 0..{} (smaller than hidden_size)",
+                    self.hidden_size
+                ),
+                got: proj_size.to_string(),
+            });
+        }
+        Ok(RnnConfig { proj_size, ..self })
+    }
+
+    /// Features of the hidden state `h` (and of each direction's output): `proj_size` when the
+    /// network has projections, else `hidden_size`. The cell state `c` always has `hidden_size`.
+    pub fn state_size(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
     }
 
     /// 2 when bidirectional, else 1 (PyTorch's `D`).
@@ -230,17 +270,17 @@ impl RnnConfig {
         self.cell.unit_params().len() * self.hidden_size
     }
 
-    /// Input features of layer `layer`: `input_size` for the first, `D * H` above it.
+    /// Input features of layer `layer`: `input_size` for the first, `D * state_size` above it.
     pub fn layer_input_size(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
         } else {
-            self.num_directions() * self.hidden_size
+            self.output_size()
         }
     }
 
-    /// Features of the output sequence: `D * H`.
+    /// Features of the output sequence: `D * state_size` (`D * H` without projections).
     pub fn output_size(&self) -> usize {
-        self.num_directions() * self.hidden_size
+        self.num_directions() * self.state_size()
     }
 }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 pub mod params;
+mod projection;
 mod recurrent;
 pub mod reference;
 pub mod scalar;

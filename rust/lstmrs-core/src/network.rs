@@ -31,7 +31,7 @@ pub struct Batch<'a, T> {
     pub layout: Layout,
     pub seq_len: usize,
     pub batch: usize,
-    /// `[L*D, B, H]`; zeros when absent.
+    /// `[L*D, B, S]` (`S`: `proj_size`, or `H` without projections); zeros when absent.
     pub h0: Option<&'a [T]>,
     /// `[L*D, B, H]`, LSTM only; zeros when absent.
     pub c0: Option<&'a [T]>,
@@ -207,9 +207,9 @@ impl<T> Tape<T> {
 /// Results of a forward call.
 #[derive(Debug, Clone)]
 pub struct ForwardOutput<T> {
-    /// `[B, T, D*H]` or `[T, B, D*H]`, the input's layout.
+    /// `[B, T, D*S]` or `[T, B, D*S]`, the input's layout.
     pub output: Vec<T>,
-    /// `[L*D, B, H]`.
+    /// `[L*D, B, S]`.
     pub h_n: Vec<T>,
     /// `[L*D, B, H]`, LSTM only.
     pub c_n: Option<Vec<T>>,
@@ -221,7 +221,7 @@ pub struct ForwardOutput<T> {
 pub struct GradOutputs<'a, T> {
     /// Same shape and layout as `ForwardOutput::output`.
     pub output: Option<&'a [T]>,
-    /// `[L*D, B, H]`.
+    /// `[L*D, B, S]`.
     pub h_n: Option<&'a [T]>,
     /// `[L*D, B, H]`, LSTM only.
     pub c_n: Option<&'a [T]>,
@@ -234,7 +234,7 @@ pub struct Gradients<T> {
     pub params: Vec<T>,
     /// Same shape and layout as the input.
     pub input: Vec<T>,
-    /// `[L*D, B, H]`.
+    /// `[L*D, B, S]`.
     pub h0: Vec<T>,
     /// `[L*D, B, H]`, LSTM only.
     pub c0: Option<Vec<T>>,
@@ -271,15 +271,16 @@ pub(crate) fn dir_weights<'p, T: Scalar>(
     dir: usize,
 ) -> DirWeights<'p, T> {
     let cfg = p.config();
-    let (xw, hw, h) = (cfg.x_gate_width(), cfg.h_gate_width(), cfg.hidden_size);
+    let (xw, hw, s) = (cfg.x_gate_width(), cfg.h_gate_width(), cfg.state_size());
     let o = dir_offsets(cfg, layer, dir);
     let data = p.as_slice();
     DirWeights {
         w_ih: &data[o.w_ih..][..xw * cfg.layer_input_size(layer)],
-        w_hh: &data[o.w_hh..][..hw * h],
+        w_hh: &data[o.w_hh..][..hw * s],
         bias: o
             .bias
             .map(|(bi, bh)| (&data[bi..][..xw], &data[bh..][..hw])),
+        w_hr: &data[o.w_hr..][..cfg.proj_size * cfg.hidden_size],
         units: &data[o.units..][..cfg.unit_width()],
     }
 }
@@ -306,7 +307,7 @@ pub(crate) fn validate_forward<T: Scalar>(
     check_len("input", x.input.len(), &shape)?;
     let state = [cfg.num_layers * cfg.num_directions(), b, cfg.hidden_size];
     if let Some(h0) = x.h0 {
-        check_len("h0", h0.len(), &state)?;
+        check_len("h0", h0.len(), &[state[0], b, cfg.state_size()])?;
     }
     if let Some(c0) = x.c0 {
         if !cfg.cell.has_cell_state() {
@@ -352,7 +353,9 @@ fn sweep_team(directions: usize) -> usize {
 pub fn forward_work(cfg: &RnnConfig, seq_len: usize, batch: usize) -> usize {
     (0..cfg.num_layers)
         .map(|l| {
-            cfg.layer_input_size(l) * cfg.x_gate_width() + cfg.hidden_size * cfg.h_gate_width()
+            cfg.layer_input_size(l) * cfg.x_gate_width()
+                + cfg.state_size() * cfg.h_gate_width()
+                + cfg.proj_size * cfg.hidden_size
         })
         .sum::<usize>()
         * cfg.num_directions()
@@ -421,6 +424,15 @@ pub fn forward_regularized<'p, T: Scalar>(
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
     reg.validate()?;
+    if cfg.proj_size > 0 && (reg.state_dropout > 0.0 || reg.zoneout > 0.0) {
+        return Err(Error::Value {
+            arg: "proj_size",
+            expected: "proj_size=0 with state_dropout or zoneout (a projected LSTM supports \
+                       dropout between layers and input_dropout)"
+                .into(),
+            got: cfg.proj_size.to_string(),
+        });
+    }
     let elem = std::mem::size_of::<T>();
     memory::check(
         "x",
@@ -475,13 +487,16 @@ fn forward_checked<T: Scalar>(
 ) -> ForwardOutput<T> {
     let cfg = *params.config();
     let (t, b, h, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
-    let bh = b * h;
+    // `bh` sizes the cell state, `bs` the hidden state and each direction's output (they differ
+    // with projections).
+    let (bh, hs) = (b * h, cfg.state_size());
+    let bs = b * hs;
     let lstm = cfg.cell.has_cell_state();
     let zeros = vec![T::zero(); cfg.num_layers * nd * bh];
-    let h0 = x.h0.unwrap_or(&zeros);
+    let h0 = x.h0.unwrap_or(&zeros[..cfg.num_layers * nd * bs]);
     let c0 = x.c0.unwrap_or(&zeros);
-    let mut h_n = vec![T::zero(); cfg.num_layers * nd * bh];
-    let mut c_n = vec![T::zero(); if lstm { h_n.len() } else { 0 }];
+    let mut h_n = vec![T::zero(); cfg.num_layers * nd * bs];
+    let mut c_n = vec![T::zero(); if lstm { zeros.len() } else { 0 }];
     let mut layer_inputs = Vec::new();
     let mut masks = Vec::new();
     let mut dir_tapes = Vec::new();
@@ -504,17 +519,18 @@ fn forward_checked<T: Scalar>(
                 batch: b,
                 input: cfg.layer_input_size(layer),
                 hidden: h,
+                proj: cfg.proj_size,
                 lengths: x.lengths,
                 reverse: dir == 1,
                 team,
             };
-            let s = (layer * nd + dir) * bh;
+            let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             sweep::forward(
                 sw,
                 &layer_in,
                 dir_weights(params, layer, dir),
-                &h0[s..s + bh],
-                lstm.then(|| &c0[s..s + bh]),
+                &h0[s..s + bs],
+                lstm.then(|| &c0[sc..sc + bh]),
                 dir_masks[dir].as_reg(),
                 opts.keep_tape,
             )
@@ -528,22 +544,22 @@ fn forward_checked<T: Scalar>(
         let mut layer_out = if nd == 1 {
             Vec::new()
         } else {
-            vec![T::zero(); t * b * nd * h]
+            vec![T::zero(); t * b * nd * hs]
         };
         for (dir, o) in outs.into_iter().enumerate() {
-            let s = (layer * nd + dir) * bh;
-            h_n[s..s + bh].copy_from_slice(&o.h_last);
+            let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
+            h_n[s..s + bs].copy_from_slice(&o.h_last);
             if let Some(c) = &o.c_last {
-                c_n[s..s + bh].copy_from_slice(c);
+                c_n[sc..sc + bh].copy_from_slice(c);
             }
             if nd == 1 {
                 layer_out = o.out;
             } else {
                 for (row, src) in layer_out
-                    .chunks_exact_mut(nd * h)
-                    .zip(o.out.chunks_exact(h))
+                    .chunks_exact_mut(nd * hs)
+                    .zip(o.out.chunks_exact(hs))
                 {
-                    row[dir * h..(dir + 1) * h].copy_from_slice(src);
+                    row[dir * hs..(dir + 1) * hs].copy_from_slice(src);
                 }
             }
             dir_tapes.extend(o.tape);
@@ -635,11 +651,12 @@ fn backward_checked<T: Scalar>(
         cfg.hidden_size,
         cfg.num_directions(),
     );
-    let bh = b * h;
+    let (bh, hs) = (b * h, cfg.state_size());
+    let bs = b * hs;
     let lstm = cfg.cell.has_cell_state();
     let mut g_params = vec![T::zero(); if want_params { params.len() } else { 0 }];
-    let mut dh0 = vec![T::zero(); cfg.num_layers * nd * bh];
-    let mut dc0 = vec![T::zero(); if lstm { dh0.len() } else { 0 }];
+    let mut dh0 = vec![T::zero(); cfg.num_layers * nd * bs];
+    let mut dc0 = vec![T::zero(); if lstm { cfg.num_layers * nd * bh } else { 0 }];
     let mut d_out: Option<Vec<T>> = grads
         .output
         .map(|g| to_time_major(g, tape.layout, t, b, cfg.output_size()));
@@ -681,16 +698,17 @@ fn backward_checked<T: Scalar>(
                 batch: b,
                 input: inp,
                 hidden: h,
+                proj: cfg.proj_size,
                 lengths: tape.lengths.as_deref(),
                 reverse: dir == 1,
                 team,
             };
-            let s = (layer * nd + dir) * bh;
+            let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             let mut dx = vec![T::zero(); t * b * inp];
             let d_output = d_out.as_deref().map(|data| OutputGrad {
                 data,
-                ld: nd * h,
-                col: dir * h,
+                ld: nd * hs,
+                col: dir * hs,
             });
             let (dh, dc) = sweep::backward(
                 sw,
@@ -698,8 +716,8 @@ fn backward_checked<T: Scalar>(
                 dir_weights(params, layer, dir),
                 &tape.dirs[layer * nd + dir],
                 d_output,
-                grads.h_n.map(|g| &g[s..s + bh]),
-                grads.c_n.map(|g| &g[s..s + bh]),
+                grads.h_n.map(|g| &g[s..s + bs]),
+                grads.c_n.map(|g| &g[sc..sc + bh]),
                 tape.dir_masks[layer * nd + dir].as_reg(),
                 grad,
                 &mut dx,
@@ -714,10 +732,10 @@ fn backward_checked<T: Scalar>(
         };
         let mut dx_sum: Option<Vec<T>> = None;
         for (dir, (dx, dh, dc)) in results.into_iter().enumerate() {
-            let s = (layer * nd + dir) * bh;
-            dh0[s..s + bh].copy_from_slice(&dh);
+            let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
+            dh0[s..s + bs].copy_from_slice(&dh);
             if let Some(dc) = dc {
-                dc0[s..s + bh].copy_from_slice(&dc);
+                dc0[sc..sc + bh].copy_from_slice(&dc);
             }
             match &mut dx_sum {
                 None => dx_sum = Some(dx),
@@ -771,7 +789,7 @@ pub(crate) fn validate_backward<T>(
         cfg.hidden_size,
     ];
     if let Some(g) = grads.h_n {
-        check_len("d_h_n", g.len(), &state)?;
+        check_len("d_h_n", g.len(), &[state[0], batch, cfg.state_size()])?;
     }
     if let Some(g) = grads.c_n {
         if !cfg.cell.has_cell_state() {

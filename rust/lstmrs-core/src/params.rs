@@ -28,6 +28,8 @@ pub(crate) struct DirOffsets {
     pub w_hh: usize,
     /// `(b_ih, b_hh)` when the network has biases.
     pub bias: Option<(usize, usize)>,
+    /// Where `W_hr` `[P, H]` sits (length 0 without projections).
+    pub w_hr: usize,
     /// The unit parameters, `P * H` back to back (custom cells only).
     pub units: usize,
 }
@@ -52,7 +54,7 @@ pub fn param_specs(config: &RnnConfig) -> Vec<ParamSpec> {
 /// biases, the cell's own rule for unit parameters.
 pub fn param_specs_with_init(config: &RnnConfig) -> Vec<(ParamSpec, InitRule)> {
     let (xw, hw) = (config.x_gate_width(), config.h_gate_width());
-    let h = config.hidden_size;
+    let (h, s, p) = (config.hidden_size, config.state_size(), config.proj_size);
     let sqrt_h = (h as f64).sqrt();
     let default = InitRule::Uniform(1.0 / sqrt_h);
     let mut specs = Vec::new();
@@ -79,13 +81,17 @@ pub fn param_specs_with_init(config: &RnnConfig) -> Vec<(ParamSpec, InitRule)> {
                 default,
             );
             if hw > 0 {
-                push("weight_hh", vec![hw, h], default);
+                push("weight_hh", vec![hw, s], default);
             }
             if config.bias {
                 push("bias_ih", vec![xw], default);
                 if hw > 0 {
                     push("bias_hh", vec![hw], default);
                 }
+            }
+            // torch lists `weight_hr` after the biases, initialised like the other weights.
+            if p > 0 {
+                push("weight_hr", vec![p, h], default);
             }
             for u in config.cell.unit_params() {
                 let init = match u.init {
@@ -267,19 +273,21 @@ impl<'a, T: Scalar> From<&'a RnnParams<T>> for RnnWeights<'a, T> {
 /// cannot overflow (a size near `usize::MAX` must not wrap into a small allocation).
 pub fn check_param_memory<T>(config: &RnnConfig) -> Result<()> {
     let h = config.hidden_size as u128;
+    let (s, p) = (config.state_size() as u128, config.proj_size as u128);
     let (xw, hw) = (
         config.cell.gate_count() as u128 * h,
         config.cell.h_gate_count() as u128 * h,
     );
     let bytes = (0..config.num_layers).try_fold(0u128, |acc, l| {
         let per_dir = hw
-            .checked_mul(h)?
+            .checked_mul(s)?
             .checked_add(xw + hw)?
+            .checked_add(p.checked_mul(h)?)?
             .checked_add(h.checked_mul(config.cell.unit_params().len() as u128)?)?;
         let input = if l == 0 {
             config.input_size as u128
         } else {
-            h * config.num_directions() as u128
+            s * config.num_directions() as u128
         };
         let per_dir = per_dir.checked_add(xw.checked_mul(input)?)?;
         acc.checked_add(per_dir.checked_mul(config.num_directions() as u128)?)
@@ -297,13 +305,14 @@ pub fn param_count(config: &RnnConfig) -> usize {
         .sum()
 }
 
-/// Scalars of one direction of layer `layer`: `W_ih`, `W_hh`, the two biases and the unit
-/// parameters.
+/// Scalars of one direction of layer `layer`: `W_ih`, `W_hh`, the two biases, `W_hr` and the
+/// unit parameters.
 fn dir_param_count(config: &RnnConfig, layer: usize) -> usize {
     let (xw, hw) = (config.x_gate_width(), config.h_gate_width());
     xw * config.layer_input_size(layer)
-        + hw * config.hidden_size
+        + hw * config.state_size()
         + if config.bias { xw + hw } else { 0 }
+        + config.proj_size * config.hidden_size
         + config.unit_width()
 }
 
@@ -315,13 +324,14 @@ pub(crate) fn dir_offsets(config: &RnnConfig, layer: usize, dir: usize) -> DirOf
         .sum::<usize>()
         + dir * dir_param_count(config, layer);
     let w_hh = start + xw * config.layer_input_size(layer);
-    let b_ih = w_hh + hw * config.hidden_size;
-    let units = if config.bias { b_ih + xw + hw } else { b_ih };
+    let b_ih = w_hh + hw * config.state_size();
+    let w_hr = if config.bias { b_ih + xw + hw } else { b_ih };
     DirOffsets {
         w_ih: start,
         w_hh,
         bias: config.bias.then_some((b_ih, b_ih + xw)),
-        units,
+        w_hr,
+        units: w_hr + config.proj_size * config.hidden_size,
     }
 }
 
@@ -349,6 +359,58 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn projections_follow_pytorch() {
+        // torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2): per layer and
+        // direction weight_ih, weight_hh, bias_ih, bias_hh, weight_hr.
+        let cfg = RnnConfig::new(CellKind::Lstm, 3, 5, 2, true, true)
+            .unwrap()
+            .with_proj_size(2)
+            .unwrap();
+        let specs = param_specs(&cfg);
+        let got: Vec<_> = specs[5..10]
+            .iter()
+            .map(|s| (s.name.as_str(), s.shape.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("weight_ih_l0_reverse", vec![20, 3]),
+                ("weight_hh_l0_reverse", vec![20, 2]),
+                ("bias_ih_l0_reverse", vec![20]),
+                ("bias_hh_l0_reverse", vec![20]),
+                ("weight_hr_l0_reverse", vec![2, 5]),
+            ]
+        );
+        assert_eq!(
+            specs[10].shape,
+            [20, 4],
+            "layer 1 reads D * proj_size features"
+        );
+        let last = specs.last().unwrap();
+        assert_eq!(param_count(&cfg), last.offset + last.len);
+        for l in 0..2 {
+            for d in 0..2 {
+                let o = dir_offsets(&cfg, l, d);
+                let s = &specs[(l * 2 + d) * 5..];
+                assert_eq!(
+                    (o.w_ih, o.w_hh, o.w_hr),
+                    (s[0].offset, s[1].offset, s[4].offset)
+                );
+            }
+        }
+        let no_bias = RnnConfig { bias: false, ..cfg };
+        let names: Vec<_> = param_specs(&no_bias).into_iter().map(|s| s.name).collect();
+        assert_eq!(names[..3], ["weight_ih_l0", "weight_hh_l0", "weight_hr_l0"]);
+        assert!(RnnConfig::new(CellKind::Gru, 3, 5, 1, false, true)
+            .unwrap()
+            .with_proj_size(2)
+            .is_err());
+        for bad in [5, 6] {
+            assert!(cfg.with_proj_size(bad).is_err());
         }
     }
 

@@ -12,6 +12,8 @@
 //!   `c' = f*c + i*g`, `h' = o*tanh(c')`.
 //! - GRU: `r, z = σ(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})`,
 //!   `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.
+//! - LSTM with `proj_size = P`: as the LSTM, then `h' = W_hr (o*tanh(c'))`; `h` has `P`
+//!   features (so `W_hh` is `[4H, P]`), `c` keeps `H`.
 
 use crate::config::{CellKind, RnnConfig};
 use crate::dropout::dropout_mask;
@@ -41,11 +43,15 @@ fn seq_index(layout: Layout, steps: usize, batch: usize, feat: usize, t: usize, 
 struct CellWeights<T> {
     kind: CellKind,
     hidden: usize,
+    /// Features of the hidden state `h`: `P` with projections, else `H`.
+    state: usize,
     input: usize,
     /// `[G*H, I]`
     w_ih: Vec<T>,
-    /// `[G*H, H]`
+    /// `[G*H, S]`
     w_hh: Vec<T>,
+    /// `[P, H]` when the LSTM projects its hidden state.
+    w_hr: Option<Vec<T>>,
     /// `[G*H]`, zeros when the network has no biases.
     b_ih: Vec<T>,
     b_hh: Vec<T>,
@@ -80,12 +86,15 @@ impl<T: Scalar> CellWeights<T> {
                 vec![T::zero(); gw]
             }
         };
+        let suffix = if dir == 1 { "_reverse" } else { "" };
         CellWeights {
             kind: cfg.cell,
             hidden: cfg.hidden_size,
+            state: cfg.state_size(),
             input: cfg.layer_input_size(layer),
             w_ih: get(&w_ih),
             w_hh: get(&w_hh),
+            w_hr: (cfg.proj_size > 0).then(|| get(&format!("weight_hr_l{layer}{suffix}"))),
             b_ih: bias(&b_ih),
             b_hh: bias(&b_hh),
         }
@@ -103,8 +112,8 @@ impl<T: Scalar> CellWeights<T> {
     /// `W_hh[row] · h + b_hh[row]`.
     fn hidden_part(&self, row: usize, h: &[T]) -> T {
         let mut acc = self.b_hh[row];
-        for k in 0..self.hidden {
-            acc += self.w_hh[row * self.hidden + k] * h[k];
+        for k in 0..self.state {
+            acc += self.w_hh[row * self.state + k] * h[k];
         }
         acc
     }
@@ -122,6 +131,9 @@ struct Step<T> {
     gates: Vec<T>,
     /// LSTM: the new cell state `c'`. GRU: `W_hn h + b_hn`.
     extra: Vec<T>,
+    /// `[H]` the new hidden state before any projection (`o*tanh(c')` for the LSTM).
+    m: Vec<T>,
+    /// `[S]` the new hidden state: `m`, or `W_hr m` with projections.
     h: Vec<T>,
 }
 
@@ -166,11 +178,25 @@ fn cell_step<T: Scalar>(
                 gates[zr] = z;
                 gates[nr] = n;
                 extra[j] = hn_lin;
+                // The GRU has no projection (`with_proj_size` refuses it): `S == H`.
                 h[j] = (T::one() - z) * n + z * h_prev[j];
             }
             CellKind::Custom(_) => unreachable!("`validate` rejects custom cells"),
         }
     }
+    let m = h;
+    let h = match &w.w_hr {
+        Some(w_hr) => (0..w.state)
+            .map(|r| {
+                let mut acc = T::zero();
+                for j in 0..hsz {
+                    acc += w_hr[r * hsz + j] * m[j];
+                }
+                acc
+            })
+            .collect(),
+        None => m.clone(),
+    };
     Step {
         t,
         x: x.to_vec(),
@@ -178,6 +204,7 @@ fn cell_step<T: Scalar>(
         c_prev: c_prev.to_vec(),
         gates,
         extra,
+        m,
         h,
     }
 }
@@ -195,8 +222,9 @@ struct StepGrad<T> {
     dh_direct: Vec<T>,
 }
 
+/// `dh` is the gradient of the unprojected state `m` (`[H]`).
 fn cell_step_backward<T: Scalar>(kind: CellKind, s: &Step<T>, dh: &[T], dc: &[T]) -> StepGrad<T> {
-    let hsz = s.h.len();
+    let hsz = s.m.len();
     let one = T::one();
     let mut d_in = vec![T::zero(); kind.gate_count() * hsz];
     let mut d_hid = vec![T::zero(); kind.gate_count() * hsz];
@@ -283,10 +311,10 @@ fn run<T: Scalar>(
     validate(&cfg, x, opts)?;
     let specs = param_specs(&cfg);
     let (steps, batch, hsz, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
+    let ssz = cfg.state_size();
     let lstm = cfg.cell.has_cell_state();
-    let state_len = cfg.num_layers * nd * batch * hsz;
-    let mut h_n = vec![T::zero(); state_len];
-    let mut c_n = vec![T::zero(); state_len];
+    let mut h_n = vec![T::zero(); cfg.num_layers * nd * batch * ssz];
+    let mut c_n = vec![T::zero(); cfg.num_layers * nd * batch * hsz];
     let mut record = Record {
         masks: Vec::new(),
         steps: Vec::new(),
@@ -314,7 +342,7 @@ fn run<T: Scalar>(
         } else {
             None
         };
-        let out_feat = nd * hsz;
+        let out_feat = nd * ssz;
         let mut layer_out = vec![T::zero(); steps * batch * out_feat];
         let mut layer_steps = Vec::new();
         for dir in 0..nd {
@@ -322,11 +350,12 @@ fn run<T: Scalar>(
             let mut dir_steps = Vec::new();
             for b in 0..batch {
                 let len = x.lengths.map_or(steps, |l| l[b]);
-                let s = ((layer * nd + dir) * batch + b) * hsz;
+                let s = ((layer * nd + dir) * batch + b) * ssz;
+                let sc = ((layer * nd + dir) * batch + b) * hsz;
                 let mut h =
-                    x.h0.map_or(vec![T::zero(); hsz], |h0| h0[s..s + hsz].to_vec());
+                    x.h0.map_or(vec![T::zero(); ssz], |h0| h0[s..s + ssz].to_vec());
                 let mut c = match x.c0 {
-                    Some(c0) => c0[s..s + hsz].to_vec(),
+                    Some(c0) => c0[sc..sc + hsz].to_vec(),
                     None => vec![T::zero(); hsz],
                 };
                 // Each row sees only its own valid steps; the reverse direction starts at its last.
@@ -343,12 +372,12 @@ fn run<T: Scalar>(
                     if lstm {
                         c.clone_from(&st.extra);
                     }
-                    let o = (t * batch + b) * out_feat + dir * hsz;
-                    layer_out[o..o + hsz].copy_from_slice(&h);
+                    let o = (t * batch + b) * out_feat + dir * ssz;
+                    layer_out[o..o + ssz].copy_from_slice(&h);
                     row_steps.push(st);
                 }
-                h_n[s..s + hsz].copy_from_slice(&h);
-                c_n[s..s + hsz].copy_from_slice(&c);
+                h_n[s..s + ssz].copy_from_slice(&h);
+                c_n[sc..sc + hsz].copy_from_slice(&c);
                 dir_steps.push(row_steps);
             }
             layer_steps.push(dir_steps);
@@ -399,6 +428,7 @@ pub fn backward<'p, T: Scalar>(
     let specs = param_specs(&cfg);
     let (_, rec) = run(&params, x, opts)?;
     let (steps, batch, hsz, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
+    let ssz = cfg.state_size();
     let lstm = cfg.cell.has_cell_state();
     let out_feat = cfg.output_size();
     let out_shape = match x.layout {
@@ -410,7 +440,7 @@ pub fn backward<'p, T: Scalar>(
     }
     let state = [cfg.num_layers * nd, batch, hsz];
     if let Some(g) = grads.h_n {
-        check_len("d_h_n", g.len(), &state)?;
+        check_len("d_h_n", g.len(), &[state[0], batch, ssz])?;
     }
     if let Some(g) = grads.c_n {
         if !lstm {
@@ -436,9 +466,8 @@ pub fn backward<'p, T: Scalar>(
     }
 
     let mut g_params = vec![T::zero(); params.len()];
-    let state_len = cfg.num_layers * nd * batch * hsz;
-    let mut dh0 = vec![T::zero(); state_len];
-    let mut dc0 = vec![T::zero(); state_len];
+    let mut dh0 = vec![T::zero(); cfg.num_layers * nd * batch * ssz];
+    let mut dc0 = vec![T::zero(); cfg.num_layers * nd * batch * hsz];
     for layer in (0..cfg.num_layers).rev() {
         let feat = cfg.layer_input_size(layer);
         let gw = cfg.gate_width();
@@ -446,30 +475,46 @@ pub fn backward<'p, T: Scalar>(
         for dir in 0..nd {
             let w = CellWeights::load(&params, &specs, layer, dir);
             let mut g_w_ih = vec![T::zero(); gw * feat];
-            let mut g_w_hh = vec![T::zero(); gw * hsz];
+            let mut g_w_hh = vec![T::zero(); gw * ssz];
             let mut g_b_ih = vec![T::zero(); gw];
             let mut g_b_hh = vec![T::zero(); gw];
+            let mut g_w_hr = vec![T::zero(); cfg.proj_size * hsz];
             for b in 0..batch {
-                let s = ((layer * nd + dir) * batch + b) * hsz;
+                let s = ((layer * nd + dir) * batch + b) * ssz;
+                let sc = ((layer * nd + dir) * batch + b) * hsz;
                 let mut dh = grads
                     .h_n
-                    .map_or(vec![T::zero(); hsz], |g| g[s..s + hsz].to_vec());
+                    .map_or(vec![T::zero(); ssz], |g| g[s..s + ssz].to_vec());
                 let mut dc = grads
                     .c_n
-                    .map_or(vec![T::zero(); hsz], |g| g[s..s + hsz].to_vec());
+                    .map_or(vec![T::zero(); hsz], |g| g[sc..sc + hsz].to_vec());
                 for st in rec.steps[layer][dir][b].iter().rev() {
                     // The step's output feeds the layer above as well as the next step.
-                    let o = (st.t * batch + b) * out_feat + dir * hsz;
-                    for j in 0..hsz {
+                    let o = (st.t * batch + b) * out_feat + dir * ssz;
+                    for j in 0..ssz {
                         dh[j] += d_above[o + j];
                     }
-                    let sg = cell_step_backward(cfg.cell, st, &dh, &dc);
+                    // Through the projection `h = W_hr m`: `dm = W_hrᵀ dh`, `dW_hr += dh mᵀ`.
+                    let dm = match &w.w_hr {
+                        Some(w_hr) => {
+                            let mut dm = vec![T::zero(); hsz];
+                            for r in 0..ssz {
+                                for j in 0..hsz {
+                                    dm[j] += w_hr[r * hsz + j] * dh[r];
+                                    g_w_hr[r * hsz + j] += dh[r] * st.m[j];
+                                }
+                            }
+                            dm
+                        }
+                        None => dh.clone(),
+                    };
+                    let sg = cell_step_backward(cfg.cell, st, &dm, &dc);
                     for row in 0..gw {
                         for k in 0..feat {
                             g_w_ih[row * feat + k] += sg.d_in[row] * st.x[k];
                         }
-                        for k in 0..hsz {
-                            g_w_hh[row * hsz + k] += sg.d_hid[row] * st.h_prev[k];
+                        for k in 0..ssz {
+                            g_w_hh[row * ssz + k] += sg.d_hid[row] * st.h_prev[k];
                         }
                         g_b_ih[row] += sg.d_in[row];
                         g_b_hh[row] += sg.d_hid[row];
@@ -482,17 +527,17 @@ pub fn backward<'p, T: Scalar>(
                         }
                         d_in[xi + k] += acc;
                     }
-                    for k in 0..hsz {
+                    for k in 0..ssz {
                         let mut acc = sg.dh_direct[k];
                         for row in 0..gw {
-                            acc += w.w_hh[row * hsz + k] * sg.d_hid[row];
+                            acc += w.w_hh[row * ssz + k] * sg.d_hid[row];
                         }
                         dh[k] = acc;
                     }
                     dc = sg.dc_prev;
                 }
-                dh0[s..s + hsz].copy_from_slice(&dh);
-                dc0[s..s + hsz].copy_from_slice(&dc);
+                dh0[s..s + ssz].copy_from_slice(&dh);
+                dc0[sc..sc + hsz].copy_from_slice(&dc);
             }
             let [n_w_ih, n_w_hh, n_b_ih, n_b_hh] = names(layer, dir);
             let mut put = |name: &str, g: &[T]| {
@@ -504,6 +549,10 @@ pub fn backward<'p, T: Scalar>(
             if cfg.bias {
                 put(&n_b_ih, &g_b_ih);
                 put(&n_b_hh, &g_b_hh);
+            }
+            if cfg.proj_size > 0 {
+                let suffix = if dir == 1 { "_reverse" } else { "" };
+                put(&format!("weight_hr_l{layer}{suffix}"), &g_w_hr);
             }
         }
         // Dropout scaled the cells' input; its gradient is scaled the same way.

@@ -5,6 +5,8 @@
 //! and one fused gate pass. Up to [`SMALL_BATCH_MAX`] streams the products run through
 //! `stream_kernel` (matrix-vector rows with both products in one accumulation, no per-call
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
+//! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
+//! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.
 
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
@@ -30,7 +32,9 @@ pub struct Stepper<T> {
     layers: usize,
     batch: usize,
     hidden: usize,
-    /// `[L, B, H]` hidden and (LSTM) cell states.
+    /// Features of `h`: `proj_size`, or `hidden` without projections (`S`).
+    state: usize,
+    /// `[L, B, S]` hidden and `[L, B, H]` (LSTM) cell states.
     h: Vec<T>,
     c: Vec<T>,
     scratch: Scratch<T>,
@@ -83,12 +87,14 @@ impl<T: Scalar> Stepper<T> {
             .and_then(|r| r.checked_mul(batch as u128))
             .and_then(|r| r.checked_mul(std::mem::size_of::<T>() as u128));
         memory::check("batch", rows)?;
+        let state = cfg.state_size();
         Ok(Stepper {
             cell: cfg.cell,
             layers: l,
             batch,
             hidden: h,
-            h: vec![T::zero(); l * batch * h],
+            state,
+            h: vec![T::zero(); l * batch * state],
             c: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
             scratch: Scratch {
                 x_pre: vec![T::zero(); batch * gw],
@@ -98,7 +104,8 @@ impl<T: Scalar> Stepper<T> {
                 c_next: vec![T::zero(); batch * h],
                 zero_b_hn: vec![T::zero(); h],
             },
-            small,
+            // The small-batch kernel has no projection step.
+            small: small && cfg.proj_size == 0,
             kernel,
         })
     }
@@ -112,7 +119,7 @@ impl<T: Scalar> Stepper<T> {
         self.small
     }
 
-    /// `[L, B, H]`
+    /// `[L, B, S]`
     pub fn h(&self) -> &[T] {
         &self.h
     }
@@ -128,9 +135,10 @@ impl<T: Scalar> Stepper<T> {
         self.c.fill(T::zero());
     }
 
-    /// Replaces the states (`[L, B, H]` each; `c` only for a cell with a second state).
+    /// Replaces the states (`h` `[L, B, S]`, `c` `[L, B, H]` only for a cell with a second
+    /// state).
     pub fn set_state(&mut self, h: &[T], c: Option<&[T]>) -> Result<()> {
-        check_len("h", h.len(), &[self.layers, self.batch, self.hidden])?;
+        check_len("h", h.len(), &[self.layers, self.batch, self.state])?;
         match (c, self.cell.has_cell_state()) {
             (Some(c), true) => {
                 check_len("c", c.len(), &[self.layers, self.batch, self.hidden])?;
@@ -151,13 +159,14 @@ impl<T: Scalar> Stepper<T> {
     }
 
     /// Advances every stream by one step: `x[B, I]` in, the top layer's new hidden state
-    /// `[B, H]` written to `out`. `weights` must be the network the stepper was built for; they
+    /// `[B, S]` written to `out`. `weights` must be the network the stepper was built for; they
     /// are read in place at every step, so a stepper follows weights that change between steps.
     pub fn step(&mut self, weights: RnnWeights<T>, x: &[T], out: &mut [T]) -> Result<()> {
         let cfg = *weights.config();
         if cfg.num_layers != self.layers
             || cfg.hidden_size != self.hidden
             || cfg.cell != self.cell
+            || cfg.state_size() != self.state
             || cfg.bidirectional
         {
             return Err(Error::Value {
@@ -167,7 +176,7 @@ impl<T: Scalar> Stepper<T> {
             });
         }
         check_len("x", x.len(), &[self.batch, cfg.input_size])?;
-        check_len("out", out.len(), &[self.batch, self.hidden])?;
+        check_len("out", out.len(), &[self.batch, self.state])?;
         let data = weights.as_slice();
         if self.small {
             for layer in 0..self.layers {
@@ -181,8 +190,8 @@ impl<T: Scalar> Stepper<T> {
                 }
             });
         }
-        let bh = self.batch * self.hidden;
-        out.copy_from_slice(&self.h[(self.layers - 1) * bh..]);
+        let bs = self.batch * self.state;
+        out.copy_from_slice(&self.h[(self.layers - 1) * bs..]);
         Ok(())
     }
 
@@ -319,19 +328,20 @@ impl<T: Scalar> Stepper<T> {
             cfg.x_gate_width(),
             cfg.h_gate_width(),
         );
-        let bh = b * h;
+        let (bh, s) = (b * h, self.state);
+        let bs = b * s;
         let custom = self.cell.compiled();
         let o = dir_offsets(cfg, layer, 0);
         let inp = cfg.layer_input_size(layer);
         let w_ih = &data[o.w_ih..][..gw * inp];
-        let w_hh = &data[o.w_hh..][..hw * h];
-        let (below, this) = self.h.split_at_mut(layer * bh);
+        let w_hh = &data[o.w_hh..][..hw * s];
+        let (below, this) = self.h.split_at_mut(layer * bs);
         let input: &[T] = if layer == 0 {
             x
         } else {
-            &below[(layer - 1) * bh..]
+            &below[(layer - 1) * bs..]
         };
-        let h_prev = &this[..bh];
+        let h_prev = &this[..bs];
         match o.bias {
             // A custom cell keeps `b_hh` on the recurrent side, where its `hg` leaves read it.
             Some((bi, bhh)) if custom.is_some() => {
@@ -385,10 +395,36 @@ impl<T: Scalar> Stepper<T> {
             &mut self.scratch.h_pre,
             gw,
             false,
-            Mat::new(h_prev, b, h),
-            Mat::new(w_hh, gw, h),
+            Mat::new(h_prev, b, s),
+            Mat::new(w_hh, gw, s),
         );
         let c = layer_state(&mut self.c, layer, bh);
+        if cfg.proj_size > 0 {
+            let sc = &mut self.scratch;
+            // Every row is active, so the gate pass never reads its `h_prev`: `c` stands in.
+            gates::lstm_forward(
+                h,
+                Active::ALL,
+                &mut sc.x_pre,
+                &sc.h_pre,
+                c,
+                c,
+                &mut sc.aux,
+                &mut sc.c_next,
+                &mut sc.h_next,
+            );
+            c.copy_from_slice(&sc.c_next);
+            // h = (o * tanh(c)) · W_hrᵀ, `[B, H]·[H, P]`.
+            let w_hr = &data[o.w_hr..][..s * h];
+            a_bt(
+                &mut this[..bs],
+                s,
+                false,
+                Mat::new(&sc.h_next, b, h),
+                Mat::new(w_hr, s, h),
+            );
+            return;
+        }
         let b_hn = o.bias.map(|(_, bhh)| &data[bhh + 2 * h..][..h]);
         self.scratch
             .update(self.cell, h, &mut this[..bh], c, b_hn, &[]);
@@ -497,18 +533,32 @@ mod tests {
     /// `Stepper::new` picks, which must be the small kernel exactly up to `SMALL_BATCH_MAX`.
     fn check<T: Scalar>(
         cell: CellKind,
+        dims: (usize, usize, usize, usize, bool),
+        path: Option<(bool, Kernel)>,
+        tol: f64,
+    ) {
+        check_proj::<T>(cell, dims, 0, path, tol)
+    }
+
+    /// [`check`] with `proj_size = proj` (0: none).
+    fn check_proj<T: Scalar>(
+        cell: CellKind,
         (b, h, i, layers, bias): (usize, usize, usize, usize, bool),
+        proj: usize,
         path: Option<(bool, Kernel)>,
         tol: f64,
     ) {
         let t = 3;
-        let cfg = RnnConfig::new(cell, i, h, layers, false, bias).unwrap();
+        let cfg = RnnConfig::new(cell, i, h, layers, false, bias)
+            .and_then(|c| c.with_proj_size(proj))
+            .unwrap();
+        let sz = cfg.state_size();
         let p = RnnParams::<T>::init_uniform(cfg, (b * 31 + h * 7 + i) as u64);
         let wave = |n: usize, f: f64| -> Vec<T> {
             (0..n).map(|k| T::from_f64((k as f64 * f).sin())).collect()
         };
         let x = wave(t * b * i, 0.37);
-        let (h0, c0) = (wave(layers * b * h, 0.91), wave(layers * b * h, 0.53));
+        let (h0, c0) = (wave(layers * b * sz, 0.91), wave(layers * b * h, 0.53));
         let lstm = cell == CellKind::Lstm;
         let want = crate::reference::forward(
             &p,
@@ -528,13 +578,14 @@ mod tests {
             Some((small, kernel)) => Stepper::with_path(p.view(), b, small, kernel).unwrap(),
             None => {
                 let s = Stepper::new(p.view(), b).unwrap();
-                assert_eq!(s.uses_small_kernel(), b <= SMALL_BATCH_MAX, "b={b}");
+                let small = b <= SMALL_BATCH_MAX && proj == 0;
+                assert_eq!(s.uses_small_kernel(), small, "b={b} proj={proj}");
                 s
             }
         };
         s.set_state(&h0, lstm.then_some(&c0[..])).unwrap();
         let what = format!(
-            "{cell:?} {} b={b} h={h} i={i} L={layers} bias={bias} path={path:?}",
+            "{cell:?} {} b={b} h={h} p={proj} i={i} L={layers} bias={bias} path={path:?}",
             std::any::type_name::<T>()
         );
         let close = |got: &[T], want: &[T], part: &str| {
@@ -547,13 +598,13 @@ mod tests {
                 );
             }
         };
-        let mut out = vec![T::zero(); b * h];
+        let mut out = vec![T::zero(); b * sz];
         for step in 0..t {
             s.step(p.view(), &x[step * b * i..][..b * i], &mut out)
                 .unwrap();
             close(
                 &out,
-                &want.output[step * b * h..][..b * h],
+                &want.output[step * b * sz..][..b * sz],
                 &format!("step {step}"),
             );
         }
@@ -581,6 +632,22 @@ mod tests {
                                 check::<f32>(cell, dims, path, 2e-5);
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The projected LSTM steps through the GEMM path whatever the batch.
+    #[test]
+    fn projected_lstm_equals_the_reference() {
+        for b in [1, 2, 33] {
+            for (h, proj) in [(2, 1), (7, 3), (130, 9)] {
+                for (layers, bias) in [(1, true), (3, false)] {
+                    let dims = (b, h, 5, layers, bias);
+                    for path in [None, Some((true, Kernel::Auto))] {
+                        check_proj::<f64>(CellKind::Lstm, dims, proj, path, 1e-12);
+                        check_proj::<f32>(CellKind::Lstm, dims, proj, path, 2e-5);
                     }
                 }
             }

@@ -9,6 +9,7 @@ use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
+use crate::projection;
 use crate::recurrent::{split_units, team_size, Packed};
 use crate::scalar::Scalar;
 use crate::threads;
@@ -19,10 +20,12 @@ use std::ops::Range;
 pub(crate) struct DirWeights<'a, T> {
     /// `[G*H, I]`
     pub w_ih: &'a [T],
-    /// `[G*H, H]`
+    /// `[G*H, S]` (`S`: the hidden state's size, `P` with projections)
     pub w_hh: &'a [T],
     /// `([G*H], [G*H])` when the network has biases.
     pub bias: Option<(&'a [T], &'a [T])>,
+    /// `[P, H]` projection of the LSTM's hidden state (empty without projections).
+    pub w_hr: &'a [T],
     /// `[P*H]` unit parameters (custom cells; empty otherwise).
     pub units: &'a [T],
 }
@@ -35,6 +38,8 @@ pub(crate) struct Sweep<'a> {
     pub batch: usize,
     pub input: usize,
     pub hidden: usize,
+    /// `proj_size` (0: no projection); see `projection`.
+    pub proj: usize,
     pub lengths: Option<&'a [usize]>,
     pub reverse: bool,
     /// Threads this sweep may occupy (it uses fewer when its steps are small).
@@ -46,7 +51,7 @@ impl Sweep<'_> {
         self.cell.gate_count() * self.hidden
     }
     /// Time step processed at position `s` of the sweep.
-    fn time(&self, s: usize) -> usize {
+    pub(crate) fn time(&self, s: usize) -> usize {
         if self.reverse {
             self.steps - 1 - s
         } else {
@@ -55,14 +60,14 @@ impl Sweep<'_> {
     }
     /// State slot read by step `t` (the tape keeps `T+1` state slots; the initial state sits at
     /// slot 0 going forward and at slot `T` going backward in time).
-    fn enter(&self, t: usize) -> usize {
+    pub(crate) fn enter(&self, t: usize) -> usize {
         if self.reverse {
             t + 1
         } else {
             t
         }
     }
-    fn exit(&self, t: usize) -> usize {
+    pub(crate) fn exit(&self, t: usize) -> usize {
         if self.reverse {
             t
         } else {
@@ -200,7 +205,7 @@ unsafe fn combine<T: Scalar>(
 ///
 /// # Safety
 /// As [`combine`].
-unsafe fn add_output_grad<T: Scalar>(
+pub(crate) unsafe fn add_output_grad<T: Scalar>(
     g: OutputGrad<T>,
     active: Active,
     units: Range<usize>,
@@ -230,13 +235,13 @@ fn plan(sw: &Sweep, hw: usize) -> usize {
 #[derive(Debug, Clone)]
 pub(crate) struct DirTape<T> {
     /// `[T, B, G*H]` gate activations (LSTM i, f, g, o; GRU r, z, n).
-    act: Vec<T>,
+    pub(crate) act: Vec<T>,
     /// `[T, B, H]`: `tanh(c')` for the LSTM, `W_hn h + b_hn` for the GRU.
-    aux: Vec<T>,
-    /// `[T+1, B, H]` hidden states (see `Sweep::enter`).
-    hs: Vec<T>,
+    pub(crate) aux: Vec<T>,
+    /// `[T+1, B, S]` hidden states (see `Sweep::enter`).
+    pub(crate) hs: Vec<T>,
     /// `[T+1, B, H]` cell states (LSTM only, else empty).
-    cs: Vec<T>,
+    pub(crate) cs: Vec<T>,
 }
 
 impl<T> DirTape<T> {
@@ -279,7 +284,7 @@ pub(crate) fn fold_bias<T: Scalar>(row: &mut [T], lstm: bool, h: usize, b_ih: &[
 
 /// `x[rows, I] · W_ihᵀ` with the row `bias` added to every row (written once, then accumulated
 /// into, rather than zeroed first): the input side of every step's pre-activations at once.
-fn input_projection<T: Scalar>(x: Mat<T>, w_ih: Mat<T>, bias: Option<&[T]>) -> Vec<T> {
+pub(crate) fn input_projection<T: Scalar>(x: Mat<T>, w_ih: Mat<T>, bias: Option<&[T]>) -> Vec<T> {
     let mut pre = match bias {
         Some(row) => row.repeat(x.rows),
         None => vec![T::zero(); x.rows * w_ih.rows],
@@ -289,7 +294,7 @@ fn input_projection<T: Scalar>(x: Mat<T>, w_ih: Mat<T>, bias: Option<&[T]>) -> V
 }
 
 /// `dst[c] += Σ_rows src[row, c]`.
-fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
+pub(crate) fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
     let cols = dst.len();
     for row in src.chunks_exact(cols) {
         for (d, &s) in dst.iter_mut().zip(row) {
@@ -310,6 +315,10 @@ pub(crate) fn forward<T: Scalar>(
 ) -> DirOutput<T> {
     if let Some(cell) = sw.cell.compiled() {
         return forward_custom(cell, sw, x, w, h0, c0, reg, keep_tape);
+    }
+    if sw.proj > 0 {
+        let c0 = c0.expect("an LSTM sweep has a cell state");
+        return projection::forward(sw, x, w, h0, c0, keep_tape);
     }
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
     let gates = sw.cell.gate_count();
@@ -495,6 +504,10 @@ pub(crate) fn backward<T: Scalar>(
 ) -> (Vec<T>, Option<Vec<T>>) {
     if let Some(cell) = sw.cell.compiled() {
         return backward_custom(cell, sw, x, w, tape, d_out, dh_n, dc_n, reg, grad, dx);
+    }
+    if sw.proj > 0 {
+        let (dh, dc) = projection::backward(sw, x, w, tape, d_out, dh_n, dc_n, grad, dx);
+        return (dh, Some(dc));
     }
     let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
     let gates = sw.cell.gate_count();
@@ -690,7 +703,7 @@ fn weight_grads<T: Scalar>(
 ///
 /// # Safety
 /// As [`combine`].
-unsafe fn emit<T: Scalar>(
+pub(crate) unsafe fn emit<T: Scalar>(
     active: Active,
     units: Range<usize>,
     rows: usize,

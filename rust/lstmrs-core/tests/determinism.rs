@@ -23,6 +23,17 @@ fn cases() -> Vec<Case> {
             shape: shape(48, 64, 16, 24),
         });
     }
+    // The projected LSTM, one direction, so its team holds every thread.
+    v.push(Case {
+        cell: CellKind::Lstm,
+        layers: 2,
+        bidirectional: false,
+        bias: true,
+        ragged: true,
+        init_state: true,
+        layout: Layout::BatchFirst,
+        shape: proj_shape(48, 96, 20, 32, 12),
+    });
     v
 }
 

@@ -282,3 +282,82 @@ fn configs_and_parameter_buffers_are_checked() {
         Err(Error::Name { .. })
     ));
 }
+
+/// `proj_size`: torch's rules as typed errors, the projected shapes, and the sweep's
+/// regularisation (which has no projected kernel) refusing projections.
+#[test]
+fn projections_are_checked_and_refused_where_unsupported() {
+    let lstm = RnnConfig::new(CellKind::Lstm, 3, 5, 2, false, true).unwrap();
+    for bad in [5, 9] {
+        expect_err(lstm.with_proj_size(bad), "proj_size", true);
+    }
+    let gru = RnnConfig::new(CellKind::Gru, 3, 5, 1, false, true).unwrap();
+    expect_err(gru.with_proj_size(2), "proj_size", true);
+    assert_eq!(lstm.with_proj_size(0).unwrap(), lstm);
+
+    let cfg = lstm.with_proj_size(2).unwrap();
+    let params = RnnParams::<f64>::init_uniform(cfg, 1);
+    let x = vec![0.5; 2 * 4 * 3];
+    let batch = Batch {
+        input: &x,
+        layout: Layout::BatchFirst,
+        seq_len: 4,
+        batch: 2,
+        h0: None,
+        c0: None,
+        lengths: None,
+    };
+    // `h0` has proj_size features, `c0` hidden_size.
+    let h_wrong = vec![0.0; 2 * 2 * 5];
+    let opts = ForwardOptions::default();
+    expect_err(
+        forward(
+            &params,
+            &Batch {
+                h0: Some(&h_wrong),
+                ..batch
+            },
+            &opts,
+        ),
+        "h0",
+        false,
+    );
+    let c_wrong = vec![0.0; 2 * 2 * 2];
+    expect_err(
+        forward(
+            &params,
+            &Batch {
+                c0: Some(&c_wrong),
+                ..batch
+            },
+            &opts,
+        ),
+        "c0",
+        false,
+    );
+    // Regularisation inside the sweep has no projected kernel.
+    for reg in [
+        lstmrs_core::Regularization {
+            zoneout: 0.1,
+            ..Default::default()
+        },
+        lstmrs_core::Regularization {
+            state_dropout: 0.1,
+            ..Default::default()
+        },
+    ] {
+        expect_err(
+            lstmrs_core::forward_regularized(&params, &batch, &opts, &reg),
+            "proj_size",
+            true,
+        );
+    }
+    // The streaming stepper's state is `[L, B, P]`.
+    let mut stepper = lstmrs_core::stream::Stepper::new(params.view(), 2).unwrap();
+    expect_err(stepper.set_state(&h_wrong, None), "h", false);
+    expect_err(
+        stepper.step(params.view(), &x[..6], &mut [0.0; 10]),
+        "out",
+        false,
+    );
+}

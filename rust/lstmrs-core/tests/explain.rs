@@ -412,8 +412,15 @@ fn backward_input_equals_backward_without_the_parameters() {
         RnnParams,
     };
     let custom = register_cell(&peephole_json()).unwrap();
-    for cell in [CellKind::Lstm, CellKind::Gru, custom] {
-        let cfg = RnnConfig::new(cell, 3, 4, 2, true, true).unwrap();
+    let plain = |cell| RnnConfig::new(cell, 3, 4, 2, true, true).unwrap();
+    let projected = plain(CellKind::Lstm).with_proj_size(2).unwrap();
+    for cfg in [
+        plain(CellKind::Lstm),
+        plain(CellKind::Gru),
+        plain(custom),
+        projected,
+    ] {
+        let cell = cfg.cell;
         let p = RnnParams::<f64>::init_uniform(cfg, 3);
         let (b, t) = (3, 5);
         let x: Vec<f64> = (0..b * t * 3).map(|i| (i as f64 * 0.4).sin()).collect();

@@ -523,3 +523,31 @@ fn model_on_the_gpu_matches_the_cpu_model() {
     );
     assert_eq!(m.device(), Device::Cpu);
 }
+
+/// The GPU kernels have no projection: a projected LSTM is refused as unsupported (before any
+/// adapter is asked for), never computed as a plain LSTM.
+#[test]
+fn projections_are_refused() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 5, 1, false, true)
+        .and_then(|c| c.with_proj_size(2))
+        .unwrap();
+    let p = RnnParams::<f32>::init_uniform(cfg, 1);
+    let x = vec![0.1f32; 2 * 4 * 3];
+    let batch = Batch {
+        input: &x,
+        layout: Layout::BatchFirst,
+        seq_len: 4,
+        batch: 2,
+        h0: None,
+        c0: None,
+        lengths: None,
+    };
+    match gpu::forward(&p, &batch, &ForwardOptions::default()) {
+        Err(Error::Gpu {
+            failure: GpuFailure::Unsupported,
+            detail,
+        }) => assert!(detail.contains("proj_size=2"), "{detail}"),
+        Err(e) => panic!("wrong error {e:?}"),
+        Ok(_) => panic!("a projected LSTM ran on the GPU"),
+    }
+}

@@ -95,7 +95,7 @@ fn check(case: &Case, seed: u64, opts: &ForwardOptions) {
     }
     if d.c0.is_some() {
         for _ in 0..6 {
-            coords.push((Wrt::C0, rng.below(case.state_len())));
+            coords.push((Wrt::C0, rng.below(case.cell_state_len())));
         }
     }
     for (wrt, i) in coords {
@@ -186,5 +186,33 @@ fn gradients_over_long_sequences_match_finite_differences() {
             shape: shape(2, 3, 3, 25),
         };
         check(&case, 900, &eval_opts());
+    }
+}
+
+/// The projected LSTM (`proj_size`): `W_hr` and every other gradient through the projection,
+/// stacked, bidirectional, with ragged lengths and initial states, with and without biases.
+#[test]
+fn projected_lstm_gradients_match_finite_differences() {
+    let mut all: Vec<Case> = cases(&[1, 2], proj_shape(3, 5, 3, 3, 5))
+        .into_iter()
+        .chain(cases(&[3], proj_shape(2, 4, 1, 2, 4)))
+        .filter(|c| c.cell == lstmrs_core::CellKind::Lstm)
+        .collect();
+    for c in all.iter_mut().step_by(3) {
+        c.bias = false;
+    }
+    let train = ForwardOptions {
+        training: true,
+        dropout: 0.4,
+        seed: 7,
+        keep_tape: false,
+    };
+    for (k, case) in all.iter().enumerate() {
+        let opts = if case.layers > 1 && k % 2 == 0 {
+            train
+        } else {
+            eval_opts()
+        };
+        check(case, 1100 + k as u64, &opts);
     }
 }

@@ -184,3 +184,28 @@ fn relu_head_and_errors() {
     cfg.rnn.input_size = 4;
     assert!(Model::<f32>::new(cfg, 1).is_err());
 }
+
+/// The projected LSTM (`proj_size`) inside a model: the pooling and head read `P` features per
+/// direction, and every pooling's gradient flows back through the projection.
+#[test]
+fn projected_lstm_every_pooling() {
+    let lengths: &[usize] = &[5, 2, 4];
+    for pooling in [
+        Pooling::PerStep,
+        Pooling::Last,
+        Pooling::Mean,
+        Pooling::Attention { units: 3 },
+    ] {
+        for bidir in [false, true] {
+            let mut cfg = config(
+                InputKind::Dense { features: 3 },
+                CellKind::Lstm,
+                bidir,
+                pooling,
+                2,
+            );
+            cfg.rnn = cfg.rnn.with_proj_size(3).unwrap();
+            check(cfg, Loss::Mse, Some(lengths));
+        }
+    }
+}

@@ -139,3 +139,76 @@ fn large_sizes_match_reference() {
         check_backward::<f32>(case, 9100 + k as u64, &eval_opts());
     }
 }
+
+/// The projected LSTM (`proj_size`) over its grid: layers × directions × bias × lengths × initial
+/// states × layout × `PROJ_SHAPES`, both element types, forward and backward.
+fn proj_grid(shapes: &[Shape]) -> Vec<Case> {
+    grid(shapes)
+        .into_iter()
+        .filter(|c| c.cell == lstmrs_core::CellKind::Lstm)
+        .collect()
+}
+
+#[test]
+fn projected_lstm_matches_reference() {
+    for (k, case) in proj_grid(PROJ_SHAPES).iter().enumerate() {
+        check_forward::<f64>(case, 20_000 + k as u64, &eval_opts());
+        check_forward::<f32>(case, 20_000 + k as u64, &eval_opts());
+        check_backward::<f64>(case, 21_000 + k as u64, &eval_opts());
+        check_backward::<f32>(case, 21_000 + k as u64, &eval_opts());
+    }
+}
+
+/// Sizes where both step products of the projected LSTM split across threads, with dropout
+/// between layers in training mode.
+#[test]
+fn projected_lstm_large_sizes_and_dropout_match_reference() {
+    let big = proj_shape(48, 64, 24, 16, 12);
+    let train = ForwardOptions {
+        training: true,
+        dropout: 0.3,
+        seed: 5,
+        keep_tape: false,
+    };
+    for (k, case) in proj_grid(&[big])
+        .iter()
+        .filter(|c| c.layers == 2 && c.bias && c.init_state)
+        .enumerate()
+    {
+        for opts in [eval_opts(), train] {
+            check_forward::<f64>(case, 22_000 + k as u64, &opts);
+            check_forward::<f32>(case, 22_000 + k as u64, &opts);
+            check_backward::<f64>(case, 22_100 + k as u64, &opts);
+            check_backward::<f32>(case, 22_100 + k as u64, &opts);
+        }
+    }
+}
+
+/// One direction with a step large enough for a team of threads: the hidden units and the
+/// projected features are split between members, including a `P` of one SIMD block that leaves
+/// later members without features (they still take their share of the gate pass).
+#[test]
+fn projected_lstm_split_between_threads_matches_reference() {
+    for (k, shape) in [proj_shape(48, 96, 20, 32, 8), proj_shape(16, 256, 6, 32, 6)]
+        .into_iter()
+        .enumerate()
+    {
+        for init_state in [false, true] {
+            let case = Case {
+                cell: lstmrs_core::CellKind::Lstm,
+                layers: 1,
+                bidirectional: false,
+                bias: true,
+                ragged: true,
+                init_state,
+                layout: lstmrs_core::Layout::TimeMajor,
+                shape,
+            };
+            let seed = 23_000 + k as u64;
+            check_forward::<f64>(&case, seed, &eval_opts());
+            check_forward::<f32>(&case, seed, &eval_opts());
+            check_backward::<f64>(&case, seed, &eval_opts());
+            check_backward::<f32>(&case, seed, &eval_opts());
+        }
+    }
+}

@@ -1,7 +1,8 @@
-//! Golden values from PyTorch: the reference and the fast path agree with `torch.nn.LSTM` and
-//! `torch.nn.GRU` (2 layers, bidirectional, packed ragged batch, given initial states), forward
-//! and backward. To keep the file short, each tensor is compared through a weighted checksum
-//! `chk(t) = sum_k t.flat[k] * cos(0.17k + 0.2)`, which a wrong element would change.
+//! Golden values from PyTorch: the reference and the fast path agree with `torch.nn.LSTM` (also
+//! with `proj_size`) and `torch.nn.GRU` (2 layers, bidirectional, packed ragged batch, given
+//! initial states), forward and backward. To keep the file short, each tensor is compared
+//! through a weighted checksum `chk(t) = sum_k t.flat[k] * cos(0.17k + 0.2)`, which a wrong
+//! element would change.
 //!
 //! Produced with torch 2.x (CPU, float64) by:
 //! ```python
@@ -30,6 +31,19 @@
 //!     vals = [out, hn] + ([cn] if cn is not None else [])
 //!     grads = [x.grad, h0.grad] + ([c0.grad] if cn is not None else []) + [p.grad for p in rnn.parameters()]
 //!     print(cls.__name__, [repr(chk(v.detach())) for v in vals], [repr(chk(g)) for g in grads])
+//! ```
+//!
+//! The projected LSTM (`proj_size`): the same with `H = 5`, `P = 2`, `h0` of shape
+//! `[2 * L, B, P]` and `c0` of `[2 * L, B, H]` (`weight_hr` follows `bias_hh` in the order):
+//! ```python
+//! I, H, P = 3, 5, 2
+//! rnn = torch.nn.LSTM(I, H, L, batch_first=True, bidirectional=True, proj_size=P)
+//! flat = fill(sum(p.numel() for p in rnn.parameters()), lambda k: 0.5 * math.sin(0.7 * k + 0.3))
+//! torch.nn.utils.vector_to_parameters(flat, rnn.parameters())
+//! x = fill(B * T * I, lambda k: 0.9 * math.cos(0.37 * k + 0.1)).view(B, T, I).requires_grad_()
+//! h0 = fill(2 * L * B * P, lambda k: 0.5 * math.sin(0.23 * k - 0.4)).view(2 * L, B, P).requires_grad_()
+//! c0 = fill(2 * L * B * H, lambda k: 0.8 * math.cos(0.41 * k + 0.2)).view(2 * L, B, H).requires_grad_()
+//! # ... then packed, out, hn, cn, loss and the printed checksums exactly as above.
 //! ```
 
 mod common;
@@ -71,6 +85,34 @@ const LSTM_GRADS: [f64; 19] = [
     -0.4051429743823596,
     -0.4051429743823595,
 ];
+const PROJ_H: usize = 5;
+const PROJ_P: usize = 2;
+const PROJ_VALUES: [f64; 3] = [0.3619828255422068, 0.10061214835996597, -0.8906294115938781];
+const PROJ_GRADS: [f64; 23] = [
+    0.14473816398128894,
+    0.09912566078413487,
+    1.555841460744545,
+    -2.961615243616588,
+    0.1097528883719644,
+    0.46152191960110833,
+    0.4615219196011083,
+    -1.4831190045599667,
+    0.27956073234888795,
+    0.20341208199109745,
+    -0.7825472277950253,
+    -0.7825472277950253,
+    -0.08857349970731027,
+    -0.17433151215702902,
+    0.20842128307504526,
+    -0.47711852695979984,
+    -0.47711852695979995,
+    0.5254373743100746,
+    0.2918673661006641,
+    0.34038291537090143,
+    0.8600666246899823,
+    0.8600666246899823,
+    2.306119771332478,
+];
 const GRU_VALUES: [f64; 2] = [3.564836315190194, 4.801470342639046];
 const GRU_GRADS: [f64; 18] = [
     1.6882245616314775,
@@ -105,14 +147,17 @@ fn chk<T: Scalar>(t: &[T]) -> f64 {
 }
 
 /// Checksums of the forward values and of the gradients, from the fast path and the reference.
-fn checksums<T: Scalar>(cell: CellKind) -> [(Vec<f64>, Vec<f64>); 2] {
-    let cfg = RnnConfig::new(cell, I, H, L, true, true).expect("config");
+fn checksums<T: Scalar>(cell: CellKind, h: usize, proj: usize) -> [(Vec<f64>, Vec<f64>); 2] {
+    let cfg = RnnConfig::new(cell, I, h, L, true, true)
+        .and_then(|c| c.with_proj_size(proj))
+        .expect("config");
     let n = RnnParams::<T>::zeros(cfg).len();
     let params = RnnParams::from_flat(cfg, fill(n, |k| 0.5 * (0.7 * k + 0.3).sin())).expect("p");
     let input = fill(B * T * I, |k| 0.9 * (0.37 * k + 0.1).cos());
-    let state = 2 * L * B * H;
+    // `h` has `S` features (`P` with projections), `c` has `H`.
+    let (state, cells) = (2 * L * B * cfg.state_size(), 2 * L * B * h);
     let h0 = fill(state, |k| 0.5 * (0.23 * k - 0.4).sin());
-    let c0: Vec<T> = fill(state, |k| 0.8 * (0.41 * k + 0.2).cos());
+    let c0: Vec<T> = fill(cells, |k| 0.8 * (0.41 * k + 0.2).cos());
     let lstm = cell == CellKind::Lstm;
     let x = Batch {
         input: &input,
@@ -123,9 +168,9 @@ fn checksums<T: Scalar>(cell: CellKind) -> [(Vec<f64>, Vec<f64>); 2] {
         c0: lstm.then_some(&c0[..]),
         lengths: Some(&LENGTHS),
     };
-    let d_out = fill(B * T * 2 * H, |k| (0.13 * k + 0.5).sin());
+    let d_out = fill(B * T * cfg.output_size(), |k| (0.13 * k + 0.5).sin());
     let d_h = fill(state, |k| (0.29 * k).cos());
-    let d_c: Vec<T> = fill(state, |k| (0.31 * k + 1.0).sin());
+    let d_c: Vec<T> = fill(cells, |k| (0.31 * k + 1.0).sin());
     let g = GradOutputs {
         output: Some(&d_out),
         h_n: Some(&d_h),
@@ -149,16 +194,35 @@ fn checksums<T: Scalar>(cell: CellKind) -> [(Vec<f64>, Vec<f64>); 2] {
 }
 
 #[test]
-fn lstm_and_gru_match_pytorch() {
-    for (cell, values, grads) in [
-        (CellKind::Lstm, &LSTM_VALUES[..], &LSTM_GRADS[..]),
-        (CellKind::Gru, &GRU_VALUES[..], &GRU_GRADS[..]),
+fn lstm_gru_and_projected_lstm_match_pytorch() {
+    assert_eq!(
+        PROJ_GRADS.len(),
+        3 + 4 * 5,
+        "d_x, d_h0, d_c0, then 5 tensors per layer-dir"
+    );
+    for (cell, h, proj, values, grads) in [
+        (CellKind::Lstm, H, 0, &LSTM_VALUES[..], &LSTM_GRADS[..]),
+        (CellKind::Gru, H, 0, &GRU_VALUES[..], &GRU_GRADS[..]),
+        (
+            CellKind::Lstm,
+            PROJ_H,
+            PROJ_P,
+            &PROJ_VALUES[..],
+            &PROJ_GRADS[..],
+        ),
     ] {
-        for (who, (v, g)) in ["fast", "reference"].iter().zip(checksums::<f64>(cell)) {
+        let cell = (cell, proj);
+        for (who, (v, g)) in ["fast", "reference"]
+            .iter()
+            .zip(checksums::<f64>(cell.0, h, proj))
+        {
             assert_close("values", &v, values, 1e-12, 1e-12, &(cell, who, "f64"));
             assert_close("gradients", &g, grads, 1e-12, 1e-12, &(cell, who, "f64"));
         }
-        for (who, (v, g)) in ["fast", "reference"].iter().zip(checksums::<f32>(cell)) {
+        for (who, (v, g)) in ["fast", "reference"]
+            .iter()
+            .zip(checksums::<f32>(cell.0, h, proj))
+        {
             assert_close("values", &v, values, 1e-5, 1e-5, &(cell, who, "f32"));
             assert_close("gradients", &g, grads, 1e-5, 1e-5, &(cell, who, "f32"));
         }

@@ -101,6 +101,7 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
         other => CellKind::parse(other.as_str().unwrap_or("")),
     }
     .map_err(|e| core_error(py, e))?;
+    let proj_size = uint("proj_size", v.get("proj_size").unwrap_or(&Value::from(0)))?;
     let rnn = RnnConfig::new(
         cell,
         width,
@@ -109,6 +110,7 @@ fn parse_config(py: Python<'_>, json: &str) -> PyResult<ModelConfig> {
         boolean("bidirectional", false)?,
         boolean("bias", true)?,
     )
+    .and_then(|c| c.with_proj_size(proj_size))
     .map_err(|e| core_error(py, e))?;
     let pooling = match v.get("pooling").and_then(Value::as_str).unwrap_or("last") {
         "per_step" => Pooling::PerStep,
@@ -354,9 +356,11 @@ enum XArr<'py, T: Float> {
 }
 
 impl ModelCore {
-    fn state_shape(&self, b: usize) -> [usize; 3] {
+    /// `[L*D, B, S]` for `h` (`S`: `proj_size` when set), `[L*D, B, H]` for `c` (`cell`).
+    fn state_shape(&self, b: usize, cell: bool) -> [usize; 3] {
         let r = &self.config.rnn;
-        [r.num_layers * r.num_directions(), b, r.hidden_size]
+        let size = if cell { r.hidden_size } else { r.state_size() };
+        [r.num_layers * r.num_directions(), b, size]
     }
 
     /// Reads `x` as the model's input kind; returns it with `(B, T)`.
@@ -422,7 +426,7 @@ impl ModelCore {
             ));
         }
         let a = readonly::<T>(arg, v)?;
-        check_shape(v.py(), arg, a.shape(), &self.state_shape(b))?;
+        check_shape(v.py(), arg, a.shape(), &self.state_shape(b, arg == "c0"))?;
         Ok(Some(a))
     }
 
@@ -441,10 +445,10 @@ impl ModelCore {
         h_n: Vec<T>,
         c_n: Option<Vec<T>>,
     ) -> PyResult<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
-        let shape = self.state_shape(b);
         Ok((
-            to_array(py, h_n, &shape)?,
-            c_n.map(|c| to_array(py, c, &shape)).transpose()?,
+            to_array(py, h_n, &self.state_shape(b, false))?,
+            c_n.map(|c| to_array(py, c, &self.state_shape(b, true)))
+                .transpose()?,
         ))
     }
 
@@ -1396,20 +1400,18 @@ impl StepperCore {
         }
     }
 
-    /// `(h [L, B, H], c [L, B, H] | None)`.
+    /// `(h [L, B, S], c [L, B, H] | None)`; `S` is `proj_size` when the LSTM projects.
     fn get_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let mc = self.model.get();
-        let shape = [
-            mc.config.rnn.num_layers,
-            self.batch,
-            mc.config.rnn.hidden_size,
-        ];
+        let r = &mc.config.rnn;
+        let shape = [r.num_layers, self.batch, r.state_size()];
+        let c_shape = [r.num_layers, self.batch, r.hidden_size];
         let lstm = mc.config.rnn.cell.has_cell_state();
         let mut s = self.inner.lock();
         by_dtype!(mc.dtype, T => {
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;
             let h = to_array(py, s.h().to_vec(), &shape)?;
-            let c = if lstm { Some(to_array(py, s.c().to_vec(), &shape)?) } else { None };
+            let c = if lstm { Some(to_array(py, s.c().to_vec(), &c_shape)?) } else { None };
             PyTuple::new(py, [Some(h), c])
         })
     }
@@ -1418,17 +1420,15 @@ impl StepperCore {
     fn set_state(&self, h: &Bound<'_, PyAny>, c: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = h.py();
         let mc = self.model.get();
-        let shape = [
-            mc.config.rnn.num_layers,
-            self.batch,
-            mc.config.rnn.hidden_size,
-        ];
+        let r = &mc.config.rnn;
+        let shape = [r.num_layers, self.batch, r.state_size()];
+        let c_shape = [r.num_layers, self.batch, r.hidden_size];
         by_dtype!(mc.dtype, T => {
             let ha = readonly::<T>("h", h)?;
             check_shape(py, "h", ha.shape(), &shape)?;
             let ca = c.map(|c| readonly::<T>("c", c)).transpose()?;
             if let Some(a) = &ca {
-                check_shape(py, "c", a.shape(), &shape)?;
+                check_shape(py, "c", a.shape(), &c_shape)?;
             }
             let mut s = self.inner.lock();
             let s = T::stepper(&mut s).ok_or_else(|| bad(py, MISMATCH))?;

@@ -278,7 +278,14 @@ impl RnnCore {
         self.state.write()
     }
 
+    /// `[L*D, B, S]`: `h0`, `h_n` (`S` is `proj_size` when the LSTM projects, else `H`).
     fn state_shape(&self, batch: usize) -> [usize; 3] {
+        let c = &self.config;
+        [c.num_layers * c.num_directions(), batch, c.state_size()]
+    }
+
+    /// `[L*D, B, H]`: `c0`, `c_n`.
+    fn cell_state_shape(&self, batch: usize) -> [usize; 3] {
         let c = &self.config;
         [c.num_layers * c.num_directions(), batch, c.hidden_size]
     }
@@ -393,7 +400,7 @@ impl RnnCore {
         } else {
             (xs[1], xs[0])
         };
-        let state = self.state_shape(b);
+        let (state, cell_state) = (self.state_shape(b), self.cell_state_shape(b));
 
         let h0a = h0.map(|a| readonly::<T>("h0", a)).transpose()?;
         if let Some(a) = &h0a {
@@ -411,7 +418,7 @@ impl RnnCore {
         }
         let c0a = c0.map(|a| readonly::<T>("c0", a)).transpose()?;
         if let Some(a) = &c0a {
-            check_shape(py, "c0", a.shape(), &state)?;
+            check_shape(py, "c0", a.shape(), &cell_state)?;
         }
         let lengths = lengths.map(|l| read_lengths(l, b, t)).transpose()?;
 
@@ -452,7 +459,7 @@ impl RnnCore {
         };
         let output = to_array(py, out.output, &out_shape)?;
         let h_n = to_array(py, out.h_n, &state)?;
-        let c_n = out.c_n.map(|c| to_array(py, c, &state)).transpose()?;
+        let c_n = out.c_n.map(|c| to_array(py, c, &cell_state)).transpose()?;
         let tape = tape.map(|data| Tape {
             data,
             owner: self.id,
@@ -500,7 +507,7 @@ impl RnnCore {
         } else {
             [t, b, cfg.input_size]
         };
-        let state = self.state_shape(b);
+        let (state, cell_state) = (self.state_shape(b), self.cell_state_shape(b));
 
         let d_out_a = d_out.map(|a| readonly::<T>("d_out", a)).transpose()?;
         if let Some(a) = &d_out_a {
@@ -522,7 +529,7 @@ impl RnnCore {
         }
         let d_c_a = d_c_n.map(|a| readonly::<T>("d_c_n", a)).transpose()?;
         if let Some(a) = &d_c_a {
-            check_shape(py, "d_c_n", a.shape(), &state)?;
+            check_shape(py, "d_c_n", a.shape(), &cell_state)?;
         }
         let grads = GradOutputs {
             output: d_out_a.as_ref().map(|a| slice("d_out", a)).transpose()?,
@@ -561,7 +568,7 @@ impl RnnCore {
             to_array(py, g.params, &[n])?,
             to_array(py, g.input, &in_shape)?,
             to_array(py, g.h0, &state)?,
-            g.c0.map(|c| to_array(py, c, &state)).transpose()?,
+            g.c0.map(|c| to_array(py, c, &cell_state)).transpose()?,
         ))
     }
 }
@@ -631,6 +638,9 @@ fn parse_dtype(py: Python<'_>, dtype: &str) -> PyResult<DType> {
 #[pymethods]
 impl RnnCore {
     #[new]
+    #[pyo3(signature = (
+        cell, input_size, hidden_size, num_layers, bias, bidirectional, dtype, seed, proj_size=0
+    ))]
     fn new(
         py: Python<'_>,
         cell: &str,
@@ -641,6 +651,7 @@ impl RnnCore {
         bidirectional: bool,
         dtype: &str,
         seed: u64,
+        proj_size: usize,
     ) -> PyResult<Self> {
         let kind = CellKind::parse(cell).map_err(|e| core_error(py, e))?;
         let dtype = parse_dtype(py, dtype)?;
@@ -652,6 +663,7 @@ impl RnnCore {
             bidirectional,
             bias,
         )
+        .and_then(|c| c.with_proj_size(proj_size))
         .map_err(|e| core_error(py, e))?;
         let r = py.detach(|| {
             guarded(|| match dtype {
@@ -693,6 +705,12 @@ impl RnnCore {
     #[getter]
     fn num_layers(&self) -> usize {
         self.config.num_layers
+    }
+
+    /// Features of the projected hidden state; 0 without projections.
+    #[getter]
+    fn proj_size(&self) -> usize {
+        self.config.proj_size
     }
 
     #[getter]
@@ -824,13 +842,14 @@ impl RnnCore {
         let c = &self.config;
         format!(
             "RnnCore(cell={:?}, input_size={}, hidden_size={}, num_layers={}, bias={}, \
-             bidirectional={}, dtype={:?})",
+             bidirectional={}, proj_size={}, dtype={:?})",
             c.cell.name(),
             c.input_size,
             c.hidden_size,
             c.num_layers,
             c.bias,
             c.bidirectional,
+            c.proj_size,
             dtype_name(self.dtype)
         )
     }

@@ -31,7 +31,7 @@ pub fn backward<'p, T: Scalar + Pod>(
         tape.batch,
         grads,
     )?;
-    super::check_supported::<T>(cfg.cell)?;
+    super::check_supported::<T>(&cfg)?;
     let g = gpu()?;
     g.scoped(|| run(g, params.as_slice(), tape, grads))
 }

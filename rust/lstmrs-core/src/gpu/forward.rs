@@ -59,7 +59,7 @@ pub fn forward<'p, T: Scalar + Pod>(
     let params = params.into();
     let cfg = *params.config();
     validate_forward(&cfg, x, opts)?;
-    super::check_supported::<T>(cfg.cell)?;
+    super::check_supported::<T>(&cfg)?;
     // The host buffers of a GPU pass (inputs, outputs, the tape's downloads) are those of a CPU
     // pass: the same ceiling applies before anything is uploaded.
     crate::memory::check(

@@ -32,7 +32,7 @@ pub use context::GpuInfo;
 pub use forward::{forward, GpuForward, GpuTape};
 pub use probe::{probe, GpuProbe};
 
-use crate::config::CellKind;
+use crate::config::{CellKind, RnnConfig};
 use crate::error::{GpuFailure, Result};
 use crate::scalar::{DType, Scalar};
 use context::gpu_error;
@@ -45,7 +45,18 @@ pub fn gpu_available() -> Result<GpuInfo> {
 }
 
 /// Rejects what the kernels do not implement, before any device work.
-pub(crate) fn check_supported<T: Scalar>(cell: CellKind) -> Result<()> {
+pub(crate) fn check_supported<T: Scalar>(cfg: &RnnConfig) -> Result<()> {
+    let cell = cfg.cell;
+    if cfg.proj_size > 0 {
+        return Err(gpu_error(
+            GpuFailure::Unsupported,
+            format!(
+                "proj_size={}: the GPU kernels implement the LSTM without projections \
+                 (proj_size=0); run a projected LSTM on the CPU",
+                cfg.proj_size
+            ),
+        ));
+    }
     if T::DTYPE != DType::F32 {
         return Err(gpu_error(
             GpuFailure::Unsupported,

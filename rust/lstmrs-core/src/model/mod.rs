@@ -106,7 +106,7 @@ impl ModelConfig {
             InputKind::Dense { .. } => Some(0),
         };
         memory::check("embedding", embedding)?;
-        let p = (self.rnn.hidden_size as u128).checked_mul(self.rnn.num_directions() as u128);
+        let p = (self.rnn.state_size() as u128).checked_mul(self.rnn.num_directions() as u128);
         let attention = match self.pooling {
             Pooling::Attention { units } => p
                 .and_then(|p| p.checked_add(2))
@@ -350,7 +350,7 @@ impl<T: Scalar> Model<T> {
         device::check(device, &self.config.regularization)?;
         #[cfg(feature = "gpu")]
         if device == Device::Gpu {
-            crate::gpu::check_supported::<T>(self.config.rnn.cell)?;
+            crate::gpu::check_supported::<T>(&self.config.rnn)?;
             crate::gpu::gpu_available()?;
         }
         self.device = device;
@@ -543,10 +543,10 @@ impl<T: Scalar> Model<T> {
         Ok((output, tape))
     }
 
-    /// Top layer's final states, directions side by side: `[B, D*H]`.
+    /// Top layer's final states, directions side by side: `[B, D*S]` (`S`: `h`'s size).
     fn last_rows(&self, h_n: &[T], b: usize) -> Vec<T> {
         let (h, nd, top) = (
-            self.config.rnn.hidden_size,
+            self.config.rnn.state_size(),
             self.config.rnn.num_directions(),
             self.config.rnn.num_layers - 1,
         );
@@ -669,7 +669,7 @@ impl<T: Scalar> Model<T> {
             }
             Pooling::Last => {
                 let (h, nd, top) = (
-                    cfg.rnn.hidden_size,
+                    cfg.rnn.state_size(),
                     cfg.rnn.num_directions(),
                     cfg.rnn.num_layers - 1,
                 );

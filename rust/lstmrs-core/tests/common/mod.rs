@@ -42,16 +42,42 @@ pub struct Shape {
     pub hidden: usize,
     pub batch: usize,
     pub steps: usize,
+    /// `proj_size` of the LSTM (0: none).
+    pub proj: usize,
 }
 
 pub const fn shape(input: usize, hidden: usize, batch: usize, steps: usize) -> Shape {
+    proj_shape(input, hidden, proj_none(), batch, steps)
+}
+
+const fn proj_none() -> usize {
+    0
+}
+
+/// A shape whose LSTM projects its hidden state to `proj` features (PyTorch's `proj_size`).
+pub const fn proj_shape(
+    input: usize,
+    hidden: usize,
+    proj: usize,
+    batch: usize,
+    steps: usize,
+) -> Shape {
     Shape {
         input,
         hidden,
         batch,
         steps,
+        proj,
     }
 }
+
+/// Projected LSTM shapes: `P = 1`, `P` below and above one SIMD block, `H` odd, `T = B = 1`.
+pub const PROJ_SHAPES: &[Shape] = &[
+    proj_shape(3, 5, 2, 4, 6),
+    proj_shape(1, 2, 1, 1, 1),
+    proj_shape(4, 33, 7, 3, 5),
+    proj_shape(2, 20, 19, 5, 7),
+];
 
 /// Small and odd sizes: `H = 1, 5, 33`, `B = 1`, `T = 1` and ordinary ones.
 pub const SHAPES: &[Shape] = &[
@@ -149,10 +175,20 @@ impl Case {
             self.bidirectional,
             self.bias,
         )
+        .and_then(|c| c.with_proj_size(self.shape.proj))
         .expect("valid sizes")
     }
 
+    /// Elements of `h0`/`h_n`: `[L*D, B, S]` (`S` is `proj_size` when there is one).
     pub fn state_len(&self) -> usize {
+        self.config().num_layers
+            * self.config().num_directions()
+            * self.shape.batch
+            * self.config().state_size()
+    }
+
+    /// Elements of `c0`/`c_n`: `[L*D, B, H]`.
+    pub fn cell_state_len(&self) -> usize {
         self.config().num_layers
             * self.config().num_directions()
             * self.shape.batch
@@ -174,14 +210,15 @@ impl Case {
         let input = rng.vec(s.batch * s.steps * s.input, -1.0, 1.0);
         let state = self.state_len();
         let lstm = self.cell == CellKind::Lstm;
+        let cells = self.cell_state_len();
         let h0 = self.init_state.then(|| rng.vec(state, -0.8, 0.8));
-        let c0 = (self.init_state && lstm).then(|| rng.vec(state, -1.5, 1.5));
+        let c0 = (self.init_state && lstm).then(|| rng.vec(cells, -1.5, 1.5));
         let lengths = self
             .ragged
             .then(|| ragged_lengths(&mut rng, s.batch, s.steps));
         let d_output = rng.vec(s.batch * s.steps * cfg.output_size(), -1.0, 1.0);
         let d_h_n = rng.vec(state, -1.0, 1.0);
-        let d_c_n = lstm.then(|| rng.vec(state, -1.0, 1.0));
+        let d_c_n = lstm.then(|| rng.vec(cells, -1.0, 1.0));
         Data {
             case: *self,
             params,
