@@ -502,6 +502,7 @@ class _Search:
     deadline: float | None = None
     fatal: BaseException | None = None
     last_trial: int | None = None
+    pop_lock: _PopLock | None = None
 
     def trial_config(self, params: dict[str, Any], number: int) -> dict:
         cfg = C.apply_layer(
@@ -512,6 +513,8 @@ class _Search:
 
     def objective(self, trial) -> float:
         optuna = _optuna()
+        if self.pop_lock is not None:
+            self.pop_lock.release()  # the trial is ours: other workers may take the next
         self.last_trial = trial.number
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = sample(self.settings, trial, self.base)
@@ -706,6 +709,37 @@ def _trial_line(study, number: int, metric: str) -> str:
     return f"trial {number}: {what}  [{seconds:.1f}s]  {params}"
 
 
+class _PopLock:
+    """Workers on one machine sharing a SQLite study take turns from just before a trial is
+    started until its objective runs: SQLite has no row locks, so two workers could otherwise
+    both take the same queued trial (the config's own values, or a retried one) and one of them
+    would find it finished under it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = None
+
+    def acquire(self) -> None:
+        import fcntl  # POSIX only: see _pop_lock
+
+        self._file = open(self.path, "a")  # noqa: SIM115 - held across optimize(), closed in release()
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def _pop_lock(search: _Search) -> _PopLock | None:
+    """A :class:`_PopLock` beside a SQLite study file (None for a database server, which locks
+    the rows itself, or where ``fcntl`` does not exist)."""
+    prefix = "sqlite:///"
+    if not search.storage_url.startswith(prefix) or os.name != "posix":
+        return None
+    return _PopLock(search.storage_url[len(prefix) :] + ".pop-lock")
+
+
 def _work(search: _Search, study, say) -> None:
     """Runs trials until the study's budget is spent: ``trials`` finished trials in the study
     (all workers together) or this worker's ``timeout``."""
@@ -728,7 +762,14 @@ def _work(search: _Search, study, say) -> None:
             time.sleep(min(2.0, s.heartbeat_interval))
             continue
         search.last_trial = None
-        study.optimize(search.objective, n_trials=1, catch=(LstmrsError,), gc_after_trial=False)
+        search.pop_lock = _pop_lock(search)
+        if search.pop_lock is not None:
+            search.pop_lock.acquire()
+        try:
+            study.optimize(search.objective, n_trials=1, catch=(LstmrsError,), gc_after_trial=False)
+        finally:
+            if search.pop_lock is not None:
+                search.pop_lock.release()
         if search.fatal is not None:
             raise search.fatal
         if search.last_trial is None:
