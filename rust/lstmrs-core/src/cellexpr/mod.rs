@@ -32,6 +32,7 @@ mod parse;
 mod program;
 
 pub use crate::gates::Active;
+pub use graph::{DIV_EPS, LOG_FLOOR};
 pub use parse::{
     is_name, BinaryOp, CellDesc, CellSpec, Expr, NodeDesc, ParamInit, UnaryOp, UnitParam,
     MAX_GATES, MAX_NAME_LEN, MAX_NODES, MAX_PARAMS, MAX_STATES,
@@ -138,6 +139,12 @@ fn build_graph(spec: &CellSpec) -> (Graph, Vec<NodeId>) {
                     UnaryOp::Tanh => g.unary(Un::Tanh, a),
                     UnaryOp::Relu => g.unary(Un::Relu, a),
                     UnaryOp::Square => g.unary(Un::Square, a),
+                    UnaryOp::Exp => g.unary(Un::Exp, a),
+                    UnaryOp::Log => g.unary(Un::Log, a),
+                    UnaryOp::Sqrt => g.unary(Un::Sqrt, a),
+                    UnaryOp::Softplus => g.unary(Un::Softplus, a),
+                    UnaryOp::Sum => g.unary(Un::Sum, a),
+                    UnaryOp::Mean => g.unary(Un::Mean, a),
                 }
             }
             Expr::Binary(op, a, b) => {
@@ -146,6 +153,9 @@ fn build_graph(spec: &CellSpec) -> (Graph, Vec<NodeId>) {
                     BinaryOp::Add => g.add(a, b),
                     BinaryOp::Sub => g.binary(graph::Bin::Sub, a, b),
                     BinaryOp::Mul => g.mul(a, b),
+                    BinaryOp::Div => g.binary(graph::Bin::Div, a, b),
+                    BinaryOp::Max => g.binary(graph::Bin::Max, a, b),
+                    BinaryOp::Min => g.binary(graph::Bin::Min, a, b),
                 }
             }
         };
