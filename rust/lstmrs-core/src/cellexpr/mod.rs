@@ -308,6 +308,23 @@ impl CompiledCell {
         &self.spec
     }
 
+    /// Names of the row reductions the cell's description uses (`"mean"`, `"sum"`), each once:
+    /// the ops that couple the units of a row.
+    pub fn reductions(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for e in &self.spec.nodes {
+            let name = match e {
+                Expr::Unary(UnaryOp::Mean, _) => "mean",
+                Expr::Unary(UnaryOp::Sum, _) => "sum",
+                _ => continue,
+            };
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// Floats saved per unit per step for the backward pass (the tape width `K`): a step's tape
     /// is `[B, K*H]`.
     pub fn tape_width(&self) -> usize {
