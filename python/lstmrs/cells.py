@@ -637,6 +637,36 @@ class Cell:
         self._params.setdefault(name, p)
         return self._node("param", (), name)
 
+    def gate_params(
+        self, name: str, n: int, init: Any = "uniform", value: float = 1.0
+    ) -> tuple[Expr, ...]:
+        """``n`` per-unit vectors ``[H]`` for ``n`` gates (a per-gate ``[n, H]`` parameter),
+        named ``{name}_0`` .. ``{name}_{n-1}``, with one init rule."""
+        n = _int_field(f"gate_params {name!r}: n", n, 1)
+        return tuple(self.unit_param(f"{name}_{k}", init, value) for k in range(n))
+
+    def low_rank(
+        self, name: str, x: Expr, rank: int, init: Any = "uniform", value: float = 1.0
+    ) -> Expr:
+        """``U V^T x`` for trained low-rank factors ``U, V`` ``[H, rank]`` applied to the row
+        ``x`` (a state, usually): ``sum_k u_k * row_sum(v_k * x)``, with the columns as unit
+        params ``{name}_u{k}``, ``{name}_v{k}``. A rank-``r`` recurrent matrix at ``O(r H)`` per
+        row and step; the row sums couple the units as a matrix product does."""
+        rank = _int_field(f"low_rank {name!r}: rank", rank, 1)
+        if not isinstance(x, Expr) or x._cell is not self:
+            raise InvalidArgumentError(
+                f"low_rank {name!r}: x must be an expression of this cell, got {type(x).__name__}"
+            )
+        terms = [
+            self.unit_param(f"{name}_u{k}", init, value)
+            * _unary("sum", self.unit_param(f"{name}_v{k}", init, value) * x)
+            for k in range(rank)
+        ]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
+
     def const(self, value: float) -> Expr:
         """A constant; plain Python numbers in expressions become these."""
         return self._node("const", (), _finite("const", value))
