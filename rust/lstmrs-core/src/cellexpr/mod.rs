@@ -12,6 +12,14 @@
 //! `gates`. Each program is a list of row-wide ops (see `program` and `eval`): per row of the
 //! batch, each op is one vectorised loop over the `H` units, so no per-element interpretation.
 //!
+//! Row reductions (`sum`, `mean` over the `H` units, from which the DSL builds variance and layer
+//! normalisation) are the one kind of op that couples units: a reduction op sums its row once
+//! and fills the result back, one pass; the derivative of a reduction is the same reduction of
+//! the adjoint, so the backward couples the row's units with one pass too. Reductions are taped
+//! rather than recomputed. Domains are fixed so that no op gives inf or NaN from finite input:
+//! `log` clamps its argument at [`LOG_FLOOR`], division keeps `|denominator| >= DIV_EPS`, `sqrt`
+//! clamps at 0 (the gradient is 0 where an argument is clamped).
+//!
 //! Tape layout: `[B, K*H]` per step (`K = tape_width()`): row `b` holds `K` consecutive blocks
 //! of `H`; block `k` is the `k`-th saved forward value in the order of the (simplified) DAG.
 //! Saved are the activation outputs the derivative uses and the gate pre-activations it reads
