@@ -26,7 +26,16 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS = {"lstmrs-cells": "lstmrs_cells", "lstmrs-lion": "lstmrs_lion"}
-CELLS = ["cifg_lstm", "elman", "indrnn", "mgu", "peephole_lstm"]
+CELLS = [
+    "cifg_lstm",
+    "decay_rnn",
+    "elman",
+    "indrnn",
+    "ln_lstm",
+    "mgu",
+    "peephole_lstm",
+    "slstm",
+]
 
 
 def _maturin() -> str | None:

@@ -3,9 +3,19 @@
 A cell is a function from a :class:`Cell` builder to the new value of every state. The builder
 hands out the gate pre-activations (``xg[k] = W_ih[k] x + b_ih[k]`` and
 ``hg[k] = W_hh[k] h + b_hh[k]``, bias included), the previous states and per-unit parameters;
-the function combines them with ``+``, ``-``, ``*``, Python numbers and :func:`sigmoid`,
-:func:`tanh`, :func:`relu`, :func:`square`. The matrix products stay in the core's sweep (the
-same GEMM path as LSTM/GRU); only the element-wise part is described here.
+the function combines them with ``+``, ``-``, ``*``, ``/`` (safe division), Python numbers and
+:func:`sigmoid`, :func:`tanh`, :func:`relu`, :func:`square`, :func:`exp`, :func:`log`,
+:func:`sqrt`, :func:`softplus`, :func:`maximum`, :func:`minimum`, and the reductions over a row's
+hidden units :func:`row_sum`, :func:`row_mean`, :func:`row_var` (broadcast back to every unit;
+:func:`layer_norm` is written with them). The matrix products stay in the core's sweep (the
+same GEMM path as LSTM/GRU); only the step's own maths is described here.
+
+Domains and conventions (the Rust kernels, the NumPy reference and the ONNX export agree):
+``log(x)`` is ``ln(max(x, 1e-30))`` (its domain is ``x > 0``; below the floor the gradient is 0);
+``a / b`` divides by ``b`` moved out to ``±1e-12`` when ``|b| < 1e-12`` (gradient with respect
+to ``b`` 0 there), so a division never gives inf or NaN; ``sqrt(x)`` is ``sqrt(max(x, 0))``
+(gradient 0 where ``x <= 0``); at a tie ``maximum(a, b)`` and ``minimum(a, b)`` give the whole
+gradient to ``a``; ``exp`` saturates at ``e^88`` in float32.
 
 >>> from lstmrs.cells import Cell, sigmoid, tanh
 >>> def mgu(c: Cell):
@@ -46,16 +56,43 @@ __all__ = [
     "Expr",
     "UnitParam",
     "UnsupportedOperationError",
+    "exp",
+    "layer_norm",
+    "log",
+    "maximum",
+    "minimum",
     "one_minus",
     "relu",
+    "row_mean",
+    "row_sum",
+    "row_var",
     "sigmoid",
+    "softplus",
+    "sqrt",
     "square",
     "tanh",
 ]
 
 LEAF_OPS = ("xg", "hg", "state", "param", "const")
-UNARY_OPS = ("neg", "one_minus", "sigmoid", "tanh", "relu", "square")
-BINARY_OPS = ("add", "sub", "mul")
+UNARY_OPS = (
+    "neg",
+    "one_minus",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "square",
+    "exp",
+    "log",
+    "sqrt",
+    "softplus",
+    "sum",
+    "mean",
+)
+BINARY_OPS = ("add", "sub", "mul", "div", "max", "min")
+#: ``log`` clamps its argument at this floor (the Rust core's ``cellexpr::LOG_FLOOR``).
+LOG_FLOOR = 1e-30
+#: Safe division keeps ``|denominator| >= DIV_EPS`` (the Rust core's ``cellexpr::DIV_EPS``).
+DIV_EPS = 1e-12
 _COMMUTATIVE = ("add", "mul")
 # The one rule for cell, state and unit-parameter names; it mirrors the Rust core's
 # `cellexpr::is_name` (tests/test_fuzz.py asserts they agree on arbitrary text).
@@ -209,10 +246,11 @@ class Expr:
             return getattr(self, arithmetic)(b)
         return getattr(self, "__r" + arithmetic[2:])(a)
 
-    def __truediv__(self, other: Any):
-        raise self._unsupported("division (/)", f"; write {_INSTEAD['true_divide']} instead")
+    def __truediv__(self, other: Any) -> Expr:
+        return self._cell._node("div", (self, self._operand(other, "/")))
 
-    __rtruediv__ = __truediv__
+    def __rtruediv__(self, other: Any) -> Expr:
+        return self._cell._node("div", (self._operand(other, "/"), self))
 
     def __floordiv__(self, other: Any):
         raise self._unsupported("floor division (//)")
@@ -228,7 +266,7 @@ class Expr:
         raise self._unsupported("power (**)", "; write square(x) or x * x instead")
 
     def __rpow__(self, other: Any):
-        raise self._unsupported("power (**)", f"; write {_INSTEAD['exp']} instead")
+        raise self._unsupported("power (**)", "; write exp(x * math.log(base)) instead")
 
     def __matmul__(self, other: Any):
         raise self._unsupported("matrix product (@)", "; the matrix products are x_gates / h_gates")
@@ -278,51 +316,55 @@ class Expr:
         raise self._unsupported(
             "float(), which math.exp, math.tanh, math.log and every math function call first,",
             "; an expression has no value until the cell runs: write the lstmrs.cells "
-            "functions instead (tanh(x) for math.tanh(x), sigmoid(x) for 1 / (1 + math.exp(-x))"
-            ", square(x) for math.pow(x, 2))",
+            "functions instead (tanh(x) for math.tanh(x), exp(x) for math.exp(x), log(x) for "
+            "math.log(x), sqrt(x) for math.sqrt(x), square(x) for math.pow(x, 2))",
         )
 
     def __index__(self):
         raise self._unsupported("int()", "; an expression has no value until the cell runs")
 
 
-_LANGUAGE = "+, -, *, unary -, 1 - x, sigmoid, tanh, relu, square"
+_LANGUAGE = (
+    "+, -, *, / (safe division), unary -, 1 - x, sigmoid, tanh, relu, square, exp, log, sqrt, "
+    "softplus, maximum, minimum, row_sum, row_mean, row_var"
+)
 #: NumPy ufuncs that are the language's own arithmetic, and the Expr method each one is.
 _UFUNC_ARITHMETIC = {
     "add": "__add__",
     "subtract": "__sub__",
     "multiply": "__mul__",
+    "true_divide": "__truediv__",
+    "divide": "__truediv__",
     "negative": "__neg__",
     "positive": "__pos__",
 }
 #: What to write instead of an operation the language lacks (keyed by NumPy ufunc name).
 _INSTEAD = {
-    "exp": "sigmoid(x) for a gate or tanh(x) for a candidate (exp is unbounded, so absent)",
+    "exp": "lstmrs.cells.exp(x)",
     "tanh": "lstmrs.cells.tanh(x)",
     "square": "lstmrs.cells.square(x)",
-    "maximum": "relu(a - b) + b",
-    "minimum": "a - relu(a - b)",
-    "absolute": "relu(x) + relu(-x)",
-    "true_divide": "a multiplication by a constant (x * 0.5)",
-    "sqrt": "a gate (sigmoid) or a constant scale: the language has no roots",
-    "log": "tanh or sigmoid of the projection: the language has no logarithm",
+    "maximum": "lstmrs.cells.maximum(a, b)",
+    "minimum": "lstmrs.cells.minimum(a, b)",
+    "absolute": "maximum(x, -x)",
+    "sqrt": "lstmrs.cells.sqrt(x)",
+    "log": "lstmrs.cells.log(x)",
+    "exp2": "exp(x * math.log(2))",
+    "expm1": "exp(x) - 1",
+    "power": "square(x) or exp(p * log(x))",
+    "reciprocal": "1 / x",
+    "floor_divide": "a / b (the language has no rounding)",
+    "log1p": "log(1 + x), or softplus(x) for log(1 + exp(x))",
+    "logaddexp": "maximum(a, b) + softplus(-|a - b|), or softplus(x) for log(1 + exp(x))",
 }
 for _alias, _of in (
-    ("exp2", "exp"),
-    ("expm1", "exp"),
-    ("power", "square"),
-    ("float_power", "square"),
+    ("float_power", "power"),
     ("fmax", "maximum"),
     ("fmin", "minimum"),
     ("fabs", "absolute"),
-    ("divide", "true_divide"),
-    ("reciprocal", "true_divide"),
-    ("floor_divide", "true_divide"),
-    ("log1p", "log"),
-    ("log2", "log"),
-    ("log10", "log"),
 ):
     _INSTEAD[_alias] = _INSTEAD[_of]
+_INSTEAD["log2"] = "log(x) / math.log(2)"
+_INSTEAD["log10"] = "log(x) / math.log(10)"
 
 
 def _unary(op: str, x: Any) -> Expr:
@@ -357,6 +399,102 @@ def square(x: Expr) -> Expr:
 def one_minus(x: Expr) -> Expr:
     """``1 - x`` (what ``1 - x`` gives too)."""
     return _unary("one_minus", x)
+
+
+def exp(x: Expr) -> Expr:
+    """``e^x`` (float32 kernels saturate at ``e^88`` rather than overflow to inf)."""
+    return _unary("exp", x)
+
+
+def log(x: Expr) -> Expr:
+    """Natural logarithm of a positive argument: ``ln(max(x, 1e-30))``. The domain is
+    ``x > 0``; arguments below the floor are clamped (value ``ln(1e-30)``, gradient 0), so a
+    log never gives -inf or NaN. For ``log(1 + exp(x))`` write :func:`softplus`."""
+    return _unary("log", x)
+
+
+def sqrt(x: Expr) -> Expr:
+    """``sqrt(max(x, 0))`` (gradient ``1 / (2 sqrt(x))``, 0 where ``x <= 0``)."""
+    return _unary("sqrt", x)
+
+
+def softplus(x: Expr) -> Expr:
+    """``ln(1 + e^x)`` computed without overflow; its derivative is ``sigmoid(x)``. Also
+    ``log(sigmoid(x)) == -softplus(-x)``, the log of a sigmoid gate (sLSTM)."""
+    return _unary("softplus", x)
+
+
+def _binary(op: str, a: Any, b: Any) -> Expr:
+    e = a if isinstance(a, Expr) else b if isinstance(b, Expr) else None
+    if e is None:
+        raise UnsupportedOperationError(
+            f"{op}: expected at least one expression from a Cell builder, got "
+            f"{type(a).__name__} and {type(b).__name__}; constants are folded by hand"
+        )
+    return e._cell._node(op, (e._operand(a, op), e._operand(b, op)))
+
+
+def maximum(a: Expr | float, b: Expr | float) -> Expr:
+    """Element-wise ``max(a, b)``. Subgradient: at a tie (``a == b``) the whole gradient goes
+    to ``a``, none to ``b``."""
+    return _binary("max", a, b)
+
+
+def minimum(a: Expr | float, b: Expr | float) -> Expr:
+    """Element-wise ``min(a, b)``; at a tie the whole gradient goes to ``a``."""
+    return _binary("min", a, b)
+
+
+def row_sum(x: Expr) -> Expr:
+    """Sum of ``x`` over the ``H`` hidden units of each batch row, broadcast back to every unit.
+    The kernels compute it once per row and step; its gradient couples the row's units."""
+    return _unary("sum", x)
+
+
+def row_mean(x: Expr) -> Expr:
+    """Mean of ``x`` over the ``H`` hidden units of each row, broadcast back."""
+    return _unary("mean", x)
+
+
+def row_var(x: Expr) -> Expr:
+    """Population variance over the row's units, ``row_mean(square(x - row_mean(x)))`` (as in
+    layer normalisation; the two-pass form, which does not cancel catastrophically)."""
+    return row_mean(square(x - row_mean(x)))
+
+
+def layer_norm(x: Expr, gain: Expr | None = None, bias: Expr | None = None, eps: float = 1e-5):
+    """Layer normalisation over the hidden units (Ba et al. 2016), PyTorch's ``LayerNorm``
+    formula: ``(x - mean) / sqrt(var + eps) * gain + bias`` with the population variance;
+    ``gain`` and ``bias`` are usually unit params (``c.unit_param(..., "constant", 1.0)`` and
+    ``0.0``)."""
+    eps = _finite("layer_norm: eps", eps)
+    if eps <= 0:
+        raise InvalidArgumentError(f"layer_norm: eps must be > 0, got {eps!r}")
+    centred = x - row_mean(x)
+    y = centred / sqrt(row_mean(square(centred)) + eps)
+    if gain is not None:
+        y = y * gain
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _safe_denominator(b: Any) -> Any:
+    b = np.asarray(b, dtype=np.float64)
+    return np.where(np.abs(b) >= DIV_EPS, b, np.where(b < 0, -DIV_EPS, DIV_EPS))
+
+
+#: The NumPy float64 forms of the element-wise ops beyond the first version's (the reference
+#: the Rust kernels are tested against), by op name.
+_REFERENCE_OPS: dict[str, Callable[..., Any]] = {
+    "exp": np.exp,
+    "log": lambda a: np.log(np.maximum(a, LOG_FLOOR)),
+    "sqrt": lambda a: np.sqrt(np.maximum(a, 0.0)),
+    "softplus": lambda a: np.maximum(a, 0.0) + np.log1p(np.exp(-np.abs(a))),
+    "div": lambda a, b: a / _safe_denominator(b),
+    "max": lambda a, b: np.where(a >= b, a, b),
+    "min": lambda a, b: np.where(a <= b, a, b),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +631,36 @@ class Cell:
             )
         self._params.setdefault(name, p)
         return self._node("param", (), name)
+
+    def gate_params(
+        self, name: str, n: int, init: Any = "uniform", value: float = 1.0
+    ) -> tuple[Expr, ...]:
+        """``n`` per-unit vectors ``[H]`` for ``n`` gates (a per-gate ``[n, H]`` parameter),
+        named ``{name}_0`` .. ``{name}_{n-1}``, with one init rule."""
+        n = _int_field(f"gate_params {name!r}: n", n, 1)
+        return tuple(self.unit_param(f"{name}_{k}", init, value) for k in range(n))
+
+    def low_rank(
+        self, name: str, x: Expr, rank: int, init: Any = "uniform", value: float = 1.0
+    ) -> Expr:
+        """``U V^T x`` for trained low-rank factors ``U, V`` ``[H, rank]`` applied to the row
+        ``x`` (a state, usually): ``sum_k u_k * row_sum(v_k * x)``, with the columns as unit
+        params ``{name}_u{k}``, ``{name}_v{k}``. A rank-``r`` recurrent matrix at ``O(r H)`` per
+        row and step; the row sums couple the units as a matrix product does."""
+        rank = _int_field(f"low_rank {name!r}: rank", rank, 1)
+        if not isinstance(x, Expr) or x._cell is not self:
+            raise InvalidArgumentError(
+                f"low_rank {name!r}: x must be an expression of this cell, got {type(x).__name__}"
+            )
+        terms = [
+            self.unit_param(f"{name}_u{k}", init, value)
+            * _unary("sum", self.unit_param(f"{name}_v{k}", init, value) * x)
+            for k in range(rank)
+        ]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
 
     def const(self, value: float) -> Expr:
         """A constant; plain Python numbers in expressions become these."""
@@ -863,6 +1031,7 @@ class CellSpec:
 
     def _forward(self, x_pre, h_pre, params, states, hid) -> list[np.ndarray]:
         vals: list[np.ndarray] = []
+        rows = x_pre.shape[0]
         for n in self.nodes:
             op = n["op"]
             if op == "xg":
@@ -897,8 +1066,15 @@ class CellSpec:
                     v = np.tanh(a)
                 elif op == "relu":
                     v = np.maximum(a, 0.0)
-                else:  # square
+                elif op == "square":
                     v = a * a
+                elif op in _REFERENCE_OPS:
+                    v = _REFERENCE_OPS[op](a, *(vals[j] for j in n["args"][1:]))
+                else:  # row reductions: every row of a [B, H] value (a param: one row)
+                    full = np.broadcast_to(a, (rows, hid))
+                    v = full.sum(axis=1, keepdims=True)
+                    if op == "mean":
+                        v = v / hid
             vals.append(v)
         return vals
 
@@ -981,8 +1157,34 @@ class CellSpec:
                     parts = [g * (1.0 - y * y)]
                 elif op == "relu":
                     parts = [g * (a > 0)]
-                else:  # square
+                elif op == "square":
                     parts = [2.0 * g * a]
+                elif op == "exp":
+                    parts = [g * vals[i]]
+                elif op == "log":
+                    inside = a > LOG_FLOOR
+                    parts = [np.where(inside, g / np.where(inside, a, 1.0), 0.0)]
+                elif op == "sqrt":
+                    y = vals[i]
+                    parts = [np.where(y > 0, g / np.where(y > 0, 2.0 * y, 1.0), 0.0)]
+                elif op == "softplus":
+                    parts = [g * -np.expm1(-vals[i])]
+                elif op in ("sum", "mean"):
+                    # Every unit of the row feeds the reduction: each gets the row's total
+                    # gradient (1/H of it for the mean).
+                    total = g.sum(axis=1, keepdims=True)
+                    parts = [np.broadcast_to(total / (hid if op == "mean" else 1), (b, hid))]
+                elif op == "div":
+                    den = vals[args[1]]
+                    inside = np.abs(den) >= DIV_EPS
+                    parts = [
+                        g / _safe_denominator(den),
+                        np.where(inside, -g * vals[i] / np.where(inside, den, 1.0), 0.0),
+                    ]
+                elif op in ("max", "min"):
+                    other = vals[args[1]]
+                    first = a >= other if op == "max" else a <= other
+                    parts = [g * first, g * ~first]
                 for j, pj in zip(args, parts):
                     adj[j] = adj[j] + pj
         return {"x_pre": d_x, "h_pre": d_h, "params": d_p, "states": d_s}

@@ -94,7 +94,7 @@ class UnsupportedModelError(LstmrsError, ValueError):
 
 
 class UnsupportedOperationError(LstmrsError, TypeError):
-    """An operation the cell language does not have (division, ``**``, comparisons, ...)."""
+    """An operation the cell language does not have (``**``, comparisons, ``//``, ...)."""
 
 
 class ConfigError(InvalidArgumentError):

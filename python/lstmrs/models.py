@@ -237,12 +237,9 @@ class Model:
         # "lstm"/"gru", a registered cell name, a CellSpec or a description: custom cells are
         # kept as their description, so the config (and checkpoints) restore without the plugin.
         resolved = resolve_cell(cell)
-        if resolved.num_states > 2:
-            raise InvalidArgumentError(
-                f"cell: {resolved.name!r} has {resolved.num_states} states; at most two (h, c)"
-            )
         self._cell_name = resolved.name
-        self._has_cell_state = resolved.num_states == 2
+        # States past h and c (an sLSTM's log-normaliser) start at zero in every call.
+        self._has_cell_state = resolved.num_states >= 2
         cell = resolved.name if resolved.description is None else resolved.description
         hidden_size = _positive_int("hidden_size", hidden_size)
         proj_size = _proj_size_arg(proj_size, resolved, hidden_size)

@@ -1011,14 +1011,11 @@ class RNN(_RNNBase):
         )
 
     def _set_cell(self, r: ResolvedCell) -> None:
-        if r.num_states > 2:
-            raise InvalidArgumentError(
-                f"cell: {r.name!r} has {r.num_states} states; lstmrs layers carry at most two "
-                "(h and c)"
-            )
+        # States past h and c (an sLSTM's log-normaliser) are internal to each call: they start
+        # at zero and are not returned (a truncated-BPTT chunk restarts them).
         self._resolved = r
         self._cell = r.core
-        self._has_cell_state = r.num_states == 2
+        self._has_cell_state = r.num_states >= 2
 
     def _cell_sizes(self) -> tuple[int, int, int]:
         d = self._resolved.description

@@ -11,7 +11,16 @@ from lstmrs.cells import CellSpec
 from lstmrs.plugins import get_cells, list_plugins
 from lstmrs.testing import check_cell_gradients, check_rust_cell, register_temporarily
 
-NAMES = ["peephole_lstm", "cifg_lstm", "mgu", "indrnn", "elman"]
+NAMES = [
+    "peephole_lstm",
+    "cifg_lstm",
+    "mgu",
+    "indrnn",
+    "elman",
+    "ln_lstm",
+    "slstm",
+    "decay_rnn",
+]
 CELLS = {spec.name: spec for spec in lstmrs_cells.CELLS}
 
 
@@ -249,3 +258,116 @@ def test_indrnn_is_a_relu_rnn_with_a_diagonal_recurrence(rng):
     expected = cell(torch.from_numpy(x), torch.from_numpy(h0)).detach().numpy()
     got = CELLS["indrnn"].reference_step(x @ w_ih.T + b_ih, None, {"u": u}, {"h": h0})
     np.testing.assert_allclose(got["h"], expected, rtol=1e-12, atol=1e-14)
+
+
+# The cells of the language's second version (exp, softplus, division, maximum, row reductions).
+
+
+def layer_norm_np(a, gain, bias, eps=1e-5):
+    mu, var = a.mean(axis=1, keepdims=True), a.var(axis=1, keepdims=True)
+    return (a - mu) / np.sqrt(var + eps) * gain + bias
+
+
+def test_ln_lstm_direct_formula(rng):
+    spec = CELLS["ln_lstm"]
+    x_pre, h_pre, p, s = random_step(spec, rng, h=6)
+    a = [x + h for x, h in zip(chunks(x_pre, 4), chunks(h_pre, 4))]
+    i, f, g, o = (
+        layer_norm_np(a[k], p[f"ln_gain_{n}"], p[f"ln_bias_{n}"]) for k, n in enumerate("ifgo")
+    )
+    c_new = sigmoid(f) * s["c"] + sigmoid(i) * np.tanh(g)
+    h_new = sigmoid(o) * np.tanh(layer_norm_np(c_new, p["ln_gain_c"], p["ln_bias_c"]))
+    new = spec.reference_step(x_pre, h_pre, p, s)
+    np.testing.assert_allclose(new["c"], c_new, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(new["h"], h_new, rtol=1e-12, atol=1e-14)
+
+
+def test_ln_lstm_layer_norm_matches_torch(rng):
+    # Each gate's normalisation is torch.nn.functional.layer_norm over the H units.
+    torch = pytest.importorskip("torch")
+    spec = CELLS["ln_lstm"]
+    x_pre, h_pre, p, s = random_step(spec, rng, h=6)
+    x_pre[:, 6:12] = 0.0  # forget gate: pre-activation from h_pre alone
+    t = torch.from_numpy
+    f = torch.nn.functional.layer_norm(
+        t(h_pre[:, 6:12]), (6,), t(p["ln_gain_f"]), t(p["ln_bias_f"])
+    )
+    i = torch.nn.functional.layer_norm(
+        t(x_pre[:, :6] + h_pre[:, :6]), (6,), t(p["ln_gain_i"]), t(p["ln_bias_i"])
+    )
+    g = torch.nn.functional.layer_norm(
+        t(x_pre[:, 12:18] + h_pre[:, 12:18]), (6,), t(p["ln_gain_g"]), t(p["ln_bias_g"])
+    )
+    c_new = torch.sigmoid(f) * t(s["c"]) + torch.sigmoid(i) * torch.tanh(g)
+    new = spec.reference_step(x_pre, h_pre, p, s)
+    np.testing.assert_allclose(new["c"], c_new.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def slstm_step_np(x_pre, h_pre, s):
+    """xLSTM's sLSTM (Beck et al. 2024, eqs. 8-17, sigmoid forget gate) written out in the
+    paper's stabilised form, from the paper's states: n = exp(l - m) for any stabiliser m."""
+    it, ft, zt, ot = (x + h for x, h in zip(chunks(x_pre, 4), chunks(h_pre, 4)))
+    m_prev = s["l"]  # any m_prev works; this one makes the paper's n_prev = 1
+    n_prev, c_prev = np.exp(s["l"] - m_prev), s["c"]  # c is stored as c / n
+    log_f = np.log(sigmoid(ft))
+    m = np.maximum(log_f + m_prev, it)
+    i_gate = np.exp(it - m)
+    f_gate = np.exp(log_f + m_prev - m)
+    c = f_gate * c_prev * n_prev + i_gate * np.tanh(zt)
+    n = f_gate * n_prev + i_gate
+    return {"h": sigmoid(ot) * c / n, "c": c / n, "l": m + np.log(n)}
+
+
+def test_slstm_direct_formula(rng):
+    spec = CELLS["slstm"]
+    x_pre, h_pre, _, s = random_step(spec, rng)
+    new = spec.reference_step(x_pre, h_pre, {}, s)
+    for k, v in slstm_step_np(x_pre, h_pre, s).items():
+        np.testing.assert_allclose(new[k], v, rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_slstm_stabiliser_is_exact(rng):
+    # The stabiliser changes nothing but the scale: h = o * C / N for the unstabilised
+    # C' = F C + I z, N' = F N + I (F = sigmoid(f~), I = exp(i~)) from N0 = exp(l0) = 1, over a
+    # sequence with input-gate pre-activations near +-100 (float64 still holds exp(100), so
+    # the unstabilised recurrence is the oracle; float32 would overflow at exp(89)).
+    spec = CELLS["slstm"]
+    b, hid, steps = 2, 3, 6
+    s = {k: np.zeros((b, hid)) for k in spec.states}
+    big_c, big_n = np.zeros((b, hid)), np.ones((b, hid))
+    for _ in range(steps):
+        x_pre = rng.normal(size=(b, 4 * hid))
+        x_pre[:, :hid] *= 30.0
+        h_pre = rng.normal(size=(b, 4 * hid))
+        it, ft, zt, ot = (x + h for x, h in zip(chunks(x_pre, 4), chunks(h_pre, 4)))
+        big_c = sigmoid(ft) * big_c + np.exp(it) * np.tanh(zt)
+        big_n = sigmoid(ft) * big_n + np.exp(it)
+        s = spec.reference_step(x_pre, h_pre, {}, s)
+        np.testing.assert_allclose(s["h"], sigmoid(ot) * big_c / big_n, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(s["l"], np.log(big_n), rtol=1e-12)
+        assert np.all(np.abs(s["c"]) <= 1.0)  # a convex combination of tanh candidates
+
+
+def test_decay_rnn_direct_formula(rng):
+    spec = CELLS["decay_rnn"]
+    x_pre, h_pre, p, s = random_step(spec, rng)
+    a = np.exp(-np.log1p(np.exp(p["decay"])))
+    expected = a * s["h"] + (1 - a) * np.tanh(x_pre + h_pre)
+    np.testing.assert_allclose(spec.reference_step(x_pre, h_pre, p, s)["h"], expected, rtol=1e-13)
+    assert np.allclose(spec.init_params(2, 4)["decay_l0"], -2.0)
+
+
+def test_slstm_layer_matches_the_reference_sequence(rng):
+    # The internal state l through the Rust core: the layer's outputs equal the reference
+    # sequence from l0 = 0.
+    import lstmrs
+
+    spec = CELLS["slstm"]
+    layer = lstmrs.RNN(3, 4, cell=spec, seed=0, dtype="float64", batch_first=True)
+    x = rng.standard_normal((2, 5, 3))
+    out, (h_n, c_n) = layer(x)
+    assert h_n.shape == c_n.shape == (1, 2, 4)
+    weights = {k: np.asarray(v) for k, v in layer.state_dict().items()}
+    ref, fin = spec.reference_sequence(x, weights)
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c_n[0], fin["c"], rtol=1e-10, atol=1e-12)

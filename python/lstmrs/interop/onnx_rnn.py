@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cells import DIV_EPS, LOG_FLOOR
 from ..errors import ExportError
 from .onnx_graph import GraphBuilder
 
@@ -178,8 +179,15 @@ def _builtin_layer(g, spec, weights, layer, x, seq_lens, h0, c0):
 
 
 # Cell-language ops -> ONNX ops on the node's arguments.
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul"}
-_UNARY = {"neg": "Neg", "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "max": "Max", "min": "Min"}
+_UNARY = {
+    "neg": "Neg",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "relu": "Relu",
+    "exp": "Exp",
+    "softplus": "Softplus",
+}
 
 
 def _custom_layer(g, spec, weights, layer, x, mask_tm, h0, c0):
@@ -195,7 +203,9 @@ def _custom_layer(g, spec, weights, layer, x, mask_tm, h0, c0):
             xp = g.op("Add", [xp, g.init(f"b_ih{sfx}", np.asarray(weights[f"bias_ih{sfx}"]))])
         row = layer * d + direction
         initial = []
-        for given in (h0, c0)[: len(states)]:
+        # States past h and c (internal to the core's forward) start at zero, as there.
+        for k in range(len(states)):
+            given = (h0, c0)[k] if k < 2 else None
             if given is not None:
                 initial.append(g.op("Squeeze", [_state_row(g, given, row), g.i64([0])]))
             else:
@@ -215,7 +225,7 @@ def _custom_layer(g, spec, weights, layer, x, mask_tm, h0, c0):
         finals, y = outs[: len(states)], outs[-1]
         ys.append(y)
         hs.append(g.op("Unsqueeze", [finals[0], g.i64([0])]))
-        if len(states) == 2:
+        if len(states) >= 2:
             cs.append(g.op("Unsqueeze", [finals[1], g.i64([0])]))
     y = ys[0] if d == 1 else g.op("Concat", ys, axis=2)
     h_n = hs[0] if d == 1 else g.op("Concat", hs, axis=0)
@@ -284,6 +294,24 @@ def _scan_body(g, spec, weights, sfx, states, masked):
         elif op == "square":
             a = vals[n["args"][0]]
             v = b.op("Mul", [a, a])
+        elif op == "log":
+            v = b.op("Log", [b.op("Max", [vals[n["args"][0]], b.f32(LOG_FLOOR)])])
+        elif op == "sqrt":
+            v = b.op("Sqrt", [b.op("Max", [vals[n["args"][0]], b.f32(0.0)])])
+        elif op == "div":
+            # The core's safe division: |denominator| kept >= DIV_EPS (+ at 0).
+            num, den = (vals[a] for a in n["args"])
+            away = b.op("Where", [b.op("Less", [den, b.f32(0.0)]), b.f32(-DIV_EPS), b.f32(DIV_EPS)])
+            inside = b.op("GreaterOrEqual", [b.op("Abs", [den]), b.f32(DIV_EPS)])
+            v = b.op("Div", [num, b.op("Where", [inside, den, away])])
+        elif op in ("sum", "mean"):
+            # A product with a column of ones (1/H for the mean) reduces the last axis in every
+            # opset (ReduceSum/ReduceMean changed their axes argument across opsets); Expand
+            # broadcasts the row's value back to its units.
+            a = vals[n["args"][0]]
+            ones = np.full((h, 1), 1.0 if op == "sum" else 1.0 / h, dtype=np.float32)
+            red = b.op("MatMul", [a, b.const(ones, np.float32)])
+            v = b.op("Expand", [red, b.op("Shape", [a])])
         else:
             raise ExportError(f"cell {desc.get('name')!r}: op {op!r} has no ONNX translation")
         vals.append(v)

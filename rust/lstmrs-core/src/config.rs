@@ -100,7 +100,9 @@ impl CellKind {
         }
     }
 
-    /// States carried between steps: state 0 is `h`, state 1 (when present) is exposed as `c`.
+    /// States carried between steps: state 0 is `h`, state 1 (when present) is exposed as `c`;
+    /// further states (custom cells only) are internal to a forward call: they start at zero
+    /// and are not returned (a `Stepper` carries them between its steps).
     pub fn num_states(self) -> usize {
         match self {
             CellKind::Lstm => 2,
@@ -186,13 +188,6 @@ impl RnnConfig {
                     got: "0".into(),
                 });
             }
-        }
-        if cell.num_states() > 2 {
-            return Err(Error::Value {
-                arg: "cell",
-                expected: "a cell with at most two states (h and c)".into(),
-                got: format!("{} states ({})", cell.num_states(), cell.name()),
-            });
         }
         Ok(RnnConfig {
             cell,

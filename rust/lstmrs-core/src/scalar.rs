@@ -46,6 +46,11 @@ pub trait Scalar:
     fn to_f64(self) -> f64;
     fn sigmoid(self) -> Self;
     fn tanh_act(self) -> Self;
+    /// `e^x` for the cell kernels: branch-free (vectorisable) for f32, saturating at `e^88`.
+    #[inline(always)]
+    fn exp_act(self) -> Self {
+        self.exp()
+    }
 }
 
 impl Scalar for f32 {
@@ -65,6 +70,10 @@ impl Scalar for f32 {
     #[inline(always)]
     fn tanh_act(self) -> Self {
         crate::activations::tanh_f32(self)
+    }
+    #[inline(always)]
+    fn exp_act(self) -> Self {
+        crate::activations::exp_f32(self)
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Stepper<T> {
     /// `[L, B, S]` hidden and `[L, B, H]` (LSTM) cell states.
     h: Vec<T>,
     c: Vec<T>,
+    /// `[L, S, B, H]`: a custom cell's states after `c` (`S` of them), carried from step to
+    /// step like `h` and `c` but internal: they restart at zero with `reset` and `set_state`.
+    extra: Vec<T>,
     scratch: Scratch<T>,
     /// Whether the small-batch kernel runs the products (fixed at construction: its path keeps
     /// `h_pre` zero where the recurrent product is accumulated into `x_pre`).
@@ -81,6 +84,7 @@ impl<T: Scalar> Stepper<T> {
             cfg.h_gate_width(),
         );
         let lstm = cfg.cell.has_cell_state();
+        let extra = cfg.cell.num_states().saturating_sub(2);
         // States and scratch: 2 [L, B, H] states and about G + 5 [B, H] rows.
         let rows = (2 * l as u128 + cfg.cell.gate_count() as u128 * 2 + 5)
             .checked_mul(h as u128)
@@ -96,12 +100,14 @@ impl<T: Scalar> Stepper<T> {
             state,
             h: vec![T::zero(); l * batch * state],
             c: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
+            extra: vec![T::zero(); l * extra * batch * h],
             scratch: Scratch {
                 x_pre: vec![T::zero(); batch * gw],
                 h_pre: vec![T::zero(); batch * hw],
                 aux: vec![T::zero(); batch * h],
                 h_next: vec![T::zero(); batch * h],
                 c_next: vec![T::zero(); batch * h],
+                extra_next: vec![T::zero(); extra * batch * h],
                 zero_b_hn: vec![T::zero(); h],
             },
             // The small-batch kernel has no projection step.
@@ -133,6 +139,7 @@ impl<T: Scalar> Stepper<T> {
     pub fn reset(&mut self) {
         self.h.fill(T::zero());
         self.c.fill(T::zero());
+        self.extra.fill(T::zero());
     }
 
     /// Replaces the states (`h` `[L, B, S]`, `c` `[L, B, H]` only for a cell with a second
@@ -155,6 +162,7 @@ impl<T: Scalar> Stepper<T> {
             (None, false) => {}
         }
         self.h.copy_from_slice(h);
+        self.extra.fill(T::zero());
         Ok(())
     }
 
@@ -248,9 +256,10 @@ impl<T: Scalar> Stepper<T> {
                 stream_kernel::rows_with(kernel, hw, b, hp, None, out, None);
             }
             let c = layer_state(&mut self.c, layer, bh);
+            let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
             let units = &data[o.units..][..cfg.unit_width()];
             self.scratch
-                .update(self.cell, h, &mut this[..bh], c, None, units);
+                .update(self.cell, h, &mut this[..bh], c, xs, None, units);
             return;
         }
         match self.cell {
@@ -317,7 +326,7 @@ impl<T: Scalar> Stepper<T> {
         let c = layer_state(&mut self.c, layer, bh);
         let b_hn = b_hh.map(|v| &v[2 * h..]);
         self.scratch
-            .update(self.cell, h, &mut this[..bh], c, b_hn, &[]);
+            .update(self.cell, h, &mut this[..bh], c, &mut [], b_hn, &[]);
     }
 
     /// One layer through the general matrix products (larger batches).
@@ -386,9 +395,10 @@ impl<T: Scalar> Stepper<T> {
                 );
             }
             let c = layer_state(&mut self.c, layer, bh);
+            let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
             let units = &data[o.units..][..cfg.unit_width()];
             self.scratch
-                .update(self.cell, h, &mut this[..bh], c, None, units);
+                .update(self.cell, h, &mut this[..bh], c, xs, None, units);
             return;
         }
         a_bt(
@@ -427,7 +437,7 @@ impl<T: Scalar> Stepper<T> {
         }
         let b_hn = o.bias.map(|(_, bhh)| &data[bhh + 2 * h..][..h]);
         self.scratch
-            .update(self.cell, h, &mut this[..bh], c, b_hn, &[]);
+            .update(self.cell, h, &mut this[..bh], c, &mut [], b_hn, &[]);
     }
 }
 
@@ -443,6 +453,8 @@ struct Scratch<T> {
     aux: Vec<T>,
     h_next: Vec<T>,
     c_next: Vec<T>,
+    /// A custom cell's new internal states `[S, B, H]`.
+    extra_next: Vec<T>,
     /// Zeros `[H]`: the GRU's `b_hn` when the network has no biases.
     zero_b_hn: Vec<T>,
 }
@@ -450,14 +462,17 @@ struct Scratch<T> {
 impl<T: Scalar> Scratch<T> {
     /// The cell's update from the pre-activations in `x_pre` and `h_pre`: `h` (and `c`, empty
     /// for a cell without a cell state) are the layer's `[B, H]` states, read as the previous
-    /// ones and overwritten with the new ones. `b_hn` is the GRU's recurrent n-gate bias (None:
+    /// ones and overwritten with the new ones; `xs` likewise a custom cell's states after `c`
+    /// (`[S, B, H]`, empty when it has none). `b_hn` is the GRU's recurrent n-gate bias (None:
     /// no biases); `units` are a custom cell's unit parameters.
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         cell: CellKind,
         hidden: usize,
         h: &mut [T],
         c: &mut [T],
+        xs: &mut [T],
         b_hn: Option<&[T]>,
         units: &[T],
     ) {
@@ -488,21 +503,40 @@ impl<T: Scalar> Scratch<T> {
             ),
             CellKind::Custom(_) => {
                 let compiled = cell.compiled().expect("a custom cell is compiled");
-                let (prev, next): (&[&[T]], &mut [&mut [T]]) = if c.is_empty() {
-                    (&[&*h], &mut [&mut self.h_next])
+                let bh = h.len();
+                if xs.is_empty() {
+                    let (prev, next): (&[&[T]], &mut [&mut [T]]) = if c.is_empty() {
+                        (&[&*h], &mut [&mut self.h_next])
+                    } else {
+                        (&[&*h, &*c], &mut [&mut self.h_next, &mut self.c_next])
+                    };
+                    compiled.forward_step(
+                        hidden,
+                        Active::ALL,
+                        &self.x_pre,
+                        &self.h_pre,
+                        units,
+                        prev,
+                        next,
+                        &mut [],
+                    );
                 } else {
-                    (&[&*h, &*c], &mut [&mut self.h_next, &mut self.c_next])
-                };
-                compiled.forward_step(
-                    hidden,
-                    Active::ALL,
-                    &self.x_pre,
-                    &self.h_pre,
-                    units,
-                    prev,
-                    next,
-                    &mut [],
-                );
+                    let mut prev: Vec<&[T]> = vec![&*h, &*c];
+                    prev.extend(xs.chunks(bh));
+                    let mut next: Vec<&mut [T]> = vec![&mut self.h_next, &mut self.c_next];
+                    next.extend(self.extra_next.chunks_mut(bh));
+                    compiled.forward_step(
+                        hidden,
+                        Active::ALL,
+                        &self.x_pre,
+                        &self.h_pre,
+                        units,
+                        &prev,
+                        &mut next,
+                        &mut [],
+                    );
+                    xs.copy_from_slice(&self.extra_next);
+                }
                 if !c.is_empty() {
                     c.copy_from_slice(&self.c_next);
                 }

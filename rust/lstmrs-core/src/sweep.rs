@@ -721,7 +721,9 @@ pub(crate) unsafe fn emit<T: Scalar>(
 
 /// [`forward`] for a compiled cell: the products as for the built-in cells (`b_hh` stays on the
 /// recurrent side, where the cell's `hg` leaves expect it), the element-wise step from the
-/// cell's program. State 0 is `h`, state 1 (when present) `c`.
+/// cell's program. State 0 is `h`, state 1 (when present) `c`; further states (an sLSTM's
+/// normaliser and stabiliser) are internal to the sweep: they start at zero, are kept on the
+/// tape (`DirTape::aux`, which compiled cells do not otherwise use) and are not returned.
 ///
 /// The team splits each step's product by units; the cell's program runs on member 0 between two
 /// barriers, since it works on whole rows.
@@ -739,7 +741,8 @@ fn forward_custom<T: Scalar>(
     let (steps, b, h) = (sw.steps, sw.batch, sw.hidden);
     let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
     let h_gates = sw.cell.h_gate_count();
-    let two = sw.cell.num_states() == 2;
+    let two = sw.cell.num_states() >= 2;
+    let extra = sw.cell.num_states().saturating_sub(2);
     let bh = b * h;
     let kw = cell.tape_width() * h;
 
@@ -756,6 +759,8 @@ fn forward_custom<T: Scalar>(
     };
     let mut hs = vec![T::zero(); slots * bh];
     let mut cs = vec![T::zero(); if two { slots * bh } else { 0 }];
+    // States past `c`, slot-major: slot `k` holds `extra` blocks of `[B, H]`.
+    let mut xs = vec![T::zero(); slots * extra * bh];
     let mut act = vec![T::zero(); tape_steps * b * kw];
     let mut h_pre = vec![T::zero(); b * hw];
     let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
@@ -782,6 +787,7 @@ fn forward_custom<T: Scalar>(
     {
         let hs_v = RowsMut::new(&mut hs, h);
         let cs_v = RowsMut::new(&mut cs, h);
+        let xs_v = RowsMut::new(&mut xs, h);
         let act_v = RowsMut::new(&mut act, kw);
         let pre_v = RowsMut::new(&mut h_pre, hw.max(1));
         let masked_v = RowsMut::new(&mut h_masked, h);
@@ -836,15 +842,14 @@ fn forward_custom<T: Scalar>(
                         let hn = h_next.row_mut(0, 0, bh);
                         if two {
                             let (c_prev, c_next) = (cs_v.read().skip(rd * b), cs_v.skip(wr * b));
+                            let mut prev = vec![hp, c_prev.row(0, 0, bh)];
+                            let mut next = vec![hn, c_next.row_mut(0, 0, bh)];
+                            for e in 0..extra {
+                                prev.push(xs_v.read().row((rd * extra + e) * b, 0, bh));
+                                next.push(xs_v.row_mut((wr * extra + e) * b, 0, bh));
+                            }
                             cell.forward_step(
-                                h,
-                                active,
-                                x_t,
-                                pre,
-                                w.units,
-                                &[hp, c_prev.row(0, 0, bh)],
-                                &mut [hn, c_next.row_mut(0, 0, bh)],
-                                tape_t,
+                                h, active, x_t, pre, w.units, &prev, &mut next, tape_t,
                             );
                             if let Some(z) = reg.zoneout {
                                 zone(active, h, all.clone(), b, c_prev, c_next, |k| {
@@ -890,7 +895,7 @@ fn forward_custom<T: Scalar>(
         c_last,
         tape: keep_tape.then_some(DirTape {
             act,
-            aux: Vec::new(),
+            aux: xs,
             hs,
             cs,
         }),
@@ -916,7 +921,8 @@ fn backward_custom<T: Scalar>(
     let (steps, b, h, inp) = (sw.steps, sw.batch, sw.hidden, sw.input);
     let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
     let h_gates = sw.cell.h_gate_count();
-    let two = sw.cell.num_states() == 2;
+    let two = sw.cell.num_states() >= 2;
+    let extra = sw.cell.num_states().saturating_sub(2);
     let bh = b * h;
     let kw = cell.tape_width() * h;
     let (g_wih, rest) = grad.split_at_mut(xw * inp);
@@ -927,6 +933,8 @@ fn backward_custom<T: Scalar>(
     // product then adds into the one written (no swap: the team holds views of both).
     let mut dh = vec![T::zero(); 2 * bh];
     let mut dc = vec![T::zero(); if two { 2 * bh } else { 0 }];
+    // The internal states' gradients, two slots of `extra` blocks; their final values get none.
+    let mut dxs = vec![T::zero(); 2 * extra * bh];
     if let Some(g) = dh_n {
         dh[..bh].copy_from_slice(g);
     }
@@ -944,6 +952,7 @@ fn backward_custom<T: Scalar>(
     {
         let dh_v = RowsMut::new(&mut dh, h);
         let dc_v = RowsMut::new(&mut dc, h);
+        let dxs_v = RowsMut::new(&mut dxs, h);
         let dgx_v = RowsMut::new(&mut dgx, xw);
         let dgh_v = RowsMut::new(&mut dgh, hw.max(1));
         let direct_h_v = RowsMut::new(&mut direct_h, h);
@@ -992,14 +1001,23 @@ fn backward_custom<T: Scalar>(
                         let dh_next = dh_v.skip(nxt).row_mut(0, 0, bh);
                         if two {
                             let c_prev = &tape.cs[enter * bh..][..bh];
+                            let mut prev = vec![h_prev, c_prev];
+                            let mut d_next =
+                                vec![dh_cur.read().row(0, 0, bh), dc_cur.read().row(0, 0, bh)];
+                            let mut d_prev = vec![dh_next, dc_v.skip(nxt).row_mut(0, 0, bh)];
+                            for e in 0..extra {
+                                prev.push(&tape.aux[(enter * extra + e) * bh..][..bh]);
+                                d_next.push(dxs_v.read().row((i % 2 * extra + e) * b, 0, bh));
+                                d_prev.push(dxs_v.row_mut(((i + 1) % 2 * extra + e) * b, 0, bh));
+                            }
                             cell.backward_step(
                                 h,
                                 active,
                                 w.units,
-                                &[h_prev, c_prev],
+                                &prev,
                                 tape_t,
-                                &[dh_cur.read().row(0, 0, bh), dc_cur.read().row(0, 0, bh)],
-                                &mut [dh_next, dc_v.skip(nxt).row_mut(0, 0, bh)],
+                                &d_next,
+                                &mut d_prev,
                                 dgx_t,
                                 dgh_t,
                                 g_units,

@@ -952,7 +952,7 @@ fn error_of(edit: impl FnOnce(&mut CellDesc), needles: &[&str]) -> Error {
 
 #[test]
 fn unknown_op() {
-    let e = error_of(|d| d.nodes[2].op = "div".into(), &["div", "node 2"]);
+    let e = error_of(|d| d.nodes[2].op = "pow".into(), &["pow", "node 2"]);
     assert!(
         matches!(
             e,
@@ -1144,4 +1144,276 @@ fn json_type_errors_name_the_field() {
         let err = CellSpec::from_json(json).expect_err(json);
         assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
     }
+}
+
+// ---- The second version of the language: exp, log, sqrt, softplus, safe division, max/min and
+// the row reductions.
+
+/// Every new element-wise op on arguments kept inside their smooth domains (positive logs and
+/// denominators, no ties), so central differences apply everywhere.
+fn v2_ops_json() -> String {
+    let mut d = Dsl::default();
+    let (x0, x1, h0) = (d.xg(0), d.xg(1), d.hg(0));
+    let (s, m, w) = (d.state("s"), d.state("m"), d.param("w"));
+    let half = d.constant(0.5);
+    let a = d.bin("mul", x0, half);
+    let e = d.un("exp", a); // exp(x0 / 2)
+    let sp = d.un("softplus", h0);
+    let tenth = d.constant(0.1);
+    let la = d.bin("add", sp, tenth);
+    let l = d.un("log", la); // log(softplus(h0) + 0.1)
+    let sq = d.un("square", x1);
+    let sa = d.bin("add", sq, half);
+    let q = d.un("sqrt", sa); // sqrt(x1^2 + 0.5)
+    let num = d.bin("mul", x1, s);
+    let quarter = d.constant(0.25);
+    let den = d.bin("add", e, quarter);
+    let dv = d.bin("div", num, den); // x1 s / (exp(x0/2) + 0.25)
+    let mx = d.bin("max", x0, h0);
+    let mn = d.bin("min", s, w);
+    let el = d.bin("mul", e, l);
+    let t = d.bin("add", el, q);
+    let t = d.bin("sub", t, dv);
+    let news = d.bin("add", t, mx);
+    let spm = d.un("softplus", m);
+    let mq = d.bin("mul", mn, q);
+    let newm = d.bin("add", mq, spm);
+    d.json(
+        "ops_v2",
+        &["s", "m"],
+        (2, 1),
+        &[("w", r#"{"uniform": 1.0}"#)],
+        &[("s", news), ("m", newm)],
+    )
+}
+
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+fn v2_ops_direct<T: Scalar>(h: usize, act: Active, inp: &Inputs<T>) -> Vec<Vec<T>> {
+    let f = |v: T| v.to_f64();
+    let b = inp.prev[0].len() / h;
+    let mut out = vec![vec![T::zero(); b * h]; 2];
+    for r in 0..b {
+        for j in 0..h {
+            let (x0, x1) = (f(inp.x[r * 2 * h + j]), f(inp.x[r * 2 * h + h + j]));
+            let h0 = f(inp.hp[r * h + j]);
+            let (s, m, w) = (
+                f(inp.prev[0][r * h + j]),
+                f(inp.prev[1][r * h + j]),
+                f(inp.params[j]),
+            );
+            let (ns, nm) = if act.row(r) {
+                let e = (0.5 * x0).exp();
+                let q = (x1 * x1 + 0.5).sqrt();
+                let ns = e * (softplus(h0) + 0.1).ln() + q - x1 * s / (e + 0.25) + x0.max(h0);
+                (ns, s.min(w) * q + softplus(m))
+            } else {
+                (s, m)
+            };
+            out[0][r * h + j] = T::from_f64(ns);
+            out[1][r * h + j] = T::from_f64(nm);
+        }
+    }
+    out
+}
+
+#[test]
+fn v2_ops_match_the_formulas() {
+    check_direct::<f32>(&v2_ops_json(), v2_ops_direct, 1e-5);
+    check_direct::<f64>(&v2_ops_json(), v2_ops_direct, 1e-12);
+}
+
+#[test]
+fn v2_ops_gradients() {
+    check_gradients(&v2_ops_json(), 31);
+}
+
+/// Layer normalisation of a gate pre-activation with learned gain and bias (Ba et al. 2016),
+/// plus a row sum feeding the second state: the units of a row are coupled both ways.
+fn layer_norm_json() -> String {
+    let mut d = Dsl::default();
+    let (x0, h0, x1) = (d.xg(0), d.hg(0), d.xg(1));
+    let (s, c) = (d.state("s"), d.state("c"));
+    let (gain, bias) = (d.param("gain"), d.param("bias"));
+    let a = d.bin("add", x0, h0);
+    let mu = d.un("mean", a);
+    let cen = d.bin("sub", a, mu);
+    let sq = d.un("square", cen);
+    let var = d.un("mean", sq);
+    let eps = d.constant(1e-5);
+    let ve = d.bin("add", var, eps);
+    let sd = d.un("sqrt", ve);
+    let y = d.bin("div", cen, sd);
+    let y = d.bin("mul", y, gain);
+    let y = d.bin("add", y, bias);
+    let t = d.un("tanh", y);
+    let xs = d.bin("mul", x1, s);
+    let tot = d.un("sum", xs);
+    let k = d.constant(0.1);
+    let tot = d.bin("mul", tot, k);
+    let newc = d.bin("add", c, tot);
+    let news = d.bin("mul", t, newc);
+    d.json(
+        "layer_norm_test",
+        &["s", "c"],
+        (2, 1),
+        &[
+            ("gain", r#"{"constant": 1.0}"#),
+            ("bias", r#"{"constant": 0.0}"#),
+        ],
+        &[("s", news), ("c", newc)],
+    )
+}
+
+fn layer_norm_direct<T: Scalar>(h: usize, act: Active, inp: &Inputs<T>) -> Vec<Vec<T>> {
+    let f = |v: T| v.to_f64();
+    let b = inp.prev[0].len() / h;
+    let mut out = vec![vec![T::zero(); b * h]; 2];
+    for r in 0..b {
+        let a: Vec<f64> = (0..h)
+            .map(|j| f(inp.x[r * 2 * h + j]) + f(inp.hp[r * h + j]))
+            .collect();
+        let mu = a.iter().sum::<f64>() / h as f64;
+        let var = a.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / h as f64;
+        let tot: f64 = (0..h)
+            .map(|j| f(inp.x[r * 2 * h + h + j]) * f(inp.prev[0][r * h + j]))
+            .sum();
+        for j in 0..h {
+            let (s, c) = (f(inp.prev[0][r * h + j]), f(inp.prev[1][r * h + j]));
+            let (ns, nc) = if act.row(r) {
+                let y = (a[j] - mu) / (var + 1e-5).sqrt() * f(inp.params[j]) + f(inp.params[h + j]);
+                let nc = c + 0.1 * tot;
+                (y.tanh() * nc, nc)
+            } else {
+                (s, c)
+            };
+            out[0][r * h + j] = T::from_f64(ns);
+            out[1][r * h + j] = T::from_f64(nc);
+        }
+    }
+    out
+}
+
+#[test]
+fn layer_norm_matches_the_formulas() {
+    check_direct::<f32>(&layer_norm_json(), layer_norm_direct, 1e-5);
+    check_direct::<f64>(&layer_norm_json(), layer_norm_direct, 1e-12);
+}
+
+#[test]
+fn layer_norm_gradients_couple_the_units_of_a_row() {
+    // The backward of mean and variance couples every unit of a row: the differences probe
+    // each input coordinate against every output of its row.
+    check_gradients(&layer_norm_json(), 32);
+}
+
+#[test]
+fn reductions_run_once_per_row_and_step() {
+    // The forward computes the mean, the variance and the sum once each (one row pass per
+    // reduction), however many units use them; no reduction is recomputed from the tape.
+    let cell = compile(&layer_norm_json());
+    let listing = cell.listing();
+    let forward = listing.split("inference:").next().unwrap();
+    assert_eq!(forward.matches("RowMean").count(), 2, "{listing}");
+    assert_eq!(forward.matches("RowSum").count(), 1, "{listing}");
+}
+
+/// `log` and division at the edges of their domains: clamped values, zero gradients where the
+/// argument is clamped, finite everywhere; max/min give a tie's gradient to the first argument.
+#[test]
+fn domain_edges_are_finite_and_documented() {
+    use lstmrs_core::cellexpr::{DIV_EPS, LOG_FLOOR};
+    let mut d = Dsl::default();
+    let (x0, x1) = (d.xg(0), d.xg(1));
+    let l = d.un("log", x0);
+    let q = d.bin("div", x1, x0);
+    let r = d.un("sqrt", x0);
+    let mx = d.bin("max", x0, x1);
+    let mn = d.bin("min", x1, x0);
+    let json = d.json(
+        "edges",
+        &["a", "b", "c", "d", "e"],
+        (2, 0),
+        &[],
+        &[("a", l), ("b", q), ("c", r), ("d", mx), ("e", mn)],
+    );
+    let cell = compile(&json);
+    // Row 0: x0 = 0 (log and sqrt clamped, division by +eps), ties for max/min;
+    // row 1: x0 = -1 (log clamped, sqrt 0), row 2: x0 = -1e-13 (division by -eps).
+    let h = 1;
+    let x = vec![0.0, 0.0, -1.0, 2.0, -1e-13, 1.0];
+    let mut prev = vec![vec![0.0f64; 3]; 5];
+    prev[0][0] = 0.0;
+    let inp = Inputs {
+        x: x.clone(),
+        hp: vec![],
+        params: vec![],
+        prev,
+    };
+    let all = Active {
+        lengths: None,
+        t: 0,
+    };
+    let (next, tape) = forward(&cell, h, all, &inp, true);
+    let floor = LOG_FLOOR.ln();
+    assert_eq!(next[0], vec![floor, floor, floor]);
+    assert_eq!(next[1], vec![0.0, 2.0 / -1.0, 1.0 / -DIV_EPS]);
+    assert_eq!(next[2], vec![0.0, 0.0, 0.0]);
+    assert_eq!(next[3], vec![0.0, 2.0, 1.0]);
+    assert_eq!(next[4], vec![0.0, -1.0, -1e-13]);
+    assert!(next.iter().flatten().all(|v| v.is_finite()));
+    // Backward with unit gradients on every output.
+    let ones = vec![1.0f64; 3];
+    let d_next: Vec<&[f64]> = (0..5).map(|_| ones.as_slice()).collect();
+    let prevs: Vec<&[f64]> = inp.prev.iter().map(Vec::as_slice).collect();
+    let mut d_prev = vec![vec![0.0; 3]; 5];
+    let mut d_x = vec![f64::NAN; 6];
+    let mut dp: Vec<&mut [f64]> = d_prev.iter_mut().map(Vec::as_mut_slice).collect();
+    cell.backward_step(
+        h,
+        all,
+        &[],
+        &prevs,
+        &tape,
+        &d_next,
+        &mut dp,
+        &mut d_x,
+        &mut [],
+        &mut [],
+    );
+    // Row 0: log, sqrt and the division's denominator clamped (0); the division's numerator
+    // 1/eps; max(x0, x1) and min(x1, x0) tie: 1 to the first argument of each.
+    assert_eq!(d_x[0], 1.0, "x0 of row 0: max's tie only");
+    assert_eq!(
+        d_x[1],
+        1.0 / DIV_EPS + 1.0,
+        "x1 of row 0: division numerator + min's tie"
+    );
+    // Row 1: x0 = -1 < x1 = 2: log and sqrt clamped; d(x1/x0)/dx0 = -x1/x0^2 = -2; max -> x1,
+    // min -> x0.
+    assert_eq!(d_x[2], -2.0 + 1.0);
+    assert_eq!(d_x[3], 1.0 / -1.0 + 1.0);
+    // Row 2: the denominator inside the band: no gradient to it, 1/(-eps) to the numerator.
+    assert_eq!(d_x[4], 1.0);
+    assert_eq!(d_x[5], 1.0 / -DIV_EPS + 1.0);
+}
+
+#[test]
+fn v2_errors_name_the_op() {
+    let err = CompiledCell::from_json(
+        r#"{"name": "bad", "states": ["h"], "x_gates": 1, "h_gates": 0, "nodes": [{"op": "xg", "index": 0}, {"op": "div", "args": [0]}], "outputs": {"h": 1}}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("2 args for \"div\""), "{err}");
+    let err = CompiledCell::from_json(
+        r#"{"name": "bad", "states": ["h"], "x_gates": 1, "h_gates": 0, "nodes": [{"op": "xg", "index": 0}, {"op": "logsumexp", "args": [0]}], "outputs": {"h": 1}}"#,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("logsumexp") && msg.contains("softplus") && msg.contains("mean"),
+        "{msg}"
+    );
 }

@@ -429,7 +429,8 @@ fn indrnn_gradients_match_finite_differences() {
 
 #[test]
 fn stepper_equals_forward_for_custom_cells() {
-    for json in [peephole_json(), indrnn_json(), gru_json()] {
+    // The sLSTM's internal states `n`, `m` start at zero in both and are carried by the stepper.
+    for json in [peephole_json(), indrnn_json(), gru_json(), slstm_json()] {
         let cell = register_cell(&json).unwrap();
         for bias in [true, false] {
             let (b, t, i, h) = (3, 6, 4, 5);
@@ -500,23 +501,98 @@ fn custom_parameter_names_shapes_and_init() {
     assert_eq!(p.get("weight_hh_l0").unwrap().len(), 16 * 4);
 }
 
+/// xLSTM's sLSTM (Beck et al. 2024) with its stabiliser: four states, two of them (`n`, `m`)
+/// internal to the sweep, and every new op of the language's second version on the path.
+fn slstm_json() -> String {
+    let mut d = Dsl::default();
+    let (xi, xf, xz, xo) = (d.xg(0), d.xg(1), d.xg(2), d.xg(3));
+    let (hi, hf, hz, ho) = (d.hg(0), d.hg(1), d.hg(2), d.hg(3));
+    let (c, n, m) = (d.state("c"), d.state("n"), d.state("m"));
+    let it = d.bin("add", xi, hi);
+    let ft = d.bin("add", xf, hf);
+    let nft = d.un("neg", ft);
+    let sp = d.un("softplus", nft);
+    let log_f = d.un("neg", sp);
+    let lfm = d.bin("add", log_f, m);
+    let m_new = d.bin("max", lfm, it);
+    let ia = d.bin("sub", it, m_new);
+    let ig = d.un("exp", ia);
+    let fa = d.bin("sub", lfm, m_new);
+    let fg = d.un("exp", fa);
+    let za = d.bin("add", xz, hz);
+    let z = d.un("tanh", za);
+    let fc = d.bin("mul", fg, c);
+    let iz = d.bin("mul", ig, z);
+    let c_new = d.bin("add", fc, iz);
+    let fnn = d.bin("mul", fg, n);
+    let n_new = d.bin("add", fnn, ig);
+    let oa = d.bin("add", xo, ho);
+    let o = d.un("sigmoid", oa);
+    let ratio = d.bin("div", c_new, n_new);
+    let h_new = d.bin("mul", o, ratio);
+    d.json(
+        "slstm_test",
+        &["h", "c", "n", "m"],
+        (4, 4),
+        &[],
+        &[("h", h_new), ("c", c_new), ("n", n_new), ("m", m_new)],
+    )
+}
+
 #[test]
-fn bad_descriptions_and_three_states_are_errors() {
+fn slstm_with_internal_states_passes_finite_differences() {
+    // Through time, layers and both directions: the internal states' gradients flow across
+    // steps inside the sweep.
+    finite_differences(&slstm_json(), 2, true, true);
+    finite_differences(&slstm_json(), 1, false, false);
+}
+
+#[test]
+fn internal_states_start_at_zero() {
+    let cell = register_cell(&slstm_json()).unwrap();
+    assert_eq!(cell.num_states(), 4);
+    assert!(cell.has_cell_state());
+    let (b, t, i, h) = (2, 3, 3, 4);
+    let cfg = RnnConfig::new(cell, i, h, 1, false, true).unwrap();
+    let p = RnnParams::<f64>::init_uniform(cfg, 3);
+    let prob = problem::<f64>(&cfg, b, t, 5);
+    let x = batch(&prob, b, t, false, true, true);
+    let o = forward(&p, &x, &ForwardOptions::default()).unwrap();
+    // Step 1 from n = m = 0 by hand for unit 0 of row 0: with m0 = 0 and n0 = 0,
+    // m1 = max(log f, i~), h1 = o * (f' c0 + i' z) / i'.
+    let specs = p.specs().to_vec();
+    let get = |name: &str| {
+        let s = specs.iter().find(|s| s.name == name).unwrap();
+        &p.as_slice()[s.offset..s.offset + s.len]
+    };
+    let (w_ih, w_hh, b_ih, b_hh) = (
+        get("weight_ih_l0"),
+        get("weight_hh_l0"),
+        get("bias_ih_l0"),
+        get("bias_hh_l0"),
+    );
+    let pre = |g: usize| {
+        let row = g * h;
+        let mut v = b_ih[row] + b_hh[row];
+        for k in 0..i {
+            v += w_ih[row * i + k] * prob.x[k];
+        }
+        for k in 0..h {
+            v += w_hh[row * h + k] * prob.h0[k];
+        }
+        v
+    };
+    let (it, ft, zt, ot) = (pre(0), pre(1), pre(2), pre(3));
+    let log_f = -((-ft).exp().ln_1p());
+    let m1 = log_f.max(it);
+    let (ig, fg) = ((it - m1).exp(), (log_f - m1).exp());
+    let c1 = fg * prob.c0[0] + ig * zt.tanh();
+    let h1 = 1.0 / (1.0 + (-ot).exp()) * c1 / ig;
+    assert!((o.output[0] - h1).abs() < 1e-12, "{} vs {h1}", o.output[0]);
+}
+
+#[test]
+fn bad_descriptions_are_errors() {
     assert!(register_cell("{\"name\": \"x\"}").is_err());
     assert!(CellKind::parse("rnn_tanh").is_err());
-    let mut d = Dsl::default();
-    let (x, a, b) = (d.xg(0), d.state("a"), d.state("b"));
-    let s = d.bin("add", x, a);
-    let s2 = d.bin("add", s, b);
-    let out = d.un("tanh", s2);
-    let json = d.json(
-        "three",
-        &["h", "a", "b"],
-        (1, 0),
-        &[],
-        &[("h", out), ("a", out), ("b", out)],
-    );
-    let cell = register_cell(&json).unwrap();
-    let err = RnnConfig::new(cell, 2, 3, 1, false, true).unwrap_err();
-    assert!(err.to_string().contains("at most two states"), "{err}");
 }

@@ -349,6 +349,40 @@ fn unsupported_requests_are_typed_errors() {
         );
     }
 
+    // A cell with row reductions (layer normalisation): the error names them.
+    let normed = CellKind::parse(
+        r#"{"name": "normed", "states": ["h"], "x_gates": 1, "h_gates": 0, "unit_params": [],
+            "nodes": [{"op": "xg", "index": 0}, {"op": "mean", "args": [0]},
+                      {"op": "sub", "args": [0, 1]}, {"op": "sum", "args": [2]},
+                      {"op": "add", "args": [2, 3]}],
+            "outputs": {"h": 4}}"#,
+    )
+    .unwrap();
+    {
+        let cfg = RnnConfig::new(normed, 2, 3, 1, false, true).unwrap();
+        let p = RnnParams::<f32>::init_uniform(cfg, 1);
+        let x = vec![0.5f32; 2 * 4 * 2];
+        let batch = Batch {
+            input: &x,
+            layout: Layout::BatchFirst,
+            seq_len: 4,
+            batch: 2,
+            h0: None,
+            c0: None,
+            lengths: None,
+        };
+        match gpu::forward(&p, &batch, &ForwardOptions::default()) {
+            Err(Error::Gpu {
+                failure: GpuFailure::Unsupported,
+                detail,
+            }) => assert!(
+                detail.contains("normed") && detail.contains("row reductions mean, sum"),
+                "{detail}"
+            ),
+            other => panic!("expected an Unsupported error, got {other:?}"),
+        }
+    }
+
     // Bad shapes are the CPU path's errors, also without a device.
     let p = RnnParams::<f32>::init_uniform(cfg, 1);
     let short = vec![0f32; 5];

@@ -20,15 +20,44 @@ pre-activations (PyTorch's chunk order of ``weight_ih`` / ``weight_hh``), ``*`` 
   while a unit is active its gradient through time is neither shrunk nor grown by ``u``.
 * ``elman``: Elman's tanh RNN, ``h' = tanh(xg0 + hg0)``, the same as
   ``torch.nn.RNN(nonlinearity="tanh")`` (same parameter names and shapes).
+* ``ln_lstm``: layer-normalised LSTM (Ba, Kiros & Hinton, 2016) in the per-gate form of
+  TensorFlow's ``LayerNormBasicLSTMCell``: each gate pre-activation ``xg[k] + hg[k]`` is
+  normalised over the hidden units with its own gain and bias (``ln_gain_*`` start at 1,
+  ``ln_bias_*`` at 0), and so is the new cell before its ``tanh``.
+* ``slstm``: the sLSTM cell of xLSTM (Beck et al., 2024): exponential input gate
+  ``I = exp(i~)``, sigmoid forget gate ``F`` (``log F = -softplus(-f~)``), and the paper's
+  normaliser and max-stabiliser. The cell keeps ``c`` normalised (the paper's ``c / n``, a
+  convex combination of candidates, so ``|c| <= 1``) and one internal state ``l``, the log of the
+  unstabilised normaliser (the paper's ``m + log n``). Per step: the stabiliser
+  ``m = max(log F + l, i~)``, the stabilised gates ``f' = exp(log F + l - m)`` and
+  ``i' = exp(i~ - m)`` (one of them is 1), ``n = f' + i'``, ``c' = (f' c + i' tanh(z~)) / n``,
+  ``l' = m + log n``, ``h' = sigmoid(o~) c'``: the paper's ``h`` exactly (its ``c`` and ``n``
+  rescaled by ``1/n`` every step, which ``c / n`` does not see), and nothing overflows however
+  large ``i~`` gets. One head (a full ``W_hh``, not the paper's block-diagonal heads). ``l``
+  starts at 0 in every call (normaliser 1: ``c0`` is weighted against the first input, where the
+  paper's ``n0 = 0`` would drop it).
+* ``decay_rnn``: a leaky tanh RNN with a learned per-unit decay,
+  ``h' = a h + (1 - a) tanh(xg0 + hg0)`` with ``a = exp(-softplus(d))`` in ``(0, 1)`` for a
+  trained per-unit ``d`` (starting at -2, ``a ~= 0.88``, a time constant of about 8 steps).
 """
 
 from __future__ import annotations
 
-from lstmrs.cells import Cell, relu, sigmoid, tanh
+from lstmrs.cells import Cell, exp, layer_norm, log, maximum, relu, sigmoid, softplus, tanh
 from lstmrs.plugins import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["CELLS", "CIFG_LSTM", "ELMAN", "INDRNN", "MGU", "PEEPHOLE_LSTM"]
+__all__ = [
+    "CELLS",
+    "CIFG_LSTM",
+    "DECAY_RNN",
+    "ELMAN",
+    "INDRNN",
+    "LN_LSTM",
+    "MGU",
+    "PEEPHOLE_LSTM",
+    "SLSTM",
+]
 
 
 def peephole_lstm(c: Cell):
@@ -78,12 +107,53 @@ def elman(c: Cell):
     return {"h": tanh(x + hh)}
 
 
+def _ln(c: Cell, x, name: str):
+    gain = c.unit_param(f"ln_gain_{name}", init="constant", value=1.0)
+    bias = c.unit_param(f"ln_bias_{name}", init="constant", value=0.0)
+    return layer_norm(x, gain, bias, eps=1e-5)
+
+
+def ln_lstm(c: Cell):
+    """Layer-normalised LSTM (Ba et al., 2016), each gate and the cell normalised separately."""
+    xs, hs = c.x_gates(4), c.h_gates(4)
+    i, f, g, o = (_ln(c, x + h, name) for x, h, name in zip(xs, hs, "ifgo"))
+    c_new = sigmoid(f) * c.state("c") + sigmoid(i) * tanh(g)
+    return {"h": sigmoid(o) * tanh(_ln(c, c_new, "c")), "c": c_new}
+
+
+def slstm(c: Cell):
+    """sLSTM (Beck et al., 2024): exponential input gate, stabilised by the max trick; c is
+    kept normalised (c / n) and l = log of the unstabilised normaliser."""
+    xi, xf, xz, xo = c.x_gates(4)
+    hi, hf, hz, ho = c.h_gates(4)
+    cell, l_prev = c.state("c"), c.state("l")
+    i_tilde = xi + hi
+    log_f = -softplus(-(xf + hf)) + l_prev  # log(F * N), F = sigmoid(f~), N = exp(l)
+    m = maximum(log_f, i_tilde)  # the stabiliser
+    f_gate, i_gate = exp(log_f - m), exp(i_tilde - m)  # max(f', i') = 1
+    n = f_gate + i_gate  # in [1, 2]
+    c_new = (f_gate * cell + i_gate * tanh(xz + hz)) / n
+    return {"h": sigmoid(xo + ho) * c_new, "c": c_new, "l": m + log(n)}
+
+
+def decay_rnn(c: Cell):
+    """Leaky tanh RNN whose per-unit decay a = exp(-softplus(d)) is learned."""
+    (x,) = c.x_gates(1)
+    (hh,) = c.h_gates(1)
+    a = exp(-softplus(c.unit_param("decay", init="constant", value=-2.0)))
+    h = c.state("h")
+    return {"h": a * h + (1 - a) * tanh(x + hh)}
+
+
 PEEPHOLE_LSTM = Cell.define("peephole_lstm", peephole_lstm, states=("h", "c"))
 CIFG_LSTM = Cell.define("cifg_lstm", cifg_lstm, states=("h", "c"))
 MGU = Cell.define("mgu", mgu, states=("h",))
 INDRNN = Cell.define("indrnn", indrnn, states=("h",))
 ELMAN = Cell.define("elman", elman, states=("h",))
-CELLS = (PEEPHOLE_LSTM, CIFG_LSTM, MGU, INDRNN, ELMAN)
+LN_LSTM = Cell.define("ln_lstm", ln_lstm, states=("h", "c"))
+SLSTM = Cell.define("slstm", slstm, states=("h", "c", "l"))
+DECAY_RNN = Cell.define("decay_rnn", decay_rnn, states=("h",))
+CELLS = (PEEPHOLE_LSTM, CIFG_LSTM, MGU, INDRNN, ELMAN, LN_LSTM, SLSTM, DECAY_RNN)
 
 
 @hookimpl

@@ -69,6 +69,13 @@ pub(crate) fn differentiate(
                         let p = g.mul(adj, x);
                         g.affine(2.0, 0.0, p)
                     }
+                    Un::Exp => g.mul(adj, id as NodeId),
+                    Un::Log => g.binary(Bin::DLog, adj, x),
+                    Un::Sqrt => g.binary(Bin::DSqrt, adj, id as NodeId),
+                    Un::Softplus => g.binary(Bin::DSoftplus, adj, id as NodeId),
+                    // d(sum_k x_k)/dx_j = 1 for every j: each unit gets the row's summed
+                    // gradient (1/H of it for the mean). This is where units couple.
+                    Un::Sum | Un::Mean => g.unary(op, adj),
                 };
                 push(x, v);
             }
@@ -85,7 +92,25 @@ pub(crate) fn differentiate(
                     push(x, g.mul(adj, y));
                     push(y, g.mul(adj, x));
                 }
-                Bin::DSig | Bin::DTanh | Bin::Mask => {
+                Bin::Div => {
+                    // a / b: d/da = 1/b (b clamped as in the forward), d/db = -(a/b)/b.
+                    push(x, g.binary(Bin::Div, adj, y));
+                    let gy = g.mul(adj, id as NodeId);
+                    let gy = g.binary(Bin::DivMask, gy, y);
+                    push(y, g.affine(-1.0, 0.0, gy));
+                }
+                Bin::Max | Bin::Min => {
+                    // Subgradient: at a tie the first argument takes the whole gradient.
+                    let d = if op == Bin::Max {
+                        g.binary(Bin::Sub, x, y)
+                    } else {
+                        g.binary(Bin::Sub, y, x)
+                    };
+                    let gx = g.binary(Bin::MaskGe, adj, d);
+                    push(x, gx);
+                    push(y, g.binary(Bin::Sub, adj, gx));
+                }
+                _ => {
                     return Err(internal(format!(
                         "derivative op {op:?} in the forward graph"
                     )))

@@ -10,6 +10,7 @@
 //! functions fill from their slice arguments after checking every length; registers sit in a
 //! per-thread scratch buffer (see [`with_scratch`]).
 
+use super::graph::{DIV_EPS, LOG_FLOOR};
 use super::program::{Kind, Loc, Op};
 use crate::gates::Active;
 use crate::scalar::Scalar;
@@ -66,6 +67,36 @@ elem!(SigmoidE, |a, b, c, e| a.sigmoid());
 elem!(TanhE, |a, b, c, e| a.tanh_act());
 elem!(ReluE, |a, b, c, e| a.max(T::zero()));
 elem!(SquareE, |a, b, c, e| a * a);
+elem!(ExpE, |a, b, c, e| a.exp_act());
+elem!(LogE, |a, b, c, e| a.max(T::from_f64(LOG_FLOOR)).ln());
+elem!(SqrtE, |a, b, c, e| a.max(T::zero()).sqrt());
+// max(a, 0) + ln(1 + e^-|a|): no overflow for large |a|.
+elem!(SoftplusE, |a, b, c, e| a.max(T::zero())
+    + (-a.abs()).exp_act().ln_1p());
+elem!(DivE, |a, b, c, e| a / safe_denominator(b));
+elem!(MaxE, |a, b, c, e| if a >= b { a } else { b });
+elem!(MinE, |a, b, c, e| if a <= b { a } else { b });
+elem!(DLogE, |a, b, c, e| if b > T::from_f64(LOG_FLOOR) {
+    a / b
+} else {
+    T::zero()
+});
+elem!(DSqrtE, |a, b, c, e| if b > T::zero() {
+    a / (b + b)
+} else {
+    T::zero()
+});
+elem!(DSoftplusE, |a, b, c, e| a * (T::one() - (-b).exp_act()));
+elem!(MaskGeE, |a, b, c, e| if b >= T::zero() {
+    a
+} else {
+    T::zero()
+});
+elem!(DivMaskE, |a, b, c, e| if b.abs() >= T::from_f64(DIV_EPS) {
+    a / b
+} else {
+    T::zero()
+});
 elem!(AddE, |a, b, c, e| a + b);
 elem!(SubE, |a, b, c, e| a - b);
 elem!(MulE, |a, b, c, e| a * b);
@@ -133,6 +164,32 @@ fn map<T: Scalar, F: Elem<T>>(
     }
 }
 
+/// The denominator of safe division: `b` moved out to `±DIV_EPS` when `|b| < DIV_EPS` (`+` at
+/// 0), with selects so the loop stays branch-free.
+#[inline(always)]
+fn safe_denominator<T: Scalar>(b: T) -> T {
+    let eps = T::from_f64(DIV_EPS);
+    let away = if b < T::zero() { -eps } else { eps };
+    if b.abs() >= eps {
+        b
+    } else {
+        away
+    }
+}
+
+/// Row reduction broadcast back: `d[j] = scale * sum_k a[k]`, summed in f64 so a long row of
+/// f32 loses no precision (the sum is once per row, not per unit).
+#[inline(always)]
+fn reduce<T: Scalar>(d: &mut [T], d2: Option<&mut [T]>, a: &[T], scale: f64) {
+    let a = &a[..d.len()];
+    let s: f64 = a.iter().map(|&v| Scalar::to_f64(v)).sum();
+    let v = T::from_f64(s * scale);
+    d.fill(v);
+    if let Some(d2) = d2 {
+        d2.fill(v);
+    }
+}
+
 /// `d += a`.
 #[inline(always)]
 fn acc<T: Scalar>(d: &mut [T], a: &[T]) {
@@ -173,6 +230,20 @@ unsafe fn exec<T: Scalar>(op: &Op, fr: &Frame<T>, b: usize) {
         Kind::Tanh => map(TanhE, d, d2, a, bb, c, e),
         Kind::Relu => map(ReluE, d, d2, a, bb, c, e),
         Kind::Square => map(SquareE, d, d2, a, bb, c, e),
+        Kind::Exp => map(ExpE, d, d2, a, bb, c, e),
+        Kind::Log => map(LogE, d, d2, a, bb, c, e),
+        Kind::Sqrt => map(SqrtE, d, d2, a, bb, c, e),
+        Kind::Softplus => map(SoftplusE, d, d2, a, bb, c, e),
+        Kind::RowSum => reduce(d, d2, a, 1.0),
+        Kind::RowMean => reduce(d, d2, a, 1.0 / h as f64),
+        Kind::Div => map(DivE, d, d2, a, bb, c, e),
+        Kind::Max => map(MaxE, d, d2, a, bb, c, e),
+        Kind::Min => map(MinE, d, d2, a, bb, c, e),
+        Kind::DLog => map(DLogE, d, d2, a, bb, c, e),
+        Kind::DSqrt => map(DSqrtE, d, d2, a, bb, c, e),
+        Kind::DSoftplus => map(DSoftplusE, d, d2, a, bb, c, e),
+        Kind::MaskGe => map(MaskGeE, d, d2, a, bb, c, e),
+        Kind::DivMask => map(DivMaskE, d, d2, a, bb, c, e),
         Kind::Add => map(AddE, d, d2, a, bb, c, e),
         Kind::Sub => map(SubE, d, d2, a, bb, c, e),
         Kind::Mul => map(MulE, d, d2, a, bb, c, e),

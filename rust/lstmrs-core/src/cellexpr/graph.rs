@@ -30,18 +30,67 @@ pub(crate) enum Un {
     Tanh,
     Relu,
     Square,
+    Exp,
+    Log,
+    Sqrt,
+    Softplus,
+    /// Sum over the row's `H` units, broadcast back (the only ops that couple units).
+    Sum,
+    Mean,
+}
+
+impl Un {
+    /// Whether the op reduces over the row (its value is the same for every unit of a row).
+    pub fn is_reduction(self) -> bool {
+        matches!(self, Un::Sum | Un::Mean)
+    }
+}
+
+/// Smallest argument `log` takes: below it the argument is clamped (value `ln(LOG_FLOOR)`,
+/// gradient 0). A normal number in f32 too.
+pub const LOG_FLOOR: f64 = 1e-30;
+/// Smallest magnitude of a denominator: `a / b` divides by `b` moved out to `±DIV_EPS` when
+/// `|b| < DIV_EPS` (gradient with respect to `b` 0 there).
+pub const DIV_EPS: f64 = 1e-12;
+
+/// The denominator safe division uses.
+#[inline(always)]
+pub(crate) fn safe_denominator_f64(b: f64) -> f64 {
+    if b.abs() >= DIV_EPS {
+        b
+    } else if b < 0.0 {
+        -DIV_EPS
+    } else {
+        DIV_EPS
+    }
+}
+
+/// `ln(1 + e^x)` without overflow: `max(x, 0) + ln(1 + e^-|x|)`.
+pub(crate) fn softplus_f64(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
 /// Binary ops. `DSig(g, y) = g*y*(1-y)`, `DTanh(g, y) = g*(1-y^2)` and `Mask(g, x) = x > 0 ? g : 0`
-/// are the derivatives of sigmoid, tanh and relu expressed through the forward values they need.
+/// are the derivatives of sigmoid, tanh and relu expressed through the forward values they need;
+/// likewise `DLog(g, x) = x > LOG_FLOOR ? g/x : 0`, `DSqrt(g, y) = y > 0 ? g/(2y) : 0`,
+/// `DSoftplus(g, y) = g*(1 - e^-y)` (that is `g * sigmoid(x)` from the output `y`),
+/// `MaskGe(g, d) = d >= 0 ? g : 0` (max/min) and `DivMask(g, b) = |b| >= DIV_EPS ? g/b : 0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Bin {
     Add,
     Sub,
     Mul,
+    Div,
+    Max,
+    Min,
     DSig,
     DTanh,
     Mask,
+    DLog,
+    DSqrt,
+    DSoftplus,
+    MaskGe,
+    DivMask,
 }
 
 /// Constants are kept as bits so nodes can be hashed.
@@ -146,8 +195,23 @@ impl Graph {
                 Un::Tanh => c.tanh(),
                 Un::Relu => c.max(0.0),
                 Un::Square => c * c,
+                Un::Exp => c.exp(),
+                Un::Log => c.max(LOG_FLOOR).ln(),
+                Un::Sqrt => c.max(0.0).sqrt(),
+                Un::Softplus => softplus_f64(c),
+                Un::Mean => c,
+                // `H` is not known at compile time.
+                Un::Sum => return self.intern(Node::Un(op, x)),
             };
             return self.constant(v);
+        }
+        // A reduction of a reduction is the first one's value times 1 (mean) or H (sum).
+        if op == Un::Mean {
+            if let Node::Un(inner, _) = self.node(x) {
+                if inner.is_reduction() {
+                    return x;
+                }
+            }
         }
         if op == Un::Relu {
             if let Node::Un(Un::Relu, _) = self.node(x) {
@@ -226,7 +290,27 @@ impl Graph {
                 }
                 self.intern(Node::Bin(Bin::Mul, x.min(y), x.max(y)))
             }
-            Bin::DSig | Bin::DTanh | Bin::Mask => {
+            Bin::Div => {
+                if cx == Some(0.0) {
+                    return self.constant(0.0);
+                }
+                if let Some(b) = cy {
+                    return self.affine(1.0 / safe_denominator_f64(b), 0.0, x);
+                }
+                self.intern(Node::Bin(Bin::Div, x, y))
+            }
+            Bin::Max | Bin::Min => {
+                if let (Some(a), Some(b)) = (cx, cy) {
+                    let v = if op == Bin::Max { a.max(b) } else { a.min(b) };
+                    return self.constant(v);
+                }
+                if x == y {
+                    return x;
+                }
+                // Not commutative at ties (the gradient goes to the first argument).
+                self.intern(Node::Bin(op, x, y))
+            }
+            _ => {
                 // Linear in the gradient `x`: zero stays zero, scalings move outside.
                 if cx == Some(0.0) {
                     return self.constant(0.0);
@@ -235,7 +319,13 @@ impl Graph {
                     let k = match op {
                         Bin::DSig => v * (1.0 - v),
                         Bin::DTanh => 1.0 - v * v,
-                        _ => f64::from(u8::from(v > 0.0)),
+                        Bin::DLog if v > LOG_FLOOR => 1.0 / v,
+                        Bin::DSqrt if v > 0.0 => 0.5 / v,
+                        Bin::DSoftplus => -(-v).exp_m1(),
+                        Bin::MaskGe => f64::from(u8::from(v >= 0.0)),
+                        Bin::DivMask if v.abs() >= DIV_EPS => 1.0 / v,
+                        Bin::Mask => f64::from(u8::from(v > 0.0)),
+                        _ => 0.0,
                     };
                     return self.affine(k, 0.0, x);
                 }

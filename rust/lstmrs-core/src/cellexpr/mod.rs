@@ -12,6 +12,14 @@
 //! `gates`. Each program is a list of row-wide ops (see `program` and `eval`): per row of the
 //! batch, each op is one vectorised loop over the `H` units, so no per-element interpretation.
 //!
+//! Row reductions (`sum`, `mean` over the `H` units, from which the DSL builds variance and layer
+//! normalisation) are the one kind of op that couples units: a reduction op sums its row once
+//! and fills the result back, one pass; the derivative of a reduction is the same reduction of
+//! the adjoint, so the backward couples the row's units with one pass too. Reductions are taped
+//! rather than recomputed. Domains are fixed so that no op gives inf or NaN from finite input:
+//! `log` clamps its argument at [`LOG_FLOOR`], division keeps `|denominator| >= DIV_EPS`, `sqrt`
+//! clamps at 0 (the gradient is 0 where an argument is clamped).
+//!
 //! Tape layout: `[B, K*H]` per step (`K = tape_width()`): row `b` holds `K` consecutive blocks
 //! of `H`; block `k` is the `k`-th saved forward value in the order of the (simplified) DAG.
 //! Saved are the activation outputs the derivative uses and the gate pre-activations it reads
@@ -32,6 +40,7 @@ mod parse;
 mod program;
 
 pub use crate::gates::Active;
+pub use graph::{DIV_EPS, LOG_FLOOR};
 pub use parse::{
     is_name, BinaryOp, CellDesc, CellSpec, Expr, NodeDesc, ParamInit, UnaryOp, UnitParam,
     MAX_GATES, MAX_NAME_LEN, MAX_NODES, MAX_PARAMS, MAX_STATES,
@@ -138,6 +147,12 @@ fn build_graph(spec: &CellSpec) -> (Graph, Vec<NodeId>) {
                     UnaryOp::Tanh => g.unary(Un::Tanh, a),
                     UnaryOp::Relu => g.unary(Un::Relu, a),
                     UnaryOp::Square => g.unary(Un::Square, a),
+                    UnaryOp::Exp => g.unary(Un::Exp, a),
+                    UnaryOp::Log => g.unary(Un::Log, a),
+                    UnaryOp::Sqrt => g.unary(Un::Sqrt, a),
+                    UnaryOp::Softplus => g.unary(Un::Softplus, a),
+                    UnaryOp::Sum => g.unary(Un::Sum, a),
+                    UnaryOp::Mean => g.unary(Un::Mean, a),
                 }
             }
             Expr::Binary(op, a, b) => {
@@ -146,6 +161,9 @@ fn build_graph(spec: &CellSpec) -> (Graph, Vec<NodeId>) {
                     BinaryOp::Add => g.add(a, b),
                     BinaryOp::Sub => g.binary(graph::Bin::Sub, a, b),
                     BinaryOp::Mul => g.mul(a, b),
+                    BinaryOp::Div => g.binary(graph::Bin::Div, a, b),
+                    BinaryOp::Max => g.binary(graph::Bin::Max, a, b),
+                    BinaryOp::Min => g.binary(graph::Bin::Min, a, b),
                 }
             }
         };
@@ -296,6 +314,23 @@ impl CompiledCell {
 
     pub fn spec(&self) -> &CellSpec {
         &self.spec
+    }
+
+    /// Names of the row reductions the cell's description uses (`"mean"`, `"sum"`), each once:
+    /// the ops that couple the units of a row.
+    pub fn reductions(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for e in &self.spec.nodes {
+            let name = match e {
+                Expr::Unary(UnaryOp::Mean, _) => "mean",
+                Expr::Unary(UnaryOp::Sum, _) => "sum",
+                _ => continue,
+            };
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
     }
 
     /// Floats saved per unit per step for the backward pass (the tape width `K`): a step's tape

@@ -18,8 +18,8 @@ pub const MAX_NODES: usize = 65_536;
 const RESERVED: [&str; 4] = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
 
 /// The op names a node may carry, for error messages.
-const OPS: &str =
-    "xg, hg, state, param, const, neg, one_minus, sigmoid, tanh, relu, square, add, sub, mul";
+const OPS: &str = "xg, hg, state, param, const, neg, one_minus, sigmoid, tanh, relu, square, \
+    exp, log, sqrt, softplus, sum, mean, add, sub, mul, div, max, min";
 
 /// How a unit parameter is initialised.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +73,18 @@ pub enum UnaryOp {
     Tanh,
     Relu,
     Square,
+    /// `e^x` (f32: saturates at `e^88`).
+    Exp,
+    /// `ln(max(x, LOG_FLOOR))`: the domain is `x > 0`; smaller arguments are clamped (gradient 0).
+    Log,
+    /// `sqrt(max(x, 0))` (gradient 0 where `x <= 0`).
+    Sqrt,
+    /// `ln(1 + e^x)`, computed without overflow.
+    Softplus,
+    /// Sum over the `H` units of the row, broadcast back to every unit.
+    Sum,
+    /// Mean over the `H` units of the row, broadcast back to every unit.
+    Mean,
 }
 
 /// Binary element-wise ops of the description.
@@ -81,6 +93,13 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// Safe division `a / b̂`, `b̂ = b` when `|b| >= DIV_EPS`, else `±DIV_EPS` (sign of `b`, `+`
+    /// at 0); the gradient with respect to `b` is 0 in the clamped band.
+    Div,
+    /// Element-wise maximum; at a tie the whole gradient goes to the first argument.
+    Max,
+    /// Element-wise minimum; at a tie the whole gradient goes to the first argument.
+    Min,
 }
 
 /// A validated node: leaves name their source by index, ops reference earlier nodes.
@@ -580,9 +599,18 @@ fn validate_node(d: &CellDesc, i: usize, n: &NodeDesc) -> Result<Expr> {
         "tanh" => unary(UnaryOp::Tanh),
         "relu" => unary(UnaryOp::Relu),
         "square" => unary(UnaryOp::Square),
+        "exp" => unary(UnaryOp::Exp),
+        "log" => unary(UnaryOp::Log),
+        "sqrt" => unary(UnaryOp::Sqrt),
+        "softplus" => unary(UnaryOp::Softplus),
+        "sum" => unary(UnaryOp::Sum),
+        "mean" => unary(UnaryOp::Mean),
         "add" => binary(BinaryOp::Add),
         "sub" => binary(BinaryOp::Sub),
         "mul" => binary(BinaryOp::Mul),
+        "div" => binary(BinaryOp::Div),
+        "max" => binary(BinaryOp::Max),
+        "min" => binary(BinaryOp::Min),
         other => Err(Error::Name {
             arg: "cell.nodes",
             expected: format!("{OPS} (node {i})"),

@@ -104,9 +104,33 @@ pub(crate) enum Kind {
     Relu,
     /// `d = a * a`
     Square,
+    Exp,
+    /// `d = ln(max(a, LOG_FLOOR))`
+    Log,
+    /// `d = sqrt(max(a, 0))`
+    Sqrt,
+    Softplus,
+    /// `d[j] = sum_k a[k]` for every unit `j` of the row (a reduction, not element-wise)
+    RowSum,
+    /// `d[j] = mean_k a[k]`
+    RowMean,
     Add,
     Sub,
     Mul,
+    /// `d = a / b̂` (safe division, see `DIV_EPS`)
+    Div,
+    Max,
+    Min,
+    /// `d = b > LOG_FLOOR ? a / b : 0`
+    DLog,
+    /// `d = b > 0 ? a / (2b) : 0`
+    DSqrt,
+    /// `d = a * (1 - e^-b)`
+    DSoftplus,
+    /// `d = b >= 0 ? a : 0`
+    MaskGe,
+    /// `d = |b| >= DIV_EPS ? a / b : 0`
+    DivMask,
     /// `d = a * b * (1 - b)`
     DSig,
     /// `d = a * (1 - b * b)`
@@ -141,10 +165,24 @@ impl Kind {
             | Kind::Tanh
             | Kind::Relu
             | Kind::Square
+            | Kind::Exp
+            | Kind::Log
+            | Kind::Sqrt
+            | Kind::Softplus
+            | Kind::RowSum
+            | Kind::RowMean
             | Kind::Acc => 1,
             Kind::Add
             | Kind::Sub
             | Kind::Mul
+            | Kind::Div
+            | Kind::Max
+            | Kind::Min
+            | Kind::DLog
+            | Kind::DSqrt
+            | Kind::DSoftplus
+            | Kind::MaskGe
+            | Kind::DivMask
             | Kind::DSig
             | Kind::DTanh
             | Kind::Mask
@@ -272,7 +310,17 @@ pub(crate) fn choose_tape(g: &Graph, bwd_roots: &[NodeId]) -> Vec<NodeId> {
     let must_tape = |id: NodeId| {
         matches!(
             g.node(id),
-            Node::Un(Un::Sigmoid | Un::Tanh, _) | Node::Leaf(Leaf::Xg(_) | Leaf::Hg(_))
+            Node::Un(
+                Un::Sigmoid
+                    | Un::Tanh
+                    | Un::Exp
+                    | Un::Log
+                    | Un::Sqrt
+                    | Un::Softplus
+                    | Un::Sum
+                    | Un::Mean,
+                _
+            ) | Node::Leaf(Leaf::Xg(_) | Leaf::Hg(_))
         )
     };
     // Boundary: non-dependent, non-free values that dependent nodes reachable from the roots use.
@@ -344,9 +392,23 @@ fn plain(g: &Graph, id: NodeId) -> Plan {
         Node::Un(Un::Tanh, _) => Kind::Tanh,
         Node::Un(Un::Relu, _) => Kind::Relu,
         Node::Un(Un::Square, _) => Kind::Square,
+        Node::Un(Un::Exp, _) => Kind::Exp,
+        Node::Un(Un::Log, _) => Kind::Log,
+        Node::Un(Un::Sqrt, _) => Kind::Sqrt,
+        Node::Un(Un::Softplus, _) => Kind::Softplus,
+        Node::Un(Un::Sum, _) => Kind::RowSum,
+        Node::Un(Un::Mean, _) => Kind::RowMean,
         Node::Bin(Bin::Add, ..) => Kind::Add,
         Node::Bin(Bin::Sub, ..) => Kind::Sub,
         Node::Bin(Bin::Mul, ..) => Kind::Mul,
+        Node::Bin(Bin::Div, ..) => Kind::Div,
+        Node::Bin(Bin::Max, ..) => Kind::Max,
+        Node::Bin(Bin::Min, ..) => Kind::Min,
+        Node::Bin(Bin::DLog, ..) => Kind::DLog,
+        Node::Bin(Bin::DSqrt, ..) => Kind::DSqrt,
+        Node::Bin(Bin::DSoftplus, ..) => Kind::DSoftplus,
+        Node::Bin(Bin::MaskGe, ..) => Kind::MaskGe,
+        Node::Bin(Bin::DivMask, ..) => Kind::DivMask,
         Node::Bin(Bin::DSig, ..) => Kind::DSig,
         Node::Bin(Bin::DTanh, ..) => Kind::DTanh,
         Node::Bin(Bin::Mask, ..) => Kind::Mask,

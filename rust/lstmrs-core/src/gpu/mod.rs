@@ -63,6 +63,24 @@ pub(crate) fn check_supported<T: Scalar>(cfg: &RnnConfig) -> Result<()> {
             "the GPU kernels compute in f32; got f64 (use the CPU path for f64)",
         ));
     }
+    if let Some(compiled) = cell.compiled() {
+        // No WGSL generation for cell-language programs: say what the cell needs, naming the
+        // row reductions, which couple the units of a row (a per-unit shader could not run them).
+        let reductions = compiled.reductions();
+        let needs = if reductions.is_empty() {
+            String::new()
+        } else {
+            format!(" and the row reductions {}", reductions.join(", "))
+        };
+        return Err(gpu_error(
+            GpuFailure::Unsupported,
+            format!(
+                "the GPU kernels implement the LSTM and GRU cells; the custom cell {} (element-wise \
+                 program{needs}) runs on the CPU path only",
+                cell.name()
+            ),
+        ));
+    }
     if !matches!(cell, CellKind::Lstm | CellKind::Gru) {
         return Err(gpu_error(
             GpuFailure::Unsupported,
