@@ -312,6 +312,30 @@ def test_trace_of_a_custom_cell_names_gates_from_its_description(rng):
     assert np.all(np.abs(e.delta) <= 0.01 * np.abs(e.output - e.baseline_output) + 1e-9)
 
 
+def test_trace_of_a_cell_with_the_second_languages_ops_matches_its_states(rng):
+    # The trace recomputes a custom cell's gates from its description: with exp, log, softplus,
+    # division, maximum/minimum and a row mean, they must be the values the kernel used.
+    from lstmrs.cells import Cell, exp, log, maximum, minimum, row_mean, sigmoid, softplus, tanh
+
+    def odd(c):
+        xf, xn = c.x_gates(2)
+        hf, hn = c.h_gates(2)
+        h = c.state("h")
+        centred = xf - row_mean(xf)
+        f = sigmoid(maximum(centred, -2.0) + minimum(hf, 1.0) + log(softplus(hf) + 1.0))
+        n = tanh(xn / (1.0 + exp(hn * hn)))
+        return {"h": (1 - f) * h + f * n}
+
+    spec = Cell.define("odd_ops_explain", odd, states=("h",))
+    m = lstmrs.Model(input_size=2, cell=spec, hidden_size=5, dtype="float64", seed=4)
+    x = rng.standard_normal((3, 6, 2))
+    lt = m.trace(x)[0, 0]
+    f, n = (lt.gates[k] for k in lt.gates)
+    h = lt.states["h"]
+    h_prev = np.concatenate([np.zeros((3, 1, 5)), h[:, :-1]], axis=1)
+    np.testing.assert_allclose(h, (1 - f) * h_prev + f * n, atol=1e-12)
+
+
 def test_bad_arguments_raise_typed_errors(rng):
     m = lstmrs.Model(input_size=2, hidden_size=3, output_size=2, seed=0)
     x = rng.standard_normal((2, 4, 2))

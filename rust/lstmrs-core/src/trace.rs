@@ -11,7 +11,7 @@
 //! `relu`) are evaluated again here, plainly, from the taped states and the layer's input; each
 //! is named `<op>_<node>` after its index in the cell's description (`sigmoid_7`).
 
-use crate::cellexpr::{BinaryOp, CellSpec, Expr, UnaryOp};
+use crate::cellexpr::{BinaryOp, CellSpec, Expr, UnaryOp, DIV_EPS, LOG_FLOOR};
 use crate::config::CellKind;
 use crate::error::{Error, Result};
 use crate::matmul::{a_bt, Mat};
@@ -91,6 +91,22 @@ pub fn trace<T: Scalar>(params: RnnWeights<'_, T>, tape: &Tape<T>) -> Result<Vec
             expected: format!("a tape recorded by a network with {cfg:?}"),
             got: format!("{:?}", tape.config()),
         });
+    }
+    if let Some(cell) = cfg.cell.compiled() {
+        // States past `h` and `c` live only inside the sweep (its tape's scratch), so the
+        // gates that read them cannot be recomputed here.
+        let states = cell.spec().states();
+        if states.len() > 2 {
+            return Err(Error::Value {
+                arg: "cell",
+                expected: "a cell with at most two states (h, c) to trace".into(),
+                got: format!(
+                    "{:?} with internal states {:?}",
+                    cell.spec().name(),
+                    &states[2..]
+                ),
+            });
+        }
     }
     let nd = cfg.num_directions();
     let mut out = Vec::with_capacity(cfg.num_layers * nd);
@@ -271,6 +287,12 @@ fn eval_nodes(
                     UnaryOp::Tanh => x.tanh(),
                     UnaryOp::Relu => x.max(0.0),
                     UnaryOp::Square => x * x,
+                    UnaryOp::Exp => x.exp(),
+                    UnaryOp::Log => x.max(LOG_FLOOR).ln(),
+                    UnaryOp::Sqrt => x.max(0.0).sqrt(),
+                    UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+                    // Row reductions: handled below, over the whole row.
+                    UnaryOp::Sum | UnaryOp::Mean => x,
                 })
                 .collect(),
             Expr::Binary(op, a, c) => v[a]
@@ -280,8 +302,25 @@ fn eval_nodes(
                     BinaryOp::Add => x + y,
                     BinaryOp::Sub => x - y,
                     BinaryOp::Mul => x * y,
+                    BinaryOp::Div => {
+                        let d = if y.abs() >= DIV_EPS {
+                            y
+                        } else if y < 0.0 {
+                            -DIV_EPS
+                        } else {
+                            DIV_EPS
+                        };
+                        x / d
+                    }
+                    BinaryOp::Max => x.max(y),
+                    BinaryOp::Min => x.min(y),
                 })
                 .collect(),
+        };
+        let node = match *e {
+            Expr::Unary(UnaryOp::Sum, _) => vec![node.iter().sum::<f64>(); h],
+            Expr::Unary(UnaryOp::Mean, _) => vec![node.iter().sum::<f64>() / h as f64; h],
+            _ => node,
         };
         v.push(node);
     }
