@@ -215,6 +215,24 @@ class ModelCore:
         training: bool = False,
         seed: int = 0,
     ) -> tuple[float, _Array]: ...
+    def input_gradient(
+        self,
+        x: npt.NDArray[Any],
+        d_output: _Array,
+        lengths: npt.NDArray[np.int64] | None = None,
+        embedded: bool = False,
+    ) -> tuple[_Array, _Array, _Array | None]: ...
+    def embed(self, x: npt.NDArray[np.int64]) -> _Array: ...
+    def trace(
+        self,
+        x: npt.NDArray[Any],
+        lengths: npt.NDArray[np.int64] | None = None,
+        embedded: bool = False,
+    ) -> tuple[
+        _Array,
+        list[tuple[int, int, list[tuple[str, _Array]], list[tuple[str, _Array]]]],
+        _Array | None,
+    ]: ...
     def train_step(
         self,
         x: npt.NDArray[Any],
