@@ -29,6 +29,7 @@ pub mod params;
 mod recurrent;
 pub mod reference;
 pub mod scalar;
+pub mod seq2seq;
 pub mod stream;
 mod stream_kernel;
 mod sweep;
