@@ -210,6 +210,10 @@ class RunDir:
 
         if is_ensemble(self.model_path):
             return Ensemble.load(self.model_path)
+        from .seq2seq import Seq2Seq
+
+        if Seq2Seq.is_saved(self.model_path):
+            return Seq2Seq.load(self.model_path)
         if os.path.isfile(os.path.join(self.model_path, "config.json")):
             return load(self.model_path, compile=False)
         ck = self.latest_checkpoint()

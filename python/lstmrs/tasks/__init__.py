@@ -519,9 +519,11 @@ def _builtin() -> dict[str, Task]:
     from .charlm import CharLMTask
     from .classify import ClassifyTask
     from .forecast import ForecastTask
+    from .seq2seq import Seq2SeqTask
     from .synthetic import AddingTask, CopyTask
 
     tasks = [AddingTask(), CopyTask(), ForecastTask(), ClassifyTask(), CharLMTask(), AnomalyTask()]
+    tasks.append(Seq2SeqTask())
     return {t.name: t for t in tasks}
 
 
