@@ -305,7 +305,7 @@ pub(crate) fn argmax<T: Scalar>(row: &[T]) -> usize {
 pub(crate) fn log_softmax<T: Scalar>(row: &mut [T]) {
     let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
     let lse = row.iter().map(|&x| (x - m).exp()).sum::<T>().ln() + m;
-    row.iter_mut().for_each(|x| *x = *x - lse);
+    row.iter_mut().for_each(|x| *x -= lse);
 }
 
 fn check_probability(arg: &'static str, v: f64, hi_inclusive: bool) -> Result<()> {
