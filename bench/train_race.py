@@ -6,6 +6,7 @@ clock paused, so both curves (validation loss against seconds of training) are c
 
     python bench/train_race.py adding --seq-len 200 --budget 300
     python bench/train_race.py charlm --budget 300 --hidden 256
+    python bench/train_race.py g2p --budget 300
 
 Tasks:
 - ``adding``: the adding problem (Hochreiter & Schmidhuber 1997), an LSTM (or ``--cell rnn``: a
@@ -15,6 +16,11 @@ Tasks:
 - ``charlm``: a character language model on tiny Shakespeare (last 10% held out): embedding,
   a stacked LSTM, a linear layer per step, truncated BPTT over ``--batch`` contiguous
   sub-streams in chunks of ``--seq-len`` with the state carried between chunks, Adam, clipping.
+- ``g2p``: grapheme to phoneme on CMUdict (stress dropped, 2,000 held-out words): the
+  ``lstmrs.Seq2Seq`` encoder-decoder (bidirectional LSTM encoder of ``--hidden``/2 per direction,
+  tanh bridge, LSTM decoder of ``--hidden`` with input feeding and Luong attention) against the
+  same network written in PyTorch; token cross-entropy, Adam, clipping, batches from one
+  permutation per epoch.
 
 Both libraries start from the same initial weights (PyTorch's, drawn from ``--seed``, loaded
 into lstmrs) and see the same batches in the same order (``adding``: one permutation per epoch
@@ -357,6 +363,185 @@ def race_charlm_torch(args, train, val, vocab):
 # ------------------------------------------------------------------------------------------------
 
 
+# ------------------------------------------------------------------------------------------------
+# Grapheme to phoneme (seq2seq)
+
+
+def g2p_data(args):
+    """CMUdict pairs (stress dropped), split by word with ``--seed``: training pairs and a
+    validation set of 2,000 pairs, as token-id lists (0 pad, 1 bos, 2 eos, 3 unk)."""
+    from lstmrs.tasks.seq2seq import SPECIALS, read_dictionary
+
+    table = read_dictionary(os.path.join(DATA, "g2p", "cmudict.dict"), keep_stress=False)
+    words = sorted(table)
+    order = np.random.default_rng(args.seed).permutation(len(words))
+    val_words = [words[i] for i in order[:2000]]
+    train_words = [words[i] for i in order[2000:]]
+    letters = SPECIALS + sorted({c for w in train_words for c in w})
+    phones = SPECIALS + sorted({p for w in train_words for pr in table[w] for p in pr})
+    li = {c: i for i, c in enumerate(letters)}
+    pi = {p: i for i, p in enumerate(phones)}
+
+    def pairs(ws):
+        src, tgt = [], []
+        for w in ws:
+            for pr in table[w]:
+                src.append([li.get(c, 3) for c in w])
+                tgt.append([pi.get(p, 3) for p in pr])
+        return src, tgt
+
+    return pairs(train_words), pairs(val_words), (len(letters), len(phones))
+
+
+def _g2p_batches(n: int, seed: int, batch: int):
+    """Index batches of every epoch, shared by both libraries (a permutation per epoch)."""
+    for order in epoch_orders(n, seed):
+        for i in range(0, n, batch):
+            yield order[i : i + batch]
+
+
+def g2p_torch_net(args, vocab):
+    """The same encoder-decoder in PyTorch (bidirectional LSTM encoder, tanh bridge, LSTM decoder
+    with input feeding and Luong "general" attention), its weights drawn from ``--seed``."""
+    import torch
+
+    nn = torch.nn
+    torch.manual_seed(args.seed)
+    e, h = args.embedding, args.hidden
+    he = h // 2
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src_embedding = nn.Embedding(vocab[0], e)
+            self.tgt_embedding = nn.Embedding(vocab[1], e)
+            self.encoder = nn.LSTM(e, he, batch_first=True, bidirectional=True)
+            self.bridge_h = nn.Linear(2 * he, h)
+            self.bridge_c = nn.Linear(2 * he, h)
+            self.decoder = nn.LSTMCell(e + h, h)
+            self.attention = nn.Linear(2 * he, h, bias=False)
+            self.combine = nn.Linear(2 * he + h, h)
+            self.out = nn.Linear(h, vocab[1])
+
+        def forward(self, src, src_len, tgt_in):
+            packed = nn.utils.rnn.pack_padded_sequence(
+                self.src_embedding(src), src_len, batch_first=True, enforce_sorted=False
+            )
+            out, (h_n, c_n) = self.encoder(packed)
+            enc, _ = nn.utils.rnn.pad_packed_sequence(
+                out, batch_first=True, total_length=src.shape[1]
+            )
+            hh = torch.tanh(self.bridge_h(torch.cat([h_n[-2], h_n[-1]], 1)))
+            cc = torch.tanh(self.bridge_c(torch.cat([c_n[-2], c_n[-1]], 1)))
+            keys = self.attention(enc)
+            mask = torch.arange(src.shape[1])[None, :] < src_len[:, None]
+            att = torch.zeros_like(hh)
+            emb = self.tgt_embedding(tgt_in)
+            logits = []
+            for t in range(tgt_in.shape[1]):
+                hh, cc = self.decoder(torch.cat([emb[:, t], att], 1), (hh, cc))
+                score = torch.einsum("bh,bsh->bs", hh, keys).masked_fill(~mask, float("-inf"))
+                ctx = torch.einsum("bs,bsd->bd", torch.softmax(score, 1), enc)
+                att = torch.tanh(self.combine(torch.cat([ctx, hh], 1)))
+                logits.append(self.out(att))
+            return torch.stack(logits, 1)
+
+    return Net()
+
+
+def _g2p_pad(seqs, idx, bos=None, eos=None):
+    rows = [list(seqs[i]) for i in idx]
+    rows = [
+        ([bos] if bos is not None else []) + r + ([eos] if eos is not None else []) for r in rows
+    ]
+    out = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, np.array([len(r) for r in rows], dtype=np.int64)
+
+
+def race_g2p_lstmrs(args, train, val, vocab):
+    import lstmrs
+
+    lstmrs.set_num_threads(args.threads)
+    net = g2p_torch_net(args, vocab)
+    model = lstmrs.Seq2Seq(
+        vocab[0], vocab[1], embed_size=args.embedding, hidden_size=args.hidden, seed=args.seed
+    )
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    for name, view in model.state_dict().items():
+        key = {
+            "src_embedding": "src_embedding.weight",
+            "tgt_embedding": "tgt_embedding.weight",
+        }.get(name, name)
+        view[...] = state[key]
+    model.compile("adam", lr=args.lr, clip_norm=args.clip)
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+    clock.start()
+    for steps, idx in enumerate(_g2p_batches(len(train[0]), args.seed, args.batch), 1):
+        s, s_len = _g2p_pad(train[0], idx)
+        t, t_len = _g2p_pad(train[1], idx, eos=2)
+        _, _, _, grads = model._batch_loss(s, s_len, t, t_len, grad=True)
+        norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+        if norm > args.clip:
+            grads *= args.clip / (norm + 1e-6)
+        model._opt_core.step(model.params, grads, args.lr)
+        t_now = clock.elapsed()
+        if marks.due(t_now) or t_now >= args.budget:
+            clock.pause()
+            loss = model.evaluate(*val)["loss"]
+            curve.append({"seconds": clock.total, "step": steps, "val_loss": loss})
+            if clock.total >= args.budget:
+                break
+            clock.start()
+    clock.pause()
+    return curve
+
+
+def race_g2p_torch(args, train, val, vocab):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    net = g2p_torch_net(args, vocab)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    f = torch.nn.functional
+
+    def batch_loss(idx, srcs, tgts):
+        s, s_len = _g2p_pad(srcs, idx)
+        t_in, _ = _g2p_pad(tgts, idx, bos=1)
+        t_out, t_len = _g2p_pad(tgts, idx, eos=2)
+        logits = net(torch.from_numpy(s), torch.from_numpy(s_len), torch.from_numpy(t_in))
+        mask = torch.arange(t_out.shape[1])[None, :] < torch.from_numpy(t_len)[:, None]
+        return f.cross_entropy(logits[mask], torch.from_numpy(t_out)[mask]), int(mask.sum())
+
+    def validate():
+        total = n = 0
+        with torch.no_grad():
+            for i in range(0, len(val[0]), 256):
+                loss, k = batch_loss(np.arange(i, min(i + 256, len(val[0]))), *val)
+                total += float(loss) * k
+                n += k
+        return total / n
+
+    clock, marks, curve = Clock(), Marks(args.eval_every), []
+    clock.start()
+    for steps, idx in enumerate(_g2p_batches(len(train[0]), args.seed, args.batch), 1):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = batch_loss(idx, *train)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+        opt.step()
+        t_now = clock.elapsed()
+        if marks.due(t_now) or t_now >= args.budget:
+            clock.pause()
+            curve.append({"seconds": clock.total, "step": steps, "val_loss": validate()})
+            if clock.total >= args.budget:
+                break
+            clock.start()
+    clock.pause()
+    return curve
+
+
 def machine() -> dict:
     import lstmrs
 
@@ -398,7 +583,7 @@ def summarize(task: str, curves: dict, args) -> list[str]:
                 if hit
                 else f"; MSE < {args.target} not reached"
             )
-        else:
+        elif task == "charlm":
             extra = f" (best {best / math.log(2):.3f} bits per character)"
         lines.append(
             f"{name:>7}: {last['step']} steps in {last['seconds']:.1f} s of training, "
@@ -418,7 +603,8 @@ def plot(task: str, curves: dict, path: str) -> None:
     for name, curve in curves.items():
         ax.plot([p["seconds"] for p in curve], [p[key] for p in curve], marker=".", label=name)
     ax.set_xlabel("seconds of training")
-    ax.set_ylabel("validation MSE" if task == "adding" else "validation loss (nats/char)")
+    unit = {"adding": "validation MSE", "charlm": "validation loss (nats/char)"}
+    ax.set_ylabel(unit.get(task, "validation loss (nats/token)"))
     if task == "adding":
         ax.set_yscale("log")
     ax.legend()
@@ -429,7 +615,7 @@ def plot(task: str, curves: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("task", choices=["adding", "charlm"])
+    ap.add_argument("task", choices=["adding", "charlm", "g2p"])
     ap.add_argument("--libs", default="lstmrs,torch", help="comma list, run in this order")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per library")
@@ -446,7 +632,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=6400, help="adding: training sequences")
     ap.add_argument("--target", type=float, default=0.01, help="adding: stop below this MSE")
     ap.add_argument("--layers", type=int, default=2, help="charlm")
-    ap.add_argument("--embedding", type=int, default=64, help="charlm")
+    ap.add_argument("--embedding", type=int, default=64, help="charlm, g2p")
     ap.add_argument("--dropout", type=float, default=0.0, help="charlm, between layers")
     ap.add_argument("--json", metavar="PATH", help="write the curves and settings as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write the curves as a PNG")
@@ -457,6 +643,8 @@ def main(argv=None) -> int:
         if adding
         else {"lr": 0.003, "batch": 32, "hidden": 256, "seq_len": 100}
     )
+    if args.task == "g2p":
+        defaults = {"lr": 0.003, "batch": 128, "hidden": 192, "seq_len": 0}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -468,6 +656,9 @@ def main(argv=None) -> int:
     if adding:
         data = adding_data(args)
         runners = {"lstmrs": race_adding_lstmrs, "torch": race_adding_torch}
+    elif args.task == "g2p":
+        data = g2p_data(args)
+        runners = {"lstmrs": race_g2p_lstmrs, "torch": race_g2p_torch}
     else:
         train, val, vocab = charlm_data(args)
         data = (train, val, vocab)

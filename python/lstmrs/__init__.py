@@ -38,6 +38,7 @@ from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
 from .models import Loss, Model
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
+from .seq2seq import Seq2Seq
 from .streaming import Stepper
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "PluginWarning",
     "RnnGradients",
     "RunDirError",
+    "Seq2Seq",
     "ShapeError",
     "Stepper",
     "TuneError",

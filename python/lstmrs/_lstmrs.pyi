@@ -283,3 +283,54 @@ class StepperCore:
     def reset(self) -> None: ...
     def get_state(self) -> tuple[_Array, _Array | None]: ...
     def set_state(self, h: _Array, c: _Array | None = None) -> None: ...
+
+class Seq2SeqCore:
+    """An encoder-decoder's architecture; its weights are a flat array the caller owns."""
+
+    def __init__(
+        self,
+        *,
+        cell: str,
+        src_vocab: int,
+        tgt_vocab: int,
+        embed_size: int,
+        encoder_hidden: int,
+        num_layers: int,
+        bidirectional: bool,
+        hidden_size: int,
+        attention: str,
+        attention_size: int,
+    ) -> None: ...
+    @property
+    def num_params(self) -> int: ...
+    def param_specs(self) -> list[tuple[str, list[int]]]: ...
+    def init(self, seed: int, dtype: str = "float32") -> npt.NDArray[np.floating]: ...
+    def loss_and_grad(
+        self,
+        params: npt.NDArray[np.floating],
+        src: npt.NDArray[np.int64],
+        src_lengths: npt.NDArray[np.int64],
+        tgt: npt.NDArray[np.int64],
+        tgt_lengths: npt.NDArray[np.int64],
+        *,
+        bos: int,
+        label_smoothing: float = 0.0,
+        sampling_rate: float = 0.0,
+        dropout: float = 0.0,
+        seed: int = 0,
+        grad: bool = True,
+    ) -> tuple[float, int, int, npt.NDArray[np.floating] | None]: ...
+    def decode(
+        self,
+        params: npt.NDArray[np.floating],
+        src: npt.NDArray[np.int64],
+        src_lengths: npt.NDArray[np.int64],
+        *,
+        bos: int,
+        eos: int,
+        beam: int = 1,
+        alpha: float = 0.0,
+        max_len: int = 50,
+        attention: bool = False,
+        force_beam: bool = False,
+    ) -> list[tuple[list[int], float, bool, npt.NDArray[np.floating] | None]]: ...

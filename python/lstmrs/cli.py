@@ -148,6 +148,12 @@ def cmd_predict(args) -> int:
     run, task, cfg = _open_run(args.run_dir)
     state = run.read_state().get("task_state") or {}
     model = run.load_model()
+    if args.inputs and hasattr(task, "predict_words"):
+        for src, out in zip(args.inputs, task.predict_words(model, cfg, state, args.inputs)):
+            print(f"{src}\t{out}")
+        return 0
+    if not args.input or not args.output:
+        raise C.ConfigError("predict: expected --input FILE and --output FILE")
     if not os.path.exists(args.input):
         raise C.ConfigError(f"--input: {args.input!r} does not exist")
     message = task.predict_file(model, cfg, state, args.input, args.output)
@@ -402,12 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a trained model on FILE and write its predictions. forecast: a CSV "
         "with the run's columns -> the forecast after its end (CSV); classify: a CSV of texts "
         "or an .npz of sequences -> labels and probabilities (CSV); anomaly: a CSV series -> "
-        "scores and alarms (CSV); charlm: a text file -> bits per character (JSON); adding / "
+        "scores and alarms (CSV); seq2seq: INPUT words on the command line -> printed "
+        "outputs, or a file of one source per line -> TSV; charlm: a text file -> bits per character (JSON); adding / "
         "copy: an .npz with X -> predictions (.npy, .npz or CSV).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--input", required=True, metavar="FILE", help="data to predict for")
-    p.add_argument("--output", required=True, metavar="FILE", help="where to write predictions")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="seq2seq: sources to decode, outputs printed"
+    )
+    p.add_argument("--input", metavar="FILE", help="data to predict for")
+    p.add_argument("--output", metavar="FILE", help="where to write predictions")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

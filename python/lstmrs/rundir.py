@@ -27,6 +27,7 @@ from .callbacks import read_jsonl
 from .checkpoint import atomic_write, latest_checkpoint, load
 from .ensemble import Ensemble, is_ensemble
 from .errors import DataFileError, RunDirError
+from .seq2seq import Seq2Seq
 
 __all__ = ["RunDir", "RunDirError"]
 
@@ -204,6 +205,8 @@ class RunDir:
         """The final model, or the newest training checkpoint when training did not finish."""
         if is_ensemble(self.model_path):
             return Ensemble.load(self.model_path)
+        if Seq2Seq.is_saved(self.model_path):
+            return Seq2Seq.load(self.model_path)
         if os.path.isfile(os.path.join(self.model_path, "config.json")):
             return load(self.model_path, compile=False)
         ck = self.latest_checkpoint()

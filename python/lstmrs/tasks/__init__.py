@@ -39,6 +39,7 @@ from .base import (
 from .charlm import CharLMTask
 from .classify import ClassifyTask
 from .forecast import ForecastTask
+from .seq2seq import Seq2SeqTask
 from .synthetic import AddingTask, CopyTask
 
 __all__ = [
@@ -64,7 +65,15 @@ __all__ = [
 
 
 def _builtin() -> dict[str, Task]:
-    tasks = [AddingTask(), CopyTask(), ForecastTask(), ClassifyTask(), CharLMTask(), AnomalyTask()]
+    tasks = [
+        AddingTask(),
+        CopyTask(),
+        ForecastTask(),
+        ClassifyTask(),
+        CharLMTask(),
+        AnomalyTask(),
+        Seq2SeqTask(),
+    ]
     return {t.name: t for t in tasks}
 
 

@@ -30,6 +30,7 @@ mod projection;
 mod recurrent;
 pub mod reference;
 pub mod scalar;
+pub mod seq2seq;
 pub mod stream;
 mod stream_kernel;
 mod sweep;

@@ -7,6 +7,7 @@ mod errors;
 mod gpu;
 mod model;
 mod rnn;
+mod seq2seq;
 
 use pyo3::prelude::*;
 use std::sync::Once;
@@ -67,6 +68,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::LossSpec>()?;
     m.add_class::<model::OptimizerCore>()?;
     m.add_class::<model::StepperCore>()?;
+    m.add_class::<seq2seq::Seq2SeqCore>()?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

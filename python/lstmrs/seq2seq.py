@@ -1,0 +1,535 @@
+"""Sequence to sequence: :class:`Seq2Seq`, an encoder–decoder with attention.
+
+The recurrent loops, the attention, the loss and every gradient run in the Rust core
+(``lstmrs_core::seq2seq``); this module turns token sequences into padded batches, runs the
+training loop (the existing optimizers, Keras-style callbacks, checkpoints) and decodes.
+
+>>> import lstmrs
+>>> m = lstmrs.Seq2Seq(src_vocab=30, tgt_vocab=45, embed_size=32, hidden_size=64, seed=0)
+>>> m.compile("adam", lr=3e-3)
+>>> history = m.fit(src, tgt, epochs=5)            # src, tgt: lists of token-id sequences
+>>> m.predict(src[:2], beam=5)                     # [[12, 7, 30], [4, 9]]
+
+Token ids: 0 is free for padding, ``bos`` starts every decoded sequence and ``eos`` ends it;
+targets are given without them (``fit`` appends ``eos``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import optim as _optim
+from ._lstmrs import Seq2SeqCore
+from .callbacks import Callback, CallbackList, History
+from .errors import InvalidArgumentError, ShapeError
+
+__all__ = ["Seq2Seq"]
+
+CONFIG_FILE = "seq2seq.json"
+WEIGHTS_FILE = "weights.npy"
+CHECKPOINT_DIR = "seq2seq-checkpoint"
+
+
+def _int(name: str, v: Any, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise InvalidArgumentError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _prob(name: str, v: Any, hi_open: bool = True) -> float:
+    ok = isinstance(v, (int, float, np.floating)) and 0.0 <= v and (v < 1 if hi_open else v <= 1)
+    if not ok:
+        close = ")" if hi_open else "]"
+        raise InvalidArgumentError(f"{name}: expected a number in [0, 1{close}, got {v!r}")
+    return float(v)
+
+
+def _sequences(name: str, seqs: Any, vocab: int, allow_empty: bool = False) -> list[np.ndarray]:
+    """Token-id sequences as int64 arrays, checked against the vocabulary."""
+    if isinstance(seqs, np.ndarray) and seqs.ndim != 2:
+        raise ShapeError(f"{name}: expected a list of sequences or a 2-D array, got {seqs.shape}")
+    out = []
+    for i, s in enumerate(seqs):
+        a = np.asarray(s)
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ShapeError(f"{name}[{i}]: expected a 1-D sequence of integer token ids")
+        a = a.astype(np.int64)
+        if not allow_empty and a.size == 0:
+            raise InvalidArgumentError(f"{name}[{i}]: expected at least one token, got none")
+        if a.size and (a.min() < 0 or a.max() >= vocab):
+            raise InvalidArgumentError(
+                f"{name}[{i}]: expected token ids in 0..{vocab - 1}, got {int(a.min())}..{int(a.max())}"
+            )
+        out.append(a)
+    if not out:
+        raise InvalidArgumentError(f"{name}: expected at least one sequence")
+    return out
+
+
+def _pad(seqs: Sequence[np.ndarray], append: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, max_len]`` int64 (zero padded) and the lengths; ``append`` ends every sequence."""
+    extra = append is not None
+    lengths = np.array([len(s) + extra for s in seqs], dtype=np.int64)
+    out = np.zeros((len(seqs), int(lengths.max())), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        if extra:
+            out[i, len(s)] = append
+    return out, lengths
+
+
+class _FlatWeights:
+    """What the generic callbacks (early stopping's best weights) read and write."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        self._model = model
+
+    def get_flat(self) -> np.ndarray:
+        return self._model.params.copy()
+
+    def set_flat(self, values: np.ndarray) -> None:
+        self._model.set_weights(values)
+
+
+class Seq2Seq:
+    """An encoder–decoder with attention, computed by the Rust core.
+
+    - Encoder: ``cell`` (``"lstm"``, ``"gru"`` or a plugin cell), ``num_layers`` stacked,
+      ``bidirectional``, ``encoder_hidden`` units per direction (default ``hidden_size // 2``
+      when bidirectional, else ``hidden_size``), over source embeddings of ``embed_size``.
+    - Bridge: the encoder's top-layer final states (both directions concatenated) through a
+      learned linear map and tanh to the decoder's initial ``h`` (and ``c`` for an LSTM encoder).
+    - Decoder: one LSTM layer of ``hidden_size`` with input feeding, ``attention`` ``"general"``
+      (Luong) or ``"additive"`` (Bahdanau, ``attention_size`` wide), masked beyond each source's
+      length; output projection to ``tgt_vocab``.
+    """
+
+    def __init__(
+        self,
+        src_vocab: int,
+        tgt_vocab: int,
+        *,
+        embed_size: int = 64,
+        hidden_size: int = 128,
+        encoder_hidden: int | None = None,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        cell: str = "lstm",
+        attention: str = "general",
+        attention_size: int | None = None,
+        dropout: float = 0.0,
+        bos: int = 1,
+        eos: int = 2,
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> None:
+
+        hidden_size = _int("hidden_size", hidden_size)
+        if encoder_hidden is None:
+            encoder_hidden = max(1, hidden_size // 2) if bidirectional else hidden_size
+        tgt_vocab = _int("tgt_vocab", tgt_vocab, 2)
+        for name, v in (("bos", bos), ("eos", eos)):
+            _int(name, v, 0)
+            if v >= tgt_vocab:
+                raise InvalidArgumentError(
+                    f"{name}: expected a token id below tgt_vocab ({tgt_vocab}), got {v}"
+                )
+        if dtype not in ("float32", "float64"):
+            raise InvalidArgumentError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+        self._config = {
+            "src_vocab": _int("src_vocab", src_vocab),
+            "tgt_vocab": tgt_vocab,
+            "embed_size": _int("embed_size", embed_size),
+            "hidden_size": hidden_size,
+            "encoder_hidden": _int("encoder_hidden", encoder_hidden),
+            "num_layers": _int("num_layers", num_layers),
+            "bidirectional": bool(bidirectional),
+            "cell": str(cell),
+            "attention": str(attention),
+            "attention_size": _int("attention_size", attention_size or hidden_size),
+            "dropout": _prob("dropout", dropout),
+            "bos": int(bos),
+            "eos": int(eos),
+            "dtype": dtype,
+            "seed": _int("seed", seed, 0),
+        }
+        c = self._config
+        self._net = Seq2SeqCore(
+            cell=c["cell"],
+            src_vocab=c["src_vocab"],
+            tgt_vocab=c["tgt_vocab"],
+            embed_size=c["embed_size"],
+            encoder_hidden=c["encoder_hidden"],
+            num_layers=c["num_layers"],
+            bidirectional=c["bidirectional"],
+            hidden_size=c["hidden_size"],
+            attention=c["attention"],
+            attention_size=c["attention_size"],
+        )
+        self.params: np.ndarray = self._net.init(c["seed"], dtype)
+        self.core = _FlatWeights(self)
+        self.stop_training = False
+        self.optimizer: _optim.Optimizer | None = None
+        self._opt_core = None
+        self.lr = 0.0
+        self._train_opts: dict[str, Any] = {}
+        self._interrupt_checkpoint = None
+
+    # Architecture and weights -------------------------------------------------------------------
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    @property
+    def num_params(self) -> int:
+        return int(self._net.num_params)
+
+    def param_specs(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(n, tuple(s)) for n, s in self._net.param_specs()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Named views of the flat weights (PyTorch's ``[out, in]`` layout)."""
+        out, offset = {}, 0
+        for name, shape in self.param_specs():
+            n = int(np.prod(shape))
+            out[name] = self.params[offset : offset + n].reshape(shape)
+            offset += n
+        return out
+
+    def set_weights(self, flat: np.ndarray) -> None:
+        flat = np.asarray(flat)
+        if flat.shape != self.params.shape:
+            raise ShapeError(f"weights: expected shape {self.params.shape}, got {flat.shape}")
+        self.params[...] = flat
+
+    def __repr__(self) -> str:
+        return f"Seq2Seq({self._net!r}, params={self.num_params:,})"
+
+    # Training ----------------------------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer: str | _optim.Optimizer = "adam",
+        lr: float | None = None,
+        *,
+        clip_norm: float = 0.0,
+        label_smoothing: float = 0.0,
+        sampling_rate: float = 0.0,
+        **hyper: Any,
+    ) -> None:
+        """The optimizer (a name or :class:`lstmrs.optim.Optimizer`; the Rust optimizers of
+        ``Model.compile``), gradient clipping by global norm, label smoothing and the
+        scheduled-sampling rate."""
+        opt = (
+            optimizer
+            if isinstance(optimizer, _optim.Optimizer)
+            else _optim.get_optimizer(optimizer, lr=lr, **hyper)
+        )
+        if not (isinstance(clip_norm, (int, float)) and clip_norm >= 0):
+            raise InvalidArgumentError(f"clip_norm: expected a number >= 0, got {clip_norm!r}")
+        self._train_opts = {
+            "clip_norm": float(clip_norm),
+            "label_smoothing": _prob("label_smoothing", label_smoothing),
+            "sampling_rate": _prob("sampling_rate", sampling_rate, hi_open=False),
+        }
+        self.optimizer = opt
+        self._opt_core = opt.build(self.num_params, self._config["dtype"])
+        self.lr = float(opt.lr)
+
+    def _batch_loss(self, src, src_len, tgt, tgt_len, *, grad: bool, seed: int = 0, smoothing=None):
+        o = self._train_opts
+        return self._net.loss_and_grad(
+            self.params,
+            src,
+            src_len,
+            tgt,
+            tgt_len,
+            bos=self._config["bos"],
+            label_smoothing=o.get("label_smoothing", 0.0) if smoothing is None else smoothing,
+            sampling_rate=o.get("sampling_rate", 0.0) if grad else 0.0,
+            dropout=self._config["dropout"] if grad else 0.0,
+            seed=seed,
+            grad=grad,
+        )
+
+    def loss_and_grad(self, src, tgt, *, seed: int = 0) -> tuple[float, np.ndarray]:
+        """Mean token loss of the pairs and its gradient (flat, like :attr:`params`)."""
+        c = self._config
+        s, s_len = _pad(_sequences("src", src, c["src_vocab"]))
+        t, t_len = _pad(_sequences("tgt", tgt, c["tgt_vocab"], allow_empty=True), append=c["eos"])
+        self._check_pairs(s, t)
+        loss, _, _, grads = self._batch_loss(s, s_len, t, t_len, grad=True, seed=seed)
+        return loss, grads
+
+    @staticmethod
+    def _check_pairs(s: np.ndarray, t: np.ndarray) -> None:
+        if len(s) != len(t):
+            raise ShapeError(f"tgt: expected {len(s)} sequences (one per source), got {len(t)}")
+
+    def _encode_pairs(self, src, tgt):
+        c = self._config
+        src = _sequences("src", src, c["src_vocab"])
+        tgt = _sequences("tgt", tgt, c["tgt_vocab"], allow_empty=True)
+        if len(src) != len(tgt):
+            raise ShapeError(f"tgt: expected {len(src)} sequences (one per source), got {len(tgt)}")
+        return src, tgt
+
+    def _batches(self, src, tgt, batch_size: int, rng: np.random.Generator | None):
+        """Index batches of similar source lengths (less padding); shuffled when ``rng``."""
+        n = len(src)
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        pool = batch_size * 16
+        lens = np.array([len(s) for s in src])
+        batches = []
+        for start in range(0, n, pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def evaluate(self, src, tgt, *, batch_size: int = 256) -> dict[str, float]:
+        """Teacher-forced cross-entropy per target token (no label smoothing) and the share of
+        target tokens (end token included) whose argmax is right."""
+        src, tgt = self._encode_pairs(src, tgt)
+        total = tokens = correct = 0.0
+        for idx in self._batches(src, tgt, _int("batch_size", batch_size), None):
+            s, s_len = _pad([src[i] for i in idx])
+            t, t_len = _pad([tgt[i] for i in idx], append=self._config["eos"])
+            loss, n, ok, _ = self._batch_loss(s, s_len, t, t_len, grad=False, smoothing=0.0)
+            total += loss * n
+            tokens += n
+            correct += ok
+        return {"loss": total / tokens, "token_accuracy": correct / tokens}
+
+    def fit(
+        self,
+        src,
+        tgt,
+        *,
+        epochs: int = 10,
+        batch_size: int = 64,
+        validation_data: tuple | None = None,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        seed: int | None = None,
+        verbose: int = 1,
+        **_runner: Any,
+    ) -> History:
+        """Teacher-forced training (scheduled sampling when compiled with ``sampling_rate``).
+
+        Batches group sources of similar length. With ``checkpoint_dir`` the weights, the
+        optimizer's state, the callbacks' states and the epoch are saved after every epoch;
+        ``resume=True`` continues from there bit-exactly (each epoch's order and each batch's
+        dropout seed derive from ``seed``, the epoch and the step). Other keyword arguments of
+        the ``lstmrs train`` runner (``checkpoint_every``) are accepted and ignored: checkpoints
+        are per epoch.
+        """
+        if self._opt_core is None:
+            self.compile()
+        epochs = _int("epochs", epochs, 0)
+        batch_size = _int("batch_size", batch_size)
+        seed = self._config["seed"] if seed is None else _int("seed", seed, 0)
+        src, tgt = self._encode_pairs(src, tgt)
+        val = self._encode_pairs(*validation_data) if validation_data is not None else None
+        history = History()
+        cbs = CallbackList(
+            [history, *callbacks],
+            self,
+            {
+                "epochs": epochs,
+                "steps": math.ceil(len(src) / batch_size),
+                "verbose": verbose,
+                "metrics": ["loss", "token_accuracy"],
+            },
+        )
+        start_epoch, step = 0, 0
+        ck_dir = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_DIR) if checkpoint_dir else None
+        if resume and ck_dir and os.path.isfile(os.path.join(ck_dir, "state.json")):
+            start_epoch, step = self._load_checkpoint(ck_dir, cbs)
+        self.stop_training = False
+        cbs.on_train_begin({})
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            cbs.on_epoch_begin(epoch, {"lr": self.lr})
+            rng = np.random.default_rng([seed, epoch])
+            total = tokens = correct = 0.0
+            for b, idx in enumerate(self._batches(src, tgt, batch_size, rng)):
+                cbs.on_batch_begin(b, {})
+                s, s_len = _pad([src[i] for i in idx])
+                t, t_len = _pad([tgt[i] for i in idx], append=self._config["eos"])
+                loss, n, ok, grads = self._batch_loss(
+                    s, s_len, t, t_len, grad=True, seed=seed * 1_000_003 + step
+                )
+                norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+                clip = self._train_opts["clip_norm"]
+                if clip and norm > clip:
+                    grads *= clip / (norm + 1e-6)
+                self._opt_core.step(self.params, grads, self.lr)
+                step += 1
+                total += loss * n
+                tokens += n
+                correct += ok
+                cbs.on_batch_end(
+                    b,
+                    {
+                        "batch_loss": loss,
+                        "loss": total / tokens,
+                        "lr": self.lr,
+                        "grad_norm": norm,
+                        "size": len(idx),
+                    },
+                )
+                if self.stop_training:
+                    break
+            logs: dict[str, Any] = {"loss": total / tokens, "token_accuracy": correct / tokens}
+            if val is not None:
+                ev = self.evaluate(*val)
+                logs["val_loss"], logs["val_token_accuracy"] = ev["loss"], ev["token_accuracy"]
+            logs["lr"] = self.lr
+            logs["seconds"] = time.perf_counter() - t0
+            if verbose:
+                print(
+                    f"epoch {epoch + 1}/{epochs}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()),
+                    flush=True,
+                )
+            cbs.on_epoch_end(epoch, logs)
+            if ck_dir and not self.stop_training:
+                self._save_checkpoint(ck_dir, epoch + 1, step, cbs)
+            if self.stop_training:
+                break
+        cbs.on_train_end({})
+        return history
+
+    def _save_checkpoint(self, path: str, epoch: int, step: int, cbs: CallbackList) -> None:
+        tmp = path + ".tmp"
+        os.makedirs(tmp, exist_ok=True)
+        np.save(os.path.join(tmp, WEIGHTS_FILE), self.params)
+        opt = self._opt_core.state_dict()
+        np.savez(os.path.join(tmp, "optimizer.npz"), **opt["buffers"])
+        state = {
+            "config": self._config,
+            "optimizer": self.optimizer.get_config() if self.optimizer else None,
+            "optimizer_kind": opt["kind"],
+            "optimizer_step": int(opt["step"]),
+            "train_opts": self._train_opts,
+            "lr": self.lr,
+            "epoch": epoch,
+            "step": step,
+            "callbacks": [c.state_dict() for c in cbs.callbacks],
+        }
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        if os.path.isdir(path):
+            old = path + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            for name in os.listdir(old):
+                os.remove(os.path.join(old, name))
+            os.rmdir(old)
+        else:
+            os.replace(tmp, path)
+
+    def _load_checkpoint(self, path: str, cbs: CallbackList) -> tuple[int, int]:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        if state["config"] != self._config:
+            raise InvalidArgumentError(
+                f"resume: the checkpoint in {path!r} is of another model: {state['config']}"
+            )
+        self.set_weights(np.load(os.path.join(path, WEIGHTS_FILE)))
+        with np.load(os.path.join(path, "optimizer.npz")) as z:
+            buffers = {k: z[k] for k in z.files}
+        self._opt_core.load_state_dict(
+            {"kind": state["optimizer_kind"], "step": state["optimizer_step"], "buffers": buffers}
+        )
+        self._train_opts = state["train_opts"]
+        self.lr = float(state["lr"])
+        for c, s in zip(cbs.callbacks, state["callbacks"]):
+            if s is not None:
+                c.load_state_dict(s)
+        return int(state["epoch"]), int(state["step"])
+
+    # Decoding ------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        src,
+        *,
+        beam: int = 1,
+        alpha: float = 0.0,
+        max_len: int | None = None,
+        batch_size: int = 256,
+        return_attention: bool = False,
+        return_scores: bool = False,
+    ):
+        """Decoded token ids (``eos`` excluded) per source: greedy for ``beam=1``, beam search
+        ranking ``log p / len**alpha`` otherwise. ``max_len`` defaults to twice the longest
+        source plus 10. ``return_attention``: also a ``[steps, source_len]`` array per source."""
+        c = self._config
+        src = _sequences("src", src, c["src_vocab"])
+        beam = _int("beam", beam)
+        if max_len is None:
+            max_len = 2 * max(len(s) for s in src) + 10
+        max_len = _int("max_len", max_len)
+        out: list[Any] = [None] * len(src)
+        for idx in self._batches(src, src, _int("batch_size", batch_size), None):
+            s, s_len = _pad([src[i] for i in idx])
+            res = self._net.decode(
+                self.params,
+                s,
+                s_len,
+                bos=c["bos"],
+                eos=c["eos"],
+                beam=beam,
+                alpha=float(alpha),
+                max_len=max_len,
+                attention=return_attention,
+            )
+            for i, (tokens, logp, _finished, att) in zip(idx, res):
+                item: Any = list(tokens)
+                if return_attention or return_scores:
+                    item = (item,)
+                    if return_scores:
+                        item += (logp,)
+                    if return_attention:
+                        item += (att[:, : len(src[i])],)
+                out[i] = item
+        return out
+
+    # Saving ------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Writes ``path/seq2seq.json`` (the architecture) and ``path/weights.npy``."""
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(self._config, f, indent=2)
+        np.save(os.path.join(path, WEIGHTS_FILE), self.params)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Seq2Seq:
+        path = os.fspath(path)
+        try:
+            with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+                cfg = json.load(f)
+        except OSError as e:
+            raise InvalidArgumentError(f"path: no {CONFIG_FILE} in {path!r} ({e})") from e
+        m = cls(**cfg)
+        m.set_weights(np.load(os.path.join(path, WEIGHTS_FILE)))
+        return m
+
+    @staticmethod
+    def is_saved(path: str | os.PathLike) -> bool:
+        return os.path.isfile(os.path.join(os.fspath(path), CONFIG_FILE))

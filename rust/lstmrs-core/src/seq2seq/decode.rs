@@ -1,0 +1,435 @@
+//! Decoding new inputs: greedy and beam search, batched over sources (and beams), on the same
+//! decoder step as training.
+
+use super::attention::AttnShape;
+use super::train::{argmax, encode, log_softmax, step_forward, StepBufs};
+use super::{check_source, Offsets, Seq2SeqConfig};
+use crate::error::{Error, Result};
+use crate::network::ForwardOptions;
+use crate::scalar::Scalar;
+use crate::threads;
+
+/// How to decode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeOptions {
+    /// 1: greedy (argmax at each step); more: beam search with this many hypotheses per source.
+    pub beam: usize,
+    /// Length normalisation of beam scores: `log p / len^alpha` (0 ranks raw log-probabilities).
+    pub alpha: f64,
+    /// Most tokens emitted per source, end token included.
+    pub max_len: usize,
+    pub bos: u32,
+    pub eos: u32,
+    /// Return the attention weights of every emitted token.
+    pub attention: bool,
+}
+
+/// One decoded sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis<T> {
+    /// The emitted tokens, the end token excluded.
+    pub tokens: Vec<u32>,
+    /// Sum of the log-probabilities of the emitted tokens (end token included when emitted).
+    pub log_prob: f64,
+    /// Whether the end token was emitted within `max_len`.
+    pub finished: bool,
+    /// `[steps, S]` attention weights, one row per decoding step (empty unless asked for).
+    pub attention: Vec<T>,
+}
+
+/// Decodes a batch of sources `src [B, S]`: greedy when `opts.beam == 1` (its own loop, so beam
+/// search of width 1 can be checked against it), beam search otherwise.
+pub fn decode<T: Scalar>(
+    cfg: &Seq2SeqConfig,
+    params: &[T],
+    batch: usize,
+    src_len_max: usize,
+    src: &[u32],
+    src_lengths: &[usize],
+    opts: &DecodeOptions,
+) -> Result<Vec<Hypothesis<T>>> {
+    run(
+        cfg,
+        params,
+        batch,
+        src_len_max,
+        src,
+        src_lengths,
+        opts,
+        opts.beam > 1,
+    )
+}
+
+/// Beam search whatever the width (width 1 must reproduce [`decode`]'s greedy loop exactly).
+pub fn beam_search<T: Scalar>(
+    cfg: &Seq2SeqConfig,
+    params: &[T],
+    batch: usize,
+    src_len_max: usize,
+    src: &[u32],
+    src_lengths: &[usize],
+    opts: &DecodeOptions,
+) -> Result<Vec<Hypothesis<T>>> {
+    run(
+        cfg,
+        params,
+        batch,
+        src_len_max,
+        src,
+        src_lengths,
+        opts,
+        true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<T: Scalar>(
+    cfg: &Seq2SeqConfig,
+    params: &[T],
+    batch: usize,
+    src_len_max: usize,
+    src: &[u32],
+    src_lengths: &[usize],
+    opts: &DecodeOptions,
+    beam: bool,
+) -> Result<Vec<Hypothesis<T>>> {
+    check_source(cfg, params.len(), batch, src_len_max, src, src_lengths)?;
+    for (arg, v) in [("beam", opts.beam), ("max_len", opts.max_len)] {
+        if v == 0 {
+            return Err(Error::Value {
+                arg,
+                expected: "an integer >= 1".into(),
+                got: "0".into(),
+            });
+        }
+    }
+    if !(opts.alpha.is_finite() && opts.alpha >= 0.0) {
+        return Err(Error::Value {
+            arg: "alpha",
+            expected: "a finite number >= 0".into(),
+            got: opts.alpha.to_string(),
+        });
+    }
+    super::check_tokens("bos", &[opts.bos], cfg.tgt_vocab)?;
+    super::check_tokens("eos", &[opts.eos], cfg.tgt_vocab)?;
+    let h = cfg.hidden_size;
+    let work = batch * opts.beam * opts.max_len * 4 * h * (cfg.embed_size + 2 * h);
+    threads::install_for(work, || {
+        let o = cfg.offsets();
+        let d = Decoder::new(cfg, params, &o, batch, src_len_max, src, src_lengths)?;
+        Ok(if beam { d.beam(opts) } else { d.greedy(opts) })
+    })
+}
+
+/// The encoded batch and the decoder's running state over `R` rows.
+struct Decoder<'a, T> {
+    cfg: &'a Seq2SeqConfig,
+    p: &'a [T],
+    o: &'a Offsets,
+    b: usize,
+    s: usize,
+    src_lengths: &'a [usize],
+    /// `[B, S, De]`, `[B, S, K]`, `[B, H]`.
+    enc: Vec<T>,
+    keys: Vec<T>,
+    h0: Vec<T>,
+    c0: Vec<T>,
+}
+
+/// Decoder state of `R` rows: `h`, `c`, the previous attentional vector (all `[R, H]`).
+#[derive(Clone)]
+struct State<T> {
+    h: Vec<T>,
+    c: Vec<T>,
+    att: Vec<T>,
+}
+
+impl<'a, T: Scalar> Decoder<'a, T> {
+    fn new(
+        cfg: &'a Seq2SeqConfig,
+        p: &'a [T],
+        o: &'a Offsets,
+        b: usize,
+        s: usize,
+        src: &[u32],
+        src_lengths: &'a [usize],
+    ) -> Result<Self> {
+        let encd = encode(
+            cfg,
+            p,
+            o,
+            b,
+            s,
+            src,
+            src_lengths,
+            &ForwardOptions::default(),
+        )?;
+        Ok(Decoder {
+            cfg,
+            p,
+            o,
+            b,
+            s,
+            src_lengths,
+            enc: encd.enc,
+            keys: encd.keys,
+            h0: encd.h0,
+            c0: encd.c0,
+        })
+    }
+
+    /// One step over rows whose source is `item[r]`: returns log-probabilities `[R, V]` and the
+    /// attention weights `[R, S]`, and advances `st`.
+    fn step(&self, item: &[usize], tokens: &[u32], st: &mut State<T>) -> (Vec<T>, Vec<T>) {
+        let cfg = self.cfg;
+        let (e, h, de, k, v, s) = (
+            cfg.embed_size,
+            cfg.hidden_size,
+            cfg.enc_size(),
+            cfg.key_size(),
+            cfg.tgt_vocab,
+            self.s,
+        );
+        let r = item.len();
+        // Rows that share a source read copies of its encoder outputs (beams of one source).
+        let gather = |src: &[T], w: usize| -> Vec<T> {
+            item.iter()
+                .flat_map(|&i| src[i * s * w..][..s * w].iter().copied())
+                .collect()
+        };
+        let (enc, keys) = if item.iter().enumerate().all(|(r, &i)| r == i) {
+            (self.enc.clone(), self.keys.clone())
+        } else {
+            (gather(&self.enc, de), gather(&self.keys, k))
+        };
+        let lengths: Vec<usize> = item.iter().map(|&i| self.src_lengths[i]).collect();
+        let mut x = vec![T::zero(); r * (e + h)];
+        for (row, (&tok, a)) in x
+            .chunks_exact_mut(e + h)
+            .zip(tokens.iter().zip(st.att.chunks_exact(h)))
+        {
+            row[..e].copy_from_slice(&self.p[self.o.tgt_emb + tok as usize * e..][..e]);
+            row[e..].copy_from_slice(a);
+        }
+        let mut next = State {
+            h: vec![T::zero(); r * h],
+            c: vec![T::zero(); r * h],
+            att: vec![T::zero(); r * h],
+        };
+        let mut act = vec![T::zero(); r * 4 * h];
+        let mut tanh_c = vec![T::zero(); r * h];
+        let mut query = vec![T::zero(); r * k];
+        let mut alpha = vec![T::zero(); r * s];
+        let additive = cfg.attention == super::AttentionKind::Additive;
+        let mut u = vec![T::zero(); if additive { r * s * k } else { 0 }];
+        let mut comb = vec![T::zero(); r * (de + h)];
+        let mut logits = vec![T::zero(); r * v];
+        step_forward(
+            cfg,
+            self.p,
+            self.o,
+            AttnShape {
+                kind: cfg.attention,
+                batch: r,
+                src: s,
+                enc: de,
+                key: k,
+                lengths: &lengths,
+            },
+            &keys,
+            &enc,
+            StepBufs {
+                x: &x,
+                h_prev: &st.h,
+                c_prev: &st.c,
+                act: &mut act,
+                tanh_c: &mut tanh_c,
+                c: &mut next.c,
+                h: &mut next.h,
+                query: &mut query,
+                alpha: &mut alpha,
+                u: &mut u,
+                comb: &mut comb,
+                att: &mut next.att,
+                logits: &mut logits,
+            },
+        );
+        logits.chunks_exact_mut(v).for_each(log_softmax);
+        *st = next;
+        (logits, alpha)
+    }
+
+    fn greedy(&self, opts: &DecodeOptions) -> Vec<Hypothesis<T>> {
+        let (b, h, v, s) = (self.b, self.cfg.hidden_size, self.cfg.tgt_vocab, self.s);
+        let mut st = State {
+            h: self.h0.clone(),
+            c: self.c0.clone(),
+            att: vec![T::zero(); b * h],
+        };
+        let item: Vec<usize> = (0..b).collect();
+        let mut out: Vec<Hypothesis<T>> = (0..b)
+            .map(|_| Hypothesis {
+                tokens: Vec::new(),
+                log_prob: 0.0,
+                finished: false,
+                attention: Vec::new(),
+            })
+            .collect();
+        let mut tokens = vec![opts.bos; b];
+        for _ in 0..opts.max_len {
+            let (lp, alpha) = self.step(&item, &tokens, &mut st);
+            for (r, hyp) in out.iter_mut().enumerate() {
+                if hyp.finished {
+                    continue;
+                }
+                let row = &lp[r * v..][..v];
+                let y = argmax(row);
+                hyp.log_prob += row[y].to_f64();
+                if opts.attention {
+                    hyp.attention.extend_from_slice(&alpha[r * s..][..s]);
+                }
+                if y as u32 == opts.eos {
+                    hyp.finished = true;
+                } else {
+                    hyp.tokens.push(y as u32);
+                }
+                tokens[r] = y as u32;
+            }
+            if out.iter().all(|hyp| hyp.finished) {
+                break;
+            }
+        }
+        out
+    }
+
+    fn beam(&self, opts: &DecodeOptions) -> Vec<Hypothesis<T>> {
+        let (b, h, v, s, kw) = (
+            self.b,
+            self.cfg.hidden_size,
+            self.cfg.tgt_vocab,
+            self.s,
+            opts.beam,
+        );
+        let norm = |lp: f64, len: usize| lp / (len.max(1) as f64).powf(opts.alpha);
+        // Row b*K + j holds beam j of source b; a beam with score -inf is empty.
+        let item: Vec<usize> = (0..b * kw).map(|r| r / kw).collect();
+        let spread = |x: &[T]| -> Vec<T> {
+            item.iter()
+                .flat_map(|&i| x[i * h..][..h].to_vec())
+                .collect()
+        };
+        let mut st = State {
+            h: spread(&self.h0),
+            c: spread(&self.c0),
+            att: vec![T::zero(); b * kw * h],
+        };
+        let mut live: Vec<Hypothesis<T>> = (0..b * kw)
+            .map(|r| Hypothesis {
+                tokens: Vec::new(),
+                log_prob: if r % kw == 0 { 0.0 } else { f64::NEG_INFINITY },
+                finished: false,
+                attention: Vec::new(),
+            })
+            .collect();
+        let mut done: Vec<Vec<Hypothesis<T>>> = vec![Vec::new(); b];
+        let mut closed = vec![false; b];
+        let mut tokens = vec![opts.bos; b * kw];
+        for _ in 0..opts.max_len {
+            let (lp, alpha) = self.step(&item, &tokens, &mut st);
+            let mut src_row = (0..b * kw).collect::<Vec<usize>>();
+            let mut next_live = live.clone();
+            for bi in 0..b {
+                if closed[bi] {
+                    continue;
+                }
+                // Every extension of every live beam, best first (ties: lower beam, lower token).
+                let mut cand: Vec<(f64, usize, usize)> = Vec::with_capacity(kw * v);
+                for j in 0..kw {
+                    let base = live[bi * kw + j].log_prob;
+                    if base == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let row = &lp[(bi * kw + j) * v..][..v];
+                    cand.extend(
+                        row.iter()
+                            .enumerate()
+                            .map(|(y, &l)| (base + l.to_f64(), j, y)),
+                    );
+                }
+                cand.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+                let mut filled = 0;
+                for (rank, &(score, j, y)) in cand.iter().take(2 * kw).enumerate() {
+                    let parent = &live[bi * kw + j];
+                    let extend = |finished: bool| {
+                        let mut hyp = parent.clone();
+                        hyp.log_prob = score;
+                        hyp.finished = finished;
+                        if !finished {
+                            hyp.tokens.push(y as u32);
+                        }
+                        if opts.attention {
+                            hyp.attention
+                                .extend_from_slice(&alpha[(bi * kw + j) * s..][..s]);
+                        }
+                        hyp
+                    };
+                    if y as u32 == opts.eos {
+                        // An end among the top K closes a hypothesis (as greedy would).
+                        if rank < kw {
+                            done[bi].push(extend(true));
+                        }
+                    } else if filled < kw {
+                        let r = bi * kw + filled;
+                        next_live[r] = extend(false);
+                        src_row[r] = bi * kw + j;
+                        tokens[r] = y as u32;
+                        filled += 1;
+                    }
+                }
+                for r in bi * kw + filled..(bi + 1) * kw {
+                    next_live[r].log_prob = f64::NEG_INFINITY;
+                }
+                if done[bi].len() >= kw || filled == 0 {
+                    closed[bi] = true;
+                }
+            }
+            live = next_live;
+            // Reorder the decoder states to follow their beams.
+            let pick = |x: &[T]| -> Vec<T> {
+                src_row
+                    .iter()
+                    .flat_map(|&r| x[r * h..][..h].to_vec())
+                    .collect()
+            };
+            st = State {
+                h: pick(&st.h),
+                c: pick(&st.c),
+                att: pick(&st.att),
+            };
+            if closed.iter().all(|&c| c) {
+                break;
+            }
+        }
+        (0..b)
+            .map(|bi| {
+                let mut pool = std::mem::take(&mut done[bi]);
+                if !closed[bi] {
+                    pool.extend(
+                        live[bi * kw..(bi + 1) * kw]
+                            .iter()
+                            .filter(|hyp| hyp.log_prob > f64::NEG_INFINITY)
+                            .cloned(),
+                    );
+                }
+                let len = |hyp: &Hypothesis<T>| hyp.tokens.len() + usize::from(hyp.finished);
+                let mut best = 0;
+                for (i, hyp) in pool.iter().enumerate() {
+                    if norm(hyp.log_prob, len(hyp)) > norm(pool[best].log_prob, len(&pool[best])) {
+                        best = i;
+                    }
+                }
+                pool.swap_remove(best)
+            })
+            .collect()
+    }
+}
