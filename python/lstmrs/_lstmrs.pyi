@@ -11,6 +11,7 @@ __all__ = [
     "ModelCore",
     "OptimizerCore",
     "RnnCore",
+    "Seq2SeqCore",
     "StepperCore",
     "Tape",
     "__version__",
@@ -284,11 +285,12 @@ class StepperCore:
     def get_state(self) -> tuple[_Array, _Array | None]: ...
     def set_state(self, h: _Array, c: _Array | None = None) -> None: ...
 
+@final
 class Seq2SeqCore:
     """An encoder-decoder's architecture; its weights are a flat array the caller owns."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         cell: str,
         src_vocab: int,
@@ -300,7 +302,7 @@ class Seq2SeqCore:
         hidden_size: int,
         attention: str,
         attention_size: int,
-    ) -> None: ...
+    ) -> Seq2SeqCore: ...
     @property
     def num_params(self) -> int: ...
     def param_specs(self) -> list[tuple[str, list[int]]]: ...
