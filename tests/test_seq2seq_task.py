@@ -125,6 +125,13 @@ def test_train_then_predict_on_the_command_line(tmp_path, capsys):
     assert code == 0
     # A letter the model never saw is a clean error (exit 2), not a crash.
     assert main(["predict", str(run), "xyz"]) == 2
+    # --resume goes on from the Seq2Seq's own checkpoint, and says so.
+    args = ["train", "--resume", "--run-dir", str(run), "--no-plots", "--set", "train.epochs=3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the task's own checkpoint format" in out and "no checkpoint" not in out
+    with open(run / "metrics.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2]
 
 
 @pytest.mark.skipif(not os.path.isfile(CMUDICT), reason="shared CMUdict not present")

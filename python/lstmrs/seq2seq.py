@@ -342,20 +342,20 @@ class Seq2Seq:
         src, tgt = self._encode_pairs(src, tgt)
         val = self._encode_pairs(*validation_data) if validation_data is not None else None
         history = History()
-        cbs = CallbackList(
-            [history, *callbacks],
-            self,
-            {
-                "epochs": epochs,
-                "steps": math.ceil(len(src) / batch_size),
-                "verbose": verbose,
-                "metrics": ["loss", "token_accuracy"],
-            },
-        )
+        params = {
+            "epochs": epochs,
+            "steps": math.ceil(len(src) / batch_size),
+            "verbose": verbose,
+            "metrics": ["loss", "token_accuracy"],
+            "initial_epoch": 0,
+        }
+        cbs = CallbackList([history, *callbacks], self, params)
         start_epoch, step = 0, 0
         ck_dir = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_DIR) if checkpoint_dir else None
         if resume and ck_dir and os.path.isfile(os.path.join(ck_dir, "state.json")):
             start_epoch, step = self._load_checkpoint(ck_dir, cbs)
+        # The file loggers keep the records of the epochs before it (metrics.jsonl of a run).
+        params["initial_epoch"] = start_epoch
         self.stop_training = False
         cbs.on_train_begin({})
         for epoch in range(start_epoch, epochs):

@@ -251,6 +251,11 @@ class Task:
     def compile(self, model, config: dict) -> None:
         compile_model(model, config, self.metrics)
 
+    def own_checkpoint(self, checkpoint_dir: str) -> str | None:
+        """A checkpoint in ``checkpoint_dir`` that this task's :meth:`train` resumes from by
+        itself (a model that is not a ``Model`` keeps its own format), or None."""
+        return None
+
     def train(self, model, data: Prepared, config: dict, **fit_kwargs):
         """Trains ``model``; ``fit_kwargs`` carry the runner's callbacks, checkpoint directory,
         resume flag, seed and verbosity. Returns the History."""

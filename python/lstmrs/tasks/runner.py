@@ -261,6 +261,8 @@ def _train_run(
         if resume and glob.glob(os.path.join(run.checkpoints, "member_*")):
             # An ensemble keeps a checkpoint directory per member (lstmrs.ensemble).
             say("resuming the ensemble: finished members are kept, the others go on from theirs")
+        elif resume and (own := task.own_checkpoint(run.checkpoints)) is not None:
+            say(f"resuming from {_show(own)} (the task's own checkpoint format)")
         elif resume:
             say("no checkpoint in this run yet: starting its training from the beginning")
         model = task.build_model(cfg, data)

@@ -341,12 +341,15 @@ class Seq2SeqTask(Task):
             **hyper,
         )
 
-    def train(self, model, data, config, **fit_kwargs):
+    def own_checkpoint(self, checkpoint_dir):
+        # The runner resumes `Model` checkpoints; a Seq2Seq resumes from its own.
+        path = os.path.join(checkpoint_dir, CHECKPOINT_DIR)
+        return path if os.path.isfile(os.path.join(path, "state.json")) else None
 
+    def train(self, model, data, config, **fit_kwargs):
         t = config["train"]
         ck = fit_kwargs.get("checkpoint_dir")
-        # The runner resumes `Model` checkpoints; a Seq2Seq resumes from its own.
-        if ck and os.path.isfile(os.path.join(ck, CHECKPOINT_DIR, "state.json")):
+        if ck and self.own_checkpoint(ck) is not None:
             fit_kwargs["resume"] = True
         callbacks = list(fit_kwargs.pop("callbacks", []))
         if t["lr_decay"] < 1.0:
