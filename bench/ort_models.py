@@ -5,7 +5,7 @@ weights, the same stack exported by lstmrs' own exporter (``layer.to_onnx``), an
 from __future__ import annotations
 
 import numpy as np
-from lstmrs.interop.onnx_rnn import onnx_layer_tensors
+from lstmrs.formats.onnx_rnn import onnx_layer_tensors
 
 
 def available() -> str | None:
