@@ -53,6 +53,7 @@ LAYER_OF = {
     "lstmrs.plugins.hookspecs": "registry",
     "lstmrs.plugins.manager": "registry",
     "lstmrs.rnn": "layers",
+    "lstmrs.clockwork": "layers",
     "lstmrs.streaming": "layers",
     "lstmrs.callbacks": "training",
     "lstmrs.checkpoint_format": "training",
