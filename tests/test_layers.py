@@ -64,6 +64,7 @@ LAYER_OF = {
     "lstmrs.checkpoint": "model",
     "lstmrs.ensemble": "model",
     "lstmrs.models": "model",
+    "lstmrs.hierarchical": "model",
     "lstmrs.seq2seq": "model",
     "lstmrs.cli": "applications",
     "lstmrs.explain_report": "applications",
