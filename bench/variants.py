@@ -9,16 +9,24 @@ each other before timing.
   clockwork  lstmrs.clockwork.ClockworkRNN (one native sweep per module) vs the usual torch
              implementation: a per-step loop over the dense block-triangular (masked) W_H that
              keeps the inactive modules' states with torch.where
+  han        lstmrs.hierarchical.HierarchicalClassifier (loss and every gradient) vs the same
+             network in torch: nn.Embedding, bidirectional nn.LSTMs over packed sequences
+             (pack_padded_sequence), the same attention pooling and head, cross-entropy
 
 A training step is forward + backward of ``output.sum()`` (parameter and input gradients).
 Usage: python bench/variants.py [--batch 32 --steps 100 --input 64 --hidden 256 --threads 2
---repeats 5 --only ln_lstm,ln_gru,clockwork]
+--repeats 5 --only ln_lstm,ln_gru,clockwork,han]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# NumPy's OpenBLAS threads spin-wait for each other: on a loaded machine they made the small
+# products of the hierarchical model's attention pooling 10x slower. One thread, as for torch.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -121,6 +129,63 @@ def torch_clockwork_fns(torch, cw, x: np.ndarray):
     return infer, train
 
 
+def han_case(torch, lstmrs_han, batch: int, seed: int = 0):
+    """A random batch of documents (``batch`` documents of 1-20 sentences of 3-30 words), the
+    lstmrs model and its torch twin; returns (lstmrs train, torch train, logits of each)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    rng = np.random.default_rng(seed)
+    n_sent = rng.integers(1, 21, batch)
+    counts = np.zeros((batch, 20), np.int64)
+    for d, n in enumerate(n_sent):
+        counts[d, :n] = rng.integers(3, 31, n)
+    ids = rng.integers(1, 5000, (batch, 20, 30))
+    labels = rng.integers(0, 2, batch)
+    m = lstmrs_han(5000, 2, embed_size=64, word_hidden=48, sentence_hidden=48, attention_units=96)
+    p = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in m.dense.items()}
+    lstms = []
+    for ours in (m.word_lstm, m.sent_lstm):
+        t = torch.nn.LSTM(ours.input_size, ours.hidden_size, batch_first=True, bidirectional=True)
+        t.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        lstms.append(t)
+    rows = np.nonzero(counts > 0)
+    lens = counts[rows]
+    tokens = torch.from_numpy(ids[rows][:, : lens.max()])
+
+    def attend(h, lengths, w, b, v):
+        mask = torch.arange(h.shape[1])[None, :] < torch.as_tensor(lengths)[:, None]
+        score = (torch.tanh(h @ w.T + b) @ v).masked_fill(~mask, float("-inf"))
+        return (torch.softmax(score, dim=1)[:, :, None] * h).sum(1)
+
+    def pooled(lstm, x, lengths, w, b, v):
+        packed = pack_padded_sequence(
+            x, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False
+        )
+        h, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        return attend(h, lengths, w, b, v)
+
+    def torch_logits():
+        emb = p["embedding"][tokens]
+        sent = pooled(lstms[0], emb, lens, p["word_attn_w"], p["word_attn_b"], p["word_attn_v"])
+        grid = torch.zeros(batch, int(n_sent.max()), sent.shape[1])
+        grid[torch.from_numpy(rows[0]), torch.from_numpy(rows[1])] = sent
+        doc = pooled(lstms[1], grid, n_sent, p["sent_attn_w"], p["sent_attn_b"], p["sent_attn_v"])
+        return doc @ p["head_w"].T + p["head_b"]
+
+    def t_train():
+        for q in (*p.values(), *lstms[0].parameters(), *lstms[1].parameters()):
+            q.grad = None
+        torch.nn.functional.cross_entropy(torch_logits(), torch.from_numpy(labels)).backward()
+
+    def train():
+        return m.loss_and_gradient(ids, counts, labels)
+
+    ours = m.forward_train(ids, counts)[0]
+    with torch.no_grad():
+        theirs = torch_logits().numpy()
+    return train, t_train, ours, theirs
+
+
 def report(title: str, times: dict) -> dict:
     print(title)
     base = statistics.median(next(iter(times.values())))
@@ -142,13 +207,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--only", default="ln_lstm,ln_gru,clockwork")
+    ap.add_argument("--only", default="ln_lstm,ln_gru,clockwork,han")
     args = ap.parse_args(argv)
 
     import lstmrs
     import lstmrs_cells
     import torch
     from lstmrs.clockwork import ClockworkRNN
+    from lstmrs.hierarchical import HierarchicalClassifier
 
     set_threads(args.threads, torch=torch, lstmrs=lstmrs)
     b, t, i, h = args.batch, args.steps, args.input, args.hidden
@@ -187,6 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
             fns = {
                 f"lstmrs ClockworkRNN ({args.modules} modules)": train_cw,
                 "torch masked dense loop": t_train,
+            }
+        elif name == "han":
+            train, t_train, ours, theirs = han_case(torch, HierarchicalClassifier, b)
+            require_agreement(name, [close(name, ours, theirs, 1e-4)])
+            fns = {
+                "lstmrs HierarchicalClassifier": train,
+                "torch (packed nn.LSTM)": t_train,
             }
         else:
             raise SystemExit(f"--only: unknown variant {name!r}")
