@@ -19,7 +19,9 @@ to the ``N`` sentences and fed to the word LSTM's backward, so both LSTMs train 
 recurrences run in the Rust core (two calls forward and two backward per batch); the pooling,
 embedding and head are NumPy (float64). All parameters form one flat vector
 (:meth:`HierarchicalClassifier.parameters_flat`), so the optimizer (:class:`Adam`, used by
-:meth:`HierarchicalClassifier.fit`) is one loop.
+:meth:`HierarchicalClassifier.fit`) is one loop. On a machine shared with other work, set
+``OPENBLAS_NUM_THREADS=1``: NumPy's spin-waiting BLAS threads made the pooling's products 10x
+slower there (the examples and the benchmark do).
 """
 
 from __future__ import annotations
