@@ -7,8 +7,11 @@ validate; the epoch with the best validation accuracy is kept and scored on the 
 
     python examples/han_reviews.py [--time-limit 600] [--epochs 20] [--seed 0]
 
-Compare with the flat model: ``lstmrs train examples/classify_reviews.toml`` (one bidirectional
-LSTM over the last 400 words).
+Compare with the flat model: ``lstmrs train examples/classify_reviews.toml`` (an LSTM over the
+last 400 words, mean-pooled). Measured on a 2-core machine under a load average of about 12:
+``LSTMRS_NUM_THREADS=2 python examples/han_reviews.py --time-limit 1200 --epochs 30
+--max-words 40`` ran 21 epochs (~55 s each), the best validation accuracy 0.878 (epoch 9),
+test accuracy 0.855; the flat model 0.815 (early-stopped at epoch 9, best epoch 4).
 """
 
 from __future__ import annotations
