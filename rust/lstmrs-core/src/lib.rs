@@ -20,6 +20,7 @@ pub mod forklock;
 mod gates;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod lowp;
 mod matmul;
 pub mod memory;
 pub mod model;
