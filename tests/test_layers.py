@@ -54,6 +54,7 @@ LAYER_OF = {
     "lstmrs.plugins.manager": "registry",
     "lstmrs.rnn": "layers",
     "lstmrs.streaming": "layers",
+    "lstmrs.quantization": "layers",
     "lstmrs.callbacks": "training",
     "lstmrs.checkpoint_format": "training",
     "lstmrs.fit_inputs": "training",
