@@ -29,11 +29,10 @@ import os
 import sys
 import tempfile
 
+import lstmrs
 import numpy as np
 import ort_models
 from common import forward_flops, loadavg, summarize, time_interleaved
-
-import lstmrs
 from lstmrs import quantization
 from lstmrs.rundir import RunDir
 from lstmrs.tasks.runner import lookup_task, resolve_config
@@ -287,7 +286,7 @@ def _print_speed(rows: list[dict]) -> None:
         if "ort_quantized_ops" in r:
             notes.append(f"ort ops added: {','.join(r['ort_quantized_ops']) or 'none'}")
         print(
-            f"{r['cell']:5s} {str(tuple(r['case'])):22s} {r['impl']:26s} {r['median_ms']:10.2f} "
+            f"{r['cell']:5s} {tuple(r['case'])!s:22s} {r['impl']:26s} {r['median_ms']:10.2f} "
             f"{r['gflops']:8.1f} {r['speedup_vs_lstmrs_f32']:12.2f} "
             f"{r['rel_err_vs_torch_f32']:8.1e}  {' '.join(notes)}",
             flush=True,
