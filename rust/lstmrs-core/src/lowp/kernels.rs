@@ -120,11 +120,15 @@ impl Kernel {
 /// Raw sums of one tile: f32 for bf16, i32 for int8 (bit-cast into the same storage).
 type Tile = [[u32; NR]; MR];
 
+/// Bytes of converted activations per row block (about a quarter of a 1 MiB L2).
+const A_BLOCK_BYTES: usize = 256 << 10;
+
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
-/// `c[M, N] (+)= a · wᵀ` for the converted activations `a` (`a.m` rows) into the row-major `c`
-/// (row stride `ldc`), on `kernel` (which must compute `w.precision` on this CPU).
+/// `c[M, N] (+)= a · wᵀ (+ bias)` for the converted activations `a` (`a.m` rows) into the
+/// row-major `c` (row stride `ldc`), on `kernel` (which must compute `w.precision` on this CPU);
+/// `bias` `[N]` is added to every row in the same pass.
 pub(crate) fn matmul(
     kernel: Kernel,
     w: &PackedWeight,
@@ -132,6 +136,7 @@ pub(crate) fn matmul(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    bias: Option<&[f32]>,
 ) {
     let (m, n) = (a.m, w.n);
     if m == 0 || n == 0 {
@@ -140,6 +145,7 @@ pub(crate) fn matmul(
     assert_eq!(a.kg, w.kg, "activation and weight depths differ");
     assert!(kernel.computes(w.precision) && kernel.supported());
     assert!((m - 1) * ldc + n <= c.len() && n <= ldc);
+    assert!(bias.is_none_or(|b| b.len() == n));
     let panels = w.panels();
     let threads = rayon::current_num_threads();
     let parallel = threads > 1
@@ -147,14 +153,19 @@ pub(crate) fn matmul(
         && crate::threads::parallel_allowed()
         && panels > 1;
     let out = SendPtr(c.as_mut_ptr());
+    // Rows per block: a block of converted activations stays in L2 while every panel of the
+    // task passes over it, and each panel is read once per block (from L1/L2 for all its tiles).
+    let block = (A_BLOCK_BYTES / (4 * w.kg)).max(MR) / MR * MR;
     let run = |p0: usize, p1: usize| {
         let mut tile: Tile = [[0; NR]; MR];
-        for r0 in (0..m).step_by(MR) {
+        for b0 in (0..m).step_by(block) {
             for p in p0..p1 {
-                tile_sums(kernel, w, a, r0, p, &mut tile);
-                // SAFETY: each task owns the columns of its panels; rows and columns were
-                // bounds-checked above.
-                unsafe { epilogue(w, a, r0, p, &tile, out, ldc, accumulate) };
+                for r0 in (b0..m.min(b0 + block)).step_by(MR) {
+                    tile_sums(kernel, w, a, r0, p, &mut tile);
+                    // SAFETY: each task owns the columns of its panels; rows and columns were
+                    // bounds-checked above.
+                    unsafe { epilogue(w, a, r0, p, &tile, out, ldc, accumulate, bias) };
+                }
             }
         }
     };
@@ -174,7 +185,7 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Scales, zero points and accumulation of one tile into `c` (valid rows and columns only).
+/// Scales, zero points, bias and accumulation of one tile into `c` (valid rows and columns only).
 ///
 /// # Safety
 /// `c` points at an `m × ldc` output that only this call writes in this tile's columns.
@@ -188,9 +199,12 @@ unsafe fn epilogue(
     c: SendPtr,
     ldc: usize,
     accumulate: bool,
+    bias: Option<&[f32]>,
 ) {
     let c0 = p * NR;
     let cols = NR.min(w.n - c0);
+    let zeros = [0.0f32; NR];
+    let bias = bias.map_or(&zeros[..cols], |b| &b[c0..c0 + cols]);
     for (i, sums) in tile.iter().enumerate().take(MR.min(a.m - r0)) {
         let r = r0 + i;
         // SAFETY: row r, columns c0..c0+cols are inside the output (caller's contract).
@@ -198,7 +212,7 @@ unsafe fn epilogue(
         match w.precision {
             Precision::Bf16 => {
                 for (j, o) in row.iter_mut().enumerate() {
-                    let v = f32::from_bits(sums[j]);
+                    let v = f32::from_bits(sums[j]) + bias[j];
                     *o = if accumulate { *o + v } else { v };
                 }
             }
@@ -206,7 +220,7 @@ unsafe fn epilogue(
                 let (sa, za) = (a.scale[r], a.zero[r]);
                 for (j, o) in row.iter_mut().enumerate() {
                     let exact = sums[j] as i32 - za * w.row_sum[c0 + j];
-                    let v = sa * w.scale[c0 + j] * exact as f32;
+                    let v = sa * w.scale[c0 + j] * exact as f32 + bias[j];
                     *o = if accumulate { *o + v } else { v };
                 }
             }

@@ -27,6 +27,7 @@ use crate::network::{validate_forward, Batch, ForwardOptions, Layout};
 use crate::params::{dir_offsets, RnnWeights};
 use crate::threads;
 use pack::{PackedActivations, PackedWeight};
+use rayon::prelude::*;
 
 impl Precision {
     /// `"bfloat16"` / `"bf16"` or `"qint8"` / `"int8"`.
@@ -223,10 +224,15 @@ impl LowpRnn {
                 let w = &self.dirs[ld];
                 // Input projection of every step at once: [T*B, G*H].
                 acts.fill(self.precision, &input, t_len * b, in_size, in_size);
-                kernels::matmul(self.kernel, &w.w_ih, &acts, &mut pre, gh, false);
-                for row in pre.chunks_mut(gh) {
-                    row.iter_mut().zip(&w.bias_x).for_each(|(p, q)| *p += q);
-                }
+                kernels::matmul(
+                    self.kernel,
+                    &w.w_ih,
+                    &acts,
+                    &mut pre,
+                    gh,
+                    false,
+                    Some(&w.bias_x),
+                );
                 let s = ld * b * h..(ld + 1) * b * h;
                 match x.h0 {
                     Some(h0) => hs.copy_from_slice(&h0[s.clone()]),
@@ -243,32 +249,26 @@ impl LowpRnn {
                         t,
                     };
                     acts.fill(self.precision, &hs, b, h, h);
-                    kernels::matmul(self.kernel, &w.w_hh, &acts, &mut h_pre, gh, false);
+                    kernels::matmul(self.kernel, &w.w_hh, &acts, &mut h_pre, gh, false, None);
                     let pre_t = &mut pre[t * b * gh..(t + 1) * b * gh];
+                    let step = GateStep {
+                        h,
+                        lstm,
+                        lengths: x.lengths,
+                        t,
+                        b_hn: &w.b_hn,
+                    };
+                    step.run(
+                        pre_t,
+                        &h_pre,
+                        &cs,
+                        &hs,
+                        &mut scratch,
+                        &mut c_next,
+                        &mut h_next,
+                    );
                     if lstm {
-                        gates::lstm_forward(
-                            h,
-                            active,
-                            pre_t,
-                            &h_pre,
-                            &cs,
-                            &hs,
-                            &mut scratch,
-                            &mut c_next,
-                            &mut h_next,
-                        );
                         std::mem::swap(&mut cs, &mut c_next);
-                    } else {
-                        gates::gru_forward(
-                            h,
-                            active,
-                            pre_t,
-                            &h_pre,
-                            &w.b_hn,
-                            &hs,
-                            &mut scratch,
-                            &mut h_next,
-                        );
                     }
                     std::mem::swap(&mut hs, &mut h_next);
                     for r in 0..b {
@@ -294,6 +294,81 @@ impl LowpRnn {
             output,
             h_n,
             c_n: lstm.then_some(c_n),
+        }
+    }
+}
+
+/// Rows of a step below which the gate pass stays on one thread.
+const PARALLEL_GATE_MIN: usize = 1 << 14;
+
+/// One time step's element-wise gate pass ([`crate::gates`]), split over the batch rows.
+struct GateStep<'a> {
+    h: usize,
+    lstm: bool,
+    lengths: Option<&'a [usize]>,
+    t: usize,
+    b_hn: &'a [f32],
+}
+
+impl GateStep<'_> {
+    /// `pre[B, G*H]` (input projection + biases, overwritten with activations), `h_pre[B, G*H]`
+    /// (`W_hh h`), the state `c`, `h` `[B, H]` → `c_next`, `h_next`; `scratch` `[B, H]`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        pre: &mut [f32],
+        h_pre: &[f32],
+        c: &[f32],
+        h_prev: &[f32],
+        scratch: &mut [f32],
+        c_next: &mut [f32],
+        h_next: &mut [f32],
+    ) {
+        let h = self.h;
+        let b = h_prev.len() / h;
+        let gh = pre.len() / b;
+        let threads = rayon::current_num_threads();
+        let parts = if b * h >= PARALLEL_GATE_MIN && threads > 1 && threads::parallel_allowed() {
+            threads.min(b)
+        } else {
+            1
+        };
+        let rows = b.div_ceil(parts);
+        let chunks: Vec<_> = pre
+            .chunks_mut(rows * gh)
+            .zip(h_pre.chunks(rows * gh))
+            .zip(c.chunks(rows * h))
+            .zip(h_prev.chunks(rows * h))
+            .zip(scratch.chunks_mut(rows * h))
+            .zip(c_next.chunks_mut(rows * h))
+            .zip(h_next.chunks_mut(rows * h))
+            .enumerate()
+            .collect();
+        let one = |(i, ((((((p, hp), c), hh), sc), cn), hn)): (usize, _)| {
+            let (p, hp, c, hh, sc, cn, hn): (
+                &mut [f32],
+                &[f32],
+                &[f32],
+                &[f32],
+                &mut [f32],
+                &mut [f32],
+                &mut [f32],
+            ) = (p, hp, c, hh, sc, cn, hn);
+            let r0 = i * rows;
+            let active = Active {
+                lengths: self.lengths.map(|l| &l[r0..r0 + hh.len() / h]),
+                t: self.t,
+            };
+            if self.lstm {
+                gates::lstm_forward(h, active, p, hp, c, hh, sc, cn, hn);
+            } else {
+                gates::gru_forward(h, active, p, hp, self.b_hn, hh, sc, hn);
+            }
+        };
+        if parts > 1 {
+            chunks.into_par_iter().for_each(one);
+        } else {
+            chunks.into_iter().for_each(one);
         }
     }
 }
@@ -359,10 +434,12 @@ mod tests {
                 let mut results = Vec::new();
                 for kernel in Kernel::available(precision) {
                     let mut c = vec![1.0f32; m * n];
-                    kernels::matmul(kernel, &pw, &pa, &mut c, n, true);
+                    let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+                    kernels::matmul(kernel, &pw, &pa, &mut c, n, true, Some(&bias));
                     for r in 0..m {
                         for j in 0..n {
                             let want: f64 = 1.0
+                                + (j as f32 * 0.01) as f64
                                 + (0..k)
                                     .map(|p| {
                                         let av = match precision {

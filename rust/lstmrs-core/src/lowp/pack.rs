@@ -9,6 +9,8 @@
 //! broadcasts one word of `A` against a vector of `W`. Padding (columns past `N`, elements past
 //! `K`) is zero in `W`, so it adds nothing whatever `A` holds there.
 
+use rayon::prelude::*;
+
 /// Output columns per panel: two 16-lane AVX-512 vectors.
 pub(crate) const NR: usize = 32;
 /// Activation rows per kernel tile; the converted activations are padded to a multiple of it.
@@ -179,6 +181,9 @@ impl PackedWeight {
     }
 }
 
+/// Elements of `A` above which the conversion is split over threads.
+const PARALLEL_FILL_MIN: usize = 1 << 16;
+
 /// Activations `A[M, K]` converted for one product: `rows` (M padded to [`MR`]) × `kg` words,
 /// and for int8 each row's scale and zero point.
 #[derive(Default)]
@@ -206,29 +211,48 @@ impl PackedActivations {
             self.scale.resize(rows, 1.0);
             self.zero.resize(rows, 0);
         }
-        let mut q = vec![0u8; kg * 4];
-        for r in 0..m {
+        let int8 = precision == Precision::Int8;
+        let convert = |r: usize, out: &mut [u32], scale: &mut f32, zero: &mut i32| {
             let row = &a[r * ld..r * ld + k];
-            let out = &mut self.words[r * kg..(r + 1) * kg];
-            match precision {
-                Precision::Bf16 => {
-                    for (o, pair) in out.iter_mut().zip(row.chunks(2)) {
-                        let lo = f32_to_bf16(pair[0]) as u32;
-                        let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
-                        *o = lo | (hi << 16);
-                    }
+            if int8 {
+                let mut q = vec![0u8; kg * 4];
+                let (s, z) = quantize_activation_row(row, &mut q[..k]);
+                (*scale, *zero) = (s, z);
+                // Padding past K meets zero weights; it stays 0.
+                for (o, quad) in out.iter_mut().zip(q.chunks(4)) {
+                    *o = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
                 }
-                Precision::Int8 => {
-                    let (s, z) = quantize_activation_row(row, &mut q[..k]);
-                    // Padding past K meets zero weights; any value works, 0 keeps it tidy.
-                    q[k..].fill(0);
-                    self.scale[r] = s;
-                    self.zero[r] = z;
-                    for (o, quad) in out.iter_mut().zip(q.chunks(4)) {
-                        *o = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
-                    }
+            } else {
+                for (o, pair) in out.iter_mut().zip(row.chunks(2)) {
+                    let lo = f32_to_bf16(pair[0]) as u32;
+                    let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
+                    *o = lo | (hi << 16);
                 }
             }
+        };
+        let (mut no_scale, mut no_zero) = (vec![1.0f32; rows], vec![0i32; rows]);
+        let (scale, zero) = if int8 {
+            (&mut self.scale, &mut self.zero)
+        } else {
+            (&mut no_scale, &mut no_zero)
+        };
+        let words = &mut self.words[..m * kg];
+        let (scale, zero) = (&mut scale[..m], &mut zero[..m]);
+        if m * k >= PARALLEL_FILL_MIN && m > 1 && crate::threads::parallel_allowed() {
+            words
+                .par_chunks_mut(kg)
+                .zip(scale.par_iter_mut())
+                .zip(zero.par_iter_mut())
+                .enumerate()
+                .with_min_len(m.div_ceil(2 * rayon::current_num_threads()))
+                .for_each(|(r, ((out, s), z))| convert(r, out, s, z));
+        } else {
+            words
+                .chunks_mut(kg)
+                .zip(scale.iter_mut())
+                .zip(zero.iter_mut())
+                .enumerate()
+                .for_each(|(r, ((out, s), z))| convert(r, out, s, z));
         }
     }
 }
