@@ -193,3 +193,37 @@ fn bad_configurations_and_kernels_are_refused() {
     let e = net.forward(&batch).err().unwrap();
     assert!(e.to_string().contains("input"), "{e}");
 }
+
+/// A batch large enough that the products, the conversions and the gate pass split over the
+/// pool's threads (the small cases above stay on one thread): still the reference's numbers.
+#[test]
+fn threaded_paths_match_the_reference() {
+    lstmrs_core::threads::set_num_threads(2).unwrap();
+    let (i, h, b, t) = (32, 256, 64, 2);
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        let cfg = RnnConfig::new(cell, i, h, 1, false, true).unwrap();
+        let params = RnnParams::<f32>::init_uniform(cfg, 5);
+        let x = data(b * t * i, 0.7);
+        let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+        let batch = Batch {
+            input: &x,
+            layout: Layout::BatchFirst,
+            seq_len: t,
+            batch: b,
+            h0: None,
+            c0: None,
+            lengths: Some(&lengths),
+        };
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let want = reference::forward(&params, precision, &batch).unwrap();
+            let net = LowpRnn::new(&params, precision, None).unwrap();
+            let out = net.forward(&batch).unwrap();
+            check(
+                &out,
+                &want,
+                5e-3,
+                &format!("threaded {cell:?} {precision:?}"),
+            );
+        }
+    }
+}
