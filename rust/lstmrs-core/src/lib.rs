@@ -11,6 +11,8 @@
 //! lives behind a cargo feature so this build never compiles it.
 
 pub mod activations;
+#[cfg(feature = "blas")]
+pub mod blas;
 pub mod cellexpr;
 pub mod config;
 pub mod dropout;
