@@ -48,17 +48,30 @@ impl Precision {
 #[inline]
 pub fn f32_to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
     let round = 0x7fff + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
+    let rounded = (bits.wrapping_add(round) >> 16) as u16;
+    // A select rather than a branch, so conversion loops vectorise.
+    let nan = ((bits >> 16) | 0x40) as u16;
+    if x.is_nan() {
+        nan
+    } else {
+        rounded
+    }
 }
 
 /// bf16 bits → f32 (exact).
 #[inline]
 pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
+}
+
+/// Rounds to the nearest integer, ties to even, for `|x| < 2^22` (here `|x| <= 255`): adding and
+/// subtracting 1.5·2^23 leaves no fraction bits. Plain SSE2 arithmetic that vectorises, where
+/// `f32::round` is a call into libm on the baseline x86-64 target.
+#[inline(always)]
+fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 /// Symmetric int8 quantization of one weight row: `w ≈ scale · q`, `q ∈ [-127, 127]`.
@@ -84,10 +97,10 @@ pub fn quantize_activation_row(row: &[f32], q: &mut [u8]) -> (f32, i32) {
         return (1.0, 0);
     }
     let scale = (hi - lo) / 255.0;
-    let zero = (-lo / scale).round().clamp(0.0, 255.0) as i32;
     let inv = 1.0 / scale;
+    let zero = round_even(-lo * inv).clamp(0.0, 255.0) as i32;
     for (o, &v) in q.iter_mut().zip(row) {
-        *o = ((v * inv).round() as i32 + zero).clamp(0, 255) as u8;
+        *o = (round_even(v * inv) as i32 + zero).clamp(0, 255) as u8;
     }
     (scale, zero)
 }
