@@ -301,6 +301,14 @@ impl LowpRnn {
 /// Rows of a step below which the gate pass stays on one thread.
 const PARALLEL_GATE_MIN: usize = 1 << 14;
 
+/// One part of a step's rows, as the zipped chunks arrive: its index and `(pre, h_pre, c,
+/// h_prev, scratch, c_next, h_next)`.
+#[rustfmt::skip]
+type GateChunk<'a> = (
+    usize,
+    ((((((&'a mut [f32], &'a [f32]), &'a [f32]), &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]),
+);
+
 /// One time step's element-wise gate pass ([`crate::gates`]), split over the batch rows.
 struct GateStep<'a> {
     h: usize,
@@ -344,16 +352,7 @@ impl GateStep<'_> {
             .zip(h_next.chunks_mut(rows * h))
             .enumerate()
             .collect();
-        let one = |(i, ((((((p, hp), c), hh), sc), cn), hn)): (usize, _)| {
-            let (p, hp, c, hh, sc, cn, hn): (
-                &mut [f32],
-                &[f32],
-                &[f32],
-                &[f32],
-                &mut [f32],
-                &mut [f32],
-                &mut [f32],
-            ) = (p, hp, c, hh, sc, cn, hn);
+        let one = |(i, ((((((p, hp), c), hh), sc), cn), hn)): GateChunk<'_>| {
             let r0 = i * rows;
             let active = Active {
                 lengths: self.lengths.map(|l| &l[r0..r0 + hh.len() / h]),
