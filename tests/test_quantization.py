@@ -4,6 +4,7 @@ LSTM when torch imports, the float layer's argument checks, and the typed errors
 
 from __future__ import annotations
 
+import doctest
 import pickle
 
 import lstmrs
@@ -146,3 +147,8 @@ def test_bad_arguments_raise_typed_errors():
         q(np.zeros((2, 4, 3), np.float32), lengths=[5, 1])
     with pytest.raises(lstmrs.NonFiniteError):
         q(np.full((1, 2, 3), np.nan, np.float32))
+
+
+def test_module_docstring_example_runs():
+    failures, tried = doctest.testmod(quantization, verbose=False)
+    assert tried > 0 and failures == 0
