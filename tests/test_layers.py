@@ -66,6 +66,7 @@ LAYER_OF = {
     "lstmrs.rnn": "layers",
     "lstmrs.clockwork": "layers",
     "lstmrs.streaming": "layers",
+    "lstmrs.quantization": "layers",
     "lstmrs.callbacks": "training",
     "lstmrs.checkpoint_format": "training",
     "lstmrs.fit_inputs": "training",

@@ -21,6 +21,7 @@ from .errors import (
     ExportError,
     ExportMismatchError,
     GpuUnavailableError,
+    InferenceOnlyError,
     InvalidArgumentError,
     LstmrsError,
     MemoryLimitError,
@@ -37,6 +38,7 @@ from .errors import (
 from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
 from .models import Loss, Model
+from .quantization import QuantizedRNN, quantize_dynamic
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .seq2seq import Seq2Seq
 from .streaming import Stepper
@@ -53,6 +55,7 @@ __all__ = [
     "ExportMismatchError",
     "GpuUnavailableError",
     "History",
+    "InferenceOnlyError",
     "InvalidArgumentError",
     "Loss",
     "LstmrsError",
@@ -62,6 +65,7 @@ __all__ = [
     "NonFiniteError",
     "PluginError",
     "PluginWarning",
+    "QuantizedRNN",
     "RnnGradients",
     "RunDirError",
     "Seq2Seq",
@@ -80,6 +84,7 @@ __all__ = [
     "load",
     "metrics",
     "optim",
+    "quantize_dynamic",
     "set_memory_limit",
     "set_num_threads",
     "tune",

@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 __all__ = [
     "LossSpec",
+    "LowpCore",
     "ModelCore",
     "OptimizerCore",
     "RnnCore",
@@ -23,6 +24,7 @@ __all__ = [
     "gpu_available",
     "gpu_info",
     "gpu_probe",
+    "lowp_kernels",
     "set_memory_limit",
     "set_num_threads",
 ]
@@ -64,6 +66,40 @@ def dtw_classify(
     window: float,
 ) -> npt.NDArray[np.int64]:
     """The label of each query's nearest training series under band fraction `window`."""
+
+def lowp_kernels(dtype: str) -> list[str]:
+    """The reduced-precision kernels this CPU runs for `dtype`, the default first."""
+
+@final
+class LowpCore:
+    """A built-in LSTM/GRU with bf16 or int8 weights, for inference."""
+
+    def __new__(
+        cls,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        bidirectional: bool,
+        flat: npt.NDArray[np.float32],
+        dtype: str,
+        kernel: str | None = None,
+    ) -> LowpCore: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    def forward(
+        self,
+        x: npt.NDArray[np.float32],
+        h0: npt.NDArray[np.float32] | None,
+        c0: npt.NDArray[np.float32] | None,
+        lengths: npt.NDArray[np.int64] | None,
+        batch_first: bool,
+    ) -> tuple[_Array, _Array, _Array | None]: ...
 
 @final
 class Tape:

@@ -11,6 +11,8 @@
 //! lives behind a cargo feature so this build never compiles it.
 
 pub mod activations;
+#[cfg(feature = "blas")]
+pub mod blas;
 pub mod cellexpr;
 pub mod config;
 pub mod dropout;
@@ -20,6 +22,7 @@ pub mod forklock;
 mod gates;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod lowp;
 mod matmul;
 pub mod memory;
 pub mod model;

@@ -5,6 +5,7 @@ mod alloc;
 mod dtw;
 mod errors;
 mod gpu;
+mod lowp;
 mod model;
 mod rnn;
 mod seq2seq;
@@ -69,6 +70,8 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::OptimizerCore>()?;
     m.add_class::<model::StepperCore>()?;
     m.add_class::<seq2seq::Seq2SeqCore>()?;
+    m.add_class::<lowp::LowpCore>()?;
+    m.add_function(wrap_pyfunction!(lowp::lowp_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
