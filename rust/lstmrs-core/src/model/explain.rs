@@ -7,7 +7,7 @@
 //! (one-hot on a class, a forecast step, a next-character position), and integrated gradients
 //! run many interpolated inputs through one call, which splits the rows over the thread pool.
 
-use super::device::RnnTape;
+use crate::device::RnnTape;
 use super::{Device, InputKind, Model, ModelBatch, ModelInput, Pooling};
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Scalar;

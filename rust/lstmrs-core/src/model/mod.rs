@@ -6,20 +6,20 @@
 //! else `B`).
 
 mod dense;
-mod device;
 mod explain;
 mod loss;
 mod pooling;
 mod stepper;
 
 pub use dense::Activation;
-pub use device::Device;
+pub use crate::device::Device;
 pub use explain::{InputGradient, ModelTrace};
 pub use loss::{Loss, Targets};
 pub use pooling::Pooling;
 pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
+use crate::device;
 use crate::error::{check_len, Error, Result};
 use crate::memory;
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization};

@@ -40,14 +40,14 @@ impl Device {
 }
 
 /// The recurrent stack's tape on whichever device recorded it.
-pub(super) enum RnnTape<T> {
+pub(crate) enum RnnTape<T> {
     Cpu(Tape<T>),
     #[cfg(feature = "gpu")]
     Gpu(crate::gpu::GpuTape),
 }
 
 /// The recurrent stack's outputs and, when kept, its tape.
-pub(super) struct RnnForward<T> {
+pub(crate) struct RnnForward<T> {
     pub output: Vec<T>,
     pub h_n: Vec<T>,
     pub c_n: Option<Vec<T>>,
@@ -64,7 +64,7 @@ fn unsupported(detail: String) -> Error {
 /// Checks, before any work, that `device` can run a recurrent stack with this regularization.
 /// Without the `gpu` feature the GPU is refused with `NotBuilt`; the GPU kernels have no
 /// variational dropout or zoneout.
-pub(super) fn check(device: Device, regularization: &Regularization) -> Result<()> {
+pub(crate) fn check(device: Device, regularization: &Regularization) -> Result<()> {
     if device == Device::Cpu {
         return Ok(());
     }
@@ -84,7 +84,7 @@ pub(super) fn check(device: Device, regularization: &Regularization) -> Result<(
     Ok(())
 }
 
-pub(super) fn forward<T: Scalar>(
+pub(crate) fn forward<T: Scalar>(
     device: Device,
     weights: RnnWeights<'_, T>,
     batch: &Batch<T>,
@@ -119,7 +119,7 @@ pub(super) fn forward<T: Scalar>(
 
 /// Backpropagation through the recurrent stack; without `want_params` the CPU skips the
 /// parameters' gradient (`Gradients::params` is then empty, see `network::backward_input`).
-pub(super) fn backward<T: Scalar>(
+pub(crate) fn backward<T: Scalar>(
     weights: RnnWeights<'_, T>,
     tape: &RnnTape<T>,
     grads: &GradOutputs<T>,
