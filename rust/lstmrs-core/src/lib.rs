@@ -1,14 +1,15 @@
 //! lstmrs-core: LSTM and GRU networks with PyTorch's semantics, forward passes and
-//! backpropagation through time on the CPU.
+//! backpropagation through time on the CPU and, with the `gpu` feature, on a GPU.
 //!
 //! The public surface is small: describe a network with [`RnnConfig`], hold its weights in
 //! [`RnnParams`] (one flat buffer, PyTorch's names), run [`forward`] over a [`Batch`] and, with a
 //! tape kept, [`backward`] to get every gradient. [`mod@reference`] is a plain implementation of the
 //! same mathematics that the fast path is tested against.
 //!
-//! Compute backends: this crate is the CPU backend. A GPU backend plugs in at the same seam — it
-//! takes the same `RnnParams`, `Batch` and `ForwardOptions` and returns the same outputs — and
-//! lives behind a cargo feature so this build never compiles it.
+//! Compute backends: the CPU kernels, and [`gpu`] (wgpu compute shaders, behind the cargo feature
+//! `gpu`; without it a stand-in whose calls fail with one "not built" error). [`device`] is the
+//! one seam that picks between them: both take the same `RnnWeights`, `Batch` and
+//! `ForwardOptions` and return the same outputs, with one tape type ([`device::RnnTape`]).
 
 pub mod activations;
 pub mod cellexpr;
@@ -19,7 +20,6 @@ pub mod dtw;
 pub mod error;
 pub mod forklock;
 mod gates;
-#[cfg(feature = "gpu")]
 pub mod gpu;
 mod matmul;
 pub mod memory;
