@@ -12,7 +12,7 @@ use crate::threads;
 
 /// The step kernels, for the criterion benchmarks in `benches/`; not a stable API.
 #[doc(hidden)]
-pub use crate::recurrent::bench as kernels;
+pub use crate::packed_gemm::bench as kernels;
 
 /// How a sequence batch is laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

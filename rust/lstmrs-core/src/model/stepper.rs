@@ -5,9 +5,9 @@
 
 use super::{dense, InputKind, Model, ModelInput, Pooling};
 use crate::error::{check_len, Error, Result};
+use crate::matvec::{self, Out, Product};
 use crate::scalar::Scalar;
-use crate::stream::Stepper;
-use crate::stream_kernel::{self, Out, Product};
+use crate::stepper::Stepper;
 
 /// The running state of `B` streams through a model.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl<T: Scalar> Model<T> {
                     ld: o,
                     bias: [Some(bias), None],
                 };
-                stream_kernel::rows(o, b, p, None, y, None);
+                matvec::rows(o, b, p, None, y, None);
             } else {
                 dense::forward_into(x, b, w, bias, dst);
             }
