@@ -12,6 +12,8 @@
 //! `ForwardOptions` and return the same outputs, with one tape type ([`device::RnnTape`]).
 
 pub mod activations;
+#[doc(hidden)]
+pub mod bench;
 pub mod cellexpr;
 pub mod config;
 pub mod device;

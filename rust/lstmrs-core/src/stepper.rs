@@ -1,9 +1,9 @@
-//! Streaming inference: advance a unidirectional network one time step per call, keeping the
-//! state between calls and allocating nothing after construction.
+//! Step-by-step inference ([`Stepper`]): advance a unidirectional network one time step per call,
+//! keeping the state between calls and allocating nothing after construction.
 //!
 //! Per step and layer: the input product `[B, I]·[I, GH]`, the recurrent product `[B, H]·[H, GH]`
 //! and one fused gate pass. Up to [`SMALL_BATCH_MAX`] streams the products run through
-//! `stream_kernel` (matrix-vector rows with both products in one accumulation, no per-call
+//! `matvec` (matrix-vector rows with both products in one accumulation, no per-call
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
 //! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
 //! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.

@@ -592,7 +592,7 @@ impl RnnCore {
 /// name. `RnnCore` and `ModelCore` then accept the same text where they take a cell name.
 #[pyfunction]
 pub(crate) fn compile_cell(py: Python<'_>, json: &str) -> PyResult<&'static str> {
-    let r = py.detach(|| guarded(|| lstmrs_core::config::register_cell(json)));
+    let r = py.detach(|| guarded(|| lstmrs_core::cellexpr::register_cell(json)));
     let kind = lift(py, r)?;
     Ok(kind.name())
 }

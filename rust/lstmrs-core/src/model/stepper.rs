@@ -1,6 +1,6 @@
-//! Streaming a model: input layer, recurrent step and head, one time step per call, with every
-//! buffer allocated once. Works for unidirectional models whose head reads the current step:
-//! per-step heads, and last-step heads (the output after step `t` is what `predict` gives for the
+//! Step-by-step inference through a model ([`ModelStepper`]): input layer, recurrent step and
+//! head, one time step per call, with every buffer allocated once. Works for unidirectional
+//! models whose head reads the current step: per-step heads, and last-step heads (the output after step `t` is what `predict` gives for the
 //! sequence ending at `t`).
 
 use super::{dense, InputKind, Model, ModelInput, Pooling};
