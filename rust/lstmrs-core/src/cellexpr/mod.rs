@@ -38,6 +38,7 @@ mod eval;
 mod graph;
 mod parse;
 mod program;
+mod reference;
 pub mod registry;
 
 pub use crate::gates::Active;
