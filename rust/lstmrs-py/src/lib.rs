@@ -2,7 +2,9 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod alloc;
+mod convert;
 mod dtw;
+mod dtype;
 mod errors;
 mod gpu;
 mod lowp;

@@ -1,8 +1,8 @@
 //! `LowpCore`: a built-in LSTM/GRU network with bf16 or int8 weights for inference
 //! (`lstmrs_core::lowp`), as a Python class. Converts and validates only.
 
+use crate::convert::{check_shape, read_lengths, readonly, slice, to_array};
 use crate::errors::{core_error, error, guarded, lift, Kind};
-use crate::rnn::{check_shape, read_lengths, readonly, slice, to_array};
 use lstmrs_core::lowp::{Kernel, LowpRnn, Precision};
 use lstmrs_core::{Batch, CellKind, Layout, RnnConfig, RnnParams};
 use numpy::PyUntypedArrayMethods;
