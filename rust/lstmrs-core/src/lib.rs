@@ -13,6 +13,7 @@
 pub mod activations;
 pub mod cellexpr;
 pub mod config;
+pub mod convlstm;
 pub mod dropout;
 pub mod dtw;
 pub mod error;
