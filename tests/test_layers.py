@@ -52,6 +52,7 @@ LAYER_OF = {
     "lstmrs.plugins.builtin": "registry",
     "lstmrs.plugins.hookspecs": "registry",
     "lstmrs.plugins.manager": "registry",
+    "lstmrs.convlstm": "layers",
     "lstmrs.rnn": "layers",
     "lstmrs.streaming": "layers",
     "lstmrs.callbacks": "training",

@@ -318,7 +318,7 @@ fn bad_sizes_are_typed_errors() {
     };
     let e = forward(&p, &small, false).unwrap_err();
     assert!(matches!(e, Error::Shape { arg: "x", .. }), "{e}");
-    assert!(e.to_string().contains("at least 3 × 3"), "{e}");
+    assert!(e.to_string().contains("H >= 3 and W >= 3"), "{e}");
     let h0 = vec![0.0; 5];
     let with_h0 = ConvBatch {
         h0: Some(&h0),

@@ -2,6 +2,7 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod alloc;
+mod convlstm;
 mod dtw;
 mod errors;
 mod gpu;
@@ -69,6 +70,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::OptimizerCore>()?;
     m.add_class::<model::StepperCore>()?;
     m.add_class::<seq2seq::Seq2SeqCore>()?;
+    convlstm::register(m)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

@@ -133,13 +133,13 @@ impl ConvLstmConfig {
             return Err(Error::Shape {
                 arg: "x",
                 expected: format!(
-                    "frames of at least {} × {} (kernel_size {:?} with padding {:?})",
+                    "[B, T, C, H, W] with H >= {} and W >= {} (kernel_size {:?}, padding {:?})",
                     kh - 2 * ph,
                     kw - 2 * pw,
                     self.kernel,
                     self.padding
                 ),
-                got: format!("{height} × {width}"),
+                got: format!("H = {height}, W = {width}"),
             });
         }
         Ok((ho - kh, wo - kw))
