@@ -5,6 +5,7 @@
 //! [`config`] holds the sizes and the parameter layout, [`network`] the fast path (im2col + GEMM,
 //! one rayon task per batch row), [`reference`] the same mathematics in plain loops.
 
+mod cell;
 pub mod config;
 mod im2col;
 pub mod network;

@@ -12,6 +12,7 @@
 //! a fixed run of rows and its own weight-gradient buffer, summed in a fixed order at the end, so
 //! the same inputs at the same thread count give the same bits.
 
+use super::cell::{cell_backward, cell_forward};
 use super::config::ConvLstmConfig;
 use super::im2col::{col2im_add, im2col, Geometry};
 use super::params::ConvLstmParams;
@@ -330,22 +331,6 @@ fn forward_row<T: Scalar>(
     layers
 }
 
-/// The element-wise cell over `n = K·P` units: activates the gate pre-activations in place
-/// (`gates` `[4, n]`, blocks i, f, g, o) and writes `c = f c_prev + i g`, `h = o tanh(c)`.
-fn cell_forward<T: Scalar>(gates: &mut [T], c_prev: &[T], c: &mut [T], h: &mut [T], n: usize) {
-    let (i, rest) = gates.split_at_mut(n);
-    let (f, rest) = rest.split_at_mut(n);
-    let (g, o) = rest.split_at_mut(n);
-    for u in 0..n {
-        i[u] = i[u].sigmoid();
-        f[u] = f[u].sigmoid();
-        g[u] = g[u].tanh_act();
-        o[u] = o[u].sigmoid();
-        c[u] = f[u] * c_prev[u] + i[u] * g[u];
-        h[u] = o[u] * c[u].tanh_act();
-    }
-}
-
 /// Backpropagation through time for the forward call that recorded `tape`. Each gradient of the
 /// outputs may be absent (zero): `d_out` `[B, T, K, Ho, Wo]`, `d_h_n` and `d_c_n`
 /// `[L, B, K, Ho, Wo]`.
@@ -458,10 +443,14 @@ fn backward_row<T: Scalar>(
     let rows = &tape.rows[b];
     let mut d_h0 = vec![T::zero(); cfg.num_layers * kp];
     let mut d_c0 = vec![T::zero(); cfg.num_layers * kp];
-    // The gradient flowing into the current layer's outputs `[T, K, P]`: from `d_out` at the top,
-    // from the layer above's input gradient below it.
-    let mut d_seq: Vec<T> = d_out.map_or_else(|| vec![T::zero(); t_len * kp], <[T]>::to_vec);
+    // The input gradient of the layer above, `[T, K, P]`: the gradient of this layer's outputs.
+    let mut d_below: Vec<T> = Vec::new();
     for layer in (0..cfg.num_layers).rev() {
+        let d_seq = if layer + 1 == cfg.num_layers {
+            d_out
+        } else {
+            Some(&d_below[..])
+        };
         let (gx, gh) = geometries(cfg, dims, layer);
         let o = cfg.offsets(layer);
         let (nx, nh) = (g_ch * gx.rows(), g_ch * gh.rows());
@@ -490,9 +479,11 @@ fn backward_row<T: Scalar>(
         let mut d_cols_x = vec![T::zero(); gx.rows() * p];
         let mut d_cols_h = vec![T::zero(); gh.rows() * p];
         for t in (0..t_len).rev() {
-            dh.iter_mut()
-                .zip(&d_seq[t * kp..(t + 1) * kp])
-                .for_each(|(a, &v)| *a += v);
+            if let Some(d) = d_seq {
+                dh.iter_mut()
+                    .zip(&d[t * kp..(t + 1) * kp])
+                    .for_each(|(a, &v)| *a += v);
+            }
             let (h_prev, c_prev) = if t == 0 {
                 (&row.h0[..], &row.c0[..])
             } else {
@@ -545,41 +536,8 @@ fn backward_row<T: Scalar>(
         d_h0[layer * kp..(layer + 1) * kp].copy_from_slice(&dh);
         d_c0[layer * kp..(layer + 1) * kp].copy_from_slice(&dc);
         if let Some(d) = d_in {
-            d_seq = d;
+            d_below = d;
         }
     }
     (d_h0, d_c0)
-}
-
-/// The element-wise cell backward over `n = K·P` units. In: the activated gates `[4, n]`,
-/// `c_prev`, `c`, the gradient `dh` of `h_t` and `dc` of `c_t` (from step t+1). Out: `d_gates`
-/// `[4, n]` (of the pre-activations) and `dc` becomes the gradient of `c_{t-1}`.
-fn cell_backward<T: Scalar>(
-    gates: &[T],
-    c_prev: &[T],
-    c: &[T],
-    dh: &[T],
-    dc: &mut [T],
-    d_gates: &mut [T],
-    n: usize,
-) {
-    let one = T::one();
-    let (i, f, g, o) = (
-        &gates[..n],
-        &gates[n..2 * n],
-        &gates[2 * n..3 * n],
-        &gates[3 * n..],
-    );
-    let (di, rest) = d_gates.split_at_mut(n);
-    let (df, rest) = rest.split_at_mut(n);
-    let (dg, d_o) = rest.split_at_mut(n);
-    for u in 0..n {
-        let tc = c[u].tanh_act();
-        let dct = dc[u] + dh[u] * o[u] * (one - tc * tc);
-        d_o[u] = dh[u] * tc * o[u] * (one - o[u]);
-        di[u] = dct * g[u] * i[u] * (one - i[u]);
-        df[u] = dct * c_prev[u] * f[u] * (one - f[u]);
-        dg[u] = dct * i[u] * (one - g[u] * g[u]);
-        dc[u] = dct * f[u];
-    }
 }
