@@ -3,9 +3,11 @@
 //! Shapes (row-major throughout): `B` sequences of `T` steps, frames `[C, H, W]` in, states
 //! `[K, Ho, Wo]` (`P = Ho·Wo` pixels) per layer, `G = 4K` gate channels, `L` layers.
 //!
-//! Every convolution is `im2col` plus the core's GEMM (`matmul`): with few channels and small
-//! kernels the column matrix is small (`C·kh·kw × P`), and the GEMM's micro-kernels beat a direct
-//! loop nest by a wide margin while sharing one tested code path with the LSTM.
+//! Every convolution is `im2col` plus the core's GEMM (`matmul`), not a direct kernel: the three
+//! products of a step (gates, weight gradients, input gradients) then all run on the GEMM's tested
+//! AVX2/AVX-512 micro-kernels, which a direct loop nest would need its own blocking and SIMD to
+//! approach; the column matrix (`C·kh·kw × P` per frame) is small next to the product's work
+//! (`4K` times as many multiply-adds). A direct kernel was not written to compare.
 //!
 //! The sequences of a batch never interact, so each batch row runs the whole network (every layer,
 //! every step) as one rayon task: no synchronisation per step. The backward pass gives each thread
