@@ -329,6 +329,27 @@ fn bad_sizes_are_typed_errors() {
         Err(Error::Shape { arg: "h0", .. })
     ));
 
+    // A kernel 200,001 wide over a frame as wide: each column matrix would hold 4e10 values.
+    let wide = ConvLstmConfig::new(1, 1, [1, 200_001], [0, 100_000], 1, true).expect("config");
+    let wide_p = ConvLstmParams::<f32>::try_init(wide, 0).expect("params");
+    let row = vec![0.0f32; 200_000];
+    let wide_batch = ConvBatch {
+        input: &row,
+        batch: 1,
+        seq_len: 1,
+        height: 1,
+        width: 200_000,
+        h0: None,
+        c0: None,
+    };
+    assert!(matches!(
+        forward(&wide_p, &wide_batch, false),
+        Err(Error::Memory {
+            arg: "kernel_size",
+            ..
+        })
+    ));
+
     let out = forward(&p, &batch, true).expect("forward");
     let tape = out.tape.expect("tape");
     assert!(matches!(

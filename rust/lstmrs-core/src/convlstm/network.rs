@@ -203,6 +203,19 @@ fn check_dims<T: Scalar>(p: &ConvLstmParams<T>, b: &ConvBatch<T>) -> Result<Dims
             &[b.batch, b.seq_len, cfg.num_layers, per_row],
         ),
     )?;
+    // The column matrices of a row's work (four in the backward pass), one row per thread: a
+    // large kernel over a wide frame must fail here, not in the allocator.
+    memory::check(
+        "kernel_size",
+        memory::bytes_of(
+            std::mem::size_of::<T>(),
+            &[
+                4 * crate::threads::num_threads(),
+                cfg.in_channels.max(cfg.hidden_channels) * cfg.taps(),
+                dims.pixels(),
+            ],
+        ),
+    )?;
     Ok(dims)
 }
 
