@@ -10,7 +10,13 @@ import pickle
 import lstmrs
 import numpy as np
 import pytest
-from lstmrs.errors import DTypeError, InvalidArgumentError, NonFiniteError, ShapeError
+from lstmrs.errors import (
+    DTypeError,
+    InvalidArgumentError,
+    MemoryLimitError,
+    NonFiniteError,
+    ShapeError,
+)
 
 
 def torch_convlstm(layer: lstmrs.ConvLSTM):
@@ -293,6 +299,11 @@ def test_bad_inputs_are_typed_errors(rng):
         ShapeError, match=r"x: expected shape \[B, T, C, H, W\] with H >= 5 and W >= 5 .*got H = 4"
     ):
         small(np.zeros((1, 1, 1, 4, 8), np.float32))
+
+    # Every column matrix of this kernel over this frame would hold 4e10 values.
+    wide = lstmrs.ConvLSTM(1, 1, kernel_size=(1, 200_001), padding=(0, 100_000))
+    with pytest.raises(MemoryLimitError, match="kernel_size: needs"):
+        wide(np.zeros((1, 1, 1, 1, 200_000), np.float32))
 
     out, _, tape = layer.forward_train(x)
     with pytest.raises(ShapeError, match=r"d_out: expected shape \(2, 3, 3, 5, 6\)"):
