@@ -63,6 +63,7 @@ LAYER_OF = {
     "lstmrs.plugins.builtin": "registry",
     "lstmrs.plugins.hookspecs": "registry",
     "lstmrs.plugins.manager": "registry",
+    "lstmrs.convlstm": "layers",
     "lstmrs.rnn": "layers",
     "lstmrs.clockwork": "layers",
     "lstmrs.streaming": "layers",

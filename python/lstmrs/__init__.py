@@ -13,6 +13,7 @@ from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import load
+from .convlstm import ConvLSTM, ConvLSTMGradients
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -49,6 +50,8 @@ __all__ = [
     "RNN",
     "CheckpointError",
     "ConfigError",
+    "ConvLSTM",
+    "ConvLSTMGradients",
     "DTypeError",
     "DataFileError",
     "ExportError",

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod blas;
 pub mod cellexpr;
 pub mod config;
+pub mod convlstm;
 pub mod device;
 pub mod dropout;
 pub mod dtw;

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod convert;
+mod convlstm;
 mod dtw;
 mod dtype;
 mod errors;
@@ -74,6 +75,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<seq2seq::Seq2SeqCore>()?;
     m.add_class::<lowp::LowpCore>()?;
     m.add_function(wrap_pyfunction!(lowp::lowp_kernels, m)?)?;
+    convlstm::register(m)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
