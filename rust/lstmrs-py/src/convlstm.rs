@@ -3,8 +3,9 @@
 //!
 //! The weights sit behind a `ForkRwLock` taken only with the GIL released, as in `rnn.rs`.
 
+use crate::convert::{check_shape, readonly, shape_str, slice, to_array};
+use crate::dtype::{parse_dtype, Float};
 use crate::errors::{core_error, error, guarded, lift, Kind};
-use crate::rnn::{check_shape, readonly, shape_str, slice, to_array, Float};
 use lstmrs_core::convlstm::{self as conv, ConvBatch, ConvLstmConfig, ConvLstmParams};
 use lstmrs_core::forklock::ForkRwLock;
 use lstmrs_core::DType;
@@ -372,18 +373,6 @@ impl ConvLstmCore {
             to_array(py, g.h0, &state)?,
             to_array(py, g.c0, &state)?,
         ))
-    }
-}
-
-fn parse_dtype(py: Python<'_>, dtype: &str) -> PyResult<DType> {
-    match dtype {
-        "float32" => Ok(DType::F32),
-        "float64" => Ok(DType::F64),
-        _ => Err(error(
-            py,
-            Kind::DType,
-            format!("dtype: expected 'float32' or 'float64', got {dtype:?}"),
-        )),
     }
 }
 
