@@ -283,7 +283,8 @@ impl<T: Scalar> Packed<T> {
         }
         // Copying the lhs costs about a pass over it: worth it when many panels reread it, or
         // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
-        let pack_lhs = panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()) % 2048 == 0);
+        let pack_lhs =
+            panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()).is_multiple_of(2048));
         let mut lhs = self.lhs.borrow_mut();
         if pack_lhs && lhs.len() < rows * self.kc.min(self.k) {
             // Only when called with more rows than packed for (never inside a sweep).

@@ -302,10 +302,8 @@ fn portable_int8(rows: &[u32], panel: &[u32], kg: usize, tile: &mut Tile) {
     }
 }
 
-// The AVX-512 intrinsics are stable from Rust 1.89, as the AVX-512 target features gates.rs
-// enables are: the crate needs 1.89 already, above the workspace's declared 1.85.
+// The AVX-512 intrinsics are stable from Rust 1.89 (the workspace's rust-version).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod x86 {
     use super::{Tile, MR, NR};
     use std::arch::x86_64::*;
