@@ -31,6 +31,7 @@ CELLS = [
     "decay_rnn",
     "elman",
     "indrnn",
+    "ln_gru",
     "ln_lstm",
     "mgu",
     "peephole_lstm",
