@@ -172,6 +172,9 @@ pub(crate) struct StepBufs<'a, T> {
     pub c_prev: &'a [T],
     /// `[R, 4H]` activations, `[R, H]` tanh(c'), new c and h.
     pub act: &'a mut [T],
+    /// Scratch: `[R, 4H]` recurrent pre-activations `h_prev · W_hhᵀ`, `[R, De]` the context.
+    pub h_pre: &'a mut [T],
+    pub ctx: &'a mut [T],
     pub tanh_c: &'a mut [T],
     pub c: &'a mut [T],
     pub h: &'a mut [T],
@@ -220,9 +223,8 @@ pub(crate) fn step_forward<T: Scalar>(
             row[j] += b_ih[j] + b_hh[j];
         }
     }
-    let mut h_pre = vec![T::zero(); r * g];
     a_bt(
-        &mut h_pre,
+        buf.h_pre,
         g,
         false,
         Mat::new(buf.h_prev, r, h),
@@ -232,7 +234,7 @@ pub(crate) fn step_forward<T: Scalar>(
         h,
         Active::ALL,
         buf.act,
-        &h_pre,
+        buf.h_pre,
         buf.c_prev,
         buf.h_prev,
         buf.tanh_c,
@@ -249,16 +251,15 @@ pub(crate) fn step_forward<T: Scalar>(
             Mat::new(&p[o.attn_a..], k, h),
         ),
     }
-    let mut ctx = vec![T::zero(); r * de];
     let vvec = match cfg.attention {
         AttentionKind::General => &[][..],
         AttentionKind::Additive => &p[o.attn_v..][..k],
     };
-    attention::forward(sh, buf.query, keys, enc, vvec, buf.alpha, &mut ctx, buf.u);
+    attention::forward(sh, buf.query, keys, enc, vvec, buf.alpha, buf.ctx, buf.u);
     for ((row, c), hh) in buf
         .comb
         .chunks_exact_mut(de + h)
-        .zip(ctx.chunks_exact(de))
+        .zip(buf.ctx.chunks_exact(de))
         .zip(buf.h.chunks_exact(h))
     {
         row[..de].copy_from_slice(c);
@@ -398,6 +399,8 @@ fn run<T: Scalar>(
     let mut loss = 0.0f64;
     let mut correct = 0usize;
     let mut logits = vec![T::zero(); b * v];
+    let mut h_pre = vec![T::zero(); b * 4 * h];
+    let mut ctx = vec![T::zero(); b * de];
     for t in 0..tn {
         // Inputs: the previous reference token, or (scheduled sampling) the previous argmax.
         for r in 0..b {
@@ -433,6 +436,8 @@ fn run<T: Scalar>(
                 h_prev: &h_done[t * b * h..],
                 c_prev: &c_done[t * b * h..],
                 act: &mut acts[t * b * 4 * h..][..b * 4 * h],
+                h_pre: &mut h_pre,
+                ctx: &mut ctx,
                 tanh_c: &mut tcs[t * b * h..][..b * h],
                 c: &mut c_rest[..b * h],
                 h: &mut h_rest[..b * h],
