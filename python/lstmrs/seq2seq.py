@@ -284,22 +284,22 @@ class Seq2Seq:
         return src, tgt
 
     def _batches(self, src, tgt, batch_size: int, rng: np.random.Generator | None):
-        """Index batches of similar target, then source, lengths; shuffled when ``rng``.
+        """Index batches of similar source lengths (less padding); shuffled when ``rng``.
 
-        The decoder steps cost about three times the encoder steps, so sorting each pool of 64
-        batches by target length first leaves the least padding (on CMUdict at batch 128: 98%
-        of the decoder's rows and 91% of the encoder's are real tokens, against 81% and 93% when
-        sorting pools of 16 batches by source length).
+        Pools of 16 batches sorted by source length leave 93% of the encoder's and 81% of the
+        decoder's rows real on CMUdict at batch 128. Sorting pools of 64 batches by target
+        length (98% / 91%) cost 13% less per epoch but trained worse per epoch (g2p example,
+        validation loss 0.411 / 0.382 after epochs 1 / 2 against 0.389 / 0.339), so it is not
+        done.
         """
         n = len(src)
         order = rng.permutation(n) if rng is not None else np.arange(n)
-        pool = batch_size * 64
-        src_lens = np.array([len(s) for s in src])
-        tgt_lens = np.array([len(t) for t in tgt])
+        pool = batch_size * 16
+        lens = np.array([len(s) for s in src])
         batches = []
         for start in range(0, n, pool):
             chunk = order[start : start + pool]
-            chunk = chunk[np.lexsort((src_lens[chunk], tgt_lens[chunk]))]
+            chunk = chunk[np.argsort(lens[chunk], kind="stable")]
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
