@@ -5,7 +5,7 @@ weights, the same stack exported by lstmrs' own exporter (``layer.to_onnx``), an
 from __future__ import annotations
 
 import numpy as np
-from lstmrs.interop.onnx_rnn import onnx_layer_tensors
+from lstmrs.formats.onnx_rnn import onnx_layer_tensors
 
 
 def available() -> str | None:
@@ -40,6 +40,11 @@ def sequence_session(
 ):
     """Batch-first [B, T, I] -> [B, T, H]: ORT's CPU RNN kernels only take time-major input, so
     the LSTM/GRU nodes are wrapped in Transpose nodes (part of the timed call)."""
+    return _session(sequence_model(cell, sd, b, t, i, h, layers), threads)
+
+
+def sequence_model(cell: str, sd: dict, b: int, t: int, i: int, h: int, layers: int):
+    """The ``onnx.ModelProto`` of :func:`sequence_session`."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("Transpose", ["x"], ["x_tm0"], perm=[1, 0, 2])]
@@ -67,7 +72,7 @@ def sequence_session(
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [b, t, h])],
         inits,
     )
-    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def exported_session(layer, threads: int):

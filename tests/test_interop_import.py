@@ -206,7 +206,7 @@ def test_onnx_import_of_lstmrs_exports(cls, rng):
 
 def test_onnx_import_evaluates_computed_weights_and_refuses_what_it_cannot_represent(rng):
     pytest.importorskip("onnx")
-    from lstmrs.interop.onnx_rnn import onnx_layer_tensors
+    from lstmrs.formats.onnx_rnn import onnx_layer_tensors
     from onnx import TensorProto, helper, numpy_helper
 
     src = lstmrs.LSTM(2, 3, seed=1)

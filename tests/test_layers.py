@@ -43,17 +43,31 @@ LAYER_OF = {
     "lstmrs.config": "specs",
     "lstmrs.csv_series": "specs",
     "lstmrs.datasets": "specs",
+    "lstmrs.formats": "specs",
+    "lstmrs.formats.onnx_export": "specs",
+    "lstmrs.formats.onnx_graph": "specs",
+    "lstmrs.formats.onnx_read": "specs",
+    "lstmrs.formats.onnx_rnn": "specs",
+    "lstmrs.formats.onnx_verify": "specs",
+    "lstmrs.formats.optional": "specs",
+    "lstmrs.formats.recipe": "specs",
+    "lstmrs.formats.safetensors_export": "specs",
+    "lstmrs.formats.torch_read": "specs",
     "lstmrs.metrics": "specs",
     "lstmrs.optim_spec": "specs",
     "lstmrs.plots": "specs",
+    "lstmrs.schedules": "specs",
     "lstmrs.ts_format": "specs",
     "lstmrs.optim": "registry",
     "lstmrs.plugins": "registry",
     "lstmrs.plugins.builtin": "registry",
     "lstmrs.plugins.hookspecs": "registry",
     "lstmrs.plugins.manager": "registry",
+    "lstmrs.convlstm": "layers",
     "lstmrs.rnn": "layers",
+    "lstmrs.clockwork": "layers",
     "lstmrs.streaming": "layers",
+    "lstmrs.quantization": "layers",
     "lstmrs.callbacks": "training",
     "lstmrs.checkpoint_format": "training",
     "lstmrs.fit_inputs": "training",
@@ -63,18 +77,13 @@ LAYER_OF = {
     "lstmrs.checkpoint": "model",
     "lstmrs.ensemble": "model",
     "lstmrs.models": "model",
+    "lstmrs.hierarchical": "model",
     "lstmrs.seq2seq": "model",
     "lstmrs.cli": "applications",
     "lstmrs.explain_report": "applications",
     "lstmrs.interop": "applications",
     "lstmrs.interop.keras_import": "applications",
-    "lstmrs.interop.onnx_export": "applications",
-    "lstmrs.interop.onnx_graph": "applications",
     "lstmrs.interop.onnx_import": "applications",
-    "lstmrs.interop.onnx_rnn": "applications",
-    "lstmrs.interop.onnx_verify": "applications",
-    "lstmrs.interop.optional": "applications",
-    "lstmrs.interop.safetensors_export": "applications",
     "lstmrs.interop.torch_import": "applications",
     "lstmrs.rundir": "applications",
     "lstmrs.tasks.seq2seq": "applications",
@@ -93,27 +102,9 @@ LAYER_OF = {
     "lstmrs": "package",
 }
 
-#: The upward imports that remain, each with why: ``(module, package or module) -> reason``.
-#: They are imports inside a method that run only when it is called, and they form the one
-#: remaining circle (rnn -> interop -> rnn); keep this list short.
-UPWARD_EXCEPTIONS = {
-    ("lstmrs.rnn", "lstmrs.interop"): "LSTM.to_onnx/save_safetensors/from_torch/from_onnx "
-    "delegate to the interop package, whose importers build layers",
-    ("lstmrs.models", "lstmrs.interop"): "Model.to_onnx/save_safetensors delegate to the "
-    "interop package",
-}
-
 # What a comment must say for an import inside a function: an optional dependency, the
-# start-up time saved with its number (ms or s), or that it is one of UPWARD_EXCEPTIONS.
-_WHY_LOCAL = re.compile(
-    r"optional|UPWARD_EXCEPTIONS|(start-?up|import time).*\d+(\.\d+)?\s*(ms|s)\b", re.IGNORECASE
-)
-
-
-def _excepted(source: str, target: str) -> bool:
-    return any(
-        source == s and (target == t or target.startswith(t + ".")) for s, t in UPWARD_EXCEPTIONS
-    )
+# start-up time saved with its number (ms or s).
+_WHY_LOCAL = re.compile(r"optional|(start-?up|import time).*\d+(\.\d+)?\s*(ms|s)\b", re.IGNORECASE)
 
 
 def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAYER_OF) -> list[str]:
@@ -138,8 +129,6 @@ def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAY
             src, dst = layer_of.get(module), layer_of.get(i.target)
             if src is None or dst is None or rank[dst] <= rank[src]:
                 continue
-            if _excepted(module, i.target):
-                continue
             how = "runs the package" if i.implicit else "imports"
             out.append(
                 f"{i.where()}: {module} (layer {src!r}) {how} {i.target} (layer {dst!r}): a "
@@ -147,7 +136,7 @@ def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAY
                 "move the code, or name the type under `if TYPE_CHECKING:`"
             )
     edges = {
-        m: {t for t in targets if not _excepted(m, t)} - {ig.PACKAGE}
+        m: set(targets) - {ig.PACKAGE}
         for m, targets in ig.runtime_edges(graph).items()
         if m != ig.PACKAGE
     }
@@ -172,17 +161,6 @@ def test_every_module_is_in_the_layer_table(graph):
 def test_imports_point_down(graph):
     problems = violations(graph)
     assert not problems, "\n".join(problems)
-
-
-def test_the_exceptions_are_still_needed(graph):
-    """An exception nobody needs any more is removed from the table."""
-    used = {
-        (s, t)
-        for s, t in UPWARD_EXCEPTIONS
-        for i in graph[s]
-        if i.target == t or i.target.startswith(t + ".")
-    }
-    assert used == set(UPWARD_EXCEPTIONS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ONNX export (lstmrs.interop.onnx_export): every model kind the built-in tasks build, the
+"""ONNX export (lstmrs.formats.onnx_export): every model kind the built-in tasks build, the
 layers, and cells written in the cell language (a Scan), each checked against lstmrs in ONNX
 Runtime on inputs with mixed lengths and shapes other than the exporter's own check."""
 

@@ -13,6 +13,7 @@ from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
 from ._lstmrs import __version__
 from .callbacks import History
 from .checkpoint import load
+from .convlstm import ConvLSTM, ConvLSTMGradients
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -21,6 +22,7 @@ from .errors import (
     ExportError,
     ExportMismatchError,
     GpuUnavailableError,
+    InferenceOnlyError,
     InvalidArgumentError,
     LstmrsError,
     MemoryLimitError,
@@ -37,6 +39,7 @@ from .errors import (
 from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
 from .models import Loss, Model
+from .quantization import QuantizedRNN, quantize_dynamic
 from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
 from .seq2seq import Seq2Seq
 from .streaming import Stepper
@@ -47,12 +50,15 @@ __all__ = [
     "RNN",
     "CheckpointError",
     "ConfigError",
+    "ConvLSTM",
+    "ConvLSTMGradients",
     "DTypeError",
     "DataFileError",
     "ExportError",
     "ExportMismatchError",
     "GpuUnavailableError",
     "History",
+    "InferenceOnlyError",
     "InvalidArgumentError",
     "Loss",
     "LstmrsError",
@@ -62,6 +68,7 @@ __all__ = [
     "NonFiniteError",
     "PluginError",
     "PluginWarning",
+    "QuantizedRNN",
     "RnnGradients",
     "RunDirError",
     "Seq2Seq",
@@ -80,6 +87,7 @@ __all__ = [
     "load",
     "metrics",
     "optim",
+    "quantize_dynamic",
     "set_memory_limit",
     "set_num_threads",
     "tune",

@@ -7,7 +7,10 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ConvLstmCore",
+    "ConvLstmTape",
     "LossSpec",
+    "LowpCore",
     "ModelCore",
     "OptimizerCore",
     "RnnCore",
@@ -23,6 +26,7 @@ __all__ = [
     "gpu_available",
     "gpu_info",
     "gpu_probe",
+    "lowp_kernels",
     "set_memory_limit",
     "set_num_threads",
 ]
@@ -64,6 +68,40 @@ def dtw_classify(
     window: float,
 ) -> npt.NDArray[np.int64]:
     """The label of each query's nearest training series under band fraction `window`."""
+
+def lowp_kernels(dtype: str) -> list[str]:
+    """The reduced-precision kernels this CPU runs for `dtype`, the default first."""
+
+@final
+class LowpCore:
+    """A built-in LSTM/GRU with bf16 or int8 weights, for inference."""
+
+    def __new__(
+        cls,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        bidirectional: bool,
+        flat: npt.NDArray[np.float32],
+        dtype: str,
+        kernel: str | None = None,
+    ) -> LowpCore: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    def forward(
+        self,
+        x: npt.NDArray[np.float32],
+        h0: npt.NDArray[np.float32] | None,
+        c0: npt.NDArray[np.float32] | None,
+        lengths: npt.NDArray[np.int64] | None,
+        batch_first: bool,
+    ) -> tuple[_Array, _Array, _Array | None]: ...
 
 @final
 class Tape:
@@ -336,3 +374,56 @@ class Seq2SeqCore:
         attention: bool = False,
         force_beam: bool = False,
     ) -> list[tuple[list[int], float, bool, npt.NDArray[np.floating] | None]]: ...
+
+@final
+class ConvLstmTape:
+    """What ConvLstmCore.backward needs from a forward call (forward(..., keep_tape=True))."""
+
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def frame_size(self) -> tuple[int, int]: ...
+
+@final
+class ConvLstmCore:
+    """A stacked ConvLSTM's configuration and weights (one flat buffer)."""
+
+    def __new__(
+        cls,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: tuple[int, int],
+        padding: tuple[int, int],
+        num_layers: int,
+        bias: bool,
+        dtype: str,
+        seed: int,
+    ) -> ConvLstmCore: ...
+    @property
+    def num_parameters(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    def param_specs(self) -> list[tuple[str, tuple[int, ...]]]: ...
+    def state_size(self, height: int, width: int) -> tuple[int, int]: ...
+    def get_param(self, name: str) -> _Array: ...
+    def set_param(self, name: str, values: _Array) -> None: ...
+    def get_flat(self) -> _Array: ...
+    def set_flat(self, values: _Array) -> None: ...
+    def forward(
+        self,
+        x: _Array,
+        h0: _Array | None = None,
+        c0: _Array | None = None,
+        keep_tape: bool = False,
+    ) -> tuple[_Array, _Array, _Array, ConvLstmTape | None]: ...
+    def backward(
+        self,
+        tape: ConvLstmTape,
+        d_out: _Array | None = None,
+        d_h_n: _Array | None = None,
+        d_c_n: _Array | None = None,
+    ) -> tuple[_Array, _Array, _Array, _Array]: ...

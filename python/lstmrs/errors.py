@@ -21,6 +21,7 @@ __all__ = [
     "ExportError",
     "ExportMismatchError",
     "GpuUnavailableError",
+    "InferenceOnlyError",
     "InvalidArgumentError",
     "LstmrsError",
     "MemoryLimitError",
@@ -59,6 +60,11 @@ class NonFiniteError(LstmrsError, ValueError):
 class GpuUnavailableError(LstmrsError, RuntimeError):
     """A GPU was asked for (``device="gpu"``) and cannot be used; the message gives the reason:
     ``feature not built``, ``no adapter``, ``limits too small`` or ``device error``."""
+
+
+class InferenceOnlyError(LstmrsError, RuntimeError):
+    """Training asked of an inference-only layer (a bf16 or int8 one from
+    :func:`lstmrs.quantize_dynamic`): train the float32 layer and quantize it again."""
 
 
 class MemoryLimitError(LstmrsError, MemoryError):

@@ -41,6 +41,8 @@ from .errors import (
     LstmrsError,
     ShapeError,
 )
+from .formats.onnx_export import model_to_onnx
+from .formats.safetensors_export import save_model
 from .metrics import get_metric
 from .rnn import resolve_cell
 from .streaming import Stepper
@@ -678,9 +680,7 @@ class Model:
         return _explain.trace(self, x, lengths)
 
     # ---------------------------------------------------------------------------------------
-    # Export: the interop package sits above the model (its importers build layers), so these
-    # two methods import its exporters when called; they are the layer table's listed exceptions
-    # (tests/test_layers.py), and onnx / safetensors are optional dependencies besides.
+    # Export: the writers of lstmrs.formats take the model as an argument.
 
     def to_onnx(self, path: str | os.PathLike | None = None, **kwargs: Any):
         """The model as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
@@ -688,19 +688,13 @@ class Model:
         ``path`` when given. Keywords: ``opset`` (default 17), ``output`` (``"raw"`` as
         :meth:`predict`, ``"probabilities"`` or ``"labels"``), ``lengths`` (a ``lengths``
         input, default True), ``verify``, ``tolerance``; see
-        :func:`lstmrs.interop.onnx_export.model_to_onnx`."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.onnx_export import model_to_onnx
-
+        :func:`lstmrs.formats.onnx_export.model_to_onnx`."""
         return model_to_onnx(self, path, **kwargs)
 
     def save_safetensors(self, path: str | os.PathLike, *, rnn_only: bool = False) -> None:
         """Writes the weights under their PyTorch names (``rnn.weight_ih_l0``,
         ``head.0.weight``, ...) to a ``.safetensors`` file; ``rnn_only=True`` writes only the
         recurrent layers, named as ``torch.nn.LSTM``/``GRU`` name them."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.safetensors_export import save_model
-
         save_model(self, path, rnn_only=rnn_only)
 
     # ---------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ from .errors import (
     NonFiniteError,
     ShapeError,
 )
+from .formats.onnx_export import layer_to_onnx
+from .formats.onnx_read import pick_onnx_node, read_onnx
+from .formats.recipe import LayerRecipe
+from .formats.safetensors_export import save_state_dict
+from .formats.torch_read import read_torch
 from .validation import check_bool, check_int, describe
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "RnnGradients",
     "RnnTape",
     "get_num_threads",
+    "layer_from_recipe",
     "set_num_threads",
 ]
 
@@ -544,27 +550,21 @@ class _RNNBase:
         self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
 
     # -- interop: ONNX, PyTorch, safetensors ---------------------------------------------------
-    # The interop package builds on the layers (a higher layer of the package) and needs optional
-    # packages (onnx, torch): these four methods import it when called. They are the layer
-    # table's listed exceptions (tests/test_layers.py).
+    # The readers and writers of lstmrs.formats sit below the layers: they take a layer as an
+    # argument or hand back a recipe that layer_from_recipe builds. onnx, onnxruntime and torch
+    # are optional and imported by them when first needed.
 
     def to_onnx(self, path: Any = None, **kwargs: Any):
         """The layer as an ONNX model (``onnx.ModelProto``), checked with ``onnx.checker`` and
         in ONNX Runtime against this layer, written to ``path`` when given. Keywords:
         ``opset`` (default 17), ``lengths`` (a ``lengths`` input, default True),
         ``initial_state`` (``h0``/``c0`` inputs), ``verify``, ``tolerance``; see
-        :func:`lstmrs.interop.onnx_export.layer_to_onnx`."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.onnx_export import layer_to_onnx
-
+        :func:`lstmrs.formats.onnx_export.layer_to_onnx`."""
         return layer_to_onnx(self, path, **kwargs)
 
     def save_safetensors(self, path: Any) -> None:
         """Writes the parameters under PyTorch's names to a ``.safetensors`` file:
         ``torch.nn.LSTM(...).load_state_dict(safetensors.torch.load_file(path))`` loads it."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.safetensors_export import save_state_dict
-
         save_state_dict(self.state_dict(), path, {"lstmrs.layer": repr(self)})
 
     @classmethod
@@ -572,21 +572,24 @@ class _RNNBase:
         """A layer with a live ``torch.nn.LSTM`` / ``GRU`` (``RNN`` for :class:`RNN`)'s
         configuration and weights (``batch_first``, ``bidirectional``, stacked, training
         mode); ``dtype`` None keeps the module's. See
-        :func:`lstmrs.interop.torch_import.from_torch`."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.torch_import import from_torch
-
-        return from_torch(module, dtype=dtype, expect=cls)
+        :func:`lstmrs.formats.torch_read.read_torch`."""
+        recipe = read_torch(module, dtype=dtype)
+        want = _SOURCE_OF.get(cls)
+        if want is not None and recipe.source != want:
+            raise InvalidArgumentError(
+                f"module: {cls.__name__}.from_torch expects a torch.nn.{want}, got "
+                f"{type(module).__name__} (mode {recipe.source!r}); use lstmrs.RNN.from_torch "
+                "for any cell"
+            )
+        return layer_from_recipe(recipe, cls)
 
     @classmethod
     def from_onnx(cls, source: Any, node: Any = None, *, dtype: Any = "float32"):
         """A layer from an ``LSTM``/``GRU`` node of an ONNX file or ``ModelProto``: the only
         such node, or ``node`` (its name or its index among them). See
-        :func:`lstmrs.interop.onnx_import.read_onnx_rnns`."""
-        # interop is above this layer: one of UPWARD_EXCEPTIONS (tests/test_layers.py)
-        from .interop.onnx_import import layer_from_onnx
-
-        return layer_from_onnx(source, node, dtype=dtype, expect=cls)
+        :func:`lstmrs.formats.onnx_read.read_onnx`."""
+        recipe = pick_onnx_node(read_onnx(source, dtype=dtype), node, _SOURCE_OF.get(cls))
+        return layer_from_recipe(recipe, cls)
 
     # -- pickling (copy.deepcopy, multiprocessing) ---------------------------------------------
 
@@ -1043,6 +1046,25 @@ class RNN(_RNNBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._set_cell(resolve_cell(state["cell"]))
         super().__setstate__(state)
+
+
+#: The foreign kind each built-in layer class imports from (``RNN`` takes any).
+_SOURCE_OF: dict[type, str] = {LSTM: "LSTM", GRU: "GRU"}
+
+
+def layer_from_recipe(recipe: LayerRecipe, expect: type | None = None) -> _RNNBase:
+    """The layer a reader's recipe describes, with its weights and mode: an :class:`RNN` when
+    ``expect`` is :class:`RNN` or the cell is not LSTM/GRU, else the matching :class:`LSTM` /
+    :class:`GRU`."""
+    cell = recipe.cell
+    layer: _RNNBase
+    if expect is RNN or not isinstance(cell, str):
+        layer = RNN(cell=cell, **recipe.kwargs)
+    else:
+        layer = (LSTM if cell == "lstm" else GRU)(**recipe.kwargs)
+    layer.load_state_dict(recipe.state_dict)
+    layer.training = recipe.training
+    return layer
 
 
 def set_num_threads(n: int) -> None:

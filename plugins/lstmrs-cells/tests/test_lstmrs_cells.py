@@ -18,6 +18,7 @@ NAMES = [
     "indrnn",
     "elman",
     "ln_lstm",
+    "ln_gru",
     "slstm",
     "decay_rnn",
 ]
@@ -301,6 +302,80 @@ def test_ln_lstm_layer_norm_matches_torch(rng):
     c_new = torch.sigmoid(f) * t(s["c"]) + torch.sigmoid(i) * torch.tanh(g)
     new = spec.reference_step(x_pre, h_pre, p, s)
     np.testing.assert_allclose(new["c"], c_new.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_ln_gru_direct_formula(rng):
+    spec = CELLS["ln_gru"]
+    x_pre, h_pre, p, s = random_step(spec, rng, h=6)
+    (xr, xz, xn), (hr, hz, hn) = chunks(x_pre, 3), chunks(h_pre, 3)
+    r = sigmoid(layer_norm_np(xr + hr, p["ln_gain_r"], p["ln_bias_r"]))
+    z = sigmoid(layer_norm_np(xz + hz, p["ln_gain_z"], p["ln_bias_z"]))
+    n = np.tanh(
+        layer_norm_np(xn, p["ln_gain_xn"], p["ln_bias_xn"])
+        + r * layer_norm_np(hn, p["ln_gain_hn"], p["ln_bias_hn"])
+    )
+    new = spec.reference_step(x_pre, h_pre, p, s)
+    np.testing.assert_allclose(new["h"], (1 - z) * n + z * s["h"], rtol=1e-12, atol=1e-14)
+
+
+def _torch_ln_sequence(torch, name, x, weights, h):
+    """LN-LSTM / LN-GRU over a sequence written with torch ops and torch.nn.functional.layer_norm,
+    independently of the cell language: the oracle for the Rust layer's forward and gradients."""
+    ln = torch.nn.functional.layer_norm
+    w = weights
+    size = h.shape[1]
+
+    def norm(a, k):
+        return ln(a, (size,), w[f"ln_gain_{k}_l0"], w[f"ln_bias_{k}_l0"], eps=1e-5)
+
+    c = torch.zeros_like(h)
+    outs = []
+    for t in range(x.shape[1]):
+        xg = x[:, t] @ w["weight_ih_l0"].T + w["bias_ih_l0"]
+        hg = h @ w["weight_hh_l0"].T + w["bias_hh_l0"]
+        if name == "ln_lstm":
+            i, f, g, o = (norm(a + b, k) for a, b, k in zip(xg.chunk(4, 1), hg.chunk(4, 1), "ifgo"))
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(norm(c, "c"))
+        else:
+            (xr, xz, xn), (hr, hz, hn) = xg.chunk(3, 1), hg.chunk(3, 1)
+            r, z = torch.sigmoid(norm(xr + hr, "r")), torch.sigmoid(norm(xz + hz, "z"))
+            n = torch.tanh(norm(xn, "xn") + r * norm(hn, "hn"))
+            h = (1 - z) * n + z * h
+        outs.append(h)
+    return torch.stack(outs, 1), h
+
+
+@pytest.mark.parametrize("name", ["ln_lstm", "ln_gru"])
+def test_ln_cells_match_torch_forward_and_gradients(name, rng):
+    # The Rust layer (float64) against the same network in torch autograd: outputs, the input
+    # gradient and every parameter's gradient, with gains and biases away from their init.
+    torch = pytest.importorskip("torch")
+    import lstmrs
+
+    layer = lstmrs.RNN(3, 5, cell=CELLS[name], seed=1, dtype="float64", batch_first=True)
+    sd = {
+        k: np.asarray(v) + (rng.normal(scale=0.3, size=np.shape(v)) if k.startswith("ln_") else 0)
+        for k, v in layer.state_dict().items()
+    }
+    layer.load_state_dict(sd)
+    x = rng.normal(size=(4, 7, 3))
+    h0 = np.zeros((1, 4, 5))
+    init = (h0, np.zeros_like(h0)) if name == "ln_lstm" else h0
+    out, _state, tape = layer.forward_train(x, init)
+    d_out = rng.normal(size=out.shape)
+    grads = layer.backward(tape, d_out=d_out)
+
+    tw = {k: torch.tensor(v, requires_grad=True) for k, v in sd.items()}
+    tx = torch.tensor(x, requires_grad=True)
+    t_out, _ = _torch_ln_sequence(torch, name, tx, tw, torch.zeros(4, 5, dtype=torch.float64))
+    (t_out * torch.from_numpy(d_out)).sum().backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads.input, tx.grad.numpy(), rtol=1e-9, atol=1e-11)
+    for k, v in tw.items():
+        np.testing.assert_allclose(
+            grads.params[k], v.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=k
+        )
 
 
 def slstm_step_np(x_pre, h_pre, s):

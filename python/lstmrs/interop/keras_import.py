@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedModelError
+from ..formats.optional import require
 from ..rnn import GRU, LSTM
-from .optional import require
 
 __all__ = ["KerasRecurrent", "from_keras", "from_keras_weights", "keras_weights_to_torch"]
 

@@ -3,12 +3,12 @@
 //! - `gates/*`: one fused gate pass (LSTM forward and backward, GRU forward) over `[B, G*H]`.
 //! - `step_product/*`: the per-step recurrent product, forward `h·W_hhᵀ` and backward
 //!   `dg·W_hh`, through the general GEMM (which packs `W_hh` at every call: the old path) and
-//!   through the weight packed once (`recurrent.rs`), one thread each.
+//!   through the weight packed once (`packed_gemm.rs`), one thread each.
 //! - `sweep/*`: a whole inference forward pass and a whole training step (forward with tape +
 //!   backward) of a one-layer LSTM and GRU, at the pool's thread count (`LSTMRS_NUM_THREADS`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lstmrs_core::network::kernels::{self, Active, PackedWeight};
+use lstmrs_core::bench::{self as kernels, Active, PackedWeight};
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,
@@ -36,7 +36,7 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("lstm_forward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::lstm_gates(
+                    kernels::lstm_forward(
                         h,
                         Active::ALL,
                         &mut pre_act,
@@ -58,7 +58,7 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("lstm_backward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::lstm_gates_backward(
+                    kernels::lstm_backward(
                         h,
                         Active::ALL,
                         &act,
@@ -78,7 +78,7 @@ fn gate_pass(c: &mut Criterion) {
             BenchmarkId::new("gru_forward", format!("B{b}_H{h}")),
             |bn| {
                 bn.iter(|| {
-                    kernels::gru_gates(
+                    kernels::gru_forward(
                         h,
                         Active::ALL,
                         &mut pre_act3,

@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run --release -p lstmrs-core --example cellexpr_speed`
 
-use lstmrs_core::cellexpr::{builtin_gru_step, builtin_lstm_step, Active, CompiledCell};
+use lstmrs_core::bench::{builtin_gru_step, builtin_lstm_step, Active};
+use lstmrs_core::cellexpr::CompiledCell;
 use lstmrs_core::Scalar;
 use std::hint::black_box;
 use std::time::Instant;

@@ -3,7 +3,7 @@
 //! `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
 //! cell language (`notes/cell_dsl.md`), through the same sweep.
 
-use lstmrs_core::config::register_cell;
+use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,

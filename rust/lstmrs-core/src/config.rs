@@ -1,59 +1,8 @@
 //! What a recurrent network is: its cell, sizes, depth and directions.
 
+use crate::cellexpr::registry::{self, CellId};
 use crate::cellexpr::{CompiledCell, UnitParam};
 use crate::error::{Error, Result};
-use crate::forklock::ForkRwLock;
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
-/// A compiled custom cell in the process-wide registry (see [`register_cell`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CellId(u32);
-
-/// One registry entry; entries are never removed, so they are leaked once and lent as `'static`.
-struct Entry {
-    cell: CompiledCell,
-    json: String,
-}
-
-#[derive(Default)]
-struct Registry {
-    cells: Vec<&'static Entry>,
-    by_json: HashMap<String, CellId>,
-}
-
-/// Behind a [`ForkRwLock`]: a forked child can register cells even if a thread of the parent was
-/// registering one at the fork.
-fn registry() -> &'static ForkRwLock<Registry> {
-    static REG: OnceLock<ForkRwLock<Registry>> = OnceLock::new();
-    REG.get_or_init(Default::default)
-}
-
-/// Compiles a cell description (JSON, `notes/cell_dsl.md`) once and returns its kind. The same
-/// text registered twice gives the same id without recompiling.
-pub fn register_cell(json: &str) -> Result<CellKind> {
-    if let Some(&id) = registry().read().by_json.get(json) {
-        return Ok(CellKind::Custom(id));
-    }
-    let cell = CompiledCell::from_json(json)?;
-    let mut reg = registry().write();
-    if let Some(&id) = reg.by_json.get(json) {
-        return Ok(CellKind::Custom(id));
-    }
-    let id = CellId(reg.cells.len() as u32);
-    let entry: &'static Entry = Box::leak(Box::new(Entry {
-        cell,
-        json: json.to_owned(),
-    }));
-    reg.cells.push(entry);
-    reg.by_json.insert(json.to_owned(), id);
-    Ok(CellKind::Custom(id))
-}
-
-fn entry(id: CellId) -> &'static Entry {
-    // Ids are only made by `register_cell`, so the index exists.
-    registry().read().cells[id.0 as usize]
-}
 
 /// The recurrent cell, with PyTorch's gate order for the built-in ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +11,7 @@ pub enum CellKind {
     Lstm,
     /// Gates r, z, n; `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.
     Gru,
-    /// A cell compiled from a description by [`register_cell`].
+    /// A cell compiled from a description by [`register_cell`](crate::cellexpr::register_cell).
     Custom(CellId),
 }
 
@@ -70,7 +19,7 @@ impl CellKind {
     /// The compiled program of a custom cell.
     pub fn compiled(self) -> Option<&'static CompiledCell> {
         match self {
-            CellKind::Custom(id) => Some(&entry(id).cell),
+            CellKind::Custom(id) => Some(registry::compiled(id)),
             _ => None,
         }
     }
@@ -78,7 +27,7 @@ impl CellKind {
     /// The description a custom cell was registered from.
     pub fn description(self) -> Option<&'static str> {
         match self {
-            CellKind::Custom(id) => Some(entry(id).json.as_str()),
+            CellKind::Custom(id) => Some(registry::description(id)),
             _ => None,
         }
     }
@@ -145,7 +94,7 @@ impl CellKind {
     /// A built-in name, or a cell description (JSON text starting with `{`), registered.
     pub fn parse(text: &str) -> Result<Self> {
         if text.trim_start().starts_with('{') {
-            register_cell(text)
+            registry::register_cell(text)
         } else {
             Self::from_name(text)
         }

@@ -1,38 +1,45 @@
 //! lstmrs-core: LSTM and GRU networks with PyTorch's semantics, forward passes and
-//! backpropagation through time on the CPU.
+//! backpropagation through time on the CPU and, with the `gpu` feature, on a GPU.
 //!
 //! The public surface is small: describe a network with [`RnnConfig`], hold its weights in
 //! [`RnnParams`] (one flat buffer, PyTorch's names), run [`forward`] over a [`Batch`] and, with a
 //! tape kept, [`backward`] to get every gradient. [`mod@reference`] is a plain implementation of the
 //! same mathematics that the fast path is tested against.
 //!
-//! Compute backends: this crate is the CPU backend. A GPU backend plugs in at the same seam — it
-//! takes the same `RnnParams`, `Batch` and `ForwardOptions` and returns the same outputs — and
-//! lives behind a cargo feature so this build never compiles it.
+//! Compute backends: the CPU kernels, and [`gpu`] (wgpu compute shaders, behind the cargo feature
+//! `gpu`; without it a stand-in whose calls fail with one "not built" error). [`device`] is the
+//! one seam that picks between them: both take the same `RnnWeights`, `Batch` and
+//! `ForwardOptions` and return the same outputs, with one tape type ([`device::RnnTape`]).
 
 pub mod activations;
+#[doc(hidden)]
+pub mod bench;
+#[cfg(feature = "blas")]
+pub mod blas;
 pub mod cellexpr;
 pub mod config;
+pub mod convlstm;
+pub mod device;
 pub mod dropout;
 pub mod dtw;
 pub mod error;
 pub mod forklock;
 mod gates;
-#[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod lowp;
 mod matmul;
+mod matvec;
 pub mod memory;
 pub mod model;
 pub mod network;
 pub mod optim;
+mod packed_gemm;
 pub mod params;
 mod projection;
-mod recurrent;
 pub mod reference;
 pub mod scalar;
 pub mod seq2seq;
-pub mod stream;
-mod stream_kernel;
+pub mod stepper;
 mod sweep;
 pub mod threads;
 pub mod trace;

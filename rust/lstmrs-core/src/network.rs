@@ -10,10 +10,6 @@ use crate::scalar::Scalar;
 use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, Zoneout};
 use crate::threads;
 
-/// The step kernels, for the criterion benchmarks in `benches/`; not a stable API.
-#[doc(hidden)]
-pub use crate::recurrent::bench as kernels;
-
 /// How a sequence batch is laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {

@@ -14,7 +14,7 @@
 
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, at_b, Mat};
-use crate::recurrent::{gate_vectors, split_units, team_size, Packed};
+use crate::packed_gemm::{gate_vectors, split_units, team_size, Packed};
 use crate::scalar::Scalar;
 use crate::sweep::{
     add_column_sums, add_output_grad, emit, fold_bias, input_projection, DirOutput, DirTape,

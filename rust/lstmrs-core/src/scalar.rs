@@ -12,6 +12,25 @@ pub enum DType {
     F64,
 }
 
+impl DType {
+    /// NumPy's name of the type: "float32" or "float64".
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+        }
+    }
+
+    /// The type NumPy names `name` ("float32", "f32", "f4"; "float64", "f64", "f8").
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "float32" | "f32" | "f4" => Some(DType::F32),
+            "float64" | "f64" | "f8" => Some(DType::F64),
+            _ => None,
+        }
+    }
+}
+
 /// What a buffer element must be to be copied to a GPU: plain bytes (`bytemuck::Pod`) when the
 /// `gpu` feature is built, nothing otherwise. As a supertrait of [`Scalar`] it lets generic code
 /// (the model) hand any `T: Scalar` to the GPU backend.

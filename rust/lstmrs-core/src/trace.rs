@@ -8,10 +8,10 @@
 //! Built-in cells: the gates come straight from the tape (the sweep keeps the activations for
 //! the backward pass): LSTM `i, f, g, o`, GRU `r, z, n`. A custom cell's tape holds whatever its
 //! compiled backward program needs, not its gates, so its activation nodes (`sigmoid`, `tanh`,
-//! `relu`) are evaluated again here, plainly, from the taped states and the layer's input; each
-//! is named `<op>_<node>` after its index in the cell's description (`sigmoid_7`).
+//! `relu`) are evaluated again here by the cell language's plain f64 evaluator
+//! (`CellSpec::eval_f64`), from the taped states and the layer's input; each is named `<op>_<node>` after its index in the cell's description (`sigmoid_7`).
 
-use crate::cellexpr::{BinaryOp, CellSpec, Expr, UnaryOp, DIV_EPS, LOG_FLOOR};
+use crate::cellexpr::{CellSpec, Expr, UnaryOp};
 use crate::config::CellKind;
 use crate::error::{Error, Result};
 use crate::matmul::{a_bt, Mat};
@@ -249,7 +249,7 @@ fn custom_gates<T: Scalar>(
             if spec.states().len() > 1 {
                 prev.push(to64(&cs[prev_slot(s, r)..][..h]));
             }
-            let values = eval_nodes(spec, h, &x, &hh, &prev, &units);
+            let values = spec.eval_f64(h, &x, &hh, &prev, &units);
             for ((node, _), (_, dst)) in acts.iter().zip(gates.iter_mut()) {
                 for (d, &v) in dst[(r * t + s) * h..][..h].iter_mut().zip(&values[*node]) {
                     *d = T::from_f64(v);
@@ -258,71 +258,4 @@ fn custom_gates<T: Scalar>(
         }
     }
     gates
-}
-
-/// Every node of a description over `H` units, in f64, written to be read (the reference
-/// semantics of the cell language).
-fn eval_nodes(
-    spec: &CellSpec,
-    h: usize,
-    xg: &[Vec<f64>],
-    hg: &[Vec<f64>],
-    prev: &[Vec<f64>],
-    units: &[Vec<f64>],
-) -> Vec<Vec<f64>> {
-    let mut v: Vec<Vec<f64>> = Vec::with_capacity(spec.nodes().len());
-    for e in spec.nodes() {
-        let node = match *e {
-            Expr::Xg(k) => xg[k].clone(),
-            Expr::Hg(k) => hg[k].clone(),
-            Expr::State(k) => prev[k].clone(),
-            Expr::Param(k) => units[k].clone(),
-            Expr::Const(c) => vec![c; h],
-            Expr::Unary(op, a) => v[a]
-                .iter()
-                .map(|&x| match op {
-                    UnaryOp::Neg => -x,
-                    UnaryOp::OneMinus => 1.0 - x,
-                    UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-                    UnaryOp::Tanh => x.tanh(),
-                    UnaryOp::Relu => x.max(0.0),
-                    UnaryOp::Square => x * x,
-                    UnaryOp::Exp => x.exp(),
-                    UnaryOp::Log => x.max(LOG_FLOOR).ln(),
-                    UnaryOp::Sqrt => x.max(0.0).sqrt(),
-                    UnaryOp::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-                    // Row reductions: handled below, over the whole row.
-                    UnaryOp::Sum | UnaryOp::Mean => x,
-                })
-                .collect(),
-            Expr::Binary(op, a, c) => v[a]
-                .iter()
-                .zip(&v[c])
-                .map(|(&x, &y)| match op {
-                    BinaryOp::Add => x + y,
-                    BinaryOp::Sub => x - y,
-                    BinaryOp::Mul => x * y,
-                    BinaryOp::Div => {
-                        let d = if y.abs() >= DIV_EPS {
-                            y
-                        } else if y < 0.0 {
-                            -DIV_EPS
-                        } else {
-                            DIV_EPS
-                        };
-                        x / d
-                    }
-                    BinaryOp::Max => x.max(y),
-                    BinaryOp::Min => x.min(y),
-                })
-                .collect(),
-        };
-        let node = match *e {
-            Expr::Unary(UnaryOp::Sum, _) => vec![node.iter().sum::<f64>(); h],
-            Expr::Unary(UnaryOp::Mean, _) => vec![node.iter().sum::<f64>() / h as f64; h],
-            _ => node,
-        };
-        v.push(node);
-    }
-    v
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::Rng;
-use lstmrs_core::config::register_cell;
-use lstmrs_core::stream::Stepper;
+use lstmrs_core::cellexpr::register_cell;
+use lstmrs_core::stepper::Stepper;
 use lstmrs_core::{
     backward, forward, forward_regularized, Batch, CellKind, ForwardOptions, GradOutputs, Layout,
     Regularization, RnnConfig, RnnParams, Scalar,

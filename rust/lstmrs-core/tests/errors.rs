@@ -353,7 +353,7 @@ fn projections_are_checked_and_refused_where_unsupported() {
         );
     }
     // The streaming stepper's state is `[L, B, P]`.
-    let mut stepper = lstmrs_core::stream::Stepper::new(params.view(), 2).unwrap();
+    let mut stepper = lstmrs_core::stepper::Stepper::new(params.view(), 2).unwrap();
     expect_err(stepper.set_state(&h_wrong, None), "h", false);
     expect_err(
         stepper.step(params.view(), &x[..6], &mut [0.0; 10]),

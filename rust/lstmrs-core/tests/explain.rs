@@ -2,7 +2,7 @@
 //! models through their embedded vectors, `lengths`), and `Model::trace` against the cell
 //! equations and against the same cell written in the cell language.
 
-use lstmrs_core::config::register_cell;
+use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::model::{
     Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,
 };

@@ -5,8 +5,8 @@
 //! and each target prints how many inputs it tried (`cargo test --test fuzz -- --nocapture`).
 //! `LSTMRS_FUZZ_CASES` scales every count (e.g. 10 for a longer local run).
 
+use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::cellexpr::{is_name, CellSpec, MAX_NAME_LEN};
-use lstmrs_core::config::register_cell;
 use lstmrs_core::memory;
 use lstmrs_core::model::{
     Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,

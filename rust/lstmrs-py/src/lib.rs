@@ -2,9 +2,13 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod alloc;
+mod convert;
+mod convlstm;
 mod dtw;
+mod dtype;
 mod errors;
 mod gpu;
+mod lowp;
 mod model;
 mod rnn;
 mod seq2seq;
@@ -69,6 +73,9 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::OptimizerCore>()?;
     m.add_class::<model::StepperCore>()?;
     m.add_class::<seq2seq::Seq2SeqCore>()?;
+    m.add_class::<lowp::LowpCore>()?;
+    m.add_function(wrap_pyfunction!(lowp::lowp_kernels, m)?)?;
+    convlstm::register(m)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

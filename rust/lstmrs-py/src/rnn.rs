@@ -6,183 +6,40 @@
 //! (inside `py.detach`), so a thread waiting for it never holds the GIL another thread needs to
 //! finish, and other Python threads run while a forward or backward pass computes.
 
+use crate::convert::{check_shape, read_lengths};
+use crate::dtype::{by_dtype, parse_dtype, Family, Typed, MISMATCH};
 use crate::errors::{core_error, error, guarded, lift, Kind};
+use lstmrs_core::device::{self, Device, RnnTape};
 use lstmrs_core::forklock::{ForkRwLock, ReadGuard, WriteGuard};
 use lstmrs_core::{
-    self as core, param_specs, Batch, CellKind, DType, ForwardOptions, GradOutputs, Layout,
-    RnnConfig, RnnParams, Scalar,
+    param_specs, Batch, CellKind, DType, ForwardOptions, GradOutputs, Layout, Regularization,
+    RnnConfig, RnnParams,
 };
-use numpy::{
-    Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) enum Params {
-    F32(RnnParams<f32>),
-    F64(RnnParams<f64>),
+// These lived here before `convert` and `dtype`; `seq2seq.rs` imports them from here.
+pub(crate) use crate::convert::{readonly, shape_str, slice, to_array};
+pub(crate) use crate::dtype::Float;
+
+/// `RnnParams<T>` of either element type.
+struct ParamsOf;
+impl Family for ParamsOf {
+    type Of<T: Float> = RnnParams<T>;
 }
 
-pub(crate) enum TapeData {
-    F32(core::Tape<f32>),
-    F64(core::Tape<f64>),
-    /// Recorded by the GPU backend (f32), kept on the device.
-    #[cfg(feature = "gpu")]
-    Gpu(lstmrs_core::gpu::GpuTape),
-}
-
-/// The two element types, tied to their enum variants so the methods below are written once.
-pub(crate) trait Float: Scalar + Element + bytemuck::Pod {
-    const NAME: &'static str;
-    fn params(p: &Params) -> Option<&RnnParams<Self>>;
-    fn params_mut(p: &mut Params) -> Option<&mut RnnParams<Self>>;
-    fn tape(t: &TapeData) -> Option<&core::Tape<Self>>;
-    fn wrap_tape(t: core::Tape<Self>) -> TapeData;
-}
-
-/// One `Float` impl per element type: `$v` is its variant in `Params` and `TapeData`.
-macro_rules! float_impl {
-    ($t:ty, $v:ident, $name:literal) => {
-        impl Float for $t {
-            const NAME: &'static str = $name;
-            fn params(p: &Params) -> Option<&RnnParams<$t>> {
-                match p {
-                    Params::$v(p) => Some(p),
-                    _ => None,
-                }
-            }
-            fn params_mut(p: &mut Params) -> Option<&mut RnnParams<$t>> {
-                match p {
-                    Params::$v(p) => Some(p),
-                    _ => None,
-                }
-            }
-            fn tape(t: &TapeData) -> Option<&core::Tape<$t>> {
-                match t {
-                    TapeData::$v(t) => Some(t),
-                    _ => None,
-                }
-            }
-            fn wrap_tape(t: core::Tape<$t>) -> TapeData {
-                TapeData::$v(t)
-            }
-        }
-    };
-}
-float_impl!(f32, F32, "float32");
-float_impl!(f64, F64, "float64");
-
-const DTYPE_MISMATCH: &str = "internal error in lstmrs (please report it): dtype mismatch";
-
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => f32::NAME,
-        DType::F64 => f64::NAME,
-    }
-}
-
-/// `(2, 3)` / `(5,)`: NumPy's way of writing a shape, so messages match what Python shows.
-pub(crate) fn shape_str(shape: &[usize]) -> String {
-    match shape {
-        [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-pub(crate) fn check_shape(
-    py: Python<'_>,
-    arg: &str,
-    got: &[usize],
-    want: &[usize],
-) -> PyResult<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(error(
-            py,
-            Kind::Shape,
-            format!(
-                "{arg}: expected shape {}, got {}",
-                shape_str(want),
-                shape_str(got)
-            ),
-        ))
-    }
-}
-
-/// A C-contiguous NumPy array of exactly `T`, borrowed read-only.
-pub(crate) fn readonly<'py, T: Float>(
-    arg: &str,
-    obj: &Bound<'py, PyAny>,
-) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let py = obj.py();
-    let arr = match obj.cast::<PyArrayDyn<T>>() {
-        Ok(a) => a,
-        Err(_) => {
-            let got = match obj.cast::<PyUntypedArray>() {
-                Ok(a) => format!("an array of {}", a.dtype()),
-                Err(_) => format!("{}", obj.get_type().name()?),
-            };
-            return Err(error(
-                py,
-                Kind::DType,
-                format!("{arg}: expected a numpy.ndarray of {}, got {got}", T::NAME),
-            ));
-        }
-    };
-    if !arr.is_c_contiguous() {
-        return Err(error(
-            py,
-            Kind::InvalidArgument,
-            format!("{arg}: expected a C-contiguous array, got a non-contiguous one"),
-        ));
-    }
-    arr.try_readonly().map_err(|e| {
-        error(
-            py,
-            Kind::InvalidArgument,
-            format!("{arg}: the array cannot be borrowed ({e})"),
-        )
-    })
-}
-
-pub(crate) fn slice<'a, T: Float>(
-    arg: &str,
-    a: &'a PyReadonlyArrayDyn<'_, T>,
-) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|e| {
-        error(
-            a.py(),
-            Kind::InvalidArgument,
-            format!("{arg}: expected a C-contiguous array ({e})"),
-        )
-    })
-}
-
-/// A new array owning `data` (no copy) with the given shape.
-pub(crate) fn to_array<'py, T: Float>(
-    py: Python<'py>,
-    data: Vec<T>,
-    shape: &[usize],
-) -> PyResult<Bound<'py, PyAny>> {
-    Ok(PyArray1::from_vec(py, data)
-        .reshape(shape.to_vec())?
-        .into_any())
+/// A tape of either element type, recorded on either device.
+struct TapeOf;
+impl Family for TapeOf {
+    type Of<T: Float> = RnnTape<T>;
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 struct State {
-    params: Params,
+    params: Typed<ParamsOf>,
     /// Bumped on every write, so a tape recorded with older weights is refused by `backward`.
     version: u64,
 }
@@ -200,7 +57,7 @@ pub struct RnnCore {
 /// What `RnnCore.backward` needs from a forward call; opaque to Python.
 #[pyclass(frozen, module = "lstmrs._lstmrs")]
 pub struct Tape {
-    data: TapeData,
+    data: Typed<TapeOf>,
     owner: u64,
     version: u64,
     batch_first: bool,
@@ -211,32 +68,17 @@ impl Tape {
     /// "float32" or "float64".
     #[getter]
     fn dtype(&self) -> &'static str {
-        match self.data {
-            TapeData::F32(_) => f32::NAME,
-            TapeData::F64(_) => f64::NAME,
-            #[cfg(feature = "gpu")]
-            TapeData::Gpu(_) => f32::NAME,
-        }
+        self.data.dtype().name()
     }
 
     #[getter]
     fn seq_len(&self) -> usize {
-        match &self.data {
-            TapeData::F32(t) => t.seq_len(),
-            TapeData::F64(t) => t.seq_len(),
-            #[cfg(feature = "gpu")]
-            TapeData::Gpu(t) => t.seq_len(),
-        }
+        by_dtype!(self.data.dtype(), T => T::of(&self.data).map_or(0, RnnTape::seq_len))
     }
 
     #[getter]
     fn batch(&self) -> usize {
-        match &self.data {
-            TapeData::F32(t) => t.batch(),
-            TapeData::F64(t) => t.batch(),
-            #[cfg(feature = "gpu")]
-            TapeData::Gpu(t) => t.batch(),
-        }
+        by_dtype!(self.data.dtype(), T => T::of(&self.data).map_or(0, RnnTape::batch))
     }
 
     #[getter]
@@ -297,7 +139,7 @@ impl RnnCore {
     ) -> PyResult<Bound<'py, PyAny>> {
         let r = py.detach(|| {
             let st = self.read();
-            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let p = T::of(&st.params).ok_or(MISMATCH.to_string())?;
             let spec = p.specs().iter().find(|s| s.name == name).cloned();
             Ok(p.get(name).map(|v| (v.to_vec(), spec)))
         });
@@ -324,7 +166,7 @@ impl RnnCore {
         let data = slice(name, &arr)?;
         let r = py.detach(|| {
             let mut st = self.write();
-            let p = T::params_mut(&mut st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let p = T::of_mut(&mut st.params).ok_or(MISMATCH.to_string())?;
             let res = p.set(name, data);
             if res.is_ok() {
                 st.version += 1;
@@ -337,7 +179,7 @@ impl RnnCore {
     fn get_flat_t<'py, T: Float>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let r = py.detach(|| {
             let st = self.read();
-            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let p = T::of(&st.params).ok_or(MISMATCH.to_string())?;
             Ok(Ok(p.as_slice().to_vec()))
         });
         let data = lift(py, r)?;
@@ -355,7 +197,7 @@ impl RnnCore {
         let data = slice("flat", &arr)?;
         let r = py.detach(|| {
             let mut st = self.write();
-            let p = T::params_mut(&mut st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let p = T::of_mut(&mut st.params).ok_or(MISMATCH.to_string())?;
             p.as_mut_slice().copy_from_slice(data);
             st.version += 1;
             Ok(Ok(()))
@@ -371,7 +213,7 @@ impl RnnCore {
         lengths: Option<&Bound<'py, PyAny>>,
         batch_first: bool,
         opts: ForwardOptions,
-        on_gpu: bool,
+        device: Device,
     ) -> PyResult<ForwardResult<'py>> {
         let py = x.py();
         let cfg = self.config;
@@ -436,21 +278,13 @@ impl RnnCore {
         };
         let r = py.detach(|| {
             let st = self.read();
-            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
+            let p = T::of(&st.params).ok_or(MISMATCH.to_string())?;
             let version = st.version;
-            guarded(|| {
-                if on_gpu {
-                    crate::gpu::forward(p, &batch, &opts)
-                } else {
-                    core::forward(p, &batch, &opts).map(|mut out| {
-                        let tape = out.tape.take().map(T::wrap_tape);
-                        (out, tape)
-                    })
-                }
-            })
-            .map(|res| res.map(|(out, tape)| (out, tape, version)))
+            let regularization = Regularization::default();
+            guarded(|| device::forward(device, p.into(), &batch, &opts, &regularization))
+                .map(|res| res.map(|out| (out, version)))
         });
-        let (out, tape, version) = lift(py, r)?;
+        let (out, version) = lift(py, r)?;
 
         let out_shape = if batch_first {
             [b, t, cfg.output_size()]
@@ -460,8 +294,8 @@ impl RnnCore {
         let output = to_array(py, out.output, &out_shape)?;
         let h_n = to_array(py, out.h_n, &state)?;
         let c_n = out.c_n.map(|c| to_array(py, c, &cell_state)).transpose()?;
-        let tape = tape.map(|data| Tape {
-            data,
+        let tape = out.tape.map(|t| Tape {
+            data: T::typed(t),
             owner: self.id,
             version,
             batch_first,
@@ -542,18 +376,10 @@ impl RnnCore {
             if st.version != tape_version {
                 return Ok(Ok(None));
             }
-            let p = T::params(&st.params).ok_or(DTYPE_MISMATCH.to_string())?;
-            // A GPU tape runs the GPU backward pass; a CPU tape of this dtype the CPU one.
-            let core_tape = T::tape(&tape.data);
-            let run = || {
-                crate::gpu::backward(p, &tape.data, &grads)
-                    .or_else(|| core_tape.map(|t| core::backward(p, t, &grads)))
-            };
-            match guarded(run) {
-                Ok(Some(res)) => Ok(res.map(Some)),
-                Ok(None) => Err(DTYPE_MISMATCH.to_string()),
-                Err(msg) => Err(msg),
-            }
+            let p = T::of(&st.params).ok_or(MISMATCH.to_string())?;
+            let t = T::of(&tape.data).ok_or(MISMATCH.to_string())?;
+            // The device that recorded the tape runs the backward pass.
+            guarded(|| device::backward(p.into(), t, &grads, true)).map(|res| res.map(Some))
         });
         let Some(g) = lift(py, r)? else {
             return Err(error(
@@ -570,68 +396,6 @@ impl RnnCore {
             to_array(py, g.h0, &state)?,
             g.c0.map(|c| to_array(py, c, &cell_state)).transpose()?,
         ))
-    }
-}
-
-/// `lengths` as sizes: a 1-D int64 array of `batch` values, each in `1..=seq_len`.
-pub(crate) fn read_lengths(
-    obj: &Bound<'_, PyAny>,
-    batch: usize,
-    seq_len: usize,
-) -> PyResult<Vec<usize>> {
-    let py = obj.py();
-    let arr = match obj.cast::<PyArrayDyn<i64>>() {
-        Ok(a) => a,
-        Err(_) => {
-            return Err(error(
-                py,
-                Kind::InvalidArgument,
-                "lengths: expected a numpy.ndarray of int64",
-            ))
-        }
-    };
-    let ro = arr.try_readonly().map_err(|e| {
-        error(
-            py,
-            Kind::InvalidArgument,
-            format!("lengths: the array cannot be borrowed ({e})"),
-        )
-    })?;
-    if ro.shape() != [batch] {
-        return Err(error(
-            py,
-            Kind::InvalidArgument,
-            format!(
-                "lengths: expected shape ({batch},) (one length per sequence), got {}",
-                shape_str(ro.shape())
-            ),
-        ));
-    }
-    ro.as_array()
-        .iter()
-        .map(|&v| {
-            if v >= 1 && (v as u64) <= seq_len as u64 {
-                Ok(v as usize)
-            } else {
-                Err(error(
-                    py,
-                    Kind::InvalidArgument,
-                    format!("lengths: expected every length in 1..={seq_len}, got {v}"),
-                ))
-            }
-        })
-        .collect()
-}
-
-fn parse_dtype(py: Python<'_>, dtype: &str) -> PyResult<DType> {
-    match dtype {
-        "float32" | "f32" | "f4" => Ok(DType::F32),
-        "float64" | "f64" | "f8" => Ok(DType::F64),
-        _ => Err(error(
-            py,
-            Kind::DType,
-            format!("dtype: expected 'float32' or 'float64', got {dtype:?}"),
-        )),
     }
 }
 
@@ -666,10 +430,7 @@ impl RnnCore {
         .and_then(|c| c.with_proj_size(proj_size))
         .map_err(|e| core_error(py, e))?;
         let r = py.detach(|| {
-            guarded(|| match dtype {
-                DType::F32 => RnnParams::try_init_uniform(config, seed).map(Params::F32),
-                DType::F64 => RnnParams::try_init_uniform(config, seed).map(Params::F64),
-            })
+            guarded(|| by_dtype!(dtype, T => RnnParams::<T>::try_init_uniform(config, seed).map(T::typed)))
         });
         let params = lift(py, r)?;
         Ok(RnnCore {
@@ -726,7 +487,7 @@ impl RnnCore {
     /// "float32" or "float64".
     #[getter]
     fn dtype(&self) -> &'static str {
-        dtype_name(self.dtype)
+        self.dtype.name()
     }
 
     #[getter]
@@ -746,35 +507,23 @@ impl RnnCore {
 
     /// A copy of the named parameter, with its PyTorch shape.
     fn get_param<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        match self.dtype {
-            DType::F32 => self.get_param_t::<f32>(py, name),
-            DType::F64 => self.get_param_t::<f64>(py, name),
-        }
+        by_dtype!(self.dtype, T => self.get_param_t::<T>(py, name))
     }
 
     /// Overwrites the named parameter from a C-contiguous array of its shape and the network's
     /// dtype.
     fn set_param(&self, name: &str, values: &Bound<'_, PyAny>) -> PyResult<()> {
-        match self.dtype {
-            DType::F32 => self.set_param_t::<f32>(name, values),
-            DType::F64 => self.set_param_t::<f64>(name, values),
-        }
+        by_dtype!(self.dtype, T => self.set_param_t::<T>(name, values))
     }
 
     /// A copy of all parameters, 1-D, in `param_specs` order.
     fn get_flat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.dtype {
-            DType::F32 => self.get_flat_t::<f32>(py),
-            DType::F64 => self.get_flat_t::<f64>(py),
-        }
+        by_dtype!(self.dtype, T => self.get_flat_t::<T>(py))
     }
 
     /// Overwrites all parameters from a 1-D array of `num_parameters` values.
     fn set_flat(&self, values: &Bound<'_, PyAny>) -> PyResult<()> {
-        match self.dtype {
-            DType::F32 => self.set_flat_t::<f32>(values),
-            DType::F64 => self.set_flat_t::<f64>(values),
-        }
+        by_dtype!(self.dtype, T => self.set_flat_t::<T>(values))
     }
 
     /// Runs the network: `(output, h_n, c_n or None, tape or None)`.
@@ -803,21 +552,8 @@ impl RnnCore {
             seed,
             keep_tape,
         };
-        let on_gpu = match device {
-            "cpu" => false,
-            "gpu" => true,
-            _ => {
-                return Err(error(
-                    x.py(),
-                    Kind::InvalidArgument,
-                    format!("device: expected 'cpu' or 'gpu', got {device:?}"),
-                ))
-            }
-        };
-        match self.dtype {
-            DType::F32 => self.forward_t::<f32>(x, h0, c0, lengths, batch_first, opts, on_gpu),
-            DType::F64 => self.forward_t::<f64>(x, h0, c0, lengths, batch_first, opts, on_gpu),
-        }
+        let device = Device::parse(device).map_err(|e| core_error(x.py(), e))?;
+        by_dtype!(self.dtype, T => self.forward_t::<T>(x, h0, c0, lengths, batch_first, opts, device))
     }
 
     /// Backpropagation through time for the forward call that recorded `tape`:
@@ -832,10 +568,7 @@ impl RnnCore {
         d_c_n: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<BackwardResult<'py>> {
         let tape = tape.get();
-        match self.dtype {
-            DType::F32 => self.backward_t::<f32>(py, tape, d_out, d_h_n, d_c_n),
-            DType::F64 => self.backward_t::<f64>(py, tape, d_out, d_h_n, d_c_n),
-        }
+        by_dtype!(self.dtype, T => self.backward_t::<T>(py, tape, d_out, d_h_n, d_c_n))
     }
 
     fn __repr__(&self) -> String {
@@ -850,7 +583,7 @@ impl RnnCore {
             c.bias,
             c.bidirectional,
             c.proj_size,
-            dtype_name(self.dtype)
+            self.dtype.name()
         )
     }
 }
@@ -859,7 +592,7 @@ impl RnnCore {
 /// name. `RnnCore` and `ModelCore` then accept the same text where they take a cell name.
 #[pyfunction]
 pub(crate) fn compile_cell(py: Python<'_>, json: &str) -> PyResult<&'static str> {
-    let r = py.detach(|| guarded(|| lstmrs_core::config::register_cell(json)));
+    let r = py.detach(|| guarded(|| lstmrs_core::cellexpr::register_cell(json)));
     let kind = lift(py, r)?;
     Ok(kind.name())
 }

@@ -24,6 +24,12 @@ pre-activations (PyTorch's chunk order of ``weight_ih`` / ``weight_hh``), ``*`` 
   TensorFlow's ``LayerNormBasicLSTMCell``: each gate pre-activation ``xg[k] + hg[k]`` is
   normalised over the hidden units with its own gain and bias (``ln_gain_*`` start at 1,
   ``ln_bias_*`` at 0), and so is the new cell before its ``tanh``.
+* ``ln_gru``: layer-normalised GRU (Ba, Kiros & Hinton, 2016, who normalise the input and the
+  recurrent contributions separately): ``r = sigmoid(LN_r(xr + hr))``,
+  ``z = sigmoid(LN_z(xz + hz))``, ``n = tanh(LN_xn(xn) + r * LN_hn(hn))``,
+  ``h' = (1 - z) * n + z * h`` (PyTorch's gate order and update rule). The candidate's two terms
+  are normalised apart so that the reset gate still scales the whole recurrent term, as in
+  ``torch.nn.GRU``.
 * ``slstm``: the sLSTM cell of xLSTM (Beck et al., 2024): exponential input gate
   ``I = exp(i~)``, sigmoid forget gate ``F`` (``log F = -softplus(-f~)``), and the paper's
   normaliser and max-stabiliser. The cell keeps ``c`` normalised (the paper's ``c / n``, a
@@ -53,6 +59,7 @@ __all__ = [
     "DECAY_RNN",
     "ELMAN",
     "INDRNN",
+    "LN_GRU",
     "LN_LSTM",
     "MGU",
     "PEEPHOLE_LSTM",
@@ -121,6 +128,17 @@ def ln_lstm(c: Cell):
     return {"h": sigmoid(o) * tanh(_ln(c, c_new, "c")), "c": c_new}
 
 
+def ln_gru(c: Cell):
+    """Layer-normalised GRU (Ba et al., 2016): r and z gates normalised, the candidate's input
+    and recurrent terms normalised apart (the reset gate scales the recurrent one)."""
+    xr, xz, xn = c.x_gates(3)
+    hr, hz, hn = c.h_gates(3)
+    r = sigmoid(_ln(c, xr + hr, "r"))
+    z = sigmoid(_ln(c, xz + hz, "z"))
+    n = tanh(_ln(c, xn, "xn") + r * _ln(c, hn, "hn"))
+    return {"h": (1 - z) * n + z * c.state("h")}
+
+
 def slstm(c: Cell):
     """sLSTM (Beck et al., 2024): exponential input gate, stabilised by the max trick; c is
     kept normalised (c / n) and l = log of the unstabilised normaliser."""
@@ -151,9 +169,10 @@ MGU = Cell.define("mgu", mgu, states=("h",))
 INDRNN = Cell.define("indrnn", indrnn, states=("h",))
 ELMAN = Cell.define("elman", elman, states=("h",))
 LN_LSTM = Cell.define("ln_lstm", ln_lstm, states=("h", "c"))
+LN_GRU = Cell.define("ln_gru", ln_gru, states=("h",))
 SLSTM = Cell.define("slstm", slstm, states=("h", "c", "l"))
 DECAY_RNN = Cell.define("decay_rnn", decay_rnn, states=("h",))
-CELLS = (PEEPHOLE_LSTM, CIFG_LSTM, MGU, INDRNN, ELMAN, LN_LSTM, SLSTM, DECAY_RNN)
+CELLS = (PEEPHOLE_LSTM, CIFG_LSTM, MGU, INDRNN, ELMAN, LN_LSTM, LN_GRU, SLSTM, DECAY_RNN)
 
 
 @hookimpl

@@ -38,6 +38,8 @@ mod eval;
 mod graph;
 mod parse;
 mod program;
+mod reference;
+pub mod registry;
 
 pub use crate::gates::Active;
 pub use graph::{DIV_EPS, LOG_FLOOR};
@@ -45,6 +47,7 @@ pub use parse::{
     is_name, BinaryOp, CellDesc, CellSpec, Expr, NodeDesc, ParamInit, UnaryOp, UnitParam,
     MAX_GATES, MAX_NAME_LEN, MAX_NODES, MAX_PARAMS, MAX_STATES,
 };
+pub use registry::{register_cell, CellId};
 
 use crate::error::Result;
 use crate::scalar::Scalar;
@@ -570,46 +573,4 @@ fn push_block<T>(
     stride: usize,
 ) {
     t.extend((0..count).map(|k| (base.wrapping_add(k * h), stride)));
-}
-
-/// The built-in LSTM step kernels of `gates` (forward, then backward), exposed only so that
-/// `examples/cellexpr_speed.rs` can time the compiled cells against them.
-#[doc(hidden)]
-pub fn builtin_lstm_step<T: Scalar>(
-    h: usize,
-    active: Active,
-    pre_act: &mut [T],
-    h_pre: &[T],
-    c_prev: &[T],
-    h_prev: &[T],
-    tanh_c: &mut [T],
-    c_next: &mut [T],
-    h_next: &mut [T],
-    dh: &mut [T],
-    dc: &mut [T],
-    d_pre: &mut [T],
-) {
-    crate::gates::lstm_forward(
-        h, active, pre_act, h_pre, c_prev, h_prev, tanh_c, c_next, h_next,
-    );
-    crate::gates::lstm_backward(h, active, pre_act, tanh_c, c_prev, dh, dc, d_pre);
-}
-
-/// The built-in GRU step kernels of `gates`, for the same timing comparison.
-#[doc(hidden)]
-pub fn builtin_gru_step<T: Scalar>(
-    h: usize,
-    active: Active,
-    pre_act: &mut [T],
-    h_pre: &[T],
-    b_hn: &[T],
-    h_prev: &[T],
-    hn_lin: &mut [T],
-    h_next: &mut [T],
-    dh: &mut [T],
-    dx_pre: &mut [T],
-    dh_pre: &mut [T],
-) {
-    crate::gates::gru_forward(h, active, pre_act, h_pre, b_hn, h_prev, hn_lin, h_next);
-    crate::gates::gru_backward(h, active, pre_act, hn_lin, h_prev, dh, dx_pre, dh_pre);
 }

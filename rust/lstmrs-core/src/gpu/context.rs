@@ -8,18 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
-/// The adapter the GPU backend runs on, as [`gpu_available`](super::gpu_available) reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GpuInfo {
-    /// The adapter's name, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)".
-    pub name: String,
-    /// The graphics API: "vulkan" (the only backend compiled in).
-    pub backend: String,
-    /// "discrete", "integrated", "virtual", "cpu" (a software driver such as lavapipe) or "other".
-    pub device_type: String,
-    pub driver: String,
-    pub driver_info: String,
-}
+use super::GpuInfo;
 
 pub(crate) fn gpu_error(failure: GpuFailure, detail: impl Into<String>) -> Error {
     Error::Gpu {

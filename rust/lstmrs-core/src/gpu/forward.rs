@@ -42,13 +42,7 @@ impl GpuTape {
     }
 }
 
-/// Results of a GPU forward call: the CPU path's outputs (`output.tape` is always `None`) and,
-/// when `keep_tape` was set, the device-side tape for [`backward`](super::backward).
-#[derive(Debug)]
-pub struct GpuForward<T> {
-    pub output: ForwardOutput<T>,
-    pub tape: Option<GpuTape>,
-}
+use super::GpuForward;
 
 /// Runs the network over a batch on the GPU: [`crate::forward`]'s semantics, f32 only.
 pub fn forward<'p, T: Scalar + Pod>(

@@ -58,8 +58,9 @@ pub(crate) fn matmul(
 ) -> Result<()> {
     // A vec4 load is safe when the operand's offset and stride are multiples of 4 and so is its
     // contiguous extent (M for a stored-transposed A, K otherwise; likewise N or K for B).
-    let aligned =
-        |o: &Operand, contiguous: usize| o.off % 4 == 0 && o.ld % 4 == 0 && contiguous % 4 == 0;
+    let aligned = |o: &Operand, contiguous: usize| {
+        o.off.is_multiple_of(4) && o.ld.is_multiple_of(4) && contiguous.is_multiple_of(4)
+    };
     let vec_a = aligned(&a, if a.trans { m } else { k });
     let vec_b = aligned(&b, if b.trans { k } else { n });
     let (wg_x, wg_y) = (threads_for(n), threads_for(m));

@@ -15,37 +15,110 @@
 //! step, and in the backward pass one reverse step kernel per step followed by tiled products for
 //! the weight and input gradients over all steps.
 //!
+//! Built without the feature, this module is a stand-in with the same public items (`not_built`):
+//! every call returns one [`Error::Gpu`](crate::Error::Gpu) with [`GpuFailure::NotBuilt`], so the
+//! device seam (`crate::device`) and the bindings are written once, with no `cfg`.
+//!
 //! Module map: `context` (the only code that calls wgpu: device, pipelines, buffers, recorder),
 //! `matmul`, `step` (forward and BPTT step kernels), `ops` (permute, mask, column sums),
 //! `forward`, `backward`, `probe` (dispatch cost and matmul speed for the benchmark); the shaders are in `shaders/`.
 
+#[cfg(feature = "gpu")]
 mod backward;
+#[cfg(feature = "gpu")]
 mod context;
+#[cfg(feature = "gpu")]
 mod forward;
+#[cfg(feature = "gpu")]
 mod matmul;
+#[cfg(not(feature = "gpu"))]
+mod not_built;
+#[cfg(feature = "gpu")]
 mod ops;
+#[cfg(feature = "gpu")]
 mod probe;
+#[cfg(feature = "gpu")]
 mod step;
 
+#[cfg(feature = "gpu")]
 pub use backward::backward;
-pub use context::GpuInfo;
-pub use forward::{forward, GpuForward, GpuTape};
-pub use probe::{probe, GpuProbe};
+#[cfg(feature = "gpu")]
+pub use forward::{forward, GpuTape};
+#[cfg(not(feature = "gpu"))]
+pub use not_built::{
+    backward, check_supported, ensure_built, forward, gpu_available, probe, GpuTape,
+};
+#[cfg(feature = "gpu")]
+pub use probe::probe;
 
+#[cfg(feature = "gpu")]
 use crate::config::{CellKind, RnnConfig};
+#[cfg(feature = "gpu")]
 use crate::error::{GpuFailure, Result};
+use crate::network::ForwardOutput;
+#[cfg(feature = "gpu")]
 use crate::scalar::{DType, Scalar};
+#[cfg(feature = "gpu")]
 use context::gpu_error;
+
+/// The adapter the GPU backend runs on, as [`gpu_available`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// The adapter's name, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// The graphics API: "vulkan" (the only backend compiled in).
+    pub backend: String,
+    /// "discrete", "integrated", "virtual", "cpu" (a software driver such as lavapipe) or "other".
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+/// Median seconds of each measurement (see [`probe`]).
+#[derive(Clone, Debug)]
+pub struct GpuProbe {
+    /// One submit holding one tiny product (4×4×4), waited on and one element read back.
+    pub submit_roundtrip_s: f64,
+    /// The extra time of each further dependent tiny product in the same submit: what a time
+    /// step's dispatch costs at a size where the work itself is nothing.
+    pub per_dispatch_s: f64,
+    /// One `n`×`n`×`n` f32 product in its own submit (round trip included).
+    pub matmul_s: f64,
+    pub matmul_n: usize,
+    pub dispatches: usize,
+}
+
+impl GpuProbe {
+    pub fn matmul_tflops(&self) -> f64 {
+        2.0 * (self.matmul_n as f64).powi(3) / self.matmul_s / 1e12
+    }
+}
+
+/// Results of a GPU forward call: the CPU path's outputs (`output.tape` is always `None`) and,
+/// when `keep_tape` was set, the device-side tape for [`backward`].
+#[derive(Debug)]
+pub struct GpuForward<T> {
+    pub output: ForwardOutput<T>,
+    pub tape: Option<GpuTape>,
+}
+
+/// Whether this build has the backend: always, with the `gpu` feature.
+#[cfg(feature = "gpu")]
+pub fn ensure_built() -> Result<()> {
+    Ok(())
+}
 
 /// The adapter the GPU backend would run on, or why there is none usable: the error is
 /// [`Error::Gpu`](crate::Error::Gpu) with [`GpuFailure::NoAdapter`] or
 /// [`GpuFailure::LimitsTooSmall`]. The device is created on the first call and kept.
+#[cfg(feature = "gpu")]
 pub fn gpu_available() -> Result<GpuInfo> {
     context::gpu().map(|g| g.info().clone())
 }
 
 /// Rejects what the kernels do not implement, before any device work.
-pub(crate) fn check_supported<T: Scalar>(cfg: &RnnConfig) -> Result<()> {
+#[cfg(feature = "gpu")]
+pub fn check_supported<T: Scalar>(cfg: &RnnConfig) -> Result<()> {
     let cell = cfg.cell;
     if cfg.proj_size > 0 {
         return Err(gpu_error(

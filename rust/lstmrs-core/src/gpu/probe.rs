@@ -8,25 +8,7 @@ use super::matmul::{matmul, Operand, Out};
 use crate::error::{Error, Result};
 use std::time::Instant;
 
-/// Median seconds of each measurement (see [`probe`]).
-#[derive(Clone, Debug)]
-pub struct GpuProbe {
-    /// One submit holding one tiny product (4×4×4), waited on and one element read back.
-    pub submit_roundtrip_s: f64,
-    /// The extra time of each further dependent tiny product in the same submit: what a time
-    /// step's dispatch costs at a size where the work itself is nothing.
-    pub per_dispatch_s: f64,
-    /// One `n`×`n`×`n` f32 product in its own submit (round trip included).
-    pub matmul_s: f64,
-    pub matmul_n: usize,
-    pub dispatches: usize,
-}
-
-impl GpuProbe {
-    pub fn matmul_tflops(&self) -> f64 {
-        2.0 * (self.matmul_n as f64).powi(3) / self.matmul_s / 1e12
-    }
-}
+use super::GpuProbe;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -7,8 +7,8 @@
 //! (one-hot on a class, a forecast step, a next-character position), and integrated gradients
 //! run many interpolated inputs through one call, which splits the rows over the thread pool.
 
-use super::device::RnnTape;
 use super::{Device, InputKind, Model, ModelBatch, ModelInput, Pooling};
+use crate::device::RnnTape;
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Scalar;
 use crate::threads;
@@ -198,7 +198,6 @@ impl<T: Scalar> Model<T> {
             let tape = tape.expect("tape kept");
             let layers = match &tape.rnn {
                 RnnTape::Cpu(t) => trace::trace(m.rnn_weights(), t)?,
-                #[cfg(feature = "gpu")]
                 RnnTape::Gpu(_) => unreachable!("traced on the CPU"),
             };
             Ok(ModelTrace {

@@ -79,6 +79,49 @@ impl Loss {
         })
     }
 
+    /// The loss `name` with its options: `ignore_index` and `class_weights` for cross-entropy
+    /// (`class_weights` is refused for any other loss), `delta` (positive) for Huber; the other
+    /// losses ignore them.
+    pub fn with_options(
+        name: &str,
+        ignore_index: i64,
+        class_weights: Option<Vec<f64>>,
+        delta: f64,
+    ) -> Result<Self> {
+        let mut loss = Loss::from_name(name)?;
+        match &mut loss {
+            Loss::CrossEntropy {
+                ignore_index: i,
+                class_weights: w,
+            } => {
+                *i = ignore_index;
+                *w = class_weights;
+            }
+            Loss::Huber { delta: d } => {
+                if !(delta > 0.0 && delta.is_finite()) {
+                    return Err(Error::Value {
+                        arg: "delta",
+                        expected: "a positive number".into(),
+                        got: delta.to_string(),
+                    });
+                }
+                *d = delta;
+            }
+            _ if class_weights.is_some() => {
+                return Err(Error::Value {
+                    arg: "class_weights",
+                    expected: format!(
+                        "None for the {} loss (they are for cross_entropy)",
+                        loss.name()
+                    ),
+                    got: "a list of weights".into(),
+                });
+            }
+            _ => {}
+        }
+        Ok(loss)
+    }
+
     /// Mean loss over the rows with `mask[r]` set (all rows when `mask` is `None`), and its
     /// gradient with respect to `pred[N, O]` written into `grad` (zero on rows that do not count).
     pub fn value_and_grad<T: Scalar>(

@@ -5,21 +5,22 @@
 //! units, `D` directions, `P` pooled features (`D*H`), `O` outputs, `N` head rows (`B*T` per-step,
 //! else `B`).
 
+mod config_json;
 mod dense;
-mod device;
 mod explain;
 mod loss;
 mod pooling;
 mod stepper;
 
+pub use crate::device::Device;
 pub use dense::Activation;
-pub use device::Device;
 pub use explain::{InputGradient, ModelTrace};
 pub use loss::{Loss, Targets};
 pub use pooling::Pooling;
 pub use stepper::ModelStepper;
 
 use crate::config::RnnConfig;
+use crate::device;
 use crate::error::{check_len, Error, Result};
 use crate::memory;
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Regularization};
@@ -347,12 +348,7 @@ impl<T: Scalar> Model<T> {
     /// model cannot run there (no `gpu` feature, f64, a custom cell, variational dropout or
     /// zoneout, no adapter).
     pub fn set_device(&mut self, device: Device) -> Result<()> {
-        device::check(device, &self.config.regularization)?;
-        #[cfg(feature = "gpu")]
-        if device == Device::Gpu {
-            crate::gpu::check_supported::<T>(&self.config.rnn)?;
-            crate::gpu::gpu_available()?;
-        }
+        device::check_runs::<T>(device, &self.config.rnn, &self.config.regularization)?;
         self.device = device;
         Ok(())
     }
@@ -751,22 +747,73 @@ impl<T: Scalar> Model<T> {
                 got: format!("one built for {}", optimizer.len()),
             });
         }
-        let r = self.loss_and_grad(x, targets, loss, true, seed, grad)?;
+        let r = self.loss_and_clipped_grad(x, targets, loss, seed, clip, grad)?;
         threads::install_for(self.params.len(), || {
-            let grad_norm = match clip.max_norm {
-                Some(max) => clip_grad_norm(grad, max, 2.0, false)?,
-                None => grad_norm(grad, 2.0)?,
-            };
-            if let Some(v) = clip.max_value {
-                clip_grad_value(grad, v)?;
-            }
-            optimizer.step(&mut self.params, grad, lr)?;
-            Ok(StepResult {
-                loss: r.loss,
-                grad_norm,
-                output: r.output,
-            })
+            optimizer.step(&mut self.params, grad, lr)
+        })?;
+        Ok(r)
+    }
+
+    /// The first half of [`Model::train_step`], for optimizers that update the weights
+    /// themselves: loss and gradient in training mode (dropout from `seed`), then `clip` on
+    /// `grad`. `grad_norm` is the norm before clipping.
+    pub fn loss_and_clipped_grad(
+        &self,
+        x: &ModelBatch<T>,
+        targets: Targets<T>,
+        loss: &Loss,
+        seed: u64,
+        clip: Clip,
+        grad: &mut [T],
+    ) -> Result<StepResult<T>> {
+        let r = self.loss_and_grad(x, targets, loss, true, seed, grad)?;
+        let grad_norm = threads::install_for(grad.len(), || clip.apply(grad))?;
+        Ok(StepResult {
+            loss: r.loss,
+            grad_norm,
+            output: r.output,
         })
+    }
+
+    /// The loss of a batch in inference mode (no dropout, no tape, no gradient of the weights),
+    /// as the mean over the rows that count, as in [`Model::loss_and_grad`].
+    pub fn loss(
+        &self,
+        x: &ModelBatch<T>,
+        targets: Targets<T>,
+        loss: &Loss,
+    ) -> Result<LossResult<T>> {
+        let output = self.predict(x)?;
+        let mask = self.row_mask(x);
+        // The loss's gradient w.r.t. the outputs is a by-product: the output's size, not the
+        // model's.
+        let mut d = vec![T::zero(); output.output.len()];
+        let value = loss.value_and_grad(
+            &output.output,
+            self.config.outputs,
+            targets,
+            mask.as_deref(),
+            &mut d,
+        )?;
+        Ok(LossResult {
+            loss: value,
+            output,
+        })
+    }
+}
+
+impl Clip {
+    /// Clips `grad` in place (the norm first, then the values) and returns its global 2-norm
+    /// before clipping.
+    pub fn apply<T: Scalar>(&self, grad: &mut [T]) -> Result<f64> {
+        let norm = match self.max_norm {
+            Some(max) => clip_grad_norm(grad, max, 2.0, false)?,
+            None => grad_norm(grad, 2.0)?,
+        };
+        if let Some(v) = self.max_value {
+            clip_grad_value(grad, v)?;
+        }
+        Ok(norm)
     }
 }
 

@@ -1,13 +1,13 @@
-//! Streaming a model: input layer, recurrent step and head, one time step per call, with every
-//! buffer allocated once. Works for unidirectional models whose head reads the current step:
-//! per-step heads, and last-step heads (the output after step `t` is what `predict` gives for the
+//! Step-by-step inference through a model ([`ModelStepper`]): input layer, recurrent step and
+//! head, one time step per call, with every buffer allocated once. Works for unidirectional
+//! models whose head reads the current step: per-step heads, and last-step heads (the output after step `t` is what `predict` gives for the
 //! sequence ending at `t`).
 
 use super::{dense, InputKind, Model, ModelInput, Pooling};
 use crate::error::{check_len, Error, Result};
+use crate::matvec::{self, Out, Product};
 use crate::scalar::Scalar;
-use crate::stream::Stepper;
-use crate::stream_kernel::{self, Out, Product};
+use crate::stepper::Stepper;
 
 /// The running state of `B` streams through a model.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl<T: Scalar> Model<T> {
                     ld: o,
                     bias: [Some(bias), None],
                 };
-                stream_kernel::rows(o, b, p, None, y, None);
+                matvec::rows(o, b, p, None, y, None);
             } else {
                 dense::forward_into(x, b, w, bias, dst);
             }

@@ -1,9 +1,11 @@
 //! Bindings of the core's explanation calls (`Model::input_gradient`, `Model::embed`,
 //! `Model::trace`): conversion and validation only, the GIL released while the core computes.
 
-use super::{bad, ModelCore, ModelFloat, XArr, MISMATCH};
+use super::input::XArr;
+use super::{bad, ModelCore};
+use crate::convert::{check_shape, read_lengths, readonly, slice, to_array};
+use crate::dtype::{Float, MISMATCH};
 use crate::errors::{error, guarded, lift, Kind};
-use crate::rnn::{check_shape, read_lengths, readonly, slice, to_array};
 use lstmrs_core::model::{InputKind, ModelBatch, ModelInput};
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -11,13 +13,13 @@ use pyo3::types::{PyList, PyTuple};
 
 /// `x` as the recurrent layers' input: the model's own input kind, or with `embedded` a token
 /// model's vectors `[B, T, E]`. Returns the borrowed array with `(B, T)`.
-enum Input<'py, T: ModelFloat> {
+enum Input<'py, T: Float> {
     Model(XArr<'py, T>),
     Embedded(PyReadonlyArrayDyn<'py, T>),
 }
 
 impl ModelCore {
-    fn read_input<'py, T: ModelFloat>(
+    fn read_input<'py, T: Float>(
         &self,
         x: &Bound<'py, PyAny>,
         embedded: bool,
@@ -47,7 +49,7 @@ impl ModelCore {
         Ok((Input::Embedded(a), s[0], s[1]))
     }
 
-    fn model_input<'a, T: ModelFloat>(
+    fn model_input<'a, T: Float>(
         py: Python<'_>,
         input: &'a Input<'_, T>,
     ) -> PyResult<ModelInput<'a, T>> {
@@ -61,7 +63,7 @@ impl ModelCore {
     }
 
     /// `(output, input_grad, attention or None)`.
-    pub(super) fn input_gradient_t<'py, T: ModelFloat>(
+    pub(super) fn input_gradient_t<'py, T: Float>(
         &self,
         x: &Bound<'py, PyAny>,
         d_output: &Bound<'py, PyAny>,
@@ -84,7 +86,7 @@ impl ModelCore {
         let d = slice("d_output", &d)?;
         let r = py.detach(|| {
             let m = self.model.read();
-            let m = T::model(&m).ok_or(MISMATCH.to_string())?;
+            let m = T::of(&m).ok_or(MISMATCH.to_string())?;
             guarded(|| m.input_gradient(&batch, d))
         });
         let g = lift(py, r)?;
@@ -101,7 +103,7 @@ impl ModelCore {
     }
 
     /// Token ids `[B, T]` -> embedded vectors `[B, T, E]`.
-    pub(super) fn embed_t<'py, T: ModelFloat>(
+    pub(super) fn embed_t<'py, T: Float>(
         &self,
         x: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -116,7 +118,7 @@ impl ModelCore {
         let ids = ids.as_slice().map_err(|e| bad(py, format!("x: {e}")))?;
         let r = py.detach(|| {
             let m = self.model.read();
-            let m = T::model(&m).ok_or(MISMATCH.to_string())?;
+            let m = T::of(&m).ok_or(MISMATCH.to_string())?;
             guarded(|| m.embed(ids))
         });
         let e = lift(py, r)?;
@@ -125,7 +127,7 @@ impl ModelCore {
     }
 
     /// `(output, [(layer, direction, [(gate, [B, T, H])], [(state, [B, T, H])])], attention)`.
-    pub(super) fn trace_t<'py, T: ModelFloat>(
+    pub(super) fn trace_t<'py, T: Float>(
         &self,
         x: &Bound<'py, PyAny>,
         lengths: Option<&Bound<'py, PyAny>>,
@@ -144,7 +146,7 @@ impl ModelCore {
         };
         let r = py.detach(|| {
             let m = self.model.read();
-            let m = T::model(&m).ok_or(MISMATCH.to_string())?;
+            let m = T::of(&m).ok_or(MISMATCH.to_string())?;
             guarded(|| m.trace(&batch))
         });
         let tr = lift(py, r)?;

@@ -1,6 +1,6 @@
 //! Streaming one step at a time gives the full-sequence forward pass.
 
-use lstmrs_core::stream::{Stepper, SMALL_BATCH_MAX};
+use lstmrs_core::stepper::{Stepper, SMALL_BATCH_MAX};
 use lstmrs_core::{
     forward, reference, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams,
 };
@@ -122,7 +122,7 @@ mod model_streaming {
     use lstmrs_core::model::{
         Activation, InputKind, Model, ModelBatch, ModelConfig, ModelInput, Pooling,
     };
-    use lstmrs_core::stream::SMALL_BATCH_MAX;
+    use lstmrs_core::stepper::SMALL_BATCH_MAX;
     use lstmrs_core::{CellKind, RnnConfig};
 
     #[test]

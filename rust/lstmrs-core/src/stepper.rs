@@ -1,9 +1,9 @@
-//! Streaming inference: advance a unidirectional network one time step per call, keeping the
-//! state between calls and allocating nothing after construction.
+//! Step-by-step inference ([`Stepper`]): advance a unidirectional network one time step per call,
+//! keeping the state between calls and allocating nothing after construction.
 //!
 //! Per step and layer: the input product `[B, I]·[I, GH]`, the recurrent product `[B, H]·[H, GH]`
 //! and one fused gate pass. Up to [`SMALL_BATCH_MAX`] streams the products run through
-//! `stream_kernel` (matrix-vector rows with both products in one accumulation, no per-call
+//! `matvec` (matrix-vector rows with both products in one accumulation, no per-call
 //! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
 //! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
 //! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.
@@ -12,10 +12,10 @@ use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
 use crate::matmul::{a_bt, Mat};
+use crate::matvec::{self, Kernel, Out, Product};
 use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
-use crate::stream_kernel::{self, Kernel, Out, Product};
 use crate::sweep::fold_bias;
 
 /// The largest batch the matrix-vector kernel serves. It reads each weight row from memory once
@@ -241,7 +241,7 @@ impl<T: Scalar> Stepper<T> {
                 ld: gw,
                 bias: [b_ih, None],
             };
-            stream_kernel::rows_with(kernel, gw, b, xp, None, out, None);
+            matvec::rows_with(kernel, gw, b, xp, None, out, None);
             if hw > 0 {
                 let hp = Product {
                     w: w_hh,
@@ -253,7 +253,7 @@ impl<T: Scalar> Stepper<T> {
                     ld: hw,
                     bias: [b_hh, None],
                 };
-                stream_kernel::rows_with(kernel, hw, b, hp, None, out, None);
+                matvec::rows_with(kernel, hw, b, hp, None, out, None);
             }
             let c = layer_state(&mut self.c, layer, bh);
             let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
@@ -276,7 +276,7 @@ impl<T: Scalar> Stepper<T> {
                     bias: [b_ih, b_hh],
                 };
                 // `h_pre` stays zero on this path: the recurrent product is already in `x_pre`.
-                stream_kernel::rows_with(kernel, gw, b, xp, Some(hp), out, None);
+                matvec::rows_with(kernel, gw, b, xp, Some(hp), out, None);
             }
             CellKind::Gru => {
                 // r and z add both sides; n keeps `W_hn h` apart (it is scaled by r).
@@ -291,15 +291,7 @@ impl<T: Scalar> Stepper<T> {
                     ld: gw,
                     bias: [b_ih.map(|v| &v[..rz]), b_hh.map(|v| &v[..rz])],
                 };
-                stream_kernel::rows_with(
-                    kernel,
-                    rz,
-                    b,
-                    xp.sub(0, rz),
-                    Some(hp.sub(0, rz)),
-                    out,
-                    None,
-                );
+                matvec::rows_with(kernel, rz, b, xp.sub(0, rz), Some(hp.sub(0, rz)), out, None);
                 let n_x = Out {
                     dst: &mut self.scratch.x_pre[rz..],
                     ld: gw,
@@ -311,7 +303,7 @@ impl<T: Scalar> Stepper<T> {
                     ld: gw,
                     bias: [None, None],
                 };
-                stream_kernel::rows_with(
+                matvec::rows_with(
                     kernel,
                     h,
                     b,

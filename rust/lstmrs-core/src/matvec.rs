@@ -1,4 +1,4 @@
-//! Matrix-vector products for streaming steps at small batch sizes.
+//! Matrix-vector products for step-by-step inference ([`crate::stepper`]) at small batch sizes.
 //!
 //! A streamed step at batch 1 multiplies `[1, K]` rows by `[G, K]` weights. The general GEMM pays
 //! per call for packing and blocking that only amortise over many rows, so these products use a

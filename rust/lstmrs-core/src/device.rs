@@ -1,11 +1,15 @@
-//! Where a model's recurrent stack runs: the CPU kernels or the GPU backend (feature `gpu`).
+//! Where a recurrent stack runs: the CPU kernels or the GPU backend (feature `gpu`; without it
+//! [`crate::gpu`] is a stand-in that refuses with one "not built" error). The one place that
+//! chooses: `RnnCore` (the bindings) and [`crate::model::Model`] both call through here.
 //!
-//! Only the recurrent layers move: the embedding, pooling, head, loss and optimizer stay on the
+//! In a model only the recurrent layers move: the embedding, pooling, head, loss and optimizer stay on the
 //! host, where they cost a small fraction of a step. The GPU backend takes the same weights and
 //! batch and returns the same outputs and gradients, so the rest of the model does not know which
 //! device ran.
 
+use crate::config::RnnConfig;
 use crate::error::{Error, GpuFailure, Result};
+use crate::gpu;
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Gradients, Regularization, Tape};
 use crate::params::RnnWeights;
 use crate::scalar::Scalar;
@@ -40,14 +44,32 @@ impl Device {
 }
 
 /// The recurrent stack's tape on whichever device recorded it.
-pub(super) enum RnnTape<T> {
+#[derive(Debug, Clone)]
+pub enum RnnTape<T> {
     Cpu(Tape<T>),
-    #[cfg(feature = "gpu")]
-    Gpu(crate::gpu::GpuTape),
+    /// Kept on the device (f32).
+    Gpu(gpu::GpuTape),
+}
+
+impl<T> RnnTape<T> {
+    pub fn seq_len(&self) -> usize {
+        match self {
+            RnnTape::Cpu(t) => t.seq_len(),
+            RnnTape::Gpu(t) => t.seq_len(),
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        match self {
+            RnnTape::Cpu(t) => t.batch(),
+            RnnTape::Gpu(t) => t.batch(),
+        }
+    }
 }
 
 /// The recurrent stack's outputs and, when kept, its tape.
-pub(super) struct RnnForward<T> {
+#[derive(Debug)]
+pub struct RnnForward<T> {
     pub output: Vec<T>,
     pub h_n: Vec<T>,
     pub c_n: Option<Vec<T>>,
@@ -64,16 +86,11 @@ fn unsupported(detail: String) -> Error {
 /// Checks, before any work, that `device` can run a recurrent stack with this regularization.
 /// Without the `gpu` feature the GPU is refused with `NotBuilt`; the GPU kernels have no
 /// variational dropout or zoneout.
-pub(super) fn check(device: Device, regularization: &Regularization) -> Result<()> {
+pub fn check(device: Device, regularization: &Regularization) -> Result<()> {
     if device == Device::Cpu {
         return Ok(());
     }
-    if !cfg!(feature = "gpu") {
-        return Err(Error::Gpu {
-            failure: GpuFailure::NotBuilt,
-            detail: "this lstmrs was built without the `gpu` cargo feature".into(),
-        });
-    }
+    gpu::ensure_built()?;
     if *regularization != Regularization::default() {
         return Err(unsupported(
             "the GPU kernels have no variational dropout or zoneout (use device='cpu', or \
@@ -84,7 +101,24 @@ pub(super) fn check(device: Device, regularization: &Regularization) -> Result<(
     Ok(())
 }
 
-pub(super) fn forward<T: Scalar>(
+/// Everything [`check`] does, then whether the GPU runs this network in `T` (not f64, custom
+/// cells or projections) and has an adapter: the test before a model moves to `device`.
+pub fn check_runs<T: Scalar>(
+    device: Device,
+    rnn: &RnnConfig,
+    regularization: &Regularization,
+) -> Result<()> {
+    check(device, regularization)?;
+    if device == Device::Gpu {
+        gpu::check_supported::<T>(rnn)?;
+        gpu::gpu_available()?;
+    }
+    Ok(())
+}
+
+/// The forward pass on `device`, with dropout between layers (`opts`) and `regularization`
+/// (variational dropout, zoneout: CPU only).
+pub fn forward<T: Scalar>(
     device: Device,
     weights: RnnWeights<'_, T>,
     batch: &Batch<T>,
@@ -102,9 +136,8 @@ pub(super) fn forward<T: Scalar>(
                 tape: out.tape.map(RnnTape::Cpu),
             })
         }
-        #[cfg(feature = "gpu")]
         Device::Gpu => {
-            let out = crate::gpu::forward(weights, batch, opts)?;
+            let out = gpu::forward(weights, batch, opts)?;
             Ok(RnnForward {
                 output: out.output.output,
                 h_n: out.output.h_n,
@@ -112,14 +145,12 @@ pub(super) fn forward<T: Scalar>(
                 tape: out.tape.map(RnnTape::Gpu),
             })
         }
-        #[cfg(not(feature = "gpu"))]
-        Device::Gpu => unreachable!("check() refuses the GPU without the feature"),
     }
 }
 
 /// Backpropagation through the recurrent stack; without `want_params` the CPU skips the
 /// parameters' gradient (`Gradients::params` is then empty, see `network::backward_input`).
-pub(super) fn backward<T: Scalar>(
+pub fn backward<T: Scalar>(
     weights: RnnWeights<'_, T>,
     tape: &RnnTape<T>,
     grads: &GradOutputs<T>,
@@ -128,7 +159,6 @@ pub(super) fn backward<T: Scalar>(
     match tape {
         RnnTape::Cpu(t) if !want_params => network::backward_input(weights, t, grads),
         RnnTape::Cpu(t) => network::backward(weights, t, grads),
-        #[cfg(feature = "gpu")]
-        RnnTape::Gpu(t) => crate::gpu::backward(weights, t, grads),
+        RnnTape::Gpu(t) => gpu::backward(weights, t, grads),
     }
 }

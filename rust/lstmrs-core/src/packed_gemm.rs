@@ -1,4 +1,5 @@
-//! The per-step recurrent product with its weight packed once per sweep.
+//! The packed GEMM of a sweep: the per-step recurrent product with its weight packed once per
+//! sweep.
 //!
 //! Each time step multiplies a small `[B, K]` matrix (the state, or the gate gradients going
 //! back) by the same weight. A general GEMM packs that weight again at every call; here each
@@ -282,7 +283,8 @@ impl<T: Scalar> Packed<T> {
         }
         // Copying the lhs costs about a pass over it: worth it when many panels reread it, or
         // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
-        let pack_lhs = panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()) % 2048 == 0);
+        let pack_lhs =
+            panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()).is_multiple_of(2048));
         let mut lhs = self.lhs.borrow_mut();
         if pack_lhs && lhs.len() < rows * self.kc.min(self.k) {
             // Only when called with more rows than packed for (never inside a sweep).
@@ -726,84 +728,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-/// Entry points for the criterion benchmarks (`benches/kernels.rs`): the step product through
-/// the packed kernel and through the general GEMM it replaced, and the fused gate passes. Not a
-/// stable API.
-#[doc(hidden)]
-pub mod bench {
-    use super::Packed;
-    /// The fused gate passes; `Active::ALL` marks every row as inside its sequence.
-    pub use crate::gates::{
-        gru_forward as gru_gates, lstm_backward as lstm_gates_backward, lstm_forward as lstm_gates,
-        Active,
-    };
-    use crate::matmul::{a_b, a_bt, Mat};
-    use crate::scalar::Scalar;
-
-    /// A whole `[gates*h, h]` recurrent weight packed for one direction of the step product.
-    pub struct PackedWeight<T> {
-        packed: Packed<T>,
-        width: usize,
-    }
-
-    impl<T: Scalar> PackedWeight<T> {
-        /// For the forward step `h[B,H] · W_hhᵀ -> [B, gates*H]`.
-        pub fn forward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
-            PackedWeight {
-                packed: Packed::rows_of(w_hh, gates, h, 0..h, rows),
-                width: gates * h,
-            }
-        }
-        /// For the backward step `dg[B, gates*H] · W_hh -> [B, H]`.
-        pub fn backward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
-            PackedWeight {
-                packed: Packed::cols_of(w_hh, gates, h, 0..h, rows),
-                width: h,
-            }
-        }
-        /// `c[rows, width] = a[rows, k] · W` (row-major, dense).
-        pub fn product(&self, a: &[T], rows: usize, c: &mut [T]) {
-            let k = self.packed.depth();
-            self.packed.product(a, k, rows, c, self.width, false);
-        }
-    }
-
-    /// The forward step product through the general GEMM (packs `W_hh` at every call).
-    pub fn gemm_forward<T: Scalar>(
-        w_hh: &[T],
-        gates: usize,
-        h: usize,
-        a: &[T],
-        rows: usize,
-        c: &mut [T],
-    ) {
-        a_bt(
-            c,
-            gates * h,
-            false,
-            Mat::new(a, rows, h),
-            Mat::new(w_hh, gates * h, h),
-        );
-    }
-
-    /// The backward step product through the general GEMM.
-    pub fn gemm_backward<T: Scalar>(
-        w_hh: &[T],
-        gates: usize,
-        h: usize,
-        a: &[T],
-        rows: usize,
-        c: &mut [T],
-    ) {
-        a_b(
-            c,
-            h,
-            false,
-            Mat::new(a, rows, gates * h),
-            Mat::new(w_hh, gates * h, h),
-        );
     }
 }

@@ -1,0 +1,368 @@
+"""Reduced-precision inference (issue 16): accuracy on trained models and speed beside the
+references, in one run.
+
+    python bench/lowp.py --threads 2 --json bench/results/lowp.json            # speed, all cases
+    python bench/lowp.py --accuracy runs/charlm-... runs/forecast-...          # accuracy only
+    python bench/lowp.py --cases 64,64,512,1024,1 --cells lstm --repeats 3
+
+Speed: for each case (B, T, I, H, layers) and cell, float32 inference of lstmrs, lstmrs bf16
+(``quantize_dynamic(layer, "bfloat16")``), lstmrs int8 (``"qint8"``), torch (``inference_mode``),
+torch under ``torch.autocast("cpu", dtype=torch.bfloat16)``, torch's
+``torch.ao.quantization.quantize_dynamic`` (qint8), ONNX Runtime on the float graph
+(``ort_models.sequence_model``) and on ``onnxruntime.quantization.quantize_dynamic`` of it
+(QInt8 weights), all from the same torch weights, taking turns inside every repeat. Each output
+is compared with torch float32 first (max|a-b|/max|b|, the ``rel_err`` column). The record
+states what each library ran on: lstmrs' dispatched kernels, torch's
+``get_cpu_capability()``, ORT's build info and which ops its quantizer replaced.
+
+Accuracy: for each run directory of ``lstmrs train`` (a ``charlm`` or a ``forecast`` run with a
+linear head), the task's metric with the model's recurrent layers in float32, bf16 and int8: the
+embedding and head stay float32, the recurrent network is ``lstmrs.LSTM/GRU`` loaded with the
+run's weights (float32 must reproduce the model's own predictions, checked) or its quantized copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import lstmrs
+import numpy as np
+import ort_models
+from common import forward_flops, loadavg, summarize, time_interleaved
+from lstmrs import quantization
+from lstmrs.rundir import RunDir
+from lstmrs.tasks.runner import lookup_task, resolve_config
+
+CASES = [
+    (32, 100, 8, 64, 1),
+    (64, 128, 128, 256, 1),
+    (64, 128, 128, 256, 2),
+    (64, 64, 512, 1024, 1),
+    (8, 2000, 16, 128, 1),
+]
+
+
+def _numpy(v) -> np.ndarray:
+    """A torch tensor (any float dtype) or array as a float64 NumPy array."""
+    if hasattr(v, "detach"):
+        v = v.detach().float().numpy()
+    return np.asarray(v, np.float64)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy on trained models
+
+
+class RecurrentView:
+    """A trained ``Model`` (embedding or features -> recurrent network -> linear head) with its
+    recurrent network replaced by an lstmrs layer in float32 (``dtype`` None) or a quantized
+    copy."""
+
+    def __init__(self, model, dtype: str | None):
+        cfg = model.config
+        sd = model.state_dict()
+        if cfg["bidirectional"] or cfg.get("attention_units"):
+            raise SystemExit("accuracy: a unidirectional model without attention is expected")
+        cls = {"lstm": lstmrs.LSTM, "gru": lstmrs.GRU}[cfg["cell"]]
+        layer = cls(
+            cfg["embedding_dim"] or cfg["input_size"],
+            cfg["hidden_size"],
+            num_layers=cfg["num_layers"],
+            bias=cfg["bias"],
+            seed=0,
+        ).eval()
+        layer.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
+        self.rnn = layer if dtype is None else lstmrs.quantize_dynamic(layer, dtype)
+        self.embedding = sd.get("embedding.weight")
+        self.head = []
+        while f"head.{len(self.head)}.weight" in sd:
+            n = len(self.head)
+            self.head.append((sd[f"head.{n}.weight"], sd[f"head.{n}.bias"]))
+        self.activation = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0)}[cfg["activation"]]
+        self.pooling = cfg["pooling"]
+
+    def _head(self, f):
+        for n, (w, b) in enumerate(self.head):
+            f = f @ w.T + b
+            if n + 1 < len(self.head):
+                f = self.activation(f)
+        return f
+
+    def run(self, x, state=None):
+        if self.embedding is not None:
+            x = self.embedding[x]
+        out, state = self.rnn(np.asarray(x, np.float32), state)
+        return out, state
+
+    def predict(self, x, batch_size: int = 512, **_):
+        """The forecast task's ``model.predict``: pooling 'last', the head."""
+        assert self.pooling == "last"
+        out, _ = self.run(x)
+        return self._head(out[:, -1])
+
+    def stream_bpc(self, stream: np.ndarray, batch: int, seq_len: int = 256) -> float:
+        """Bits per token of next-token prediction over ``batch`` parallel sub-streams read in
+        chunks of ``seq_len`` with the state carried (``Model.evaluate_stream``'s split)."""
+        x, y = stream[:-1], stream[1:]
+        length = len(x) // batch
+        x = x[: batch * length].reshape(batch, length)
+        y = y[: batch * length].reshape(batch, length)
+        state, total = None, 0.0
+        for s in range(0, length, seq_len):
+            out, state = self.run(x[:, s : s + seq_len], state)
+            logits = self._head(out).astype(np.float64)
+            logits -= logits.max(axis=-1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+            yy = y[:, s : s + seq_len]
+            total -= np.take_along_axis(logp, yy[..., None], axis=-1).sum()
+        return total / (batch * length) / np.log(2.0)
+
+
+def _open_run(path: str):
+    run = RunDir.open(path)
+    cfg = run.read_config()
+    task = lookup_task(cfg.get("task", ""))
+    cfg = resolve_config(task, file_cfg=cfg, file_source=run.config_path, file_dir=run.path)
+    state = run.read_state().get("task_state") or {}
+    return task, cfg, task.prepare(cfg, state=state or None), run.load_model()
+
+
+def accuracy(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in paths:
+        task, cfg, data, model = _open_run(path)
+        views = {"float32": RecurrentView(model, None)}
+        for dt in ("bfloat16", "qint8"):
+            views[dt] = RecurrentView(model, dt)
+        row: dict = {"run": path, "task": task.name, "model": repr(model)}
+        if task.name == "charlm":
+            val = data.test
+            batch = max(1, min(8, (len(val) - 1) // 64))
+            own = model.evaluate_stream(val, batch_size=batch, seq_len=256, metrics=["bpc"])
+            own = float(own["bpc"])
+            row["metric"] = "val_bpc"
+            row["model_itself"] = own
+            for name, v in views.items():
+                row[name] = float(v.stream_bpc(val, batch))
+        elif task.name == "forecast":
+            x = data.test[0]
+            own = model.predict(x, batch_size=512)
+            float_pred = views["float32"].predict(x)
+            err = _rel(float_pred, own)
+            if err > 1e-4:
+                raise SystemExit(f"{path}: the float32 view differs from the model by {err}")
+            row["metric"] = "model_rmse"
+            row["model_itself"] = float(task.evaluate(model, data, cfg)["model_rmse"])
+            for name, v in views.items():
+                summary = task.evaluate(v, data, cfg)
+                row[name] = float(summary["model_rmse"])
+                row[f"{name}_mape"] = float(summary["model_mape"])
+        else:
+            raise SystemExit(f"{path}: accuracy handles charlm and forecast runs, not {task.name}")
+        for dt in ("bfloat16", "qint8"):
+            row[f"{dt}_change"] = row[dt] - row["float32"]
+            row[f"{dt}_change_pct"] = 100.0 * (row[dt] / row["float32"] - 1.0)
+        rows.append(row)
+        print(
+            f"{task.name:9s} {row['metric']}: model {row['model_itself']:.4f}  float32 view "
+            f"{row['float32']:.4f}  bf16 {row['bfloat16']:.4f} ({row['bfloat16_change_pct']:+.2f}%)"
+            f"  int8 {row['qint8']:.4f} ({row['qint8_change_pct']:+.2f}%)",
+            flush=True,
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# speed
+
+
+def _ort_pair(cell: str, sd: dict, case, threads: int):
+    """(float session, quantized session, replaced op types) or None without onnxruntime."""
+    if ort_models.available() is None:
+        return None
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    b, t, i, h, layers = case
+    model = ort_models.sequence_model(cell, sd, b, t, i, h, layers)
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+        onnx.save(model, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        qmodel = onnx.load(dst)
+    ops = sorted({n.op_type for n in qmodel.graph.node} - {n.op_type for n in model.graph.node})
+    return ort_models._session(model, threads), ort_models._session(qmodel, threads), ops
+
+
+def speed_case(torch, cell: str, case, args) -> list[dict]:
+    b, t, i, h, layers = case
+    torch.manual_seed(0)
+    cls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+    module = cls(i, h, num_layers=layers, batch_first=True).eval()
+    sd = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+    layer = (lstmrs.GRU if cell == "gru" else lstmrs.LSTM)(i, h, num_layers=layers, seed=0).eval()
+    layer.load_state_dict(sd)
+    q = {dt: lstmrs.quantize_dynamic(layer, dt) for dt in ("bfloat16", "qint8")}
+    tq = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(module), {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8
+    )
+    x = np.random.default_rng(0).standard_normal((b, t, i)).astype(np.float32)
+    tx = torch.from_numpy(x)
+
+    def torch_f32():
+        with torch.inference_mode():
+            return module(tx)[0]
+
+    def torch_bf16():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return module(tx)[0]
+
+    def torch_q():
+        with torch.inference_mode():
+            return tq(tx)[0]
+
+    fns = {
+        "lstmrs": lambda: layer(x)[0],
+        "lstmrs_bf16": lambda: q["bfloat16"](x)[0],
+        "lstmrs_int8": lambda: q["qint8"](x)[0],
+        "torch": torch_f32,
+        "torch_bf16_autocast": torch_bf16,
+        "torch_qint8_dynamic": torch_q,
+    }
+    ort = None if args.no_ort else _ort_pair(cell, sd, case, args.threads)
+    if ort is not None:
+        fs, qs, ort_ops = ort
+        fns["onnxruntime"] = lambda: fs.run(None, {"x": x})[0]
+        fns["onnxruntime_qint8_dynamic"] = lambda: qs.run(None, {"x": x})[0]
+    ref = torch_f32().float().numpy()
+    errors = {name: _rel(_numpy(fn()), ref) for name, fn in fns.items()}
+    times = time_interleaved(fns, args.warmup, args.repeats)
+    flops = forward_flops(cell, b, t, i, h, layers)
+    rows = []
+    for name, ts in times.items():
+        row = {
+            "cell": cell,
+            "case": list(case),
+            "impl": name,
+            "rel_err_vs_torch_f32": errors[name],
+            **summarize(ts, flops),
+        }
+        if name in ("lstmrs_bf16", "lstmrs_int8"):
+            row["kernel"] = q["bfloat16" if name == "lstmrs_bf16" else "qint8"].kernel
+        if name == "onnxruntime_qint8_dynamic":
+            row["ort_quantized_ops"] = ort_ops
+        rows.append(row)
+    med = {r["impl"]: r["median_ms"] for r in rows}
+    for r in rows:
+        r["speedup_vs_lstmrs_f32"] = med["lstmrs"] / r["median_ms"]
+    for r in rows:
+        if r["impl"] == "lstmrs_int8":
+            r["ratio_vs_torch_qint8"] = r["median_ms"] / med["torch_qint8_dynamic"]
+            if "onnxruntime_qint8_dynamic" in med:
+                r["ratio_vs_ort_qint8"] = r["median_ms"] / med["onnxruntime_qint8_dynamic"]
+        if r["impl"] == "lstmrs_bf16":
+            r["ratio_vs_torch_bf16"] = r["median_ms"] / med["torch_bf16_autocast"]
+    return rows
+
+
+def _print_speed(rows: list[dict]) -> None:
+    print(
+        f"{'cell':5s} {'case (B,T,I,H,L)':22s} {'impl':26s} {'median ms':>10s} {'GFLOP/s':>8s} "
+        f"{'x lstmrs f32':>12s} {'rel_err':>8s}  notes"
+    )
+    for r in rows:
+        notes = []
+        for k in ("kernel", "ratio_vs_torch_qint8", "ratio_vs_ort_qint8", "ratio_vs_torch_bf16"):
+            if k in r:
+                v = r[k]
+                notes.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
+        if "ort_quantized_ops" in r:
+            notes.append(f"ort ops added: {','.join(r['ort_quantized_ops']) or 'none'}")
+        print(
+            f"{r['cell']:5s} {tuple(r['case'])!s:22s} {r['impl']:26s} {r['median_ms']:10.2f} "
+            f"{r['gflops']:8.1f} {r['speedup_vs_lstmrs_f32']:12.2f} "
+            f"{r['rel_err_vs_torch_f32']:8.1e}  {' '.join(notes)}",
+            flush=True,
+        )
+
+
+def features(torch) -> dict:
+    """What each library ran on."""
+    out = {
+        "lstmrs": {dt: quantization.kernels(dt) for dt in ("bfloat16", "qint8")},
+        "torch": {
+            "version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "quantized_engine": torch.backends.quantized.engine,
+        },
+    }
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = {
+            "version": onnxruntime.__version__,
+            "build_info": onnxruntime.get_build_info(),
+            "device": onnxruntime.get_device(),
+        }
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--cells", default="lstm,gru")
+    p.add_argument("--cases", nargs="*", help="B,T,I,H,layers (default: the bench cases)")
+    p.add_argument("--no-ort", action="store_true")
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--accuracy", nargs="*", default=[], metavar="RUN_DIR")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+
+    import torch  # the references; the benchmark needs them
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    lstmrs.set_num_threads(args.threads)
+    record: dict = {
+        "meta": {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "load_before": loadavg(),
+            "features": features(torch),
+        }
+    }
+    print(json.dumps(record["meta"]["features"]), flush=True)
+    print(f"load average before: {record['meta']['load_before']}", flush=True)
+    if args.accuracy:
+        record["accuracy"] = accuracy(args.accuracy)
+    if not args.no_speed:
+        cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
+        rows = []
+        for cell in args.cells.split(","):
+            for case in cases:
+                case_rows = speed_case(torch, cell, case, args)
+                _print_speed(case_rows)
+                rows += case_rows
+        record["speed"] = rows
+    record["meta"]["load_after"] = loadavg()
+    print(f"load average after: {record['meta']['load_after']}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

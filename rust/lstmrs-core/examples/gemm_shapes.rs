@@ -1,0 +1,164 @@
+//! The GEMM chosen by measurement (issue 16): the `gemm` crate, as `src/matmul.rs` calls it,
+//! against OpenBLAS (feature `blas`) at the exact shapes the LSTM layers of the benchmark cases
+//! call, at 1 and 2 threads, taking turns inside every repeat.
+//!
+//!     cargo run --release -p lstmrs-core --features blas --example gemm_shapes [repeats]
+
+use gemm::Parallelism;
+use lstmrs_core::blas;
+use std::time::Instant;
+
+/// `(B, T, I, H)` of bench/cases.py (one layer, LSTM: G = 4).
+const CASES: [(usize, usize, usize, usize); 4] = [
+    (32, 100, 8, 64),
+    (64, 128, 128, 256),
+    (64, 64, 512, 1024),
+    (8, 2000, 16, 128),
+];
+
+/// One product: its role, `c[m, n] = op(a) · op(b)` and which operands are transposed.
+struct Shape {
+    role: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+fn shapes(b: usize, t: usize, i: usize, h: usize) -> Vec<Shape> {
+    let (g, rows) = (4 * h, t * b);
+    let s = |role, m, n, k, trans_a, trans_b| Shape {
+        role,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+    };
+    vec![
+        s("input projection X·W_ihT", rows, g, i, false, true),
+        s("recurrent h·W_hhT", b, g, h, false, true),
+        s("input gradient dG·W_ih", rows, i, g, false, false),
+        s("recurrent gradient dG·W_hh", b, h, g, false, false),
+        s("weight gradient dGT·X", g, i, rows, true, false),
+        s("weight gradient dGT·H", g, h, rows, true, false),
+    ]
+}
+
+/// `gemm::gemm` with the strides `matmul.rs` passes (row-major, transposes as strides).
+fn gemm_crate(sh: &Shape, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
+    let (m, n, k) = (sh.m, sh.n, sh.k);
+    // (row stride, column stride) of op(a) [m, k] and op(b) [k, n].
+    let (a_rs, a_cs) = if sh.trans_a { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if sh.trans_b { (1, k) } else { (n, 1) };
+    // SAFETY: the slices hold the operands of these shapes and strides; c is m × n row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .map_or(5, |s| s.parse().expect("repeats"));
+    println!(
+        "{:>3} {:22} {:30} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "thr",
+        "case (B,T,I,H)",
+        "product",
+        "m",
+        "n",
+        "k",
+        "gemm ms",
+        "blas ms",
+        "blas/gm",
+        "winner"
+    );
+    for threads in [1usize, 2] {
+        blas::set_num_threads(threads);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        for &(b, t, i, h) in &CASES {
+            for sh in shapes(b, t, i, h) {
+                let a: Vec<f32> = (0..sh.m * sh.k).map(|v| (v as f32 * 0.37).sin()).collect();
+                let bb: Vec<f32> = (0..sh.k * sh.n).map(|v| (v as f32 * 0.11).cos()).collect();
+                let (mut c1, mut c2) = (vec![0.0f32; sh.m * sh.n], vec![0.0f32; sh.m * sh.n]);
+                // Agreement first: both compute the same product.
+                pool.install(|| gemm_crate(&sh, &a, &bb, &mut c1, par));
+                blas::sgemm(sh.trans_a, sh.trans_b, sh.m, sh.n, sh.k, &a, &bb, &mut c2);
+                let scale = c2.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
+                let err = c1
+                    .iter()
+                    .zip(&c2)
+                    .fold(0.0f32, |e, (x, y)| e.max((x - y).abs()))
+                    / scale;
+                assert!(err < 1e-4, "{}: gemm and OpenBLAS differ by {err}", sh.role);
+                // Enough calls per sample for ~20 ms.
+                let flops = 2.0 * (sh.m * sh.n * sh.k) as f64;
+                let calls = ((2e-2 * 5e10 / flops) as usize).clamp(1, 2000);
+                let (mut tg, mut tb) = (Vec::new(), Vec::new());
+                for _ in 0..repeats {
+                    let t0 = Instant::now();
+                    pool.install(|| {
+                        for _ in 0..calls {
+                            gemm_crate(&sh, &a, &bb, &mut c1, par);
+                        }
+                    });
+                    tg.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);
+                    let t0 = Instant::now();
+                    for _ in 0..calls {
+                        blas::sgemm(sh.trans_a, sh.trans_b, sh.m, sh.n, sh.k, &a, &bb, &mut c2);
+                    }
+                    tb.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);
+                }
+                let (g, bl) = (median(tg), median(tb));
+                println!(
+                    "{:>3} {:22} {:30} {:>6} {:>6} {:>6} {:>10.4} {:>10.4} {:>8.2} {:>8}",
+                    threads,
+                    format!("({b},{t},{i},{h})"),
+                    sh.role,
+                    sh.m,
+                    sh.n,
+                    sh.k,
+                    g,
+                    bl,
+                    bl / g,
+                    if bl < g { "openblas" } else { "gemm" }
+                );
+            }
+        }
+    }
+}

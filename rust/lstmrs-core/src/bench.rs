@@ -1,0 +1,114 @@
+//! Entry points for the criterion benchmarks (`benches/kernels.rs`) and the timing examples
+//! (`examples/cellexpr_speed.rs`): the step product through the packed kernel and through the
+//! general GEMM it replaced, and the built-in fused gate passes. Hidden; not a stable API.
+
+use crate::matmul::{a_b, a_bt, Mat};
+use crate::packed_gemm::Packed;
+use crate::scalar::Scalar;
+
+/// The built-in cells' fused gate passes; `Active::ALL` marks every row as inside its sequence.
+pub use crate::gates::{gru_forward, lstm_backward, lstm_forward, Active};
+
+/// A whole `[gates*h, h]` recurrent weight packed for one direction of the step product.
+pub struct PackedWeight<T> {
+    packed: Packed<T>,
+    width: usize,
+}
+
+impl<T: Scalar> PackedWeight<T> {
+    /// For the forward step `h[B,H] · W_hhᵀ -> [B, gates*H]`.
+    pub fn forward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+        PackedWeight {
+            packed: Packed::rows_of(w_hh, gates, h, 0..h, rows),
+            width: gates * h,
+        }
+    }
+    /// For the backward step `dg[B, gates*H] · W_hh -> [B, H]`.
+    pub fn backward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+        PackedWeight {
+            packed: Packed::cols_of(w_hh, gates, h, 0..h, rows),
+            width: h,
+        }
+    }
+    /// `c[rows, width] = a[rows, k] · W` (row-major, dense).
+    pub fn product(&self, a: &[T], rows: usize, c: &mut [T]) {
+        let k = self.packed.depth();
+        self.packed.product(a, k, rows, c, self.width, false);
+    }
+}
+
+/// The forward step product through the general GEMM (packs `W_hh` at every call).
+pub fn gemm_forward<T: Scalar>(
+    w_hh: &[T],
+    gates: usize,
+    h: usize,
+    a: &[T],
+    rows: usize,
+    c: &mut [T],
+) {
+    a_bt(
+        c,
+        gates * h,
+        false,
+        Mat::new(a, rows, h),
+        Mat::new(w_hh, gates * h, h),
+    );
+}
+
+/// The backward step product through the general GEMM.
+pub fn gemm_backward<T: Scalar>(
+    w_hh: &[T],
+    gates: usize,
+    h: usize,
+    a: &[T],
+    rows: usize,
+    c: &mut [T],
+) {
+    a_b(
+        c,
+        h,
+        false,
+        Mat::new(a, rows, gates * h),
+        Mat::new(w_hh, gates * h, h),
+    );
+}
+
+/// The built-in LSTM step kernels of `gates` (forward, then backward), for
+/// `examples/cellexpr_speed.rs`, which times the compiled cells against them.
+pub fn builtin_lstm_step<T: Scalar>(
+    h: usize,
+    active: Active,
+    pre_act: &mut [T],
+    h_pre: &[T],
+    c_prev: &[T],
+    h_prev: &[T],
+    tanh_c: &mut [T],
+    c_next: &mut [T],
+    h_next: &mut [T],
+    dh: &mut [T],
+    dc: &mut [T],
+    d_pre: &mut [T],
+) {
+    crate::gates::lstm_forward(
+        h, active, pre_act, h_pre, c_prev, h_prev, tanh_c, c_next, h_next,
+    );
+    crate::gates::lstm_backward(h, active, pre_act, tanh_c, c_prev, dh, dc, d_pre);
+}
+
+/// The built-in GRU step kernels of `gates`, for the same timing comparison.
+pub fn builtin_gru_step<T: Scalar>(
+    h: usize,
+    active: Active,
+    pre_act: &mut [T],
+    h_pre: &[T],
+    b_hn: &[T],
+    h_prev: &[T],
+    hn_lin: &mut [T],
+    h_next: &mut [T],
+    dh: &mut [T],
+    dx_pre: &mut [T],
+    dh_pre: &mut [T],
+) {
+    crate::gates::gru_forward(h, active, pre_act, h_pre, b_hn, h_prev, hn_lin, h_next);
+    crate::gates::gru_backward(h, active, pre_act, hn_lin, h_prev, dh, dx_pre, dh_pre);
+}
