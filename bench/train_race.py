@@ -482,7 +482,8 @@ def race_g2p_lstmrs(args, train, val, vocab):
         s, s_len = _g2p_pad(train[0], idx)
         t, t_len = _g2p_pad(train[1], idx, eos=2)
         _, _, _, grads = model._batch_loss(s, s_len, t, t_len, grad=True)
-        norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+        # As Seq2Seq.fit: a ufunc sum, not np.dot (OpenBLAS's threads spin after each call).
+        norm = float(np.sqrt(np.square(grads, dtype=np.float64).sum()))
         if norm > args.clip:
             grads *= args.clip / (norm + 1e-6)
         model._opt_core.step(model.params, grads, args.lr)

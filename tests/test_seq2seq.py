@@ -4,10 +4,14 @@ golden values, the reference-loss parity and beam width 1 == greedy."""
 
 from __future__ import annotations
 
+import json
+import signal
+
 import lstmrs
 import numpy as np
 import pytest
 from lstmrs.errors import DTypeError, InvalidArgumentError, ShapeError
+from lstmrs.seq2seq import CHECKPOINT_DIR
 
 
 def reverse_data(n: int, rng: np.random.Generator, vocab: int = 8):
@@ -137,6 +141,17 @@ def test_fit_learns_to_reverse_and_beam_decodes(rng):
     np.testing.assert_allclose(att.sum(1), 1.0, atol=1e-5)
 
 
+def test_batches_cover_every_pair_once_with_little_padding(rng):
+    src, tgt = reverse_data(3000, rng)
+    m = small()
+    batches = m._batches(src, tgt, 16, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(3000))
+    assert m._batches(src, tgt, 16, np.random.default_rng(0))[5].tolist() == batches[5].tolist()
+    lens = np.array([len(s) for s in src])
+    useful = sum(lens[b].sum() for b in batches) / sum(len(b) * lens[b].max() for b in batches)
+    assert useful > 0.95, useful
+
+
 def test_checkpoint_resume_is_exact(tmp_path, rng):
     src, tgt = reverse_data(80, rng)
 
@@ -150,6 +165,58 @@ def test_checkpoint_resume_is_exact(tmp_path, rng):
     run(2, checkpoint_dir=tmp_path)
     resumed = run(3, checkpoint_dir=tmp_path, resume=True)
     np.testing.assert_array_equal(resumed.params, straight.params)
+
+
+class _CtrlC(lstmrs.callbacks.Callback):
+    """Presses Ctrl-C (a real SIGINT) during batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_exact(tmp_path, rng, capsys):
+    src, tgt = reverse_data(80, rng)
+    vsrc, vtgt = reverse_data(10, np.random.default_rng(7))
+
+    def run(epochs, **kw):
+        m = small(num_layers=2)
+        m.compile("adam", lr=0.01, sampling_rate=0.25)
+        hist = m.fit(
+            src,
+            tgt,
+            epochs=epochs,
+            batch_size=16,
+            validation_data=(vsrc, vtgt),
+            verbose=0,
+            seed=3,
+            **kw,
+        )
+        return m, hist
+
+    straight, straight_hist = run(3)
+    with pytest.raises(KeyboardInterrupt):
+        run(3, checkpoint_dir=tmp_path, callbacks=[_CtrlC(epoch=1, batch=2)])
+    err = capsys.readouterr().err
+    assert "finishing this batch" in err and "checkpoint saved to" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with open(tmp_path / CHECKPOINT_DIR / "state.json") as f:
+        state = json.load(f)
+    # Batch 2 of epoch 1 finished before the interrupt took effect.
+    assert (state["epoch"], state["batch"]) == (1, 3)
+    # The resumed run starts at batch 3 with the epoch's running totals: same weights, and the
+    # same per-epoch logs (the history of epoch 0 comes back from the checkpoint).
+    resumed, hist = run(3, checkpoint_dir=tmp_path, resume=True)
+    np.testing.assert_array_equal(resumed.params, straight.params)
+    for k in ("loss", "token_accuracy", "val_loss"):
+        assert hist.history[k] == straight_hist.history[k], k
 
 
 def test_save_load_round_trip(tmp_path, rng):

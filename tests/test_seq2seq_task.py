@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from lstmrs.cli import main
+from lstmrs.seq2seq import CHECKPOINT_DIR
 from lstmrs.tasks.seq2seq import (
     Seq2SeqTask,
     bleu,
@@ -141,3 +146,65 @@ def test_reads_the_real_cmudict():
     assert ["EY"] in d["a"] and ["AH"] in d["a"]
     phones = {p for prons in d.values() for pr in prons for p in pr}
     assert len(phones) == 39
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    """Ctrl-C through `lstmrs train`: the interrupted seq2seq run writes its checkpoint, exits
+    130, and `lstmrs train --resume` continues it to the end."""
+    p = tmp_path / "d.dict"
+    write_dict(p, 150)
+    env = {**os.environ, "LSTMRS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LSTMRS_PLUGINS": ""}
+    sets = [f"data.path={p}", "model.hidden_size=16", "model.embed_size=8"]
+    sets += ["train.batch_size=8", "eval.beam=2"]
+    args = [a for kv in sets for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "lstmrs.cli", "train", "--task", "seq2seq", "--run-dir", "run"]
+    # Far more epochs than the test waits for: the interrupt must land while training runs.
+    proc = subprocess.Popen(
+        [*cmd, "--no-plots", *args, "--set", "train.epochs=100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before the interrupt: " + proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError("Ctrl-C did not stop training within 60 s:\n" + out + err) from None
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert "finishing this batch" in err and "checkpoint saved to" in err
+    assert "--resume" in out
+    with open(tmp_path / "run" / "state.json") as f:
+        assert json.load(f)["status"] == "interrupted"
+    with open(tmp_path / "run" / "checkpoints" / CHECKPOINT_DIR / "state.json") as f:
+        saved = json.load(f)
+    done = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert done == list(range(len(done))) and saved["epoch"] == len(done)
+
+    total = len(done) + 2
+    res = subprocess.run(
+        [*cmd[:-4], "--resume", "--run-dir", "run", "--no-plots", "--set", f"train.epochs={total}"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "the task's own checkpoint format" in res.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(total))
+    with open(tmp_path / "run" / "summary.json") as f:
+        assert 0.0 <= json.load(f)["greedy_token_error_rate"] <= 10.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from . import optim as _optim
 from ._lstmrs import Seq2SeqCore
 from .callbacks import Callback, CallbackList, History
 from .errors import InvalidArgumentError, ShapeError
+from .training import _DeferInterrupt
 
 __all__ = ["Seq2Seq"]
 
@@ -282,7 +284,14 @@ class Seq2Seq:
         return src, tgt
 
     def _batches(self, src, tgt, batch_size: int, rng: np.random.Generator | None):
-        """Index batches of similar source lengths (less padding); shuffled when ``rng``."""
+        """Index batches of similar source lengths (less padding); shuffled when ``rng``.
+
+        Pools of 16 batches sorted by source length leave 93% of the encoder's and 81% of the
+        decoder's rows real on CMUdict at batch 128. Pools of 64 batches sorted by target length
+        (91% / 98%) cost 13% less per epoch but gave no better model per epoch on the g2p
+        example (validation loss 0.411 / 0.382 / 0.316 after epochs 1 / 2 / 3 against
+        0.389 / 0.339 / 0.320), so this stays.
+        """
         n = len(src)
         order = rng.permutation(n) if rng is not None else np.arange(n)
         pool = batch_size * 16
@@ -327,12 +336,14 @@ class Seq2Seq:
     ) -> History:
         """Teacher-forced training (scheduled sampling when compiled with ``sampling_rate``).
 
-        Batches group sources of similar length. With ``checkpoint_dir`` the weights, the
+        Batches group pairs of similar length. With ``checkpoint_dir`` the weights, the
         optimizer's state, the callbacks' states and the epoch are saved after every epoch;
         ``resume=True`` continues from there bit-exactly (each epoch's order and each batch's
-        dropout seed derive from ``seed``, the epoch and the step). Other keyword arguments of
-        the ``lstmrs train`` runner (``checkpoint_every``) are accepted and ignored: checkpoints
-        are per epoch.
+        dropout seed derive from ``seed``, the epoch and the step). Ctrl-C finishes the running
+        batch, saves a checkpoint of that point (with the epoch's running totals) and raises
+        ``KeyboardInterrupt``; resuming continues with the next batch as if never stopped (a
+        second Ctrl-C stops at once). Other keyword arguments of the ``lstmrs train`` runner
+        (``checkpoint_every``) are accepted and ignored: checkpoints are per epoch.
         """
         if self._opt_core is None:
             self.compile()
@@ -350,68 +361,123 @@ class Seq2Seq:
             "initial_epoch": 0,
         }
         cbs = CallbackList([history, *callbacks], self, params)
-        start_epoch, step = 0, 0
+        start_epoch, step, first_batch, partial = 0, 0, 0, (0.0, 0.0, 0.0)
         ck_dir = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_DIR) if checkpoint_dir else None
         if resume and ck_dir and os.path.isfile(os.path.join(ck_dir, "state.json")):
-            start_epoch, step = self._load_checkpoint(ck_dir, cbs)
+            start_epoch, step, first_batch, partial = self._load_checkpoint(ck_dir, cbs)
         # The file loggers keep the records of the epochs before it (metrics.jsonl of a run).
         params["initial_epoch"] = start_epoch
         self.stop_training = False
-        cbs.on_train_begin({})
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            cbs.on_epoch_begin(epoch, {"lr": self.lr})
-            rng = np.random.default_rng([seed, epoch])
-            total = tokens = correct = 0.0
-            for b, idx in enumerate(self._batches(src, tgt, batch_size, rng)):
-                cbs.on_batch_begin(b, {})
-                s, s_len = _pad([src[i] for i in idx])
-                t, t_len = _pad([tgt[i] for i in idx], append=self._config["eos"])
-                loss, n, ok, grads = self._batch_loss(
-                    s, s_len, t, t_len, grad=True, seed=seed * 1_000_003 + step
-                )
-                norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
-                clip = self._train_opts["clip_norm"]
-                if clip and norm > clip:
-                    grads *= clip / (norm + 1e-6)
-                self._opt_core.step(self.params, grads, self.lr)
-                step += 1
-                total += loss * n
-                tokens += n
-                correct += ok
-                cbs.on_batch_end(
-                    b,
-                    {
-                        "batch_loss": loss,
-                        "loss": total / tokens,
-                        "lr": self.lr,
-                        "grad_norm": norm,
-                        "size": len(idx),
-                    },
-                )
-                if self.stop_training:
-                    break
-            logs: dict[str, Any] = {"loss": total / tokens, "token_accuracy": correct / tokens}
-            if val is not None:
-                ev = self.evaluate(*val)
-                logs["val_loss"], logs["val_token_accuracy"] = ev["loss"], ev["token_accuracy"]
-            logs["lr"] = self.lr
-            logs["seconds"] = time.perf_counter() - t0
-            if verbose:
-                print(
-                    f"epoch {epoch + 1}/{epochs}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()),
-                    flush=True,
-                )
-            cbs.on_epoch_end(epoch, logs)
-            if ck_dir and not self.stop_training:
-                self._save_checkpoint(ck_dir, epoch + 1, step, cbs)
-            if self.stop_training:
-                break
-        cbs.on_train_end({})
+        self._interrupt_checkpoint = None
+        guard = _DeferInterrupt(saving=ck_dir is not None)
+        # The last consistent point for a Ctrl-C checkpoint: (epoch, next batch, step, the
+        # epoch's running totals); None while a batch or the end of an epoch is half done.
+        safe: tuple | None = None
+        try:
+            with guard:
+                cbs.on_train_begin({})
+                for epoch in range(start_epoch, epochs):
+                    t0 = time.perf_counter()
+                    first = first_batch if epoch == start_epoch else 0
+                    total, tokens, correct = partial if first else (0.0, 0.0, 0.0)
+                    safe = (epoch, first, step, (total, tokens, correct))
+                    cbs.on_epoch_begin(epoch, {"lr": self.lr})
+                    rng = np.random.default_rng([seed, epoch])
+                    for b, idx in enumerate(self._batches(src, tgt, batch_size, rng)):
+                        if b < first:  # done before the interrupt this run resumes from
+                            continue
+                        cbs.on_batch_begin(b, {})
+                        safe = None
+                        s, s_len = _pad([src[i] for i in idx])
+                        t, t_len = _pad([tgt[i] for i in idx], append=self._config["eos"])
+                        loss, n, ok, grads = self._batch_loss(
+                            s, s_len, t, t_len, grad=True, seed=seed * 1_000_003 + step
+                        )
+                        # A ufunc sum, not np.dot: BLAS's threads spin after each call and
+                        # took a quarter as much CPU as the training step itself on 2 cores.
+                        norm = math.sqrt(float(np.square(grads, dtype=np.float64).sum()))
+                        clip = self._train_opts["clip_norm"]
+                        if clip and norm > clip:
+                            grads *= clip / (norm + 1e-6)
+                        self._opt_core.step(self.params, grads, self.lr)
+                        step += 1
+                        total += loss * n
+                        tokens += n
+                        correct += ok
+                        safe = (epoch, b + 1, step, (total, tokens, correct))
+                        cbs.on_batch_end(
+                            b,
+                            {
+                                "batch_loss": loss,
+                                "loss": total / tokens,
+                                "lr": self.lr,
+                                "grad_norm": norm,
+                                "size": len(idx),
+                            },
+                        )
+                        guard.check()
+                        if self.stop_training:
+                            break
+                    logs: dict[str, Any] = {
+                        "loss": total / max(tokens, 1.0),
+                        "token_accuracy": correct / max(tokens, 1.0),
+                    }
+                    if val is not None:
+                        ev = self.evaluate(*val)
+                        logs["val_loss"] = ev["loss"]
+                        logs["val_token_accuracy"] = ev["token_accuracy"]
+                    logs["lr"] = self.lr
+                    logs["seconds"] = time.perf_counter() - t0
+                    if verbose:
+                        print(
+                            f"epoch {epoch + 1}/{epochs}: "
+                            + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()),
+                            flush=True,
+                        )
+                    safe = None  # the callbacks' epoch-end state (the learning rate) changes
+                    cbs.on_epoch_end(epoch, logs)
+                    safe = (epoch + 1, 0, step, (0.0, 0.0, 0.0))
+                    if ck_dir and not self.stop_training:
+                        self._save_checkpoint(ck_dir, *safe, cbs)
+                    guard.check()
+                    if self.stop_training:
+                        break
+                cbs.on_train_end({})
+        except KeyboardInterrupt:
+            if ck_dir is not None:
+                self._save_on_interrupt(ck_dir, safe, step, cbs)
+            raise
         return history
 
-    def _save_checkpoint(self, path: str, epoch: int, step: int, cbs: CallbackList) -> None:
+    def _save_on_interrupt(self, path: str, safe: tuple | None, step: int, cbs) -> None:
+        """The checkpoint of a Ctrl-C at the last consistent point, said on stderr."""
+        if safe is None:
+            print(
+                f"lstmrs: interrupted in the middle of step {step}; no checkpoint saved",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self._save_checkpoint(path, *safe, cbs)
+        self._interrupt_checkpoint = path
+        print(
+            f"lstmrs: interrupted after step {safe[2]}; checkpoint saved to {path} "
+            "(fit(..., resume=True) continues from it)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _save_checkpoint(
+        self,
+        path: str,
+        epoch: int,
+        batch: int,
+        step: int,
+        totals: tuple[float, float, float],
+        cbs: CallbackList,
+    ) -> None:
+        """Everything a resume needs: at ``batch`` of ``epoch`` (0: its start) after ``step``
+        optimizer steps, with the epoch's running loss, token and correct-token totals."""
         tmp = path + ".tmp"
         os.makedirs(tmp, exist_ok=True)
         np.save(os.path.join(tmp, WEIGHTS_FILE), self.params)
@@ -425,7 +491,9 @@ class Seq2Seq:
             "train_opts": self._train_opts,
             "lr": self.lr,
             "epoch": epoch,
+            "batch": batch,
             "step": step,
+            "totals": list(totals),
             "callbacks": [c.state_dict() for c in cbs.callbacks],
         }
         with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
@@ -440,7 +508,10 @@ class Seq2Seq:
         else:
             os.replace(tmp, path)
 
-    def _load_checkpoint(self, path: str, cbs: CallbackList) -> tuple[int, int]:
+    def _load_checkpoint(
+        self, path: str, cbs: CallbackList
+    ) -> tuple[int, int, int, tuple[float, float, float]]:
+        """``(epoch, step, batch, epoch totals)`` of the checkpoint, whose state it loads."""
         with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
             state = json.load(f)
         if state["config"] != self._config:
@@ -458,7 +529,14 @@ class Seq2Seq:
         for c, s in zip(cbs.callbacks, state["callbacks"]):
             if s is not None:
                 c.load_state_dict(s)
-        return int(state["epoch"]), int(state["step"])
+        # Checkpoints written before mid-epoch resumes existed are at an epoch's start.
+        t = [float(x) for x in state.get("totals", (0.0, 0.0, 0.0))]
+        return (
+            int(state["epoch"]),
+            int(state["step"]),
+            int(state.get("batch", 0)),
+            (t[0], t[1], t[2]),
+        )
 
     # Decoding ------------------------------------------------------------------------------------
 

@@ -16,56 +16,71 @@ fn bad(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     error(py, Kind::InvalidArgument, msg)
 }
 
-/// A 2-D int64 array of token ids as `u32`, with its shape.
-fn tokens_2d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<u32>, usize, usize)> {
+/// An int64 array of `dims.len()` dimensions (named in the message) converted to `U` (`what`
+/// says which values convert), with its shape.
+fn int64s<U: TryFrom<i64>>(
+    arg: &str,
+    obj: &Bound<'_, PyAny>,
+    dims: &[&str],
+    what: &str,
+) -> PyResult<(Vec<U>, Vec<usize>)> {
     let py = obj.py();
     let arr = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
         error(
             py,
             Kind::DType,
-            format!("{arg}: expected a numpy.ndarray of int64 token ids"),
+            format!("{arg}: expected a numpy.ndarray of int64 {what}"),
         )
     })?;
     let ro = arr
         .try_readonly()
         .map_err(|e| bad(py, format!("{arg}: the array cannot be borrowed ({e})")))?;
     let shape = ro.shape().to_vec();
-    if shape.len() != 2 {
+    if shape.len() != dims.len() {
         return Err(error(
             py,
             Kind::Shape,
             format!(
-                "{arg}: expected shape (batch, steps), got {}",
+                "{arg}: expected shape ({}), got {}",
+                dims.join(", "),
                 shape_str(&shape)
             ),
         ));
     }
-    let data: Vec<u32> = ro
+    let data = ro
         .as_array()
         .iter()
-        .map(|&v| u32::try_from(v))
+        .map(|&v| U::try_from(v))
         .collect::<Result<_, _>>()
-        .map_err(|_| bad(py, format!("{arg}: expected token ids >= 0")))?;
-    Ok((data, shape[0], shape[1]))
+        .map_err(|_| bad(py, format!("{arg}: expected {what}")))?;
+    Ok((data, shape))
 }
 
-fn lengths_1d(arg: &str, obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
-    let py = obj.py();
-    let arr = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
-        error(
-            py,
-            Kind::DType,
-            format!("{arg}: expected a numpy.ndarray of int64"),
-        )
-    })?;
-    let ro = arr
-        .try_readonly()
-        .map_err(|e| bad(py, format!("{arg}: the array cannot be borrowed ({e})")))?;
-    ro.as_array()
-        .iter()
-        .map(|&v| usize::try_from(v))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad(py, format!("{arg}: expected lengths >= 1")))
+/// A padded batch of token sequences `[B, steps]` with their lengths `[B]`: what every call
+/// reads, converted once (the core checks the values against the model).
+struct Sequences {
+    tokens: Vec<u32>,
+    batch: usize,
+    steps: usize,
+    lengths: Vec<usize>,
+}
+
+impl Sequences {
+    fn read(
+        arg: &str,
+        tokens: &Bound<'_, PyAny>,
+        lengths_arg: &str,
+        lengths: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let (tokens, shape) = int64s(arg, tokens, &["batch", "steps"], "token ids >= 0")?;
+        let (lengths, _) = int64s(lengths_arg, lengths, &["batch"], "lengths >= 1")?;
+        Ok(Sequences {
+            tokens,
+            batch: shape[0],
+            steps: shape[1],
+            lengths,
+        })
+    }
 }
 
 /// An encoder–decoder with attention (see `lstmrs_core::seq2seq`).
@@ -90,25 +105,26 @@ impl Seq2SeqCore {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let p = readonly::<T>("params", params)?;
         let ps = slice("params", &p)?;
-        let (src, b, s) = tokens_2d("src", pairs.0)?;
-        let src_lengths = lengths_1d("src_lengths", pairs.1)?;
-        let (tgt, bt, t) = tokens_2d("tgt", pairs.2)?;
-        let tgt_lengths = lengths_1d("tgt_lengths", pairs.3)?;
-        if bt != b {
+        let src = Sequences::read("src", pairs.0, "src_lengths", pairs.1)?;
+        let tgt = Sequences::read("tgt", pairs.2, "tgt_lengths", pairs.3)?;
+        if tgt.batch != src.batch {
             return Err(error(
                 py,
                 Kind::Shape,
-                format!("tgt: expected {b} rows (one per source), got {bt}"),
+                format!(
+                    "tgt: expected {} rows (one per source), got {}",
+                    src.batch, tgt.batch
+                ),
             ));
         }
         let batch = PairBatch {
-            batch: b,
-            src_len_max: s,
-            src: &src,
-            src_lengths: &src_lengths,
-            tgt_len_max: t,
-            tgt: &tgt,
-            tgt_lengths: &tgt_lengths,
+            batch: src.batch,
+            src_len_max: src.steps,
+            src: &src.tokens,
+            src_lengths: &src.lengths,
+            tgt_len_max: tgt.steps,
+            tgt: &tgt.tokens,
+            tgt_lengths: &tgt.lengths,
             bos,
         };
         let cfg = self.config;
@@ -142,15 +158,19 @@ impl Seq2SeqCore {
     ) -> PyResult<Bound<'py, PyList>> {
         let p = readonly::<T>("params", params)?;
         let ps = slice("params", &p)?;
-        let (src, b, s) = tokens_2d("src", src)?;
-        let lengths = lengths_1d("src_lengths", src_lengths)?;
+        let Sequences {
+            tokens,
+            batch: b,
+            steps: s,
+            lengths,
+        } = Sequences::read("src", src, "src_lengths", src_lengths)?;
         let cfg = self.config;
         let r = py.detach(|| {
             guarded(|| {
                 if force_beam {
-                    core::decode::beam_search(&cfg, ps, b, s, &src, &lengths, &opts)
+                    core::decode::beam_search(&cfg, ps, b, s, &tokens, &lengths, &opts)
                 } else {
-                    core::decode(&cfg, ps, b, s, &src, &lengths, &opts)
+                    core::decode(&cfg, ps, b, s, &tokens, &lengths, &opts)
                 }
             })
         });

@@ -144,6 +144,28 @@ struct State<T> {
     att: Vec<T>,
 }
 
+/// The decoder's `R` rows: row `r` decodes source `item[r]` (the beams of one source are
+/// neighbours), with that source's encoder outputs `[R, S, De]`, keys `[R, S, K]` and length,
+/// gathered once for the whole search.
+struct Rows<T> {
+    item: Vec<usize>,
+    enc: Vec<T>,
+    keys: Vec<T>,
+    lengths: Vec<usize>,
+}
+
+impl<T: Scalar> Hypothesis<T> {
+    /// Nothing emitted yet, with a starting score (`-inf` marks an empty beam slot).
+    fn empty(log_prob: f64) -> Self {
+        Hypothesis {
+            tokens: Vec::new(),
+            log_prob,
+            finished: false,
+            attention: Vec::new(),
+        }
+    }
+}
+
 impl<'a, T: Scalar> Decoder<'a, T> {
     fn new(
         cfg: &'a Seq2SeqConfig,
@@ -178,9 +200,33 @@ impl<'a, T: Scalar> Decoder<'a, T> {
         })
     }
 
-    /// One step over rows whose source is `item[r]`: returns log-probabilities `[R, V]` and the
-    /// attention weights `[R, S]`, and advances `st`.
-    fn step(&self, item: &[usize], tokens: &[u32], st: &mut State<T>) -> (Vec<T>, Vec<T>) {
+    /// The rows and their starting state for `width` hypotheses per source (greedy: 1): every
+    /// row starts from its source's bridged state and a zero attentional vector.
+    fn start(&self, width: usize) -> (Rows<T>, State<T>) {
+        let (s, h) = (self.s, self.cfg.hidden_size);
+        let item: Vec<usize> = (0..self.b * width).map(|r| r / width).collect();
+        let gather = |x: &[T], w: usize| -> Vec<T> {
+            item.iter()
+                .flat_map(|&i| x[i * w..][..w].iter().copied())
+                .collect()
+        };
+        let rows = Rows {
+            enc: gather(&self.enc, s * self.cfg.enc_size()),
+            keys: gather(&self.keys, s * self.cfg.key_size()),
+            lengths: item.iter().map(|&i| self.src_lengths[i]).collect(),
+            item: item.clone(),
+        };
+        let st = State {
+            h: gather(&self.h0, h),
+            c: gather(&self.c0, h),
+            att: vec![T::zero(); item.len() * h],
+        };
+        (rows, st)
+    }
+
+    /// One step over `rows`: returns log-probabilities `[R, V]` and the attention weights
+    /// `[R, S]`, and advances `st`.
+    fn step(&self, rows: &Rows<T>, tokens: &[u32], st: &mut State<T>) -> (Vec<T>, Vec<T>) {
         let cfg = self.cfg;
         let (e, h, de, k, v, s) = (
             cfg.embed_size,
@@ -190,19 +236,7 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             cfg.tgt_vocab,
             self.s,
         );
-        let r = item.len();
-        // Rows that share a source read copies of its encoder outputs (beams of one source).
-        let gather = |src: &[T], w: usize| -> Vec<T> {
-            item.iter()
-                .flat_map(|&i| src[i * s * w..][..s * w].iter().copied())
-                .collect()
-        };
-        let (enc, keys) = if item.iter().enumerate().all(|(r, &i)| r == i) {
-            (self.enc.clone(), self.keys.clone())
-        } else {
-            (gather(&self.enc, de), gather(&self.keys, k))
-        };
-        let lengths: Vec<usize> = item.iter().map(|&i| self.src_lengths[i]).collect();
+        let r = rows.item.len();
         let mut x = vec![T::zero(); r * (e + h)];
         for (row, (&tok, a)) in x
             .chunks_exact_mut(e + h)
@@ -217,6 +251,8 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             att: vec![T::zero(); r * h],
         };
         let mut act = vec![T::zero(); r * 4 * h];
+        let mut h_pre = vec![T::zero(); r * 4 * h];
+        let mut ctx = vec![T::zero(); r * de];
         let mut tanh_c = vec![T::zero(); r * h];
         let mut query = vec![T::zero(); r * k];
         let mut alpha = vec![T::zero(); r * s];
@@ -234,15 +270,17 @@ impl<'a, T: Scalar> Decoder<'a, T> {
                 src: s,
                 enc: de,
                 key: k,
-                lengths: &lengths,
+                lengths: &rows.lengths,
             },
-            &keys,
-            &enc,
+            &rows.keys,
+            &rows.enc,
             StepBufs {
                 x: &x,
                 h_prev: &st.h,
                 c_prev: &st.c,
                 act: &mut act,
+                h_pre: &mut h_pre,
+                ctx: &mut ctx,
                 tanh_c: &mut tanh_c,
                 c: &mut next.c,
                 h: &mut next.h,
@@ -260,24 +298,12 @@ impl<'a, T: Scalar> Decoder<'a, T> {
     }
 
     fn greedy(&self, opts: &DecodeOptions) -> Vec<Hypothesis<T>> {
-        let (b, h, v, s) = (self.b, self.cfg.hidden_size, self.cfg.tgt_vocab, self.s);
-        let mut st = State {
-            h: self.h0.clone(),
-            c: self.c0.clone(),
-            att: vec![T::zero(); b * h],
-        };
-        let item: Vec<usize> = (0..b).collect();
-        let mut out: Vec<Hypothesis<T>> = (0..b)
-            .map(|_| Hypothesis {
-                tokens: Vec::new(),
-                log_prob: 0.0,
-                finished: false,
-                attention: Vec::new(),
-            })
-            .collect();
+        let (b, v, s) = (self.b, self.cfg.tgt_vocab, self.s);
+        let (rows, mut st) = self.start(1);
+        let mut out: Vec<Hypothesis<T>> = (0..b).map(|_| Hypothesis::empty(0.0)).collect();
         let mut tokens = vec![opts.bos; b];
         for _ in 0..opts.max_len {
-            let (lp, alpha) = self.step(&item, &tokens, &mut st);
+            let (lp, alpha) = self.step(&rows, &tokens, &mut st);
             for (r, hyp) in out.iter_mut().enumerate() {
                 if hyp.finished {
                     continue;
@@ -312,30 +338,15 @@ impl<'a, T: Scalar> Decoder<'a, T> {
         );
         let norm = |lp: f64, len: usize| lp / (len.max(1) as f64).powf(opts.alpha);
         // Row b*K + j holds beam j of source b; a beam with score -inf is empty.
-        let item: Vec<usize> = (0..b * kw).map(|r| r / kw).collect();
-        let spread = |x: &[T]| -> Vec<T> {
-            item.iter()
-                .flat_map(|&i| x[i * h..][..h].to_vec())
-                .collect()
-        };
-        let mut st = State {
-            h: spread(&self.h0),
-            c: spread(&self.c0),
-            att: vec![T::zero(); b * kw * h],
-        };
+        let (rows, mut st) = self.start(kw);
         let mut live: Vec<Hypothesis<T>> = (0..b * kw)
-            .map(|r| Hypothesis {
-                tokens: Vec::new(),
-                log_prob: if r % kw == 0 { 0.0 } else { f64::NEG_INFINITY },
-                finished: false,
-                attention: Vec::new(),
-            })
+            .map(|r| Hypothesis::empty(if r % kw == 0 { 0.0 } else { f64::NEG_INFINITY }))
             .collect();
         let mut done: Vec<Vec<Hypothesis<T>>> = vec![Vec::new(); b];
         let mut closed = vec![false; b];
         let mut tokens = vec![opts.bos; b * kw];
         for _ in 0..opts.max_len {
-            let (lp, alpha) = self.step(&item, &tokens, &mut st);
+            let (lp, alpha) = self.step(&rows, &tokens, &mut st);
             let mut src_row = (0..b * kw).collect::<Vec<usize>>();
             let mut next_live = live.clone();
             for bi in 0..b {
