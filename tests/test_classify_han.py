@@ -109,6 +109,15 @@ def test_train_eval_predict_and_resume_on_the_command_line(tmp_path, capsys):
     assert [r["label"] for r in rows] == ["pos", "neg"]
     assert all(abs(float(r["p_neg"]) + float(r["p_pos"]) - 1) < 1e-4 for r in rows)
 
+    # What the hierarchical model has not got is a typed error, not an internal one.
+    capsys.readouterr()
+    assert main(["explain", str(run)]) != 0
+    err = capsys.readouterr().err
+    assert "has no attribution report" in err and "internal error" not in err
+    assert main(["export", str(run), "--format", "onnx"]) != 0
+    err = capsys.readouterr().err
+    assert "no ONNX export" in err and "internal error" not in err
+
     # --resume continues from the model's own checkpoint: epochs 13 and 14 only.
     capsys.readouterr()
     args = ["train", "--resume", "--run-dir", str(run), "--no-plots", "--set", "train.epochs=14"]

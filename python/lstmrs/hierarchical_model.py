@@ -328,6 +328,17 @@ class HierarchicalModel:
         p = self.net.predict_proba(x, counts, batch_size=check_int("batch_size", batch_size))
         return p if output == "probabilities" else p.argmax(axis=1)
 
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgumentError(
+            "export: the hierarchical model has no ONNX export (expected a run of a flat model)"
+        )
+
+    def save_safetensors(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgumentError(
+            "export: the hierarchical model has no safetensors export; its weights are "
+            "model/weights.npy in the run directory (HierarchicalModel.load reads them)"
+        )
+
     # Saving ----------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> str:
