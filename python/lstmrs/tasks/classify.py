@@ -12,6 +12,8 @@ Three inputs (``data.format = "auto"`` picks by file name and columns):
   vocabulary built from the training split only (``data.min_freq``, ``data.max_vocab``; id 0
   stands for unknown tokens), texts truncated to ``data.max_len`` tokens (``data.keep``: the
   ``"first"`` or ``"last"`` ones) and fed through an embedding with their true lengths.
+  ``model.kind = "hierarchical"`` reads the same tokens as sentences of words instead
+  (:mod:`.classify_han`: the hierarchical attention network of Yang et al. 2016).
 
 The test split is ``data.test_id_regex`` matched against ``data.id_column`` (for the movie
 reviews: ids cv900-cv999 of each class, ``"^cv9"``) or else a stratified random
