@@ -31,6 +31,7 @@ import numpy as np
 
 from . import explain as X
 from .errors import InvalidArgumentError
+from .hierarchical_model import HierarchicalModel
 
 __all__ = ["Report", "explain_ensemble", "write_report"]
 
@@ -489,6 +490,11 @@ def write_report(
 ) -> Report:
     """Figures into ``out`` and ``out/index.html`` for the run's task (see the module
     docstring)."""
+    if isinstance(model, HierarchicalModel):
+        raise InvalidArgumentError(
+            "explain: the run's model is the hierarchical attention network (model.kind = "
+            "'hierarchical'), which has no attribution report; expected a run of a flat model"
+        )
     os.makedirs(out, exist_ok=True)
     kw = {"method": method, "steps": steps}
     name = task.name

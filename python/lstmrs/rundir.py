@@ -27,6 +27,7 @@ from .callbacks import read_jsonl
 from .checkpoint import atomic_write, latest_checkpoint, load
 from .ensemble import Ensemble, is_ensemble
 from .errors import DataFileError, RunDirError
+from .hierarchical_model import HierarchicalModel
 from .seq2seq import Seq2Seq
 
 __all__ = ["RunDir", "RunDirError"]
@@ -207,6 +208,8 @@ class RunDir:
             return Ensemble.load(self.model_path)
         if Seq2Seq.is_saved(self.model_path):
             return Seq2Seq.load(self.model_path)
+        if HierarchicalModel.is_saved(self.model_path):
+            return HierarchicalModel.load(self.model_path)
         if os.path.isfile(os.path.join(self.model_path, "config.json")):
             return load(self.model_path, compile=False)
         ck = self.latest_checkpoint()

@@ -12,6 +12,8 @@ Three inputs (``data.format = "auto"`` picks by file name and columns):
   vocabulary built from the training split only (``data.min_freq``, ``data.max_vocab``; id 0
   stands for unknown tokens), texts truncated to ``data.max_len`` tokens (``data.keep``: the
   ``"first"`` or ``"last"`` ones) and fed through an embedding with their true lengths.
+  ``model.kind = "hierarchical"`` reads the same tokens as sentences of words instead
+  (:mod:`.classify_han`: the hierarchical attention network of Yang et al. 2016).
 
 The test split is ``data.test_id_regex`` matched against ``data.id_column`` (for the movie
 reviews: ids cv900-cv999 of each class, ``"^cv9"``) or else a stratified random
@@ -41,10 +43,12 @@ from ..callbacks import EarlyStopping
 from ..csv_series import is_number, parse_number, read_rows
 from ..datasets import load_arrays
 from ..ensemble import Ensemble
+from ..hierarchical_model import HierarchicalModel
 from ..metrics import confusion_matrix, precision_recall_f1
 from ..models import Loss, Model
 from ..ts_format import find_split_pair, read_ts
-from .base import Prepared, Task, model_kwargs, plateau_callback
+from . import classify_han as han
+from .base import Prepared, Task, compile_model, model_kwargs, plateau_callback
 from .baselines import Dense, LogisticRegression, choose_l2, dtw_1nn, summary_features, tfidf
 from .series_prep import SeriesPrep
 
@@ -110,8 +114,12 @@ class ClassifyTask(Task):
             "max_vocab": 20000,
             "max_len": 400,
             "keep": "last",
+            "max_sentences": 60,
+            "max_words": 50,
         },
         "model": {
+            "kind": "flat",
+            "attention_units": 0,
             "hidden_size": 64,
             "embedding_dim": 64,
             "pooling": "auto",
@@ -141,6 +149,14 @@ class ClassifyTask(Task):
         "data.max_vocab": C.Int(lo=1),
         "data.max_len": C.Int(lo=1),
         "data.keep": C.Choice("first", "last"),
+        # model.kind = "hierarchical" (texts only, .classify_han): sentences and words kept.
+        "data.max_sentences": C.Int(lo=1),
+        "data.max_words": C.Int(lo=1),
+        # "flat": an LSTM over the tokens; "hierarchical": words -> sentences -> document,
+        # attention pooling at each level (Yang et al. 2016).
+        "model.kind": C.Choice("flat", "hierarchical"),
+        # Attention units of the hierarchical model; 0 = twice model.hidden_size.
+        "model.attention_units": C.Int(lo=0),
         "model.embedding_dim": C.Int(lo=1),
         "model.pooling": C.Choice("auto", "last", "mean", "attention"),
         "model.bidirectional": C.OneOf(C.Choice("auto"), C.Bool()),
@@ -167,6 +183,8 @@ class ClassifyTask(Task):
                     f"config: data.test_id_regex = {d['test_id_regex']!r} is not allowed: "
                     f"expected a regular expression ({e})"
                 ) from None
+        if config["model"]["kind"] == "hierarchical":
+            han.check(config)
 
     # Data ------------------------------------------------------------------------------------
 
@@ -345,6 +363,9 @@ class ClassifyTask(Task):
         new_state: dict[str, Any] = {"format": fmt, "classes": classes}
         extra: dict[str, Any] = {"classes": classes, "ids": ids, "test_index": test}
         name = os.path.basename(d["path"])
+        hierarchical = config["model"]["kind"] == "hierarchical"
+        if hierarchical and fmt != "text":
+            raise han.not_text(fmt)
         if fmt == "text":
             toks = [tokenize(t, d["tokens"], d["lowercase"]) for t in items["texts"]]
             if state:
@@ -352,7 +373,10 @@ class ClassifyTask(Task):
             else:
                 vocab = _build_vocab([toks[i] for i in train], d["min_freq"], d["max_vocab"])
             new_state["vocab"] = [w for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-            seqs, lens = _encode(toks, vocab, d["max_len"], d["keep"])
+            if hierarchical:  # ids [N, S, W], word counts [N, S] where the flat model has lengths
+                seqs, lens = han.encode(toks, vocab, d)
+            else:
+                seqs, lens = _encode(toks, vocab, d["max_len"], d["keep"])
             split = lambda idx: (seqs[idx], y[idx], lens[idx]) if idx.size else None
             extra["tokens"] = toks
             extra["vocab"] = vocab
@@ -364,6 +388,12 @@ class ClassifyTask(Task):
                     f"(median length {int(np.median([len(t) for t in toks]))})"
                 ),
             ]
+            if hierarchical:
+                info[0] = info[0].split(", texts cut to")[0] + (
+                    f", texts cut into sentences: at most {d['max_sentences']} of at most "
+                    f"{d['max_words']} words (median {int(np.median((lens > 0).sum(axis=1)))} "
+                    f"sentences, {int(np.median([len(t) for t in toks]))} tokens)"
+                )
         else:
             x, lens = _pad(items["seqs"], items["lengths"])
             info = [
@@ -431,8 +461,9 @@ class ClassifyTask(Task):
                 section[key] = value
                 chosen.append(f"{key} {value}")
 
-        pick(m, "bidirectional", not text)
-        pick(m, "pooling", "mean" if text else "last")
+        if m["kind"] == "flat":  # the hierarchical model's LSTMs and pooling are fixed
+            pick(m, "bidirectional", not text)
+            pick(m, "pooling", "mean" if text else "last")
         pick(t, "batch_size", 32 if text else 16)
         # Budgets in optimizer steps, so that a small data set (a few steps per epoch) gets as
         # many updates, and as much patience, as a large one: about 300 steps without a better
@@ -457,6 +488,9 @@ class ClassifyTask(Task):
             counts = np.bincount(data.train[1], minlength=k).astype(float)
             weights = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
             loss = Loss("cross_entropy", class_weights=weights)
+        if m["kind"] == "hierarchical":
+            weights = loss.class_weights if isinstance(loss, Loss) else None
+            return han.build(config, len(data.state["vocab"]), k, weights)
 
         def one(seed: int) -> Model:
             if x.dtype.kind in "iu":
@@ -483,8 +517,21 @@ class ClassifyTask(Task):
             return one(config["seed"])
         return Ensemble([one(config["seed"] + 1000 * i) for i in range(members)])
 
+    def compile(self, model, config):
+        if isinstance(model, HierarchicalModel):
+            han.compile_han(model, config)
+        else:
+            compile_model(model, config, self.metrics)
+
+    def own_checkpoint(self, checkpoint_dir):
+        # The runner resumes `Model` checkpoints; the hierarchical model resumes from its own.
+        return han.own_checkpoint(checkpoint_dir)
+
     def train(self, model, data, config, **fit_kwargs):
         t = config["train"]
+        ck = fit_kwargs.get("checkpoint_dir")
+        if isinstance(model, HierarchicalModel) and ck and self.own_checkpoint(ck) is not None:
+            fit_kwargs["resume"] = True
         if not isinstance(model, Ensemble):
             x, y, lens = data.train
             return model.fit(
@@ -607,6 +654,7 @@ class ClassifyTask(Task):
         out["test_size"] = len(y)
         out["classes"] = classes
         out["cell"] = model.cell
+        out["model_kind"] = config["model"]["kind"]
         if isinstance(model, Ensemble):
             out["ensemble"] = len(model)
             out.update(data.extra.get("cv", {}))
@@ -618,6 +666,8 @@ class ClassifyTask(Task):
             f"{'':<22}{'accuracy':>10}{'precision':>11}{'recall':>9}{'F1':>9}",
         ]
         what = f"{s.get('cell', 'lstm').upper()} model"
+        if s.get("model_kind") == "hierarchical":
+            what = "hierarchical BiLSTM"
         if s.get("ensemble"):
             what = f"{s['cell'].upper()} x{s['ensemble']} ensemble"
         rows = [(what, "")]
@@ -670,7 +720,10 @@ class ClassifyTask(Task):
                 ids = [r[header.index(d["id_column"])] for r in rows[1:]]
             vocab = {w: i for i, w in enumerate(state["vocab"])}
             toks = [tokenize(r[tcol], d["tokens"], d["lowercase"]) for r in rows[1:]]
-            x, lens = _encode(toks, vocab, d["max_len"], d["keep"])
+            if config["model"]["kind"] == "hierarchical":
+                x, lens = han.encode(toks, vocab, d)
+            else:
+                x, lens = _encode(toks, vocab, d["max_len"], d["keep"])
         elif fmt == "npz":
             z = load_arrays(input_path, "--input")
             if "X" not in z:
