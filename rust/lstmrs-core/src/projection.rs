@@ -17,8 +17,8 @@ use crate::matmul::{a_b, at_b, Mat};
 use crate::packed_gemm::{gate_vectors, split_units, team_size, Packed};
 use crate::scalar::Scalar;
 use crate::sweep::{
-    add_column_sums, add_output_grad, emit, fold_bias, input_projection, DirOutput, DirTape,
-    DirWeights, OutputGrad, Sweep,
+    add_column_sums, add_output_grad, emit, fold_bias, input_projection, state_slots, DirOutput,
+    DirTape, DirWeights, OutputGrad, Sweep,
 };
 use crate::threads;
 use std::ops::Range;
@@ -117,13 +117,7 @@ pub(crate) fn forward<T: Scalar>(
     let zeros = vec![T::zero(); bh];
     let mut h_pre = vec![T::zero(); b * gw];
     let mut out = vec![T::zero(); steps * bp];
-    let slot = |s: usize, t: usize| -> (usize, usize) {
-        if keep_tape {
-            (sw.enter(t), sw.exit(t))
-        } else {
-            (s % 2, (s + 1) % 2)
-        }
-    };
+    let slot = |s: usize, t: usize| state_slots(&sw, keep_tape, s, t);
     let first = slot(0, sw.time(0)).0;
     hs[first * bp..(first + 1) * bp].copy_from_slice(h0);
     cs[first * bh..(first + 1) * bh].copy_from_slice(c0);

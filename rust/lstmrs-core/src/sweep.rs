@@ -13,6 +13,7 @@ use crate::packed_gemm::{split_units, team_size, Packed};
 use crate::projection;
 use crate::scalar::Scalar;
 use crate::threads;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// One direction's weights (views into the flat parameter buffer).
@@ -303,6 +304,271 @@ pub(crate) fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// The state slots step `s` (at time `t`) reads and writes: the tape's `T+1` slots
+/// ([`Sweep::enter`], [`Sweep::exit`]), or two slots reused in turn without a tape.
+pub(crate) fn state_slots(sw: &Sweep, keep_tape: bool, s: usize, t: usize) -> (usize, usize) {
+    if keep_tape {
+        (sw.enter(t), sw.exit(t))
+    } else {
+        (s % 2, (s + 1) % 2)
+    }
+}
+
+/// The `h` and (with `two` states) `c` buffers of a forward sweep, `[slots, B, H]`, with the
+/// initial states in the slot the first step reads.
+fn initial_states<T: Scalar>(
+    sw: &Sweep,
+    keep_tape: bool,
+    h0: &[T],
+    c0: Option<&[T]>,
+    two: bool,
+) -> (Vec<T>, Vec<T>) {
+    let bh = sw.batch * sw.hidden;
+    let slots = if keep_tape { sw.steps + 1 } else { 2 };
+    let mut hs = vec![T::zero(); slots * bh];
+    let mut cs = vec![T::zero(); if two { slots * bh } else { 0 }];
+    let first = state_slots(sw, keep_tape, 0, sw.time(0)).0;
+    hs[first * bh..(first + 1) * bh].copy_from_slice(h0);
+    if let (true, Some(c0)) = (two, c0) {
+        cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
+    }
+    (hs, cs)
+}
+
+/// The states the last step wrote: `h`, and `c` with `two` states.
+fn final_states<T: Scalar>(
+    sw: &Sweep,
+    keep_tape: bool,
+    hs: &[T],
+    cs: &[T],
+    two: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
+    let bh = sw.batch * sw.hidden;
+    let last = state_slots(sw, keep_tape, sw.steps - 1, sw.time(sw.steps - 1)).1;
+    let h_last = hs[last * bh..(last + 1) * bh].to_vec();
+    (h_last, two.then(|| cs[last * bh..(last + 1) * bh].to_vec()))
+}
+
+/// `dst = h0 * mask`: the masked state entering the first step's product.
+fn mask_initial<T: Scalar>(dst: &mut [T], h0: &[T], mask: &[T]) {
+    for ((d, &v), &k) in dst.iter_mut().zip(h0).zip(mask) {
+        *d = v * k;
+    }
+}
+
+/// The states entering steps `0..T`, in time order and masked as the recurrent product saw
+/// them: the right-hand factor of `dW_hh`.
+fn entering_states<'a, T: Scalar>(
+    sw: &Sweep,
+    tape: &'a DirTape<T>,
+    reg: DirReg<T>,
+) -> Cow<'a, [T]> {
+    let (rows, h) = (sw.steps * sw.batch, sw.hidden);
+    // Slots 0..T going forward in time, 1..=T going backward.
+    let first = sw.enter(0).min(sw.enter(sw.steps - 1));
+    let h_enter = &tape.hs[first * sw.batch * h..][..rows * h];
+    match reg.state_mask {
+        Some(m) => Cow::Owned(
+            h_enter
+                .iter()
+                .zip(m.iter().cycle())
+                .map(|(&v, &k)| v * k)
+                .collect(),
+        ),
+        None => Cow::Borrowed(h_enter),
+    }
+}
+
+/// Step `t`'s zoneout on the gradients of the states it wrote (units `units`): the part
+/// `z * g` that flows straight to the previous states goes to `direct_h` / `direct_c`.
+///
+/// # Safety
+/// As [`split_zone`], for each pair.
+#[allow(clippy::too_many_arguments)]
+unsafe fn split_zoneout<T: Scalar>(
+    z: Zoneout<T>,
+    active: Active,
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    dh: RowsMut<T>,
+    direct_h: RowsMut<T>,
+    dc: Option<(RowsMut<T>, RowsMut<T>)>,
+) {
+    let (t, bh) = (active.t, rows * h);
+    // SAFETY: forwarded (the contract).
+    unsafe {
+        split_zone(active, h, units.clone(), rows, dh, direct_h, |k| {
+            z.hidden(t, bh, k)
+        });
+        if let Some((dc, direct_c)) = dc {
+            split_zone(active, h, units, rows, dc, direct_c, |k| z.cell(t, bh, k));
+        }
+    }
+}
+
+/// The buffers a compiled cell's backward team shares; `dh`, `dc` and `dxs` hold two slots,
+/// which steps read and write in turn (`i`: the position in the reverse sweep).
+#[derive(Clone, Copy)]
+struct CustomBackward<'a, T> {
+    cell: &'a CompiledCell,
+    sw: Sweep<'a>,
+    w: DirWeights<'a, T>,
+    tape: &'a DirTape<T>,
+    reg: DirReg<'a, T>,
+    d_out: Option<OutputGrad<'a, T>>,
+    dh: RowsMut<'a, T>,
+    dc: RowsMut<'a, T>,
+    dxs: RowsMut<'a, T>,
+    dgx: RowsMut<'a, T>,
+    dgh: RowsMut<'a, T>,
+    direct_h: RowsMut<'a, T>,
+    direct_c: RowsMut<'a, T>,
+    g_units: RowsMut<'a, T>,
+    g_units_len: usize,
+}
+
+impl<T: Scalar> CustomBackward<'_, T> {
+    /// Step `t` (the `i`-th of the reverse sweep) on whole rows: the output gradient, zoneout's
+    /// split, and the cell's backward program from the slot `i % 2` into the other one.
+    ///
+    /// # Safety
+    /// No other thread touches the buffers meanwhile.
+    unsafe fn cell_step(&self, i: usize, t: usize) {
+        let (sw, tape, cell) = (&self.sw, self.tape, self.cell);
+        let (b, h) = (sw.batch, sw.hidden);
+        let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+        let extra = sw.cell.num_states().saturating_sub(2);
+        let (bh, kw) = (b * h, cell.tape_width() * h);
+        let (cur, nxt) = ((i % 2) * b, ((i + 1) % 2) * b);
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        let all = 0..h;
+        let two = sw.cell.num_states() >= 2;
+        // SAFETY: the contract.
+        unsafe {
+            let (dh_cur, dc_cur) = (self.dh.skip(cur), self.dc.skip(cur));
+            if let Some(g) = self.d_out {
+                add_output_grad(g, active, all.clone(), b, dh_cur);
+            }
+            if let Some(z) = self.reg.zoneout {
+                let dc = two.then_some((dc_cur, self.direct_c));
+                split_zoneout(z, active, h, all, b, dh_cur, self.direct_h, dc);
+            }
+            let enter = sw.enter(t);
+            let h_prev = &tape.hs[enter * bh..][..bh];
+            let tape_t = &tape.act[t * b * kw..][..b * kw];
+            let dgx_t = self.dgx.row_mut(t * b, 0, b * xw);
+            let dgh_t: &mut [T] = if hw > 0 {
+                self.dgh.row_mut(t * b, 0, b * hw)
+            } else {
+                &mut []
+            };
+            let g_units = self.g_units.row_mut(0, 0, self.g_units_len);
+            let dh_next = self.dh.skip(nxt).row_mut(0, 0, bh);
+            let units = self.w.units;
+            if two {
+                let c_prev = &tape.cs[enter * bh..][..bh];
+                let mut prev = vec![h_prev, c_prev];
+                let mut d_next = vec![dh_cur.read().row(0, 0, bh), dc_cur.read().row(0, 0, bh)];
+                let mut d_prev = vec![dh_next, self.dc.skip(nxt).row_mut(0, 0, bh)];
+                for e in 0..extra {
+                    prev.push(&tape.aux[(enter * extra + e) * bh..][..bh]);
+                    d_next.push(self.dxs.read().row((i % 2 * extra + e) * b, 0, bh));
+                    d_prev.push(self.dxs.row_mut(((i + 1) % 2 * extra + e) * b, 0, bh));
+                }
+                cell.backward_step(
+                    h,
+                    active,
+                    units,
+                    &prev,
+                    tape_t,
+                    &d_next,
+                    &mut d_prev,
+                    dgx_t,
+                    dgh_t,
+                    g_units,
+                );
+            } else {
+                let d_next = [dh_cur.read().row(0, 0, bh)];
+                cell.backward_step(
+                    h,
+                    active,
+                    units,
+                    &[h_prev],
+                    tape_t,
+                    &d_next,
+                    &mut [dh_next],
+                    dgx_t,
+                    dgh_t,
+                    g_units,
+                );
+            }
+        }
+    }
+}
+
+/// Adds the recurrent product's gradient `a · W_hh` (`a`: step `t`'s recurrent gate gradients,
+/// `[B, width]`) to this member's units of `dh`, through the state mask when there is one
+/// (`rec`: a `[B, H]` scratch).
+///
+/// # Safety
+/// Every member may read `a`, which nobody writes meanwhile; each writes only its own units of
+/// `dh`, `rec` and `dc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_recurrent_grad<T: Scalar>(
+    packed: &Packed<T>,
+    a: Rows<T>,
+    width: usize,
+    rows: usize,
+    units: Range<usize>,
+    mask: Option<&[T]>,
+    rec: RowsMut<T>,
+    dh: RowsMut<T>,
+) {
+    let h = dh.ld();
+    // SAFETY: the contract; the asserts keep the raw products inside their buffers.
+    unsafe {
+        assert!(a.holds(rows, width));
+        match mask {
+            None => {
+                // Adds to what the gate pass left: zero (LSTM) or `dh * z` (GRU) on active rows,
+                // the untouched gradient on rows past their length.
+                assert!(dh.holds(rows, packed.col_end()));
+                packed.product_raw(a.ptr(), width, rows, dh.ptr(), h, true);
+            }
+            Some(m) => {
+                assert!(rec.holds(rows, packed.col_end()));
+                packed.product_raw(a.ptr(), width, rows, rec.ptr(), h, false);
+                combine(units, rows, dh, rec.read(), |d, r, k| *d += r * m[k]);
+            }
+        }
+    }
+}
+
+/// Adds zoneout's direct paths to this member's units of the previous states' gradients:
+/// `direct_h` (dh's) and, for a cell state, `(dc, dc's)`.
+///
+/// # Safety
+/// As [`combine`].
+unsafe fn add_direct_paths<T: Scalar>(
+    units: Range<usize>,
+    rows: usize,
+    dh: RowsMut<T>,
+    direct_h: Rows<T>,
+    dc: Option<(RowsMut<T>, Rows<T>)>,
+) {
+    // SAFETY: the contract.
+    unsafe {
+        combine(units.clone(), rows, dh, direct_h, |d, v, _| *d += v);
+        if let Some((dc, direct_c)) = dc {
+            combine(units, rows, dc, direct_c, |d, v, _| *d += v);
+        }
+    }
+}
+
 /// Runs one direction over the whole sequence `x[T*B, I]` from `h0[B,H]` (and `c0`).
 pub(crate) fn forward<T: Scalar>(
     sw: Sweep,
@@ -344,127 +610,46 @@ pub(crate) fn forward<T: Scalar>(
     };
 
     // Without a tape, two state slots and one step of `aux` are reused.
-    let (slots, aux_steps) = if keep_tape {
-        (steps + 1, steps)
-    } else {
-        (2, 1)
-    };
-    let mut hs = vec![T::zero(); slots * bh];
-    let mut cs = vec![T::zero(); if lstm { slots * bh } else { 0 }];
+    let aux_steps = if keep_tape { steps } else { 1 };
+    let (mut hs, mut cs) = initial_states(&sw, keep_tape, h0, c0, lstm);
     let mut aux = vec![T::zero(); aux_steps * bh];
     let mut h_pre = vec![T::zero(); b * gw];
     // The masked state entering the product, two slots: each member writes its units of the
     // next one while the others may still read the current one.
     let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { 2 * bh } else { 0 }];
-    let mut out = vec![T::zero(); steps * bh];
-    let slot = |s: usize, t: usize| -> (usize, usize) {
-        if keep_tape {
-            (sw.enter(t), sw.exit(t))
-        } else {
-            (s % 2, (s + 1) % 2)
-        }
-    };
-    let first = slot(0, sw.time(0)).0;
-    hs[first * bh..(first + 1) * bh].copy_from_slice(h0);
-    if let Some(c0) = c0 {
-        cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
-    }
     if let Some(m) = reg.state_mask {
-        for ((d, &v), &k) in h_masked.iter_mut().zip(h0).zip(m) {
-            *d = v * k;
-        }
+        mask_initial(&mut h_masked, h0, m);
     }
+    let mut out = vec![T::zero(); steps * bh];
 
     let members = plan(&sw, gw);
-    {
-        let hs_v = RowsMut::new(&mut hs, h);
-        let cs_v = RowsMut::new(&mut cs, h);
-        let aux_v = RowsMut::new(&mut aux, h);
-        let pre_v = RowsMut::new(&mut h_pre, gw);
-        let masked_v = RowsMut::new(&mut h_masked, h);
-        let out_v = RowsMut::new(&mut out, h);
-        let act_v = RowsMut::new(&mut x_pre, gw);
-        let b_hn = &b_hn;
-        threads::team(members, |member, size, barrier| {
-            let units = split_units(h, size)[member].clone();
-            // Packed here, on the thread that uses it, so it starts out in that core's cache.
-            let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
-            for s in 0..steps {
-                let t = sw.time(s);
-                let (rd, wr) = slot(s, t);
-                let a = if keep_tape { t } else { 0 };
-                let active = Active {
-                    lengths: sw.lengths,
-                    t,
-                };
-                // SAFETY: within a step every member reads the whole entering state (slot `rd`,
-                // or the masked slot `s % 2`) and writes only its own units of everything else;
-                // the barrier at the end of the step orders the writes before the next reads.
-                unsafe {
-                    let h_in = match reg.state_mask {
-                        Some(_) => masked_v.read().skip((s % 2) * b),
-                        None => hs_v.read().skip(rd * b),
-                    };
-                    assert!(h_in.holds(b, h) && pre_v.holds(b, packed.col_end()));
-                    packed.product_raw(h_in.ptr(), h, b, pre_v.ptr(), gw, false);
-                    let h_prev = hs_v.read().skip(rd * b);
-                    let h_next = hs_v.skip(wr * b);
-                    if lstm {
-                        let c_prev = cs_v.read().skip(rd * b);
-                        let c_next = cs_v.skip(wr * b);
-                        gates::lstm_forward_units(
-                            h,
-                            units.clone(),
-                            b,
-                            active,
-                            act_v.skip(t * b),
-                            pre_v.read(),
-                            c_prev,
-                            h_prev,
-                            aux_v.skip(a * b),
-                            c_next,
-                            h_next,
-                        );
-                        if let Some(z) = reg.zoneout {
-                            zone(active, h, units.clone(), b, c_prev, c_next, |k| {
-                                z.cell(t, bh, k)
-                            });
-                        }
-                    } else {
-                        gates::gru_forward_units(
-                            h,
-                            units.clone(),
-                            b,
-                            active,
-                            act_v.skip(t * b),
-                            pre_v.read(),
-                            b_hn,
-                            h_prev,
-                            aux_v.skip(a * b),
-                            h_next,
-                        );
-                    }
-                    if let Some(z) = reg.zoneout {
-                        zone(active, h, units.clone(), b, h_prev, h_next, |k| {
-                            z.hidden(t, bh, k)
-                        });
-                    }
-                    if let Some(m) = reg.state_mask {
-                        let next = masked_v.skip(((s + 1) % 2) * b);
-                        combine(units.clone(), b, next, h_next.read(), |d, v, k| {
-                            *d = v * m[k]
-                        });
-                    }
-                    emit(active, units.clone(), b, h_next.read(), out_v.skip(t * b));
-                }
-                barrier.wait();
-            }
-        });
-    }
+    let views = BuiltinForward {
+        sw,
+        reg,
+        keep_tape,
+        b_hn: &b_hn,
+        hs: RowsMut::new(&mut hs, h),
+        cs: RowsMut::new(&mut cs, h),
+        aux: RowsMut::new(&mut aux, h),
+        pre: RowsMut::new(&mut h_pre, gw),
+        masked: RowsMut::new(&mut h_masked, h),
+        out: RowsMut::new(&mut out, h),
+        act: RowsMut::new(&mut x_pre, gw),
+    };
+    threads::team(members, |member, size, barrier| {
+        let units = split_units(h, size)[member].clone();
+        // Packed here, on the thread that uses it, so it starts out in that core's cache.
+        let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
+        for s in 0..steps {
+            // SAFETY: within a step every member reads the whole entering state and writes only
+            // its own units of everything else; the barrier orders the writes before the next
+            // step's reads.
+            unsafe { views.step(&packed, units.clone(), s) };
+            barrier.wait();
+        }
+    });
 
-    let last = slot(steps - 1, sw.time(steps - 1)).1;
-    let h_last = hs[last * bh..(last + 1) * bh].to_vec();
-    let c_last = lstm.then(|| cs[last * bh..(last + 1) * bh].to_vec());
+    let (h_last, c_last) = final_states(&sw, keep_tape, &hs, &cs, lstm);
     DirOutput {
         out,
         h_last,
@@ -475,6 +660,102 @@ pub(crate) fn forward<T: Scalar>(
             hs,
             cs,
         }),
+    }
+}
+
+/// The buffers a built-in cell's forward team shares, and one member's part of a step.
+#[derive(Clone, Copy)]
+struct BuiltinForward<'a, T> {
+    sw: Sweep<'a>,
+    reg: DirReg<'a, T>,
+    keep_tape: bool,
+    b_hn: &'a [T],
+    hs: RowsMut<'a, T>,
+    cs: RowsMut<'a, T>,
+    aux: RowsMut<'a, T>,
+    pre: RowsMut<'a, T>,
+    masked: RowsMut<'a, T>,
+    out: RowsMut<'a, T>,
+    act: RowsMut<'a, T>,
+}
+
+impl<T: Scalar> BuiltinForward<'_, T> {
+    /// Step `s` for the units `units`: their columns of the recurrent product, the fused gate
+    /// pass, zoneout, the next masked state and the output rows.
+    ///
+    /// # Safety
+    /// Every member of the team calls it for the same `s` with its own `units`, and the team
+    /// waits at a barrier between steps: each member reads the whole entering state (slot `rd`,
+    /// or the masked slot `s % 2`) and writes only its own units of everything else.
+    unsafe fn step(&self, packed: &Packed<T>, units: Range<usize>, s: usize) {
+        let (sw, reg) = (&self.sw, self.reg);
+        let (b, h, gw) = (sw.batch, sw.hidden, sw.gate_width());
+        let bh = b * h;
+        let t = sw.time(s);
+        let (rd, wr) = state_slots(sw, self.keep_tape, s, t);
+        let a = if self.keep_tape { t } else { 0 };
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        // SAFETY: the contract.
+        unsafe {
+            let h_in = match reg.state_mask {
+                Some(_) => self.masked.read().skip((s % 2) * b),
+                None => self.hs.read().skip(rd * b),
+            };
+            assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
+            packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), gw, false);
+            let h_prev = self.hs.read().skip(rd * b);
+            let h_next = self.hs.skip(wr * b);
+            if sw.cell == CellKind::Lstm {
+                let c_prev = self.cs.read().skip(rd * b);
+                let c_next = self.cs.skip(wr * b);
+                gates::lstm_forward_units(
+                    h,
+                    units.clone(),
+                    b,
+                    active,
+                    self.act.skip(t * b),
+                    self.pre.read(),
+                    c_prev,
+                    h_prev,
+                    self.aux.skip(a * b),
+                    c_next,
+                    h_next,
+                );
+                if let Some(z) = reg.zoneout {
+                    zone(active, h, units.clone(), b, c_prev, c_next, |k| {
+                        z.cell(t, bh, k)
+                    });
+                }
+            } else {
+                gates::gru_forward_units(
+                    h,
+                    units.clone(),
+                    b,
+                    active,
+                    self.act.skip(t * b),
+                    self.pre.read(),
+                    self.b_hn,
+                    h_prev,
+                    self.aux.skip(a * b),
+                    h_next,
+                );
+            }
+            if let Some(z) = reg.zoneout {
+                zone(active, h, units.clone(), b, h_prev, h_next, |k| {
+                    z.hidden(t, bh, k)
+                });
+            }
+            if let Some(m) = reg.state_mask {
+                let next = self.masked.skip(((s + 1) % 2) * b);
+                combine(units.clone(), b, next, h_next.read(), |d, v, k| {
+                    *d = v * m[k]
+                });
+            }
+            emit(active, units, b, h_next.read(), self.out.skip(t * b));
+        }
     }
 }
 
@@ -531,108 +812,50 @@ pub(crate) fn backward<T: Scalar>(
     let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
     let members = plan(&sw, gw);
-    {
-        let dh_v = RowsMut::new(&mut dh, h);
-        let dc_v = RowsMut::new(&mut dc, h);
-        let dgx_v = RowsMut::new(&mut dgx, gw);
-        let dgh_v = RowsMut::new(&mut dgh, gw);
-        let direct_h_v = RowsMut::new(&mut direct_h, h);
-        let direct_c_v = RowsMut::new(&mut direct_c, h);
-        let rec_v = RowsMut::new(&mut rec, h);
-        let act_v = Rows::new(&tape.act, gw);
-        let aux_v = Rows::new(&tape.aux, h);
-        let hs_v = Rows::new(&tape.hs, h);
-        let cs_v = Rows::new(&tape.cs, h);
-        threads::team(members, |member, size, barrier| {
-            let units = split_units(h, size)[member].clone();
-            let packed = Packed::cols_of(w.w_hh, gates, h, units.clone(), b);
-            for s in (0..steps).rev() {
-                let t = sw.time(s);
-                let active = Active {
-                    lengths: sw.lengths,
-                    t,
-                };
-                let enter = sw.enter(t);
-                let dg_rec = if lstm { dgx_v } else { dgh_v }.skip(t * b);
-                // SAFETY: before the barrier each member touches only its own units (of `dh`,
-                // `dc`, the direct paths and step `t`'s gate gradients); after it, every member
-                // reads all of step `t`'s recurrent gate gradients, which nobody writes any more,
-                // and again writes only its own units.
-                unsafe {
-                    if let Some(g) = d_out {
-                        add_output_grad(g, active, units.clone(), b, dh_v);
-                    }
-                    if let Some(z) = reg.zoneout {
-                        split_zone(active, h, units.clone(), b, dh_v, direct_h_v, |k| {
-                            z.hidden(t, bh, k)
-                        });
-                        if lstm {
-                            split_zone(active, h, units.clone(), b, dc_v, direct_c_v, |k| {
-                                z.cell(t, bh, k)
-                            });
-                        }
-                    }
-                    if lstm {
-                        gates::lstm_backward_units(
-                            h,
-                            units.clone(),
-                            b,
-                            active,
-                            act_v.skip(t * b),
-                            aux_v.skip(t * b),
-                            cs_v.skip(enter * b),
-                            dh_v,
-                            dc_v,
-                            dgx_v.skip(t * b),
-                        );
-                    } else {
-                        gates::gru_backward_units(
-                            h,
-                            units.clone(),
-                            b,
-                            active,
-                            act_v.skip(t * b),
-                            aux_v.skip(t * b),
-                            hs_v.skip(enter * b),
-                            dh_v,
-                            dgx_v.skip(t * b),
-                            dgh_v.skip(t * b),
-                        );
-                    }
-                }
-                barrier.wait();
-                unsafe {
-                    let a = dg_rec.read();
-                    assert!(a.holds(b, gw));
-                    match reg.state_mask {
-                        None => {
-                            assert!(dh_v.holds(b, packed.col_end()));
-                            // Adds to what the gate pass left: zero (LSTM) or `dh * z` (GRU) on
-                            // active rows, the untouched gradient on rows past their length.
-                            packed.product_raw(a.ptr(), gw, b, dh_v.ptr(), h, true);
-                        }
-                        Some(m) => {
-                            assert!(rec_v.holds(b, packed.col_end()));
-                            packed.product_raw(a.ptr(), gw, b, rec_v.ptr(), h, false);
-                            combine(units.clone(), b, dh_v, rec_v.read(), |d, r, k| {
-                                *d += r * m[k]
-                            });
-                        }
-                    }
-                    if zoned {
-                        combine(units.clone(), b, dh_v, direct_h_v.read(), |d, v, _| *d += v);
-                        if lstm {
-                            combine(units.clone(), b, dc_v, direct_c_v.read(), |d, v, _| *d += v);
-                        }
-                    }
+    let views = BuiltinBackward {
+        sw,
+        reg,
+        d_out,
+        dh: RowsMut::new(&mut dh, h),
+        dc: RowsMut::new(&mut dc, h),
+        dgx: RowsMut::new(&mut dgx, gw),
+        dgh: RowsMut::new(&mut dgh, gw),
+        direct_h: RowsMut::new(&mut direct_h, h),
+        direct_c: RowsMut::new(&mut direct_c, h),
+        act: Rows::new(&tape.act, gw),
+        aux: Rows::new(&tape.aux, h),
+        hs: Rows::new(&tape.hs, h),
+        cs: Rows::new(&tape.cs, h),
+    };
+    let rec_v = RowsMut::new(&mut rec, h);
+    threads::team(members, |member, size, barrier| {
+        let units = split_units(h, size)[member].clone();
+        let packed = Packed::cols_of(w.w_hh, gates, h, units.clone(), b);
+        for s in (0..steps).rev() {
+            let t = sw.time(s);
+            // SAFETY: before the barrier each member touches only its own units (of `dh`, `dc`,
+            // the direct paths and step `t`'s gate gradients); after it, every member reads all
+            // of step `t`'s recurrent gate gradients, which nobody writes any more, and again
+            // writes only its own units.
+            unsafe { views.gate_step(units.clone(), t) };
+            barrier.wait();
+            unsafe {
+                let dg_rec = if lstm { views.dgx } else { views.dgh }.skip(t * b);
+                let (a, mask) = (dg_rec.read(), reg.state_mask);
+                add_recurrent_grad(&packed, a, gw, b, units.clone(), mask, rec_v, views.dh);
+                if zoned {
+                    let dc = lstm.then(|| (views.dc, views.direct_c.read()));
+                    add_direct_paths(units.clone(), b, views.dh, views.direct_h.read(), dc);
                 }
             }
-        });
-    }
+        }
+    });
 
     let rows = steps * b;
     if !grad.is_empty() {
-        weight_grads(sw, x, w, tape, reg, &dgx, &dgh, grad);
+        let dg_rec = if lstm { &dgx } else { &dgh };
+        let bias = w.bias.is_some();
+        weight_grads(sw, x, tape, reg, (&dgx, gw), (dg_rec, gw), bias, grad);
     }
     a_b(
         dx,
@@ -644,58 +867,119 @@ pub(crate) fn backward<T: Scalar>(
     (dh, lstm.then_some(dc))
 }
 
-/// The weight gradients of a built-in cell's sweep from its pre-activation gradients `dgx`,
-/// `dgh` (`[T*B, G*H]`): three large products over all `T*B` rows.
+/// The buffers a built-in cell's backward team shares.
+#[derive(Clone, Copy)]
+struct BuiltinBackward<'a, T> {
+    sw: Sweep<'a>,
+    reg: DirReg<'a, T>,
+    d_out: Option<OutputGrad<'a, T>>,
+    dh: RowsMut<'a, T>,
+    dc: RowsMut<'a, T>,
+    dgx: RowsMut<'a, T>,
+    dgh: RowsMut<'a, T>,
+    direct_h: RowsMut<'a, T>,
+    direct_c: RowsMut<'a, T>,
+    act: Rows<'a, T>,
+    aux: Rows<'a, T>,
+    hs: Rows<'a, T>,
+    cs: Rows<'a, T>,
+}
+
+impl<T: Scalar> BuiltinBackward<'_, T> {
+    /// This member's units of step `t`: the output gradient into `dh`, zoneout's split, and the
+    /// gate pass that turns `dh`, `dc` into the step's gate gradients.
+    ///
+    /// # Safety
+    /// Every member calls it for the same `t` with its own `units`, touching only those.
+    unsafe fn gate_step(&self, units: Range<usize>, t: usize) {
+        let (sw, b, h) = (&self.sw, self.sw.batch, self.sw.hidden);
+        let lstm = sw.cell == CellKind::Lstm;
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        let enter = sw.enter(t);
+        // SAFETY: the contract.
+        unsafe {
+            if let Some(g) = self.d_out {
+                add_output_grad(g, active, units.clone(), b, self.dh);
+            }
+            if let Some(z) = self.reg.zoneout {
+                let dc = lstm.then_some((self.dc, self.direct_c));
+                split_zoneout(z, active, h, units.clone(), b, self.dh, self.direct_h, dc);
+            }
+            if lstm {
+                gates::lstm_backward_units(
+                    h,
+                    units,
+                    b,
+                    active,
+                    self.act.skip(t * b),
+                    self.aux.skip(t * b),
+                    self.cs.skip(enter * b),
+                    self.dh,
+                    self.dc,
+                    self.dgx.skip(t * b),
+                );
+            } else {
+                gates::gru_backward_units(
+                    h,
+                    units,
+                    b,
+                    active,
+                    self.act.skip(t * b),
+                    self.aux.skip(t * b),
+                    self.hs.skip(enter * b),
+                    self.dh,
+                    self.dgx.skip(t * b),
+                    self.dgh.skip(t * b),
+                );
+            }
+        }
+    }
+}
+
+/// The weight gradients of a sweep from its pre-activation gradients: `dgx` `[T*B, xw]` of the
+/// input side, `dg_rec` `[T*B, hw]` of the recurrent side (`hw` 0: a cell without recurrent
+/// gates). Three large products over all `T*B` rows into `grad`: `dW_ih`, `dW_hh`, then `db_ih`,
+/// `db_hh` when the sweep has biases.
 #[allow(clippy::too_many_arguments)]
 fn weight_grads<T: Scalar>(
     sw: Sweep,
     x: &[T],
-    w: DirWeights<T>,
     tape: &DirTape<T>,
     reg: DirReg<T>,
-    dgx: &[T],
-    dgh: &[T],
+    (dgx, xw): (&[T], usize),
+    (dg_rec, hw): (&[T], usize),
+    bias: bool,
     grad: &mut [T],
 ) {
-    let (steps, b, h, gw, inp) = (sw.steps, sw.batch, sw.hidden, sw.gate_width(), sw.input);
-    let lstm = sw.cell == CellKind::Lstm;
-    let bh = b * h;
-    let dg_rec_all: &[T] = if lstm { dgx } else { dgh };
-    let rows = steps * b;
-    let (g_wih, rest) = grad.split_at_mut(gw * inp);
-    let (g_whh, g_bias) = rest.split_at_mut(gw * h);
+    let (rows, h, inp) = (sw.steps * sw.batch, sw.hidden, sw.input);
+    let (g_wih, rest) = grad.split_at_mut(xw * inp);
+    let (g_whh, g_bias) = rest.split_at_mut(hw * h);
     at_b(
         g_wih,
         inp,
         false,
-        Mat::new(dgx, rows, gw),
+        Mat::new(dgx, rows, xw),
         Mat::new(x, rows, inp),
     );
-    // States entering steps 0..T, in time order: slots 0..T forward, 1..=T backward in time.
-    let h_enter = &tape.hs[sw.enter(0).min(sw.enter(steps - 1)) * bh..][..rows * h];
-    let masked;
-    let h_enter: &[T] = match reg.state_mask {
-        Some(m) => {
-            masked = h_enter
-                .iter()
-                .zip(m.iter().cycle())
-                .map(|(&v, &k)| v * k)
-                .collect::<Vec<_>>();
-            &masked
-        }
-        None => h_enter,
-    };
-    at_b(
-        g_whh,
-        h,
-        false,
-        Mat::new(dg_rec_all, rows, gw),
-        Mat::new(h_enter, rows, h),
-    );
-    if w.bias.is_some() {
-        let (g_bih, g_bhh) = g_bias.split_at_mut(gw);
+    if hw > 0 {
+        let h_enter = entering_states(&sw, tape, reg);
+        at_b(
+            g_whh,
+            h,
+            false,
+            Mat::new(dg_rec, rows, hw),
+            Mat::new(&h_enter, rows, h),
+        );
+    }
+    if bias {
+        let (g_bih, g_bhh) = g_bias.split_at_mut(xw);
         add_column_sums(g_bih, dgx);
-        add_column_sums(&mut g_bhh[..gw], dg_rec_all);
+        if hw > 0 {
+            add_column_sums(&mut g_bhh[..hw], dg_rec);
+        }
     }
 }
 
@@ -757,138 +1041,53 @@ fn forward_custom<T: Scalar>(
     } else {
         (2, 0)
     };
-    let mut hs = vec![T::zero(); slots * bh];
-    let mut cs = vec![T::zero(); if two { slots * bh } else { 0 }];
+    let (mut hs, mut cs) = initial_states(&sw, keep_tape, h0, c0, two);
     // States past `c`, slot-major: slot `k` holds `extra` blocks of `[B, H]`.
     let mut xs = vec![T::zero(); slots * extra * bh];
     let mut act = vec![T::zero(); tape_steps * b * kw];
     let mut h_pre = vec![T::zero(); b * hw];
     let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
-    let mut out = vec![T::zero(); steps * bh];
-    let slot = |s: usize, t: usize| -> (usize, usize) {
-        if keep_tape {
-            (sw.enter(t), sw.exit(t))
-        } else {
-            (s % 2, (s + 1) % 2)
-        }
-    };
-    let first = slot(0, sw.time(0)).0;
-    hs[first * bh..(first + 1) * bh].copy_from_slice(h0);
-    if let (true, Some(c0)) = (two, c0) {
-        cs[first * bh..(first + 1) * bh].copy_from_slice(c0);
-    }
     if let Some(m) = reg.state_mask {
-        for ((d, &v), &k) in h_masked.iter_mut().zip(h0).zip(m) {
-            *d = v * k;
-        }
+        mask_initial(&mut h_masked, h0, m);
     }
+    let mut out = vec![T::zero(); steps * bh];
 
     let members = if hw > 0 { plan(&sw, hw) } else { 1 };
-    {
-        let hs_v = RowsMut::new(&mut hs, h);
-        let cs_v = RowsMut::new(&mut cs, h);
-        let xs_v = RowsMut::new(&mut xs, h);
-        let act_v = RowsMut::new(&mut act, kw);
-        let pre_v = RowsMut::new(&mut h_pre, hw.max(1));
-        let masked_v = RowsMut::new(&mut h_masked, h);
-        let out_v = RowsMut::new(&mut out, h);
-        threads::team(members, |member, size, barrier| {
-            let units = split_units(h, size)[member].clone();
-            let packed = (hw > 0).then(|| Packed::rows_of(w.w_hh, h_gates, h, units.clone(), b));
-            for s in 0..steps {
-                let t = sw.time(s);
-                let (rd, wr) = slot(s, t);
-                // SAFETY: the products write only their member's units of `h_pre` and read the
-                // entering state, which nobody writes until the next barrier; between the two
-                // barriers member 0 alone touches the buffers.
-                if let Some(packed) = &packed {
-                    unsafe {
-                        let h_in = match reg.state_mask {
-                            Some(_) => masked_v.read(),
-                            None => hs_v.read().skip(rd * b),
-                        };
-                        assert!(h_in.holds(b, h) && pre_v.holds(b, packed.col_end()));
-                        if let Some((_, b_hh)) = w.bias {
-                            for r in 0..b {
-                                for g in 0..h_gates {
-                                    let c = g * h + units.start;
-                                    pre_v
-                                        .row_mut(r, c, units.len())
-                                        .copy_from_slice(&b_hh[c..c + units.len()]);
-                                }
-                            }
-                        }
-                        packed.product_raw(h_in.ptr(), h, b, pre_v.ptr(), hw, w.bias.is_some());
-                    }
-                }
-                barrier.wait();
-                if member == 0 {
-                    let active = Active {
-                        lengths: sw.lengths,
-                        t,
-                    };
-                    let all = 0..h;
-                    // SAFETY: the other members wait at the barrier below.
-                    unsafe {
-                        let (h_prev, h_next) = (hs_v.read().skip(rd * b), hs_v.skip(wr * b));
-                        let x_t = Rows::new(&x_pre, xw).row(t * b, 0, b * xw);
-                        let pre = pre_v.read().row(0, 0, b * hw);
-                        let tape_t: &mut [T] = if keep_tape {
-                            act_v.row_mut(t * b, 0, b * kw)
-                        } else {
-                            &mut []
-                        };
-                        let hp = h_prev.row(0, 0, bh);
-                        let hn = h_next.row_mut(0, 0, bh);
-                        if two {
-                            let (c_prev, c_next) = (cs_v.read().skip(rd * b), cs_v.skip(wr * b));
-                            let mut prev = vec![hp, c_prev.row(0, 0, bh)];
-                            let mut next = vec![hn, c_next.row_mut(0, 0, bh)];
-                            for e in 0..extra {
-                                prev.push(xs_v.read().row((rd * extra + e) * b, 0, bh));
-                                next.push(xs_v.row_mut((wr * extra + e) * b, 0, bh));
-                            }
-                            cell.forward_step(
-                                h, active, x_t, pre, w.units, &prev, &mut next, tape_t,
-                            );
-                            if let Some(z) = reg.zoneout {
-                                zone(active, h, all.clone(), b, c_prev, c_next, |k| {
-                                    z.cell(t, bh, k)
-                                });
-                            }
-                        } else {
-                            cell.forward_step(
-                                h,
-                                active,
-                                x_t,
-                                pre,
-                                w.units,
-                                &[hp],
-                                &mut [hn],
-                                tape_t,
-                            );
-                        }
-                        if let Some(z) = reg.zoneout {
-                            zone(active, h, all.clone(), b, h_prev, h_next, |k| {
-                                z.hidden(t, bh, k)
-                            });
-                        }
-                        if let Some(m) = reg.state_mask {
-                            combine(all.clone(), b, masked_v, h_next.read(), |d, v, k| {
-                                *d = v * m[k]
-                            });
-                        }
-                        emit(active, all, b, h_next.read(), out_v.skip(t * b));
-                    }
-                }
-                barrier.wait();
+    let views = CustomForward {
+        cell,
+        sw,
+        w,
+        reg,
+        keep_tape,
+        x_pre: &x_pre,
+        hs: RowsMut::new(&mut hs, h),
+        cs: RowsMut::new(&mut cs, h),
+        xs: RowsMut::new(&mut xs, h),
+        act: RowsMut::new(&mut act, kw),
+        pre: RowsMut::new(&mut h_pre, hw.max(1)),
+        masked: RowsMut::new(&mut h_masked, h),
+        out: RowsMut::new(&mut out, h),
+    };
+    threads::team(members, |member, size, barrier| {
+        let units = split_units(h, size)[member].clone();
+        let packed = (hw > 0).then(|| Packed::rows_of(w.w_hh, h_gates, h, units.clone(), b));
+        for s in 0..steps {
+            // SAFETY: the products write only their member's units of `h_pre` and read the
+            // entering state, which nobody writes until the next barrier; between the two
+            // barriers member 0 alone touches the buffers.
+            if let Some(packed) = &packed {
+                unsafe { views.product(packed, units.clone(), s) };
             }
-        });
-    }
+            barrier.wait();
+            if member == 0 {
+                // SAFETY: the other members wait at the barrier below.
+                unsafe { views.cell_step(s) };
+            }
+            barrier.wait();
+        }
+    });
 
-    let last = slot(steps - 1, sw.time(steps - 1)).1;
-    let h_last = hs[last * bh..(last + 1) * bh].to_vec();
-    let c_last = two.then(|| cs[last * bh..(last + 1) * bh].to_vec());
+    let (h_last, c_last) = final_states(&sw, keep_tape, &hs, &cs, two);
     DirOutput {
         out,
         h_last,
@@ -899,6 +1098,119 @@ fn forward_custom<T: Scalar>(
             hs,
             cs,
         }),
+    }
+}
+
+/// The buffers a compiled cell's forward team shares: the members split each step's product
+/// by units, member 0 runs the cell's program on whole rows.
+#[derive(Clone, Copy)]
+struct CustomForward<'a, T> {
+    cell: &'a CompiledCell,
+    sw: Sweep<'a>,
+    w: DirWeights<'a, T>,
+    reg: DirReg<'a, T>,
+    keep_tape: bool,
+    x_pre: &'a [T],
+    hs: RowsMut<'a, T>,
+    cs: RowsMut<'a, T>,
+    xs: RowsMut<'a, T>,
+    act: RowsMut<'a, T>,
+    pre: RowsMut<'a, T>,
+    masked: RowsMut<'a, T>,
+    out: RowsMut<'a, T>,
+}
+
+impl<T: Scalar> CustomForward<'_, T> {
+    /// This member's units of step `s`'s recurrent pre-activations, `b_hh` included.
+    ///
+    /// # Safety
+    /// Every member calls it for the same `s` with its own `units`; nobody writes the entering
+    /// state meanwhile.
+    unsafe fn product(&self, packed: &Packed<T>, units: Range<usize>, s: usize) {
+        let (sw, w) = (&self.sw, self.w);
+        let (b, h) = (sw.batch, sw.hidden);
+        let (h_gates, hw) = (sw.cell.h_gate_count(), sw.cell.h_gate_count() * h);
+        let rd = state_slots(sw, self.keep_tape, s, sw.time(s)).0;
+        // SAFETY: the contract.
+        unsafe {
+            let h_in = match self.reg.state_mask {
+                Some(_) => self.masked.read(),
+                None => self.hs.read().skip(rd * b),
+            };
+            assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
+            if let Some((_, b_hh)) = w.bias {
+                for r in 0..b {
+                    for g in 0..h_gates {
+                        let c = g * h + units.start;
+                        self.pre
+                            .row_mut(r, c, units.len())
+                            .copy_from_slice(&b_hh[c..c + units.len()]);
+                    }
+                }
+            }
+            packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, w.bias.is_some());
+        }
+    }
+
+    /// Step `s`'s cell program on whole rows, then zoneout, the next masked state and the
+    /// output rows.
+    ///
+    /// # Safety
+    /// No other thread touches the buffers meanwhile.
+    unsafe fn cell_step(&self, s: usize) {
+        let (sw, reg, cell) = (&self.sw, self.reg, self.cell);
+        let (b, h) = (sw.batch, sw.hidden);
+        let (xw, hw) = (sw.cell.gate_count() * h, sw.cell.h_gate_count() * h);
+        let extra = sw.cell.num_states().saturating_sub(2);
+        let (bh, kw) = (b * h, cell.tape_width() * h);
+        let t = sw.time(s);
+        let (rd, wr) = state_slots(sw, self.keep_tape, s, t);
+        let active = Active {
+            lengths: sw.lengths,
+            t,
+        };
+        let all = 0..h;
+        // SAFETY: the contract.
+        unsafe {
+            let (h_prev, h_next) = (self.hs.read().skip(rd * b), self.hs.skip(wr * b));
+            let x_t = Rows::new(self.x_pre, xw).row(t * b, 0, b * xw);
+            let pre = self.pre.read().row(0, 0, b * hw);
+            let tape_t: &mut [T] = if self.keep_tape {
+                self.act.row_mut(t * b, 0, b * kw)
+            } else {
+                &mut []
+            };
+            let hp = h_prev.row(0, 0, bh);
+            let hn = h_next.row_mut(0, 0, bh);
+            if sw.cell.num_states() >= 2 {
+                let (c_prev, c_next) = (self.cs.read().skip(rd * b), self.cs.skip(wr * b));
+                let mut prev = vec![hp, c_prev.row(0, 0, bh)];
+                let mut next = vec![hn, c_next.row_mut(0, 0, bh)];
+                for e in 0..extra {
+                    prev.push(self.xs.read().row((rd * extra + e) * b, 0, bh));
+                    next.push(self.xs.row_mut((wr * extra + e) * b, 0, bh));
+                }
+                cell.forward_step(h, active, x_t, pre, self.w.units, &prev, &mut next, tape_t);
+                if let Some(z) = reg.zoneout {
+                    zone(active, h, all.clone(), b, c_prev, c_next, |k| {
+                        z.cell(t, bh, k)
+                    });
+                }
+            } else {
+                cell.forward_step(h, active, x_t, pre, self.w.units, &[hp], &mut [hn], tape_t);
+            }
+            if let Some(z) = reg.zoneout {
+                zone(active, h, all.clone(), b, h_prev, h_next, |k| {
+                    z.hidden(t, bh, k)
+                });
+            }
+            if let Some(m) = reg.state_mask {
+                combine(all.clone(), b, self.masked, h_next.read(), |d, v, k| {
+                    *d = v * m[k]
+                });
+            }
+            emit(active, all, b, h_next.read(), self.out.skip(t * b));
+        }
     }
 }
 
@@ -924,10 +1236,8 @@ fn backward_custom<T: Scalar>(
     let two = sw.cell.num_states() >= 2;
     let extra = sw.cell.num_states().saturating_sub(2);
     let bh = b * h;
-    let kw = cell.tape_width() * h;
-    let (g_wih, rest) = grad.split_at_mut(xw * inp);
-    let (g_whh, rest) = rest.split_at_mut(hw * h);
-    let (g_bias, g_units) = rest.split_at_mut(if w.bias.is_some() { xw + hw } else { 0 });
+    let bias_len = if w.bias.is_some() { xw + hw } else { 0 };
+    let (g_weights, g_units) = grad.split_at_mut(xw * inp + hw * h + bias_len);
 
     // State gradients in two slots each: the step reads one and writes the other, and the
     // product then adds into the one written (no swap: the team holds views of both).
@@ -949,173 +1259,59 @@ fn backward_custom<T: Scalar>(
     let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
     let members = if hw > 0 { plan(&sw, hw) } else { 1 };
-    {
-        let dh_v = RowsMut::new(&mut dh, h);
-        let dc_v = RowsMut::new(&mut dc, h);
-        let dxs_v = RowsMut::new(&mut dxs, h);
-        let dgx_v = RowsMut::new(&mut dgx, xw);
-        let dgh_v = RowsMut::new(&mut dgh, hw.max(1));
-        let direct_h_v = RowsMut::new(&mut direct_h, h);
-        let direct_c_v = RowsMut::new(&mut direct_c, h);
-        let rec_v = RowsMut::new(&mut rec, h);
-        let g_units_len = g_units.len();
-        let g_units_v = RowsMut::new(g_units, 1);
-        threads::team(members, |member, size, barrier| {
-            let units = split_units(h, size)[member].clone();
-            let packed = (hw > 0).then(|| Packed::cols_of(w.w_hh, h_gates, h, units.clone(), b));
-            for (i, s) in (0..steps).rev().enumerate() {
-                let t = sw.time(s);
-                let (cur, nxt) = ((i % 2) * b, ((i + 1) % 2) * b);
-                let active = Active {
-                    lengths: sw.lengths,
-                    t,
-                };
-                let all = 0..h;
-                if member == 0 {
-                    // SAFETY: the other members wait at the barrier below.
-                    unsafe {
-                        let (dh_cur, dc_cur) = (dh_v.skip(cur), dc_v.skip(cur));
-                        if let Some(g) = d_out {
-                            add_output_grad(g, active, all.clone(), b, dh_cur);
-                        }
-                        if let Some(z) = reg.zoneout {
-                            split_zone(active, h, all.clone(), b, dh_cur, direct_h_v, |k| {
-                                z.hidden(t, bh, k)
-                            });
-                            if two {
-                                split_zone(active, h, all.clone(), b, dc_cur, direct_c_v, |k| {
-                                    z.cell(t, bh, k)
-                                });
-                            }
-                        }
-                        let enter = sw.enter(t);
-                        let h_prev = &tape.hs[enter * bh..][..bh];
-                        let tape_t = &tape.act[t * b * kw..][..b * kw];
-                        let dgx_t = dgx_v.row_mut(t * b, 0, b * xw);
-                        let dgh_t: &mut [T] = if hw > 0 {
-                            dgh_v.row_mut(t * b, 0, b * hw)
-                        } else {
-                            &mut []
-                        };
-                        let g_units = g_units_v.row_mut(0, 0, g_units_len);
-                        let dh_next = dh_v.skip(nxt).row_mut(0, 0, bh);
-                        if two {
-                            let c_prev = &tape.cs[enter * bh..][..bh];
-                            let mut prev = vec![h_prev, c_prev];
-                            let mut d_next =
-                                vec![dh_cur.read().row(0, 0, bh), dc_cur.read().row(0, 0, bh)];
-                            let mut d_prev = vec![dh_next, dc_v.skip(nxt).row_mut(0, 0, bh)];
-                            for e in 0..extra {
-                                prev.push(&tape.aux[(enter * extra + e) * bh..][..bh]);
-                                d_next.push(dxs_v.read().row((i % 2 * extra + e) * b, 0, bh));
-                                d_prev.push(dxs_v.row_mut(((i + 1) % 2 * extra + e) * b, 0, bh));
-                            }
-                            cell.backward_step(
-                                h,
-                                active,
-                                w.units,
-                                &prev,
-                                tape_t,
-                                &d_next,
-                                &mut d_prev,
-                                dgx_t,
-                                dgh_t,
-                                g_units,
-                            );
-                        } else {
-                            cell.backward_step(
-                                h,
-                                active,
-                                w.units,
-                                &[h_prev],
-                                tape_t,
-                                &[dh_cur.read().row(0, 0, bh)],
-                                &mut [dh_next],
-                                dgx_t,
-                                dgh_t,
-                                g_units,
-                            );
-                        }
-                    }
-                }
-                barrier.wait();
-                // SAFETY: every member reads all of step `t`'s recurrent gate gradients, which
-                // nobody writes now, and writes only its own units of the state gradients.
-                unsafe {
-                    let (dh_next, dc_next) = (dh_v.skip(nxt), dc_v.skip(nxt));
-                    if let Some(packed) = &packed {
-                        let a = dgh_v.read().skip(t * b);
-                        assert!(a.holds(b, hw));
-                        match reg.state_mask {
-                            None => {
-                                assert!(dh_next.holds(b, packed.col_end()));
-                                packed.product_raw(a.ptr(), hw, b, dh_next.ptr(), h, true);
-                            }
-                            Some(m) => {
-                                assert!(rec_v.holds(b, packed.col_end()));
-                                packed.product_raw(a.ptr(), hw, b, rec_v.ptr(), h, false);
-                                combine(units.clone(), b, dh_next, rec_v.read(), |d, r, k| {
-                                    *d += r * m[k]
-                                });
-                            }
-                        }
-                    }
-                    if zoned {
-                        combine(units.clone(), b, dh_next, direct_h_v.read(), |d, v, _| {
-                            *d += v
-                        });
-                        if two {
-                            combine(units.clone(), b, dc_next, direct_c_v.read(), |d, v, _| {
-                                *d += v
-                            });
-                        }
-                    }
-                }
-                barrier.wait();
+    let g_units_len = g_units.len();
+    let views = CustomBackward {
+        cell,
+        sw,
+        w,
+        tape,
+        reg,
+        d_out,
+        dh: RowsMut::new(&mut dh, h),
+        dc: RowsMut::new(&mut dc, h),
+        dxs: RowsMut::new(&mut dxs, h),
+        dgx: RowsMut::new(&mut dgx, xw),
+        dgh: RowsMut::new(&mut dgh, hw.max(1)),
+        direct_h: RowsMut::new(&mut direct_h, h),
+        direct_c: RowsMut::new(&mut direct_c, h),
+        g_units: RowsMut::new(g_units, 1),
+        g_units_len,
+    };
+    let rec_v = RowsMut::new(&mut rec, h);
+    threads::team(members, |member, size, barrier| {
+        let units = split_units(h, size)[member].clone();
+        let packed = (hw > 0).then(|| Packed::cols_of(w.w_hh, h_gates, h, units.clone(), b));
+        for (i, s) in (0..steps).rev().enumerate() {
+            let t = sw.time(s);
+            if member == 0 {
+                // SAFETY: the other members wait at the barrier below.
+                unsafe { views.cell_step(i, t) };
             }
-        });
-    }
+            barrier.wait();
+            // SAFETY: every member reads all of step `t`'s recurrent gate gradients, which
+            // nobody writes now, and writes only its own units of the state gradients.
+            unsafe {
+                let nxt = ((i + 1) % 2) * b;
+                let (dh_next, dc_next) = (views.dh.skip(nxt), views.dc.skip(nxt));
+                if let Some(packed) = &packed {
+                    let (a, mask) = (views.dgh.read().skip(t * b), reg.state_mask);
+                    add_recurrent_grad(packed, a, hw, b, units.clone(), mask, rec_v, dh_next);
+                }
+                if zoned {
+                    let dc = two.then(|| (dc_next, views.direct_c.read()));
+                    add_direct_paths(units.clone(), b, dh_next, views.direct_h.read(), dc);
+                }
+            }
+            barrier.wait();
+        }
+    });
     let fin = (steps % 2) * bh;
     let dh_0 = dh[fin..fin + bh].to_vec();
     let dc_0 = two.then(|| dc[fin..fin + bh].to_vec());
 
     let rows = steps * b;
-    at_b(
-        g_wih,
-        inp,
-        false,
-        Mat::new(&dgx, rows, xw),
-        Mat::new(x, rows, inp),
-    );
-    if hw > 0 {
-        let h_enter = &tape.hs[sw.enter(0).min(sw.enter(steps - 1)) * bh..][..rows * h];
-        let masked;
-        let h_enter: &[T] = match reg.state_mask {
-            Some(m) => {
-                masked = h_enter
-                    .iter()
-                    .zip(m.iter().cycle())
-                    .map(|(&v, &k)| v * k)
-                    .collect::<Vec<_>>();
-                &masked
-            }
-            None => h_enter,
-        };
-        at_b(
-            g_whh,
-            h,
-            false,
-            Mat::new(&dgh, rows, hw),
-            Mat::new(h_enter, rows, h),
-        );
-    }
-    if w.bias.is_some() {
-        let (g_bih, g_bhh) = g_bias.split_at_mut(xw);
-        add_column_sums(g_bih, &dgx);
-        if hw > 0 {
-            add_column_sums(g_bhh, &dgh);
-        }
-    }
+    let bias = w.bias.is_some();
+    weight_grads(sw, x, tape, reg, (&dgx, xw), (&dgh, hw), bias, g_weights);
     a_b(
         dx,
         inp,
