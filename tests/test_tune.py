@@ -363,6 +363,10 @@ def test_help_and_missing_optuna(capsys, monkeypatch, tmp_path):
 # Workers sharing one study; one is killed in the middle of a trial
 
 
+#: Epochs per trial of the killed-worker test: seconds even on an idle machine, where 40 took
+#: 0.3 s and the victim could finish the whole study before it was seen running.
+KILL_EPOCHS = 400
+
 KILL_SPACE = """
 [tune]
 trials = 4
@@ -404,8 +408,8 @@ def test_killed_worker_loses_only_its_trial(tmp_path, backend):
         storage = postgres_url()
         if not storage:
             pytest.skip(f"{POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL server)")
-    # Long enough trials (40 epochs, a few seconds) to kill one in the middle.
-    cfg = write_config(tmp_path, KILL_SPACE, epochs=40)
+    # Long enough trials (KILL_EPOCHS) to kill one in the middle.
+    cfg = write_config(tmp_path, KILL_SPACE, epochs=KILL_EPOCHS)
     name = f"kill-{uuid.uuid4().hex[:8]}"
     victim = worker(cfg, storage, name, str(tmp_path / "a"))
     # The study exists once the victim has started its first trial.
@@ -424,9 +428,9 @@ def test_killed_worker_loses_only_its_trial(tmp_path, backend):
             survivor = worker(cfg, storage, name, str(tmp_path / "b"))
         for t in study.get_trials():
             mine = t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
-            # Early in the trial (of 40 epochs), so that it cannot finish before the kill lands
+            # Early in the trial (a quarter of its epochs at most), so that it cannot finish before the kill lands
             # even when epochs take milliseconds.
-            early = 0 < len(t.intermediate_values) <= 10
+            early = 0 < len(t.intermediate_values) <= KILL_EPOCHS // 4
             if mine and t.state.name == "RUNNING" and early:
                 os.kill(victim.pid, signal.SIGKILL)
                 killed = t
@@ -467,5 +471,5 @@ def test_killed_worker_loses_only_its_trial(tmp_path, backend):
         if t.state.name == "COMPLETE":
             lines = read_lines(t.user_attrs["run_dir"], "metrics.jsonl")
             epochs = [json.loads(x)["epoch"] for x in lines]
-            assert epochs == list(range(40))
+            assert epochs == list(range(KILL_EPOCHS))
     assert "best: trial" in out

@@ -28,6 +28,7 @@ Training checkpoints (``fit(checkpoint_dir=...)``) are complete checkpoint direc
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -70,6 +71,8 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CARRY_FILE = "carry.safetensors"
 CONFIG_FILE = "config.json"
+#: The flat weights of a model saved by :func:`save_architecture`.
+WEIGHTS_NPY = "weights.npy"
 LATEST_FILE = "latest"
 
 
@@ -108,6 +111,32 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def save_architecture(
+    path: str | os.PathLike, config_file: str, config: dict, weights: np.ndarray
+) -> str:
+    """Writes a model that is not a :class:`~lstmrs.Model` (seq2seq, hierarchical): its
+    constructor arguments as ``path/config_file`` and its flat weights as
+    ``path/weights.npy``, each atomically."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, weights)
+    atomic_write(os.path.join(path, WEIGHTS_NPY), buf.getvalue())
+    atomic_write(os.path.join(path, config_file), json.dumps(config, indent=2).encode())
+    return path
+
+
+def load_architecture(path: str | os.PathLike, config_file: str) -> tuple[dict, np.ndarray]:
+    """What :func:`save_architecture` wrote: the constructor arguments and the flat weights."""
+    path = os.fspath(path)
+    try:
+        with open(os.path.join(path, config_file), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise InvalidArgumentError(f"path: no {config_file} in {path!r} ({e})") from e
+    return cfg, np.load(os.path.join(path, WEIGHTS_NPY))
 
 
 def _sha256(data: bytes) -> str:

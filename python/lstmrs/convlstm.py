@@ -20,7 +20,6 @@ come from :meth:`ConvLSTM.forward_train` + :meth:`ConvLSTM.backward` as for :cla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ from . import _lstmrs
 from .errors import InvalidArgumentError, ShapeError
 from .rnn import (
     _DTYPE_NAMES,
-    IncompatibleKeys,
+    FlatParameters,
     _check_finite,
     _dtype_arg,
     _float_array,
@@ -120,7 +119,7 @@ class ConvLSTMTape:
         return f"ConvLSTMTape(batch={self.batch}, seq_len={self.seq_len})"
 
 
-class ConvLSTM:
+class ConvLSTM(FlatParameters):
     """A stacked ConvLSTM over ``[B, T, C, H, W]`` inputs.
 
     Args:
@@ -288,65 +287,6 @@ class ConvLSTM:
     def parameters(self) -> list[tuple[str, np.ndarray]]:
         """``(name, copy of the tensor)`` for every parameter, in the flat buffer's order."""
         return list(self.state_dict().items())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of all parameters by name, in the flat buffer's order."""
-        return {name: self._core.get_param(name) for name in self._layout}
-
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
-        """Loads parameters from a mapping of name -> array (NumPy arrays, tensors, lists).
-
-        With ``strict=True`` the names must match exactly; with ``strict=False`` known names load
-        and the rest are reported. Shapes are always checked; on an error nothing is loaded."""
-        if not isinstance(state_dict, Mapping):
-            raise InvalidArgumentError(
-                f"state_dict: expected a mapping of parameter names to arrays, "
-                f"got {describe(state_dict)}"
-            )
-        strict = check_bool("strict", strict)
-        missing = [k for k in self._layout if k not in state_dict]
-        unexpected = [str(k) for k in state_dict if k not in self._layout]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            raise InvalidArgumentError(
-                f"state_dict: expected exactly the keys {list(self._layout)}, got "
-                + " and ".join(parts)
-            )
-        flat = self._core.get_flat()
-        for name, (offset, shape) in self._layout.items():
-            if name not in state_dict:
-                continue
-            label = f"state_dict[{name!r}]"
-            arr = _float_array(label, state_dict[name])
-            if arr.shape != shape:
-                raise ShapeError(
-                    f"{label}: expected shape {_shape_str(shape)}, got {_shape_str(arr.shape)}"
-                )
-            if self._check_finite:
-                _check_finite(label, arr)
-            flat[offset : offset + arr.size] = arr.reshape(-1)
-        self._core.set_flat(flat)
-        return IncompatibleKeys(missing, unexpected)
-
-    def parameters_flat(self) -> np.ndarray:
-        """A copy of all parameters in one 1-D array, :meth:`state_dict` order."""
-        return self._core.get_flat()
-
-    def set_parameters_flat(self, flat: Any) -> None:
-        """Overwrites all parameters from a 1-D array laid out as :meth:`parameters_flat`."""
-        arr = _float_array("flat", flat)
-        if arr.shape != (self.num_parameters,):
-            raise ShapeError(
-                f"flat: expected shape ({self.num_parameters},) (num_parameters), "
-                f"got {_shape_str(arr.shape)}"
-            )
-        if self._check_finite:
-            _check_finite("flat", arr)
-        self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
 
     # -- forward and backward ------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback, CallbackList, History
+from .checkpoint_format import WEIGHTS_NPY, load_architecture, save_architecture
 from .errors import InvalidArgumentError, ShapeError
 from .hierarchical import Adam, HierarchicalClassifier, _softmax
 from .validation import check_int
@@ -29,7 +30,7 @@ from .validation import check_int
 __all__ = ["CHECKPOINT_DIR", "HierarchicalModel"]
 
 CONFIG_FILE = "hierarchical.json"
-WEIGHTS_FILE = "weights.npy"
+WEIGHTS_FILE = WEIGHTS_NPY
 #: The sub-directory of a run's checkpoint directory that holds the last epoch's checkpoint.
 CHECKPOINT_DIR = "hierarchical"
 
@@ -343,23 +344,13 @@ class HierarchicalModel:
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes ``path/hierarchical.json`` (the architecture) and ``path/weights.npy``."""
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(self._config, f, indent=2)
-        np.save(os.path.join(path, WEIGHTS_FILE), self.params)
-        return path
+        return save_architecture(path, CONFIG_FILE, self._config, self.params)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HierarchicalModel:
-        path = os.fspath(path)
-        try:
-            with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-                cfg = json.load(f)
-        except OSError as e:
-            raise InvalidArgumentError(f"path: no {CONFIG_FILE} in {path!r} ({e})") from e
+        cfg, weights = load_architecture(path, CONFIG_FILE)
         m = cls(**cfg)
-        m.set_weights(np.load(os.path.join(path, WEIGHTS_FILE)))
+        m.set_weights(weights)
         return m
 
     @staticmethod

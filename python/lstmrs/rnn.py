@@ -242,7 +242,83 @@ class RnnTape:
         )
 
 
-class _RNNBase:
+class FlatParameters:
+    """Named parameters over one flat buffer held by a Rust core: ``state_dict``,
+    ``load_state_dict`` and the flat views, shared by the recurrent layers and ConvLSTM. The
+    class sets ``_core`` (``get_param``/``get_flat``/``set_flat``), ``_layout`` (name ->
+    ``(offset, shape)``), ``_dtype``, ``_check_finite`` and ``num_parameters``."""
+
+    _core: Any
+    _layout: dict[str, tuple[int, tuple[int, ...]]]
+    _dtype: np.dtype
+    _check_finite: bool
+    num_parameters: Any
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of all parameters with PyTorch's names, shapes and order."""
+        return {name: self._core.get_param(name) for name in self._layout}
+
+    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
+        """Loads parameters from a mapping of name -> array (NumPy arrays, torch tensors, lists).
+
+        ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}`` loads unchanged. With
+        ``strict=True`` the names must match exactly (missing and unexpected keys are listed in
+        the error); with ``strict=False`` the known names are loaded and the rest reported in
+        the returned :class:`IncompatibleKeys`. Shapes are always checked. Either everything
+        is loaded or, on an error, nothing.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise InvalidArgumentError(
+                f"state_dict: expected a mapping of parameter names to arrays, "
+                f"got {describe(state_dict)}"
+            )
+        strict = check_bool("strict", strict)
+        missing = [k for k in self._layout if k not in state_dict]
+        unexpected = [str(k) for k in state_dict if k not in self._layout]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise InvalidArgumentError(
+                f"state_dict: expected exactly the keys {list(self._layout)}, got "
+                + " and ".join(parts)
+            )
+        flat = self._core.get_flat()
+        for name, (offset, shape) in self._layout.items():
+            if name not in state_dict:
+                continue
+            label = f"state_dict[{name!r}]"
+            arr = _float_array(label, state_dict[name])
+            if arr.shape != shape:
+                raise ShapeError(
+                    f"{label}: expected shape {_shape_str(shape)}, got {_shape_str(arr.shape)}"
+                )
+            if self._check_finite:
+                _check_finite(label, arr)
+            flat[offset : offset + arr.size] = arr.reshape(-1)
+        self._core.set_flat(flat)
+        return IncompatibleKeys(missing, unexpected)
+
+    def parameters_flat(self) -> np.ndarray:
+        """A copy of all parameters in one 1-D array, ``state_dict`` order, row-major each."""
+        return self._core.get_flat()
+
+    def set_parameters_flat(self, flat: Any) -> None:
+        """Overwrites all parameters from a 1-D array laid out as :meth:`parameters_flat`."""
+        arr = _float_array("flat", flat)
+        if arr.shape != (self.num_parameters,):
+            raise ShapeError(
+                f"flat: expected shape ({self.num_parameters},) (num_parameters), "
+                f"got {_shape_str(arr.shape)}"
+            )
+        if self._check_finite:
+            _check_finite("flat", arr)
+        self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
+
+
+class _RNNBase(FlatParameters):
     _cell = ""
     _has_cell_state = False
 
@@ -485,69 +561,6 @@ class _RNNBase:
         return f"{type(self).__name__}({args})"
 
     # -- parameters ----------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of all parameters with PyTorch's names, shapes and order."""
-        return {name: self._core.get_param(name) for name in self._layout}
-
-    def load_state_dict(self, state_dict: Mapping, strict: bool = True) -> IncompatibleKeys:
-        """Loads parameters from a mapping of name -> array (NumPy arrays, torch tensors, lists).
-
-        ``{k: v.numpy() for k, v in torch_lstm.state_dict().items()}`` loads unchanged. With
-        ``strict=True`` the names must match exactly (missing and unexpected keys are listed in
-        the error); with ``strict=False`` the known names are loaded and the rest reported in
-        the returned :class:`IncompatibleKeys`. Shapes are always checked. Either everything
-        is loaded or, on an error, nothing.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise InvalidArgumentError(
-                f"state_dict: expected a mapping of parameter names to arrays, "
-                f"got {describe(state_dict)}"
-            )
-        strict = check_bool("strict", strict)
-        missing = [k for k in self._layout if k not in state_dict]
-        unexpected = [str(k) for k in state_dict if k not in self._layout]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            raise InvalidArgumentError(
-                f"state_dict: expected exactly the keys {list(self._layout)}, got "
-                + " and ".join(parts)
-            )
-        flat = self._core.get_flat()
-        for name, (offset, shape) in self._layout.items():
-            if name not in state_dict:
-                continue
-            label = f"state_dict[{name!r}]"
-            arr = _float_array(label, state_dict[name])
-            if arr.shape != shape:
-                raise ShapeError(
-                    f"{label}: expected shape {_shape_str(shape)}, got {_shape_str(arr.shape)}"
-                )
-            if self._check_finite:
-                _check_finite(label, arr)
-            flat[offset : offset + arr.size] = arr.reshape(-1)
-        self._core.set_flat(flat)
-        return IncompatibleKeys(missing, unexpected)
-
-    def parameters_flat(self) -> np.ndarray:
-        """A copy of all parameters in one 1-D array, ``state_dict`` order, row-major each."""
-        return self._core.get_flat()
-
-    def set_parameters_flat(self, flat: Any) -> None:
-        """Overwrites all parameters from a 1-D array laid out as :meth:`parameters_flat`."""
-        arr = _float_array("flat", flat)
-        if arr.shape != (self.num_parameters,):
-            raise ShapeError(
-                f"flat: expected shape ({self.num_parameters},) (num_parameters), "
-                f"got {_shape_str(arr.shape)}"
-            )
-        if self._check_finite:
-            _check_finite("flat", arr)
-        self._core.set_flat(np.ascontiguousarray(arr, dtype=self._dtype))
 
     # -- interop: ONNX, PyTorch, safetensors ---------------------------------------------------
     # The readers and writers of lstmrs.formats sit below the layers: they take a layer as an

@@ -9,6 +9,7 @@ the fit loop applies them; :mod:`lstmrs.optim` exports them beside the optimizer
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from typing import Any
@@ -26,17 +27,19 @@ __all__ = [
 ]
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """A learning-rate schedule; ``interval`` says whether ``k`` counts epochs or steps."""
 
     kind = ""
     interval = "epoch"
 
+    @abc.abstractmethod
     def lr_at(self, k: int, base_lr: float) -> float:
-        raise NotImplementedError
+        """The rate after ``k`` calls of torch's ``scheduler.step()`` from ``base_lr``."""
 
+    @abc.abstractmethod
     def get_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The constructor arguments and ``kind``, for checkpoints."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.get_config()}

@@ -29,13 +29,14 @@ import numpy as np
 from . import optim as _optim
 from ._lstmrs import Seq2SeqCore
 from .callbacks import Callback, CallbackList, History
+from .checkpoint_format import WEIGHTS_NPY, load_architecture, save_architecture
 from .errors import InvalidArgumentError, ShapeError
 from .training import _DeferInterrupt
 
 __all__ = ["Seq2Seq"]
 
 CONFIG_FILE = "seq2seq.json"
-WEIGHTS_FILE = "weights.npy"
+WEIGHTS_FILE = WEIGHTS_NPY
 CHECKPOINT_DIR = "seq2seq-checkpoint"
 
 
@@ -589,23 +590,13 @@ class Seq2Seq:
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes ``path/seq2seq.json`` (the architecture) and ``path/weights.npy``."""
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(self._config, f, indent=2)
-        np.save(os.path.join(path, WEIGHTS_FILE), self.params)
-        return path
+        return save_architecture(path, CONFIG_FILE, self._config, self.params)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Seq2Seq:
-        path = os.fspath(path)
-        try:
-            with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-                cfg = json.load(f)
-        except OSError as e:
-            raise InvalidArgumentError(f"path: no {CONFIG_FILE} in {path!r} ({e})") from e
+        cfg, weights = load_architecture(path, CONFIG_FILE)
         m = cls(**cfg)
-        m.set_weights(np.load(os.path.join(path, WEIGHTS_FILE)))
+        m.set_weights(weights)
         return m
 
     @staticmethod

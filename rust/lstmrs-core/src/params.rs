@@ -195,34 +195,14 @@ impl<T: Scalar> RnnParams<T> {
         self.data.is_empty()
     }
 
-    fn spec(&self, name: &str) -> Result<&ParamSpec> {
-        self.specs
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::Name {
-                arg: "name",
-                expected: self
-                    .specs
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: name.into(),
-            })
-    }
-
     /// The named tensor, row-major.
     pub fn get(&self, name: &str) -> Result<&[T]> {
-        let s = self.spec(name)?;
-        Ok(&self.data[s.offset..s.offset + s.len])
+        named(&self.specs, &self.data, name)
     }
 
     /// Overwrites the named tensor; `values` must hold exactly its elements.
     pub fn set(&mut self, name: &str, values: &[T]) -> Result<()> {
-        let s = self.spec(name)?.clone();
-        check_len("values", values.len(), &s.shape)?;
-        self.data[s.offset..s.offset + s.len].copy_from_slice(values);
-        Ok(())
+        set_named(&self.specs, &mut self.data, name, values)
     }
 }
 
@@ -333,6 +313,42 @@ pub(crate) fn dir_offsets(config: &RnnConfig, layer: usize, dir: usize) -> DirOf
         w_hr,
         units: w_hr + config.proj_size * config.hidden_size,
     }
+}
+
+/// The spec named `name` among `specs`, or an error listing the names there are.
+fn find_spec<'a>(specs: &'a [ParamSpec], name: &str) -> Result<&'a ParamSpec> {
+    specs
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Error::Name {
+            arg: "name",
+            expected: specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            got: name.into(),
+        })
+}
+
+/// The tensor `name` of a flat buffer laid out by `specs`, row-major.
+pub(crate) fn named<'a, T>(specs: &[ParamSpec], data: &'a [T], name: &str) -> Result<&'a [T]> {
+    let s = find_spec(specs, name)?;
+    Ok(&data[s.offset..s.offset + s.len])
+}
+
+/// Overwrites the tensor `name` of a flat buffer laid out by `specs`; `values` must hold exactly
+/// its elements.
+pub(crate) fn set_named<T: Copy>(
+    specs: &[ParamSpec],
+    data: &mut [T],
+    name: &str,
+    values: &[T],
+) -> Result<()> {
+    let s = find_spec(specs, name)?;
+    check_len("values", values.len(), &s.shape)?;
+    data[s.offset..s.offset + s.len].copy_from_slice(values);
+    Ok(())
 }
 
 #[cfg(test)]

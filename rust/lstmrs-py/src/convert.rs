@@ -44,6 +44,30 @@ pub(crate) fn check_shape(
     }
 }
 
+/// `obj`, when given, as [`readonly`] with exactly the shape `want`.
+pub(crate) fn optional_readonly<'py, T: Float>(
+    arg: &str,
+    obj: Option<&Bound<'py, PyAny>>,
+    want: &[usize],
+) -> PyResult<Option<PyReadonlyArrayDyn<'py, T>>> {
+    let Some(obj) = obj else { return Ok(None) };
+    let a = readonly::<T>(arg, obj)?;
+    check_shape(obj.py(), arg, a.shape(), want)?;
+    Ok(Some(a))
+}
+
+/// Refuses a tape that network `id` did not record (`owner`: the recorder's id).
+pub(crate) fn check_tape_owner(py: Python<'_>, owner: u64, id: u64) -> PyResult<()> {
+    if owner == id {
+        return Ok(());
+    }
+    Err(error(
+        py,
+        Kind::InvalidArgument,
+        "tape: expected a tape recorded by this network, got one from another network",
+    ))
+}
+
 /// A C-contiguous NumPy array of exactly `T`, borrowed read-only.
 pub(crate) fn readonly<'py, T: Float>(
     arg: &str,

@@ -3,7 +3,9 @@
 //!
 //! The weights sit behind a `ForkRwLock` taken only with the GIL released, as in `rnn.rs`.
 
-use crate::convert::{check_shape, readonly, shape_str, slice, to_array};
+use crate::convert::{
+    check_shape, check_tape_owner, optional_readonly, readonly, shape_str, slice, to_array,
+};
 use crate::dtype::{parse_dtype, Float};
 use crate::errors::{core_error, error, guarded, lift, Kind};
 use lstmrs_core::convlstm::{self as conv, ConvBatch, ConvLstmConfig, ConvLstmParams};
@@ -311,13 +313,7 @@ impl ConvLstmCore {
         d_c_n: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<BackwardResult<'py>> {
         let cfg = self.config;
-        if tape.owner != self.id {
-            return Err(error(
-                py,
-                Kind::InvalidArgument,
-                "tape: expected a tape recorded by this network, got one from another network",
-            ));
-        }
+        check_tape_owner(py, tape.owner, self.id)?;
         let Some(core_tape) = T::conv_tape(&tape.data) else {
             return Err(error(
                 py,
@@ -334,18 +330,9 @@ impl ConvLstmCore {
         let frame = cfg.state_size(h, w).map_err(|e| core_error(py, e))?;
         let state = self.state_shape(b, frame);
         let out_shape = [b, t, cfg.hidden_channels, frame.0, frame.1];
-        let d_out_a = d_out.map(|a| readonly::<T>("d_out", a)).transpose()?;
-        if let Some(a) = &d_out_a {
-            check_shape(py, "d_out", a.shape(), &out_shape)?;
-        }
-        let d_h_a = d_h_n.map(|a| readonly::<T>("d_h_n", a)).transpose()?;
-        if let Some(a) = &d_h_a {
-            check_shape(py, "d_h_n", a.shape(), &state)?;
-        }
-        let d_c_a = d_c_n.map(|a| readonly::<T>("d_c_n", a)).transpose()?;
-        if let Some(a) = &d_c_a {
-            check_shape(py, "d_c_n", a.shape(), &state)?;
-        }
+        let d_out_a = optional_readonly::<T>("d_out", d_out, &out_shape)?;
+        let d_h_a = optional_readonly::<T>("d_h_n", d_h_n, &state)?;
+        let d_c_a = optional_readonly::<T>("d_c_n", d_c_n, &state)?;
         let d_out_s = d_out_a.as_ref().map(|a| slice("d_out", a)).transpose()?;
         let d_h_s = d_h_a.as_ref().map(|a| slice("d_h_n", a)).transpose()?;
         let d_c_s = d_c_a.as_ref().map(|a| slice("d_c_n", a)).transpose()?;

@@ -6,7 +6,7 @@
 //! (inside `py.detach`), so a thread waiting for it never holds the GIL another thread needs to
 //! finish, and other Python threads run while a forward or backward pass computes.
 
-use crate::convert::{check_shape, read_lengths};
+use crate::convert::{check_shape, check_tape_owner, optional_readonly, read_lengths};
 use crate::dtype::{by_dtype, parse_dtype, Family, Typed, MISMATCH};
 use crate::errors::{core_error, error, guarded, lift, Kind};
 use lstmrs_core::device::{self, Device, RnnTape};
@@ -312,13 +312,7 @@ impl RnnCore {
         d_c_n: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<BackwardResult<'py>> {
         let cfg = self.config;
-        if tape.owner != self.id {
-            return Err(error(
-                py,
-                Kind::InvalidArgument,
-                "tape: expected a tape recorded by this network, got one from another network",
-            ));
-        }
+        check_tape_owner(py, tape.owner, self.id)?;
         if tape.dtype() != T::NAME {
             return Err(error(
                 py,
@@ -343,14 +337,8 @@ impl RnnCore {
         };
         let (state, cell_state) = (self.state_shape(b), self.cell_state_shape(b));
 
-        let d_out_a = d_out.map(|a| readonly::<T>("d_out", a)).transpose()?;
-        if let Some(a) = &d_out_a {
-            check_shape(py, "d_out", a.shape(), &out_shape)?;
-        }
-        let d_h_a = d_h_n.map(|a| readonly::<T>("d_h_n", a)).transpose()?;
-        if let Some(a) = &d_h_a {
-            check_shape(py, "d_h_n", a.shape(), &state)?;
-        }
+        let d_out_a = optional_readonly::<T>("d_out", d_out, &out_shape)?;
+        let d_h_a = optional_readonly::<T>("d_h_n", d_h_n, &state)?;
         if d_c_n.is_some() && !cfg.cell.has_cell_state() {
             return Err(error(
                 py,
@@ -361,10 +349,7 @@ impl RnnCore {
                 ),
             ));
         }
-        let d_c_a = d_c_n.map(|a| readonly::<T>("d_c_n", a)).transpose()?;
-        if let Some(a) = &d_c_a {
-            check_shape(py, "d_c_n", a.shape(), &cell_state)?;
-        }
+        let d_c_a = optional_readonly::<T>("d_c_n", d_c_n, &cell_state)?;
         let grads = GradOutputs {
             output: d_out_a.as_ref().map(|a| slice("d_out", a)).transpose()?,
             h_n: d_h_a.as_ref().map(|a| slice("d_h_n", a)).transpose()?,

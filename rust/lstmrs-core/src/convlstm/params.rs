@@ -3,7 +3,7 @@
 use super::config::ConvLstmConfig;
 use crate::error::{check_len, Error, Result};
 use crate::memory;
-use crate::params::ParamSpec;
+use crate::params::{named, set_named, ParamSpec};
 use crate::scalar::Scalar;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -88,33 +88,13 @@ impl<T: Scalar> ConvLstmParams<T> {
         &mut self.data
     }
 
-    fn spec(&self, name: &str) -> Result<&ParamSpec> {
-        self.specs
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::Name {
-                arg: "name",
-                expected: self
-                    .specs
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: name.into(),
-            })
-    }
-
     /// The named tensor, row-major.
     pub fn get(&self, name: &str) -> Result<&[T]> {
-        let s = self.spec(name)?;
-        Ok(&self.data[s.offset..s.offset + s.len])
+        named(&self.specs, &self.data, name)
     }
 
     /// Overwrites the named tensor; `values` must hold exactly its elements.
     pub fn set(&mut self, name: &str, values: &[T]) -> Result<()> {
-        let s = self.spec(name)?.clone();
-        check_len("values", values.len(), &s.shape)?;
-        self.data[s.offset..s.offset + s.len].copy_from_slice(values);
-        Ok(())
+        set_named(&self.specs, &mut self.data, name, values)
     }
 }
