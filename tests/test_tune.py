@@ -16,6 +16,7 @@ import uuid
 
 import lstmrs
 import pytest
+import sqlalchemy.exc
 from lstmrs import config as C
 from lstmrs.cli import main
 
@@ -422,7 +423,8 @@ def test_killed_worker_loses_only_its_trial(tmp_path, backend):
         time.sleep(0.2)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
+        except (KeyError, sqlalchemy.exc.IntegrityError):
+            # Not created yet, or the victim is creating the storage's tables this moment.
             continue
         if survivor is None:
             survivor = worker(cfg, storage, name, str(tmp_path / "b"))
