@@ -88,6 +88,12 @@ def test_forward_and_backward_match_cpu(
     lstm = cls is lstmrs.LSTM
     state = (h0, 0.5 * h0) if lstm else h0
 
+    _check_forward_and_backward(cpu, on_gpu, x, state, lengths, rng)
+
+
+def _check_forward_and_backward(cpu, on_gpu, x, state, lengths, rng) -> None:
+    """Outputs, final states, and every gradient for random output and state gradients."""
+    lstm = isinstance(state, tuple)
     out_c, st_c, tape_c = cpu.forward_train(x, state, lengths)
     out_g, st_g, tape_g = on_gpu.forward_train(x, state, lengths)
     _assert_close("output", out_g, out_c)
@@ -95,8 +101,11 @@ def test_forward_and_backward_match_cpu(
         _assert_close(f"state {k}", g, c)
 
     d_out = rng.standard_normal(out_c.shape).astype(np.float32)
-    dh = rng.standard_normal(h0.shape).astype(np.float32)
-    d_state = (dh, -dh) if lstm else dh
+    d_state = (
+        tuple(rng.standard_normal(v.shape).astype(np.float32) for v in st_c)
+        if lstm
+        else (rng.standard_normal(st_c.shape).astype(np.float32))
+    )
     gc = cpu.backward(tape_c, d_out, d_state)
     gg = on_gpu.backward(tape_g, d_out, d_state)
     for name in gc.params:
@@ -104,6 +113,27 @@ def test_forward_and_backward_match_cpu(
     _assert_close("d input", gg.input, gc.input)
     for k, (g, c) in enumerate(zip(gg.state, gc.state) if lstm else [(gg.state, gc.state)]):
         _assert_close(f"d state {k}", g, c)
+
+
+@pytest.mark.parametrize(
+    ("layers", "bidir", "batch_first", "with_lengths"),
+    [(1, False, True, False), (2, True, False, True), (2, False, True, True)],
+)
+def test_projected_lstm_matches_cpu(gpu_device, rng, layers, bidir, batch_first, with_lengths):
+    """proj_size=P on the GPU is the CPU layer: outputs of D*P features, h_n [L*D,B,P], c_n
+    [L*D,B,H], and every gradient, weight_hr_l{k}[_reverse] included."""
+    kw = {"input_size": 5, "hidden_size": 7, "num_layers": layers, "bidirectional": bidir}
+    cpu, on_gpu = _pair(lstmrs.LSTM, **kw, batch_first=batch_first, proj_size=3)
+    assert on_gpu.device == "gpu" and on_gpu.proj_size == 3
+    assert any(name.startswith("weight_hr_l") for name in on_gpu.state_dict())
+    b, t, d = 3, 6, 2 if bidir else 1
+    x = rng.standard_normal((b, t, 5) if batch_first else (t, b, 5)).astype(np.float32)
+    lengths = np.array([6, 1, 4]) if with_lengths else None
+    h0 = rng.standard_normal((layers * d, b, 3)).astype(np.float32)
+    c0 = rng.standard_normal((layers * d, b, 7)).astype(np.float32)
+    out, (h_n, c_n) = on_gpu(x, (h0, c0), lengths)
+    assert out.shape[-1] == d * 3 and h_n.shape == h0.shape and c_n.shape == c0.shape
+    _check_forward_and_backward(cpu, on_gpu, x, (h0, c0), lengths, rng)
 
 
 def test_dropout_and_unbatched_inputs_match_cpu(gpu_device, rng):
