@@ -354,9 +354,11 @@ def test_machine_without_vulkan_driver_falls_back_with_a_clear_message(tmp_path)
     assert "auto warning:" in proc.stdout
 
 
-def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device):
+@pytest.mark.parametrize("proj_size", [0, 5])
+def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device, proj_size):
     """``Model(device="gpu")``: the recurrent stack runs on the GPU inside the same ``fit``
-    (embedding, head, loss and Adam on the host); losses and weights follow the CPU run."""
+    (embedding, head, loss and Adam on the host); losses and weights follow the CPU run, with
+    and without projections."""
     rng = np.random.default_rng(5)
     x = rng.integers(0, 9, size=(48, 12))
     y = (x.sum(axis=1) % 3).astype(np.int64)
@@ -370,6 +372,7 @@ def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device):
             dropout=0.2,
             output_size=3,
             loss="cross_entropy",
+            proj_size=proj_size,
             seed=3,
             device=device,
         )

@@ -75,7 +75,7 @@ pub(crate) fn column_sums(
     rec.dispatch(
         &kernel("colsum"),
         &[src, src, dst],
-        params,
+        &params,
         [count(cols, 64), 1, 1],
     )
 }
