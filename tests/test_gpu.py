@@ -136,6 +136,47 @@ def test_projected_lstm_matches_cpu(gpu_device, rng, layers, bidir, batch_first,
     _check_forward_and_backward(cpu, on_gpu, x, (h0, c0), lengths, rng)
 
 
+def test_projected_lstm_on_the_gpu_matches_torch(gpu_device, rng):
+    """A ``torch.nn.LSTM(proj_size=3)`` state dict loads unchanged into a GPU layer, which gives
+    torch's outputs and final states (to 1e-5) and autograd's gradients (to 1e-4): stacked,
+    bidirectional, packed ragged lengths, given initial states."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(4)
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True, "proj_size": 3}
+    net = torch.nn.LSTM(4, 7, **kw)
+    layer = lstmrs.LSTM(4, 7, **kw, device="gpu")
+    layer.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    lengths = np.array([6, 1, 4])
+    h0 = (0.5 * rng.standard_normal((4, 3, 3))).astype(np.float32)
+    c0 = (0.5 * rng.standard_normal((4, 3, 7))).astype(np.float32)
+    g_out = rng.standard_normal((3, 6, 6)).astype(np.float32)
+    g_h, g_c = rng.standard_normal(h0.shape), rng.standard_normal(c0.shape)
+    g_h, g_c = g_h.astype(np.float32), g_c.astype(np.float32)
+
+    tx, th0, tc0 = (torch.from_numpy(v).requires_grad_() for v in (x, h0, c0))
+    packed = pack_padded_sequence(tx, torch.from_numpy(lengths), True, enforce_sorted=False)
+    t_out, (t_h, t_c) = net(packed, (th0, tc0))
+    t_out = pad_packed_sequence(t_out, batch_first=True, total_length=6)[0]
+    loss = sum((a * torch.from_numpy(w)).sum() for a, w in ((t_out, g_out), (t_h, g_h), (t_c, g_c)))
+    loss.backward()
+
+    out, (h_n, c_n), tape = layer.forward_train(x, (h0, c0), lengths)
+    fwd = {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(out, t_out.detach().numpy(), **fwd)
+    np.testing.assert_allclose(h_n, t_h.detach().numpy(), **fwd)
+    np.testing.assert_allclose(c_n, t_c.detach().numpy(), **fwd)
+    g = layer.backward(tape, d_out=g_out, d_state=(g_h, g_c))
+    grad = {"rtol": 1e-4, "atol": 1e-5}
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(g.params[name], p.grad.numpy(), err_msg=name, **grad)
+    np.testing.assert_allclose(g.input, tx.grad.numpy(), err_msg="input", **grad)
+    np.testing.assert_allclose(g.state[0], th0.grad.numpy(), err_msg="h0", **grad)
+    np.testing.assert_allclose(g.state[1], tc0.grad.numpy(), err_msg="c0", **grad)
+
+
 def test_dropout_and_unbatched_inputs_match_cpu(gpu_device, rng):
     """Training-mode dropout between layers draws the same masks on both devices (the layer's
     seed stream picks them), and an unbatched [T, I] input works on the GPU."""

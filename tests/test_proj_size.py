@@ -2,7 +2,8 @@
 
 Shapes and names without torch; live parity with torch (forward to 1e-5 in float32, gradients to
 1e-4, stacked, bidirectional, ragged ``lengths``, given initial states) when it is installed;
-typed refusals on every path that has no projections (GRU, custom cells, GPU, ONNX, Model).
+typed refusals on every path that has no projections (GRU, custom cells, ONNX, Model). The GPU
+backend has them: tests/test_gpu.py checks it against the CPU layer and torch.
 """
 
 from __future__ import annotations
