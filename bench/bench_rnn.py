@@ -13,7 +13,8 @@ Sections (--modes, comma list; default all):
              (plugin_cells.py), in the modes selected (both when neither is)
   stream     one streamed step per Python call, B 1/32 x H 128/512 (stream.py)
   tbptt      a T = 100,000 stream under truncated BPTT, time and memory (tbptt.py)
-  proj       the projected LSTM (proj_size) against torch's, in the modes selected (proj.py)
+  proj       the projected LSTM (proj_size) against torch's, in the modes selected (proj.py);
+             --proj-gpu adds lstmrs on the GPU
   gpu        lstmrs on the GPU against torch CUDA (TF32 off/on), T x B x H grid, plus the
              device's dispatch cost and matmul speed (gpu.py); only when named
 
@@ -70,6 +71,7 @@ def parse_args(argv):
     ap.add_argument("--tbptt-hidden", type=int, default=128, help="hidden size H (tbptt)")
     ap.add_argument("--tbptt-input", type=int, default=16, help="input size I (tbptt)")
     gpu.add_arguments(ap)
+    proj.add_arguments(ap)
     ap.add_argument("--json", metavar="PATH", help="write the record as JSON")
     args = ap.parse_args(argv)
     args.sections = [m for m in args.modes.split(",") if m]

@@ -88,6 +88,12 @@ def test_forward_and_backward_match_cpu(
     lstm = cls is lstmrs.LSTM
     state = (h0, 0.5 * h0) if lstm else h0
 
+    _check_forward_and_backward(cpu, on_gpu, x, state, lengths, rng)
+
+
+def _check_forward_and_backward(cpu, on_gpu, x, state, lengths, rng) -> None:
+    """Outputs, final states, and every gradient for random output and state gradients."""
+    lstm = isinstance(state, tuple)
     out_c, st_c, tape_c = cpu.forward_train(x, state, lengths)
     out_g, st_g, tape_g = on_gpu.forward_train(x, state, lengths)
     _assert_close("output", out_g, out_c)
@@ -95,8 +101,11 @@ def test_forward_and_backward_match_cpu(
         _assert_close(f"state {k}", g, c)
 
     d_out = rng.standard_normal(out_c.shape).astype(np.float32)
-    dh = rng.standard_normal(h0.shape).astype(np.float32)
-    d_state = (dh, -dh) if lstm else dh
+    d_state = (
+        tuple(rng.standard_normal(v.shape).astype(np.float32) for v in st_c)
+        if lstm
+        else (rng.standard_normal(st_c.shape).astype(np.float32))
+    )
     gc = cpu.backward(tape_c, d_out, d_state)
     gg = on_gpu.backward(tape_g, d_out, d_state)
     for name in gc.params:
@@ -104,6 +113,68 @@ def test_forward_and_backward_match_cpu(
     _assert_close("d input", gg.input, gc.input)
     for k, (g, c) in enumerate(zip(gg.state, gc.state) if lstm else [(gg.state, gc.state)]):
         _assert_close(f"d state {k}", g, c)
+
+
+@pytest.mark.parametrize(
+    ("layers", "bidir", "batch_first", "with_lengths"),
+    [(1, False, True, False), (2, True, False, True), (2, False, True, True)],
+)
+def test_projected_lstm_matches_cpu(gpu_device, rng, layers, bidir, batch_first, with_lengths):
+    """proj_size=P on the GPU is the CPU layer: outputs of D*P features, h_n [L*D,B,P], c_n
+    [L*D,B,H], and every gradient, weight_hr_l{k}[_reverse] included."""
+    kw = {"input_size": 5, "hidden_size": 7, "num_layers": layers, "bidirectional": bidir}
+    cpu, on_gpu = _pair(lstmrs.LSTM, **kw, batch_first=batch_first, proj_size=3)
+    assert on_gpu.device == "gpu" and on_gpu.proj_size == 3
+    assert any(name.startswith("weight_hr_l") for name in on_gpu.state_dict())
+    b, t, d = 3, 6, 2 if bidir else 1
+    x = rng.standard_normal((b, t, 5) if batch_first else (t, b, 5)).astype(np.float32)
+    lengths = np.array([6, 1, 4]) if with_lengths else None
+    h0 = rng.standard_normal((layers * d, b, 3)).astype(np.float32)
+    c0 = rng.standard_normal((layers * d, b, 7)).astype(np.float32)
+    out, (h_n, c_n) = on_gpu(x, (h0, c0), lengths)
+    assert out.shape[-1] == d * 3 and h_n.shape == h0.shape and c_n.shape == c0.shape
+    _check_forward_and_backward(cpu, on_gpu, x, (h0, c0), lengths, rng)
+
+
+def test_projected_lstm_on_the_gpu_matches_torch(gpu_device, rng):
+    """A ``torch.nn.LSTM(proj_size=3)`` state dict loads unchanged into a GPU layer, which gives
+    torch's outputs and final states (to 1e-5) and autograd's gradients (to 1e-4): stacked,
+    bidirectional, packed ragged lengths, given initial states."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(4)
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True, "proj_size": 3}
+    net = torch.nn.LSTM(4, 7, **kw)
+    layer = lstmrs.LSTM(4, 7, **kw, device="gpu")
+    layer.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    lengths = np.array([6, 1, 4])
+    h0 = (0.5 * rng.standard_normal((4, 3, 3))).astype(np.float32)
+    c0 = (0.5 * rng.standard_normal((4, 3, 7))).astype(np.float32)
+    g_out = rng.standard_normal((3, 6, 6)).astype(np.float32)
+    g_h, g_c = rng.standard_normal(h0.shape), rng.standard_normal(c0.shape)
+    g_h, g_c = g_h.astype(np.float32), g_c.astype(np.float32)
+
+    tx, th0, tc0 = (torch.from_numpy(v).requires_grad_() for v in (x, h0, c0))
+    packed = pack_padded_sequence(tx, torch.from_numpy(lengths), True, enforce_sorted=False)
+    t_out, (t_h, t_c) = net(packed, (th0, tc0))
+    t_out = pad_packed_sequence(t_out, batch_first=True, total_length=6)[0]
+    loss = sum((a * torch.from_numpy(w)).sum() for a, w in ((t_out, g_out), (t_h, g_h), (t_c, g_c)))
+    loss.backward()
+
+    out, (h_n, c_n), tape = layer.forward_train(x, (h0, c0), lengths)
+    fwd = {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(out, t_out.detach().numpy(), **fwd)
+    np.testing.assert_allclose(h_n, t_h.detach().numpy(), **fwd)
+    np.testing.assert_allclose(c_n, t_c.detach().numpy(), **fwd)
+    g = layer.backward(tape, d_out=g_out, d_state=(g_h, g_c))
+    grad = {"rtol": 1e-4, "atol": 1e-5}
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(g.params[name], p.grad.numpy(), err_msg=name, **grad)
+    np.testing.assert_allclose(g.input, tx.grad.numpy(), err_msg="input", **grad)
+    np.testing.assert_allclose(g.state[0], th0.grad.numpy(), err_msg="h0", **grad)
+    np.testing.assert_allclose(g.state[1], tc0.grad.numpy(), err_msg="c0", **grad)
 
 
 def test_dropout_and_unbatched_inputs_match_cpu(gpu_device, rng):
@@ -324,9 +395,11 @@ def test_machine_without_vulkan_driver_falls_back_with_a_clear_message(tmp_path)
     assert "auto warning:" in proc.stdout
 
 
-def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device):
+@pytest.mark.parametrize("proj_size", [0, 5])
+def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device, proj_size):
     """``Model(device="gpu")``: the recurrent stack runs on the GPU inside the same ``fit``
-    (embedding, head, loss and Adam on the host); losses and weights follow the CPU run."""
+    (embedding, head, loss and Adam on the host); losses and weights follow the CPU run, with
+    and without projections."""
     rng = np.random.default_rng(5)
     x = rng.integers(0, 9, size=(48, 12))
     y = (x.sum(axis=1) % 3).astype(np.int64)
@@ -340,6 +413,7 @@ def test_model_trains_on_the_gpu_like_on_the_cpu(gpu_device):
             dropout=0.2,
             output_size=3,
             loss="cross_entropy",
+            proj_size=proj_size,
             seed=3,
             device=device,
         )

@@ -2,14 +2,14 @@
 
 Shapes and names without torch; live parity with torch (forward to 1e-5 in float32, gradients to
 1e-4, stacked, bidirectional, ragged ``lengths``, given initial states) when it is installed;
-typed refusals on every path that has no projections (GRU, custom cells, GPU, ONNX, Model).
+typed refusals on every path that has no projections (GRU, custom cells, ONNX, Model). The GPU
+backend has them: tests/test_gpu.py checks it against the CPU layer and torch.
 """
 
 from __future__ import annotations
 
 import itertools
 import pickle
-import warnings
 import zlib
 
 import lstmrs
@@ -114,14 +114,9 @@ def test_cells_without_projections_refuse_it():
     np.testing.assert_array_equal(rnn(x)[0], lstm(x)[0])
 
 
-def test_gpu_and_onnx_refuse_projections():
-    with pytest.raises(InvalidArgumentError, match="device: 'gpu' is not possible: proj_size=2"):
-        lstmrs.LSTM(3, 5, proj_size=2, device="gpu")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lstm = lstmrs.LSTM(3, 5, proj_size=2, device="auto")
-    assert lstm.device == "cpu"
-    assert any("proj_size=2" in str(w.message) for w in caught)
+def test_onnx_refuses_projections():
+    # (The GPU runs projections: tests/test_gpu.py compares it with the CPU layer.)
+    lstm = lstmrs.LSTM(3, 5, proj_size=2)
     with pytest.raises(ExportError, match="proj_size=2: ONNX's LSTM operator has no projection"):
         lstm.to_onnx(verify=False)
 

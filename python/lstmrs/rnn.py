@@ -125,24 +125,19 @@ def _float_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
-def _device_arg(value: Any, dtype: np.dtype, cell: str, proj_size: int = 0) -> str:
+def _device_arg(value: Any, dtype: np.dtype, cell: str) -> str:
     """Resolves ``device`` to ``"cpu"`` or ``"gpu"``. ``"gpu"`` raises when the layer or the
     machine cannot use it; ``"auto"`` falls back to the CPU with a warning."""
     if value not in ("cpu", "gpu", "auto"):
         raise InvalidArgumentError(f"device: expected 'cpu', 'gpu' or 'auto', got {value!r}")
     if value == "cpu":
         return "cpu"
-    # What the GPU kernels implement: float32, the LSTM and GRU cells, no projections.
+    # What the GPU kernels implement: float32, the LSTM (projected or not) and the GRU.
     unsupported = None
     if dtype != np.float32:
         unsupported = f"the GPU backend computes in float32, the layer's dtype is {dtype}"
     elif cell not in ("lstm", "gru"):
         unsupported = "the GPU backend implements the LSTM and GRU cells, not custom cells"
-    elif proj_size:
-        unsupported = (
-            f"proj_size={proj_size}: the GPU backend implements the LSTM without projections "
-            "(proj_size=0); a projected LSTM runs on the CPU"
-        )
     if unsupported is not None:
         if value == "gpu":
             raise InvalidArgumentError(f"device: 'gpu' is not possible: {unsupported}")
@@ -525,7 +520,7 @@ class _RNNBase(FlatParameters):
 
     @device.setter
     def device(self, value: Any) -> None:
-        self._device = _device_arg(value, self._dtype, self._cell, self._proj_size)
+        self._device = _device_arg(value, self._dtype, self._cell)
 
     @property
     def num_parameters(self) -> int:

@@ -102,7 +102,7 @@ pub fn check(device: Device, regularization: &Regularization) -> Result<()> {
 }
 
 /// Everything [`check`] does, then whether the GPU runs this network in `T` (not f64, custom
-/// cells or projections) and has an adapter: the test before a model moves to `device`.
+/// cells) and has an adapter: the test before a model moves to `device`.
 pub fn check_runs<T: Scalar>(
     device: Device,
     rnn: &RnnConfig,

@@ -93,14 +93,23 @@ struct Case {
 /// Runs one case on both paths and compares everything; returns the worst error ratio and the
 /// worst absolute error.
 fn check(case: Case, seed: u64) -> (f64, f64) {
+    check_projected(case, 0, seed)
+}
+
+/// [`check`] with the LSTM's hidden state projected to `proj` features (0: none).
+fn check_projected(case: Case, proj: usize, seed: u64) -> (f64, f64) {
     let Case { t, b, i, h, .. } = case;
-    let cfg = RnnConfig::new(case.cell, i, h, case.layers, case.bidirectional, case.bias).unwrap();
+    let cfg = RnnConfig::new(case.cell, i, h, case.layers, case.bidirectional, case.bias)
+        .and_then(|c| c.with_proj_size(proj))
+        .unwrap();
     let params = RnnParams::<f32>::init_uniform(cfg, seed);
     let mut s = Stream(seed);
-    let states = case.layers * cfg.num_directions() * b * h;
+    // h has `proj` features with projections, c always `h`.
+    let states = case.layers * cfg.num_directions() * b * cfg.state_size();
+    let c_states = case.layers * cfg.num_directions() * b * h;
     let input = s.vec(t * b * i, 1.0);
     let h0 = s.vec(states, 0.5);
-    let c0 = s.vec(states, 0.5);
+    let c0 = s.vec(c_states, 0.5);
     // Mixed lengths including the full one and 1, sorted neither way.
     let lengths: Vec<usize> = (0..b)
         .map(|r| [t, 1, t / 2 + 1, t - 1][r % 4].max(1))
@@ -123,7 +132,7 @@ fn check(case: Case, seed: u64) -> (f64, f64) {
     };
     let cpu = forward(&params, &batch, &opts).unwrap();
     let gpu_out = gpu::forward(&params, &batch, &opts).unwrap();
-    let tag = format!("{case:?}");
+    let tag = format!("{case:?} proj_size={proj}");
     let (mut worst, mut worst_abs) = (0f64, 0f64);
     let mut cmp = |name: &str, g: &[f32], w: &[f32]| {
         let (r, a) = compare(&format!("{tag}: {name}"), g, w);
@@ -139,7 +148,7 @@ fn check(case: Case, seed: u64) -> (f64, f64) {
 
     let d_out = s.vec(cpu.output.len(), 1.0);
     let d_h = s.vec(states, 1.0);
-    let d_c = s.vec(states, 1.0);
+    let d_c = s.vec(c_states, 1.0);
     let grads = GradOutputs {
         output: Some(&d_out),
         h_n: Some(&d_h),
@@ -460,10 +469,13 @@ fn model_on_the_gpu_matches_the_cpu_model() {
     if adapter().is_none() {
         return;
     }
-    for cell in [CellKind::Lstm, CellKind::Gru] {
+    // The projected LSTM too: its h (and the pooling's input) has proj_size features.
+    for (cell, proj) in [(CellKind::Lstm, 0), (CellKind::Gru, 0), (CellKind::Lstm, 4)] {
         let cfg = ModelConfig {
             input: InputKind::Embedding { vocab: 11, dim: 6 },
-            rnn: RnnConfig::new(cell, 6, 9, 2, true, true).unwrap(),
+            rnn: RnnConfig::new(cell, 6, 9, 2, true, true)
+                .and_then(|c| c.with_proj_size(proj))
+                .unwrap(),
             dropout: 0.3,
             regularization: Default::default(),
             pooling: Pooling::Attention { units: 5 },
@@ -515,7 +527,7 @@ fn model_on_the_gpu_matches_the_cpu_model() {
             .unwrap();
         assert!(
             (a.loss - b2.loss).abs() <= 1e-5 * a.loss.abs(),
-            "{cell:?} loss {} vs {}",
+            "{cell:?} proj_size={proj}: loss {} vs {}",
             a.loss,
             b2.loss
         );
@@ -523,7 +535,7 @@ fn model_on_the_gpu_matches_the_cpu_model() {
         for (k, (x, y)) in g_cpu.iter().zip(&g_gpu).enumerate() {
             assert!(
                 (x - y).abs() <= 1e-4 * x.abs() + 1e-5 * scale,
-                "{cell:?} grad {k}: cpu {x} vs gpu {y}"
+                "{cell:?} proj_size={proj}: grad {k}: cpu {x} vs gpu {y}"
             );
         }
     }
@@ -558,30 +570,129 @@ fn model_on_the_gpu_matches_the_cpu_model() {
     assert_eq!(m.device(), Device::Cpu);
 }
 
-/// The GPU kernels have no projection: a projected LSTM is refused as unsupported (before any
-/// adapter is asked for), never computed as a plain LSTM.
+/// The projected LSTM (`proj_size`): one and two layers, one and two directions, with and
+/// without lengths and biases, both layouts; then a shape past one tile everywhere (P and H not
+/// multiples of a tile, several batch tiles).
 #[test]
-fn projections_are_refused() {
-    let cfg = RnnConfig::new(CellKind::Lstm, 3, 5, 1, false, true)
-        .and_then(|c| c.with_proj_size(2))
-        .unwrap();
-    let p = RnnParams::<f32>::init_uniform(cfg, 1);
-    let x = vec![0.1f32; 2 * 4 * 3];
-    let batch = Batch {
-        input: &x,
+fn projections_match_cpu() {
+    if adapter().is_none() {
+        return;
+    }
+    let base = Case {
+        cell: CellKind::Lstm,
+        layers: 1,
+        bidirectional: false,
+        lengths: false,
         layout: Layout::BatchFirst,
-        seq_len: 4,
+        t: 5,
+        b: 3,
+        i: 4,
+        h: 7,
+        bias: true,
+        dropout: 0.0,
+    };
+    let cases = [
+        (base, 3),
+        (
+            Case {
+                layers: 2,
+                bidirectional: true,
+                lengths: true,
+                layout: Layout::TimeMajor,
+                b: 4,
+                h: 8,
+                ..base
+            },
+            4,
+        ),
+        (
+            Case {
+                layers: 2,
+                lengths: true,
+                bias: false,
+                ..base
+            },
+            2,
+        ),
+        (
+            Case {
+                bidirectional: true,
+                lengths: true,
+                h: 6,
+                ..base
+            },
+            5,
+        ),
+        (
+            Case {
+                layers: 3,
+                bidirectional: true,
+                layout: Layout::TimeMajor,
+                dropout: 0.4,
+                ..base
+            },
+            3,
+        ),
+    ];
+    for (k, (case, proj)) in cases.into_iter().enumerate() {
+        check_projected(case, proj, 200 + k as u64);
+    }
+    let wide = Case {
+        layers: 2,
+        bidirectional: true,
+        lengths: true,
+        t: 6,
+        b: 21,
+        i: 36,
+        h: 41,
+        ..base
+    };
+    let (worst, abs) = check_projected(wide, 19, 7);
+    eprintln!(
+        "projected multi-tile: worst error {worst:.3} of the tolerance, largest absolute error \
+         {abs:.2e}"
+    );
+}
+
+/// Projected inference without a tape (ping-pong slots, one step of `m`) matches, and rows past
+/// their length output exactly zero.
+#[test]
+fn projected_inference_without_tape_matches() {
+    if adapter().is_none() {
+        return;
+    }
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 6, 2, true, true)
+        .and_then(|c| c.with_proj_size(4))
+        .unwrap();
+    let params = RnnParams::<f32>::init_uniform(cfg, 5);
+    let input = Stream(9).vec(7 * 2 * 3, 1.0);
+    let lengths = [7, 3];
+    let batch = Batch {
+        input: &input,
+        layout: Layout::BatchFirst,
+        seq_len: 7,
         batch: 2,
         h0: None,
         c0: None,
-        lengths: None,
+        lengths: Some(&lengths),
     };
-    match gpu::forward(&p, &batch, &ForwardOptions::default()) {
-        Err(Error::Gpu {
-            failure: GpuFailure::Unsupported,
-            detail,
-        }) => assert!(detail.contains("proj_size=2"), "{detail}"),
-        Err(e) => panic!("wrong error {e:?}"),
-        Ok(_) => panic!("a projected LSTM ran on the GPU"),
-    }
+    let opts = ForwardOptions::default();
+    let cpu = forward(&params, &batch, &opts).unwrap();
+    let got = gpu::forward(&params, &batch, &opts).unwrap();
+    assert!(got.tape.is_none());
+    compare("output", &got.output.output, &cpu.output);
+    compare("h_n", &got.output.h_n, &cpu.h_n);
+    compare(
+        "c_n",
+        got.output.c_n.as_ref().unwrap(),
+        cpu.c_n.as_ref().unwrap(),
+    );
+    assert_eq!(
+        (got.output.h_n.len(), cpu.c_n.unwrap().len()),
+        (2 * 2 * 2 * 4, 2 * 2 * 2 * 6)
+    );
+    // Output rows hold 2*P = 8 features; past row 1's length (3) they are exactly zero.
+    let row1 = &got.output.output[7 * 8..];
+    assert!(row1[3 * 8..].iter().all(|&v| v == 0.0));
+    assert!(row1[..3 * 8].iter().any(|&v| v != 0.0));
 }

@@ -6,7 +6,7 @@ use super::context::{gpu, Gpu, Recorder};
 use super::forward::GpuTape;
 use super::matmul::{matmul, Operand, Out};
 use super::ops::{column_sums, permute, scale};
-use super::step::{backward_step, BackwardAt, BackwardSweep, TapeLayout};
+use super::step::{backward_step, BackwardAt, BackwardSweep, ProjSweep, TapeLayout};
 use crate::config::CellKind;
 use crate::error::Result;
 use crate::network::{validate_backward, GradOutputs, Gradients, Layout};
@@ -49,15 +49,17 @@ fn run<T: Scalar + Pod>(
         cfg.hidden_size,
         cfg.num_directions(),
     );
-    let (bh, gh, rows) = (b * h, cfg.x_gate_width(), t * b);
+    // `S`: features of h (`P` with projections), `P`: 0 without.
+    let (ss, p) = (cfg.state_size(), cfg.proj_size);
+    let (bh, bs, gh, rows) = (b * h, b * ss, cfg.x_gate_width(), t * b);
     let lstm = cfg.cell == CellKind::Lstm;
-    let states = cfg.num_layers * nd * bh;
+    let (h_states, c_states) = (cfg.num_layers * nd * bs, cfg.num_layers * nd * bh);
 
     let weights = g.upload(params, "params")?;
     let g_params = g.zeros(params.len(), "parameter gradients")?;
-    let dh0 = g.zeros(states, "dh0")?;
+    let dh0 = g.zeros(h_states, "dh0")?;
     let dc0 = if lstm {
-        Some(g.zeros(states, "dc0")?)
+        Some(g.zeros(c_states, "dc0")?)
     } else {
         None
     };
@@ -86,16 +88,23 @@ fn run<T: Scalar + Pod>(
         let dx = g.zeros(rows * inp, "d_input")?;
         for dir in 0..nd {
             let o = dir_offsets(&cfg, layer, dir);
-            let tl = TapeLayout::new(cfg.cell, b, h, t, true);
+            let tl = TapeLayout::new(&cfg, b, t, true);
             let dtape = &tape.dirs[layer * nd + dir];
-            let dg = g.zeros(rows * gh * if lstm { 1 } else { 2 }, "gate gradients")?;
+            // Gate gradients, then (GRU) the recurrent-side ones, or (projected) d_proj.
+            let gates_len = rows * gh * if lstm { 1 } else { 2 };
+            let dg = g.zeros(gates_len + rows * p, "gate gradients")?;
             let carry = g.zeros(2 * bh, "state gradients")?;
-            let st = (layer * nd + dir) * bh;
+            let carry_h = if p > 0 {
+                g.zeros(bs, "projected state gradient")?
+            } else {
+                carry.clone()
+            };
+            let (st_h, st_c) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             if let Some(d) = &dh_n {
-                rec.copy(d, st, &carry, 0, bh);
+                rec.copy(d, st_h, &carry_h, 0, bs);
             }
             if let (true, Some(d)) = (lstm, &dc_n) {
-                rec.copy(d, st, &carry, bh, bh);
+                rec.copy(d, st_c, &carry, bh, bh);
             }
             let sweep = BackwardSweep {
                 cell: cfg.cell,
@@ -107,9 +116,15 @@ fn run<T: Scalar + Pod>(
                 lengths: &tape.lengths,
                 tape: dtape,
                 layout: tl,
-                d_out: d_out.as_ref().map(|d| (d, nd * h, dir * h)),
+                d_out: d_out.as_ref().map(|d| (d, nd * ss, dir * ss)),
                 dg: &dg,
                 carry: &carry,
+                proj: (p > 0).then_some(ProjSweep {
+                    proj: p,
+                    w_hr: o.w_hr,
+                    d_proj: gates_len,
+                    carry_h: &carry_h,
+                }),
             };
             let reverse = dir == 1;
             let mut prev = None;
@@ -130,9 +145,9 @@ fn run<T: Scalar + Pod>(
             // t >= 1, so the sweep processed at least one step.
             let last = prev.unwrap_or(0);
             backward_step(&mut rec, &sweep, BackwardAt::Final { prev: last })?;
-            rec.copy(&carry, 0, &dh0, st, bh);
+            rec.copy(&carry_h, 0, &dh0, st_h, bs);
             if let Some(dc0) = &dc0 {
-                rec.copy(&carry, bh, dc0, st, bh);
+                rec.copy(&carry, bh, dc0, st_c, bh);
             }
 
             // Gradients gathered over all T*B rows. The GRU's recurrent side differs from the
@@ -166,22 +181,48 @@ fn run<T: Scalar + Pod>(
             let h_enter = tl.h(usize::from(reverse));
             matmul(
                 &mut rec,
-                (gh, h, rows),
+                (gh, ss, rows),
                 dg_t(rec_base),
                 Operand {
                     buf: dtape,
                     off: h_enter,
-                    ld: h,
+                    ld: ss,
                     trans: false,
                 },
                 Out {
                     buf: &g_params,
                     off: o.w_hh,
-                    ld: h,
+                    ld: ss,
                 },
                 None,
                 false,
             )?;
+            if p > 0 {
+                // dW_hr[P,H] = d_projᵀ · m over all steps (both zero on rows past their length).
+                matmul(
+                    &mut rec,
+                    (p, h, rows),
+                    Operand {
+                        buf: &dg,
+                        off: gates_len,
+                        ld: p,
+                        trans: true,
+                    },
+                    Operand {
+                        buf: dtape,
+                        off: tl.m(0),
+                        ld: h,
+                        trans: false,
+                    },
+                    Out {
+                        buf: &g_params,
+                        off: o.w_hr,
+                        ld: h,
+                    },
+                    None,
+                    false,
+                )?;
+            }
             if let Some((b_ih, b_hh)) = o.bias {
                 column_sums(&mut rec, &dg, 0, (rows, gh), &g_params, b_ih)?;
                 column_sums(&mut rec, &dg, rec_base, (rows, gh), &g_params, b_hh)?;
@@ -228,10 +269,10 @@ fn run<T: Scalar + Pod>(
     let mut reads = vec![
         (&g_params, 0, params.len()),
         (&d_input, 0, d_input.len()),
-        (&dh0, 0, states),
+        (&dh0, 0, h_states),
     ];
     if let Some(dc0) = &dc0 {
-        reads.push((dc0, 0, states));
+        reads.push((dc0, 0, c_states));
     }
     let mut res = rec.submit::<T>(&reads)?.into_iter();
     let mut next = || res.next().unwrap_or_default();

@@ -22,9 +22,11 @@ pub(crate) fn count(n: usize, per: usize) -> u32 {
     u32::try_from(n.div_ceil(per)).unwrap_or(u32::MAX)
 }
 
-/// Bytes of one dispatch's parameters: sixteen u32 (each shader's `Params` fits).
-pub(crate) type Params = [u32; 16];
-const PARAMS_BYTES: u64 = 64;
+/// Words (u32) of one dispatch's parameters: each shader's `Params` fits (the forward step's,
+/// 20, is the largest). A launcher passes as many as its shader reads; the rest are zero.
+const PARAMS_WORDS: usize = 20;
+type Params = [u32; PARAMS_WORDS];
+const PARAMS_BYTES: u64 = 4 * PARAMS_WORDS as u64;
 
 /// The smallest limits the kernels are written for (WebGPU's defaults meet all of them).
 const NEEDED: [(&str, u32); 6] = [
@@ -55,6 +57,9 @@ pub(crate) enum Shader {
     GruForward,
     LstmBackward,
     GruBackward,
+    /// The projected LSTM's `h' = W_hr m` (forward) and the gradient reaching `h` (backward).
+    ProjForward,
+    ProjBackward,
     Ops,
 }
 
@@ -77,6 +82,10 @@ impl Shader {
                 [STEP, BWD, include_str!("shaders/lstm_backward.wgsl")].concat()
             }
             Shader::GruBackward => [STEP, BWD, include_str!("shaders/gru_backward.wgsl")].concat(),
+            Shader::ProjForward => [STEP, FWD, include_str!("shaders/proj_forward.wgsl")].concat(),
+            Shader::ProjBackward => {
+                [STEP, BWD, include_str!("shaders/proj_backward.wgsl")].concat()
+            }
         }
     }
 }
@@ -430,15 +439,21 @@ impl<'g> Recorder<'g> {
         self.gpu
     }
 
-    /// Queues `kernel` over `groups` workgroups with storage `buffers` (bindings 1, 2, ...).
+    /// Queues `kernel` over `groups` workgroups with storage `buffers` (bindings 1, 2, ...) and
+    /// `params` (at most `PARAMS_WORDS`, zero-padded) as its uniform.
     pub fn dispatch(
         &mut self,
         kernel: &Kernel,
         buffers: &[&GBuf],
-        params: Params,
+        params: &[u32],
         groups: [u32; 3],
     ) -> Result<()> {
         debug_assert_eq!(buffers.len(), kernel.storage.len(), "{}", kernel.entry);
+        assert!(
+            params.len() <= PARAMS_WORDS,
+            "{}: too many parameters",
+            kernel.entry
+        );
         let max = self.gpu.max_workgroups();
         if groups.iter().any(|&g| g > max) {
             return Err(gpu_error(
@@ -454,7 +469,9 @@ impl<'g> Recorder<'g> {
             return Ok(());
         }
         let pipeline = self.gpu.pipeline(kernel)?;
-        self.params.push(params);
+        let mut words: Params = [0; PARAMS_WORDS];
+        words[..params.len()].copy_from_slice(params);
+        self.params.push(words);
         self.ops.push(Op::Dispatch {
             pipeline,
             buffers: buffers.iter().map(|&b| b.clone()).collect(),
@@ -482,7 +499,9 @@ impl<'g> Recorder<'g> {
     /// len)` into `Vec<T>`s (`T` is f32; the caller checked).
     pub fn submit<T: Pod>(self, reads: &[(&GBuf, usize, usize)]) -> Result<Vec<Vec<T>>> {
         let g = self.gpu;
-        let stride = u64::from(g.limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
+        // Dynamic offsets must be multiples of the adapter's alignment.
+        let align = u64::from(g.limits.min_uniform_buffer_offset_alignment).max(1);
+        let stride = PARAMS_BYTES.next_multiple_of(align);
         let uniform = g.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (self.params.len().max(1) as u64) * stride,

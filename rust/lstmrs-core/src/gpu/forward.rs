@@ -88,10 +88,12 @@ fn run<T: Scalar + Pod>(
     opts: &ForwardOptions,
 ) -> Result<GpuForward<T>> {
     let (t, b, h, nd) = (x.seq_len, x.batch, cfg.hidden_size, cfg.num_directions());
-    let (bh, gh) = (b * h, cfg.x_gate_width());
+    // `S`: features of h and of each direction's output (`P` with projections).
+    let ss = cfg.state_size();
+    let (bh, bs, gh) = (b * h, b * ss, cfg.x_gate_width());
     let lstm = cfg.cell == CellKind::Lstm;
     let keep = opts.keep_tape;
-    let states = cfg.num_layers * nd * bh;
+    let (h_states, c_states) = (cfg.num_layers * nd * bs, cfg.num_layers * nd * bh);
 
     let weights = g.upload(params, "params")?;
     let lengths: Vec<u32> = match x.lengths {
@@ -101,9 +103,9 @@ fn run<T: Scalar + Pod>(
     let lengths = g.upload(&lengths, "lengths")?;
     let h0 = x.h0.map(|v| g.upload(v, "h0")).transpose()?;
     let c0 = x.c0.map(|v| g.upload(v, "c0")).transpose()?;
-    let h_n = g.zeros(states, "h_n")?;
+    let h_n = g.zeros(h_states, "h_n")?;
     let c_n = if lstm {
-        Some(g.zeros(states, "c_n")?)
+        Some(g.zeros(c_states, "c_n")?)
     } else {
         None
     };
@@ -133,7 +135,7 @@ fn run<T: Scalar + Pod>(
         } else {
             None
         };
-        let layer_out = g.zeros(t * b * nd * h, "layer output")?;
+        let layer_out = g.zeros(t * b * nd * ss, "layer output")?;
         for dir in 0..nd {
             let o = dir_offsets(cfg, layer, dir);
             // x_pre = x · W_ihᵀ + b_ih + the parts of b_hh outside the recurrence (all of it for
@@ -168,17 +170,17 @@ fn run<T: Scalar + Pod>(
                 false,
             )?;
 
-            let tl = TapeLayout::new(cfg.cell, b, h, t, keep);
+            let tl = TapeLayout::new(cfg, b, t, keep);
             let tape = g.zeros(tl.len(), "tape")?;
             let reverse = dir == 1;
             let time = |s: usize| if reverse { t - 1 - s } else { s };
             let first = slots(keep, reverse, 0, time(0)).0;
-            let st = (layer * nd + dir) * bh;
+            let (st_h, st_c) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             if let Some(h0) = &h0 {
-                rec.copy(h0, st, &tape, tl.h(first), bh);
+                rec.copy(h0, st_h, &tape, tl.h(first), bs);
             }
             if let (true, Some(c0)) = (lstm, &c0) {
-                rec.copy(c0, st, &tape, tl.c(first), bh);
+                rec.copy(c0, st_c, &tape, tl.c(first), bh);
             }
             let sweep = ForwardSweep {
                 cell: cfg.cell,
@@ -191,9 +193,11 @@ fn run<T: Scalar + Pod>(
                 lengths: &lengths,
                 tape: &tape,
                 layout: tl,
+                state: ss,
+                w_hr: (cfg.proj_size > 0).then_some(o.w_hr),
                 out: &layer_out,
-                out_ld: nd * h,
-                out_col: dir * h,
+                out_ld: nd * ss,
+                out_col: dir * ss,
                 keep_tape: keep,
             };
             let mut last = first;
@@ -209,9 +213,9 @@ fn run<T: Scalar + Pod>(
                 )?;
                 last = write;
             }
-            rec.copy(&tape, tl.h(last), &h_n, st, bh);
+            rec.copy(&tape, tl.h(last), &h_n, st_h, bs);
             if let Some(c_n) = &c_n {
-                rec.copy(&tape, tl.c(last), c_n, st, bh);
+                rec.copy(&tape, tl.c(last), c_n, st_c, bh);
             }
             if keep {
                 dirs.push(tape);
@@ -224,18 +228,18 @@ fn run<T: Scalar + Pod>(
         }
     }
 
-    let out_len = t * b * nd * h;
+    let out_len = t * b * nd * ss;
     let output = match x.layout {
         Layout::TimeMajor => layer_in,
         Layout::BatchFirst => {
             let bf = g.zeros(out_len, "output")?;
-            permute(&mut rec, &layer_in, &bf, (t, b, nd * h))?;
+            permute(&mut rec, &layer_in, &bf, (t, b, nd * ss))?;
             bf
         }
     };
-    let mut reads = vec![(&output, 0, out_len), (&h_n, 0, states)];
+    let mut reads = vec![(&output, 0, out_len), (&h_n, 0, h_states)];
     if let Some(c_n) = &c_n {
-        reads.push((c_n, 0, states));
+        reads.push((c_n, 0, c_states));
     }
     let mut res = rec.submit::<T>(&reads)?.into_iter();
     let (output, h_n) = (

@@ -111,7 +111,7 @@ pub(crate) fn matmul(
     rec.dispatch(
         &kernel,
         &[a.buf, b.buf, c.buf, bias_buf, a.buf, b.buf],
-        params,
+        &params,
         groups,
     )
 }

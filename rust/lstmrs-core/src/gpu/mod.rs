@@ -6,8 +6,9 @@
 //! and [`GradOutputs`](crate::GradOutputs) as [`crate::forward`] / [`crate::backward`] and return
 //! the same [`ForwardOutput`](crate::ForwardOutput) and [`Gradients`](crate::Gradients); only
 //! the tape differs ([`GpuTape`], which keeps its tensors on the device). Stacked, bidirectional
-//! and variable-length batches (packed-sequence semantics) and dropout between layers (the same
-//! masks as the CPU path, drawn on the host) are supported; f32 only.
+//! and variable-length batches (packed-sequence semantics), dropout between layers (the same
+//! masks as the CPU path, drawn on the host) and the projected LSTM (`proj_size`: a second step
+//! kernel per step each way, see `step`) are supported; f32 only.
 //!
 //! Each call uploads its inputs, records the whole pass (every layer, direction and time step)
 //! into one command encoder, submits it once and reads the results back. Per layer and direction:
@@ -120,16 +121,6 @@ pub fn gpu_available() -> Result<GpuInfo> {
 #[cfg(feature = "gpu")]
 pub fn check_supported<T: Scalar>(cfg: &RnnConfig) -> Result<()> {
     let cell = cfg.cell;
-    if cfg.proj_size > 0 {
-        return Err(gpu_error(
-            GpuFailure::Unsupported,
-            format!(
-                "proj_size={}: the GPU kernels implement the LSTM without projections \
-                 (proj_size=0); run a projected LSTM on the CPU",
-                cfg.proj_size
-            ),
-        ));
-    }
     if T::DTYPE != DType::F32 {
         return Err(gpu_error(
             GpuFailure::Unsupported,

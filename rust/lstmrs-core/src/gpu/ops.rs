@@ -35,14 +35,14 @@ pub(crate) fn permute(
         a as u32, b as u32, f as u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
     let groups = elementwise_groups(rec, a * b * f);
-    rec.dispatch(&kernel("permute"), &[src, src, dst], params, groups)
+    rec.dispatch(&kernel("permute"), &[src, src, dst], &params, groups)
 }
 
 /// `dst[..n] *= mask[..n]`, in place.
 pub(crate) fn scale(rec: &mut Recorder, dst: &GBuf, mask: &GBuf, n: usize) -> Result<()> {
     let params = [n as u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let groups = elementwise_groups(rec, n);
-    rec.dispatch(&kernel("scale"), &[mask, mask, dst], params, groups)
+    rec.dispatch(&kernel("scale"), &[mask, mask, dst], &params, groups)
 }
 
 /// `dst[dst_off + c] = Σ_r src[src_off + r*cols + c]` for `rows x cols`: a bias gradient.
@@ -75,7 +75,7 @@ pub(crate) fn column_sums(
     rec.dispatch(
         &kernel("colsum"),
         &[src, src, dst],
-        params,
+        &params,
         [count(cols, 64), 1, 1],
     )
 }

@@ -1,31 +1,43 @@
 //! Launchers of the per-time-step kernels: the forward step (recurrent product fused with the
 //! gate nonlinearities) and the reverse BPTT step, for the LSTM and the GRU
 //! (`shaders/step_*.wgsl` with `shaders/{lstm,gru}_*.wgsl` appended).
+//!
+//! The projected LSTM (`proj_size = P`) takes two dispatches a step each way, both the same
+//! tiled step kernels with another cell part (`shaders/proj_*.wgsl`): forward, the gate kernel
+//! (product depth P) writes `m = o*tanh(c')` and the projection kernel `h' = m·W_hrᵀ`; backward,
+//! the projection's kernel gathers the gradient reaching `h` (`d_proj`, over P features) and
+//! the LSTM's gate kernel takes `dm = d_proj·W_hr` as its `dh`.
 
 use super::context::{count, Access, GBuf, Kernel, Recorder, Shader};
-use crate::config::CellKind;
+use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
 
-/// Where one direction's tape lives in its buffer: `[act | aux | h slots | c slots]`.
-/// With a tape every step keeps its activations and state slot `T+1`; without one a single step
-/// of scratch and two ping-pong slots suffice.
+/// Where one direction's tape lives in its buffer: `[act | aux | m | h slots | c slots]` (`m`
+/// only with projections). With a tape every step keeps its activations and state slot `T+1`;
+/// without one a single step of scratch and two ping-pong slots suffice. `h` has `S` features
+/// (`P` with projections, else `H`), `c`, `aux` and `m` have `H`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TapeLayout {
     pub bh: usize,
+    /// `B*S`: one `h` slot.
+    pub bs: usize,
     pub gates: usize,
     pub kept_steps: usize,
     pub slots: usize,
     pub lstm: bool,
+    pub projected: bool,
 }
 
 impl TapeLayout {
-    pub fn new(cell: CellKind, batch: usize, hidden: usize, steps: usize, keep: bool) -> Self {
+    pub fn new(cfg: &RnnConfig, batch: usize, steps: usize, keep: bool) -> Self {
         TapeLayout {
-            bh: batch * hidden,
-            gates: cell.gate_count(),
+            bh: batch * cfg.hidden_size,
+            bs: batch * cfg.state_size(),
+            gates: cfg.cell.gate_count(),
             kept_steps: if keep { steps } else { 1 },
             slots: if keep { steps + 1 } else { 2 },
-            lstm: cell == CellKind::Lstm,
+            lstm: cfg.cell == CellKind::Lstm,
+            projected: cfg.proj_size > 0,
         }
     }
     /// Activations `[B, G*H]` of kept step `t`.
@@ -36,8 +48,13 @@ impl TapeLayout {
     pub fn aux(&self, t: usize) -> usize {
         self.kept_steps * self.bh * self.gates + t * self.bh
     }
+    /// `m = o*tanh(c')`, `[B, H]`, of kept step `t` (projected LSTM).
+    pub fn m(&self, t: usize) -> usize {
+        self.kept_steps * self.bh * (self.gates + 1) + t * self.bh
+    }
     pub fn h(&self, slot: usize) -> usize {
-        self.kept_steps * self.bh * (self.gates + 1) + slot * self.bh
+        let m_steps = if self.projected { self.kept_steps } else { 0 };
+        self.kept_steps * self.bh * (self.gates + 1) + m_steps * self.bh + slot * self.bs
     }
     pub fn c(&self, slot: usize) -> usize {
         self.h(self.slots) + slot * self.bh
@@ -96,6 +113,10 @@ pub(crate) struct ForwardSweep<'a> {
     pub lengths: &'a GBuf,
     pub tape: &'a GBuf,
     pub layout: TapeLayout,
+    /// Features of `h`: the recurrent product's depth (`P` with projections, else `H`).
+    pub state: usize,
+    /// Offset of `W_hr` in `weights` (projected LSTM).
+    pub w_hr: Option<usize>,
     /// The layer's `[T, B, ld]` output and this direction's first column.
     pub out: &'a GBuf,
     pub out_ld: usize,
@@ -124,7 +145,11 @@ pub(crate) fn forward_step(
         _ => Shader::LstmForward,
     };
     let (b, h, l) = (s.batch, s.hidden, &s.layout);
-    let flags = u32::from(s.b_hn.is_some()) | if s.keep_tape { 2 } else { 0 };
+    let mut flags = u32::from(s.b_hn.is_some()) | if s.keep_tape { 2 } else { 0 };
+    if s.w_hr.is_some() {
+        flags |= 4;
+    }
+    let out_off = t * b * s.out_ld + s.out_col;
     let params = [
         b as u32,
         h as u32,
@@ -139,15 +164,48 @@ pub(crate) fn forward_step(
         l.h(write) as u32,
         l.c(read) as u32,
         l.c(write) as u32,
-        (t * b * s.out_ld + s.out_col) as u32,
+        out_off as u32,
         s.out_ld as u32,
-        0,
+        s.state as u32,
+        l.m(kept) as u32,
     ];
+    let buffers = [s.weights, s.x_pre, s.lengths, s.tape, s.out];
     rec.dispatch(
         &kernel(shader, STORAGE, h, b),
-        &[s.weights, s.x_pre, s.lengths, s.tape, s.out],
-        params,
+        &buffers,
+        &params,
         groups(h, b),
+    )?;
+    let Some(w_hr) = s.w_hr else {
+        return Ok(());
+    };
+    // h'[B,P] = m·W_hrᵀ: the step kernel with G = 1 over the P features, depth H.
+    let p = s.state;
+    let params = [
+        b as u32,
+        p as u32,
+        t as u32,
+        0,
+        w_hr as u32,
+        0,
+        0,
+        0,
+        0,
+        l.m(kept) as u32,
+        l.h(write) as u32,
+        0,
+        0,
+        out_off as u32,
+        s.out_ld as u32,
+        h as u32,
+        0,
+        l.h(read) as u32,
+    ];
+    rec.dispatch(
+        &kernel(Shader::ProjForward, STORAGE, p, b),
+        &buffers,
+        &params,
+        groups(p, b),
     )
 }
 
@@ -166,8 +224,21 @@ pub(crate) struct BackwardSweep<'a> {
     pub d_out: Option<(&'a GBuf, usize, usize)>,
     /// `[T, B, G*H]` input-side gate gradients, then (GRU) the recurrent-side ones.
     pub dg: &'a GBuf,
-    /// `[dh | dc]`, `[B, H]` each.
+    /// `[dh | dc]`, `[B, H]` each (projected: `dh` is a scratch row that stays zero).
     pub carry: &'a GBuf,
+    pub proj: Option<ProjSweep<'a>>,
+}
+
+/// What a projected LSTM's backward sweep adds.
+pub(crate) struct ProjSweep<'a> {
+    /// `P`.
+    pub proj: usize,
+    /// Offset of `W_hr` in `weights`.
+    pub w_hr: usize,
+    /// Where `d_proj` `[T, B, P]` (the gradient reaching each step's `h`) starts in `dg`.
+    pub d_proj: usize,
+    /// `[B, P]`: the gradient of `h` carried from step to step.
+    pub carry_h: &'a GBuf,
 }
 
 impl BackwardSweep<'_> {
@@ -224,29 +295,87 @@ pub(crate) fn backward_step(rec: &mut Recorder, s: &BackwardSweep, at: BackwardA
         flags |= 4;
     }
     let state = if l.lstm { l.c(enter) } else { l.h(enter) };
-    let rec_base = s.rec_base();
+    let dg_prev = prev.unwrap_or(0) * b * gh;
+    let Some(pj) = &s.proj else {
+        let rec_base = s.rec_base();
+        let params = [
+            b as u32,
+            h as u32,
+            t as u32,
+            flags,
+            s.w_hh as u32,
+            l.act(t) as u32,
+            l.aux(t) as u32,
+            state as u32,
+            dout_off as u32,
+            dout_ld as u32,
+            (t * b * gh) as u32,
+            dg_prev as u32,
+            rec_base as u32,
+            rec_base as u32,
+            (b * h) as u32,
+            gh as u32,
+        ];
+        return rec.dispatch(
+            &kernel(shader, STORAGE, h, b),
+            &[s.weights, s.lengths, s.tape, d_out, s.dg, s.carry],
+            &params,
+            groups(h, b),
+        );
+    };
+    // Projected: dh[B,P] = carry_h + dg(prev)·W_hh[4H,P] + d_out, which becomes d_proj[t].
+    let p = pj.proj;
+    let d_proj = pj.d_proj + t * b * p;
+    let params = [
+        b as u32,
+        p as u32,
+        t as u32,
+        flags,
+        s.w_hh as u32,
+        0,
+        0,
+        0,
+        dout_off as u32,
+        dout_ld as u32,
+        d_proj as u32,
+        dg_prev as u32,
+        0,
+        0,
+        0,
+        gh as u32,
+    ];
+    rec.dispatch(
+        &kernel(Shader::ProjBackward, STORAGE, p, b),
+        &[s.weights, s.lengths, s.tape, d_out, s.dg, pj.carry_h],
+        &params,
+        groups(p, b),
+    )?;
+    if fin {
+        return Ok(());
+    }
+    // Then the LSTM's gate backward with dh = dm = d_proj[t]·W_hr[P,H] (depth P).
     let params = [
         b as u32,
         h as u32,
         t as u32,
-        flags,
-        s.w_hh as u32,
+        1,
+        pj.w_hr as u32,
         l.act(t) as u32,
         l.aux(t) as u32,
         state as u32,
-        dout_off as u32,
-        dout_ld as u32,
-        (t * b * gh) as u32,
-        (prev.unwrap_or(0) * b * gh) as u32,
-        rec_base as u32,
-        rec_base as u32,
-        (b * h) as u32,
         0,
+        0,
+        (t * b * gh) as u32,
+        d_proj as u32,
+        0,
+        0,
+        (b * h) as u32,
+        p as u32,
     ];
     rec.dispatch(
         &kernel(shader, STORAGE, h, b),
-        &[s.weights, s.lengths, s.tape, d_out, s.dg, s.carry],
-        params,
+        &[s.weights, s.lengths, s.tape, s.lengths, s.dg, s.carry],
+        &params,
         groups(h, b),
     )
 }

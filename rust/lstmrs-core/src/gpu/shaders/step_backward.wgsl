@@ -12,6 +12,11 @@
 //
 // `dg` holds dgx [T,B,G*H] (and, GRU, dgh after it at dgh_base); `carry` holds [dh | dc] for
 // [B,H] each. Each thread reads and writes only its own carry elements, so they update in place.
+//
+// The projected LSTM runs this kernel twice a step (see gpu/step.rs): first with G = 1 over the
+// P features of h (proj_backward.wgsl), where the product is dg(previous step) · W_hh[4H,P] and
+// the "gate gradient" it writes is d_proj[t] = dh; then with the LSTM cell over the H units, where
+// the product is dm = d_proj[t] · W_hr[P,H] (K = P) and carry_h is a scratch row that stays zero.
 
 struct Params {
     batch: u32,
@@ -33,7 +38,8 @@ struct Params {
     // Where the recurrent-side gradients start in `dg`: 0 (LSTM) or dgh_base (GRU).
     rec_base: u32,
     carry_c: u32,
-    _pad: u32,
+    // The product's depth K (G*H; the projected LSTM's P when its gate kernel reads d_proj).
+    k_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,8 +68,9 @@ fn main(
     let row0 = wid.y * ROWS;
     let threads = WG_J * WG_B;
     var acc: array<f32, RB>;
+    let kl = p.k_len;
     if (p.flags & 1u) != 0u {
-        for (var k0 = 0u; k0 < gh; k0 += BK) {
+        for (var k0 = 0u; k0 < kl; k0 += BK) {
             // dg_rec[b, k0..k0+BK], contiguous along k.
             for (var e = li; e < ROWS * BK; e += threads) {
                 let kk = e % BK;
@@ -71,8 +78,8 @@ fn main(
                 let b = row0 + r;
                 let k = k0 + kk;
                 var v = 0.0;
-                if b < p.batch && k < gh {
-                    v = dg[p.rec_base + p.dg_prev + b * gh + k];
+                if b < p.batch && k < kl {
+                    v = dg[p.rec_base + p.dg_prev + b * kl + k];
                 }
                 d_s[kk * ROWS + r] = v;
             }
@@ -83,7 +90,7 @@ fn main(
                 let j = j0 + jj;
                 let k = k0 + kk;
                 var v = 0.0;
-                if j < hh && k < gh {
+                if j < hh && k < kl {
                     v = weights[p.w_hh + k * hh + j];
                 }
                 w_s[kk * WG_J + jj] = v;

@@ -1,6 +1,8 @@
 // One forward time step of one direction of one layer, for all batch rows: the recurrent product
-// h_prev[B,H] · W_hh[G*H,H]ᵀ fused with the gate nonlinearities and the state update. The cell
-// file appended to this one defines G and `cell_forward`.
+// h_prev[B,K] · W_hh[G*H,K]ᵀ fused with the gate nonlinearities and the state update (K is H, or
+// the projected LSTM's P). The cell file appended to this one defines G and `cell_forward`; the
+// projected LSTM's second kernel of a step (proj_forward.wgsl) is this product with G = 1, the
+// cell's m[B,H] as input and W_hr[P,H] as weights.
 //
 // A workgroup owns WG_J hidden units and WG_B*RB batch rows, and computes all G gate columns of
 // its units (j, H+j, 2H+j, ...), so the nonlinearities need no second pass. Each thread holds
@@ -14,7 +16,8 @@ struct Params {
     batch: u32,
     hidden: u32,
     t: u32,
-    // 1: the network has biases (GRU adds b_hn here), 2: write act/aux to the tape.
+    // 1: the network has biases (GRU adds b_hn here), 2: write act/aux to the tape,
+    // 4: projected LSTM (the gate kernel writes m instead of h and the output).
     flags: u32,
     w_hh: u32,
     b_hn: u32,
@@ -27,7 +30,14 @@ struct Params {
     c_out: u32,
     out_off: u32,
     out_ld: u32,
-    _pad: u32,
+    // The product's depth K, and the row stride of the state it reads at h_in.
+    k_len: u32,
+    // Projected LSTM (flag 4): where the gate kernel writes m = o*tanh(c') [B,H], and the state
+    // slot the projection kernel carries on rows past their length.
+    m_off: u32,
+    h_prev: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,15 +69,16 @@ fn main(
     let row0 = wid.y * ROWS;
     let threads = WG_J * WG_B;
     var acc: array<array<f32, G>, RB>;
-    for (var k0 = 0u; k0 < hh; k0 += BK) {
+    let kl = p.k_len;
+    for (var k0 = 0u; k0 < kl; k0 += BK) {
         for (var e = li; e < ROWS * BK; e += threads) {
             let kk = e % BK;
             let r = e / BK;
             let b = row0 + r;
             let k = k0 + kk;
             var v = 0.0;
-            if b < p.batch && k < hh {
-                v = tape[p.h_in + b * hh + k];
+            if b < p.batch && k < kl {
+                v = tape[p.h_in + b * kl + k];
             }
             h_s[kk * ROWS + r] = v;
         }
@@ -77,8 +88,8 @@ fn main(
             let j = j0 + gj % WG_J;
             let k = k0 + kk;
             var v = 0.0;
-            if j < hh && k < hh {
-                v = weights[p.w_hh + ((gj / WG_J) * hh + j) * hh + k];
+            if j < hh && k < kl {
+                v = weights[p.w_hh + ((gj / WG_J) * hh + j) * kl + k];
             }
             w_s[kk * W_STRIDE + gj] = v;
         }
