@@ -13,6 +13,9 @@ comment). Each side is split into characters or whitespace-separated words.
   (WER for G2P). A source with several references (alternates) is scored against the one
   nearest to the prediction: a word is right when the prediction equals any of its
   pronunciations. BLEU-4 is added when the output side is words of a TSV/CSV.
+- **Model**: ``model.kind = "seq2seq"`` (the only kind; other tasks refuse the key),
+  ``model.decoder_layers`` stacked decoder layers, ``model.decoder_cell`` ``"auto"`` (the
+  encoder's ``model.cell`` when it is ``"lstm"`` or ``"gru"``), ``"lstm"`` or ``"gru"``.
 - ``lstmrs predict RUN word1 word2`` prints the decoded outputs.
 """
 
@@ -29,7 +32,8 @@ import numpy as np
 
 from .. import config as C
 from ..callbacks import Callback
-from ..seq2seq import CHECKPOINT_DIR, Seq2Seq
+from ..rnn import resolve_cell
+from ..seq2seq import CHECKPOINT_DIR, DECODER_CELLS, Seq2Seq
 from .base import Prepared, Task
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -155,11 +159,16 @@ class Seq2SeqTask(Task):
             "max_sources": 0,
         },
         "model": {
+            # The one model of this task; the key lets a config say so (other tasks refuse it).
+            "kind": "seq2seq",
             "hidden_size": 256,
             "bidirectional": True,
             "embed_size": 64,
             "attention": "general",
             "attention_size": 0,
+            "decoder_layers": 1,
+            # "auto": model.cell when it is "lstm" or "gru" (a plugin cell needs a choice).
+            "decoder_cell": "auto",
         },
         "train": {
             "lr": 0.002,
@@ -181,7 +190,10 @@ class Seq2SeqTask(Task):
         "data.test_fraction": C.Float(lo=0.0, hi=0.5, lo_open=True),
         "data.val_fraction": C.Float(lo=0.0, hi=0.5, lo_open=True),
         "data.max_sources": C.Int(lo=0),
+        "model.kind": C.Choice("seq2seq"),
         "model.embed_size": C.Int(lo=1),
+        "model.decoder_layers": C.Int(lo=1),
+        "model.decoder_cell": C.Choice("auto", *DECODER_CELLS),
         "model.attention": C.Choice("general", "additive"),
         "model.attention_size": C.Int(lo=0),
         "train.label_smoothing": C.Float(lo=0.0, hi=1.0, hi_open=True),
@@ -197,6 +209,12 @@ class Seq2SeqTask(Task):
             raise C.ConfigError(
                 'config: data.path = "" is not allowed: expected a TSV/CSV of pairs or a '
                 "dictionary file (--set data.path=FILE)"
+            )
+        m = config["model"]
+        if m["decoder_cell"] == "auto" and resolve_cell(m["cell"]).core not in DECODER_CELLS:
+            raise C.ConfigError(
+                f"config: model.decoder_cell = 'auto' is not allowed with model.cell = "
+                f"{m['cell']!r}: the decoder runs 'lstm' or 'gru' (set model.decoder_cell)"
             )
 
     @staticmethod
@@ -324,6 +342,8 @@ class Seq2SeqTask(Task):
             attention=m["attention"],
             attention_size=m["attention_size"] or None,
             dropout=m["dropout"],
+            decoder_layers=m["decoder_layers"],
+            decoder_cell=None if m["decoder_cell"] == "auto" else m["decoder_cell"],
             bos=BOS,
             eos=EOS,
             seed=config["seed"],
