@@ -130,14 +130,18 @@ def torch_loss(m: lstmrs.Seq2Seq, src, tgt, smoothing: float):
     enc, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=S)
     L, H = c["decoder_layers"], c["hidden_size"]
     gru = c["decoder_cell"] == "gru"
-    h0 = torch.tanh(torch.cat([h_n[-2], h_n[-1]], 1) @ sd["bridge_h.weight"].T + sd["bridge_h.bias"])
+    h0 = torch.tanh(
+        torch.cat([h_n[-2], h_n[-1]], 1) @ sd["bridge_h.weight"].T + sd["bridge_h.bias"]
+    )
     hs = list(h0.split(H, 1))
     if gru:
         cs = [None] * L
     else:
         fin_c = torch.cat([c_n[-2], c_n[-1]], 1)
         cs = list(torch.tanh(fin_c @ sd["bridge_c.weight"].T + sd["bridge_c.bias"]).split(H, 1))
-    name = (lambda base, l: f"decoder.{base}") if L == 1 else (lambda base, l: f"decoder.{base}_l{l}")
+    name = (
+        (lambda base, l: f"decoder.{base}") if L == 1 else (lambda base, l: f"decoder.{base}_l{l}")
+    )
     mask = torch.arange(S)[None, :] < lengths[:, None]
     att = torch.zeros(len(src), H, dtype=torch.float64)
     T = max(len(t) for t in tgt) + 1
@@ -203,7 +207,7 @@ def test_stacked_decoder_gradient_matches_finite_differences(cell, decoder_cell,
     m = small(dtype="float64", cell=cell, decoder_cell=decoder_cell, decoder_layers=3)
     m.compile("adam", label_smoothing=0.1)
     src, tgt = reverse_data(3, rng)
-    loss, grads = m.loss_and_grad(src, tgt)
+    _, grads = m.loss_and_grad(src, tgt)
     for i in rng.choice(m.num_params, size=40, replace=False):
         keep = m.params[i]
         m.params[i] = keep + 1e-6
@@ -255,7 +259,9 @@ def test_stacked_gru_decoder_learns_saves_and_resumes_exactly(tmp_path, rng):
     other = small(cell="gru", decoder_layers=2, dropout=0.2, decoder_cell="lstm")
     other.compile("adam", lr=0.01)
     with pytest.raises(InvalidArgumentError, match="decoder_cell: 'gru' there, 'lstm' here"):
-        other.fit(src, tgt, epochs=3, batch_size=16, verbose=0, checkpoint_dir=tmp_path, resume=True)
+        other.fit(
+            src, tgt, epochs=3, batch_size=16, verbose=0, checkpoint_dir=tmp_path, resume=True
+        )
 
 
 def test_a_model_saved_before_stacking_loads_as_one_lstm_layer(tmp_path, rng):
@@ -267,7 +273,7 @@ def test_a_model_saved_before_stacking_loads_as_one_lstm_layer(tmp_path, rng):
         saved = json.load(f)
     # What a model saved before stacked decoders wrote: no decoder keys, and a GRU encoder
     # whose decoder was an LSTM.
-    config = saved["config"] if "config" in saved else saved
+    config = saved.get("config", saved)
     del config["decoder_layers"], config["decoder_cell"]
     with open(cfg_path, "w") as f:
         json.dump(saved, f)
@@ -321,8 +327,7 @@ def write_dict(path, n_words: int = 120, seed: int = 0) -> None:
     while len(words) < n_words:
         words.add("".join(rng.choice(list(letters), size=rng.integers(2, 6))))
     with open(path, "w") as f:
-        for w in sorted(words):
-            f.write(f"{w} {' '.join(c.upper() + 'H' for c in w)}\n")
+        f.writelines(f"{w} {' '.join(c.upper() + 'H' for c in w)}\n" for w in sorted(words))
 
 
 def test_train_and_predict_with_a_stacked_gru_decoder(tmp_path, capsys):
@@ -336,7 +341,7 @@ def test_train_and_predict_with_a_stacked_gru_decoder(tmp_path, capsys):
     assert main(args + [a for kv in sets for a in ("--set", kv)]) == 0
     with open(run / "model" / CONFIG_FILE) as f:
         saved = json.load(f)
-    config = saved["config"] if "config" in saved else saved
+    config = saved.get("config", saved)
     assert (config["decoder_layers"], config["decoder_cell"]) == (2, "gru")
     capsys.readouterr()
     assert main(["predict", str(run), "cab", "tide"]) == 0

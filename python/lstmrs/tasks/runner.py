@@ -62,7 +62,11 @@ def _check_model_kind(task, layer: dict, source: str) -> None:
     """A ``model.kind`` for a task that has no such key is a :class:`ConfigError` naming
     ``model.kind`` and the tasks that accept the value, not a bare "unknown key"."""
     model = layer.get("model")
-    if not isinstance(model, dict) or "kind" not in model or "kind" in task.default_config.get("model", {}):
+    if (
+        not isinstance(model, dict)
+        or "kind" not in model
+        or "kind" in task.default_config.get("model", {})
+    ):
         return
     kind = model["kind"]
     owners = sorted(
@@ -72,7 +76,11 @@ def _check_model_kind(task, layer: dict, source: str) -> None:
         and isinstance(kind, str)
         and kind.lower() in rule.options
     )
-    hint = f"; model.kind = {kind!r} is a model of task {', '.join(map(repr, owners))}" if owners else ""
+    hint = (
+        f"; model.kind = {kind!r} is a model of task {', '.join(map(repr, owners))}"
+        if owners
+        else ""
+    )
     raise C.ConfigError(
         f"config: model.kind = {kind!r} ({source}) is not allowed: task {task.name!r} has one "
         f"kind of model and no model.kind{hint}"

@@ -518,7 +518,10 @@ fn dropout_between_decoder_layers_has_exact_gradients() {
         };
         let out = loss_and_grad(&f.cfg, &p, &f.batch(), &opts).unwrap();
         let plain = loss_and_grad(&f.cfg, &p, &f.batch(), &TrainOptions::default()).unwrap();
-        assert!((out.loss - plain.loss).abs() > 1e-6, "{dec:?}: dropout had no effect");
+        assert!(
+            (out.loss - plain.loss).abs() > 1e-6,
+            "{dec:?}: dropout had no effect"
+        );
         let loss = |q: &[f64]| loss_and_grad(&f.cfg, q, &f.batch(), &opts).unwrap().loss;
         let eps = 1e-6;
         let o = f.cfg.param_specs();
@@ -531,7 +534,12 @@ fn dropout_between_decoder_layers_has_exact_gradients() {
                 q[i] -= 2.0 * eps;
                 let fd = (up - loss(&q)) / (2.0 * eps);
                 let err = (fd - out.grads[i]).abs() / (1.0 + fd.abs());
-                assert!(err < 1e-6, "{dec:?} {} [{i}]: fd {fd}, got {}", spec.name, out.grads[i]);
+                assert!(
+                    err < 1e-6,
+                    "{dec:?} {} [{i}]: fd {fd}, got {}",
+                    spec.name,
+                    out.grads[i]
+                );
             }
         }
     }
@@ -582,11 +590,27 @@ fn decoder_parameters_are_named_per_layer() {
     );
     // Stacking adds blocks after the bottom layer's and widens the bridge, so the encoder,
     // embeddings and attention are initialised as for one layer.
-    let one = decoder_fixture(CellKind::Lstm, 1, true, AttentionKind::General, (1, CellKind::Lstm));
+    let one = decoder_fixture(
+        CellKind::Lstm,
+        1,
+        true,
+        AttentionKind::General,
+        (1, CellKind::Lstm),
+    );
     let p1: Vec<f64> = one.cfg.init(4).unwrap();
     let spec1 = one.cfg.param_specs();
-    let enc_end = spec1.iter().find(|s| s.name == "bridge_h.weight").unwrap().offset;
-    let two = decoder_fixture(CellKind::Lstm, 1, true, AttentionKind::General, (2, CellKind::Lstm));
+    let enc_end = spec1
+        .iter()
+        .find(|s| s.name == "bridge_h.weight")
+        .unwrap()
+        .offset;
+    let two = decoder_fixture(
+        CellKind::Lstm,
+        1,
+        true,
+        AttentionKind::General,
+        (2, CellKind::Lstm),
+    );
     let p2: Vec<f64> = two.cfg.init(4).unwrap();
     assert_eq!(p1[..enc_end], p2[..enc_end]);
 }

@@ -286,7 +286,11 @@ impl<'a, T: Scalar> Decoder<'a, T> {
                 self.p,
                 &self.o.dec[l],
                 CellBufs {
-                    x: if l == 0 { &x[..] } else { &below[(l - 1) * rh..] },
+                    x: if l == 0 {
+                        &x[..]
+                    } else {
+                        &below[(l - 1) * rh..]
+                    },
                     h_prev: &st.h[l * rh..][..rh],
                     c_prev,
                     act: &mut act,

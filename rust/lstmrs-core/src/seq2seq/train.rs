@@ -478,7 +478,16 @@ fn run<T: Scalar>(
             // Stream key (Dropout, layer l, "direction" 2): apart from the encoder's masks.
             let mask = if drop && l > 0 {
                 let n = tn * b * h;
-                bernoulli_mask(opts.seed, MaskKind::Dropout, l, 2, n, opts.dropout, T::zero(), keep)
+                bernoulli_mask(
+                    opts.seed,
+                    MaskKind::Dropout,
+                    l,
+                    2,
+                    n,
+                    opts.dropout,
+                    T::zero(),
+                    keep,
+                )
             } else {
                 Vec::new()
             };
@@ -712,10 +721,7 @@ fn run<T: Scalar>(
             &mut d_v,
         );
         match cfg.attention {
-            AttentionKind::General => dh[top]
-                .iter_mut()
-                .zip(&d_query)
-                .for_each(|(a, &x)| *a += x),
+            AttentionKind::General => dh[top].iter_mut().zip(&d_query).for_each(|(a, &x)| *a += x),
             AttentionKind::Additive => {
                 d_queries[t * b * k..][..b * k].copy_from_slice(&d_query);
                 a_b(
@@ -731,7 +737,10 @@ fn run<T: Scalar>(
         for l in (0..nl).rev() {
             let (tp, lo) = (&tapes[l], &o.dec[l]);
             let d_pre = &mut d_x_pres[l][t * b * gw..][..b * gw];
-            let (act, aux) = (&tp.acts[t * b * gw..][..b * gw], &tp.aux[t * b * h..][..b * h]);
+            let (act, aux) = (
+                &tp.acts[t * b * gw..][..b * gw],
+                &tp.aux[t * b * h..][..b * h],
+            );
             if has_c {
                 lstm_backward(
                     h,
