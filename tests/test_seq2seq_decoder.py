@@ -349,3 +349,29 @@ def test_train_and_predict_with_a_stacked_gru_decoder(tmp_path, capsys):
         "cab",
         "tide",
     ]
+
+
+def test_resuming_a_run_from_before_decoder_cell_says_how(tmp_path, capsys):
+    """A GRU-encoder run written before decoder_cell existed has an LSTM decoder; resuming it
+    with the default "auto" (a GRU decoder) is a ConfigError naming the setting that resumes it."""
+    p = tmp_path / "d.dict"
+    write_dict(p, 60)
+    run = tmp_path / "run"
+    sets = [f"data.path={p}", "model.hidden_size=8", "model.embed_size=4", "model.cell=gru"]
+    sets += ["model.decoder_cell=lstm", "train.epochs=1", "train.batch_size=32", "eval.beam=1"]
+    args = ["train", "--task", "seq2seq", "--run-dir", str(run), "--no-plots", "--quiet"]
+    assert main(args + [a for kv in sets for a in ("--set", kv)]) == 0
+    # What such a run holds: no decoder keys in its configuration or its checkpoint.
+    state_path = run / "checkpoints" / "seq2seq-checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["decoder_cell"], state["config"]["decoder_layers"]
+    state_path.write_text(json.dumps(state))
+    toml = run / "config.toml"
+    lines = toml.read_text().splitlines()
+    toml.write_text("\n".join(ln for ln in lines if not ln.startswith("decoder_")) + "\n")
+    capsys.readouterr()
+    resume = ["train", "--resume", "--run-dir", str(run), "--no-plots", "--quiet"]
+    assert main([*resume, "--set", "train.epochs=2"]) == 2
+    out = capsys.readouterr()
+    assert "--set model.decoder_cell=lstm" in out.out + out.err
+    assert main([*resume, "--set", "train.epochs=2", "--set", "model.decoder_cell=lstm"]) == 0

@@ -22,6 +22,7 @@ comment). Each side is split into characters or whitespace-separated words.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -138,6 +139,20 @@ class _LrDecay(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.lr *= self.factor
+
+
+def _check_checkpoint_decoder(path: str, model: Seq2Seq) -> None:
+    """A checkpoint written before ``model.decoder_cell`` existed has a one-layer LSTM decoder,
+    whatever ``model.cell``; "auto" behind a GRU encoder would build a GRU decoder: say which
+    setting resumes it."""
+    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+        saved = json.load(f).get("config", {})
+    if "decoder_cell" not in saved and model.get_config()["decoder_cell"] != "lstm":
+        raise C.ConfigError(
+            f"config: model.decoder_cell = {model.get_config()['decoder_cell']!r} is not allowed "
+            f"when resuming {path!r}: that checkpoint's decoder is one LSTM layer (written before "
+            "model.decoder_cell existed); resume with --set model.decoder_cell=lstm"
+        )
 
 
 class Seq2SeqTask(Task):
@@ -369,7 +384,9 @@ class Seq2SeqTask(Task):
     def train(self, model, data, config, **fit_kwargs):
         t = config["train"]
         ck = fit_kwargs.get("checkpoint_dir")
-        if ck and self.own_checkpoint(ck) is not None:
+        own = self.own_checkpoint(ck) if ck else None
+        if own is not None:
+            _check_checkpoint_decoder(own, model)
             fit_kwargs["resume"] = True
         callbacks = list(fit_kwargs.pop("callbacks", []))
         if t["lr_decay"] < 1.0:
