@@ -340,6 +340,8 @@ class Seq2SeqCore:
         hidden_size: int,
         attention: str,
         attention_size: int,
+        decoder_layers: int = 1,
+        decoder_cell: str = "lstm",
     ) -> Seq2SeqCore: ...
     @property
     def num_params(self) -> int: ...

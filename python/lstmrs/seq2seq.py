@@ -31,11 +31,16 @@ from ._lstmrs import Seq2SeqCore
 from .callbacks import Callback, CallbackList, History
 from .checkpoint_format import WEIGHTS_NPY, load_architecture, save_architecture
 from .errors import InvalidArgumentError, ShapeError
+from .rnn import resolve_cell
 from .training import _DeferInterrupt
 
 __all__ = ["Seq2Seq"]
 
 CONFIG_FILE = "seq2seq.json"
+#: The cells a decoder layer runs (the encoder runs any built-in or plugin cell).
+DECODER_CELLS = ("lstm", "gru")
+#: The decoder of models saved before stacked and GRU decoders: one LSTM layer.
+_OLD_DECODER = {"decoder_layers": 1, "decoder_cell": "lstm"}
 WEIGHTS_FILE = WEIGHTS_NPY
 CHECKPOINT_DIR = "seq2seq-checkpoint"
 
@@ -52,6 +57,26 @@ def _prob(name: str, v: Any, hi_open: bool = True) -> float:
         close = ")" if hi_open else "]"
         raise InvalidArgumentError(f"{name}: expected a number in [0, 1{close}, got {v!r}")
     return float(v)
+
+
+def _decoder_cell(cell: str, core_cell: str, decoder_cell: str | None) -> str:
+    """``decoder_cell``, or the encoder's cell (``core_cell``: what ``cell`` resolved to) when
+    None and the decoder can run it: never an LSTM in place of a cell the user asked for."""
+    if decoder_cell is None:
+        if core_cell not in DECODER_CELLS:
+            raise InvalidArgumentError(
+                f"decoder_cell: the decoder runs 'lstm' or 'gru', and cell {cell!r} (the "
+                "encoder's) is neither: pass decoder_cell='lstm' or decoder_cell='gru'"
+            )
+        return core_cell
+    if not isinstance(decoder_cell, str) or decoder_cell.lower() not in DECODER_CELLS:
+        raise InvalidArgumentError(f"decoder_cell: expected 'lstm' or 'gru', got {decoder_cell!r}")
+    return decoder_cell.lower()
+
+
+def _with_decoder_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration with the decoder keys of models saved before they existed."""
+    return {**_OLD_DECODER, **config}
 
 
 def _sequences(name: str, seqs: Any, vocab: int, allow_empty: bool = False) -> list[np.ndarray]:
@@ -108,10 +133,15 @@ class Seq2Seq:
       ``bidirectional``, ``encoder_hidden`` units per direction (default ``hidden_size // 2``
       when bidirectional, else ``hidden_size``), over source embeddings of ``embed_size``.
     - Bridge: the encoder's top-layer final states (both directions concatenated) through a
-      learned linear map and tanh to the decoder's initial ``h`` (and ``c`` for an LSTM encoder).
-    - Decoder: one LSTM layer of ``hidden_size`` with input feeding, ``attention`` ``"general"``
-      (Luong) or ``"additive"`` (Bahdanau, ``attention_size`` wide), masked beyond each source's
-      length; output projection to ``tgt_vocab``.
+      learned linear map and tanh to the decoder's initial states (below).
+    - Decoder: ``decoder_layers`` stacked layers of ``decoder_cell`` (``"lstm"`` or ``"gru"``;
+      by default ``cell`` when it is one of them, else it must be given) of ``hidden_size``,
+      Luong's stack: input feeding into the bottom layer, ``dropout`` between layers in
+      training, ``attention`` over the top layer's output, ``"general"`` (Luong) or
+      ``"additive"`` (Bahdanau, ``attention_size`` wide), masked beyond each source's length;
+      output projection to ``tgt_vocab``. The bridge gives every decoder layer its initial
+      ``h`` (one linear map to ``decoder_layers * hidden_size`` values and tanh) and, for an LSTM
+      decoder behind an encoder with a cell state, its ``c`` the same way.
     """
 
     def __init__(
@@ -128,6 +158,8 @@ class Seq2Seq:
         attention: str = "general",
         attention_size: int | None = None,
         dropout: float = 0.0,
+        decoder_layers: int = 1,
+        decoder_cell: str | None = None,
         bos: int = 1,
         eos: int = 2,
         dtype: str = "float32",
@@ -158,14 +190,19 @@ class Seq2Seq:
             "attention": str(attention),
             "attention_size": _int("attention_size", attention_size or hidden_size),
             "dropout": _prob("dropout", dropout),
+            "decoder_layers": _int("decoder_layers", decoder_layers),
+            "decoder_cell": None,
             "bos": int(bos),
             "eos": int(eos),
             "dtype": dtype,
             "seed": _int("seed", seed, 0),
         }
         c = self._config
+        # Built-in names, plugin cells and descriptions: the core gets "lstm"/"gru" or JSON.
+        core_cell = resolve_cell(c["cell"]).core
+        c["decoder_cell"] = _decoder_cell(c["cell"], core_cell, decoder_cell)
         self._net = Seq2SeqCore(
-            cell=c["cell"],
+            cell=core_cell,
             src_vocab=c["src_vocab"],
             tgt_vocab=c["tgt_vocab"],
             embed_size=c["embed_size"],
@@ -175,6 +212,8 @@ class Seq2Seq:
             hidden_size=c["hidden_size"],
             attention=c["attention"],
             attention_size=c["attention_size"],
+            decoder_layers=c["decoder_layers"],
+            decoder_cell=c["decoder_cell"],
         )
         self.params: np.ndarray = self._net.init(c["seed"], dtype)
         self.core = _FlatWeights(self)
@@ -515,9 +554,15 @@ class Seq2Seq:
         """``(epoch, step, batch, epoch totals)`` of the checkpoint, whose state it loads."""
         with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
             state = json.load(f)
-        if state["config"] != self._config:
+        saved = _with_decoder_defaults(state["config"])
+        if saved != self._config:
+            diff = ", ".join(
+                f"{k}: {saved.get(k)!r} there, {self._config.get(k)!r} here"
+                for k in sorted(set(saved) | set(self._config))
+                if saved.get(k) != self._config.get(k)
+            )
             raise InvalidArgumentError(
-                f"resume: the checkpoint in {path!r} is of another model: {state['config']}"
+                f"resume: the checkpoint in {path!r} is of another model ({diff})"
             )
         self.set_weights(np.load(os.path.join(path, WEIGHTS_FILE)))
         with np.load(os.path.join(path, "optimizer.npz")) as z:
@@ -595,7 +640,7 @@ class Seq2Seq:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Seq2Seq:
         cfg, weights = load_architecture(path, CONFIG_FILE)
-        m = cls(**cfg)
+        m = cls(**_with_decoder_defaults(cfg))
         m.set_weights(weights)
         return m
 

@@ -58,6 +58,35 @@ def lookup_task(name: str):
 # Configuration
 
 
+def _check_model_kind(task, layer: dict, source: str) -> None:
+    """A ``model.kind`` for a task that has no such key is a :class:`ConfigError` naming
+    ``model.kind`` and the tasks that accept the value, not a bare "unknown key"."""
+    model = layer.get("model")
+    if (
+        not isinstance(model, dict)
+        or "kind" not in model
+        or "kind" in task.default_config.get("model", {})
+    ):
+        return
+    kind = model["kind"]
+    owners = sorted(
+        name
+        for name, t in get_tasks().items()
+        if isinstance(rule := t.rules.get("model.kind"), C.Choice)
+        and isinstance(kind, str)
+        and kind.lower() in rule.options
+    )
+    hint = (
+        f"; model.kind = {kind!r} is a model of task {', '.join(map(repr, owners))}"
+        if owners
+        else ""
+    )
+    raise C.ConfigError(
+        f"config: model.kind = {kind!r} ({source}) is not allowed: task {task.name!r} has one "
+        f"kind of model and no model.kind{hint}"
+    )
+
+
 def resolve_config(
     task,
     *,
@@ -75,6 +104,7 @@ def resolve_config(
         layer.pop("task", None)  # Already used to pick the task.
         # The search space of `lstmrs tune`: a trial's values arrive as a layer of their own.
         layer.pop("tune", None)
+        _check_model_kind(task, layer, file_source)
         cfg = C.apply_layer(cfg, layer, task.rules, source=file_source, base_dir=file_dir)
     if cell is not None:
         cfg = C.apply_layer(cfg, {"model": {"cell": cell}}, task.rules, source="--cell")
@@ -86,6 +116,7 @@ def resolve_config(
         key, value = C.parse_override(text)
         if key == "task":
             raise C.ConfigError("--set task=...: choose the task with --task NAME")
+        _check_model_kind(task, C.nest({key: value}), f"--set {text}")
         cfg = C.apply_layer(cfg, C.nest({key: value}), task.rules, source=f"--set {text}")
     cfg["task"] = task.name
     task.check(cfg)

@@ -13,12 +13,16 @@ comment). Each side is split into characters or whitespace-separated words.
   (WER for G2P). A source with several references (alternates) is scored against the one
   nearest to the prediction: a word is right when the prediction equals any of its
   pronunciations. BLEU-4 is added when the output side is words of a TSV/CSV.
+- **Model**: ``model.kind = "seq2seq"`` (the only kind; other tasks refuse the key),
+  ``model.decoder_layers`` stacked decoder layers, ``model.decoder_cell`` ``"auto"`` (the
+  encoder's ``model.cell`` when it is ``"lstm"`` or ``"gru"``), ``"lstm"`` or ``"gru"``.
 - ``lstmrs predict RUN word1 word2`` prints the decoded outputs.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -29,7 +33,8 @@ import numpy as np
 
 from .. import config as C
 from ..callbacks import Callback
-from ..seq2seq import CHECKPOINT_DIR, Seq2Seq
+from ..rnn import resolve_cell
+from ..seq2seq import CHECKPOINT_DIR, DECODER_CELLS, Seq2Seq
 from .base import Prepared, Task
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -136,6 +141,20 @@ class _LrDecay(Callback):
         self.model.lr *= self.factor
 
 
+def _check_checkpoint_decoder(path: str, model: Seq2Seq) -> None:
+    """A checkpoint written before ``model.decoder_cell`` existed has a one-layer LSTM decoder,
+    whatever ``model.cell``; "auto" behind a GRU encoder would build a GRU decoder: say which
+    setting resumes it."""
+    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+        saved = json.load(f).get("config", {})
+    if "decoder_cell" not in saved and model.get_config()["decoder_cell"] != "lstm":
+        raise C.ConfigError(
+            f"config: model.decoder_cell = {model.get_config()['decoder_cell']!r} is not allowed "
+            f"when resuming {path!r}: that checkpoint's decoder is one LSTM layer (written before "
+            "model.decoder_cell existed); resume with --set model.decoder_cell=lstm"
+        )
+
+
 class Seq2SeqTask(Task):
     name = "seq2seq"
     description = (
@@ -155,11 +174,16 @@ class Seq2SeqTask(Task):
             "max_sources": 0,
         },
         "model": {
+            # The one model of this task; the key lets a config say so (other tasks refuse it).
+            "kind": "seq2seq",
             "hidden_size": 256,
             "bidirectional": True,
             "embed_size": 64,
             "attention": "general",
             "attention_size": 0,
+            "decoder_layers": 1,
+            # "auto": model.cell when it is "lstm" or "gru" (a plugin cell needs a choice).
+            "decoder_cell": "auto",
         },
         "train": {
             "lr": 0.002,
@@ -181,7 +205,10 @@ class Seq2SeqTask(Task):
         "data.test_fraction": C.Float(lo=0.0, hi=0.5, lo_open=True),
         "data.val_fraction": C.Float(lo=0.0, hi=0.5, lo_open=True),
         "data.max_sources": C.Int(lo=0),
+        "model.kind": C.Choice("seq2seq"),
         "model.embed_size": C.Int(lo=1),
+        "model.decoder_layers": C.Int(lo=1),
+        "model.decoder_cell": C.Choice("auto", *DECODER_CELLS),
         "model.attention": C.Choice("general", "additive"),
         "model.attention_size": C.Int(lo=0),
         "train.label_smoothing": C.Float(lo=0.0, hi=1.0, hi_open=True),
@@ -197,6 +224,12 @@ class Seq2SeqTask(Task):
             raise C.ConfigError(
                 'config: data.path = "" is not allowed: expected a TSV/CSV of pairs or a '
                 "dictionary file (--set data.path=FILE)"
+            )
+        m = config["model"]
+        if m["decoder_cell"] == "auto" and resolve_cell(m["cell"]).core not in DECODER_CELLS:
+            raise C.ConfigError(
+                f"config: model.decoder_cell = 'auto' is not allowed with model.cell = "
+                f"{m['cell']!r}: the decoder runs 'lstm' or 'gru' (set model.decoder_cell)"
             )
 
     @staticmethod
@@ -324,6 +357,8 @@ class Seq2SeqTask(Task):
             attention=m["attention"],
             attention_size=m["attention_size"] or None,
             dropout=m["dropout"],
+            decoder_layers=m["decoder_layers"],
+            decoder_cell=None if m["decoder_cell"] == "auto" else m["decoder_cell"],
             bos=BOS,
             eos=EOS,
             seed=config["seed"],
@@ -349,7 +384,9 @@ class Seq2SeqTask(Task):
     def train(self, model, data, config, **fit_kwargs):
         t = config["train"]
         ck = fit_kwargs.get("checkpoint_dir")
-        if ck and self.own_checkpoint(ck) is not None:
+        own = self.own_checkpoint(ck) if ck else None
+        if own is not None:
+            _check_checkpoint_decoder(own, model)
             fit_kwargs["resume"] = True
         callbacks = list(fit_kwargs.pop("callbacks", []))
         if t["lr_decay"] < 1.0:

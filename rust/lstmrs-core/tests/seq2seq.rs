@@ -1,6 +1,6 @@
 //! The encoder–decoder: attention against PyTorch golden values and finite differences, the fast
 //! loss against the plain reference, the whole model's gradient against finite differences, and
-//! decoding (beam width 1 is greedy).
+//! decoding (beam width 1 is greedy); for one-layer and stacked, LSTM and GRU decoders.
 
 use lstmrs_core::seq2seq::attention::{self, AttnShape};
 use lstmrs_core::seq2seq::{
@@ -376,6 +376,17 @@ const SRC_T: usize = 5;
 const TGT_T: usize = 4;
 
 fn fixture(cell: CellKind, layers: usize, bidir: bool, kind: AttentionKind) -> Fixture {
+    decoder_fixture(cell, layers, bidir, kind, (1, CellKind::Lstm))
+}
+
+/// A fixture whose decoder has `decoder.0` layers of cell `decoder.1`.
+fn decoder_fixture(
+    cell: CellKind,
+    layers: usize,
+    bidir: bool,
+    kind: AttentionKind,
+    decoder: (usize, CellKind),
+) -> Fixture {
     let encoder = RnnConfig::new(cell, 4, 3, layers, bidir, true).unwrap();
     let cfg = Seq2SeqConfig {
         encoder,
@@ -385,6 +396,8 @@ fn fixture(cell: CellKind, layers: usize, bidir: bool, kind: AttentionKind) -> F
         hidden_size: 5,
         attention: kind,
         attention_size: 3,
+        decoder_layers: decoder.0,
+        decoder_cell: decoder.1,
     };
     let src: Vec<u32> = (0..BS * SRC_T).map(|i| ((i * 5 + 1) % 7) as u32).collect();
     let tgt: Vec<u32> = (0..BS * TGT_T).map(|i| ((i * 7 + 2) % 6) as u32).collect();
@@ -412,12 +425,22 @@ impl Fixture {
     }
 }
 
+/// One-layer LSTM decoders behind every kind of encoder, then stacked and GRU decoders (a GRU
+/// decoder behind an LSTM encoder drops the cell-state bridge; an LSTM decoder behind a GRU
+/// encoder starts its cell states at zero).
 fn configs() -> Vec<Fixture> {
+    use AttentionKind::{Additive, General};
+    use CellKind::{Gru, Lstm};
     vec![
-        fixture(CellKind::Lstm, 2, true, AttentionKind::General),
-        fixture(CellKind::Lstm, 1, false, AttentionKind::Additive),
-        fixture(CellKind::Gru, 1, true, AttentionKind::Additive),
-        fixture(CellKind::Gru, 2, false, AttentionKind::General),
+        fixture(Lstm, 2, true, General),
+        fixture(Lstm, 1, false, Additive),
+        fixture(Gru, 1, true, Additive),
+        fixture(Gru, 2, false, General),
+        decoder_fixture(Lstm, 2, true, General, (2, Lstm)),
+        decoder_fixture(Lstm, 1, false, Additive, (3, Lstm)),
+        decoder_fixture(Gru, 1, true, Additive, (1, Gru)),
+        decoder_fixture(Lstm, 1, true, General, (2, Gru)),
+        decoder_fixture(Gru, 2, false, Additive, (2, Lstm)),
     ]
 }
 
@@ -480,6 +503,116 @@ fn whole_model_gradient_matches_finite_differences() {
         }
         assert!(worst < 1e-6);
     }
+}
+
+#[test]
+fn dropout_between_decoder_layers_has_exact_gradients() {
+    // With a fixed seed the masks are fixed: the gradient is that of the masked loss.
+    for dec in [(2, CellKind::Lstm), (3, CellKind::Gru)] {
+        let f = decoder_fixture(CellKind::Lstm, 1, true, AttentionKind::General, dec);
+        let p: Vec<f64> = f.cfg.init(2).unwrap();
+        let opts = TrainOptions {
+            dropout: 0.4,
+            seed: 9,
+            ..Default::default()
+        };
+        let out = loss_and_grad(&f.cfg, &p, &f.batch(), &opts).unwrap();
+        let plain = loss_and_grad(&f.cfg, &p, &f.batch(), &TrainOptions::default()).unwrap();
+        assert!(
+            (out.loss - plain.loss).abs() > 1e-6,
+            "{dec:?}: dropout had no effect"
+        );
+        let loss = |q: &[f64]| loss_and_grad(&f.cfg, q, &f.batch(), &opts).unwrap().loss;
+        let eps = 1e-6;
+        let o = f.cfg.param_specs();
+        // The upper decoder layers' weights (the masked inputs) and the bottom layer's.
+        for spec in o.iter().filter(|s| s.name.starts_with("decoder.")) {
+            for i in spec.offset..spec.offset + spec.len {
+                let mut q = p.clone();
+                q[i] += eps;
+                let up = loss(&q);
+                q[i] -= 2.0 * eps;
+                let fd = (up - loss(&q)) / (2.0 * eps);
+                let err = (fd - out.grads[i]).abs() / (1.0 + fd.abs());
+                assert!(
+                    err < 1e-6,
+                    "{dec:?} {} [{i}]: fd {fd}, got {}",
+                    spec.name,
+                    out.grads[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn decoder_parameters_are_named_per_layer() {
+    let names = |dec| {
+        let f = decoder_fixture(CellKind::Lstm, 1, true, AttentionKind::General, dec);
+        f.cfg
+            .param_specs()
+            .into_iter()
+            .filter(|s| s.name.starts_with("decoder.") || s.name.starts_with("bridge"))
+            .map(|s| (s.name, s.shape))
+            .collect::<Vec<_>>()
+    };
+    // One layer: the names and shapes of the model before stacking (H = 5, E = 4, De = 6).
+    assert_eq!(
+        names((1, CellKind::Lstm)),
+        [
+            ("bridge_h.weight", vec![5, 6]),
+            ("bridge_h.bias", vec![5]),
+            ("bridge_c.weight", vec![5, 6]),
+            ("bridge_c.bias", vec![5]),
+            ("decoder.weight_ih", vec![20, 9]),
+            ("decoder.weight_hh", vec![20, 5]),
+            ("decoder.bias_ih", vec![20]),
+            ("decoder.bias_hh", vec![20]),
+        ]
+        .map(|(n, s)| (n.to_string(), s))
+    );
+    // Two GRU layers: PyTorch's suffixes, one bridge for both layers' h, no cell state.
+    assert_eq!(
+        names((2, CellKind::Gru)),
+        [
+            ("bridge_h.weight", vec![10, 6]),
+            ("bridge_h.bias", vec![10]),
+            ("decoder.weight_ih_l0", vec![15, 9]),
+            ("decoder.weight_hh_l0", vec![15, 5]),
+            ("decoder.bias_ih_l0", vec![15]),
+            ("decoder.bias_hh_l0", vec![15]),
+            ("decoder.weight_ih_l1", vec![15, 5]),
+            ("decoder.weight_hh_l1", vec![15, 5]),
+            ("decoder.bias_ih_l1", vec![15]),
+            ("decoder.bias_hh_l1", vec![15]),
+        ]
+        .map(|(n, s)| (n.to_string(), s))
+    );
+    // Stacking adds blocks after the bottom layer's and widens the bridge, so the encoder,
+    // embeddings and attention are initialised as for one layer.
+    let one = decoder_fixture(
+        CellKind::Lstm,
+        1,
+        true,
+        AttentionKind::General,
+        (1, CellKind::Lstm),
+    );
+    let p1: Vec<f64> = one.cfg.init(4).unwrap();
+    let spec1 = one.cfg.param_specs();
+    let enc_end = spec1
+        .iter()
+        .find(|s| s.name == "bridge_h.weight")
+        .unwrap()
+        .offset;
+    let two = decoder_fixture(
+        CellKind::Lstm,
+        1,
+        true,
+        AttentionKind::General,
+        (2, CellKind::Lstm),
+    );
+    let p2: Vec<f64> = two.cfg.init(4).unwrap();
+    assert_eq!(p1[..enc_end], p2[..enc_end]);
 }
 
 #[test]
@@ -578,6 +711,29 @@ fn bad_input_is_a_typed_error() {
             ..
         })
     ));
+    // A plain tanh RNN as a custom cell: an encoder may run it, the decoder may not.
+    let tanh_rnn = lstmrs_core::cellexpr::register_cell(
+        r#"{"name": "s2s_tanh_rnn", "states": ["h"], "x_gates": 1, "h_gates": 1,
+            "nodes": [{"op": "xg", "index": 0}, {"op": "hg", "index": 0},
+                      {"op": "add", "args": [0, 1]}, {"op": "tanh", "args": [2]}],
+            "outputs": {"h": 3}}"#,
+    )
+    .unwrap();
+    for (layers, cell, arg) in [
+        (0, CellKind::Lstm, "decoder_layers"),
+        (1, tanh_rnn, "decoder_cell"),
+    ] {
+        let cfg = Seq2SeqConfig {
+            decoder_layers: layers,
+            decoder_cell: cell,
+            ..f.cfg
+        };
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            matches!(err, Error::Value { arg: a, .. } | Error::Name { arg: a, .. } if a == arg),
+            "{err:?}"
+        );
+    }
     let d = DecodeOptions {
         beam: 0,
         alpha: 0.0,

@@ -208,7 +208,8 @@ fn is_f64(py: Python<'_>, params: &Bound<'_, PyAny>) -> PyResult<bool> {
 impl Seq2SeqCore {
     #[new]
     #[pyo3(signature = (*, cell, src_vocab, tgt_vocab, embed_size, encoder_hidden, num_layers,
-                        bidirectional, hidden_size, attention, attention_size))]
+                        bidirectional, hidden_size, attention, attention_size, decoder_layers=1,
+                        decoder_cell="lstm"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -222,8 +223,11 @@ impl Seq2SeqCore {
         hidden_size: usize,
         attention: &str,
         attention_size: usize,
+        decoder_layers: usize,
+        decoder_cell: &str,
     ) -> PyResult<Self> {
         let cell = CellKind::parse(cell).map_err(|e| core_error(py, e))?;
+        let decoder_cell = CellKind::parse(decoder_cell).map_err(|e| core_error(py, e))?;
         let encoder = RnnConfig::new(
             cell,
             embed_size,
@@ -241,6 +245,8 @@ impl Seq2SeqCore {
             hidden_size,
             attention: AttentionKind::from_name(attention).map_err(|e| core_error(py, e))?,
             attention_size,
+            decoder_layers,
+            decoder_cell,
         };
         config.validate().map_err(|e| core_error(py, e))?;
         Ok(Seq2SeqCore { config })
@@ -355,11 +361,13 @@ impl Seq2SeqCore {
     fn __repr__(&self) -> String {
         let c = &self.config;
         format!(
-            "Seq2SeqCore({} encoder {}x{}{}, decoder {}, {} attention, vocab {}->{})",
+            "Seq2SeqCore({} encoder {}x{}{}, {} decoder {}x{}, {} attention, vocab {}->{})",
             c.encoder.cell.name(),
             c.encoder.num_layers,
             c.encoder.hidden_size,
             if c.encoder.bidirectional { " bi" } else { "" },
+            c.decoder_cell.name(),
+            c.decoder_layers,
             c.hidden_size,
             c.attention.name(),
             c.src_vocab,

@@ -2,7 +2,7 @@
 //! decoder step as training.
 
 use super::attention::AttnShape;
-use super::train::{argmax, encode, log_softmax, step_forward, StepBufs};
+use super::train::{argmax, cell_forward, encode, head_forward, log_softmax, CellBufs, HeadBufs};
 use super::{check_source, Offsets, Seq2SeqConfig};
 use crate::error::{Error, Result};
 use crate::network::ForwardOptions;
@@ -113,7 +113,12 @@ fn run<T: Scalar>(
     super::check_tokens("bos", &[opts.bos], cfg.tgt_vocab)?;
     super::check_tokens("eos", &[opts.eos], cfg.tgt_vocab)?;
     let h = cfg.hidden_size;
-    let work = batch * opts.beam * opts.max_len * 4 * h * (cfg.embed_size + 2 * h);
+    let work = batch
+        * opts.beam
+        * opts.max_len
+        * cfg.dec_gates()
+        * h
+        * (cfg.embed_size + 2 * h * cfg.decoder_layers);
     threads::install_for(work, || {
         let o = cfg.offsets();
         let d = Decoder::new(cfg, params, &o, batch, src_len_max, src, src_lengths)?;
@@ -129,14 +134,15 @@ struct Decoder<'a, T> {
     b: usize,
     s: usize,
     src_lengths: &'a [usize],
-    /// `[B, S, De]`, `[B, S, K]`, `[B, H]`.
+    /// `[B, S, De]`, `[B, S, K]`, `[B, L*H]` (`c0` empty for a GRU decoder).
     enc: Vec<T>,
     keys: Vec<T>,
     h0: Vec<T>,
     c0: Vec<T>,
 }
 
-/// Decoder state of `R` rows: `h`, `c`, the previous attentional vector (all `[R, H]`).
+/// Decoder state of `R` rows: every layer's `h` and `c` (`[L, R, H]`, `c` empty for a GRU) and
+/// the previous attentional vector (`[R, H]`).
 #[derive(Clone)]
 struct State<T> {
     h: Vec<T>,
@@ -201,9 +207,9 @@ impl<'a, T: Scalar> Decoder<'a, T> {
     }
 
     /// The rows and their starting state for `width` hypotheses per source (greedy: 1): every
-    /// row starts from its source's bridged state and a zero attentional vector.
+    /// row starts from its source's bridged states and a zero attentional vector.
     fn start(&self, width: usize) -> (Rows<T>, State<T>) {
-        let (s, h) = (self.s, self.cfg.hidden_size);
+        let (s, h, nl) = (self.s, self.cfg.hidden_size, self.cfg.decoder_layers);
         let item: Vec<usize> = (0..self.b * width).map(|r| r / width).collect();
         let gather = |x: &[T], w: usize| -> Vec<T> {
             item.iter()
@@ -216,9 +222,22 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             lengths: item.iter().map(|&i| self.src_lengths[i]).collect(),
             item: item.clone(),
         };
+        // `[B, L*H]` to `[L, R, H]`.
+        let layers = |x: &[T]| -> Vec<T> {
+            let mut out = Vec::with_capacity(x.len() / self.b * item.len());
+            if x.is_empty() {
+                return out; // a GRU decoder's cell state
+            }
+            for l in 0..nl {
+                for &i in &item {
+                    out.extend_from_slice(&x[(i * nl + l) * h..][..h]);
+                }
+            }
+            out
+        };
         let st = State {
-            h: gather(&self.h0, h),
-            c: gather(&self.c0, h),
+            h: layers(&self.h0),
+            c: layers(&self.c0),
             att: vec![T::zero(); item.len() * h],
         };
         (rows, st)
@@ -236,7 +255,9 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             cfg.tgt_vocab,
             self.s,
         );
+        let (nl, gw, has_c) = (cfg.decoder_layers, cfg.dec_gates() * h, cfg.dec_has_c());
         let r = rows.item.len();
+        let rh = r * h;
         let mut x = vec![T::zero(); r * (e + h)];
         for (row, (&tok, a)) in x
             .chunks_exact_mut(e + h)
@@ -246,21 +267,48 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             row[e..].copy_from_slice(a);
         }
         let mut next = State {
-            h: vec![T::zero(); r * h],
-            c: vec![T::zero(); r * h],
-            att: vec![T::zero(); r * h],
+            h: vec![T::zero(); nl * rh],
+            c: vec![T::zero(); if has_c { nl * rh } else { 0 }],
+            att: vec![T::zero(); rh],
         };
-        let mut act = vec![T::zero(); r * 4 * h];
-        let mut h_pre = vec![T::zero(); r * 4 * h];
+        let mut act = vec![T::zero(); r * gw];
+        let mut h_pre = vec![T::zero(); r * gw];
+        let mut aux = vec![T::zero(); rh];
+        for l in 0..nl {
+            let (below, this) = next.h.split_at_mut(l * rh);
+            let (c_prev, c_next): (&[T], &mut [T]) = if has_c {
+                (&st.c[l * rh..][..rh], &mut next.c[l * rh..][..rh])
+            } else {
+                (&[], &mut [])
+            };
+            cell_forward(
+                cfg,
+                self.p,
+                &self.o.dec[l],
+                CellBufs {
+                    x: if l == 0 {
+                        &x[..]
+                    } else {
+                        &below[(l - 1) * rh..]
+                    },
+                    h_prev: &st.h[l * rh..][..rh],
+                    c_prev,
+                    act: &mut act,
+                    h_pre: &mut h_pre,
+                    aux: &mut aux,
+                    c: c_next,
+                    h: &mut this[..rh],
+                },
+            );
+        }
         let mut ctx = vec![T::zero(); r * de];
-        let mut tanh_c = vec![T::zero(); r * h];
         let mut query = vec![T::zero(); r * k];
         let mut alpha = vec![T::zero(); r * s];
         let additive = cfg.attention == super::AttentionKind::Additive;
         let mut u = vec![T::zero(); if additive { r * s * k } else { 0 }];
         let mut comb = vec![T::zero(); r * (de + h)];
         let mut logits = vec![T::zero(); r * v];
-        step_forward(
+        head_forward(
             cfg,
             self.p,
             self.o,
@@ -274,16 +322,9 @@ impl<'a, T: Scalar> Decoder<'a, T> {
             },
             &rows.keys,
             &rows.enc,
-            StepBufs {
-                x: &x,
-                h_prev: &st.h,
-                c_prev: &st.c,
-                act: &mut act,
-                h_pre: &mut h_pre,
+            HeadBufs {
+                h: &next.h[(nl - 1) * rh..],
                 ctx: &mut ctx,
-                tanh_c: &mut tanh_c,
-                c: &mut next.c,
-                h: &mut next.h,
                 query: &mut query,
                 alpha: &mut alpha,
                 u: &mut u,
@@ -405,12 +446,15 @@ impl<'a, T: Scalar> Decoder<'a, T> {
                 }
             }
             live = next_live;
-            // Reorder the decoder states to follow their beams.
+            // Reorder the decoder states (`[L, R, H]` and `[R, H]`) to follow their beams.
             let pick = |x: &[T]| -> Vec<T> {
-                src_row
-                    .iter()
-                    .flat_map(|&r| x[r * h..][..h].to_vec())
-                    .collect()
+                let mut out = Vec::with_capacity(x.len());
+                for layer in x.chunks_exact(src_row.len() * h) {
+                    for &r in &src_row {
+                        out.extend_from_slice(&layer[r * h..][..h]);
+                    }
+                }
+                out
             };
             st = State {
                 h: pick(&st.h),

@@ -7,11 +7,16 @@
 //! - **Encoder**: the crate's recurrent network ([`crate::network`]) over the source embeddings:
 //!   stacked, bidirectional, any built-in or plugin cell, `lengths` with packed semantics.
 //! - **Bridge**: the top layer's final states of both directions, concatenated (`[B, De]`), go
-//!   through a learned linear map and `tanh` to the decoder's `h0` (always, whatever the sizes, so
-//!   one recipe covers every encoder); an encoder with a cell state bridges `c0` the same way, a
-//!   GRU or plugin cell without one starts the decoder's cell state at zero.
-//! - **Decoder**: one LSTM layer with input feeding: its input at step `t` is
-//!   `[embed(y_{t-1}); att_{t-1}]` (`E + H`), `att_{-1} = 0`.
+//!   through a learned linear map and `tanh` to `L*H` values, the initial `h` of every decoder
+//!   layer (layer `l` takes columns `l*H..(l+1)*H`), always, whatever the sizes, so one recipe
+//!   covers every encoder. An LSTM decoder behind an encoder with a cell state bridges every
+//!   layer's `c0` the same way (its own map); behind a GRU or plugin cell without one its cell
+//!   states start at zero. A GRU decoder has no cell state: the bridge gives only `h`.
+//! - **Decoder**: `L` stacked layers of an LSTM or GRU cell, Luong's stack: input feeding
+//!   into the bottom layer, whose input at step `t` is `[embed(y_{t-1}); att_{t-1}]` (`E + H`),
+//!   `att_{-1} = 0`; layer `l > 0` reads layer `l-1`'s new `h` (through inverted dropout in
+//!   training when `dropout > 0`, the rate of the encoder's); the attention reads the top layer.
+//!   With `L = 1` the parameter names and layout are those of the one-layer model before stacking.
 //! - **Attention** over the encoder outputs, masked beyond each source length: `general`
 //!   (`score = h · W_a e`) or `additive` (`score = v · tanh(W_q h + W_k e)`); the context
 //!   `ctx = Σ α_s e_s` and the attentional vector `att = tanh(W_c [ctx; h] + b_c)`.
@@ -26,7 +31,7 @@ pub mod decode;
 pub mod reference;
 pub mod train;
 
-use crate::config::RnnConfig;
+use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
 use crate::params::{param_specs as rnn_specs, RnnParams};
 use crate::scalar::Scalar;
@@ -79,6 +84,10 @@ pub struct Seq2SeqConfig {
     pub attention: AttentionKind,
     /// `A`, additive attention only.
     pub attention_size: usize,
+    /// `L`: stacked decoder layers (1: the single-layer model).
+    pub decoder_layers: usize,
+    /// The decoder's cell: [`CellKind::Lstm`] or [`CellKind::Gru`].
+    pub decoder_cell: CellKind,
 }
 
 /// Where one named parameter lives in the flat buffer.
@@ -90,20 +99,29 @@ pub struct Seq2SeqParam {
     pub len: usize,
 }
 
-/// Offsets of every parameter block (each `[rows, cols]` row-major, PyTorch's `[out, in]`).
+/// Offsets of one decoder layer's blocks (`[G*H, in]`, `[G*H, H]`, `[G*H]`, `[G*H]`).
 #[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerOffsets {
+    pub w_ih: usize,
+    pub w_hh: usize,
+    pub b_ih: usize,
+    pub b_hh: usize,
+    /// The layer's input width: `E + H` for the bottom layer, `H` above it.
+    pub input: usize,
+}
+
+/// Offsets of every parameter block (each `[rows, cols]` row-major, PyTorch's `[out, in]`).
+#[derive(Debug, Clone)]
 pub(crate) struct Offsets {
     pub encoder: usize,
     pub src_emb: usize,
     pub tgt_emb: usize,
     pub bridge_h_w: usize,
     pub bridge_h_b: usize,
-    /// Present when the encoder has a cell state.
+    /// Present when an LSTM decoder follows an encoder with a cell state.
     pub bridge_c: Option<(usize, usize)>,
-    pub w_ih: usize,
-    pub w_hh: usize,
-    pub b_ih: usize,
-    pub b_hh: usize,
+    /// Bottom layer first.
+    pub dec: Vec<LayerOffsets>,
     /// general: `W_a [H, De]`; additive: `W_q [A, H]`.
     pub attn_a: usize,
     /// additive only: `W_k [A, De]`, `v [A]`.
@@ -123,6 +141,7 @@ impl Seq2SeqConfig {
             ("tgt_vocab", self.tgt_vocab),
             ("embed_size", self.embed_size),
             ("hidden_size", self.hidden_size),
+            ("decoder_layers", self.decoder_layers),
         ] {
             if v == 0 {
                 return Err(Error::Value {
@@ -139,6 +158,13 @@ impl Seq2SeqConfig {
                 got: "0".into(),
             });
         }
+        if !matches!(self.decoder_cell, CellKind::Lstm | CellKind::Gru) {
+            return Err(Error::Name {
+                arg: "decoder_cell",
+                expected: "'lstm' or 'gru' (the decoder runs the built-in cells)".into(),
+                got: self.decoder_cell.name().into(),
+            });
+        }
         if self.encoder.input_size != self.embed_size {
             return Err(Error::Value {
                 arg: "encoder.input_size",
@@ -152,6 +178,31 @@ impl Seq2SeqConfig {
     /// `De`: features of each encoder output (and of the bridged final states).
     pub fn enc_size(&self) -> usize {
         self.encoder.output_size()
+    }
+
+    /// `G`: gate blocks of a decoder layer (4 LSTM, 3 GRU).
+    pub(crate) fn dec_gates(&self) -> usize {
+        self.decoder_cell.gate_count()
+    }
+
+    /// Whether the decoder carries a cell state (LSTM).
+    pub(crate) fn dec_has_c(&self) -> bool {
+        self.decoder_cell == CellKind::Lstm
+    }
+
+    /// Whether the bridge maps the encoder's cell states to the decoder's.
+    fn bridges_c(&self) -> bool {
+        self.dec_has_c() && self.encoder.cell.has_cell_state()
+    }
+
+    /// A decoder layer's parameter: `decoder.{base}` for a one-layer decoder (the names before
+    /// stacking), PyTorch's `decoder.{base}_l{l}` for a stack.
+    pub(crate) fn dec_name(&self, base: &str, l: usize) -> String {
+        if self.decoder_layers == 1 {
+            format!("decoder.{base}")
+        } else {
+            format!("decoder.{base}_l{l}")
+        }
     }
 
     /// Width of the scoring space: `H` for general attention, `A` for additive.
@@ -176,16 +227,20 @@ impl Seq2SeqConfig {
             .collect();
         specs.push(("src_embedding".into(), vec![self.src_vocab, e]));
         specs.push(("tgt_embedding".into(), vec![self.tgt_vocab, e]));
-        specs.push(("bridge_h.weight".into(), vec![h, de]));
-        specs.push(("bridge_h.bias".into(), vec![h]));
-        if self.encoder.cell.has_cell_state() {
-            specs.push(("bridge_c.weight".into(), vec![h, de]));
-            specs.push(("bridge_c.bias".into(), vec![h]));
+        let (nl, g) = (self.decoder_layers, self.dec_gates() * h);
+        specs.push(("bridge_h.weight".into(), vec![nl * h, de]));
+        specs.push(("bridge_h.bias".into(), vec![nl * h]));
+        if self.bridges_c() {
+            specs.push(("bridge_c.weight".into(), vec![nl * h, de]));
+            specs.push(("bridge_c.bias".into(), vec![nl * h]));
         }
-        specs.push(("decoder.weight_ih".into(), vec![4 * h, e + h]));
-        specs.push(("decoder.weight_hh".into(), vec![4 * h, h]));
-        specs.push(("decoder.bias_ih".into(), vec![4 * h]));
-        specs.push(("decoder.bias_hh".into(), vec![4 * h]));
+        for l in 0..nl {
+            let input = if l == 0 { e + h } else { h };
+            specs.push((self.dec_name("weight_ih", l), vec![g, input]));
+            specs.push((self.dec_name("weight_hh", l), vec![g, h]));
+            specs.push((self.dec_name("bias_ih", l), vec![g]));
+            specs.push((self.dec_name("bias_hh", l), vec![g]));
+        }
         match self.attention {
             AttentionKind::General => specs.push(("attention.weight".into(), vec![h, de])),
             AttentionKind::Additive => {
@@ -227,7 +282,16 @@ impl Seq2SeqConfig {
                 .find(|p| p.name == name)
                 .map_or(usize::MAX, |p| p.offset)
         };
-        let has_c = self.encoder.cell.has_cell_state();
+        let (e, h) = (self.embed_size, self.hidden_size);
+        let dec = (0..self.decoder_layers)
+            .map(|l| LayerOffsets {
+                w_ih: at(&self.dec_name("weight_ih", l)),
+                w_hh: at(&self.dec_name("weight_hh", l)),
+                b_ih: at(&self.dec_name("bias_ih", l)),
+                b_hh: at(&self.dec_name("bias_hh", l)),
+                input: if l == 0 { e + h } else { h },
+            })
+            .collect();
         let general = self.attention == AttentionKind::General;
         Offsets {
             encoder: 0,
@@ -235,11 +299,10 @@ impl Seq2SeqConfig {
             tgt_emb: at("tgt_embedding"),
             bridge_h_w: at("bridge_h.weight"),
             bridge_h_b: at("bridge_h.bias"),
-            bridge_c: has_c.then(|| (at("bridge_c.weight"), at("bridge_c.bias"))),
-            w_ih: at("decoder.weight_ih"),
-            w_hh: at("decoder.weight_hh"),
-            b_ih: at("decoder.bias_ih"),
-            b_hh: at("decoder.bias_hh"),
+            bridge_c: self
+                .bridges_c()
+                .then(|| (at("bridge_c.weight"), at("bridge_c.bias"))),
+            dec,
             attn_a: if general {
                 at("attention.weight")
             } else {
@@ -256,7 +319,7 @@ impl Seq2SeqConfig {
 
     /// Initial weights: the encoder as [`RnnParams::init_uniform`]; embeddings `N(0, 1)` as
     /// `torch.nn.Embedding`; every other block uniform in `±1/sqrt(fan_in)` as `torch.nn.Linear`
-    /// and `torch.nn.LSTM`. Reproducible from `seed` (ChaCha8).
+    /// and `torch.nn.LSTM`/`GRU` (decoder layers: `±1/sqrt(H)`). Reproducible from `seed` (ChaCha8).
     pub fn init<T: Scalar>(&self, seed: u64) -> Result<Vec<T>> {
         self.validate()?;
         let enc = RnnParams::<T>::try_init_uniform(self.encoder, seed)?;

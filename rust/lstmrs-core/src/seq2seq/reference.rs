@@ -1,9 +1,11 @@
 //! The same loss as [`super::train::loss_and_grad`] (teacher forcing, no dropout or sampling),
 //! written as plain per-row loops over named weights with no shared kernels: the encoder comes
-//! from [`crate::reference`], every product is an explicit sum. The fast path is tested against
+//! from [`crate::reference`], every product is an explicit sum, each decoder layer (LSTM or GRU)
+//! is PyTorch's cell written out. The fast path is tested against
 //! it, and its loss is what the finite-difference checks differentiate.
 
 use super::{AttentionKind, PairBatch, Seq2SeqConfig};
+use crate::config::CellKind;
 use crate::error::Result;
 use crate::network::{Batch, ForwardOptions, Layout};
 use crate::params::RnnWeights;
@@ -24,6 +26,36 @@ fn affine(w: &[f64], b: Option<&[f64]>, x: &[f64], n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// One step of an LSTM or GRU layer: updates `h` (and `c` for an LSTM) from `x`. `w` holds the
+/// layer's `(weight_ih, weight_hh, bias_ih, bias_hh)`.
+fn cell_step(
+    cell: CellKind,
+    w: (&[f64], &[f64], &[f64], &[f64]),
+    x: &[f64],
+    h: &mut [f64],
+    c: &mut [f64],
+) {
+    let n = h.len();
+    let g = if cell == CellKind::Lstm { 4 * n } else { 3 * n };
+    let gi = affine(w.0, Some(w.2), x, g);
+    let gh = affine(w.1, Some(w.3), h, g);
+    for j in 0..n {
+        if cell == CellKind::Lstm {
+            let gate = |q: usize| gi[q * n + j] + gh[q * n + j];
+            let (i, f) = (sigmoid(gate(0)), sigmoid(gate(1)));
+            let (gg, o) = (gate(2).tanh(), sigmoid(gate(3)));
+            c[j] = f * c[j] + i * gg;
+            h[j] = o * c[j].tanh();
+        } else {
+            // r, z, n; n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1-z) n + z h.
+            let r = sigmoid(gi[j] + gh[j]);
+            let z = sigmoid(gi[n + j] + gh[n + j]);
+            let nn = (gi[2 * n + j] + r * gh[2 * n + j]).tanh();
+            h[j] = (1.0 - z) * nn + z * h[j];
+        }
+    }
+}
+
 /// Mean token loss of `batch` with label smoothing `eps` (the teacher-forced decoder).
 pub fn loss<T: Scalar>(
     cfg: &Seq2SeqConfig,
@@ -33,6 +65,7 @@ pub fn loss<T: Scalar>(
 ) -> Result<f64> {
     batch.validate(cfg, params.len())?;
     let p: Vec<f64> = params.iter().map(|x| Scalar::to_f64(*x)).collect();
+    let has = |name: &str| cfg.param_specs().iter().any(|s| s.name == name);
     let named = |name: &str| -> &[f64] {
         let s = cfg
             .param_specs()
@@ -83,21 +116,25 @@ pub fn loss<T: Scalar>(
         let len = batch.src_lengths[r];
         let enc = |j: usize| &enc_out.output[(r * s + j) * de..][..de];
         let tanh_all = |v: Vec<f64>| v.into_iter().map(f64::tanh).collect::<Vec<f64>>();
-        let mut hh = tanh_all(affine(
+        // The bridge gives every layer's initial state (layer l: values l*H..(l+1)*H).
+        let dl = cfg.decoder_layers;
+        let h0 = tanh_all(affine(
             named("bridge_h.weight"),
             Some(named("bridge_h.bias")),
             &top(&enc_out.h_n, r),
-            h,
+            dl * h,
         ));
-        let mut cc = match &enc_out.c_n {
-            Some(c) => tanh_all(affine(
+        let c0 = match (&enc_out.c_n, has("bridge_c.weight")) {
+            (Some(c), true) => tanh_all(affine(
                 named("bridge_c.weight"),
                 Some(named("bridge_c.bias")),
                 &top(c, r),
-                h,
+                dl * h,
             )),
-            None => vec![0.0; h],
+            _ => vec![0.0; dl * h],
         };
+        let mut hs: Vec<Vec<f64>> = h0.chunks(h).map(<[f64]>::to_vec).collect();
+        let mut cs: Vec<Vec<f64>> = c0.chunks(h).map(<[f64]>::to_vec).collect();
         let mut att = vec![0.0; h];
         for t in 0..batch.tgt_lengths[r] {
             let prev = if t == 0 {
@@ -107,25 +144,18 @@ pub fn loss<T: Scalar>(
             } as usize;
             let mut input = tgt_emb[prev * e..][..e].to_vec();
             input.extend_from_slice(&att);
-            let gi = affine(
-                named("decoder.weight_ih"),
-                Some(named("decoder.bias_ih")),
-                &input,
-                4 * h,
-            );
-            let gh = affine(
-                named("decoder.weight_hh"),
-                Some(named("decoder.bias_hh")),
-                &hh,
-                4 * h,
-            );
-            let gate = |q: usize, j: usize| gi[q * h + j] + gh[q * h + j];
-            for j in 0..h {
-                let (i, f) = (sigmoid(gate(0, j)), sigmoid(gate(1, j)));
-                let (gg, o) = (gate(2, j).tanh(), sigmoid(gate(3, j)));
-                cc[j] = f * cc[j] + i * gg;
-                hh[j] = o * cc[j].tanh();
+            for l in 0..dl {
+                let name = |base: &str| cfg.dec_name(base, l);
+                let w = (
+                    named(&name("weight_ih")),
+                    named(&name("weight_hh")),
+                    named(&name("bias_ih")),
+                    named(&name("bias_hh")),
+                );
+                cell_step(cfg.decoder_cell, w, &input, &mut hs[l], &mut cs[l]);
+                input = hs[l].clone();
             }
+            let hh = &hs[dl - 1];
             let scores: Vec<f64> = (0..len)
                 .map(|j| match cfg.attention {
                     AttentionKind::General => {
@@ -134,7 +164,7 @@ pub fn loss<T: Scalar>(
                     }
                     AttentionKind::Additive => {
                         let a = cfg.attention_size;
-                        let q = affine(named("attention.query"), None, &hh, a);
+                        let q = affine(named("attention.query"), None, hh, a);
                         let kk = affine(named("attention.key"), None, enc(j), a);
                         let vv = named("attention.v");
                         (0..a).map(|i| vv[i] * (q[i] + kk[i]).tanh()).sum()
@@ -150,7 +180,7 @@ pub fn loss<T: Scalar>(
                     *c += w * x;
                 }
             }
-            comb.extend_from_slice(&hh);
+            comb.extend_from_slice(hh);
             att = tanh_all(affine(
                 named("combine.weight"),
                 Some(named("combine.bias")),

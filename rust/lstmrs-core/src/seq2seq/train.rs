@@ -6,9 +6,10 @@
 //! `T*B` rows after the backward loop instead of `T` small ones inside it.
 
 use super::attention::{self, AttnShape};
-use super::{AttentionKind, Offsets, PairBatch, Seq2SeqConfig};
+use super::{AttentionKind, LayerOffsets, Offsets, PairBatch, Seq2SeqConfig};
+use crate::dropout::{bernoulli_mask, MaskKind};
 use crate::error::{Error, Result};
-use crate::gates::{lstm_backward, lstm_forward, Active};
+use crate::gates::{gru_backward, gru_forward, lstm_backward, lstm_forward, Active};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
 use crate::network::{self, Batch, ForwardOptions, GradOutputs, Layout, Tape};
 use crate::params::RnnWeights;
@@ -25,7 +26,8 @@ pub struct TrainOptions {
     /// Probability that the decoder reads its own previous argmax instead of the reference token
     /// (scheduled sampling, Bengio et al., 2015); 0 is pure teacher forcing.
     pub sampling_rate: f64,
-    /// Dropout between stacked encoder layers (training only).
+    /// Dropout between stacked encoder layers and between stacked decoder layers (training
+    /// only).
     pub dropout: f64,
     /// Seed of the dropout masks and of the sampling draws.
     pub seed: u64,
@@ -67,7 +69,8 @@ pub(crate) struct Encoded<T> {
     /// `[B, De]`: the top layer's final states (both directions).
     pub fin_h: Vec<T>,
     pub fin_c: Option<Vec<T>>,
-    /// `[B, H]`: the decoder's initial states after the bridge.
+    /// `[B, L*H]`: every decoder layer's initial states after the bridge (layer `l` in columns
+    /// `l*H..(l+1)*H`); `c0` is empty for a GRU decoder.
     pub h0: Vec<T>,
     pub c0: Vec<T>,
     pub tape: Option<Tape<T>>,
@@ -135,7 +138,8 @@ pub(crate) fn encode<T: Scalar>(
     opts: &ForwardOptions,
 ) -> Result<Encoded<T>> {
     let e = cfg.embed_size;
-    let (h, de, k) = (cfg.hidden_size, cfg.enc_size(), cfg.key_size());
+    let (de, k) = (cfg.enc_size(), cfg.key_size());
+    let nh = cfg.decoder_layers * cfg.hidden_size;
     let mut x = vec![T::zero(); b * s * e];
     for (row, &tok) in x.chunks_exact_mut(e).zip(src) {
         row.copy_from_slice(&p[o.src_emb + tok as usize * e..][..e]);
@@ -159,12 +163,13 @@ pub(crate) fn encode<T: Scalar>(
         b,
         de,
         &p[o.bridge_h_w..],
-        &p[o.bridge_h_b..][..h],
-        h,
+        &p[o.bridge_h_b..][..nh],
+        nh,
     );
     let c0 = match (&fin_c, o.bridge_c) {
-        (Some(fc), Some((w, bias))) => dense_tanh(fc, b, de, &p[w..], &p[bias..][..h], h),
-        _ => vec![T::zero(); b * h],
+        _ if !cfg.dec_has_c() => Vec::new(),
+        (Some(fc), Some((w, bias))) => dense_tanh(fc, b, de, &p[w..], &p[bias..][..nh], nh),
+        _ => vec![T::zero(); b * nh],
     };
     let key_w = match cfg.attention {
         AttentionKind::General => o.attn_a,
@@ -189,20 +194,93 @@ pub(crate) fn encode<T: Scalar>(
     })
 }
 
-/// Buffers of one decoder step over `R` rows (views into the `[T, B, ·]` tapes or scratch).
-pub(crate) struct StepBufs<'a, T> {
-    /// `[R, E+H]`: the step's input (embedding; previous attentional vector).
+/// Buffers of one decoder layer's step over `R` rows (views into the tapes or scratch).
+pub(crate) struct CellBufs<'a, T> {
+    /// `[R, in]`: the layer's input (bottom: embedding and previous attentional vector; above:
+    /// the new `h` of the layer below).
     pub x: &'a [T],
+    /// `[R, H]`: the previous states (`c_prev` and `c` empty for a GRU).
     pub h_prev: &'a [T],
     pub c_prev: &'a [T],
-    /// `[R, 4H]` activations, `[R, H]` tanh(c'), new c and h.
+    /// `[R, G*H]`: the activations.
     pub act: &'a mut [T],
-    /// Scratch: `[R, 4H]` recurrent pre-activations `h_prev · W_hhᵀ`, `[R, De]` the context.
+    /// Scratch `[R, G*H]`: the recurrent pre-activations `h_prev · W_hhᵀ`.
     pub h_pre: &'a mut [T],
-    pub ctx: &'a mut [T],
-    pub tanh_c: &'a mut [T],
+    /// `[R, H]`: LSTM `tanh(c')`; GRU the n gate's recurrent part `W_hn h_prev + b_hn`.
+    pub aux: &'a mut [T],
+    /// `[R, H]`: the new states.
     pub c: &'a mut [T],
     pub h: &'a mut [T],
+}
+
+/// One step of one decoder layer (LSTM or GRU, PyTorch's gate order and biases).
+pub(crate) fn cell_forward<T: Scalar>(
+    cfg: &Seq2SeqConfig,
+    p: &[T],
+    lo: &LayerOffsets,
+    buf: CellBufs<T>,
+) {
+    let h = cfg.hidden_size;
+    let g = cfg.dec_gates() * h;
+    let r = buf.h_prev.len() / h;
+    a_bt(
+        buf.act,
+        g,
+        false,
+        Mat::new(buf.x, r, lo.input),
+        Mat::new(&p[lo.w_ih..], g, lo.input),
+    );
+    let (b_ih, b_hh) = (&p[lo.b_ih..][..g], &p[lo.b_hh..][..g]);
+    // LSTM: both biases on every gate. GRU: `b_hh` on r and z only; its n part `b_hn` stays
+    // inside `r * (W_hn h + b_hn)`.
+    let both = if cfg.dec_has_c() { g } else { 2 * h };
+    for row in buf.act.chunks_exact_mut(g) {
+        for j in 0..both {
+            row[j] += b_ih[j] + b_hh[j];
+        }
+        for j in both..g {
+            row[j] += b_ih[j];
+        }
+    }
+    a_bt(
+        buf.h_pre,
+        g,
+        false,
+        Mat::new(buf.h_prev, r, h),
+        Mat::new(&p[lo.w_hh..], g, h),
+    );
+    if cfg.dec_has_c() {
+        lstm_forward(
+            h,
+            Active::ALL,
+            buf.act,
+            buf.h_pre,
+            buf.c_prev,
+            buf.h_prev,
+            buf.aux,
+            buf.c,
+            buf.h,
+        );
+    } else {
+        gru_forward(
+            h,
+            Active::ALL,
+            buf.act,
+            buf.h_pre,
+            &b_hh[2 * h..],
+            buf.h_prev,
+            buf.aux,
+            buf.h,
+        );
+    }
+}
+
+/// Buffers of the attention and output of one decoder step over `R` rows.
+pub(crate) struct HeadBufs<'a, T> {
+    /// `[R, H]`: the top decoder layer's new `h`.
+    pub h: &'a [T],
+    /// Scratch `[R, De]`: the context.
+    pub ctx: &'a mut [T],
     /// `[R, K]` (additive: `W_q h`; general: a copy of `h`).
     pub query: &'a mut [T],
     /// `[R, S]`, `[R, S, K]` (additive only, else empty).
@@ -216,56 +294,23 @@ pub(crate) struct StepBufs<'a, T> {
     pub logits: &'a mut [T],
 }
 
-/// One decoder step: LSTM cell, attention, combination and output projection.
-pub(crate) fn step_forward<T: Scalar>(
+/// Attention of the top layer's `h`, the combination and the output projection.
+pub(crate) fn head_forward<T: Scalar>(
     cfg: &Seq2SeqConfig,
     p: &[T],
     o: &Offsets,
     sh: AttnShape,
     keys: &[T],
     enc: &[T],
-    buf: StepBufs<T>,
+    buf: HeadBufs<T>,
 ) {
-    let (e, h, de, k, v) = (
-        cfg.embed_size,
+    let (h, de, k, v) = (
         cfg.hidden_size,
         cfg.enc_size(),
         cfg.key_size(),
         cfg.tgt_vocab,
     );
     let r = sh.batch;
-    let g = 4 * h;
-    a_bt(
-        buf.act,
-        g,
-        false,
-        Mat::new(buf.x, r, e + h),
-        Mat::new(&p[o.w_ih..], g, e + h),
-    );
-    let (b_ih, b_hh) = (&p[o.b_ih..][..g], &p[o.b_hh..][..g]);
-    for row in buf.act.chunks_exact_mut(g) {
-        for j in 0..g {
-            row[j] += b_ih[j] + b_hh[j];
-        }
-    }
-    a_bt(
-        buf.h_pre,
-        g,
-        false,
-        Mat::new(buf.h_prev, r, h),
-        Mat::new(&p[o.w_hh..], g, h),
-    );
-    lstm_forward(
-        h,
-        Active::ALL,
-        buf.act,
-        buf.h_pre,
-        buf.c_prev,
-        buf.h_prev,
-        buf.tanh_c,
-        buf.c,
-        buf.h,
-    );
     match cfg.attention {
         AttentionKind::General => buf.query.copy_from_slice(buf.h),
         AttentionKind::Additive => a_bt(
@@ -358,8 +403,28 @@ pub fn loss_and_grad<T: Scalar>(
     check_probability("sampling_rate", opts.sampling_rate, true)?;
     check_probability("dropout", opts.dropout, false)?;
     let h = cfg.hidden_size;
-    let work = batch.batch * batch.tgt_len_max * 4 * h * (cfg.embed_size + 2 * h);
+    let work = batch.batch
+        * batch.tgt_len_max
+        * cfg.dec_gates()
+        * h
+        * (cfg.embed_size + 2 * h * cfg.decoder_layers);
     threads::install_for(work, || run(cfg, params, batch, opts))
+}
+
+/// One decoder layer's tapes over the target steps, time-major `[T, B, ·]` (the states hold
+/// `T+1` steps, index 0 the bridged initial state).
+struct LayerTape<T> {
+    /// `[T, B, in]`: the layer's inputs (above the bottom: after dropout).
+    xs: Vec<T>,
+    /// `[T+1, B, H]`; `cs` empty for a GRU.
+    hs: Vec<T>,
+    cs: Vec<T>,
+    /// `[T, B, G*H]` activations, `[T, B, H]` the cell's second buffer (see [`CellBufs`]).
+    acts: Vec<T>,
+    aux: Vec<T>,
+    /// `[T, B, H]`: the inverted-dropout mask of the input (layers above the bottom, in
+    /// training with dropout), else empty.
+    mask: Vec<T>,
 }
 
 #[allow(clippy::needless_range_loop)]
@@ -378,6 +443,8 @@ fn run<T: Scalar>(
         cfg.key_size(),
         cfg.tgt_vocab,
     );
+    let (nl, gw, has_c) = (cfg.decoder_layers, cfg.dec_gates() * h, cfg.dec_has_c());
+    let nh = nl * h;
     let xw = e + h;
     let additive = cfg.attention == AttentionKind::Additive;
     let fopts = ForwardOptions {
@@ -396,14 +463,44 @@ fn run<T: Scalar>(
         lengths: pb.src_lengths,
     };
 
-    // Tapes, `[T, B, ·]`; hs/cs hold T+1 states (index 0 is the bridged initial state).
-    let mut xs = vec![T::zero(); tn * b * xw];
-    let mut hs = vec![T::zero(); (tn + 1) * b * h];
-    let mut cs = vec![T::zero(); (tn + 1) * b * h];
-    hs[..b * h].copy_from_slice(&encd.h0);
-    cs[..b * h].copy_from_slice(&encd.c0);
-    let mut acts = vec![T::zero(); tn * b * 4 * h];
-    let mut tcs = vec![T::zero(); tn * b * h];
+    let drop = opts.grad && opts.dropout > 0.0;
+    let mut tapes: Vec<LayerTape<T>> = (0..nl)
+        .map(|l| {
+            let mut hs = vec![T::zero(); (tn + 1) * b * h];
+            let mut cs = vec![T::zero(); if has_c { (tn + 1) * b * h } else { 0 }];
+            for r in 0..b {
+                hs[r * h..][..h].copy_from_slice(&encd.h0[r * nh + l * h..][..h]);
+                if has_c {
+                    cs[r * h..][..h].copy_from_slice(&encd.c0[r * nh + l * h..][..h]);
+                }
+            }
+            let keep = T::from_f64(1.0 / (1.0 - opts.dropout));
+            // Stream key (Dropout, layer l, "direction" 2): apart from the encoder's masks.
+            let mask = if drop && l > 0 {
+                let n = tn * b * h;
+                bernoulli_mask(
+                    opts.seed,
+                    MaskKind::Dropout,
+                    l,
+                    2,
+                    n,
+                    opts.dropout,
+                    T::zero(),
+                    keep,
+                )
+            } else {
+                Vec::new()
+            };
+            LayerTape {
+                xs: vec![T::zero(); tn * b * o.dec[l].input],
+                hs,
+                cs,
+                acts: vec![T::zero(); tn * b * gw],
+                aux: vec![T::zero(); tn * b * h],
+                mask,
+            }
+        })
+        .collect();
     let mut queries = vec![T::zero(); tn * b * k];
     let mut alphas = vec![T::zero(); tn * b * s];
     let mut us = vec![T::zero(); if additive { tn * b * s * k } else { 0 }];
@@ -419,7 +516,7 @@ fn run<T: Scalar>(
     let mut loss = 0.0f64;
     let mut correct = 0usize;
     let mut logits = vec![T::zero(); b * v];
-    let mut h_pre = vec![T::zero(); b * 4 * h];
+    let mut h_pre = vec![T::zero(); b * gw];
     let mut ctx = vec![T::zero(); b * de];
     for t in 0..tn {
         // Inputs: the previous reference token, or (scheduled sampling) the previous argmax.
@@ -436,31 +533,61 @@ fn run<T: Scalar>(
                 }
             };
             inputs[t * b + r] = tok;
-            let row = &mut xs[(t * b + r) * xw..][..xw];
+            let row = &mut tapes[0].xs[(t * b + r) * xw..][..xw];
             row[..e].copy_from_slice(&p[o.tgt_emb + tok as usize * e..][..e]);
             if t > 0 {
                 row[e..].copy_from_slice(&atts[((t - 1) * b + r) * h..][..h]);
             }
         }
-        let (h_done, h_rest) = hs.split_at_mut((t + 1) * b * h);
-        let (c_done, c_rest) = cs.split_at_mut((t + 1) * b * h);
-        step_forward(
+        for l in 0..nl {
+            let (below, rest) = tapes.split_at_mut(l);
+            let tp = &mut rest[0];
+            let iw = o.dec[l].input;
+            if l > 0 {
+                let from = &below[l - 1].hs[(t + 1) * b * h..][..b * h];
+                let x = &mut tp.xs[t * b * h..][..b * h];
+                if tp.mask.is_empty() {
+                    x.copy_from_slice(from);
+                } else {
+                    let m = &tp.mask[t * b * h..][..b * h];
+                    for j in 0..b * h {
+                        x[j] = from[j] * m[j];
+                    }
+                }
+            }
+            let (h_done, h_rest) = tp.hs.split_at_mut((t + 1) * b * h);
+            let (c_prev, c_next): (&[T], &mut [T]) = if has_c {
+                let (done, rest) = tp.cs.split_at_mut((t + 1) * b * h);
+                (&done[t * b * h..], &mut rest[..b * h])
+            } else {
+                (&[], &mut [])
+            };
+            cell_forward(
+                cfg,
+                p,
+                &o.dec[l],
+                CellBufs {
+                    x: &tp.xs[t * b * iw..][..b * iw],
+                    h_prev: &h_done[t * b * h..],
+                    c_prev,
+                    act: &mut tp.acts[t * b * gw..][..b * gw],
+                    h_pre: &mut h_pre,
+                    aux: &mut tp.aux[t * b * h..][..b * h],
+                    c: c_next,
+                    h: &mut h_rest[..b * h],
+                },
+            );
+        }
+        head_forward(
             cfg,
             p,
             &o,
             sh,
             &encd.keys,
             &encd.enc,
-            StepBufs {
-                x: &xs[t * b * xw..][..b * xw],
-                h_prev: &h_done[t * b * h..],
-                c_prev: &c_done[t * b * h..],
-                act: &mut acts[t * b * 4 * h..][..b * 4 * h],
-                h_pre: &mut h_pre,
+            HeadBufs {
+                h: &tapes[nl - 1].hs[(t + 1) * b * h..][..b * h],
                 ctx: &mut ctx,
-                tanh_c: &mut tcs[t * b * h..][..b * h],
-                c: &mut c_rest[..b * h],
-                h: &mut h_rest[..b * h],
                 query: &mut queries[t * b * k..][..b * k],
                 alpha: &mut alphas[t * b * s..][..b * s],
                 u: if additive {
@@ -526,13 +653,21 @@ fn run<T: Scalar>(
         Mat::new(&p[o.out_w..], v, h),
     );
     let mut d_att_pre = vec![T::zero(); rows * h];
-    let mut d_pres = vec![T::zero(); rows * 4 * h];
+    // Per layer, `[T, B, G*H]`: the gradients of the input-side pre-activations and (GRU only;
+    // the LSTM's are the same) of the recurrent-side ones.
+    let mut d_x_pres: Vec<Vec<T>> = (0..nl).map(|_| vec![T::zero(); rows * gw]).collect();
+    let mut d_h_pres: Vec<Vec<T>> = (0..nl)
+        .map(|_| vec![T::zero(); if has_c { 0 } else { rows * gw }])
+        .collect();
     let mut d_queries = vec![T::zero(); if additive { rows * k } else { 0 }];
     let mut d_keys = vec![T::zero(); b * s * k];
     let mut d_enc = vec![T::zero(); b * s * de];
     let mut d_v = vec![T::zero(); if additive { k } else { 0 }];
-    let mut dh = vec![T::zero(); b * h];
-    let mut dc = vec![T::zero(); b * h];
+    // Per layer `[B, H]`: the gradients of the layer's states at the step being undone.
+    let mut dh: Vec<Vec<T>> = (0..nl).map(|_| vec![T::zero(); b * h]).collect();
+    let mut dc: Vec<Vec<T>> = (0..nl)
+        .map(|_| vec![T::zero(); if has_c { b * h } else { 0 }])
+        .collect();
     let mut d_feed = vec![T::zero(); b * h];
     let mut d_comb = vec![T::zero(); b * (de + h)];
     let mut d_ctx = vec![T::zero(); b * de];
@@ -543,6 +678,7 @@ fn run<T: Scalar>(
     } else {
         &[][..]
     };
+    let top = nl - 1;
     for t in (0..tn).rev() {
         // d att = from the logits + from the next step's input feeding.
         let (o_h, n_h) = (t * b * h, b * h);
@@ -561,7 +697,7 @@ fn run<T: Scalar>(
         for r in 0..b {
             let row = &d_comb[r * (de + h)..][..de + h];
             d_ctx[r * de..][..de].copy_from_slice(&row[..de]);
-            dh[r * h..][..h]
+            dh[top][r * h..][..h]
                 .iter_mut()
                 .zip(&row[de..])
                 .for_each(|(a, &x)| *a += x);
@@ -585,11 +721,11 @@ fn run<T: Scalar>(
             &mut d_v,
         );
         match cfg.attention {
-            AttentionKind::General => dh.iter_mut().zip(&d_query).for_each(|(a, &x)| *a += x),
+            AttentionKind::General => dh[top].iter_mut().zip(&d_query).for_each(|(a, &x)| *a += x),
             AttentionKind::Additive => {
                 d_queries[t * b * k..][..b * k].copy_from_slice(&d_query);
                 a_b(
-                    &mut dh,
+                    &mut dh[top],
                     h,
                     true,
                     Mat::new(&d_query, b, k),
@@ -597,59 +733,106 @@ fn run<T: Scalar>(
                 );
             }
         }
-        let d_pre = &mut d_pres[t * b * 4 * h..][..b * 4 * h];
-        lstm_backward(
-            h,
-            Active::ALL,
-            &acts[t * b * 4 * h..][..b * 4 * h],
-            &tcs[t * b * h..][..b * h],
-            &cs[t * b * h..][..b * h],
-            &mut dh,
-            &mut dc,
-            d_pre,
-        );
-        // dh was zeroed: the recurrent product refills it with the gradient of h_{t-1}.
-        a_b(
-            &mut dh,
-            h,
-            true,
-            Mat::new(d_pre, b, 4 * h),
-            Mat::new(&p[o.w_hh..], 4 * h, h),
-        );
-        a_b(
-            &mut dx,
-            xw,
-            false,
-            Mat::new(d_pre, b, 4 * h),
-            Mat::new(&p[o.w_ih..], 4 * h, xw),
-        );
-        for r in 0..b {
-            let row = &dx[r * xw..][..xw];
-            let tok = inputs[t * b + r] as usize;
-            g[o.tgt_emb + tok * e..][..e]
-                .iter_mut()
-                .zip(&row[..e])
-                .for_each(|(a, &x)| *a += x);
-            d_feed[r * h..][..h].copy_from_slice(&row[e..]);
+        // Down the stack: each layer's input gradient joins the layer below's state gradient.
+        for l in (0..nl).rev() {
+            let (tp, lo) = (&tapes[l], &o.dec[l]);
+            let d_pre = &mut d_x_pres[l][t * b * gw..][..b * gw];
+            let (act, aux) = (
+                &tp.acts[t * b * gw..][..b * gw],
+                &tp.aux[t * b * h..][..b * h],
+            );
+            if has_c {
+                lstm_backward(
+                    h,
+                    Active::ALL,
+                    act,
+                    aux,
+                    &tp.cs[t * b * h..][..b * h],
+                    &mut dh[l],
+                    &mut dc[l],
+                    d_pre,
+                );
+                // dh was zeroed: the recurrent product refills it with the gradient of h_{t-1}.
+                a_b(
+                    &mut dh[l],
+                    h,
+                    true,
+                    Mat::new(d_pre, b, gw),
+                    Mat::new(&p[lo.w_hh..], gw, h),
+                );
+            } else {
+                let d_hp = &mut d_h_pres[l][t * b * gw..][..b * gw];
+                // dh becomes its direct path `dh * z`; the recurrent product adds the rest.
+                gru_backward(
+                    h,
+                    Active::ALL,
+                    act,
+                    aux,
+                    &tp.hs[t * b * h..][..b * h],
+                    &mut dh[l],
+                    d_pre,
+                    d_hp,
+                );
+                a_b(
+                    &mut dh[l],
+                    h,
+                    true,
+                    Mat::new(d_hp, b, gw),
+                    Mat::new(&p[lo.w_hh..], gw, h),
+                );
+            }
+            let iw = lo.input;
+            a_b(
+                &mut dx[..b * iw],
+                iw,
+                false,
+                Mat::new(d_pre, b, gw),
+                Mat::new(&p[lo.w_ih..], gw, iw),
+            );
+            if l > 0 {
+                let below = &mut dh[l - 1];
+                if tp.mask.is_empty() {
+                    below.iter_mut().zip(&dx).for_each(|(a, &x)| *a += x);
+                } else {
+                    let m = &tp.mask[t * b * h..][..b * h];
+                    for j in 0..b * h {
+                        below[j] += dx[j] * m[j];
+                    }
+                }
+                continue;
+            }
+            for r in 0..b {
+                let row = &dx[r * xw..][..xw];
+                let tok = inputs[t * b + r] as usize;
+                g[o.tgt_emb + tok * e..][..e]
+                    .iter_mut()
+                    .zip(&row[..e])
+                    .for_each(|(a, &x)| *a += x);
+                d_feed[r * h..][..h].copy_from_slice(&row[e..]);
+            }
         }
     }
-    // Weight gradients over all T*B rows at once.
-    at_b(
-        &mut g[o.w_ih..],
-        xw,
-        false,
-        Mat::new(&d_pres, rows, 4 * h),
-        Mat::new(&xs, rows, xw),
-    );
-    at_b(
-        &mut g[o.w_hh..],
-        h,
-        false,
-        Mat::new(&d_pres, rows, 4 * h),
-        Mat::new(&hs[..rows * h], rows, h),
-    );
-    col_sums(&mut g[o.b_ih..][..4 * h], &d_pres, 4 * h);
-    g.copy_within(o.b_ih..o.b_ih + 4 * h, o.b_hh);
+    // Weight gradients over all T*B rows at once, layer by layer.
+    for (l, (tp, lo)) in tapes.iter().zip(&o.dec).enumerate() {
+        let d_xp = &d_x_pres[l];
+        let d_hp = if has_c { d_xp } else { &d_h_pres[l] };
+        at_b(
+            &mut g[lo.w_ih..],
+            lo.input,
+            false,
+            Mat::new(d_xp, rows, gw),
+            Mat::new(&tp.xs, rows, lo.input),
+        );
+        at_b(
+            &mut g[lo.w_hh..],
+            h,
+            false,
+            Mat::new(d_hp, rows, gw),
+            Mat::new(&tp.hs[..rows * h], rows, h),
+        );
+        col_sums(&mut g[lo.b_ih..][..gw], d_xp, gw);
+        col_sums(&mut g[lo.b_hh..][..gw], d_hp, gw);
+    }
     at_b(
         &mut g[o.comb_w..],
         de + h,
@@ -664,7 +847,7 @@ fn run<T: Scalar>(
             h,
             false,
             Mat::new(&d_queries, rows, k),
-            Mat::new(&hs[b * h..], rows, h),
+            Mat::new(&tapes[top].hs[b * h..], rows, h),
         );
         g[o.attn_v..][..k].copy_from_slice(&d_v);
     }
@@ -684,16 +867,25 @@ fn run<T: Scalar>(
         Mat::new(&d_keys, b * s, k),
         Mat::new(&p[key_w..], k, de),
     );
-    // Bridge: h0 = tanh(W fin + b).
+    // Bridge: every layer's initial state = tanh(W fin + b), layer l in columns l*H..(l+1)*H.
+    let join = |per_layer: &[Vec<T>]| -> Vec<T> {
+        let mut out = vec![T::zero(); b * nh];
+        for (l, d) in per_layer.iter().enumerate() {
+            for r in 0..b {
+                out[r * nh + l * h..][..h].copy_from_slice(&d[r * h..][..h]);
+            }
+        }
+        out
+    };
     let d_fin_h = bridge_backward(
         &mut g,
         &o.bridge_h(),
         &encd.h0,
-        &dh,
+        &join(&dh),
         &encd.fin_h,
         p,
         b,
-        h,
+        nh,
         de,
     );
     let d_fin_c = match (&encd.fin_c, o.bridge_c) {
@@ -701,26 +893,26 @@ fn run<T: Scalar>(
             &mut g,
             &(w, bias),
             &encd.c0,
-            &dc,
+            &join(&dc),
             fc,
             p,
             b,
-            h,
+            nh,
             de,
         )),
         _ => None,
     };
     // Into the encoder.
     let enc_cfg = cfg.encoder;
-    let (nl, nd, he) = (
+    let (enl, nd, he) = (
         enc_cfg.num_layers,
         enc_cfg.num_directions(),
         enc_cfg.hidden_size,
     );
     let spread = |d_fin: &[T]| {
-        let mut st = vec![T::zero(); nl * nd * b * he];
+        let mut st = vec![T::zero(); enl * nd * b * he];
         for d in 0..nd {
-            let layer = &mut st[((nl - 1) * nd + d) * b * he..][..b * he];
+            let layer = &mut st[((enl - 1) * nd + d) * b * he..][..b * he];
             for r in 0..b {
                 layer[r * he..][..he].copy_from_slice(&d_fin[r * nd * he + d * he..][..he]);
             }
