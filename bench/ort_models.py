@@ -81,24 +81,41 @@ def exported_session(layer, threads: int):
     return _session(layer.to_onnx(lengths=False), threads)
 
 
-def step_session(sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, threads: int):
-    """One LSTM step + linear head: inputs x [1, B, I], h0, c0 [1, B, H]; outputs y [B, O],
-    h1, c1 [1, B, H] (fed back as the next call's h0, c0). ``sd`` uses torch's LSTM names."""
+def step_session(
+    sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, threads: int, cell="lstm"
+):
+    """One LSTM or GRU step + linear head: inputs x [1, B, I], h0 (and for the LSTM c0)
+    [1, B, H]; outputs y [B, O], h1 (and c1) [1, B, H] (fed back as the next call's h0, c0).
+    ``sd`` uses torch's LSTM/GRU names."""
     from onnx import TensorProto, helper, numpy_helper
 
     h = sd["weight_hh_l0"].shape[1]
     o = head_w.shape[0]
-    inits = [numpy_helper.from_array(a, n) for a, n in zip(_layer_tensors("lstm", sd, 0, h), "WRB")]
+    lstm = cell == "lstm"
+    inits = [numpy_helper.from_array(a, n) for a, n in zip(_layer_tensors(cell, sd, 0, h), "WRB")]
     inits += [
         numpy_helper.from_array(np.ascontiguousarray(head_w.T, np.float32), "head_w"),
         numpy_helper.from_array(np.ascontiguousarray(head_b, np.float32), "head_b"),
         numpy_helper.from_array(np.array([0], np.int64), "axis0"),
     ]
-    nodes = [
+    states = ["h0", "c0"] if lstm else ["h0"]
+    outs = ["h1", "c1"] if lstm else ["h1"]
+    if lstm:
         # Inputs: X, W, R, B, sequence_lens (absent), initial_h, initial_c.
-        helper.make_node(
-            "LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["", "h1", "c1"], hidden_size=h
-        ),
+        rnn = helper.make_node(
+            "LSTM", ["x", "W", "R", "B", "", *states], ["", *outs], hidden_size=h
+        )
+    else:
+        # torch's GRU: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)).
+        rnn = helper.make_node(
+            "GRU",
+            ["x", "W", "R", "B", "", *states],
+            ["", *outs],
+            hidden_size=h,
+            linear_before_reset=1,
+        )
+    nodes = [
+        rnn,
         helper.make_node("Squeeze", ["h1", "axis0"], ["h_last"]),
         helper.make_node("MatMul", ["h_last", "head_w"], ["proj"]),
         helper.make_node("Add", ["proj", "head_b"], ["y"]),
@@ -106,17 +123,11 @@ def step_session(sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: in
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
-        "lstm_step",
-        [
-            helper.make_tensor_value_info("x", f32, [1, b, i]),
-            helper.make_tensor_value_info("h0", f32, [1, b, h]),
-            helper.make_tensor_value_info("c0", f32, [1, b, h]),
-        ],
-        [
-            helper.make_tensor_value_info("y", f32, [b, o]),
-            helper.make_tensor_value_info("h1", f32, [1, b, h]),
-            helper.make_tensor_value_info("c1", f32, [1, b, h]),
-        ],
+        f"{cell}_step",
+        [helper.make_tensor_value_info("x", f32, [1, b, i])]
+        + [helper.make_tensor_value_info(n, f32, [1, b, h]) for n in states],
+        [helper.make_tensor_value_info("y", f32, [b, o])]
+        + [helper.make_tensor_value_info(n, f32, [1, b, h]) for n in outs],
         inits,
     )
     return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)

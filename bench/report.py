@@ -133,8 +133,9 @@ def print_plugin(rows: list[dict], info: dict) -> None:
 
 
 def print_stream(rows: list[dict], input_size: int) -> None:
-    print(f"streaming one step, LSTM({input_size} -> H) -> linear(1), microseconds per call")
+    print(f"streaming one step, cell({input_size} -> H) -> linear(1), microseconds per call")
     head = [
+        ("cell", 5),
         ("B", 4),
         ("H", 5),
         ("torch", 10),
@@ -145,6 +146,7 @@ def print_stream(rows: list[dict], input_size: int) -> None:
     ]
     lines = [
         [
+            r.get("cell", "lstm"),
             str(r["B"]),
             str(r["H"]),
             f"{r['torch_us']:.1f}",

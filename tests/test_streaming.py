@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lstmrs import get_num_threads, set_num_threads
 from lstmrs.errors import DTypeError, InvalidArgumentError, ShapeError
 from lstmrs.models import Model
 from lstmrs.streaming import Stepper
@@ -216,3 +217,32 @@ def test_large_steps_release_the_gil_and_agree_with_predict():
     s = m.stepper()
     for t in range(4):
         np.testing.assert_allclose(s.step(x[0, t]), full[0, t], **TOL)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_large_f32_batches_step_like_predict_at_any_thread_count(cell):
+    # B = 40 streams of H = 130: past the old small-batch limit (16), where f32 on an AVX-512 CPU
+    # now takes the register-tiled mat-vec kernel, and big enough (40 x 162 x 520 multiply-adds)
+    # that a step shares its weight rows among the pool's threads. The split keeps every sum's
+    # order, so one and two threads give the same bits.
+    m = Model(input_size=32, hidden_size=130, cell=cell, pooling="per_step", seed=3)
+    x = np.random.default_rng(3).normal(size=(40, 3, 32)).astype(np.float32)
+    full = m.predict(x)
+    before = get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            set_num_threads(n)
+            s = m.stepper(batch=40)
+            outs = [s.step(x[:, t]) for t in range(3)]
+            for t, out in enumerate(outs):
+                np.testing.assert_allclose(out, full[:, t], rtol=1e-4, atol=1e-5)
+            runs.append((outs, s.state))
+    finally:
+        set_num_threads(before)
+    (one, (h1, c1)), (two, (h2, c2)) = runs
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(h1, h2)
+    if cell == "lstm":
+        np.testing.assert_array_equal(c1, c2)

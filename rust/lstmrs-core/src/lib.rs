@@ -26,6 +26,7 @@ pub mod error;
 pub mod forklock;
 mod gates;
 pub mod gpu;
+mod handoff;
 pub mod lowp;
 mod matmul;
 mod matvec;

@@ -10,12 +10,18 @@
 //!
 //! Two products can share one set of accumulators (`W_ih·x + W_hh·h` for the LSTM gates and the
 //! GRU's r, z gates), or be written to two destinations (the GRU's n gate keeps `W_hn·h` apart).
-//! The AVX2+FMA path is picked at run time for f32 and f64; other element types and CPUs take a
-//! portable loop with the same results up to summation order.
+//! Kernels, picked at run time: for f32 on a CPU with AVX-512, register tiles of up to four
+//! batch rows by four weight rows ([`avx512`]), which keep the FMA units busy at any batch size;
+//! for f32 and f64 with AVX2+FMA, eight weight rows per batch row; elsewhere a portable loop.
+//! All give the same results up to summation order. [`rows_split`] shares the rows of a large
+//! product among the pool's threads.
 
 use crate::scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// One product's operands: `w[rows, k]` row-major and `x[batch, k]` row-major.
 #[derive(Clone, Copy)]
@@ -42,12 +48,56 @@ pub(crate) struct Out<'a, T> {
     pub bias: [Option<&'a [T]>; 2],
 }
 
-/// Which kernel runs: `Auto` picks the SIMD one the CPU supports; tests force `Portable`.
+/// Which kernel runs: `Auto` picks the fastest one the CPU has for the element type; tests and
+/// benchmarks force the others ([`Kernel::available`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Kernel {
+pub enum Kernel {
     Auto,
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// f32 register tiles with AVX-512 (F, VL, DQ).
+    Avx512,
+    /// Eight rows at a time with AVX2 and FMA (f32 and f64).
+    Avx2,
     Portable,
+}
+
+impl Kernel {
+    /// The kernel that runs for element type `T` when `self` is asked for: `Auto` the best one
+    /// the CPU has; a kernel that does not exist for `T` on this CPU falls back to `Portable`.
+    pub fn resolve<T: 'static>(self) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f32 = TypeId::of::<T>() == TypeId::of::<f32>();
+            let f64 = TypeId::of::<T>() == TypeId::of::<f64>();
+            let avx512 = f32 && avx512::available();
+            let avx2 = (f32 || f64)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            match self {
+                Kernel::Auto if avx512 => return Kernel::Avx512,
+                Kernel::Auto if avx2 => return Kernel::Avx2,
+                Kernel::Avx512 if avx512 => return Kernel::Avx512,
+                Kernel::Avx2 if avx2 => return Kernel::Avx2,
+                _ => {}
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// The kernels this CPU runs for `T`, the fastest first.
+    pub fn available<T: 'static>() -> Vec<Kernel> {
+        let mut v: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.resolve::<T>() == *k)
+            .collect();
+        v.push(Kernel::Portable);
+        v
+    }
+
+    /// Whether the kernel is register-blocked over batch rows, so that it beats the general GEMM
+    /// at every batch size (not only the few rows the others serve).
+    pub fn tiles_batches<T: 'static>(self) -> bool {
+        self.resolve::<T>() == Kernel::Avx512
+    }
 }
 
 /// For every batch row `b` and weight row `r < rows`:
@@ -74,70 +124,100 @@ pub(crate) fn rows_with<T: Scalar>(
     p: Product<T>,
     second: Option<Product<T>>,
     out: Out<T>,
-    mut split: Option<Out<T>>,
+    split: Option<Out<T>>,
 ) {
-    assert!(
-        split.is_none() || second.is_some(),
-        "a split destination needs a second product"
+    if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
+        // SAFETY: `checked` asserted the bounds.
+        unsafe { run_raw(kernel.resolve::<T>(), &raw) };
+    }
+}
+
+/// Weight rows of the unit a split hands to a thread: whole row blocks of every kernel.
+const SPLIT_ROWS: usize = 16;
+
+/// [`rows_with`] with the rows shared among this thread and `parts - 1` threads of the pool
+/// (`handoff::beside`; inside a serial call all on this thread). Each part is a run of whole
+/// row blocks, so every sum is formed as without the split: the results do not depend on
+/// `parts`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_split<T: Scalar>(
+    kernel: Kernel,
+    parts: usize,
+    rows: usize,
+    batch: usize,
+    p: Product<T>,
+    second: Option<Product<T>>,
+    out: Out<T>,
+    split: Option<Out<T>>,
+) {
+    let parts = if crate::threads::parallel_allowed() {
+        parts
+    } else {
+        1
+    };
+    if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
+        // SAFETY: `checked` asserted the bounds.
+        unsafe { run_split(kernel.resolve::<T>(), parts, raw) };
+    }
+}
+
+/// The destination columns of a thread are strided (`ld`) among the others', so the parts get
+/// raw pointers rather than slices.
+struct SendRaw<T>(Raw<T>);
+// SAFETY: the parts of a split read shared operands and write disjoint destination columns.
+unsafe impl<T: Send> Send for SendRaw<T> {}
+
+/// `raw` in `parts` runs of row blocks: the first here, the others handed to the pool.
+///
+/// # Safety
+/// `raw` must describe checked bounds.
+unsafe fn run_split<T: Scalar + 'static>(kernel: Kernel, parts: usize, raw: Raw<T>) {
+    let blocks = raw.rows.div_ceil(SPLIT_ROWS);
+    let parts = parts.clamp(1, blocks);
+    if parts == 1 {
+        // SAFETY: the caller's contract.
+        return unsafe { run_raw(kernel, &raw) };
+    }
+    let head = blocks.div_ceil(parts) * SPLIT_ROWS;
+    // SAFETY: `head < rows`, so both ranges lie inside the checked rows.
+    let (lo, hi) = unsafe {
+        (
+            SendRaw(raw.rows_range(0, head)),
+            SendRaw(raw.rows_range(head, raw.rows - head)),
+        )
+    };
+    crate::handoff::beside(
+        // SAFETY: disjoint rows of checked bounds.
+        move || unsafe { run_raw(kernel, &{ lo }.0) },
+        // SAFETY: as above; `beside` returns only after this has run, so the pointers stay
+        // valid.
+        move || unsafe { run_split(kernel, parts - 1, { hi }.0) },
     );
-    let empty = Product {
-        w: &[],
-        x: &[],
-        k: 0,
-    };
-    let q = second.unwrap_or(empty);
-    for prod in [&p, &q] {
-        assert!(prod.w.len() >= rows * prod.k && prod.x.len() >= batch * prod.k);
-    }
-    for o in std::iter::once(&out).chain(split.as_ref()) {
-        assert!(o.ld >= rows);
-        assert!(batch == 0 || o.dst.len() >= (batch - 1) * o.ld + rows);
-        assert!(o.bias.iter().flatten().all(|b| b.len() >= rows));
-    }
-    if rows == 0 || batch == 0 {
-        return;
-    }
-    let raw = Raw {
-        rows,
-        batch,
-        w1: p.w.as_ptr(),
-        x1: p.x.as_ptr(),
-        k1: p.k,
-        w2: q.w.as_ptr(),
-        x2: q.x.as_ptr(),
-        k2: q.k,
-        dst1: out.dst.as_mut_ptr(),
-        ld1: out.ld,
-        bias1: out.bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr)),
-        dst2: split
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |s| s.dst.as_mut_ptr()),
-        ld2: split.as_ref().map_or(0, |s| s.ld),
-        bias2: split.as_ref().map_or([std::ptr::null(); 2], |s| {
-            s.bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr))
-        }),
-    };
+}
+
+/// Runs `kernel` (resolved: available for `T` on this CPU) on `raw`.
+///
+/// # Safety
+/// `raw` must describe checked bounds; `kernel` must come from [`Kernel::resolve`] for `T`.
+unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Auto
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
     {
-        if TypeId::of::<T>() == TypeId::of::<f32>() {
-            // SAFETY: `T` is f32, so the pointers are f32 pointers; the bounds were asserted
-            // above and the CPU has AVX2 and FMA.
-            unsafe { avx2::rows_f32(&raw.cast()) };
-            return;
-        }
-        if TypeId::of::<T>() == TypeId::of::<f64>() {
-            // SAFETY: as above, for f64.
-            unsafe { avx2::rows_f64(&raw.cast()) };
-            return;
+        let f32 = TypeId::of::<T>() == TypeId::of::<f32>();
+        let f64 = TypeId::of::<T>() == TypeId::of::<f64>();
+        match kernel {
+            // SAFETY: `T` is f32; `resolve` gives Avx512 only on a CPU that has it.
+            Kernel::Avx512 if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            // SAFETY: `T` is f32 (f64 below); `resolve` gives Avx2 only with AVX2 and FMA.
+            Kernel::Avx2 if f32 => return unsafe { avx2::rows_f32(&raw.cast()) },
+            // SAFETY: as above.
+            Kernel::Avx2 if f64 => return unsafe { avx2::rows_f64(&raw.cast()) },
+            _ => {}
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = kernel;
-    // SAFETY: the bounds were asserted above.
-    unsafe { portable(&raw) };
+    // SAFETY: the caller's contract.
+    unsafe { portable(raw) };
 }
 
 /// The checked operands as raw pointers. Null bias pointers mean no bias; a null `dst2` means the
@@ -160,6 +240,89 @@ struct Raw<T> {
 }
 
 impl<T> Raw<T> {
+    /// The operands of [`rows_with`] after checking their sizes (the callers' invariants,
+    /// asserted); None when there is nothing to compute.
+    fn checked(
+        rows: usize,
+        batch: usize,
+        p: Product<T>,
+        second: Option<Product<T>>,
+        out: Out<T>,
+        mut split: Option<Out<T>>,
+    ) -> Option<Self> {
+        assert!(
+            split.is_none() || second.is_some(),
+            "a split destination needs a second product"
+        );
+        let empty = Product {
+            w: &[],
+            x: &[],
+            k: 0,
+        };
+        let q = second.unwrap_or(empty);
+        for prod in [&p, &q] {
+            assert!(prod.w.len() >= rows * prod.k && prod.x.len() >= batch * prod.k);
+        }
+        for o in std::iter::once(&out).chain(split.as_ref()) {
+            assert!(o.ld >= rows);
+            assert!(batch == 0 || o.dst.len() >= (batch - 1) * o.ld + rows);
+            assert!(o.bias.iter().flatten().all(|b| b.len() >= rows));
+        }
+        if rows == 0 || batch == 0 {
+            return None;
+        }
+        let ptrs =
+            |bias: [Option<&[T]>; 2]| bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr));
+        Some(Raw {
+            rows,
+            batch,
+            w1: p.w.as_ptr(),
+            x1: p.x.as_ptr(),
+            k1: p.k,
+            w2: q.w.as_ptr(),
+            x2: q.x.as_ptr(),
+            k2: q.k,
+            dst1: out.dst.as_mut_ptr(),
+            ld1: out.ld,
+            bias1: ptrs(out.bias),
+            dst2: split
+                .as_mut()
+                .map_or(std::ptr::null_mut(), |s| s.dst.as_mut_ptr()),
+            ld2: split.as_ref().map_or(0, |s| s.ld),
+            bias2: split
+                .as_ref()
+                .map_or([std::ptr::null(); 2], |s| ptrs(s.bias)),
+        })
+    }
+
+    /// Weight rows `from..from + n` of the same product.
+    ///
+    /// # Safety
+    /// `from + n <= self.rows`.
+    unsafe fn rows_range(&self, from: usize, n: usize) -> Self {
+        let shift = |p: *const T| if p.is_null() { p } else { p.wrapping_add(from) };
+        Raw {
+            rows: n,
+            batch: self.batch,
+            w1: self.w1.wrapping_add(from * self.k1),
+            x1: self.x1,
+            k1: self.k1,
+            w2: self.w2.wrapping_add(from * self.k2),
+            x2: self.x2,
+            k2: self.k2,
+            dst1: self.dst1.wrapping_add(from),
+            ld1: self.ld1,
+            bias1: self.bias1.map(shift),
+            dst2: if self.dst2.is_null() {
+                self.dst2
+            } else {
+                self.dst2.wrapping_add(from)
+            },
+            ld2: self.ld2,
+            bias2: self.bias2.map(shift),
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     fn cast<U>(&self) -> Raw<U> {
         Raw {
@@ -467,9 +630,11 @@ mod tests {
     }
 
     fn check<T: Scalar>(kernel: Kernel, tol: f64) {
-        for rows in [1, 3, 8, 9, 17, 64] {
-            for batch in [1, 2, 5] {
-                for (k1, k2) in [(1, 0), (5, 7), (8, 16), (13, 130), (4, 1)] {
+        // Rows and batch sizes around every tile shape (4 x 4, 2 x 8, 1 x 16) and block; depths
+        // around the vector widths (8, 16).
+        for rows in [1, 3, 8, 9, 17, 64, 70] {
+            for batch in [1, 2, 3, 5, 7, 9] {
+                for (k1, k2) in [(1, 0), (5, 7), (8, 16), (13, 130), (4, 1), (32, 17)] {
                     let (w1, x1) = (data::<T>(rows * k1, 1), data::<T>(batch * k1, 2));
                     let (w2, x2) = (data::<T>(rows * k2, 3), data::<T>(batch * k2, 4));
                     let (ba, bb) = (data::<T>(rows, 5), data::<T>(rows, 6));
@@ -540,9 +705,71 @@ mod tests {
 
     #[test]
     fn simd_and_portable_kernels_match_the_plain_loop() {
-        for kernel in [Kernel::Auto, Kernel::Portable] {
+        for kernel in Kernel::available::<f32>() {
+            assert_eq!(kernel.resolve::<f32>(), kernel);
             check::<f32>(kernel, 1e-5);
+        }
+        for kernel in Kernel::available::<f64>() {
+            assert_eq!(kernel.resolve::<f64>(), kernel);
             check::<f64>(kernel, 1e-13);
+        }
+        check::<f32>(Kernel::Auto, 1e-5);
+        check::<f64>(Kernel::Auto, 1e-13);
+    }
+
+    /// Auto takes the best kernel the CPU has; one that does not exist for a type falls back.
+    #[test]
+    fn kernels_resolve_to_what_the_cpu_has() {
+        let best = Kernel::available::<f32>()[0];
+        assert_eq!(Kernel::Auto.resolve::<f32>(), best);
+        assert_eq!(Kernel::Avx512.resolve::<f64>(), Kernel::Portable);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            assert_eq!(best, Kernel::Avx512);
+        }
+    }
+
+    /// A product shared among threads gives the bits of the one-thread call, for every part
+    /// count and kernel.
+    #[test]
+    fn split_rows_equal_one_part_bit_for_bit() {
+        let (rows, batch, k1, k2) = (150, 6, 21, 40);
+        let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
+        let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
+        let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
+        let p1 = Product {
+            w: &w1,
+            x: &x1,
+            k: k1,
+        };
+        let p2 = Product {
+            w: &w2,
+            x: &x2,
+            k: k2,
+        };
+        for kernel in Kernel::available::<f32>() {
+            let run = |parts: usize| {
+                let (mut d, mut e) = (vec![0f32; batch * rows], vec![0f32; batch * rows]);
+                let out = Out {
+                    dst: &mut d,
+                    ld: rows,
+                    bias: [Some(&ba), None],
+                };
+                let split = Out {
+                    dst: &mut e,
+                    ld: rows,
+                    bias: [Some(&bb), None],
+                };
+                rows_split(kernel, parts, rows, batch, p1, Some(p2), out, Some(split));
+                (d, e)
+            };
+            let one = run(1);
+            for parts in [2, 3, 16] {
+                assert_eq!(run(parts), one, "{kernel:?} parts {parts}");
+            }
         }
     }
 
@@ -557,7 +784,7 @@ mod tests {
             &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
             k,
         );
-        for kernel in [Kernel::Auto, Kernel::Portable] {
+        for kernel in Kernel::available::<f32>() {
             let mut y = vec![0f32; batch * rows];
             let out = Out {
                 dst: &mut y,

@@ -2,9 +2,11 @@
 //! keeping the state between calls and allocating nothing after construction.
 //!
 //! Per step and layer: the input product `[B, I]·[I, GH]`, the recurrent product `[B, H]·[H, GH]`
-//! and one fused gate pass. Up to [`SMALL_BATCH_MAX`] streams the products run through
-//! `matvec` (matrix-vector rows with both products in one accumulation, no per-call
-//! packing or thread dispatch); above it through the general GEMM, as the full-sequence sweep.
+//! and one fused gate pass. The products run through `matvec` (both products in one
+//! accumulation, the weights read in place, no per-call packing) at every batch size where its
+//! kernel is register-blocked over batch rows (f32 with AVX-512), else up to [`SMALL_BATCH_MAX`]
+//! streams; above that through the general GEMM, as the full-sequence sweep. A `matvec` step of
+//! at least [`SPLIT_MIN_WORK`] multiply-adds shares its weight rows among the pool's threads.
 //! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
 //! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.
 
@@ -12,18 +14,30 @@ use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
 use crate::gates::{self, Active};
 use crate::matmul::{a_bt, Mat};
-use crate::matvec::{self, Kernel, Out, Product};
+pub use crate::matvec::Kernel;
+use crate::matvec::{self, Out, Product};
 use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
 use crate::sweep::fold_bias;
 
-/// The largest batch the matrix-vector kernel serves. It reads each weight row from memory once
-/// and from L1 for the other streams; GEMM's register blocking reuses loaded weights across rows
-/// and catches up around 32 streams. Measured per step on the 2-core AVX2 machine (input 32, one
-/// thread), kernel vs GEMM: B=2 10 vs 35 µs (H=128), 118 vs 507 µs (H=512); B=16 64 vs 72 µs and
-/// 1.0 vs 1.2 ms; B=32 155 vs 137 µs and 2.3 vs 1.4 ms.
+/// The largest batch the matrix-vector kernel serves when it is not register-blocked over batch
+/// rows (AVX2, portable, f64). It reads each weight row from memory once and from L1 for the
+/// other streams; GEMM's register blocking reuses loaded weights across rows and catches up
+/// around 32 streams. Measured per step on the 2-core AVX2 machine (input 32, one thread),
+/// kernel vs GEMM: B=2 10 vs 35 µs (H=128), 118 vs 507 µs (H=512); B=16 64 vs 72 µs and
+/// 1.0 vs 1.2 ms; B=32 155 vs 137 µs and 2.3 vs 1.4 ms. The AVX-512 tiles serve every batch:
+/// on the 2-core AVX-512 machine (thread CPU time, `examples/stepper_speed.rs`) B=32 LSTM
+/// H=128 took 32 µs and H=512 360 µs on one thread, the AVX2 kernel 80 µs and 1.0 ms.
 pub const SMALL_BATCH_MAX: usize = 16;
+
+/// `matvec` steps of at least this many multiply-adds share their weight rows among the pool's
+/// threads; smaller ones run on the calling thread, where handing work to the pool would cost
+/// more than it saves. Measured with `examples/stepper_speed.rs` on the shared 2-core machine
+/// (fastest of 15 runs): a forced split of a GRU step B=1 H=128 (61K) took 2.9 µs against
+/// 2.2 µs on one thread; an LSTM step B=1 H=256 (295K) 5.7 µs against 10.9 µs. A pool thread
+/// that is late to start costs little (the caller takes its half back, see `handoff`).
+pub const SPLIT_MIN_WORK: usize = 1 << 18;
 
 /// The running state of a stream of `B` sequences through a unidirectional network.
 #[derive(Debug, Clone)]
@@ -45,17 +59,22 @@ pub struct Stepper<T> {
     /// `h_pre` zero where the recurrent product is accumulated into `x_pre`).
     small: bool,
     kernel: Kernel,
+    /// See [`SPLIT_MIN_WORK`].
+    split_min_work: usize,
 }
 
 impl<T: Scalar> Stepper<T> {
     /// A stepper for `batch` streams, starting from zero states.
     pub fn new(weights: RnnWeights<T>, batch: usize) -> Result<Self> {
-        Self::with_path(weights, batch, batch <= SMALL_BATCH_MAX, Kernel::Auto)
+        let small = batch <= SMALL_BATCH_MAX || Kernel::Auto.tiles_batches::<T>();
+        Self::with_path(weights, batch, small, Kernel::Auto)
     }
 
-    /// [`Stepper::new`] with the product path chosen by the caller (tests cover both paths at
-    /// every size).
-    pub(crate) fn with_path(
+    /// [`Stepper::new`] with the product path chosen by the caller: `small` the `matvec`
+    /// kernel `kernel` (a projected LSTM ignores it), else the general GEMM. Tests cover every
+    /// path at every size; the `stepper_speed` example times them.
+    #[doc(hidden)]
+    pub fn with_path(
         weights: RnnWeights<T>,
         batch: usize,
         small: bool,
@@ -113,6 +132,7 @@ impl<T: Scalar> Stepper<T> {
             // The small-batch kernel has no projection step.
             small: small && cfg.proj_size == 0,
             kernel,
+            split_min_work: SPLIT_MIN_WORK,
         })
     }
 
@@ -123,6 +143,13 @@ impl<T: Scalar> Stepper<T> {
     /// Whether steps run through the small-batch kernel (see [`SMALL_BATCH_MAX`]).
     pub fn uses_small_kernel(&self) -> bool {
         self.small
+    }
+
+    /// Replaces [`SPLIT_MIN_WORK`] for this stepper (`usize::MAX`: never split), to time both
+    /// sides of the threshold.
+    #[doc(hidden)]
+    pub fn set_split_min_work(&mut self, work: usize) {
+        self.split_min_work = work;
     }
 
     /// `[L, B, S]`
@@ -187,8 +214,15 @@ impl<T: Scalar> Stepper<T> {
         check_len("out", out.len(), &[self.batch, self.state])?;
         let data = weights.as_slice();
         if self.small {
+            let work = crate::network::forward_work(&cfg, 1, self.batch);
+            // The pool's size is looked up only for a step large enough to split.
+            let threads = if work >= self.split_min_work {
+                crate::threads::num_threads()
+            } else {
+                1
+            };
             for layer in 0..self.layers {
-                self.layer_small(&cfg, data, x, layer);
+                self.layer_small(&cfg, data, x, layer, threads);
             }
         } else {
             let work = crate::network::forward_work(&cfg, 1, self.batch);
@@ -204,8 +238,9 @@ impl<T: Scalar> Stepper<T> {
     }
 
     /// One layer through the small-batch kernel: the input and recurrent products of a gate
-    /// share their accumulators where the cell adds them anyway, then the fused gate pass.
-    fn layer_small(&mut self, cfg: &RnnConfig, data: &[T], x: &[T], layer: usize) {
+    /// share their accumulators where the cell adds them anyway, then the fused gate pass. The
+    /// products are shared among `parts` threads (see [`SPLIT_MIN_WORK`]).
+    fn layer_small(&mut self, cfg: &RnnConfig, data: &[T], x: &[T], layer: usize, parts: usize) {
         let (b, h, gw, hw) = (
             self.batch,
             self.hidden,
@@ -241,7 +276,7 @@ impl<T: Scalar> Stepper<T> {
                 ld: gw,
                 bias: [b_ih, None],
             };
-            matvec::rows_with(kernel, gw, b, xp, None, out, None);
+            matvec::rows_split(kernel, parts, gw, b, xp, None, out, None);
             if hw > 0 {
                 let hp = Product {
                     w: w_hh,
@@ -253,7 +288,7 @@ impl<T: Scalar> Stepper<T> {
                     ld: hw,
                     bias: [b_hh, None],
                 };
-                matvec::rows_with(kernel, hw, b, hp, None, out, None);
+                matvec::rows_split(kernel, parts, hw, b, hp, None, out, None);
             }
             let c = layer_state(&mut self.c, layer, bh);
             let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
@@ -276,7 +311,7 @@ impl<T: Scalar> Stepper<T> {
                     bias: [b_ih, b_hh],
                 };
                 // `h_pre` stays zero on this path: the recurrent product is already in `x_pre`.
-                matvec::rows_with(kernel, gw, b, xp, Some(hp), out, None);
+                matvec::rows_split(kernel, parts, gw, b, xp, Some(hp), out, None);
             }
             CellKind::Gru => {
                 // r and z add both sides; n keeps `W_hn h` apart (it is scaled by r).
@@ -291,7 +326,16 @@ impl<T: Scalar> Stepper<T> {
                     ld: gw,
                     bias: [b_ih.map(|v| &v[..rz]), b_hh.map(|v| &v[..rz])],
                 };
-                matvec::rows_with(kernel, rz, b, xp.sub(0, rz), Some(hp.sub(0, rz)), out, None);
+                matvec::rows_split(
+                    kernel,
+                    parts,
+                    rz,
+                    b,
+                    xp.sub(0, rz),
+                    Some(hp.sub(0, rz)),
+                    out,
+                    None,
+                );
                 let n_x = Out {
                     dst: &mut self.scratch.x_pre[rz..],
                     ld: gw,
@@ -303,8 +347,9 @@ impl<T: Scalar> Stepper<T> {
                     ld: gw,
                     bias: [None, None],
                 };
-                matvec::rows_with(
+                matvec::rows_split(
                     kernel,
+                    parts,
                     h,
                     b,
                     xp.sub(rz, h),
@@ -604,7 +649,8 @@ mod tests {
             Some((small, kernel)) => Stepper::with_path(p.view(), b, small, kernel).unwrap(),
             None => {
                 let s = Stepper::new(p.view(), b).unwrap();
-                let small = b <= SMALL_BATCH_MAX && proj == 0;
+                let small =
+                    (b <= SMALL_BATCH_MAX || Kernel::Auto.tiles_batches::<T>()) && proj == 0;
                 assert_eq!(s.uses_small_kernel(), small, "b={b} proj={proj}");
                 s
             }
@@ -648,13 +694,16 @@ mod tests {
                     for i in [1, 5] {
                         for (layers, bias) in [(1, true), (2, false), (3, true)] {
                             let dims = (b, h, i, layers, bias);
-                            for path in [
-                                None,
-                                Some((true, Kernel::Auto)),
-                                Some((true, Kernel::Portable)),
-                                Some((false, Kernel::Auto)),
-                            ] {
+                            // The automatic choice, every kernel this CPU has, the GEMM.
+                            let paths = |kernels: Vec<Kernel>| {
+                                let mut v = vec![None, Some((false, Kernel::Auto))];
+                                v.extend(kernels.into_iter().map(|k| Some((true, k))));
+                                v
+                            };
+                            for path in paths(Kernel::available::<f64>()) {
                                 check::<f64>(cell, dims, path, 1e-12);
+                            }
+                            for path in paths(Kernel::available::<f32>()) {
                                 check::<f32>(cell, dims, path, 2e-5);
                             }
                         }
@@ -684,16 +733,52 @@ mod tests {
     fn the_batch_picks_the_path() {
         let cfg = RnnConfig::new(CellKind::Lstm, 3, 4, 1, false, true).unwrap();
         let p = RnnParams::<f32>::init_uniform(cfg, 0);
+        // Register tiles over batch rows serve every batch; the other kernels only small ones.
+        let tiles = Kernel::Auto.tiles_batches::<f32>();
         for (b, small) in [
             (1, true),
             (SMALL_BATCH_MAX, true),
-            (SMALL_BATCH_MAX + 1, false),
+            (SMALL_BATCH_MAX + 1, tiles),
+            (256, tiles),
         ] {
             assert_eq!(
                 Stepper::new(p.view(), b).unwrap().uses_small_kernel(),
                 small,
                 "batch {b}"
             );
+        }
+        let p = RnnParams::<f64>::init_uniform(cfg, 0);
+        assert!(!Stepper::new(p.view(), SMALL_BATCH_MAX + 1)
+            .unwrap()
+            .uses_small_kernel());
+    }
+
+    /// Steps whose products are shared among the pool's threads give the bits of one-thread
+    /// steps (with one pool thread both run on one thread and agree trivially).
+    #[test]
+    fn split_steps_equal_one_thread_steps_bit_for_bit() {
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            for b in [1, 5, 33] {
+                let cfg = RnnConfig::new(cell, 6, 130, 2, false, true).unwrap();
+                let p = RnnParams::<f32>::init_uniform(cfg, b as u64);
+                for kernel in Kernel::available::<f32>() {
+                    let run = |split_min_work: usize| {
+                        let mut s = Stepper::with_path(p.view(), b, true, kernel).unwrap();
+                        s.set_split_min_work(split_min_work);
+                        let mut out = vec![0f32; b * 130];
+                        let mut outs = Vec::new();
+                        for t in 0..3 {
+                            let x: Vec<f32> = (0..b * 6)
+                                .map(|k| ((k + t * 7) as f32 * 0.3).sin())
+                                .collect();
+                            s.step(p.view(), &x, &mut out).unwrap();
+                            outs.extend_from_slice(&out);
+                        }
+                        (outs, s.h().to_vec(), s.c().to_vec())
+                    };
+                    assert_eq!(run(0), run(usize::MAX), "{cell:?} b={b} {kernel:?}");
+                }
+            }
         }
     }
 }

@@ -116,6 +116,11 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
+/// Queues `f` on the core's pool without waiting for it (see `handoff`).
+pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) {
+    pool().spawn(f)
+}
+
 /// Drops the pool so that the next call builds a fresh one; a forked child calls this, since the
 /// parent's worker threads do not exist in it. (The process-id check in `pool` covers a fork
 /// without this call too.)
