@@ -366,7 +366,8 @@ fn lstm_backward_row<T: Scalar>(
     let (dhr, dcr) = (&mut dhr[..n], &mut dcr[..n]);
     let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
     for j in 0..n {
-        let (g, dct) = lstm_backward_elem([ai[j], af[j], ag[j], ao[j]], tc[j], cp[j], dhr[j], dcr[j]);
+        let (g, dct) =
+            lstm_backward_elem([ai[j], af[j], ag[j], ao[j]], tc[j], cp[j], dhr[j], dcr[j]);
         (di[j], df[j], dg[j], d_o[j]) = (g[0], g[1], g[2], g[3]);
         dcr[j] = dct;
         dhr[j] = T::zero();
@@ -431,7 +432,8 @@ unsafe fn lstm_backward_in_place_body<T: Scalar>(
         let (tc, cp, dhr, dcr) = (&tc[..n], &cp[..n], &mut dhr[..n], &mut dcr[..n]);
         let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
         for j in 0..n {
-            let (g, dct) = lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
+            let (g, dct) =
+                lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
             (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
             dcr[j] = dct;
             dhr[j] = T::zero();

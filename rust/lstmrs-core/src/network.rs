@@ -812,7 +812,11 @@ fn backward_checked<T: Scalar>(
             );
             (dx, dh, dc)
         };
-        let mut take = |dir: usize| sweep_tapes[dir].take().expect("one sweep tape per direction");
+        let mut take = |dir: usize| {
+            sweep_tapes[dir]
+                .take()
+                .expect("one sweep tape per direction")
+        };
         let (tape_f, tape_r) = (take(0), (nd == 2).then(|| take(1)));
         let results = match tape_r {
             Some(tape_r) => {
@@ -911,7 +915,14 @@ mod tests {
 
     #[test]
     fn in_place_swap_equals_the_copying_one() {
-        for (a, b, f) in [(1, 5, 3), (5, 1, 2), (2, 3, 1), (7, 4, 3), (6, 6, 2), (13, 8, 5)] {
+        for (a, b, f) in [
+            (1, 5, 3),
+            (5, 1, 2),
+            (2, 3, 1),
+            (7, 4, 3),
+            (6, 6, 2),
+            (13, 8, 5),
+        ] {
             let src: Vec<u32> = (0..(a * b * f) as u32).collect();
             let mut got = src.clone();
             swap_outer_in_place(&mut got, a, b, f);

@@ -1362,7 +1362,16 @@ fn backward_custom<T: Scalar>(
 
     let rows = steps * b;
     let bias = w.bias.is_some();
-    weight_grads(sw, x, &tape.hs, reg, (&dgx, xw), (&dgh, hw), bias, g_weights);
+    weight_grads(
+        sw,
+        x,
+        &tape.hs,
+        reg,
+        (&dgx, xw),
+        (&dgh, hw),
+        bias,
+        g_weights,
+    );
     a_b(
         dx,
         inp,

@@ -55,7 +55,10 @@ fn check(case: &Case) {
     assert!(!tape.is_consumed());
     let used = backward_consuming(&p, &mut tape, &grads).unwrap();
     assert!(tape.is_consumed());
-    let what = format!("{:?} layers={} bidir={}", case.cell, case.layers, case.bidirectional);
+    let what = format!(
+        "{:?} layers={} bidir={}",
+        case.cell, case.layers, case.bidirectional
+    );
     assert_eq!(kept.params, used.params, "{what}: parameter gradients");
     assert_eq!(kept.input, used.input, "{what}: input gradient");
     assert_eq!(kept.h0, used.h0, "{what}: h0 gradient");
@@ -121,7 +124,10 @@ fn a_refused_call_leaves_the_tape_intact() {
         ..GradOutputs::default()
     };
     let err = backward_consuming(&p, &mut tape, &bad).unwrap_err();
-    assert!(matches!(err, Error::Shape { .. } | Error::Value { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Shape { .. } | Error::Value { .. }),
+        "{err}"
+    );
     assert!(!tape.is_consumed());
     let ones = vec![1.0f32; fwd.output.len()];
     let good = GradOutputs {
@@ -129,5 +135,8 @@ fn a_refused_call_leaves_the_tape_intact() {
         ..GradOutputs::default()
     };
     let kept = backward(&p, &tape, &good).unwrap();
-    assert_eq!(kept.params, backward_consuming(&p, &mut tape, &good).unwrap().params);
+    assert_eq!(
+        kept.params,
+        backward_consuming(&p, &mut tape, &good).unwrap().params
+    );
 }

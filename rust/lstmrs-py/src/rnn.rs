@@ -416,9 +416,9 @@ impl RnnCore {
                 ))
             }
             Err(Stale) => {
-            return Err(error(
-                py,
-                Kind::InvalidArgument,
+                return Err(error(
+                    py,
+                    Kind::InvalidArgument,
                     "tape: expected a tape recorded with the current parameters, got one \
                      recorded before they were changed; run the forward pass again",
                 ))
