@@ -340,7 +340,7 @@ def test_backward_shapes_and_names(rng, cls, bidirectional, batch_first):
         batch_first,
         np.float32,
     )
-    grads = layer.backward(tape, d_out=np.ones_like(out))
+    grads = layer.backward(tape, d_out=np.ones_like(out), retain_tape=True)
     assert isinstance(grads, RnnGradients)
     assert [(k, v.shape) for k, v in grads.params.items()] == [
         (k, v.shape) for k, v in layer.state_dict().items()
@@ -352,9 +352,10 @@ def test_backward_shapes_and_names(rng, cls, bidirectional, batch_first):
     else:
         assert grads.state.shape == (2 * d, 2, 4)
     assert all(np.any(v != 0) for v in grads.params.values())
-    # Reusing a tape gives the same gradients.
+    # Reusing a retained tape gives the same gradients; the last call uses it up.
     again = layer.backward(tape, d_out=np.ones_like(out))
     np.testing.assert_array_equal(again.flat, grads.flat)
+    assert tape.consumed
 
 
 @pytest.mark.parametrize("cls", CELLS)

@@ -115,6 +115,8 @@ class Tape:
     def batch(self) -> int: ...
     @property
     def batch_first(self) -> bool: ...
+    @property
+    def consumed(self) -> bool: ...
 
 @final
 class RnnCore:
@@ -181,6 +183,7 @@ class RnnCore:
         d_out: npt.NDArray[np.floating] | None = None,
         d_h_n: npt.NDArray[np.floating] | None = None,
         d_c_n: npt.NDArray[np.floating] | None = None,
+        retain_tape: bool = False,
     ) -> tuple[
         npt.NDArray[np.floating],
         npt.NDArray[np.floating],

@@ -197,10 +197,13 @@ class RnnGradients:
 
 
 class RnnTape:
-    """What :meth:`backward` needs from one :meth:`forward_train` call. Opaque; reusable.
+    """What :meth:`backward` needs from one :meth:`forward_train` call. Opaque.
 
     A tape belongs to the layer that recorded it and to the parameters it had then: changing the
     parameters (``load_state_dict``, ``set_parameters_flat``) makes older tapes unusable.
+    :meth:`backward` uses the tape up, as PyTorch's ``backward()`` frees its graph (its gate
+    gradients overwrite the tape's activations, which saves memory): pass ``retain_tape=True``
+    to every backward call on it but the last to use it more than once.
     """
 
     __slots__ = ("_core", "_unbatched")
@@ -229,6 +232,11 @@ class RnnTape:
     @property
     def unbatched(self) -> bool:
         return self._unbatched
+
+    @property
+    def consumed(self) -> bool:
+        """Whether a :meth:`backward` call without ``retain_tape`` has used the tape up."""
+        return self._core.consumed
 
     def __repr__(self) -> str:
         return (
@@ -788,7 +796,14 @@ class _RNNBase(FlatParameters):
 
     # -- backward ------------------------------------------------------------------------------
 
-    def backward(self, tape: RnnTape, d_out: Any = None, d_state: Any = None) -> RnnGradients:
+    def backward(
+        self,
+        tape: RnnTape,
+        d_out: Any = None,
+        d_state: Any = None,
+        *,
+        retain_tape: bool = False,
+    ) -> RnnGradients:
         """Gradients of a scalar loss with respect to parameters, input and initial state.
 
         ``d_out`` is the gradient of the loss with respect to the output of the
@@ -796,6 +811,13 @@ class _RNNBase(FlatParameters):
         its final state (GRU: ``dh_n``; LSTM: ``(dh_n, dc_n)``, either may be None). Absent
         gradients count as zero, but at least one must be given. The forward pass is not
         recomputed.
+
+        Like PyTorch's ``backward(retain_graph=False)``, the call uses ``tape`` up: the gate
+        gradients are computed over its activations in place and its buffers are freed as the
+        pass goes, so a training step's peak memory is the tape plus little more. A second call
+        on the same tape raises :class:`~lstmrs.errors.InvalidArgumentError`;
+        ``retain_tape=True`` keeps the tape for another call (the gradients are the same, bit
+        for bit).
         """
         if not isinstance(tape, RnnTape):
             raise InvalidArgumentError(
@@ -829,7 +851,9 @@ class _RNNBase(FlatParameters):
                 "d_out, d_state: expected at least one gradient, got neither"
             )
 
-        flat, d_x, d_h0, d_c0 = self._core.backward(tape._core, g_out, g_h, g_c)
+        flat, d_x, d_h0, d_c0 = self._core.backward(
+            tape._core, g_out, g_h, g_c, retain_tape=bool(retain_tape)
+        )
         params = {
             name: flat[offset : offset + int(np.prod(shape))].reshape(shape)
             for name, (offset, shape) in self._layout.items()

@@ -162,3 +162,17 @@ pub fn backward<T: Scalar>(
         RnnTape::Gpu(t) => gpu::backward(weights, t, grads),
     }
 }
+
+/// [`backward`] of the parameters' gradients that may use the tape up
+/// ([`network::backward_consuming`] on the CPU; the device's tape is read as by [`backward`], and
+/// freed when the caller drops it). On an error the tape is intact.
+pub fn backward_consuming<T: Scalar>(
+    weights: RnnWeights<'_, T>,
+    tape: &mut RnnTape<T>,
+    grads: &GradOutputs<T>,
+) -> Result<Gradients<T>> {
+    match tape {
+        RnnTape::Cpu(t) => network::backward_consuming(weights, t, grads),
+        RnnTape::Gpu(t) => gpu::backward(weights, t, grads),
+    }
+}

@@ -361,26 +361,88 @@ fn lstm_backward_row<T: Scalar>(
     d_o: &mut [T],
 ) {
     let n = tc.len();
-    let one = T::one();
     let (ai, af, ag, ao) = (&ai[..n], &af[..n], &ag[..n], &ao[..n]);
     let cp = &cp[..n];
     let (dhr, dcr) = (&mut dhr[..n], &mut dcr[..n]);
     let (di, df, dg, d_o) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n]);
     for j in 0..n {
-        let (i, f, gg, o) = (ai[j], af[j], ag[j], ao[j]);
-        let dhj = dhr[j];
-        let dct = dcr[j] + dhj * o * (one - tc[j] * tc[j]);
-        di[j] = dct * gg * i * (one - i);
-        df[j] = dct * cp[j] * f * (one - f);
-        dg[j] = dct * i * (one - gg * gg);
-        d_o[j] = dhj * tc[j] * o * (one - o);
-        dcr[j] = dct * f;
+        let (g, dct) =
+            lstm_backward_elem([ai[j], af[j], ag[j], ao[j]], tc[j], cp[j], dhr[j], dcr[j]);
+        (di[j], df[j], dg[j], d_o[j]) = (g[0], g[1], g[2], g[3]);
+        dcr[j] = dct;
         dhr[j] = T::zero();
     }
 }
 dispatch!(lstm_backward_units, lstm_backward_body, (
     h: usize, units: Range<usize>, rows: usize, active: Active, act: Rows<T>, tanh_c: Rows<T>,
     c_prev: Rows<T>, dh: RowsMut<T>, dc: RowsMut<T>, d_pre: RowsMut<T>,
+));
+
+/// One element of the LSTM backward step: from the activations `[i, f, g, o]`, `tanh(c')`,
+/// `c_prev` and the incoming `dh`, `dc`, the gate pre-activation gradients and the gradient of
+/// `c_prev`. Shared by the in-place and out-of-place kernels, so both round identically.
+#[inline(always)]
+fn lstm_backward_elem<T: Scalar>(a: [T; 4], tc: T, cp: T, dh: T, dc: T) -> ([T; 4], T) {
+    let one = T::one();
+    let [i, f, gg, o] = a;
+    let dct = dc + dh * o * (one - tc * tc);
+    let d = [
+        dct * gg * i * (one - i),
+        dct * cp * f * (one - f),
+        dct * i * (one - gg * gg),
+        dh * tc * o * (one - o),
+    ];
+    (d, dct * f)
+}
+
+/// [`lstm_backward_body`] with the gate gradients written over the activations they are
+/// computed from (`act_grad[B,4H]`: the activations in, `d_pre` out), so a consumed tape's
+/// `[T, B, 4H]` activations become the gradients without a second buffer.
+#[inline(always)]
+unsafe fn lstm_backward_in_place_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act_grad: RowsMut<T>,
+    tanh_c: Rows<T>,
+    c_prev: Rows<T>,
+    dh: RowsMut<T>,
+    dc: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (gi, gf, gg, go) = unsafe {
+            (
+                act_grad.row_mut(b, u, n),
+                act_grad.row_mut(b, h + u, n),
+                act_grad.row_mut(b, 2 * h + u, n),
+                act_grad.row_mut(b, 3 * h + u, n),
+            )
+        };
+        if !active.row(b) {
+            for d in [gi, gf, gg, go] {
+                d.fill(T::zero());
+            }
+            continue;
+        }
+        let (tc, cp) = unsafe { (tanh_c.row(b, u, n), c_prev.row(b, u, n)) };
+        let (dhr, dcr) = unsafe { (dh.row_mut(b, u, n), dc.row_mut(b, u, n)) };
+        let (tc, cp, dhr, dcr) = (&tc[..n], &cp[..n], &mut dhr[..n], &mut dcr[..n]);
+        let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
+        for j in 0..n {
+            let (g, dct) =
+                lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
+            (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
+            dcr[j] = dct;
+            dhr[j] = T::zero();
+        }
+    }
+}
+dispatch!(lstm_backward_in_place_units, lstm_backward_in_place_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act_grad: RowsMut<T>,
+    tanh_c: Rows<T>, c_prev: Rows<T>, dh: RowsMut<T>, dc: RowsMut<T>,
 ));
 
 /// GRU forward step on hidden units `units`.
@@ -538,30 +600,95 @@ fn gru_backward_row<T: Scalar>(
     dpn: &mut [T],
 ) {
     let n = hl.len();
-    let one = T::one();
     let (ar, az, an) = (&ar[..n], &az[..n], &an[..n]);
     let hp = &hp[..n];
     let dhr = &mut dhr[..n];
     let (dxr, dxz, dxn) = (&mut dxr[..n], &mut dxz[..n], &mut dxn[..n]);
     let (dpr, dpz, dpn) = (&mut dpr[..n], &mut dpz[..n], &mut dpn[..n]);
     for j in 0..n {
-        let (r, z, nn) = (ar[j], az[j], an[j]);
-        let d = dhr[j];
-        let da_n = d * (one - z) * (one - nn * nn);
-        let da_r = da_n * hl[j] * r * (one - r);
-        let da_z = d * (hp[j] - nn) * z * (one - z);
+        let ([da_r, da_z, da_n], dpn_j, dh_prev) =
+            gru_backward_elem([ar[j], az[j], an[j]], hl[j], hp[j], dhr[j]);
         dxr[j] = da_r;
         dxz[j] = da_z;
         dxn[j] = da_n;
         dpr[j] = da_r;
         dpz[j] = da_z;
-        dpn[j] = da_n * r;
-        dhr[j] = d * z;
+        dpn[j] = dpn_j;
+        dhr[j] = dh_prev;
     }
 }
 dispatch!(gru_backward_units, gru_backward_body, (
     h: usize, units: Range<usize>, rows: usize, active: Active, act: Rows<T>, hn_lin: Rows<T>,
     h_prev: Rows<T>, dh: RowsMut<T>, dx_pre: RowsMut<T>, dh_pre: RowsMut<T>,
+));
+
+/// One element of the GRU backward step: from the activations `[r, z, n]`, `W_hn h + b_hn`,
+/// `h_prev` and the incoming `dh`, the input-side gate gradients, the recurrent side's n-gate
+/// gradient and the direct path `dh * z`. Shared by the in-place and out-of-place kernels.
+#[inline(always)]
+fn gru_backward_elem<T: Scalar>(a: [T; 3], hl: T, hp: T, d: T) -> ([T; 3], T, T) {
+    let one = T::one();
+    let [r, z, nn] = a;
+    let da_n = d * (one - z) * (one - nn * nn);
+    let da_r = da_n * hl * r * (one - r);
+    let da_z = d * (hp - nn) * z * (one - z);
+    ([da_r, da_z, da_n], da_n * r, d * z)
+}
+
+/// [`gru_backward_body`] with the input-side gate gradients written over the activations
+/// (`act_grad[B,3H]`), as [`lstm_backward_in_place_units`] does.
+#[inline(always)]
+unsafe fn gru_backward_in_place_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act_grad: RowsMut<T>,
+    hn_lin: Rows<T>,
+    h_prev: Rows<T>,
+    dh: RowsMut<T>,
+    dh_pre: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (gr, gz, gn) = unsafe {
+            (
+                act_grad.row_mut(b, u, n),
+                act_grad.row_mut(b, h + u, n),
+                act_grad.row_mut(b, 2 * h + u, n),
+            )
+        };
+        let (dpr, dpz, dpn) = unsafe {
+            (
+                dh_pre.row_mut(b, u, n),
+                dh_pre.row_mut(b, h + u, n),
+                dh_pre.row_mut(b, 2 * h + u, n),
+            )
+        };
+        if !active.row(b) {
+            for d in [gr, gz, gn, dpr, dpz, dpn] {
+                d.fill(T::zero());
+            }
+            continue;
+        }
+        let (hl, hp) = unsafe { (hn_lin.row(b, u, n), h_prev.row(b, u, n)) };
+        let dhr = unsafe { dh.row_mut(b, u, n) };
+        let (hl, hp, dhr) = (&hl[..n], &hp[..n], &mut dhr[..n]);
+        let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
+        let (dpr, dpz, dpn) = (&mut dpr[..n], &mut dpz[..n], &mut dpn[..n]);
+        for j in 0..n {
+            let ([da_r, da_z, da_n], dpn_j, dh_prev) =
+                gru_backward_elem([gr[j], gz[j], gn[j]], hl[j], hp[j], dhr[j]);
+            (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
+            (dpr[j], dpz[j], dpn[j]) = (da_r, da_z, dpn_j);
+            dhr[j] = dh_prev;
+        }
+    }
+}
+dispatch!(gru_backward_in_place_units, gru_backward_in_place_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act_grad: RowsMut<T>,
+    hn_lin: Rows<T>, h_prev: Rows<T>, dh: RowsMut<T>, dh_pre: RowsMut<T>,
 ));
 
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.

@@ -48,8 +48,8 @@ pub mod trace;
 pub use config::{CellKind, RnnConfig};
 pub use error::{Error, Result};
 pub use network::{
-    backward, forward, forward_regularized, Batch, ForwardOptions, ForwardOutput, GradOutputs,
-    Gradients, Layout, Regularization, Tape,
+    backward, backward_consuming, forward, forward_regularized, Batch, ForwardOptions,
+    ForwardOutput, GradOutputs, Gradients, Layout, Regularization, Tape,
 };
 pub use params::{param_count, param_specs, ParamSpec, RnnParams, RnnWeights};
 pub use scalar::{DType, Scalar};

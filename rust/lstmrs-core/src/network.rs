@@ -7,8 +7,9 @@ use crate::error::{check_len, Error, Result};
 use crate::memory;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::scalar::Scalar;
-use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, Zoneout};
+use crate::sweep::{self, DirReg, DirTape, DirWeights, OutputGrad, Sweep, SweepTape, Zoneout};
 use crate::threads;
+use std::borrow::Cow;
 
 /// How a sequence batch is laid out in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +176,8 @@ pub struct Tape<T> {
     dirs: Vec<DirTape<T>>,
     /// `[L*D]` regularisation masks of each sweep.
     dir_masks: Vec<DirMasks<T>>,
+    /// Set by [`backward_consuming`]: the buffers above were used up.
+    consumed: bool,
 }
 
 impl<T> Tape<T> {
@@ -186,6 +189,10 @@ impl<T> Tape<T> {
     }
     pub fn batch(&self) -> usize {
         self.batch
+    }
+    /// Whether a [`backward_consuming`] call used this tape up.
+    pub fn is_consumed(&self) -> bool {
+        self.consumed
     }
     pub(crate) fn lengths(&self) -> Option<&[usize]> {
         self.lengths.as_deref()
@@ -254,11 +261,45 @@ fn to_time_major<T: Copy>(x: &[T], layout: Layout, t: usize, b: usize, f: usize)
     }
 }
 
-fn from_time_major<T: Copy>(x: Vec<T>, layout: Layout, t: usize, b: usize, f: usize) -> Vec<T> {
-    match layout {
-        Layout::TimeMajor => x,
-        Layout::BatchFirst => swap_outer(&x, t, b, f),
+/// `[a, b, f] -> [b, a, f]` in place, following the permutation's cycles with one `f`-element
+/// buffer: the outputs and input gradients handed back are as large as a layer's activations, and
+/// a second buffer for the transposed copy would raise the peak of a call by that much.
+fn swap_outer_in_place<T: Copy>(x: &mut [T], a: usize, b: usize, f: usize) {
+    let n = a * b;
+    debug_assert_eq!(x.len(), n * f);
+    if a == 1 || b == 1 || f == 0 {
+        return;
     }
+    // Block `k = i*b + j` (row i of a, column j of b) goes to `j*a + i`.
+    let dest = |k: usize| (k % b) * a + k / b;
+    let mut done = vec![false; n];
+    let mut carried = vec![x[0]; f];
+    for start in 0..n {
+        if done[start] {
+            continue;
+        }
+        done[start] = true;
+        if dest(start) == start {
+            continue;
+        }
+        carried.copy_from_slice(&x[start * f..][..f]);
+        let mut at = dest(start);
+        loop {
+            x[at * f..][..f].swap_with_slice(&mut carried);
+            done[at] = true;
+            if at == start {
+                break;
+            }
+            at = dest(at);
+        }
+    }
+}
+
+fn from_time_major<T: Copy>(mut x: Vec<T>, layout: Layout, t: usize, b: usize, f: usize) -> Vec<T> {
+    if layout == Layout::BatchFirst {
+        swap_outer_in_place(&mut x, t, b, f);
+    }
+    x
 }
 
 pub(crate) fn dir_weights<'p, T: Scalar>(
@@ -580,6 +621,7 @@ fn forward_checked<T: Scalar>(
         masks,
         dirs: dir_tapes,
         dir_masks: all_masks,
+        consumed: false,
     });
     ForwardOutput {
         output,
@@ -597,7 +639,36 @@ pub fn backward<'p, T: Scalar>(
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
 ) -> Result<Gradients<T>> {
-    backward_with(params.into(), tape, grads, true)
+    backward_with(params.into(), TapeArg::Kept(tape), grads, true)
+}
+
+/// [`backward`] that uses the tape up, as PyTorch's `backward()` frees its graph by default
+/// (`retain_graph=False`): the gate gradients overwrite the tape's activations and each buffer
+/// is freed once read for the last time, so the pass allocates no `[T, B, G*H]` gradient buffer
+/// and the tape shrinks as it goes. The gradients are bit for bit [`backward`]'s. Everything is
+/// checked before anything is consumed (on an error the tape is intact); afterwards the tape is
+/// empty and [`Tape::is_consumed`], and another backward call on it is an error.
+pub fn backward_consuming<'p, T: Scalar>(
+    params: impl Into<RnnWeights<'p, T>>,
+    tape: &mut Tape<T>,
+    grads: &GradOutputs<T>,
+) -> Result<Gradients<T>> {
+    backward_with(params.into(), TapeArg::Consumed(tape), grads, true)
+}
+
+/// The tape a backward call reads, or uses up.
+enum TapeArg<'a, T> {
+    Kept(&'a Tape<T>),
+    Consumed(&'a mut Tape<T>),
+}
+
+impl<T> TapeArg<'_, T> {
+    fn get(&self) -> &Tape<T> {
+        match self {
+            TapeArg::Kept(t) => t,
+            TapeArg::Consumed(t) => t,
+        }
+    }
 }
 
 /// [`backward`] without the parameters' gradient (`Gradients::params` is empty): the input and
@@ -608,25 +679,35 @@ pub fn backward_input<'p, T: Scalar>(
     tape: &Tape<T>,
     grads: &GradOutputs<T>,
 ) -> Result<Gradients<T>> {
-    backward_with(params.into(), tape, grads, false)
+    backward_with(params.into(), TapeArg::Kept(tape), grads, false)
 }
 
 fn backward_with<T: Scalar>(
     params: RnnWeights<'_, T>,
-    tape: &Tape<T>,
+    tape: TapeArg<'_, T>,
     grads: &GradOutputs<T>,
     want_params: bool,
 ) -> Result<Gradients<T>> {
     let cfg = *params.config();
+    if tape.get().consumed {
+        return Err(Error::Value {
+            arg: "tape",
+            expected: "a tape not yet used up by a consuming backward call (keep it for \
+                       another backward with the non-consuming one)"
+                .into(),
+            got: "a consumed tape".into(),
+        });
+    }
+    let t_ref = tape.get();
     validate_backward(
         &cfg,
-        &tape.config,
-        tape.layout,
-        tape.seq_len,
-        tape.batch,
+        &t_ref.config,
+        t_ref.layout,
+        t_ref.seq_len,
+        t_ref.batch,
         grads,
     )?;
-    let (t, b) = (tape.seq_len, tape.batch);
+    let (t, b) = (t_ref.seq_len, t_ref.batch);
     memory::check("tape", backward_bytes(&cfg, t, b, std::mem::size_of::<T>()))?;
     let work = 2 * forward_work(&cfg, t, b);
     Ok(threads::install_for(work, || {
@@ -636,29 +717,39 @@ fn backward_with<T: Scalar>(
 
 fn backward_checked<T: Scalar>(
     params: RnnWeights<T>,
-    tape: &Tape<T>,
+    mut arg: TapeArg<T>,
     grads: &GradOutputs<T>,
     want_params: bool,
 ) -> Gradients<T> {
     let cfg = *params.config();
-    let (t, b, h, nd) = (
-        tape.seq_len,
-        tape.batch,
-        cfg.hidden_size,
-        cfg.num_directions(),
-    );
+    let (t, b, layout) = (arg.get().seq_len, arg.get().batch, arg.get().layout);
+    let (h, nd) = (cfg.hidden_size, cfg.num_directions());
     let (bh, hs) = (b * h, cfg.state_size());
     let bs = b * hs;
     let lstm = cfg.cell.has_cell_state();
     let mut g_params = vec![T::zero(); if want_params { params.len() } else { 0 }];
     let mut dh0 = vec![T::zero(); cfg.num_layers * nd * bs];
     let mut dc0 = vec![T::zero(); if lstm { cfg.num_layers * nd * bh } else { 0 }];
-    let mut d_out: Option<Vec<T>> = grads
-        .output
-        .map(|g| to_time_major(g, tape.layout, t, b, cfg.output_size()));
+    // The output gradient is read where it lies (batch-first rows included); the layers below
+    // get the time-major input gradient of the layer above.
+    let mut d_out: Option<Cow<[T]>> = grads.output.map(Cow::Borrowed);
+    let mut d_out_batch_first = (layout == Layout::BatchFirst).then_some(t);
 
     for layer in (0..cfg.num_layers).rev() {
         let inp = cfg.layer_input_size(layer);
+        // This layer's sweep tapes, taken out of a consumed tape so each sweep frees its buffers.
+        let mut sweep_tapes: Vec<Option<SweepTape<T>>> = match &mut arg {
+            TapeArg::Kept(tape) => (0..nd)
+                .map(|dir| Some(SweepTape::Kept(&tape.dirs[layer * nd + dir])))
+                .collect(),
+            TapeArg::Consumed(tape) => (0..nd)
+                .map(|dir| {
+                    let taken = std::mem::take(&mut tape.dirs[layer * nd + dir]);
+                    Some(SweepTape::Consumed(taken))
+                })
+                .collect(),
+        };
+        let tape = arg.get();
         let x = &tape.layer_inputs[layer];
         // This layer's gradient regions: each direction's four tensors are contiguous.
         let first = dir_offsets(&cfg, layer, 0).w_ih;
@@ -687,7 +778,7 @@ fn backward_checked<T: Scalar>(
         let split = if region.is_empty() { 0 } else { mid - first };
         let (g_fwd, g_rev) = region.split_at_mut(split);
         let team = sweep_team(nd);
-        let run = |dir: usize, grad: &mut [T]| {
+        let run = |dir: usize, grad: &mut [T], dir_tape: SweepTape<T>| {
             let sw = Sweep {
                 cell: cfg.cell,
                 steps: t,
@@ -705,12 +796,13 @@ fn backward_checked<T: Scalar>(
                 data,
                 ld: nd * hs,
                 col: dir * hs,
+                batch_first: d_out_batch_first,
             });
             let (dh, dc) = sweep::backward(
                 sw,
                 x,
                 dir_weights(params, layer, dir),
-                &tape.dirs[layer * nd + dir],
+                dir_tape,
                 d_output,
                 grads.h_n.map(|g| &g[s..s + bs]),
                 grads.c_n.map(|g| &g[sc..sc + bh]),
@@ -720,11 +812,18 @@ fn backward_checked<T: Scalar>(
             );
             (dx, dh, dc)
         };
-        let results = if nd == 2 {
-            let (f, r) = threads::join(|| run(0, g_fwd), || run(1, g_rev));
-            vec![f, r]
-        } else {
-            vec![run(0, g_fwd)]
+        let mut take = |dir: usize| {
+            sweep_tapes[dir]
+                .take()
+                .expect("one sweep tape per direction")
+        };
+        let (tape_f, tape_r) = (take(0), (nd == 2).then(|| take(1)));
+        let results = match tape_r {
+            Some(tape_r) => {
+                let (f, r) = threads::join(|| run(0, g_fwd, tape_f), || run(1, g_rev, tape_r));
+                vec![f, r]
+            }
+            None => vec![run(0, g_fwd, tape_f)],
         };
         let mut dx_sum: Option<Vec<T>> = None;
         for (dir, (dx, dh, dc)) in results.into_iter().enumerate() {
@@ -742,13 +841,23 @@ fn backward_checked<T: Scalar>(
         if let Some(mask) = &tape.masks[layer] {
             dx.iter_mut().zip(mask).for_each(|(g, &m)| *g *= m);
         }
-        d_out = Some(dx);
+        d_out = Some(Cow::Owned(dx));
+        d_out_batch_first = None;
+        if let TapeArg::Consumed(tape) = &mut arg {
+            // This layer's input and masks have had their last reader.
+            tape.layer_inputs[layer] = Vec::new();
+            tape.masks[layer] = None;
+            tape.dir_masks[layer * nd..(layer + 1) * nd].fill_with(DirMasks::default);
+        }
+    }
+    if let TapeArg::Consumed(tape) = &mut arg {
+        tape.consumed = true;
     }
 
-    let d_input = d_out.expect("at least one layer");
+    let d_input = d_out.expect("at least one layer").into_owned();
     Gradients {
         params: g_params,
-        input: from_time_major(d_input, tape.layout, t, b, cfg.input_size),
+        input: from_time_major(d_input, layout, t, b, cfg.input_size),
         h0: dh0,
         c0: lstm.then_some(dc0),
     }
@@ -798,4 +907,26 @@ pub(crate) fn validate_backward<T>(
         check_len("d_c_n", g.len(), &state)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{swap_outer, swap_outer_in_place};
+
+    #[test]
+    fn in_place_swap_equals_the_copying_one() {
+        for (a, b, f) in [
+            (1, 5, 3),
+            (5, 1, 2),
+            (2, 3, 1),
+            (7, 4, 3),
+            (6, 6, 2),
+            (13, 8, 5),
+        ] {
+            let src: Vec<u32> = (0..(a * b * f) as u32).collect();
+            let mut got = src.clone();
+            swap_outer_in_place(&mut got, a, b, f);
+            assert_eq!(got, swap_outer(&src, a, b, f), "a={a} b={b} f={f}");
+        }
+    }
 }

@@ -216,7 +216,7 @@ pub(crate) unsafe fn add_output_grad<T: Scalar>(
     let (u, n) = (units.start, units.len());
     for r in 0..rows {
         if active.row(r) {
-            let src = &g.data[(active.t * rows + r) * g.ld + g.col + u..][..n];
+            let src = &g.data[g.row(active.t, r, rows) * g.ld + g.col + u..][..n];
             // SAFETY: this call's units (the contract).
             let d = unsafe { dh.row_mut(r, u, n) };
             for (d, &v) in d.iter_mut().zip(src) {
@@ -243,6 +243,18 @@ pub(crate) struct DirTape<T> {
     pub(crate) hs: Vec<T>,
     /// `[T+1, B, H]` cell states (LSTM only, else empty).
     pub(crate) cs: Vec<T>,
+}
+
+impl<T> Default for DirTape<T> {
+    /// An empty tape: what a consumed one leaves behind.
+    fn default() -> Self {
+        DirTape {
+            act: Vec::new(),
+            aux: Vec::new(),
+            hs: Vec::new(),
+            cs: Vec::new(),
+        }
+    }
 }
 
 impl<T> DirTape<T> {
@@ -358,15 +370,11 @@ fn mask_initial<T: Scalar>(dst: &mut [T], h0: &[T], mask: &[T]) {
 
 /// The states entering steps `0..T`, in time order and masked as the recurrent product saw
 /// them: the right-hand factor of `dW_hh`.
-fn entering_states<'a, T: Scalar>(
-    sw: &Sweep,
-    tape: &'a DirTape<T>,
-    reg: DirReg<T>,
-) -> Cow<'a, [T]> {
+fn entering_states<'a, T: Scalar>(sw: &Sweep, hs: &'a [T], reg: DirReg<T>) -> Cow<'a, [T]> {
     let (rows, h) = (sw.steps * sw.batch, sw.hidden);
     // Slots 0..T going forward in time, 1..=T going backward.
     let first = sw.enter(0).min(sw.enter(sw.steps - 1));
-    let h_enter = &tape.hs[first * sw.batch * h..][..rows * h];
+    let h_enter = &hs[first * sw.batch * h..][..rows * h];
     match reg.state_mask {
         Some(m) => Cow::Owned(
             h_enter
@@ -759,13 +767,44 @@ impl<T: Scalar> BuiltinForward<'_, T> {
     }
 }
 
-/// Gradient of the output sequence of one direction: `[T, B, ld]` with this direction's `H`
-/// columns starting at `col`.
+/// Gradient of the output sequence of one direction: `[T, B, ld]` (or `[B, T, ld]` with
+/// `batch_first`, read where the caller's array has it rather than copied to time-major) with
+/// this direction's `H` columns starting at `col`.
 #[derive(Clone, Copy)]
 pub(crate) struct OutputGrad<'a, T> {
     pub data: &'a [T],
     pub ld: usize,
     pub col: usize,
+    /// `Some(T)`: the rows are batch-major, `T` steps per sequence.
+    pub batch_first: Option<usize>,
+}
+
+impl<T> OutputGrad<'_, T> {
+    /// The row of batch row `r` (of `rows`) at time `t`.
+    #[inline(always)]
+    pub(crate) fn row(&self, t: usize, r: usize, rows: usize) -> usize {
+        match self.batch_first {
+            Some(steps) => r * steps + t,
+            None => t * rows + r,
+        }
+    }
+}
+
+/// The tape a backward sweep reads: borrowed (`Kept`, for another backward pass) or owned
+/// (`Consumed`, PyTorch's `retain_graph=False`): then the gate gradients overwrite its
+/// activations and each buffer is freed once read for the last time.
+pub(crate) enum SweepTape<'a, T> {
+    Kept(&'a DirTape<T>),
+    Consumed(DirTape<T>),
+}
+
+impl<T> SweepTape<'_, T> {
+    fn get(&self) -> &DirTape<T> {
+        match self {
+            SweepTape::Kept(t) => t,
+            SweepTape::Consumed(t) => t,
+        }
+    }
 }
 
 /// Backpropagation through one sweep. Writes this direction's parameter gradients into `grad`
@@ -775,7 +814,7 @@ pub(crate) fn backward<T: Scalar>(
     sw: Sweep,
     x: &[T],
     w: DirWeights<T>,
-    tape: &DirTape<T>,
+    tape: SweepTape<T>,
     d_out: Option<OutputGrad<T>>,
     dh_n: Option<&[T]>,
     dc_n: Option<&[T]>,
@@ -784,9 +823,11 @@ pub(crate) fn backward<T: Scalar>(
     dx: &mut [T],
 ) -> (Vec<T>, Option<Vec<T>>) {
     if let Some(cell) = sw.cell.compiled() {
+        let tape = tape.get();
         return backward_custom(cell, sw, x, w, tape, d_out, dh_n, dc_n, reg, grad, dx);
     }
     if sw.proj > 0 {
+        let tape = tape.get();
         let (dh, dc) = projection::backward(sw, x, w, tape, d_out, dh_n, dc_n, grad, dx);
         return (dh, Some(dc));
     }
@@ -801,8 +842,17 @@ pub(crate) fn backward<T: Scalar>(
         Vec::new()
     };
     // Gradients of the gate pre-activations, input side and recurrent side ([T*B, GH] each); the
-    // LSTM's are the same, the GRU's differ on the n gate.
-    let mut dgx = vec![T::zero(); steps * b * gw];
+    // LSTM's are the same, the GRU's differ on the n gate. The input side's are computed over
+    // the activations: in the tape's own buffer when it is consumed, else in a copy.
+    let (mut dgx, aux, hs, cs) = match tape {
+        SweepTape::Kept(t) => (
+            t.act.clone(),
+            Cow::Borrowed(&t.aux[..]),
+            Cow::Borrowed(&t.hs[..]),
+            Cow::Borrowed(&t.cs[..]),
+        ),
+        SweepTape::Consumed(t) => (t.act, Cow::Owned(t.aux), Cow::Owned(t.hs), Cow::Owned(t.cs)),
+    };
     let mut dgh = vec![T::zero(); if lstm { 0 } else { steps * b * gw }];
     // Zoneout's direct paths to the previous states, and the recurrent product before the
     // variational mask; allocated only when used.
@@ -822,10 +872,9 @@ pub(crate) fn backward<T: Scalar>(
         dgh: RowsMut::new(&mut dgh, gw),
         direct_h: RowsMut::new(&mut direct_h, h),
         direct_c: RowsMut::new(&mut direct_c, h),
-        act: Rows::new(&tape.act, gw),
-        aux: Rows::new(&tape.aux, h),
-        hs: Rows::new(&tape.hs, h),
-        cs: Rows::new(&tape.cs, h),
+        aux: Rows::new(&aux, h),
+        hs: Rows::new(&hs, h),
+        cs: Rows::new(&cs, h),
     };
     let rec_v = RowsMut::new(&mut rec, h);
     threads::team(members, |member, size, barrier| {
@@ -851,12 +900,16 @@ pub(crate) fn backward<T: Scalar>(
         }
     });
 
+    // A consumed tape's tanh(c') / W_hn h and cell states are dead now; its hidden states after
+    // the weight gradients.
+    drop((aux, cs));
     let rows = steps * b;
     if !grad.is_empty() {
         let dg_rec = if lstm { &dgx } else { &dgh };
         let bias = w.bias.is_some();
-        weight_grads(sw, x, tape, reg, (&dgx, gw), (dg_rec, gw), bias, grad);
+        weight_grads(sw, x, &hs, reg, (&dgx, gw), (dg_rec, gw), bias, grad);
     }
+    drop((hs, dgh));
     a_b(
         dx,
         inp,
@@ -875,11 +928,11 @@ struct BuiltinBackward<'a, T> {
     d_out: Option<OutputGrad<'a, T>>,
     dh: RowsMut<'a, T>,
     dc: RowsMut<'a, T>,
+    /// The step's activations in, its input-side gate gradients out.
     dgx: RowsMut<'a, T>,
     dgh: RowsMut<'a, T>,
     direct_h: RowsMut<'a, T>,
     direct_c: RowsMut<'a, T>,
-    act: Rows<'a, T>,
     aux: Rows<'a, T>,
     hs: Rows<'a, T>,
     cs: Rows<'a, T>,
@@ -909,29 +962,27 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
                 split_zoneout(z, active, h, units.clone(), b, self.dh, self.direct_h, dc);
             }
             if lstm {
-                gates::lstm_backward_units(
+                gates::lstm_backward_in_place_units(
                     h,
                     units,
                     b,
                     active,
-                    self.act.skip(t * b),
+                    self.dgx.skip(t * b),
                     self.aux.skip(t * b),
                     self.cs.skip(enter * b),
                     self.dh,
                     self.dc,
-                    self.dgx.skip(t * b),
                 );
             } else {
-                gates::gru_backward_units(
+                gates::gru_backward_in_place_units(
                     h,
                     units,
                     b,
                     active,
-                    self.act.skip(t * b),
+                    self.dgx.skip(t * b),
                     self.aux.skip(t * b),
                     self.hs.skip(enter * b),
                     self.dh,
-                    self.dgx.skip(t * b),
                     self.dgh.skip(t * b),
                 );
             }
@@ -947,7 +998,7 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
 fn weight_grads<T: Scalar>(
     sw: Sweep,
     x: &[T],
-    tape: &DirTape<T>,
+    hs: &[T],
     reg: DirReg<T>,
     (dgx, xw): (&[T], usize),
     (dg_rec, hw): (&[T], usize),
@@ -965,7 +1016,7 @@ fn weight_grads<T: Scalar>(
         Mat::new(x, rows, inp),
     );
     if hw > 0 {
-        let h_enter = entering_states(&sw, tape, reg);
+        let h_enter = entering_states(&sw, hs, reg);
         at_b(
             g_whh,
             h,
@@ -1311,7 +1362,16 @@ fn backward_custom<T: Scalar>(
 
     let rows = steps * b;
     let bias = w.bias.is_some();
-    weight_grads(sw, x, tape, reg, (&dgx, xw), (&dgh, hw), bias, g_weights);
+    weight_grads(
+        sw,
+        x,
+        &tape.hs,
+        reg,
+        (&dgx, xw),
+        (&dgh, hw),
+        bias,
+        g_weights,
+    );
     a_b(
         dx,
         inp,

@@ -57,7 +57,11 @@ pub struct RnnCore {
 /// What `RnnCore.backward` needs from a forward call; opaque to Python.
 #[pyclass(frozen, module = "lstmrs._lstmrs")]
 pub struct Tape {
-    data: Typed<TapeOf>,
+    /// `None` once a consuming backward call has used it up. Locked only with the GIL released.
+    data: ForkRwLock<Option<Typed<TapeOf>>>,
+    dtype: DType,
+    seq_len: usize,
+    batch: usize,
     owner: u64,
     version: u64,
     batch_first: bool,
@@ -68,17 +72,23 @@ impl Tape {
     /// "float32" or "float64".
     #[getter]
     fn dtype(&self) -> &'static str {
-        self.data.dtype().name()
+        self.dtype.name()
     }
 
     #[getter]
     fn seq_len(&self) -> usize {
-        by_dtype!(self.data.dtype(), T => T::of(&self.data).map_or(0, RnnTape::seq_len))
+        self.seq_len
     }
 
     #[getter]
     fn batch(&self) -> usize {
-        by_dtype!(self.data.dtype(), T => T::of(&self.data).map_or(0, RnnTape::batch))
+        self.batch
+    }
+
+    /// Whether a backward call without `retain_tape` has used the tape up.
+    #[getter]
+    fn consumed(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.data.read().is_none())
     }
 
     #[getter]
@@ -103,6 +113,13 @@ type ForwardResult<'py> = (
     Option<Bound<'py, PyAny>>,
     Option<Tape>,
 );
+
+/// Why `backward` did not run: the tape is older than the weights, or already used up.
+enum Refused {
+    Stale,
+    Consumed,
+}
+use Refused::{Consumed, Stale};
 
 type BackwardResult<'py> = (
     Bound<'py, PyAny>,
@@ -295,7 +312,10 @@ impl RnnCore {
         let h_n = to_array(py, out.h_n, &state)?;
         let c_n = out.c_n.map(|c| to_array(py, c, &cell_state)).transpose()?;
         let tape = out.tape.map(|t| Tape {
-            data: T::typed(t),
+            dtype: T::DTYPE,
+            seq_len: t.seq_len(),
+            batch: t.batch(),
+            data: ForkRwLock::new(Some(T::typed(t))),
             owner: self.id,
             version,
             batch_first,
@@ -310,6 +330,7 @@ impl RnnCore {
         d_out: Option<&Bound<'py, PyAny>>,
         d_h_n: Option<&Bound<'py, PyAny>>,
         d_c_n: Option<&Bound<'py, PyAny>>,
+        retain_tape: bool,
     ) -> PyResult<BackwardResult<'py>> {
         let cfg = self.config;
         check_tape_owner(py, tape.owner, self.id)?;
@@ -359,20 +380,49 @@ impl RnnCore {
         let r = py.detach(|| {
             let st = self.read();
             if st.version != tape_version {
-                return Ok(Ok(None));
+                return Ok(Ok(Err(Stale)));
             }
             let p = T::of(&st.params).ok_or(MISMATCH.to_string())?;
-            let t = T::of(&tape.data).ok_or(MISMATCH.to_string())?;
-            // The device that recorded the tape runs the backward pass.
-            guarded(|| device::backward(p.into(), t, &grads, true)).map(|res| res.map(Some))
+            // The device that recorded the tape runs the backward pass. Without `retain_tape`
+            // the pass uses the tape up (PyTorch's `retain_graph=False`); its lock is held
+            // meanwhile, so a second call on the same tape waits and then finds it consumed.
+            let mut slot = tape.data.write();
+            let Some(data) = slot.as_mut() else {
+                return Ok(Ok(Err(Consumed)));
+            };
+            let t = T::of_mut(data).ok_or(MISMATCH.to_string())?;
+            let res = if retain_tape {
+                guarded(|| device::backward(p.into(), t, &grads, true))
+            } else {
+                let res = guarded(|| device::backward_consuming(p.into(), t, &grads));
+                // Used up unless the core refused it before starting (then it is intact).
+                if !matches!(res, Ok(Err(_))) {
+                    *slot = None;
+                }
+                res
+            };
+            res.map(|r| r.map(Ok))
         });
-        let Some(g) = lift(py, r)? else {
-            return Err(error(
-                py,
-                Kind::InvalidArgument,
-                "tape: expected a tape recorded with the current parameters, got one recorded \
-                 before they were changed; run the forward pass again",
-            ));
+        let g = match lift(py, r)? {
+            Ok(g) => g,
+            Err(Consumed) => {
+                return Err(error(
+                    py,
+                    Kind::InvalidArgument,
+                    "tape: expected a tape not yet used by backward, got one a backward call \
+                     already consumed (it frees the tape as it goes, like PyTorch's \
+                     retain_graph=False); pass retain_tape=True to every backward call but the \
+                     last to use a tape again",
+                ))
+            }
+            Err(Stale) => {
+                return Err(error(
+                    py,
+                    Kind::InvalidArgument,
+                    "tape: expected a tape recorded with the current parameters, got one \
+                     recorded before they were changed; run the forward pass again",
+                ))
+            }
         };
         let n = g.params.len();
         Ok((
@@ -542,8 +592,9 @@ impl RnnCore {
     }
 
     /// Backpropagation through time for the forward call that recorded `tape`:
-    /// `(flat parameter gradients, d_input, d_h0, d_c0 or None)`.
-    #[pyo3(signature = (tape, d_out=None, d_h_n=None, d_c_n=None))]
+    /// `(flat parameter gradients, d_input, d_h0, d_c0 or None)`. Uses the tape up (its
+    /// activations become the gate gradients) unless `retain_tape`.
+    #[pyo3(signature = (tape, d_out=None, d_h_n=None, d_c_n=None, retain_tape=false))]
     fn backward<'py>(
         &self,
         py: Python<'py>,
@@ -551,9 +602,10 @@ impl RnnCore {
         d_out: Option<&Bound<'py, PyAny>>,
         d_h_n: Option<&Bound<'py, PyAny>>,
         d_c_n: Option<&Bound<'py, PyAny>>,
+        retain_tape: bool,
     ) -> PyResult<BackwardResult<'py>> {
         let tape = tape.get();
-        by_dtype!(self.dtype, T => self.backward_t::<T>(py, tape, d_out, d_h_n, d_c_n))
+        by_dtype!(self.dtype, T => self.backward_t::<T>(py, tape, d_out, d_h_n, d_c_n, retain_tape))
     }
 
     fn __repr__(&self) -> String {

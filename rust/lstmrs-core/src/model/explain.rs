@@ -159,7 +159,7 @@ impl<T: Scalar> Model<T> {
 
     fn input_gradient_one(&self, x: &ModelBatch<T>, d_output: &[T]) -> Result<InputGradient<T>> {
         let (output, tape) = self.run_forward(x, false, 0, true)?;
-        let tape = tape.expect("tape kept");
+        let mut tape = tape.expect("tape kept");
         let o = self.config.outputs;
         let mut d = d_output.to_vec();
         if let Some(mask) = self.row_mask(x) {
@@ -172,7 +172,7 @@ impl<T: Scalar> Model<T> {
         // The head's and attention's parameter gradients come on the way (small) and are
         // dropped; the recurrent layers' are skipped.
         let mut scratch = crate::memory::try_filled("parameters", self.params.len(), T::zero())?;
-        let input_grad = self.backward(x, &tape, d, &mut scratch, false)?;
+        let input_grad = self.backward(x, &mut tape, d, &mut scratch, false)?;
         Ok(InputGradient {
             output: output.output,
             input_grad,

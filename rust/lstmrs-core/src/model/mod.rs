@@ -585,7 +585,7 @@ impl<T: Scalar> Model<T> {
         check_len("grad", grad.len(), &[self.params.len()])?;
         threads::install_for(3 * self.work(x), || {
             let (output, tape) = self.run_forward(x, training, seed, true)?;
-            let tape = tape.expect("tape kept");
+            let mut tape = tape.expect("tape kept");
             let outs = self.config.outputs;
             let mut d_logits = vec![T::zero(); output.output.len()];
             let mask = self.row_mask(x);
@@ -597,7 +597,7 @@ impl<T: Scalar> Model<T> {
                 &mut d_logits,
             )?;
             grad.fill(T::zero());
-            self.backward(x, &tape, d_logits, grad, true)?;
+            self.backward(x, &mut tape, d_logits, grad, true)?;
             Ok(LossResult {
                 loss: value,
                 output,
@@ -607,11 +607,13 @@ impl<T: Scalar> Model<T> {
 
     /// Backpropagates `d_logits` into `grad` (same layout as `params`); returns the gradient of
     /// the recurrent layers' input `[B, T, F]` (the embedded vectors for token models). Without
-    /// `rnn_params` the recurrent layers' part of `grad` is left as it is (not computed).
+    /// `rnn_params` the recurrent layers' part of `grad` is left as it is (not computed). With
+    /// them the recurrent tape is used up (`network::backward_consuming`: same gradients, less
+    /// memory), so the tape serves one call.
     fn backward(
         &self,
         x: &ModelBatch<T>,
-        tape: &ModelTape<T>,
+        tape: &mut ModelTape<T>,
         d_logits: Vec<T>,
         grad: &mut [T],
         rnn_params: bool,
@@ -680,16 +682,16 @@ impl<T: Scalar> Model<T> {
                 None
             }
         };
-        let rg = device::backward(
-            self.rnn_weights(),
-            &tape.rnn,
-            &GradOutputs {
-                output: d_out.as_deref(),
-                h_n: d_hn.as_deref(),
-                c_n: None,
-            },
-            rnn_params,
-        )?;
+        let grads = GradOutputs {
+            output: d_out.as_deref(),
+            h_n: d_hn.as_deref(),
+            c_n: None,
+        };
+        let rg = if rnn_params {
+            device::backward_consuming(self.rnn_weights(), &mut tape.rnn, &grads)?
+        } else {
+            device::backward(self.rnn_weights(), &tape.rnn, &grads, false)?
+        };
         grad[self.layout.rnn..self.layout.rnn + rg.params.len()].copy_from_slice(&rg.params);
         if let (Some(ids), InputKind::Embedding { dim, .. }, Some(off)) =
             (&tape.tokens, cfg.input, self.layout.embedding)
