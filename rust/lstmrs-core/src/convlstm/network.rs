@@ -27,6 +27,7 @@ use super::cell::{cell_backward, cell_forward, StepView};
 use super::config::ConvLstmConfig;
 use super::im2col::{col2im_add, im2col, Geometry};
 use super::params::ConvLstmParams;
+use super::spare;
 use crate::error::{check_len, Error, Result};
 use crate::matmul::{a_b, at_b, Mat};
 use crate::memory;
@@ -48,7 +49,7 @@ pub struct ConvBatch<'a, T> {
 /// What [`forward`] returns: the top layer's states at every step, `[B, T, K, Ho, Wo]`, the final
 /// states `[L, B, K, Ho, Wo]`, and the tape when asked for.
 #[derive(Debug)]
-pub struct ConvForward<T> {
+pub struct ConvForward<T: Scalar> {
     pub output: Vec<T>,
     pub h_n: Vec<T>,
     pub c_n: Vec<T>,
@@ -69,9 +70,10 @@ pub struct ConvGradients<T> {
 /// run of steps this long already makes each product long enough to run at the GEMM's speed.
 const COLS_MAX_ELEMS: usize = 1 << 23;
 
-/// One layer of one batch row over the whole sequence.
-#[derive(Debug, Clone)]
-struct LayerRow<T> {
+/// One layer of one batch row over the whole sequence. Its buffers go back to [`spare`] when it
+/// is dropped.
+#[derive(Debug)]
+struct LayerRow<T: Scalar> {
     /// `[G, T·P]` gate activations i, f, g, o, channel-major over the steps (empty when no tape is
     /// kept).
     gates: Vec<T>,
@@ -84,9 +86,17 @@ struct LayerRow<T> {
     c0: Vec<T>,
 }
 
+impl<T: Scalar> Drop for LayerRow<T> {
+    fn drop(&mut self) {
+        for v in [&mut self.gates, &mut self.h, &mut self.c] {
+            spare::give(std::mem::take(v));
+        }
+    }
+}
+
 /// What [`backward`] needs from a forward call: the input and every layer's activations.
 #[derive(Debug)]
-pub struct ConvTape<T> {
+pub struct ConvTape<T: Scalar> {
     config: ConvLstmConfig,
     dims: Dims,
     /// `[B, T, C, H, W]`.
@@ -95,7 +105,13 @@ pub struct ConvTape<T> {
     rows: Vec<Vec<LayerRow<T>>>,
 }
 
-impl<T> ConvTape<T> {
+impl<T: Scalar> Drop for ConvTape<T> {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.input));
+    }
+}
+
+impl<T: Scalar> ConvTape<T> {
     pub fn batch(&self) -> usize {
         self.dims.batch
     }
@@ -250,8 +266,8 @@ fn state_of<'a, T>(buf: &'a [T], layer: usize, b: usize, dims: &Dims, k: usize) 
 }
 
 /// One task's work buffers, grown on demand and reused for every row, layer and step it runs, so
-/// a step touches no fresh memory.
-struct Scratch<T> {
+/// a step touches no fresh memory; they go back to [`spare`] for the next call when it is dropped.
+struct Scratch<T: Scalar> {
     /// The most values the column matrix of a run of steps holds ([`COLS_MAX_ELEMS`]; smaller in
     /// tests, to run the sequence in several runs).
     cols_max: usize,
@@ -281,10 +297,27 @@ impl<T: Scalar> Scratch<T> {
     }
 }
 
-/// The first `n` values of `buf`, grown (zero-filled) when shorter; the contents are whatever the
-/// last user left.
+impl<T: Scalar> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        for v in [
+            &mut self.cols,
+            &mut self.step_cols,
+            &mut self.d_gates,
+            &mut self.d_gates_t,
+            &mut self.w_grad,
+        ] {
+            spare::give(std::mem::take(v));
+        }
+    }
+}
+
+/// The first `n` values of `buf`, which grows when shorter (into a kept buffer when one fits).
+/// The contents are whatever the last user left, or zeros: callers write before they read.
 fn prefix<T: Scalar>(buf: &mut Vec<T>, n: usize) -> &mut [T] {
     if buf.len() < n {
+        if buf.capacity() < n {
+            spare::give(std::mem::replace(buf, spare::take(n)));
+        }
         buf.resize(n, T::zero());
     }
     &mut buf[..n]
@@ -400,7 +433,11 @@ fn forward_in_runs<T: Scalar>(
     let tape = keep_tape.then(|| ConvTape {
         config: cfg,
         dims,
-        input: batch.input.to_vec(),
+        input: {
+            let mut v = spare::take(batch.input.len());
+            v.extend_from_slice(batch.input);
+            v
+        },
         rows,
     });
     Ok(ConvForward {
@@ -453,7 +490,7 @@ fn forward_row<T: Scalar>(
         // `[G, T·P]`: the bias, plus the input-to-state convolution of every step. Without a tape
         // the gates are work space.
         let mut gates = if keep_tape {
-            Vec::with_capacity(g_ch * tp)
+            spare::take(g_ch * tp)
         } else {
             let mut v = std::mem::take(&mut scratch.d_gates);
             v.clear();
@@ -486,8 +523,8 @@ fn forward_row<T: Scalar>(
         }
 
         // The recurrence: the state-to-state convolution and the cell, step by step.
-        let mut h = vec![T::zero(); t_len * kp];
-        let mut c = vec![T::zero(); t_len * kp];
+        let mut h = spare::zeros(t_len * kp);
+        let mut c = spare::zeros(t_len * kp);
         // A zero initial state adds nothing to the first step's gates.
         let h_init_zero = h_init.iter().all(|&v| v == T::zero());
         let cols_h = prefix(&mut scratch.step_cols, gh.rows() * p);
@@ -773,7 +810,7 @@ fn backward_row<T: Scalar>(
         let mut d_in = if layer == 0 {
             Vec::new()
         } else {
-            vec![T::zero(); t_len * in_len]
+            spare::zeros(t_len * in_len)
         };
         let run = steps_per_run(scratch.cols_max, gx.rows(), p, t_len);
         for t0 in (0..t_len).step_by(run) {
@@ -804,7 +841,7 @@ fn backward_row<T: Scalar>(
                 col2im_add(&gx, &cols[(t - t0) * p..], ld, d_frame);
             }
         }
-        d_below = d_in;
+        spare::give(std::mem::replace(&mut d_below, d_in));
     }
     (d_h0, d_c0)
 }
