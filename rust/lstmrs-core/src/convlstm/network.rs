@@ -278,7 +278,7 @@ struct Scratch<T: Scalar> {
     /// `[G, T·P]`: the gradients of the gate pre-activations at every step (in a forward pass
     /// without a tape, the gates).
     d_gates: Vec<T>,
-    /// A run of steps of `d_gates`, transposed: `[n·P, G]`.
+    /// `d_gates` transposed, `[T·P, G]`.
     d_gates_t: Vec<T>,
     /// A weight gradient, transposed: `[C·kh·kw, G]`.
     w_grad: Vec<T>,
@@ -341,24 +341,17 @@ fn transpose<T: Copy>(src: Mat<T>, dst: &mut [T]) {
     }
 }
 
-/// `d_w[G, R] += dG[G, n] · cols[R, n]ᵀ`, computed as `(cols · dGᵀ)ᵀ`. Both factors lie
-/// contiguous along the sum, which `gemm` handles by gathering one of them into its packed
-/// form element by element (a quarter of the backward pass's time at `G = 64`); with `dG`
-/// transposed first, in tiles, every factor is read as it lies.
-fn add_weight_grad<T: Scalar>(
-    d_w: &mut [T],
-    dg: Mat<T>,
-    cols: Mat<T>,
-    dg_t: &mut Vec<T>,
-    prod: &mut Vec<T>,
-) {
-    let (g, n, r) = (dg.rows, dg.cols, cols.rows);
+/// `d_w[G, R] += dG[G, n] · cols[R, n]ᵀ`, computed as `(cols · dGᵀ)ᵀ` from `dg_t = dGᵀ`
+/// `[n, G]`. Both of `dG` and `cols` lie contiguous along the sum, which `gemm` handles by
+/// gathering one of them into its packed form element by element (a quarter of the backward
+/// pass's time at `G = 64`); with `dG` transposed beforehand, in tiles, every factor is read as
+/// it lies. `prod` is work space.
+fn add_weight_grad<T: Scalar>(d_w: &mut [T], dg_t: Mat<T>, cols: Mat<T>, prod: &mut Vec<T>) {
+    let (n, g, r) = (dg_t.rows, dg_t.cols, cols.rows);
     assert_eq!(cols.cols, n);
     assert_eq!(d_w.len(), g * r);
-    let dg_t = prefix(dg_t, n * g);
-    transpose(dg, dg_t);
     let prod = prefix(prod, r * g);
-    a_b(prod, g, false, cols, Mat::new(dg_t, n, g));
+    a_b(prod, g, false, cols, dg_t);
     for (gi, d_row) in d_w.chunks_exact_mut(r).enumerate() {
         for (ri, d) in d_row.iter_mut().enumerate() {
             *d += prod[ri * g + gi];
@@ -778,6 +771,17 @@ fn backward_row<T: Scalar>(
         // Every step at once: the bias gradient, the weight gradients (one product per run of
         // steps, its sums `run·P` long) and the input gradient.
         let d_gates = &scratch.d_gates[..g_ch * tp];
+        // `[T·P, G]`, for the weight gradients.
+        let d_gates_t = prefix(&mut scratch.d_gates_t, tp * g_ch);
+        transpose(Mat::new(d_gates, g_ch, tp), d_gates_t);
+        let d_gates_t = &*d_gates_t;
+        let steps_t = |t0: usize, t1: usize| {
+            Mat::new(
+                &d_gates_t[t0 * p * g_ch..t1 * p * g_ch],
+                (t1 - t0) * p,
+                g_ch,
+            )
+        };
         if let Some(at) = o.bias {
             for (gb, chan) in d_w[at..at + g_ch].iter_mut().zip(d_gates.chunks_exact(tp)) {
                 *gb += chan.iter().copied().sum::<T>();
@@ -800,9 +804,8 @@ fn backward_row<T: Scalar>(
             }
             add_weight_grad(
                 &mut d_w[o.w_hh..o.w_hh + nh],
-                columns(d_gates, g_ch, tp, t0, t1, p),
+                steps_t(t0, t1),
                 Mat::new(cols, gh.rows(), ld),
-                &mut scratch.d_gates_t,
                 &mut scratch.w_grad,
             );
         }
@@ -821,17 +824,15 @@ fn backward_row<T: Scalar>(
                 let frame_in = &input[t * in_len..(t + 1) * in_len];
                 im2col(&gx, frame_in, &mut cols[(t - t0) * p..], ld);
             }
-            let dg = columns(d_gates, g_ch, tp, t0, t1, p);
             add_weight_grad(
                 &mut d_w[o.w_ih..o.w_ih + nx],
-                dg,
+                steps_t(t0, t1),
                 Mat::new(cols, gx.rows(), ld),
-                &mut scratch.d_gates_t,
                 &mut scratch.w_grad,
             );
             // The input path, d x_t (or d h_t of the layer below): the columns' gradient, then
             // each frame's share.
-            at_b(cols, ld, false, w_ih, dg);
+            at_b(cols, ld, false, w_ih, columns(d_gates, g_ch, tp, t0, t1, p));
             for t in t0..t1 {
                 let d_frame = if layer == 0 {
                     &mut d_x[t * in_len..(t + 1) * in_len]
