@@ -2,6 +2,9 @@
 //! column, so a stride-1 2-D convolution with `[O, C, kh, kw]` weights is the GEMM
 //! `out[O, P] = W[O, C·kh·kw] · cols[C·kh·kw, P]`; `col2im` is its adjoint, used for the
 //! gradient of the frame.
+//!
+//! The column matrix has a row stride `ld >= P`, so the columns of several frames can sit side
+//! by side (`[C·kh·kw, T·P]`, frame `t` at column `t·P`): one GEMM then convolves every frame.
 
 /// The geometry of one stride-1 convolution: a `[C, H, W]` frame, zero-padded by `pad`, read by a
 /// `kernel` into an output frame of `out` pixels.
@@ -36,20 +39,21 @@ impl Geometry {
 }
 
 /// `cols[(c, i, j), (y, x)] = frame[c, y + i - ph, x + j - pw]`, zero outside the frame.
-/// `frame`: `[C, H, W]`; `cols`: `[C·kh·kw, Ho·Wo]`.
-pub(crate) fn im2col<T: Copy + Default>(g: &Geometry, frame: &[T], cols: &mut [T]) {
+/// `frame`: `[C, H, W]`; `cols`: `C·kh·kw` rows of `Ho·Wo`, row `r` at `cols[r·ld..]`.
+pub(crate) fn im2col<T: Copy + Default>(g: &Geometry, frame: &[T], cols: &mut [T], ld: usize) {
     let [h, w] = g.input;
     let [kh, kw] = g.kernel;
     let [ph, pw] = g.pad;
     let [ho, wo] = g.out;
-    debug_assert_eq!(frame.len(), g.channels * h * w);
-    debug_assert_eq!(cols.len(), g.rows() * g.pixels());
-    let mut rows = cols.chunks_exact_mut(ho * wo);
+    assert_eq!(frame.len(), g.channels * h * w);
+    assert!(ld >= g.pixels() && cols.len() >= (g.rows() - 1) * ld + g.pixels());
+    let mut r = 0;
     for c in 0..g.channels {
         let plane = &frame[c * h * w..(c + 1) * h * w];
         for i in 0..kh {
             for j in 0..kw {
-                let row = rows.next().expect("one row per (c, i, j)");
+                let row = &mut cols[r * ld..r * ld + ho * wo];
+                r += 1;
                 let (lo, hi) = g.x_range(j);
                 for y in 0..ho {
                     let dst = &mut row[y * wo..(y + 1) * wo];
@@ -70,20 +74,27 @@ pub(crate) fn im2col<T: Copy + Default>(g: &Geometry, frame: &[T], cols: &mut [T
     }
 }
 
-/// The adjoint of [`im2col`]: `frame[c, y + i - ph, x + j - pw] += cols[(c, i, j), (y, x)]`.
-pub(crate) fn col2im_add<T: Copy + std::ops::AddAssign>(g: &Geometry, cols: &[T], frame: &mut [T]) {
+/// The adjoint of [`im2col`]: `frame[c, y + i - ph, x + j - pw] += cols[(c, i, j), (y, x)]`,
+/// with the same row stride `ld`.
+pub(crate) fn col2im_add<T: Copy + std::ops::AddAssign>(
+    g: &Geometry,
+    cols: &[T],
+    ld: usize,
+    frame: &mut [T],
+) {
     let [h, w] = g.input;
     let [kh, kw] = g.kernel;
     let [ph, pw] = g.pad;
     let [ho, wo] = g.out;
-    debug_assert_eq!(frame.len(), g.channels * h * w);
-    debug_assert_eq!(cols.len(), g.rows() * g.pixels());
-    let mut rows = cols.chunks_exact(ho * wo);
+    assert_eq!(frame.len(), g.channels * h * w);
+    assert!(ld >= g.pixels() && cols.len() >= (g.rows() - 1) * ld + g.pixels());
+    let mut r = 0;
     for c in 0..g.channels {
         let plane = &mut frame[c * h * w..(c + 1) * h * w];
         for i in 0..kh {
             for j in 0..kw {
-                let row = rows.next().expect("one row per (c, i, j)");
+                let row = &cols[r * ld..r * ld + ho * wo];
+                r += 1;
                 let (lo, hi) = g.x_range(j);
                 for y in 0..ho {
                     let sy = (y + i).wrapping_sub(ph);
@@ -144,30 +155,39 @@ mod tests {
             .collect()
     }
 
+    /// Every entry as the definition says, with rows packed (`ld = P`) and with rows of a wider
+    /// matrix (`ld > P`), whose other columns stay untouched.
     #[test]
     fn im2col_matches_the_definition() {
         for g in geometries() {
-            let f = frame(&g);
-            let mut cols = vec![f64::NAN; g.rows() * g.pixels()];
-            im2col(&g, &f, &mut cols);
-            let [h, w] = g.input;
-            for c in 0..g.channels {
-                for i in 0..g.kernel[0] {
-                    for j in 0..g.kernel[1] {
-                        for y in 0..g.out[0] {
-                            for x in 0..g.out[1] {
-                                let sy = y as isize + i as isize - g.pad[0] as isize;
-                                let sx = x as isize + j as isize - g.pad[1] as isize;
-                                let inside =
-                                    sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w;
-                                let want = if inside {
-                                    f[(c * h + sy as usize) * w + sx as usize]
-                                } else {
-                                    0.0
-                                };
-                                let r = (c * g.kernel[0] + i) * g.kernel[1] + j;
-                                assert_eq!(cols[r * g.pixels() + y * g.out[1] + x], want);
+            for ld in [g.pixels(), g.pixels() + 3] {
+                let f = frame(&g);
+                let mut cols = vec![f64::NAN; g.rows() * ld];
+                im2col(&g, &f, &mut cols, ld);
+                let [h, w] = g.input;
+                for c in 0..g.channels {
+                    for i in 0..g.kernel[0] {
+                        for j in 0..g.kernel[1] {
+                            let r = (c * g.kernel[0] + i) * g.kernel[1] + j;
+                            for y in 0..g.out[0] {
+                                for x in 0..g.out[1] {
+                                    let sy = y as isize + i as isize - g.pad[0] as isize;
+                                    let sx = x as isize + j as isize - g.pad[1] as isize;
+                                    let inside = sy >= 0
+                                        && sx >= 0
+                                        && (sy as usize) < h
+                                        && (sx as usize) < w;
+                                    let want = if inside {
+                                        f[(c * h + sy as usize) * w + sx as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    assert_eq!(cols[r * ld + y * g.out[1] + x], want);
+                                }
                             }
+                            assert!(cols[r * ld + g.pixels()..(r + 1) * ld]
+                                .iter()
+                                .all(|v| v.is_nan()));
                         }
                     }
                 }
@@ -179,17 +199,26 @@ mod tests {
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         for g in geometries() {
-            let f = frame(&g);
-            let u: Vec<f64> = (0..g.rows() * g.pixels())
-                .map(|v| (v as f64 * 0.3).cos())
-                .collect();
-            let mut cols = vec![0.0; u.len()];
-            im2col(&g, &f, &mut cols);
-            let lhs: f64 = cols.iter().zip(&u).map(|(a, b)| a * b).sum();
-            let mut back = vec![0.0; f.len()];
-            col2im_add(&g, &u, &mut back);
-            let rhs: f64 = f.iter().zip(&back).map(|(a, b)| a * b).sum();
-            assert!((lhs - rhs).abs() < 1e-10, "{lhs} vs {rhs}");
+            for ld in [g.pixels(), g.pixels() + 2] {
+                let f = frame(&g);
+                // Zero outside each row's `P` columns, so the sums see only the matrix.
+                let u: Vec<f64> = (0..g.rows() * ld)
+                    .map(|v| {
+                        if v % ld < g.pixels() {
+                            (v as f64 * 0.3).cos()
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let mut cols = vec![0.0; u.len()];
+                im2col(&g, &f, &mut cols, ld);
+                let lhs: f64 = cols.iter().zip(&u).map(|(a, b)| a * b).sum();
+                let mut back = vec![0.0; f.len()];
+                col2im_add(&g, &u, ld, &mut back);
+                let rhs: f64 = f.iter().zip(&back).map(|(a, b)| a * b).sum();
+                assert!((lhs - rhs).abs() < 1e-10, "{lhs} vs {rhs}");
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ mod im2col;
 pub mod network;
 pub mod params;
 pub mod reference;
+mod spare;
 
 pub use config::ConvLstmConfig;
 pub use network::{backward, forward, ConvBatch, ConvForward, ConvGradients, ConvTape};
