@@ -3,8 +3,10 @@
 //! runs on one thread and on a team of two (the pool has two threads either way; the input
 //! projection and weight gradients run the same in both), forward (inference) and backward
 //! (the backward sweep of a training step, from a kept tape). The variants take turns inside
-//! every repeat; the median is printed, then per hidden size the smallest batch from which the
-//! team of two is faster at every larger batch of the grid, as the table's rows.
+//! every repeat. The fastest of the repeats is compared (on a machine that other work shares,
+//! the fastest run is the one the others disturbed least, closest to the idle machine; the
+//! median is printed beside it), then per hidden size the smallest batch from which the team of
+//! two is faster at every larger batch of the grid, as the table's rows.
 //!
 //!     cargo run --release -p lstmrs-core --example team_cost [repeats]
 
@@ -19,14 +21,15 @@ const HIDDEN: [usize; 6] = [32, 64, 128, 256, 512, 1024];
 const BATCH: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 const INPUT: usize = 16;
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// `(fastest, median)` of `v`.
+fn fastest_median(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (v[0], v[v.len() / 2])
 }
 
-/// Seconds per step of (inference forward, backward sweep) for teams of 1 and 2:
-/// `[[fwd1, fwd2], [bwd1, bwd2]]`.
-fn time_case(cell: CellKind, b: usize, h: usize, repeats: usize) -> [[f64; 2]; 2] {
+/// Seconds per step `(fastest, median)` of (inference forward, backward sweep) for teams of 1
+/// and 2: `[[fwd1, fwd2], [bwd1, bwd2]]`.
+fn time_case(cell: CellKind, b: usize, h: usize, repeats: usize) -> [[(f64, f64); 2]; 2] {
     let gates = cell.gate_count();
     // About 4e7 multiply-adds of steps per call, 8..2000 steps.
     let t = (4e7 / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
@@ -77,7 +80,7 @@ fn time_case(cell: CellKind, b: usize, h: usize, repeats: usize) -> [[f64; 2]; 2
         }
     }
     set_team_override(0);
-    times.map(|d| d.map(median))
+    times.map(|d| d.map(fastest_median))
 }
 
 fn main() {
@@ -85,7 +88,7 @@ fn main() {
         .nth(1)
         .map_or(7, |s| s.parse().expect("repeats: an integer"));
     threads::set_num_threads(2).unwrap();
-    println!("us per step, sweep on 1 thread / on 2 (median of {repeats}); x = 2 faster");
+    println!("us per step, sweep on 1 thread / on 2, fastest of {repeats} [median]; x = 2 faster");
     for cell in [CellKind::Lstm, CellKind::Gru] {
         let mut table = [Vec::new(), Vec::new()];
         for h in HIDDEN {
@@ -93,18 +96,19 @@ fn main() {
             let mut line = format!("{} H={h:5}:", cell.name());
             for b in BATCH {
                 let m = time_case(cell, b, h, repeats);
-                for d in 0..2 {
-                    wins[d].push(m[d][1] < m[d][0]);
+                line += &format!("\n  B={b:3}:");
+                for (d, name) in [(0, "fwd"), (1, "bwd")] {
+                    let ([f1, m1], [f2, m2]) = (m[d][0].into(), m[d][1].into());
+                    wins[d].push(f2 < f1);
+                    line += &format!(
+                        " {name} {:8.2}/{:8.2}{} [{:8.2}/{:8.2}]",
+                        f1 * 1e6,
+                        f2 * 1e6,
+                        if f2 < f1 { "x" } else { " " },
+                        m1 * 1e6,
+                        m2 * 1e6
+                    );
                 }
-                line += &format!(
-                    "  B={b}: fwd {:.1}/{:.1}{} bwd {:.1}/{:.1}{}",
-                    m[0][0] * 1e6,
-                    m[0][1] * 1e6,
-                    if m[0][1] < m[0][0] { "x" } else { "" },
-                    m[1][0] * 1e6,
-                    m[1][1] * 1e6,
-                    if m[1][1] < m[1][0] { "x" } else { "" },
-                );
             }
             println!("{line}");
             for d in 0..2 {

@@ -9,9 +9,10 @@
 //! Layout: the weight is seen as `W(k, n) = w[k * rs + n * cs]`. Output columns come in vectors
 //! of one register's lanes (16 f32 with AVX-512, 8 with AVX2 and in the portable kernel) of
 //! consecutive columns; a vector never crosses a run (a gate block), and the last one of a run may
-//! be short and is padded with zero weights. `NV` vectors form a panel, stored `[K][NV*lanes]` so
-//! the micro-kernel reads one contiguous stream; a tile of `MR` rows by one panel is summed in
-//! registers over a `KC`-long stretch of `k`.
+//! be short and is padded with zero weights. `NV` vectors form a panel; a tile of `MR` rows by one
+//! panel is summed in registers over a `KC`-long stretch of `k`, and each panel's stretch is
+//! stored `[KC][NV*lanes]`, the stretches of all panels one after the other (`panel_offset`), so
+//! the micro-kernel and the whole product read contiguous streams.
 //!
 //! The instruction set ([`Isa`]) is picked at run time when packing: AVX-512, else AVX2 with FMA,
 //! else the portable kernel (always for f64). The sum for every output element runs over `k` in
@@ -158,6 +159,16 @@ fn tile_for(rows: usize, isa: Isa) -> (usize, usize) {
     }
 }
 
+/// Where row `k` of panel `p` starts in a packed buffer (past its alignment offset). The weight is
+/// stored stretch by stretch: for each `kc`-long stretch of `k`, each panel's `[kl][nr]` block in
+/// turn, so a product reads the whole packed weight as one forward stream (a weight larger than
+/// L2 then comes in with the hardware prefetcher running ahead, not restarting at every panel).
+fn panel_offset(k: usize, kc: usize, k_len: usize, panels: usize, p: usize, nr: usize) -> usize {
+    let k0 = k / kc * kc;
+    let kl = kc.min(k_len - k0);
+    k0 * panels * nr + (p * kl + (k - k0)) * nr
+}
+
 /// Rows of the next tile when `left` rows remain: full tiles, except that the last two share
 /// what is left of `mr..2*mr` so that no tile has fewer than `mr/2` rows (few rows leave too
 /// few independent sums).
@@ -236,6 +247,12 @@ impl<T: Scalar> Packed<T> {
             }
         }
         let panels = cut.len().div_ceil(nv);
+        // One row tile reuses nothing across tiles: stream the whole `k` at once then.
+        let kc = if rows <= mr {
+            k_len.max(1)
+        } else {
+            (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
+        };
         let align = 64 / std::mem::size_of::<T>();
         let mut buf = vec![T::zero(); panels * k_len * nr + align];
         let off = buf.as_ptr().align_offset(64).min(align);
@@ -250,19 +267,13 @@ impl<T: Scalar> Packed<T> {
             );
             slots[i] = (v.col, v.len);
             let (p, lane0) = (i / nv, (i % nv) * lanes);
-            let panel = &mut buf[off + p * k_len * nr..][..k_len * nr];
-            for (k, row) in panel.chunks_exact_mut(nr).enumerate() {
+            for k in 0..k_len {
+                let row = &mut buf[off + panel_offset(k, kc, k_len, panels, p, nr)..][..nr];
                 for j in 0..v.len {
                     row[lane0 + j] = w[k * rs + (v.src + j) * cs];
                 }
             }
         }
-        // One row tile reuses nothing across tiles: stream the whole `k` at once then.
-        let kc = if rows <= mr {
-            k_len.max(1)
-        } else {
-            (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
-        };
         Packed {
             buf,
             off,
@@ -428,7 +439,7 @@ impl<T: Scalar> Packed<T> {
             for p in 0..panels {
                 let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
                 // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
-                let b = unsafe { base.add(p * self.k * nr + k0 * nr) };
+                let b = unsafe { base.add(panel_offset(k0, self.kc, self.k, panels, p, nr)) };
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = next_tile(rows - r0, self.mr);
