@@ -8,7 +8,10 @@
 //! median is printed beside it), then per hidden size the smallest batch from which the team of
 //! two is faster at every larger batch of the grid, as the table's rows.
 //!
-//!     cargo run --release -p lstmrs-core --example team_cost [repeats]
+//! Calls are short (about `macs` multiply-adds of steps, default 1e7: a tenth of a millisecond
+//! and up), so that on a shared machine some repeats find both cores free.
+//!
+//!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs]
 
 use lstmrs_core::bench::set_team_override;
 use lstmrs_core::{
@@ -29,10 +32,16 @@ fn fastest_median(mut v: Vec<f64>) -> (f64, f64) {
 
 /// Seconds per step `(fastest, median)` of (inference forward, backward sweep) for teams of 1
 /// and 2: `[[fwd1, fwd2], [bwd1, bwd2]]`.
-fn time_case(cell: CellKind, b: usize, h: usize, repeats: usize) -> [[(f64, f64); 2]; 2] {
+fn time_case(
+    cell: CellKind,
+    b: usize,
+    h: usize,
+    repeats: usize,
+    macs: f64,
+) -> [[(f64, f64); 2]; 2] {
     let gates = cell.gate_count();
-    // About 4e7 multiply-adds of steps per call, 8..2000 steps.
-    let t = (4e7 / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
+    // About `macs` multiply-adds of steps per call, 8..2000 steps.
+    let t = (macs / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
     let cfg = RnnConfig::new(cell, INPUT, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
     let x: Vec<f32> = (0..b * t * INPUT)
@@ -84,9 +93,12 @@ fn time_case(cell: CellKind, b: usize, h: usize, repeats: usize) -> [[(f64, f64)
 }
 
 fn main() {
-    let repeats: usize = std::env::args()
-        .nth(1)
-        .map_or(7, |s| s.parse().expect("repeats: an integer"));
+    let arg = |i: usize, default: f64| {
+        std::env::args()
+            .nth(i)
+            .map_or(default, |s| s.parse().expect("a number"))
+    };
+    let (repeats, macs) = (arg(1, 31.0) as usize, arg(2, 1e7));
     threads::set_num_threads(2).unwrap();
     println!("us per step, sweep on 1 thread / on 2, fastest of {repeats} [median]; x = 2 faster");
     for cell in [CellKind::Lstm, CellKind::Gru] {
@@ -95,7 +107,7 @@ fn main() {
             let mut wins = [Vec::new(), Vec::new()];
             let mut line = format!("{} H={h:5}:", cell.name());
             for b in BATCH {
-                let m = time_case(cell, b, h, repeats);
+                let m = time_case(cell, b, h, repeats, macs);
                 line += &format!("\n  B={b:3}:");
                 for (d, name) in [(0, "fwd"), (1, "bwd")] {
                     let ([f1, m1], [f2, m2]) = (m[d][0].into(), m[d][1].into());

@@ -736,19 +736,31 @@ pub(crate) fn split_units(h: usize, n: usize) -> Vec<std::ops::Range<usize>> {
 /// busy cores costs about a microsecond of skew and cache-line traffic.
 pub(crate) const MIN_STEP_WORK: usize = 1 << 16;
 
-/// Benchmarks only (`bench::set_team_override`): a team size every sweep takes instead of the
-/// cost model's (0: the model decides).
+/// Multiply-adds of a whole sweep's step products below which the sweep runs on one thread: 2^27,
+/// about 0.7 ms on one core at the ~190 GFLOP/s the AVX-512 step product reaches
+/// (`examples/packed_kernels.rs`). A team can save at most half of that, while a partner that
+/// joins late or is preempted stalls every step's barrier: measured on the shared 2-core VM,
+/// (B,T,I,H) = (32,100,8,64) LSTM inference (52M multiply-adds) took 0.84-1.0 ms on one thread
+/// and 1.2-2.7 ms on a team of two (5.9 ms in the benchmark record, where torch's and ONNX
+/// Runtime's threads spin beside it), and `examples/team_cost.rs` under a load average of 10 had
+/// the team lose at every batch for H <= 256 (2.9x slower at H=128, B=8). Longer sweeps, such as
+/// (8,2000,16,128) at 1G multiply-adds, keep the team.
+pub(crate) const TEAM_MIN_SWEEP_WORK: usize = 1 << 27;
+
+/// Benchmarks and tests only (`bench::set_team_override`): a team size every sweep takes instead
+/// of the cost model's (0: the model decides).
 static TEAM_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) fn set_team_override(n: usize) {
     TEAM_OVERRIDE.store(n, Ordering::Relaxed);
 }
 
-/// Threads for a sweep whose steps each do `step_work` multiply-adds over `h` units, given at
-/// most `capacity` threads.
-pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize) -> usize {
+/// Threads for a sweep of `steps` steps that each do `step_work` multiply-adds over `h` units,
+/// given at most `capacity` threads.
+pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize, steps: usize) -> usize {
     let blocks = h.div_ceil(UNIT_BLOCK);
     match TEAM_OVERRIDE.load(Ordering::Relaxed) {
+        0 if step_work.saturating_mul(steps) < TEAM_MIN_SWEEP_WORK => 1,
         0 => capacity.min(blocks).min(step_work / MIN_STEP_WORK).max(1),
         n => capacity.min(blocks).min(n).max(1),
     }
