@@ -117,8 +117,9 @@ def library_kernels(torch=None, lstmrs=None) -> dict:
     (its BLAS, MKL, picks its own kernels), NumPy's OpenBLAS core (through threadpoolctl, when
     installed). ONNX Runtime's MLAS picks its kernels at run time and reports nothing."""
     out: dict = {}
-    if lstmrs is not None:
-        out["lstmrs"] = dict(lstmrs._lstmrs.cpu_kernels())
+    kernels = getattr(getattr(lstmrs, "_lstmrs", None), "cpu_kernels", None)
+    if kernels is not None:
+        out["lstmrs"] = dict(kernels())
     if torch is not None:
         cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
         out["torch"] = {"aten": cap() if cap else "unknown", "blas": "MKL's own dispatch"}
