@@ -44,7 +44,7 @@ import proj
 import report
 import stream
 import tbptt
-from common import cpu_flags, cpu_name, loadavg, set_threads
+from common import cpu_flags, cpu_name, library_kernels, loadavg, set_threads
 
 SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt", "proj", "gpu")
 # The GPU section runs only when named: on a software Vulkan driver its grid takes hours.
@@ -110,6 +110,7 @@ def describe(args, torch, lstmrs, ort_version) -> dict:
         },
         "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
+        "library_kernels": library_kernels(torch, lstmrs),
         "cpus_visible": os.cpu_count(),
         "platform": platform.platform(),
         "repeats": args.repeats,
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
 
     if args.modes or "plugin" in args.sections:
         meta["gemm"] = section(
-            "gemm", gemm.measure, args.gemm_size, args.warmup, args.repeats, torch
+            "gemm", gemm.measure, args.gemm_size, args.warmup, args.repeats, torch, args.threads
         )
         report.print_gemm(meta["gemm"])
     if args.modes:
@@ -174,7 +175,10 @@ def main(argv=None) -> int:
             if r["impl"] == "lstmrs" and r["mode"] == "training"
         ]
         if not cpu:
-            meta.setdefault("gemm", gemm.measure(args.gemm_size, args.warmup, args.repeats, torch))
+            meta.setdefault(
+                "gemm",
+                gemm.measure(args.gemm_size, args.warmup, args.repeats, torch, args.threads),
+            )
             cpu = [meta["gemm"]["gflops"]]
         record["gpu"] = section("gpu", gpu.run_section, args, torch, lstmrs, max(cpu))
     meta["loadavg_after"] = loadavg()

@@ -111,6 +111,30 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def library_kernels(torch=None, lstmrs=None) -> dict:
+    """The instruction sets each library's f32 kernels use in this process, as far as the
+    library says: lstmrs per kernel family (``_lstmrs.cpu_kernels``), torch's ATen capability
+    (its BLAS, MKL, picks its own kernels), NumPy's OpenBLAS core (through threadpoolctl, when
+    installed). ONNX Runtime's MLAS picks its kernels at run time and reports nothing."""
+    out: dict = {}
+    kernels = getattr(getattr(lstmrs, "_lstmrs", None), "cpu_kernels", None)
+    if kernels is not None:
+        out["lstmrs"] = dict(kernels())
+    if torch is not None:
+        cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        out["torch"] = {"aten": cap() if cap else "unknown", "blas": "MKL's own dispatch"}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        for lib in threadpool_info():
+            if lib.get("internal_api") == "openblas" and "numpy" in lib.get("filepath", ""):
+                out["numpy"] = {"openblas_core": lib.get("architecture", "unknown")}
+    out["onnxruntime"] = "MLAS run-time dispatch (not reported)"
+    return out
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -30,6 +30,8 @@ def print_meta(meta: dict) -> None:
         f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])}); "
         f"median of {meta['repeats']} after {meta['warmup']} warm-up"
     )
+    for lib, kernels in meta.get("library_kernels", {}).items():
+        print(f"  {lib} kernels: {kernels}")
     print(f"load average before: {meta['loadavg_before']}")
     if meta["loadavg_before"] and meta["loadavg_before"][0] > 0.5:
         print("  WARNING: the machine is busy; torch's spinning OpenMP threads suffer most")
@@ -40,6 +42,8 @@ def print_gemm(g: dict) -> None:
     print(
         f"GEMM ceiling: {g['library']} f32 [{n}x{n}]@[{n}x{n}]: {g['median_ms']:.2f} ms, {g['gflops']:.1f} GFLOP/s"
     )
+    for c in g.get("candidates", []):
+        print(f"  candidate {c['library']}: {c['median_ms']:.2f} ms, {c['gflops']:.1f} GFLOP/s")
 
 
 def _pct(r: dict) -> str:

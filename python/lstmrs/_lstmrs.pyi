@@ -19,6 +19,7 @@ __all__ = [
     "Tape",
     "__version__",
     "compile_cell",
+    "cpu_kernels",
     "dtw_classify",
     "dtw_leave_one_out",
     "get_memory_limit",
@@ -40,6 +41,9 @@ def compile_cell(json: str) -> str:
     """Validates and compiles a cell description (JSON); returns the cell's name."""
 
 def get_num_threads() -> int: ...
+def cpu_kernels() -> dict[str, str]:
+    """{kernel family: instruction set} of the f32 CPU kernels ("avx512", "avx2", "portable")."""
+
 def set_memory_limit(nbytes: int | None) -> None: ...
 def get_memory_limit() -> int: ...
 def gpu_available() -> bool:

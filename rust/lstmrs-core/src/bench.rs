@@ -3,8 +3,18 @@
 //! general GEMM it replaced, and the built-in fused gate passes. Hidden; not a stable API.
 
 use crate::matmul::{a_b, a_bt, Mat};
-use crate::packed_gemm::Packed;
+use crate::packed_gemm::{gate_vectors, Packed};
 use crate::scalar::Scalar;
+
+/// The instruction sets of the packed product (`PackedWeight::*_on` pick one).
+pub use crate::packed_gemm::Isa;
+
+/// Makes every later sweep run on a team of `n` threads (at most the pool's size), whatever the
+/// cost model would pick; `0` gives the choice back to the model. For measuring the model's
+/// table (`examples/team_cost.rs`); process-wide, not for concurrent use.
+pub fn set_team_override(n: usize) {
+    crate::packed_gemm::set_team_override(n);
+}
 
 /// The built-in cells' fused gate passes; `Active::ALL` marks every row as inside its sequence.
 pub use crate::gates::{gru_forward, lstm_backward, lstm_forward, Active};
@@ -18,15 +28,25 @@ pub struct PackedWeight<T> {
 impl<T: Scalar> PackedWeight<T> {
     /// For the forward step `h[B,H] · W_hhᵀ -> [B, gates*H]`.
     pub fn forward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
-        PackedWeight {
-            packed: Packed::rows_of(w_hh, gates, h, 0..h, rows),
-            width: gates * h,
-        }
+        Self::forward_on(Isa::default_for::<T>(), w_hh, gates, h, rows)
     }
     /// For the backward step `dg[B, gates*H] · W_hh -> [B, H]`.
     pub fn backward(w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+        Self::backward_on(Isa::default_for::<T>(), w_hh, gates, h, rows)
+    }
+    /// [`PackedWeight::forward`] on the kernel of `isa` (panics if this CPU lacks it).
+    pub fn forward_on(isa: Isa, w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+        let runs = gate_vectors(gates, h, 0..h);
         PackedWeight {
-            packed: Packed::cols_of(w_hh, gates, h, 0..h, rows),
+            packed: Packed::new_on(isa, w_hh, 1, h, h, &runs, rows),
+            width: gates * h,
+        }
+    }
+    /// [`PackedWeight::backward`] on the kernel of `isa`.
+    pub fn backward_on(isa: Isa, w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
+        let runs = gate_vectors(1, h, 0..h);
+        PackedWeight {
+            packed: Packed::new_on(isa, w_hh, h, 1, gates * h, &runs, rows),
             width: h,
         }
     }

@@ -155,6 +155,23 @@ impl<'a, T> RowsMut<'a, T> {
     }
 }
 
+/// The instruction set [`dispatch!`] picks on this CPU.
+pub(crate) fn isa() -> crate::packed_gemm::Isa {
+    use crate::packed_gemm::Isa;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Isa::Avx512;
+        }
+        if Isa::Avx2.supported() {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
 macro_rules! dispatch {
     ($name:ident, $body:ident, ($($arg:ident : $ty:ty),* $(,)?)) => {
         /// # Safety

@@ -19,6 +19,7 @@ pub mod blas;
 pub mod cellexpr;
 pub mod config;
 pub mod convlstm;
+pub mod cpu;
 pub mod device;
 pub mod dropout;
 pub mod dtw;

@@ -7,24 +7,116 @@
 //! register tile, and keeps them hot in its core's cache for the whole sweep.
 //!
 //! Layout: the weight is seen as `W(k, n) = w[k * rs + n * cs]`. Output columns come in vectors
-//! of [`LANES`] consecutive columns (a vector never crosses a gate block; the last one of a block
-//! may be short and is padded with zero weights). `NV` vectors form a panel, stored `[K][NV*LANES]`
-//! so the micro-kernel reads one contiguous stream; a tile of `MR` rows by one panel is summed in
-//! registers over a `KC`-long stretch of `k`.
+//! of one register's lanes (16 f32 with AVX-512, 8 with AVX2 and in the portable kernel) of
+//! consecutive columns; a vector never crosses a run (a gate block), and the last one of a run may
+//! be short and is padded with zero weights. `NV` vectors form a panel; a tile of `MR` rows by one
+//! panel is summed in registers over a `KC`-long stretch of `k`, and each panel's stretch is
+//! stored `[KC][NV*lanes]`, the stretches of all panels one after the other (`panel_offset`), so
+//! the micro-kernel and the whole product read contiguous streams.
 //!
-//! The sum for every output element runs over `k` in the same order whatever the tile, the
-//! panel position or the number of threads, so results do not depend on the thread count.
+//! The instruction set ([`Isa`]) is picked at run time when packing: AVX-512, else AVX2 with FMA,
+//! else the portable kernel (always for f64). The sum for every output element runs over `k` in
+//! the same order whatever the tile, the panel position or the number of threads, so results do
+//! not depend on the thread count.
 
 use crate::scalar::{DType, Scalar};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-/// Columns of one packed vector: one AVX2 register of f32.
-pub(crate) const LANES: usize = 8;
+/// Lanes of the portable kernel and of the AVX2 one (one AVX2 register of f32).
+const LANES: usize = 8;
+/// Lanes of the AVX-512 kernel (one zmm register of f32).
+const LANES_512: usize = 16;
+
+/// Hidden units are split between threads in blocks of this many: a whole AVX-512 vector (two
+/// AVX2 ones), so no thread's share ends in a padded vector.
+pub(crate) const UNIT_BLOCK: usize = LANES_512;
 
 /// Bytes of L1 cache a panel stretch may fill, with the row tile beside it.
 const L1_PANEL_BYTES: usize = 20 * 1024;
 
-/// One packed vector: `len` (1..=LANES, 0 for padding) columns taken from weight column `src`
-/// onward and written to output column `col` onward.
+/// The instruction set a packed product runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// 16-lane f32 vectors, 32 registers (`avx512f`).
+    Avx512,
+    /// 8-lane f32 vectors, 16 registers (`avx2` and `fma`).
+    Avx2,
+    /// Plain Rust over arrays of 8 lanes (f64, and CPUs without AVX2).
+    Portable,
+}
+
+impl Isa {
+    /// Every instruction set, fastest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// `"avx512"`, `"avx2"` or `"portable"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => LANES_512,
+            Isa::Avx2 | Isa::Portable => LANES,
+        }
+    }
+
+    /// Whether this CPU has the instructions.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+                Isa::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+
+    /// The instruction set f32 products run on: the fastest this CPU has, or the one named by
+    /// the environment variable `LSTMRS_PACKED_ISA` (`avx512`, `avx2`, `portable`; for comparing
+    /// the kernels inside one benchmark run) when the CPU has it. Read once per process.
+    pub fn f32_default() -> Isa {
+        static CHOSEN: OnceLock<Isa> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let wanted = std::env::var("LSTMRS_PACKED_ISA").ok();
+            let named = Isa::ALL
+                .into_iter()
+                .find(|i| wanted.as_deref() == Some(i.name()) && i.supported());
+            named.unwrap_or_else(|| {
+                Isa::ALL
+                    .into_iter()
+                    .find(|i| i.supported())
+                    .unwrap_or(Isa::Portable)
+            })
+        })
+    }
+
+    /// The instruction set products of `T` run on by default: f64 always runs the portable
+    /// kernel.
+    pub fn default_for<T: Scalar>() -> Isa {
+        if T::DTYPE == DType::F32 {
+            Isa::f32_default()
+        } else {
+            Isa::Portable
+        }
+    }
+}
+
+/// A run of `len` consecutive columns taken from weight column `src` onward and written to
+/// output column `col` onward (one gate block of a thread's units).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Vector {
     pub src: usize,
@@ -32,37 +124,49 @@ pub(crate) struct Vector {
     pub len: usize,
 }
 
-/// Vectors covering `units` of each of `gates` blocks of `h` columns (PyTorch's gate-major order):
+/// Runs covering `units` of each of `gates` blocks of `h` columns (PyTorch's gate-major order):
 /// output columns equal weight columns.
 pub(crate) fn gate_vectors(gates: usize, h: usize, units: std::ops::Range<usize>) -> Vec<Vector> {
-    let mut v = Vec::new();
-    for g in 0..gates {
-        let mut u = units.start;
-        while u < units.end {
-            let len = LANES.min(units.end - u);
-            v.push(Vector {
-                src: g * h + u,
-                col: g * h + u,
-                len,
-            });
-            u += len;
-        }
-    }
-    v
+    (0..gates)
+        .filter(|_| !units.is_empty())
+        .map(|g| Vector {
+            src: g * h + units.start,
+            col: g * h + units.start,
+            len: units.len(),
+        })
+        .collect()
 }
 
-/// Register tile `(MR rows, NV vectors)` for a product of `rows` rows. With enough rows, up to
-/// 6 rows by 2 vectors: 12 accumulators, 2 panel registers and a broadcast fit the 16 AVX2
-/// registers with one to spare (4 × 3 needs all 16, and LLVM then spills an accumulator inside
-/// the loop). One to three rows get wider panels so that 8 or more independent sums hide the
-/// FMA latency.
-fn tile_for(rows: usize) -> (usize, usize) {
-    match rows {
-        0 | 1 => (1, 8),
-        2 => (2, 4),
-        3 => (3, 3),
-        _ => (6, 2),
+/// Register tile `(MR rows, NV vectors)` for a product of `rows` rows on `isa`.
+///
+/// AVX2 (16 registers): with enough rows, up to 6 rows by 2 vectors: 12 accumulators, 2 panel
+/// registers and a broadcast fit with one to spare (4 × 3 needs all 16, and LLVM then spills an
+/// accumulator inside the loop). AVX-512 (32 registers): 6 rows by 4 vectors, 24 accumulators,
+/// 4 panel registers and a broadcast. Fewer rows get wider panels so that 8 or more independent
+/// sums hide the FMA latency.
+fn tile_for(rows: usize, isa: Isa) -> (usize, usize) {
+    match (isa, rows) {
+        (Isa::Avx512, 0 | 1) => (1, 8),
+        (Isa::Avx512, 2) => (2, 6),
+        (Isa::Avx512, 3) => (3, 4),
+        (Isa::Avx512, 4) => (4, 4),
+        (Isa::Avx512, 5) => (5, 4),
+        (Isa::Avx512, _) => (6, 4),
+        (_, 0 | 1) => (1, 8),
+        (_, 2) => (2, 4),
+        (_, 3) => (3, 3),
+        (_, _) => (6, 2),
     }
+}
+
+/// Where row `k` of panel `p` starts in a packed buffer (past its alignment offset). The weight is
+/// stored stretch by stretch: for each `kc`-long stretch of `k`, each panel's `[kl][nr]` block in
+/// turn, so a product reads the whole packed weight as one forward stream (a weight larger than
+/// L2 then comes in with the hardware prefetcher running ahead, not restarting at every panel).
+fn panel_offset(k: usize, kc: usize, k_len: usize, panels: usize, p: usize, nr: usize) -> usize {
+    let k0 = k / kc * kc;
+    let kl = kc.min(k_len - k0);
+    k0 * panels * nr + (p * kl + (k - k0)) * nr
 }
 
 /// Rows of the next tile when `left` rows remain: full tiles, except that the last two share
@@ -84,12 +188,12 @@ pub(crate) struct Packed<T> {
     /// Offset of the first panel in `buf` (aligned to 64 bytes).
     off: usize,
     k: usize,
+    isa: Isa,
     mr: usize,
     nv: usize,
     kc: usize,
     /// `panels * nv` output slots `(col, len)`, padding slots with `len == 0`.
     slots: Vec<(usize, usize)>,
-    simd: bool,
     /// The lhs of the current `k` stretch, tile by tile `[k][mr]`: read as one stream, its rows
     /// never fight over L1 sets (rows of a state 4 KiB apart, `H = 1024` in f32, all map to the
     /// same set) and it is read once per panel from L1 instead of L2.
@@ -97,8 +201,8 @@ pub(crate) struct Packed<T> {
 }
 
 impl<T: Scalar> Packed<T> {
-    /// Packs `W(k, n) = w[k * rs + n * cs]`, `k < k_len`, for the output `vectors`, tiled for
-    /// products of about `rows` rows.
+    /// Packs `W(k, n) = w[k * rs + n * cs]`, `k < k_len`, for the output runs `vectors`, tiled
+    /// for products of about `rows` rows, on this CPU's fastest kernel for `T`.
     pub fn new(
         w: &[T],
         rs: usize,
@@ -107,19 +211,54 @@ impl<T: Scalar> Packed<T> {
         vectors: &[Vector],
         rows: usize,
     ) -> Self {
-        let (mr, nv) = tile_for(rows);
-        let nr = nv * LANES;
-        let panels = vectors.len().div_ceil(nv);
+        Self::new_on(Isa::default_for::<T>(), w, rs, cs, k_len, vectors, rows)
+    }
+
+    /// [`Packed::new`] for the kernel of `isa`, which must be supported and, unless portable,
+    /// `T` must be f32.
+    pub fn new_on(
+        isa: Isa,
+        w: &[T],
+        rs: usize,
+        cs: usize,
+        k_len: usize,
+        vectors: &[Vector],
+        rows: usize,
+    ) -> Self {
+        assert!(
+            isa.supported() && (isa == Isa::Portable || T::DTYPE == DType::F32),
+            "the {} kernel cannot run {} here",
+            isa.name(),
+            T::DTYPE.name()
+        );
+        let lanes = isa.lanes();
+        let (mr, nv) = tile_for(rows, isa);
+        let nr = nv * lanes;
+        // Runs cut into vectors of at most `lanes` columns.
+        let mut cut = Vec::new();
+        for v in vectors.iter().filter(|v| v.len > 0) {
+            for j in (0..v.len).step_by(lanes) {
+                let len = lanes.min(v.len - j);
+                cut.push(Vector {
+                    src: v.src + j,
+                    col: v.col + j,
+                    len,
+                });
+            }
+        }
+        let panels = cut.len().div_ceil(nv);
+        // One row tile reuses nothing across tiles: stream the whole `k` at once then.
+        let kc = if rows <= mr {
+            k_len.max(1)
+        } else {
+            (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
+        };
         let align = 64 / std::mem::size_of::<T>();
         let mut buf = vec![T::zero(); panels * k_len * nr + align];
         let off = buf.as_ptr().align_offset(64).min(align);
         let mut slots = vec![(0, 0); panels * nv];
-        for (i, v) in vectors.iter().enumerate() {
-            assert!(
-                v.len <= LANES,
-                "a packed vector holds at most {LANES} columns"
-            );
-            if v.len == 0 || k_len == 0 {
+        for (i, v) in cut.iter().enumerate() {
+            if k_len == 0 {
                 continue;
             }
             assert!(
@@ -127,29 +266,23 @@ impl<T: Scalar> Packed<T> {
                 "packed vector outside the weight"
             );
             slots[i] = (v.col, v.len);
-            let (p, lane0) = (i / nv, (i % nv) * LANES);
-            let panel = &mut buf[off + p * k_len * nr..][..k_len * nr];
-            for (k, row) in panel.chunks_exact_mut(nr).enumerate() {
+            let (p, lane0) = (i / nv, (i % nv) * lanes);
+            for k in 0..k_len {
+                let row = &mut buf[off + panel_offset(k, kc, k_len, panels, p, nr)..][..nr];
                 for j in 0..v.len {
                     row[lane0 + j] = w[k * rs + (v.src + j) * cs];
                 }
             }
         }
-        // One row tile reuses nothing across tiles: stream the whole `k` at once then.
-        let kc = if rows <= mr {
-            k_len.max(1)
-        } else {
-            (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
-        };
         Packed {
             buf,
             off,
             k: k_len,
+            isa,
             mr,
             nv,
             kc,
             slots,
-            simd: T::DTYPE == DType::F32 && avx2_available(),
             lhs: std::cell::RefCell::new(vec![T::zero(); rows * k_len.min(kc)]),
         }
     }
@@ -181,6 +314,12 @@ impl<T: Scalar> Packed<T> {
     /// `k`, the inner dimension.
     pub fn depth(&self) -> usize {
         self.k
+    }
+
+    /// The kernel the products run on.
+    #[cfg(test)]
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The largest output column written plus one.
@@ -231,50 +370,36 @@ impl<T: Scalar> Packed<T> {
         ldc: usize,
         accumulate: bool,
     ) {
-        if self.simd {
-            // SAFETY: `T` is f32 (checked when packing, with the CPU's AVX2 and FMA); the
-            // pointers' contract is the caller's.
-            unsafe {
-                self.drive(
-                    a as *const f32,
-                    lda,
-                    rows,
-                    c as *mut f32,
-                    ldc,
-                    accumulate,
-                    Kernel::Avx2,
-                )
-            }
-        } else {
-            // SAFETY: forwarded contract.
-            unsafe { self.drive(a, lda, rows, c, ldc, accumulate, Kernel::Portable) }
-        }
+        // SAFETY: `new_on` checked that the CPU has the kernel's instructions and that `T` is
+        // f32 unless the kernel is portable; the pointers' contract is the caller's.
+        unsafe { self.drive(a, lda, rows, c, ldc, accumulate) }
     }
 
     /// The loops around the micro-kernel: `k` in stretches that keep a panel stretch in L1, then
     /// panels, then row tiles.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn drive<U: Scalar>(
+    ///
+    /// # Safety
+    /// As [`Packed::product_raw`].
+    unsafe fn drive(
         &self,
-        a: *const U,
+        a: *const T,
         lda: usize,
         rows: usize,
-        c: *mut U,
+        c: *mut T,
         ldc: usize,
         accumulate: bool,
-        kernel: Kernel,
     ) {
-        let nr = self.nv * LANES;
+        let nr = self.nv * self.isa.lanes();
         let panels = self.slots.len() / self.nv;
-        // SAFETY: `U` is `T` or (with `simd`) f32 = `T`.
-        let base = unsafe { (self.buf.as_ptr() as *const U).add(self.off) };
+        // SAFETY: `off` is inside `buf`.
+        let base = unsafe { self.buf.as_ptr().add(self.off) };
         if self.k == 0 {
             if !accumulate {
                 for r in 0..rows {
                     for &(col, len) in &self.slots {
                         for j in 0..len {
                             // SAFETY: the caller's contract covers every slot column.
-                            unsafe { *c.add(r * ldc + col + j) = U::zero() };
+                            unsafe { *c.add(r * ldc + col + j) = T::zero() };
                         }
                     }
                 }
@@ -284,14 +409,13 @@ impl<T: Scalar> Packed<T> {
         // Copying the lhs costs about a pass over it: worth it when many panels reread it, or
         // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
         let pack_lhs =
-            panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<U>()).is_multiple_of(2048));
+            panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<T>()).is_multiple_of(2048));
         let mut lhs = self.lhs.borrow_mut();
         if pack_lhs && lhs.len() < rows * self.kc.min(self.k) {
             // Only when called with more rows than packed for (never inside a sweep).
             lhs.resize(rows * self.kc.min(self.k), T::zero());
         }
-        // SAFETY: `U` is `T` (see `base`).
-        let lhs_ptr = lhs.as_mut_ptr() as *mut U;
+        let lhs_ptr = lhs.as_mut_ptr();
         let mut k0 = 0;
         while k0 < self.k {
             let kl = self.kc.min(self.k - k0);
@@ -315,22 +439,23 @@ impl<T: Scalar> Packed<T> {
             for p in 0..panels {
                 let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
                 // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
-                let b = unsafe { base.add(p * self.k * nr + k0 * nr) };
+                let b = unsafe { base.add(panel_offset(k0, self.kc, self.k, panels, p, nr)) };
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = next_tile(rows - r0, self.mr);
                     // Row and `k` strides of the tile's lhs.
                     let (tile_a, ars, aks) = if pack_lhs {
                         // SAFETY: inside `lhs` (filled above).
-                        (unsafe { lhs_ptr.add(r0 * kl) as *const U }, 1, mr)
+                        (unsafe { lhs_ptr.add(r0 * kl) as *const T }, 1, mr)
                     } else {
                         // SAFETY: rows `r0..r0+mr` exist in `a` (the caller's contract).
                         (unsafe { a.add(r0 * lda + k0) }, lda, 1)
                     };
-                    // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract).
+                    // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract); the
+                    // kernel's requirements were checked in `new_on`.
                     unsafe {
                         tile(
-                            kernel,
+                            self.isa,
                             mr,
                             self.nv,
                             kl,
@@ -352,32 +477,15 @@ impl<T: Scalar> Packed<T> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kernel {
-    Avx2,
-    Portable,
-}
-
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Calls the micro-kernel instance for the tile `(mr, nv)`.
+/// Calls the micro-kernel instance of `isa` for the tile `(mr, nv)`.
 ///
 /// # Safety
-/// As [`Packed::product_raw`], for this tile; with `Kernel::Avx2`, `U` is f32 and the CPU has
-/// AVX2 and FMA.
+/// As [`Packed::product_raw`], for this tile; unless `isa` is portable, `U` is f32 and the CPU
+/// has the instructions of `isa`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile<U: Scalar>(
-    kernel: Kernel,
+    isa: Isa,
     mr: usize,
     nv: usize,
     k: usize,
@@ -390,27 +498,43 @@ unsafe fn tile<U: Scalar>(
     slots: &[(usize, usize)],
     acc: bool,
 ) {
+    // One arm per tile shape a packing can produce: `tile_for`'s `(MR, NV)` and every smaller
+    // `MR` with the same `NV` (the last row tiles of a product).
     macro_rules! pick {
-        ($($m:literal, $n:literal);*) => {
+        (@arms $call:tt; $($m:literal, $n:literal);*) => {
             match (mr, nv) {
-                $(($m, $n) => match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: f32 and AVX2+FMA (the caller's contract).
-                    Kernel::Avx2 => unsafe {
-                        avx2::tile::<$m, $n>(
-                            k, a as *const f32, ars, aks, b as *const f32, c as *mut f32, ldc,
-                            slots, acc,
-                        )
-                    },
-                    // SAFETY: forwarded contract.
-                    _ => unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc) },
-                },)*
-                _ => unreachable!("no micro-kernel for a {mr}x{nv} tile"),
+                $(($m, $n) => pick!(@call $call, $m, $n),)*
+                _ => unreachable!("no {} micro-kernel for a {mr}x{nv} tile", isa.name()),
             }
         };
+        // SAFETY (both): the caller's contract.
+        (@call [portable], $m:literal, $n:literal) => {
+            unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc) }
+        };
+        (@call [$f:ident, $a:ident, $b:ident, $c:ident], $m:literal, $n:literal) => {
+            unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, acc) }
+        };
     }
-    pick!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            let (a32, b32, c32) = (a as *const f32, b as *const f32, c as *mut f32);
+            pick!(@arms [avx512_tile, a32, b32, c32];
+                6, 4; 5, 4; 4, 4; 3, 4; 2, 4; 1, 4; 2, 6; 1, 6; 1, 8)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            let (a32, b32, c32) = (a as *const f32, b as *const f32, c as *mut f32);
+            pick!(@arms [avx2_tile, a32, b32, c32];
+                6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
+        }
+        _ => pick!(@arms [portable];
+            6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8),
+    }
 }
+
+#[cfg(target_arch = "x86_64")]
+use {avx2::tile as avx2_tile, avx512::tile as avx512_tile};
 
 /// The micro-kernel in plain Rust (f64, and CPUs without AVX2): a `MR × NV·LANES` tile.
 ///
@@ -527,12 +651,84 @@ mod avx2 {
     }
 }
 
-/// Splits `h` hidden units between at most `n` threads, in blocks of [`LANES`] units.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::LANES_512;
+    use std::arch::x86_64::*;
+
+    /// The f32 micro-kernel on 16-lane registers: `MR × NV` accumulators, one broadcast of `a`
+    /// per row and one load per vector of the panel at each `k`; short vectors are stored
+    /// through a lane mask.
+    ///
+    /// # Safety
+    /// As [`super::tile`]; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile<const MR: usize, const NV: usize>(
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        aks: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        slots: &[(usize, usize)],
+        acc: bool,
+    ) {
+        let mut sum = [[_mm512_setzero_ps(); NV]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for v in 0..NV {
+                // SAFETY: the panel row holds NV vectors, 64-byte aligned.
+                bv[v] = unsafe { _mm512_loadu_ps(b.add(v * LANES_512)) };
+            }
+            for r in 0..MR {
+                // SAFETY: row `r` of the lhs tile at the current `k`.
+                let av = _mm512_set1_ps(unsafe { *a.add(r * ars) });
+                for v in 0..NV {
+                    sum[r][v] = _mm512_fmadd_ps(av, bv[v], sum[r][v]);
+                }
+            }
+            // SAFETY: one step along `k` (the last step points one past the stretch).
+            unsafe {
+                a = a.add(aks);
+                b = b.add(NV * LANES_512);
+            }
+        }
+        for r in 0..MR {
+            for v in 0..NV {
+                let (col, len) = slots[v];
+                if len == 0 {
+                    continue;
+                }
+                // SAFETY: the slot's `len` columns of row `r` (the caller's contract); the
+                // masked load and store touch only those.
+                unsafe {
+                    let p = c.add(r * ldc + col);
+                    let mask: __mmask16 = if len == LANES_512 {
+                        0xffff
+                    } else {
+                        (1u16 << len) - 1
+                    };
+                    let x = if acc {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), sum[r][v])
+                    } else {
+                        sum[r][v]
+                    };
+                    _mm512_mask_storeu_ps(p, mask, x);
+                }
+            }
+        }
+    }
+}
+
+/// Splits `h` hidden units between at most `n` threads, in blocks of [`UNIT_BLOCK`] units.
 pub(crate) fn split_units(h: usize, n: usize) -> Vec<std::ops::Range<usize>> {
-    let blocks = h.div_ceil(LANES).max(1);
+    let blocks = h.div_ceil(UNIT_BLOCK).max(1);
     let n = n.clamp(1, blocks);
     (0..n)
-        .map(|i| (blocks * i / n * LANES).min(h)..(blocks * (i + 1) / n * LANES).min(h))
+        .map(|i| (blocks * i / n * UNIT_BLOCK).min(h)..(blocks * (i + 1) / n * UNIT_BLOCK).min(h))
         .collect()
 }
 
@@ -540,13 +736,34 @@ pub(crate) fn split_units(h: usize, n: usize) -> Vec<std::ops::Range<usize>> {
 /// busy cores costs about a microsecond of skew and cache-line traffic.
 pub(crate) const MIN_STEP_WORK: usize = 1 << 16;
 
-/// Threads for a sweep whose steps each do `step_work` multiply-adds over `h` units, given at
-/// most `capacity` threads.
-pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize) -> usize {
-    capacity
-        .min(h.div_ceil(LANES))
-        .min(step_work / MIN_STEP_WORK)
-        .max(1)
+/// Multiply-adds of a whole sweep's step products below which the sweep runs on one thread: 2^27,
+/// about 0.7 ms on one core at the ~190 GFLOP/s the AVX-512 step product reaches
+/// (`examples/packed_kernels.rs`). A team can save at most half of that, while a partner that
+/// joins late or is preempted stalls every step's barrier: measured on the shared 2-core VM,
+/// (B,T,I,H) = (32,100,8,64) LSTM inference (52M multiply-adds) took 0.84-1.0 ms on one thread
+/// and 1.2-2.7 ms on a team of two (5.9 ms in the benchmark record, where torch's and ONNX
+/// Runtime's threads spin beside it), and `examples/team_cost.rs` under a load average of 10 had
+/// the team lose at every batch for H <= 256 (2.9x slower at H=128, B=8). Longer sweeps, such as
+/// (8,2000,16,128) at 1G multiply-adds, keep the team.
+pub(crate) const TEAM_MIN_SWEEP_WORK: usize = 1 << 27;
+
+/// Benchmarks and tests only (`bench::set_team_override`): a team size every sweep takes instead
+/// of the cost model's (0: the model decides).
+static TEAM_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn set_team_override(n: usize) {
+    TEAM_OVERRIDE.store(n, Ordering::Relaxed);
+}
+
+/// Threads for a sweep of `steps` steps that each do `step_work` multiply-adds over `h` units,
+/// given at most `capacity` threads.
+pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize, steps: usize) -> usize {
+    let blocks = h.div_ceil(UNIT_BLOCK);
+    match TEAM_OVERRIDE.load(Ordering::Relaxed) {
+        0 if step_work.saturating_mul(steps) < TEAM_MIN_SWEEP_WORK => 1,
+        0 => capacity.min(blocks).min(step_work / MIN_STEP_WORK).max(1),
+        n => capacity.min(blocks).min(n).max(1),
+    }
 }
 
 /// The plain loop the packed product is tested against:
@@ -590,7 +807,18 @@ mod tests {
             .collect()
     }
 
+    /// The kernels this CPU can run for `T`: every supported one for f32, the portable one for
+    /// f64. The portable kernel runs everywhere, so every machine tests at least one path, and
+    /// an AVX-512 machine tests all three.
+    fn isas<T: Scalar>() -> Vec<Isa> {
+        Isa::ALL
+            .into_iter()
+            .filter(|i| i.supported() && (*i == Isa::Portable || T::DTYPE == DType::F32))
+            .collect()
+    }
+
     fn check<T: Scalar>(
+        isa: Isa,
         rows: usize,
         gates: usize,
         h: usize,
@@ -607,22 +835,13 @@ mod tests {
                 (gw, gw + 2, h + 5)
             };
             let a: Vec<T> = fill(rows * lda, 0.71);
-            let (packed, vectors, rs, cs) = if forward {
-                (
-                    Packed::rows_of(&w, gates, h, units.clone(), rows),
-                    gate_vectors(gates, h, units.clone()),
-                    1,
-                    h,
-                )
+            let (vectors, rs, cs) = if forward {
+                (gate_vectors(gates, h, units.clone()), 1, h)
             } else {
-                (
-                    Packed::cols_of(&w, gates, h, units.clone(), rows),
-                    gate_vectors(1, h, units.clone()),
-                    h,
-                    1,
-                )
+                (gate_vectors(1, h, units.clone()), h, 1)
             };
-            assert_eq!(packed.depth(), k);
+            let packed = Packed::new_on(isa, &w, rs, cs, k, &vectors, rows);
+            assert_eq!((packed.depth(), packed.isa()), (k, isa));
             for accumulate in [false, true] {
                 let init: Vec<T> = fill(rows * ldc, 0.13);
                 let mut got = init.clone();
@@ -635,7 +854,7 @@ mod tests {
                     let (g, wv) = (Scalar::to_f64(*g), Scalar::to_f64(*wv));
                     assert!(
                         (g - wv).abs() <= tol * (1.0 + wv.abs()) * (k as f64).sqrt(),
-                        "rows={rows} gates={gates} h={h} units={units:?} fwd={forward} \
+                        "{isa:?} rows={rows} gates={gates} h={h} units={units:?} fwd={forward} \
                          acc={accumulate} elem {i}: {g} vs {wv}"
                     );
                 }
@@ -657,16 +876,31 @@ mod tests {
     }
 
     #[test]
-    fn packed_product_matches_reference_on_odd_sizes() {
-        for rows in [1, 2, 3, 4, 5, 17] {
+    fn every_kernel_matches_reference_on_odd_sizes() {
+        // Rows 1..=8 reach every tile shape of every kernel (and the split last tiles), 17 and
+        // 33 several row tiles; h = 5, 33, 130 leave short vectors of 8 and of 16 lanes.
+        for rows in [1, 2, 3, 4, 5, 6, 7, 8, 17, 33] {
             for h in [1, 5, 33, 130] {
                 for gates in [3, 4] {
-                    check::<f32>(rows, gates, h, 0..h, 2e-6);
-                    check::<f64>(rows, gates, h, 0..h, 1e-14);
-                    // A thread's share: units from a block boundary to the end.
-                    if h > LANES {
-                        check::<f32>(rows, gates, h, LANES..h, 2e-6);
-                        check::<f64>(rows, gates, h, LANES..h.min(3 * LANES), 1e-14);
+                    for isa in isas::<f32>() {
+                        check::<f32>(isa, rows, gates, h, 0..h, 2e-6);
+                        // A thread's share: units from a block boundary to the end.
+                        if h > UNIT_BLOCK {
+                            check::<f32>(isa, rows, gates, h, UNIT_BLOCK..h, 2e-6);
+                        }
+                    }
+                    for isa in isas::<f64>() {
+                        check::<f64>(isa, rows, gates, h, 0..h, 1e-14);
+                        if h > UNIT_BLOCK {
+                            check::<f64>(
+                                isa,
+                                rows,
+                                gates,
+                                h,
+                                UNIT_BLOCK..h.min(3 * UNIT_BLOCK),
+                                1e-14,
+                            );
+                        }
                     }
                 }
             }
@@ -676,8 +910,20 @@ mod tests {
     #[test]
     fn long_depth_is_summed_in_stretches_like_one() {
         // K = 4*300 > the L1 stretch with 17 rows (several row tiles): exercises the k blocking.
-        check::<f32>(17, 4, 300, 0..300, 2e-6);
-        check::<f64>(9, 4, 300, 40..300, 1e-14);
+        for isa in isas::<f32>() {
+            check::<f32>(isa, 17, 4, 300, 0..300, 2e-6);
+        }
+        check::<f64>(Isa::Portable, 9, 4, 300, 40..300, 1e-14);
+    }
+
+    #[test]
+    fn default_kernel_is_the_fastest_supported() {
+        // Unless the environment names another one for a benchmark.
+        if std::env::var_os("LSTMRS_PACKED_ISA").is_none() {
+            assert_eq!(Isa::f32_default(), isas::<f32>()[0]);
+        }
+        assert!(Isa::f32_default().supported());
+        assert_eq!(Isa::default_for::<f64>(), Isa::Portable);
     }
 
     #[test]
@@ -685,31 +931,25 @@ mod tests {
         let (rows, gates, h) = (17, 4, 130);
         let w: Vec<f32> = fill(gates * h * h, 0.37);
         let a: Vec<f32> = fill(rows * h, 0.71);
-        let mut whole = vec![0f32; rows * gates * h];
-        Packed::rows_of(&w, gates, h, 0..h, rows).product(
-            &a,
-            h,
-            rows,
-            &mut whole,
-            gates * h,
-            false,
-        );
-        for n in [2, 3, 5] {
-            let mut parts = vec![0f32; rows * gates * h];
-            for u in split_units(h, n) {
-                Packed::rows_of(&w, gates, h, u, rows).product(
-                    &a,
-                    h,
-                    rows,
-                    &mut parts,
-                    gates * h,
-                    false,
+        for isa in isas::<f32>() {
+            let pack = |u: std::ops::Range<usize>| {
+                Packed::new_on(isa, &w, 1, h, h, &gate_vectors(gates, h, u), rows)
+            };
+            let mut whole = vec![0f32; rows * gates * h];
+            pack(0..h).product(&a, h, rows, &mut whole, gates * h, false);
+            for n in [2, 3, 5] {
+                let mut parts = vec![0f32; rows * gates * h];
+                for u in split_units(h, n) {
+                    pack(u).product(&a, h, rows, &mut parts, gates * h, false);
+                }
+                assert!(
+                    whole
+                        .iter()
+                        .zip(&parts)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{isa:?} with {n} threads"
                 );
             }
-            assert!(whole
-                .iter()
-                .zip(&parts)
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
         }
     }
 
@@ -723,7 +963,7 @@ mod tests {
                 assert_eq!(parts.last().unwrap().end, h);
                 for w in parts.windows(2) {
                     assert_eq!(w[0].end, w[1].start);
-                    assert_eq!(w[0].end % LANES, 0);
+                    assert_eq!(w[0].end % UNIT_BLOCK, 0);
                     assert!(w[0].start < w[0].end);
                 }
             }

@@ -26,7 +26,7 @@ use std::ops::Range;
 /// Threads for a projected sweep: its step products are `[B,P]·[P,4H]` and `[B,H]·[H,P]`.
 fn plan(sw: &Sweep) -> usize {
     let (b, h, p) = (sw.batch, sw.hidden, sw.proj);
-    team_size(sw.team, h, b * (4 * h * p + h * p))
+    team_size(sw.team, h, b * (4 * h * p + h * p), sw.steps)
 }
 
 /// The projected features of member `member` (none when `P` has fewer blocks than the team).

@@ -229,7 +229,7 @@ pub(crate) unsafe fn add_output_grad<T: Scalar>(
 /// Threads for a sweep whose step product is `[B, H]·[H, hw]`; the team splits the hidden units
 /// between the threads that join it (`split_units`).
 fn plan(sw: &Sweep, hw: usize) -> usize {
-    team_size(sw.team, sw.hidden, sw.batch * hw * sw.hidden)
+    team_size(sw.team, sw.hidden, sw.batch * hw * sw.hidden, sw.steps)
 }
 
 /// What backpropagation needs of one sweep, indexed by time step.

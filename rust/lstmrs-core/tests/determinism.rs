@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use lstmrs_core::bench::set_team_override;
 use lstmrs_core::{backward, forward, threads, CellKind, ForwardOptions, Layout, Scalar};
 
 /// Large enough that the matrix products split across threads and both directions run at once.
@@ -83,6 +84,13 @@ fn check<T: Scalar>(tol: f64) {
             for _ in 0..3 {
                 same_bits(&run(&d), &first, &format!("{:?}, {n} threads", case.cell));
             }
+            // The cost model runs these small sweeps on one thread; a team of `n` (every sweep
+            // split by units, a barrier per step) must give the same bits. Other tests of this
+            // binary may run meanwhile: they would get the same bits too.
+            set_team_override(n);
+            let team = run(&d);
+            set_team_override(0);
+            same_bits(&team, &first, &format!("{:?}, team of {n}", case.cell));
             per_count.push(first);
         }
         // Across thread counts only the summation order may change.

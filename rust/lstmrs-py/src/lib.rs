@@ -22,6 +22,13 @@ fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<()> {
     lstmrs_core::threads::set_num_threads(n).map_err(|e| errors::core_error(py, e))
 }
 
+/// `{kernel family: instruction set}` of the f32 CPU kernels in this process (for benchmark
+/// records): "step_product", "gate_pass", "gemm" -> "avx512", "avx2" or "portable".
+#[pyfunction]
+fn cpu_kernels() -> std::collections::BTreeMap<&'static str, &'static str> {
+    lstmrs_core::cpu::kernels().into_iter().collect()
+}
+
 /// The number of worker threads calls run on.
 #[pyfunction]
 fn get_num_threads(py: Python<'_>) -> PyResult<usize> {
@@ -79,6 +86,7 @@ fn _lstmrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(rnn::compile_cell, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(set_memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(get_memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(gpu::gpu_info, m)?)?;
