@@ -162,6 +162,7 @@ pub(crate) fn isa() -> crate::packed_gemm::Isa {
     {
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
+            && Isa::Avx2.supported()
         {
             return Isa::Avx512;
         }
@@ -192,6 +193,8 @@ macro_rules! dispatch {
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
                 {
                     // SAFETY: the CPU has the features the variant was compiled for.
                     return unsafe { avx512($($arg),*) };

@@ -734,6 +734,11 @@ fn backward_checked<T: Scalar>(
     // get the time-major input gradient of the layer above.
     let mut d_out: Option<Cow<[T]>> = grads.output.map(Cow::Borrowed);
     let mut d_out_batch_first = (layout == Layout::BatchFirst).then_some(t);
+    if let TapeArg::Consumed(tape) = &mut arg {
+        // Marked before the first buffer is taken: a panic part-way leaves a tape that refuses
+        // another backward instead of one that looks whole with empty buffers.
+        tape.consumed = true;
+    }
 
     for layer in (0..cfg.num_layers).rev() {
         let inp = cfg.layer_input_size(layer);
@@ -849,9 +854,6 @@ fn backward_checked<T: Scalar>(
             tape.masks[layer] = None;
             tape.dir_masks[layer * nd..(layer + 1) * nd].fill_with(DirMasks::default);
         }
-    }
-    if let TapeArg::Consumed(tape) = &mut arg {
-        tape.consumed = true;
     }
 
     let d_input = d_out.expect("at least one layer").into_owned();

@@ -19,11 +19,14 @@ use std::arch::x86_64::*;
 /// Weight rows of one block: every tile shape covers them (`NR` = 8 or 4 rows per tile).
 pub(super) const BLOCK_ROWS: usize = 16;
 
-/// Whether this CPU runs the kernel.
+/// Whether this CPU runs the kernel: every feature the kernel is compiled for (a virtual
+/// machine may hide AVX2 or FMA while showing AVX-512).
 pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// The lanes `0..n` of a 16-lane mask.
