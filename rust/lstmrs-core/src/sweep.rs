@@ -9,7 +9,7 @@ use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
-use crate::packed_gemm::{split_units, team_size, Packed};
+use crate::packed_gemm::{gate_vectors, split_units, team_size, Isa, Packed};
 use crate::projection;
 use crate::scalar::Scalar;
 use crate::threads;
@@ -599,19 +599,33 @@ pub(crate) fn forward<T: Scalar>(
     let lstm = sw.cell == CellKind::Lstm;
     let bh = b * h;
 
-    // x_pre[T*B, GH] = x · W_ihᵀ + b_ih (+ the parts of b_hh that sit outside the recurrence).
-    // The gate pass of step t turns its rows into the activations in place, so `x_pre` becomes
-    // the tape's `act`.
+    // The input side of the pre-activations, `x · W_ihᵀ + b_ih` (+ the parts of `b_hh` that sit
+    // outside the recurrence): with a small `W_ih` the team projects it itself, `chunk` steps at
+    // a time just ahead of the recurrence, each member its own units' columns with its slice of
+    // `W_ih` packed once (no separate parallel phase and, without a tape, a buffer of one chunk
+    // instead of all steps); else one product over all steps first (see `team_projects`). The
+    // gate pass of step t turns its rows into the activations in place, so with a tape the
+    // buffer (all steps) becomes the tape's `act`.
     let row_bias = w.bias.map(|(b_ih, b_hh)| {
         let mut row = vec![T::zero(); gw];
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
         row
     });
-    let mut x_pre = input_projection(
-        Mat::new(x, steps * b, sw.input),
-        Mat::new(w.w_ih, gw, sw.input),
-        row_bias.as_deref(),
-    );
+    let in_team = team_projects::<T>(gw, sw.input);
+    let chunk = if in_team {
+        projection_chunk(b, steps)
+    } else {
+        steps
+    };
+    let mut x_pre = if in_team {
+        vec![T::zero(); if keep_tape { steps } else { chunk } * b * gw]
+    } else {
+        input_projection(
+            Mat::new(x, steps * b, sw.input),
+            Mat::new(w.w_ih, gw, sw.input),
+            row_bias.as_deref(),
+        )
+    };
     let b_hn = match w.bias {
         Some((_, b_hh)) if !lstm => b_hh[2 * h..].to_vec(),
         _ => vec![T::zero(); h],
@@ -643,16 +657,32 @@ pub(crate) fn forward<T: Scalar>(
         masked: RowsMut::new(&mut h_masked, h),
         out: RowsMut::new(&mut out, h),
         act: RowsMut::new(&mut x_pre, gw),
+        x: Rows::new(x, sw.input),
+        row_bias: row_bias.as_deref(),
     };
     threads::team(members, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
-        // Packed here, on the thread that uses it, so it starts out in that core's cache.
+        // Packed here, on the thread that uses them, so they start out in that core's cache.
         let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
+        // `W_ih` as `W(k, n) = w_ih[k + n * I]`.
+        let packed_ih = in_team.then(|| {
+            let cols = gate_vectors(gates, h, units.clone());
+            Packed::new(w.w_ih, 1, sw.input, sw.input, &cols, chunk * b)
+        });
+        // The time step of `x_pre`'s first row.
+        let mut first = 0;
         for s in 0..steps {
+            if let (Some(p), 0) = (&packed_ih, s % chunk) {
+                let times = chunk_times(&sw, s, chunk);
+                first = if keep_tape { 0 } else { times.start };
+                // SAFETY: each member writes only its own units' columns of the chunk, which
+                // only its own gate passes read.
+                unsafe { views.project(p, units.clone(), times, first) };
+            }
             // SAFETY: within a step every member reads the whole entering state and writes only
             // its own units of everything else; the barrier orders the writes before the next
             // step's reads.
-            unsafe { views.step(&packed, units.clone(), s) };
+            unsafe { views.step(&packed, units.clone(), s, first) };
             barrier.wait();
         }
     });
@@ -684,10 +714,93 @@ struct BuiltinForward<'a, T> {
     pre: RowsMut<'a, T>,
     masked: RowsMut<'a, T>,
     out: RowsMut<'a, T>,
+    /// The input pre-activations `[steps, B, G*H]` of the current chunk (of all steps with a
+    /// tape), turned into the activations in place.
     act: RowsMut<'a, T>,
+    /// `[T*B, I]` the time-major input.
+    x: Rows<'a, T>,
+    /// `[G*H]` the bias row of the input side (see [`fold_bias`]).
+    row_bias: Option<&'a [T]>,
+}
+
+/// Steps whose input side a sweep's team projects at once: rows enough to reuse each packed
+/// panel of `W_ih` from L1 across several row tiles, few enough that the chunk's pre-activations
+/// stay in L2 until their steps read them.
+const PROJECTION_ROWS: usize = 256;
+
+/// Bytes of `W_ih` up to which a sweep's team projects the input itself. A larger one no longer
+/// stays in the members' L2 between chunks: streamed in again for every chunk it lost to one
+/// product over all steps, measured on the 2-core AVX-512 VM ((64,64,512,1024), 8 MiB: LSTM
+/// 530-650 ms against 480-625 ms, GRU 560-650 against 490-580; (64,128,256,256), 1 MiB: even).
+const TEAM_PROJECTION_MAX_BYTES: usize = 1 << 20;
+
+/// Whether a sweep's team projects the input itself (`gw` gate columns, `input` features): a
+/// small `W_ih`, and a SIMD kernel for the packed product (the portable one, and so f64, is
+/// slower than the `gemm` crate's).
+fn team_projects<T: Scalar>(gw: usize, input: usize) -> bool {
+    let bytes = gw
+        .saturating_mul(input)
+        .saturating_mul(std::mem::size_of::<T>());
+    bytes <= TEAM_PROJECTION_MAX_BYTES && Isa::default_for::<T>() != Isa::Portable
+}
+
+fn projection_chunk(batch: usize, steps: usize) -> usize {
+    (PROJECTION_ROWS / batch.max(1)).clamp(1, steps.max(1))
+}
+
+/// The time steps of the chunk that starts at sweep position `s` (ascending, whichever the
+/// direction).
+fn chunk_times(sw: &Sweep, s: usize, chunk: usize) -> Range<usize> {
+    let end = (s + chunk).min(sw.steps);
+    if sw.reverse {
+        sw.steps - end..sw.steps - s
+    } else {
+        s..end
+    }
 }
 
 impl<T: Scalar> BuiltinForward<'_, T> {
+    /// The input side of the pre-activations of the steps `times` for the units `units`: the
+    /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
+    /// row `(times.start - first) * B`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes the units' columns of those rows of `act` meanwhile.
+    unsafe fn project(
+        &self,
+        packed: &Packed<T>,
+        units: Range<usize>,
+        times: Range<usize>,
+        first: usize,
+    ) {
+        let (b, h, i) = (self.sw.batch, self.sw.hidden, self.sw.input);
+        let gates = self.sw.cell.gate_count();
+        let rows = times.len() * b;
+        let dst = self.act.skip((times.start - first) * b);
+        let x = self.x.skip(times.start * b);
+        assert!(dst.holds(rows, packed.col_end()) && x.holds(rows, i));
+        if let Some(bias) = self.row_bias {
+            for r in 0..rows {
+                for g in 0..gates {
+                    let cols = g * h + units.start..g * h + units.end;
+                    // SAFETY: the member's own columns (the contract).
+                    unsafe { dst.row_mut(r, cols.start, cols.len()) }.copy_from_slice(&bias[cols]);
+                }
+            }
+        }
+        // SAFETY: bounds checked above; the written columns are the member's (the contract).
+        unsafe {
+            packed.product_raw(
+                x.ptr(),
+                i,
+                rows,
+                dst.ptr(),
+                dst.ld(),
+                self.row_bias.is_some(),
+            )
+        };
+    }
+
     /// Step `s` for the units `units`: their columns of the recurrent product, the fused gate
     /// pass, zoneout, the next masked state and the output rows.
     ///
@@ -695,7 +808,8 @@ impl<T: Scalar> BuiltinForward<'_, T> {
     /// Every member of the team calls it for the same `s` with its own `units`, and the team
     /// waits at a barrier between steps: each member reads the whole entering state (slot `rd`,
     /// or the masked slot `s % 2`) and writes only its own units of everything else.
-    unsafe fn step(&self, packed: &Packed<T>, units: Range<usize>, s: usize) {
+    /// `first` is the time step of `act`'s first row.
+    unsafe fn step(&self, packed: &Packed<T>, units: Range<usize>, s: usize, first: usize) {
         let (sw, reg) = (&self.sw, self.reg);
         let (b, h, gw) = (sw.batch, sw.hidden, sw.gate_width());
         let bh = b * h;
@@ -724,7 +838,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     units.clone(),
                     b,
                     active,
-                    self.act.skip(t * b),
+                    self.act.skip((t - first) * b),
                     self.pre.read(),
                     c_prev,
                     h_prev,
@@ -743,7 +857,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     units.clone(),
                     b,
                     active,
-                    self.act.skip(t * b),
+                    self.act.skip((t - first) * b),
                     self.pre.read(),
                     self.b_hn,
                     h_prev,

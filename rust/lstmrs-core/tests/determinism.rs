@@ -91,6 +91,26 @@ fn check<T: Scalar>(tol: f64) {
             let team = run(&d);
             set_team_override(0);
             same_bits(&team, &first, &format!("{:?}, team of {n}", case.cell));
+            // Inference without a tape projects the input into a buffer of one chunk of steps
+            // instead of all of them: the same bits, alone and on a team.
+            let eval = |keep_tape| {
+                let opts = ForwardOptions {
+                    training: false,
+                    dropout: 0.0,
+                    seed: 0,
+                    keep_tape,
+                };
+                forward(&d.params, &d.batch(), &opts).expect("forward")
+            };
+            let taped = eval(true);
+            set_team_override(n);
+            let team_eval = eval(false);
+            set_team_override(0);
+            for (what, got) in [("inference", eval(false)), ("team inference", team_eval)] {
+                let ctx = format!("{what}, {:?}, {n} threads", case.cell);
+                assert_bitwise(&format!("output ({ctx})"), &got.output, &taped.output);
+                assert_bitwise(&format!("h_n ({ctx})"), &got.h_n, &taped.h_n);
+            }
             per_count.push(first);
         }
         // Across thread counts only the summation order may change.

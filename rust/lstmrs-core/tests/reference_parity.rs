@@ -140,6 +140,19 @@ fn large_sizes_match_reference() {
     }
 }
 
+/// A batch of 64 rows: the sweep's team projects the input 4 steps at a time (`sweep.rs`,
+/// `PROJECTION_ROWS`), so 9 steps take two whole chunks and a short one, in either direction.
+#[test]
+fn chunked_input_projection_matches_reference() {
+    let chunked = shape(5, 20, 64, 9);
+    for (k, case) in grid(&[chunked]).iter().enumerate() {
+        check_forward::<f32>(case, 30_000 + k as u64, &eval_opts());
+        if case.layers == 2 && case.init_state {
+            check_backward::<f32>(case, 31_000 + k as u64, &eval_opts());
+        }
+    }
+}
+
 /// The projected LSTM (`proj_size`) over its grid: layers × directions × bias × lengths × initial
 /// states × layout × `PROJ_SHAPES`, both element types, forward and backward.
 fn proj_grid(shapes: &[Shape]) -> Vec<Case> {
