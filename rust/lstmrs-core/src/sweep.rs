@@ -730,8 +730,9 @@ const PROJECTION_ROWS: usize = 256;
 
 /// Bytes of `W_ih` up to which a sweep's team projects the input itself. A larger one no longer
 /// stays in the members' L2 between chunks: streamed in again for every chunk it lost to one
-/// product over all steps, measured on the 2-core AVX-512 VM ((64,64,512,1024), 8 MiB: LSTM
-/// 530-650 ms against 480-625 ms, GRU 560-650 against 490-580; (64,128,256,256), 1 MiB: even).
+/// product over all steps, measured in one process on the shared 2-core AVX-512 VM, 2 threads,
+/// load 6, fastest-median of 20 calls: (64,64,512,1024) (8 MiB) LSTM 528-649 ms against
+/// 479-625 ms, GRU 556-646 against 488-577; (64,128,256,256) (1 MiB) even.
 const TEAM_PROJECTION_MAX_BYTES: usize = 1 << 20;
 
 /// Whether a sweep's team projects the input itself (`gw` gate columns, `input` features): a
