@@ -80,6 +80,9 @@ impl<'a, T> Rows<'a, T> {
     pub fn ptr(&self) -> *const T {
         self.ptr
     }
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
     /// Whether `rows` rows of `cols` columns lie inside the view.
     pub fn holds(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || ((rows - 1) * self.ld + cols <= self.len && cols <= self.ld)
@@ -655,8 +658,10 @@ fn gru_backward_elem<T: Scalar>(a: [T; 3], hl: T, hp: T, d: T) -> ([T; 3], T, T)
     ([da_r, da_z, da_n], da_n * r, d * z)
 }
 
-/// [`gru_backward_body`] with the input-side gate gradients written over the activations
-/// (`act_grad[B,3H]`), as [`lstm_backward_in_place_units`] does.
+/// [`gru_backward_body`] in place: the input-side gate gradients are written over the
+/// activations (`act_grad[B,3H]`), as [`lstm_backward_in_place_units`] does, and the recurrent
+/// side's n-gate gradient `da_n * r` over `W_hn h + b_hn` (`hn[B,H]`). The recurrent side's r, z
+/// gradients are the input side's, so they are not written twice.
 #[inline(always)]
 unsafe fn gru_backward_in_place_body<T: Scalar>(
     h: usize,
@@ -664,51 +669,43 @@ unsafe fn gru_backward_in_place_body<T: Scalar>(
     rows: usize,
     active: Active,
     act_grad: RowsMut<T>,
-    hn_lin: Rows<T>,
+    hn: RowsMut<T>,
     h_prev: Rows<T>,
     dh: RowsMut<T>,
-    dh_pre: RowsMut<T>,
 ) {
     let (u, n) = (units.start, units.len());
     for b in 0..rows {
         // SAFETY (all views below): this call's units only, per the contract.
-        let (gr, gz, gn) = unsafe {
+        let (gr, gz, gn, hnr) = unsafe {
             (
                 act_grad.row_mut(b, u, n),
                 act_grad.row_mut(b, h + u, n),
                 act_grad.row_mut(b, 2 * h + u, n),
-            )
-        };
-        let (dpr, dpz, dpn) = unsafe {
-            (
-                dh_pre.row_mut(b, u, n),
-                dh_pre.row_mut(b, h + u, n),
-                dh_pre.row_mut(b, 2 * h + u, n),
+                hn.row_mut(b, u, n),
             )
         };
         if !active.row(b) {
-            for d in [gr, gz, gn, dpr, dpz, dpn] {
+            for d in [gr, gz, gn, hnr] {
                 d.fill(T::zero());
             }
             continue;
         }
-        let (hl, hp) = unsafe { (hn_lin.row(b, u, n), h_prev.row(b, u, n)) };
+        let hp = unsafe { h_prev.row(b, u, n) };
         let dhr = unsafe { dh.row_mut(b, u, n) };
-        let (hl, hp, dhr) = (&hl[..n], &hp[..n], &mut dhr[..n]);
+        let (hnr, hp, dhr) = (&mut hnr[..n], &hp[..n], &mut dhr[..n]);
         let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
-        let (dpr, dpz, dpn) = (&mut dpr[..n], &mut dpz[..n], &mut dpn[..n]);
         for j in 0..n {
             let ([da_r, da_z, da_n], dpn_j, dh_prev) =
-                gru_backward_elem([gr[j], gz[j], gn[j]], hl[j], hp[j], dhr[j]);
+                gru_backward_elem([gr[j], gz[j], gn[j]], hnr[j], hp[j], dhr[j]);
             (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
-            (dpr[j], dpz[j], dpn[j]) = (da_r, da_z, dpn_j);
+            hnr[j] = dpn_j;
             dhr[j] = dh_prev;
         }
     }
 }
 dispatch!(gru_backward_in_place_units, gru_backward_in_place_body, (
     h: usize, units: Range<usize>, rows: usize, active: Active, act_grad: RowsMut<T>,
-    hn_lin: Rows<T>, h_prev: Rows<T>, dh: RowsMut<T>, dh_pre: RowsMut<T>,
+    hn: RowsMut<T>, h_prev: Rows<T>, dh: RowsMut<T>,
 ));
 
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.
