@@ -708,6 +708,34 @@ dispatch!(gru_backward_in_place_units, gru_backward_in_place_body, (
     hn: RowsMut<T>, h_prev: Rows<T>, dh: RowsMut<T>,
 ));
 
+/// Adds the column sums of `rows` rows of `src` to `sums[0]` (one row), on this call's units of
+/// each of `gates` blocks of `h` columns: the bias gradients of a backward sweep, gathered step by
+/// step while the step's gate gradients are still in cache.
+#[inline(always)]
+unsafe fn add_gate_column_sums_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    gates: usize,
+    rows: usize,
+    src: Rows<T>,
+    sums: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for g in 0..gates {
+        // SAFETY: this call's units only, per the contract.
+        let dst = unsafe { &mut sums.row_mut(0, g * h + u, n)[..n] };
+        for r in 0..rows {
+            let row = unsafe { &src.row(r, g * h + u, n)[..n] };
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+    }
+}
+dispatch!(add_gate_column_sums_units, add_gate_column_sums_body, (
+    h: usize, units: Range<usize>, gates: usize, rows: usize, src: Rows<T>, sums: RowsMut<T>,
+));
+
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.
 fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
     let rows = len / width.max(1);

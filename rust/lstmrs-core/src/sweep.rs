@@ -866,6 +866,11 @@ pub(crate) fn backward<T: Scalar>(
     } else {
         (Cow::Borrowed(&[][..]), aux.into_owned())
     };
+    // The bias gradients, summed step by step while the gate gradients are in cache (a pass
+    // over the `[T*B, GH]` buffer less): the input side's `[GH]`, the GRU's recurrent n gate's.
+    let sum_bias = !grad.is_empty() && w.bias.is_some();
+    let mut sums_x = vec![T::zero(); if sum_bias { gw } else { 0 }];
+    let mut sums_n = vec![T::zero(); if sum_bias && !lstm { h } else { 0 }];
     // Zoneout's direct paths to the previous states, and the recurrent product before the
     // variational mask; allocated only when used.
     let zoned = reg.zoneout.is_some();
@@ -882,6 +887,9 @@ pub(crate) fn backward<T: Scalar>(
         dc: RowsMut::new(&mut dc, h),
         dgx: RowsMut::new(&mut dgx, gw),
         dgn: RowsMut::new(&mut dgn, h),
+        sum_bias,
+        sums_x: RowsMut::new(&mut sums_x, gw),
+        sums_n: RowsMut::new(&mut sums_n, h),
         direct_h: RowsMut::new(&mut direct_h, h),
         direct_c: RowsMut::new(&mut direct_c, h),
         aux: Rows::new(&aux, h),
@@ -939,8 +947,19 @@ pub(crate) fn backward<T: Scalar>(
             };
             vec![rz, Mat::new(&dgn, rows, h)]
         };
-        let bias = w.bias.is_some();
-        weight_grads(sw, x, &hs, reg, (&dgx, gw), &rec, bias, grad);
+        weight_grads(sw, x, &hs, reg, (&dgx, gw), &rec, false, grad);
+        if sum_bias {
+            let (g_bih, g_bhh) = grad[gw * (inp + h)..].split_at_mut(gw);
+            let rec_sums = if lstm { &sums_x[..] } else { &sums_x[..2 * h] };
+            let adds = [(&mut g_bih[..], &sums_x[..]), (&mut g_bhh[..], rec_sums)];
+            for (g, v) in adds {
+                g.iter_mut().zip(v).for_each(|(g, &v)| *g += v);
+            }
+            g_bhh[2 * h..]
+                .iter_mut()
+                .zip(&sums_n)
+                .for_each(|(g, &v)| *g += v);
+        }
     }
     drop((hs, dgn));
     a_b(
@@ -965,6 +984,10 @@ struct BuiltinBackward<'a, T> {
     dgx: RowsMut<'a, T>,
     /// The GRU's `W_hn h + b_hn` in, its recurrent n-gate gradients out.
     dgn: RowsMut<'a, T>,
+    /// Whether the steps add their column sums of `dgx` and `dgn` to `sums_x`, `sums_n`.
+    sum_bias: bool,
+    sums_x: RowsMut<'a, T>,
+    sums_n: RowsMut<'a, T>,
     direct_h: RowsMut<'a, T>,
     direct_c: RowsMut<'a, T>,
     aux: Rows<'a, T>,
@@ -998,7 +1021,7 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
             if lstm {
                 gates::lstm_backward_in_place_units(
                     h,
-                    units,
+                    units.clone(),
                     b,
                     active,
                     self.dgx.skip(t * b),
@@ -1010,7 +1033,7 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
             } else {
                 gates::gru_backward_in_place_units(
                     h,
-                    units,
+                    units.clone(),
                     b,
                     active,
                     self.dgx.skip(t * b),
@@ -1018,6 +1041,15 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
                     self.hs.skip(enter * b),
                     self.dh,
                 );
+            }
+            if self.sum_bias {
+                let gates = sw.cell.gate_count();
+                let dgx = self.dgx.read().skip(t * b);
+                gates::add_gate_column_sums_units(h, units.clone(), gates, b, dgx, self.sums_x);
+                if !lstm {
+                    let dgn = self.dgn.read().skip(t * b);
+                    gates::add_gate_column_sums_units(h, units, 1, b, dgn, self.sums_n);
+                }
             }
         }
     }
