@@ -452,15 +452,33 @@ unsafe fn lstm_backward_in_place_body<T: Scalar>(
         }
         let (tc, cp) = unsafe { (tanh_c.row(b, u, n), c_prev.row(b, u, n)) };
         let (dhr, dcr) = unsafe { (dh.row_mut(b, u, n), dc.row_mut(b, u, n)) };
-        let (tc, cp, dhr, dcr) = (&tc[..n], &cp[..n], &mut dhr[..n], &mut dcr[..n]);
-        let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
-        for j in 0..n {
-            let (g, dct) =
-                lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
-            (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
-            dcr[j] = dct;
-            dhr[j] = T::zero();
-        }
+        lstm_backward_in_place_row(gi, gf, gg, go, tc, cp, dhr, dcr);
+    }
+}
+
+/// One row of [`lstm_backward_in_place_body`] (slices as arguments: see [`lstm_forward_row`];
+/// built inside the body, the loop stayed scalar).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lstm_backward_in_place_row<T: Scalar>(
+    gi: &mut [T],
+    gf: &mut [T],
+    gg: &mut [T],
+    go: &mut [T],
+    tc: &[T],
+    cp: &[T],
+    dhr: &mut [T],
+    dcr: &mut [T],
+) {
+    let n = tc.len();
+    let (cp, dhr, dcr) = (&cp[..n], &mut dhr[..n], &mut dcr[..n]);
+    let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
+    for j in 0..n {
+        let (g, dct) =
+            lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
+        (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
+        dcr[j] = dct;
+        dhr[j] = T::zero();
     }
 }
 dispatch!(lstm_backward_in_place_units, lstm_backward_in_place_body, (
@@ -692,15 +710,29 @@ unsafe fn gru_backward_in_place_body<T: Scalar>(
         }
         let hp = unsafe { h_prev.row(b, u, n) };
         let dhr = unsafe { dh.row_mut(b, u, n) };
-        let (hnr, hp, dhr) = (&mut hnr[..n], &hp[..n], &mut dhr[..n]);
-        let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
-        for j in 0..n {
-            let ([da_r, da_z, da_n], dpn_j, dh_prev) =
-                gru_backward_elem([gr[j], gz[j], gn[j]], hnr[j], hp[j], dhr[j]);
-            (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
-            hnr[j] = dpn_j;
-            dhr[j] = dh_prev;
-        }
+        gru_backward_in_place_row(gr, gz, gn, hnr, hp, dhr);
+    }
+}
+
+/// One row of [`gru_backward_in_place_body`] (slices as arguments: see [`lstm_forward_row`]).
+#[inline(always)]
+fn gru_backward_in_place_row<T: Scalar>(
+    gr: &mut [T],
+    gz: &mut [T],
+    gn: &mut [T],
+    hnr: &mut [T],
+    hp: &[T],
+    dhr: &mut [T],
+) {
+    let n = hp.len();
+    let (hnr, dhr) = (&mut hnr[..n], &mut dhr[..n]);
+    let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
+    for j in 0..n {
+        let ([da_r, da_z, da_n], dpn_j, dh_prev) =
+            gru_backward_elem([gr[j], gz[j], gn[j]], hnr[j], hp[j], dhr[j]);
+        (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
+        hnr[j] = dpn_j;
+        dhr[j] = dh_prev;
     }
 }
 dispatch!(gru_backward_in_place_units, gru_backward_in_place_body, (
@@ -735,6 +767,46 @@ unsafe fn add_gate_column_sums_body<T: Scalar>(
 dispatch!(add_gate_column_sums_units, add_gate_column_sums_body, (
     h: usize, units: Range<usize>, gates: usize, rows: usize, src: Rows<T>, sums: RowsMut<T>,
 ));
+
+/// Most bytes of one step's rows a member asks ahead for: beyond a quarter of a typical L2 the
+/// rows are long enough for the hardware prefetcher, and prefetching them would only evict.
+const PREFETCH_MAX_BYTES: usize = 256 << 10;
+
+/// Asks for this call's units of `rows` rows of `view` (`blocks` column blocks `h` apart) to be
+/// brought into L2 ahead of their use. A backward sweep reads each step's tape rows once, long
+/// after the forward pass wrote them, in pieces (a member's units of each gate of each row) too
+/// short for the hardware prefetcher; fetched while the step before runs its product, they are in
+/// cache when its gate pass comes. A hint only: nothing is read or written.
+pub(crate) fn prefetch_units<T>(
+    view: Rows<T>,
+    h: usize,
+    blocks: usize,
+    units: Range<usize>,
+    rows: usize,
+) {
+    let bytes = rows * blocks * units.len() * std::mem::size_of::<T>();
+    if units.is_empty() || blocks == 0 || bytes > PREFETCH_MAX_BYTES {
+        return;
+    }
+    if !view.holds(rows, (blocks - 1) * h + units.end) {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let line = (64 / std::mem::size_of::<T>()).max(1);
+        let n = units.len();
+        for r in 0..rows {
+            for g in 0..blocks {
+                let start = r * view.ld + g * h + units.start;
+                for k in (0..n).step_by(line).chain(std::iter::once(n - 1)) {
+                    // SAFETY: inside the view (checked above); a prefetch reads nothing.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(view.ptr.add(start + k).cast::<i8>()) };
+                }
+            }
+        }
+    }
+}
 
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.
 fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
