@@ -768,46 +768,6 @@ dispatch!(add_gate_column_sums_units, add_gate_column_sums_body, (
     h: usize, units: Range<usize>, gates: usize, rows: usize, src: Rows<T>, sums: RowsMut<T>,
 ));
 
-/// Most bytes of one step's rows a member asks ahead for: beyond a quarter of a typical L2 the
-/// rows are long enough for the hardware prefetcher, and prefetching them would only evict.
-const PREFETCH_MAX_BYTES: usize = 256 << 10;
-
-/// Asks for this call's units of `rows` rows of `view` (`blocks` column blocks `h` apart) to be
-/// brought into L2 ahead of their use. A backward sweep reads each step's tape rows once, long
-/// after the forward pass wrote them, in pieces (a member's units of each gate of each row) too
-/// short for the hardware prefetcher; fetched while the step before runs its product, they are in
-/// cache when its gate pass comes. A hint only: nothing is read or written.
-pub(crate) fn prefetch_units<T>(
-    view: Rows<T>,
-    h: usize,
-    blocks: usize,
-    units: Range<usize>,
-    rows: usize,
-) {
-    let bytes = rows * blocks * units.len() * std::mem::size_of::<T>();
-    if units.is_empty() || blocks == 0 || bytes > PREFETCH_MAX_BYTES {
-        return;
-    }
-    if !view.holds(rows, (blocks - 1) * h + units.end) {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let line = (64 / std::mem::size_of::<T>()).max(1);
-        let n = units.len();
-        for r in 0..rows {
-            for g in 0..blocks {
-                let start = r * view.ld + g * h + units.start;
-                for k in (0..n).step_by(line).chain(std::iter::once(n - 1)) {
-                    // SAFETY: inside the view (checked above); a prefetch reads nothing.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(view.ptr.add(start + k).cast::<i8>()) };
-                }
-            }
-        }
-    }
-}
-
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.
 fn rows_of(len: usize, width: usize, others: &[(usize, usize)]) -> usize {
     let rows = len / width.max(1);

@@ -912,10 +912,6 @@ pub(crate) fn backward<T: Scalar>(
             // of step `t`'s recurrent gate gradients, which nobody writes any more, and again
             // writes only its own units.
             unsafe { views.gate_step(units.clone(), t) };
-            if s > 0 {
-                // SAFETY: a hint; step `t - 1`'s rows are written by this member only, later.
-                unsafe { views.prefetch_step(units.clone(), sw.time(s - 1)) };
-            }
             barrier.wait();
             unsafe {
                 let (a, mask) = (views.dgx.read().skip(t * b), reg.state_mask);
@@ -1000,41 +996,6 @@ struct BuiltinBackward<'a, T> {
 }
 
 impl<T: Scalar> BuiltinBackward<'_, T> {
-    /// Asks the cache for what this member's gate pass of step `t` will read: its units of the
-    /// step's activations, `tanh(c')` or `W_hn h + b_hn`, entering states and output gradient.
-    ///
-    /// # Safety
-    /// Takes read views of rows other members may be writing (their own units); nothing is read.
-    unsafe fn prefetch_step(&self, units: Range<usize>, t: usize) {
-        let (sw, b, h) = (&self.sw, self.sw.batch, self.sw.hidden);
-        let lstm = sw.cell == CellKind::Lstm;
-        let enter = sw.enter(t);
-        let u = units.clone();
-        // SAFETY: read views for prefetch hints only.
-        unsafe {
-            gates::prefetch_units(self.dgx.read().skip(t * b), h, sw.cell.gate_count(), u, b);
-            if lstm {
-                gates::prefetch_units(self.aux.skip(t * b), h, 1, units.clone(), b);
-                gates::prefetch_units(self.cs.skip(enter * b), h, 1, units.clone(), b);
-            } else {
-                gates::prefetch_units(self.dgn.read().skip(t * b), h, 1, units.clone(), b);
-                gates::prefetch_units(self.hs.skip(enter * b), h, 1, units.clone(), b);
-            }
-        }
-        if let Some(g) = self.d_out {
-            // Row `r` of step `t` lies at `g.row(t, r, b)`: evenly spaced whichever the layout.
-            let first = g.row(t, 0, b) * g.ld + g.col;
-            let ld = if b > 1 {
-                (g.row(t, 1, b) - g.row(t, 0, b)) * g.ld
-            } else {
-                g.ld
-            };
-            if first < g.data.len() {
-                gates::prefetch_units(Rows::new(&g.data[first..], ld), h, 1, units, b);
-            }
-        }
-    }
-
     /// This member's units of step `t`: the output gradient into `dh`, zoneout's split, and the
     /// gate pass that turns `dh`, `dc` into the step's gate gradients.
     ///
