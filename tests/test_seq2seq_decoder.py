@@ -88,7 +88,8 @@ BEFORE_STACKING = {
 
 
 def test_one_layer_lstm_decoder_is_the_model_before_stacking():
-    """Bit for bit: the same weights from the same seed, loss, gradients and decoding."""
+    """The same weights from the same seed, loss, gradients and decoding, bit for bit but for
+    the gradient sums' rounding."""
     m = small(dtype="float64", num_layers=2, attention="additive")
     assert m.get_config()["decoder_layers"] == 1 and m.get_config()["decoder_cell"] == "lstm"
     m.compile("adam", label_smoothing=0.1)
@@ -104,7 +105,12 @@ def test_one_layer_lstm_decoder_is_the_model_before_stacking():
     m.params *= 2.5
     got["greedy"] = m.predict(src, return_scores=True)
     got["beam3"] = m.predict(src, beam=3, alpha=0.6, return_scores=True)
-    assert got == BEFORE_STACKING
+    # The gradient sums to rounding: the recurrent backward sums its bias gradients step by step
+    # (reverse time) since the recording, which moves their last bits; the rest is bit for bit.
+    for key in ("grads_sum", "grads_abs_sum"):
+        assert got.pop(key) == pytest.approx(BEFORE_STACKING[key], rel=1e-12, abs=1e-15), key
+    want = {k: v for k, v in BEFORE_STACKING.items() if k not in ("grads_sum", "grads_abs_sum")}
+    assert got == want
 
 
 def torch_loss(m: lstmrs.Seq2Seq, src, tgt, smoothing: float):

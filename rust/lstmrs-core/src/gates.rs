@@ -80,6 +80,9 @@ impl<'a, T> Rows<'a, T> {
     pub fn ptr(&self) -> *const T {
         self.ptr
     }
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
     /// Whether `rows` rows of `cols` columns lie inside the view.
     pub fn holds(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || ((rows - 1) * self.ld + cols <= self.len && cols <= self.ld)
@@ -449,15 +452,33 @@ unsafe fn lstm_backward_in_place_body<T: Scalar>(
         }
         let (tc, cp) = unsafe { (tanh_c.row(b, u, n), c_prev.row(b, u, n)) };
         let (dhr, dcr) = unsafe { (dh.row_mut(b, u, n), dc.row_mut(b, u, n)) };
-        let (tc, cp, dhr, dcr) = (&tc[..n], &cp[..n], &mut dhr[..n], &mut dcr[..n]);
-        let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
-        for j in 0..n {
-            let (g, dct) =
-                lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
-            (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
-            dcr[j] = dct;
-            dhr[j] = T::zero();
-        }
+        lstm_backward_in_place_row(gi, gf, gg, go, tc, cp, dhr, dcr);
+    }
+}
+
+/// One row of [`lstm_backward_in_place_body`] (slices as arguments: see [`lstm_forward_row`];
+/// built inside the body, the loop stayed scalar).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lstm_backward_in_place_row<T: Scalar>(
+    gi: &mut [T],
+    gf: &mut [T],
+    gg: &mut [T],
+    go: &mut [T],
+    tc: &[T],
+    cp: &[T],
+    dhr: &mut [T],
+    dcr: &mut [T],
+) {
+    let n = tc.len();
+    let (cp, dhr, dcr) = (&cp[..n], &mut dhr[..n], &mut dcr[..n]);
+    let (gi, gf, gg, go) = (&mut gi[..n], &mut gf[..n], &mut gg[..n], &mut go[..n]);
+    for j in 0..n {
+        let (g, dct) =
+            lstm_backward_elem([gi[j], gf[j], gg[j], go[j]], tc[j], cp[j], dhr[j], dcr[j]);
+        (gi[j], gf[j], gg[j], go[j]) = (g[0], g[1], g[2], g[3]);
+        dcr[j] = dct;
+        dhr[j] = T::zero();
     }
 }
 dispatch!(lstm_backward_in_place_units, lstm_backward_in_place_body, (
@@ -655,8 +676,10 @@ fn gru_backward_elem<T: Scalar>(a: [T; 3], hl: T, hp: T, d: T) -> ([T; 3], T, T)
     ([da_r, da_z, da_n], da_n * r, d * z)
 }
 
-/// [`gru_backward_body`] with the input-side gate gradients written over the activations
-/// (`act_grad[B,3H]`), as [`lstm_backward_in_place_units`] does.
+/// [`gru_backward_body`] in place: the input-side gate gradients are written over the
+/// activations (`act_grad[B,3H]`), as [`lstm_backward_in_place_units`] does, and the recurrent
+/// side's n-gate gradient `da_n * r` over `W_hn h + b_hn` (`hn[B,H]`). The recurrent side's r, z
+/// gradients are the input side's, so they are not written twice.
 #[inline(always)]
 unsafe fn gru_backward_in_place_body<T: Scalar>(
     h: usize,
@@ -664,51 +687,85 @@ unsafe fn gru_backward_in_place_body<T: Scalar>(
     rows: usize,
     active: Active,
     act_grad: RowsMut<T>,
-    hn_lin: Rows<T>,
+    hn: RowsMut<T>,
     h_prev: Rows<T>,
     dh: RowsMut<T>,
-    dh_pre: RowsMut<T>,
 ) {
     let (u, n) = (units.start, units.len());
     for b in 0..rows {
         // SAFETY (all views below): this call's units only, per the contract.
-        let (gr, gz, gn) = unsafe {
+        let (gr, gz, gn, hnr) = unsafe {
             (
                 act_grad.row_mut(b, u, n),
                 act_grad.row_mut(b, h + u, n),
                 act_grad.row_mut(b, 2 * h + u, n),
-            )
-        };
-        let (dpr, dpz, dpn) = unsafe {
-            (
-                dh_pre.row_mut(b, u, n),
-                dh_pre.row_mut(b, h + u, n),
-                dh_pre.row_mut(b, 2 * h + u, n),
+                hn.row_mut(b, u, n),
             )
         };
         if !active.row(b) {
-            for d in [gr, gz, gn, dpr, dpz, dpn] {
+            for d in [gr, gz, gn, hnr] {
                 d.fill(T::zero());
             }
             continue;
         }
-        let (hl, hp) = unsafe { (hn_lin.row(b, u, n), h_prev.row(b, u, n)) };
+        let hp = unsafe { h_prev.row(b, u, n) };
         let dhr = unsafe { dh.row_mut(b, u, n) };
-        let (hl, hp, dhr) = (&hl[..n], &hp[..n], &mut dhr[..n]);
-        let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
-        let (dpr, dpz, dpn) = (&mut dpr[..n], &mut dpz[..n], &mut dpn[..n]);
-        for j in 0..n {
-            let ([da_r, da_z, da_n], dpn_j, dh_prev) =
-                gru_backward_elem([gr[j], gz[j], gn[j]], hl[j], hp[j], dhr[j]);
-            (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
-            (dpr[j], dpz[j], dpn[j]) = (da_r, da_z, dpn_j);
-            dhr[j] = dh_prev;
-        }
+        gru_backward_in_place_row(gr, gz, gn, hnr, hp, dhr);
+    }
+}
+
+/// One row of [`gru_backward_in_place_body`] (slices as arguments: see [`lstm_forward_row`]).
+#[inline(always)]
+fn gru_backward_in_place_row<T: Scalar>(
+    gr: &mut [T],
+    gz: &mut [T],
+    gn: &mut [T],
+    hnr: &mut [T],
+    hp: &[T],
+    dhr: &mut [T],
+) {
+    let n = hp.len();
+    let (hnr, dhr) = (&mut hnr[..n], &mut dhr[..n]);
+    let (gr, gz, gn) = (&mut gr[..n], &mut gz[..n], &mut gn[..n]);
+    for j in 0..n {
+        let ([da_r, da_z, da_n], dpn_j, dh_prev) =
+            gru_backward_elem([gr[j], gz[j], gn[j]], hnr[j], hp[j], dhr[j]);
+        (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
+        hnr[j] = dpn_j;
+        dhr[j] = dh_prev;
     }
 }
 dispatch!(gru_backward_in_place_units, gru_backward_in_place_body, (
     h: usize, units: Range<usize>, rows: usize, active: Active, act_grad: RowsMut<T>,
-    hn_lin: Rows<T>, h_prev: Rows<T>, dh: RowsMut<T>, dh_pre: RowsMut<T>,
+    hn: RowsMut<T>, h_prev: Rows<T>, dh: RowsMut<T>,
+));
+
+/// Adds the column sums of `rows` rows of `src` to `sums[0]` (one row), on this call's units of
+/// each of `gates` blocks of `h` columns: the bias gradients of a backward sweep, gathered step by
+/// step while the step's gate gradients are still in cache.
+#[inline(always)]
+unsafe fn add_gate_column_sums_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    gates: usize,
+    rows: usize,
+    src: Rows<T>,
+    sums: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for g in 0..gates {
+        // SAFETY: this call's units only, per the contract.
+        let dst = unsafe { &mut sums.row_mut(0, g * h + u, n)[..n] };
+        for r in 0..rows {
+            let row = unsafe { &src.row(r, g * h + u, n)[..n] };
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+    }
+}
+dispatch!(add_gate_column_sums_units, add_gate_column_sums_body, (
+    h: usize, units: Range<usize>, gates: usize, rows: usize, src: Rows<T>, sums: RowsMut<T>,
 ));
 
 /// Rows of a whole-batch call: every `[B, w]` slice holds `rows * w` elements.

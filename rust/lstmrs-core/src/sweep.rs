@@ -309,7 +309,14 @@ pub(crate) fn input_projection<T: Scalar>(x: Mat<T>, w_ih: Mat<T>, bias: Option<
 /// `dst[c] += Σ_rows src[row, c]`.
 pub(crate) fn add_column_sums<T: Scalar>(dst: &mut [T], src: &[T]) {
     let cols = dst.len();
-    for row in src.chunks_exact(cols) {
+    add_view_column_sums(dst, Mat::new(src, src.len() / cols.max(1), cols));
+}
+
+/// [`add_column_sums`] of a strided view (`src`'s columns: `dst.len()`).
+fn add_view_column_sums<T: Scalar>(dst: &mut [T], src: Mat<T>) {
+    assert_eq!(dst.len(), src.cols);
+    for r in 0..src.rows {
+        let row = &src.data[r * src.ld..][..src.cols];
         for (d, &s) in dst.iter_mut().zip(row) {
             *d += s;
         }
@@ -519,17 +526,16 @@ impl<T: Scalar> CustomBackward<'_, T> {
 }
 
 /// Adds the recurrent product's gradient `a · W_hh` (`a`: step `t`'s recurrent gate gradients,
-/// `[B, width]`) to this member's units of `dh`, through the state mask when there is one
-/// (`rec`: a `[B, H]` scratch).
+/// `[B, gates*H]`) to this member's units of `dh`, through the state mask when there is one
+/// (`rec`: a `[B, H]` scratch). `parts` splits the product along `k`: each pairs the packed rows
+/// of `W_hh` for some gates with the `[B, depth]` view of `a` that multiplies them (the GRU's r, z
+/// gradients live in the input side's buffer, its n gradient in its own).
 ///
 /// # Safety
-/// Every member may read `a`, which nobody writes meanwhile; each writes only its own units of
-/// `dh`, `rec` and `dc`.
-#[allow(clippy::too_many_arguments)]
+/// Every member may read the parts' `a`, which nobody writes meanwhile; each writes only its own
+/// units of `dh` and `rec`.
 unsafe fn add_recurrent_grad<T: Scalar>(
-    packed: &Packed<T>,
-    a: Rows<T>,
-    width: usize,
+    parts: &[(&Packed<T>, Rows<T>)],
     rows: usize,
     units: Range<usize>,
     mask: Option<&[T]>,
@@ -539,19 +545,20 @@ unsafe fn add_recurrent_grad<T: Scalar>(
     let h = dh.ld();
     // SAFETY: the contract; the asserts keep the raw products inside their buffers.
     unsafe {
-        assert!(a.holds(rows, width));
-        match mask {
-            None => {
-                // Adds to what the gate pass left: zero (LSTM) or `dh * z` (GRU) on active rows,
-                // the untouched gradient on rows past their length.
-                assert!(dh.holds(rows, packed.col_end()));
-                packed.product_raw(a.ptr(), width, rows, dh.ptr(), h, true);
-            }
-            Some(m) => {
-                assert!(rec.holds(rows, packed.col_end()));
-                packed.product_raw(a.ptr(), width, rows, rec.ptr(), h, false);
-                combine(units, rows, dh, rec.read(), |d, r, k| *d += r * m[k]);
-            }
+        // Adds to what the gate pass left: zero (LSTM) or `dh * z` (GRU) on active rows, the
+        // untouched gradient on rows past their length.
+        let (dst, first_accumulates) = match mask {
+            None => (dh, true),
+            Some(_) => (rec, false),
+        };
+        for (i, (packed, a)) in parts.iter().enumerate() {
+            assert!(a.holds(rows, packed.depth()));
+            assert!(dst.holds(rows, packed.col_end()));
+            let acc = i > 0 || first_accumulates;
+            packed.product_raw(a.ptr(), a.ld(), rows, dst.ptr(), h, acc);
+        }
+        if let Some(m) = mask {
+            combine(units, rows, dh, rec.read(), |d, r, k| *d += r * m[k]);
         }
     }
 }
@@ -956,9 +963,10 @@ pub(crate) fn backward<T: Scalar>(
     } else {
         Vec::new()
     };
-    // Gradients of the gate pre-activations, input side and recurrent side ([T*B, GH] each); the
-    // LSTM's are the same, the GRU's differ on the n gate. The input side's are computed over
-    // the activations: in the tape's own buffer when it is consumed, else in a copy.
+    // Gradients of the gate pre-activations, input side and recurrent side; the LSTM's are the
+    // same, the GRU's differ on the n gate only. The input side's (`[T*B, GH]`) are computed over
+    // the activations, the GRU's recurrent n-gate ones (`[T*B, H]`) over `W_hn h + b_hn`: in the
+    // tape's own buffers when it is consumed, else in copies.
     let (mut dgx, aux, hs, cs) = match tape {
         SweepTape::Kept(t) => (
             t.act.clone(),
@@ -968,7 +976,16 @@ pub(crate) fn backward<T: Scalar>(
         ),
         SweepTape::Consumed(t) => (t.act, Cow::Owned(t.aux), Cow::Owned(t.hs), Cow::Owned(t.cs)),
     };
-    let mut dgh = vec![T::zero(); if lstm { 0 } else { steps * b * gw }];
+    let (aux, mut dgn) = if lstm {
+        (aux, Vec::new())
+    } else {
+        (Cow::Borrowed(&[][..]), aux.into_owned())
+    };
+    // The bias gradients, summed step by step while the gate gradients are in cache (a pass
+    // over the `[T*B, GH]` buffer less): the input side's `[GH]`, the GRU's recurrent n gate's.
+    let sum_bias = !grad.is_empty() && w.bias.is_some();
+    let mut sums_x = vec![T::zero(); if sum_bias { gw } else { 0 }];
+    let mut sums_n = vec![T::zero(); if sum_bias && !lstm { h } else { 0 }];
     // Zoneout's direct paths to the previous states, and the recurrent product before the
     // variational mask; allocated only when used.
     let zoned = reg.zoneout.is_some();
@@ -984,7 +1001,10 @@ pub(crate) fn backward<T: Scalar>(
         dh: RowsMut::new(&mut dh, h),
         dc: RowsMut::new(&mut dc, h),
         dgx: RowsMut::new(&mut dgx, gw),
-        dgh: RowsMut::new(&mut dgh, gw),
+        dgn: RowsMut::new(&mut dgn, h),
+        sum_bias,
+        sums_x: RowsMut::new(&mut sums_x, gw),
+        sums_n: RowsMut::new(&mut sums_n, h),
         direct_h: RowsMut::new(&mut direct_h, h),
         direct_c: RowsMut::new(&mut direct_c, h),
         aux: Rows::new(&aux, h),
@@ -994,7 +1014,12 @@ pub(crate) fn backward<T: Scalar>(
     let rec_v = RowsMut::new(&mut rec, h);
     threads::team(members, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
-        let packed = Packed::cols_of(w.w_hh, gates, h, units.clone(), b);
+        // The LSTM's product in one piece; the GRU's in two along `k`: rows r, z of `W_hh`
+        // times the input side's gradients, rows n times the recurrent n-gate gradients.
+        let rz = if lstm { gates } else { 2 };
+        let packed = Packed::cols_of(&w.w_hh[..rz * h * h], rz, h, units.clone(), b);
+        let packed_n =
+            (!lstm).then(|| Packed::cols_of(&w.w_hh[rz * h * h..], 1, h, units.clone(), b));
         for s in (0..steps).rev() {
             let t = sw.time(s);
             // SAFETY: before the barrier each member touches only its own units (of `dh`, `dc`,
@@ -1004,9 +1029,15 @@ pub(crate) fn backward<T: Scalar>(
             unsafe { views.gate_step(units.clone(), t) };
             barrier.wait();
             unsafe {
-                let dg_rec = if lstm { views.dgx } else { views.dgh }.skip(t * b);
-                let (a, mask) = (dg_rec.read(), reg.state_mask);
-                add_recurrent_grad(&packed, a, gw, b, units.clone(), mask, rec_v, views.dh);
+                let (a, mask) = (views.dgx.read().skip(t * b), reg.state_mask);
+                let (u, dh) = (units.clone(), views.dh);
+                match &packed_n {
+                    None => add_recurrent_grad(&[(&packed, a)], b, u, mask, rec_v, dh),
+                    Some(pn) => {
+                        let a_n = views.dgn.read().skip(t * b);
+                        add_recurrent_grad(&[(&packed, a), (pn, a_n)], b, u, mask, rec_v, dh)
+                    }
+                }
                 if zoned {
                     let dc = lstm.then(|| (views.dc, views.direct_c.read()));
                     add_direct_paths(units.clone(), b, views.dh, views.direct_h.read(), dc);
@@ -1020,11 +1051,32 @@ pub(crate) fn backward<T: Scalar>(
     drop((aux, cs));
     let rows = steps * b;
     if !grad.is_empty() {
-        let dg_rec = if lstm { &dgx } else { &dgh };
-        let bias = w.bias.is_some();
-        weight_grads(sw, x, &hs, reg, (&dgx, gw), (dg_rec, gw), bias, grad);
+        let rec = if lstm {
+            vec![Mat::new(&dgx, rows, gw)]
+        } else {
+            let rz = Mat {
+                data: &dgx[..],
+                rows,
+                cols: 2 * h,
+                ld: gw,
+            };
+            vec![rz, Mat::new(&dgn, rows, h)]
+        };
+        weight_grads(sw, x, &hs, reg, (&dgx, gw), &rec, false, grad);
+        if sum_bias {
+            let (g_bih, g_bhh) = grad[gw * (inp + h)..].split_at_mut(gw);
+            let rec_sums = if lstm { &sums_x[..] } else { &sums_x[..2 * h] };
+            let adds = [(&mut g_bih[..], &sums_x[..]), (&mut g_bhh[..], rec_sums)];
+            for (g, v) in adds {
+                g.iter_mut().zip(v).for_each(|(g, &v)| *g += v);
+            }
+            g_bhh[2 * h..]
+                .iter_mut()
+                .zip(&sums_n)
+                .for_each(|(g, &v)| *g += v);
+        }
     }
-    drop((hs, dgh));
+    drop((hs, dgn));
     a_b(
         dx,
         inp,
@@ -1045,7 +1097,12 @@ struct BuiltinBackward<'a, T> {
     dc: RowsMut<'a, T>,
     /// The step's activations in, its input-side gate gradients out.
     dgx: RowsMut<'a, T>,
-    dgh: RowsMut<'a, T>,
+    /// The GRU's `W_hn h + b_hn` in, its recurrent n-gate gradients out.
+    dgn: RowsMut<'a, T>,
+    /// Whether the steps add their column sums of `dgx` and `dgn` to `sums_x`, `sums_n`.
+    sum_bias: bool,
+    sums_x: RowsMut<'a, T>,
+    sums_n: RowsMut<'a, T>,
     direct_h: RowsMut<'a, T>,
     direct_c: RowsMut<'a, T>,
     aux: Rows<'a, T>,
@@ -1079,7 +1136,7 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
             if lstm {
                 gates::lstm_backward_in_place_units(
                     h,
-                    units,
+                    units.clone(),
                     b,
                     active,
                     self.dgx.skip(t * b),
@@ -1091,24 +1148,33 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
             } else {
                 gates::gru_backward_in_place_units(
                     h,
-                    units,
+                    units.clone(),
                     b,
                     active,
                     self.dgx.skip(t * b),
-                    self.aux.skip(t * b),
+                    self.dgn.skip(t * b),
                     self.hs.skip(enter * b),
                     self.dh,
-                    self.dgh.skip(t * b),
                 );
+            }
+            if self.sum_bias {
+                let gates = sw.cell.gate_count();
+                let dgx = self.dgx.read().skip(t * b);
+                gates::add_gate_column_sums_units(h, units.clone(), gates, b, dgx, self.sums_x);
+                if !lstm {
+                    let dgn = self.dgn.read().skip(t * b);
+                    gates::add_gate_column_sums_units(h, units, 1, b, dgn, self.sums_n);
+                }
             }
         }
     }
 }
 
 /// The weight gradients of a sweep from its pre-activation gradients: `dgx` `[T*B, xw]` of the
-/// input side, `dg_rec` `[T*B, hw]` of the recurrent side (`hw` 0: a cell without recurrent
-/// gates). Three large products over all `T*B` rows into `grad`: `dW_ih`, `dW_hh`, then `db_ih`,
-/// `db_hh` when the sweep has biases.
+/// input side, and the recurrent side's `[T*B, ·]` column blocks `rec`, in gate order (none: a
+/// cell without recurrent gates; strided views where a block lies inside `dgx`). Large products
+/// over all `T*B` rows into `grad`: `dW_ih`, `dW_hh` (a block's rows each), then `db_ih`, `db_hh`
+/// when the sweep has biases.
 #[allow(clippy::too_many_arguments)]
 fn weight_grads<T: Scalar>(
     sw: Sweep,
@@ -1116,11 +1182,12 @@ fn weight_grads<T: Scalar>(
     hs: &[T],
     reg: DirReg<T>,
     (dgx, xw): (&[T], usize),
-    (dg_rec, hw): (&[T], usize),
+    rec: &[Mat<T>],
     bias: bool,
     grad: &mut [T],
 ) {
     let (rows, h, inp) = (sw.steps * sw.batch, sw.hidden, sw.input);
+    let hw: usize = rec.iter().map(|m| m.cols).sum();
     let (g_wih, rest) = grad.split_at_mut(xw * inp);
     let (g_whh, g_bias) = rest.split_at_mut(hw * h);
     at_b(
@@ -1132,19 +1199,21 @@ fn weight_grads<T: Scalar>(
     );
     if hw > 0 {
         let h_enter = entering_states(&sw, hs, reg);
-        at_b(
-            g_whh,
-            h,
-            false,
-            Mat::new(dg_rec, rows, hw),
-            Mat::new(&h_enter, rows, h),
-        );
+        let mut g_block = &mut g_whh[..];
+        for &block in rec.iter().filter(|m| m.cols > 0) {
+            let (g, tail) = g_block.split_at_mut(block.cols * h);
+            at_b(g, h, false, block, Mat::new(&h_enter, rows, h));
+            g_block = tail;
+        }
     }
     if bias {
         let (g_bih, g_bhh) = g_bias.split_at_mut(xw);
         add_column_sums(g_bih, dgx);
-        if hw > 0 {
-            add_column_sums(&mut g_bhh[..hw], dg_rec);
+        let mut g_block = &mut g_bhh[..hw];
+        for &block in rec {
+            let (g, tail) = g_block.split_at_mut(block.cols);
+            add_view_column_sums(g, block);
+            g_block = tail;
         }
     }
 }
@@ -1461,7 +1530,7 @@ fn backward_custom<T: Scalar>(
                 let (dh_next, dc_next) = (views.dh.skip(nxt), views.dc.skip(nxt));
                 if let Some(packed) = &packed {
                     let (a, mask) = (views.dgh.read().skip(t * b), reg.state_mask);
-                    add_recurrent_grad(packed, a, hw, b, units.clone(), mask, rec_v, dh_next);
+                    add_recurrent_grad(&[(packed, a)], b, units.clone(), mask, rec_v, dh_next);
                 }
                 if zoned {
                     let dc = two.then(|| (dc_next, views.direct_c.read()));
@@ -1483,7 +1552,7 @@ fn backward_custom<T: Scalar>(
         &tape.hs,
         reg,
         (&dgx, xw),
-        (&dgh, hw),
+        &[Mat::new(&dgh, rows, hw)],
         bias,
         g_weights,
     );

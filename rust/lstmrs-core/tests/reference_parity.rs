@@ -225,3 +225,39 @@ fn projected_lstm_split_between_threads_matches_reference() {
         }
     }
 }
+
+/// The built-in cells' backward sweep run by a forced team (each member's units of the gate
+/// pass, the bias sums gathered per step, the GRU's recurrent product split in two along `k`),
+/// against the reference: teams of 2 and 3 (uneven unit splits), with and without biases.
+#[test]
+fn builtin_backward_split_between_threads_matches_reference() {
+    use lstmrs_core::bench::set_team_override;
+    use lstmrs_core::threads;
+    // Enough pool threads for a team of 3 in each of two directions at once.
+    let before = threads::num_threads();
+    threads::set_num_threads(6).expect("thread count");
+    for (k, team) in [2, 3].into_iter().enumerate() {
+        for cell in [lstmrs_core::CellKind::Lstm, lstmrs_core::CellKind::Gru] {
+            for bias in [true, false] {
+                let case = Case {
+                    cell,
+                    layers: 2,
+                    bidirectional: k == 1,
+                    bias,
+                    ragged: true,
+                    init_state: true,
+                    layout: lstmrs_core::Layout::BatchFirst,
+                    shape: shape(12, 40, 5, 9),
+                };
+                let seed = 24_000 + k as u64;
+                // Process-wide: other tests of this binary running meanwhile also get teams,
+                // which they must tolerate as well.
+                set_team_override(team);
+                check_backward::<f64>(&case, seed, &eval_opts());
+                check_backward::<f32>(&case, seed, &eval_opts());
+                set_team_override(0);
+            }
+        }
+    }
+    threads::set_num_threads(before).expect("thread count");
+}
