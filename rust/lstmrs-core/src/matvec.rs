@@ -16,7 +16,10 @@
 //! All give the same results up to summation order. [`rows_split`] shares the rows of a large
 //! product among the pool's threads.
 
+use crate::gates::RowsMut;
+use crate::packed_gemm::UNIT_BLOCK;
 use crate::scalar::Scalar;
+use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
 
@@ -158,6 +161,113 @@ pub(crate) fn rows_split<T: Scalar>(
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
         // SAFETY: `checked` asserted the bounds.
         unsafe { run_split(kernel.resolve::<T>(), parts, raw) };
+    }
+}
+
+/// A layer's fused product whose `gates * h` rows are `gates` blocks of `h` hidden units (one
+/// block per gate), with its hidden units shared among this thread and `parts - 1` threads of
+/// the pool (inside a serial call all on this thread): each part computes rows `g * h + units`
+/// of every block into `dst` (`[batch, gates * h]`, rows `dst.ld()` apart, with the biases
+/// `bias`) and then calls `after(units)` on the same thread, so that a gate pass over those
+/// units runs beside the other parts' products instead of after all of them on one thread.
+/// Parts are runs of whole [`UNIT_BLOCK`] units, so every sum is formed as without the split:
+/// the results do not depend on `parts`.
+///
+/// `after` must only write the columns of its units (of `dst` or elsewhere), and only read
+/// what no part writes, or the columns of its own units.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_units_split<T: Scalar>(
+    kernel: Kernel,
+    parts: usize,
+    gates: usize,
+    h: usize,
+    batch: usize,
+    p: Product<T>,
+    second: Option<Product<T>>,
+    dst: &RowsMut<'_, T>,
+    bias: [Option<&[T]>; 2],
+    after: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let rows = gates * h;
+    let q = second.unwrap_or(Product {
+        w: &[],
+        x: &[],
+        k: 0,
+    });
+    for prod in [&p, &q] {
+        assert!(prod.w.len() >= rows * prod.k && prod.x.len() >= batch * prod.k);
+    }
+    assert!(dst.holds(batch, rows), "destination too short");
+    assert!(bias.iter().flatten().all(|b| b.len() >= rows));
+    if h == 0 || batch == 0 {
+        return;
+    }
+    let ptrs = bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr));
+    let raw = Raw {
+        rows,
+        batch,
+        w1: p.w.as_ptr(),
+        x1: p.x.as_ptr(),
+        k1: p.k,
+        w2: q.w.as_ptr(),
+        x2: q.x.as_ptr(),
+        k2: q.k,
+        dst1: dst.ptr(),
+        ld1: dst.ld(),
+        bias1: ptrs,
+        dst2: std::ptr::null_mut(),
+        ld2: 0,
+        bias2: [std::ptr::null(); 2],
+    };
+    let parts = if crate::threads::parallel_allowed() {
+        parts
+    } else {
+        1
+    };
+    let blocks = h.div_ceil(UNIT_BLOCK);
+    let job = UnitJob {
+        kernel: kernel.resolve::<T>(),
+        raw: &raw,
+        gates,
+        h,
+        after,
+    };
+    job.run(0..blocks, parts.clamp(1, blocks));
+}
+
+/// The units of a layer's fused product that one thread runs; see [`gate_units_split`].
+struct UnitJob<'a, T> {
+    kernel: Kernel,
+    raw: &'a Raw<T>,
+    gates: usize,
+    h: usize,
+    after: &'a (dyn Fn(Range<usize>) + Sync),
+}
+
+// SAFETY: the parts read the shared operands and write the disjoint columns of their units (the
+// bounds checked by `gate_units_split`); `after` is `Sync`.
+unsafe impl<T: Sync> Sync for UnitJob<'_, T> {}
+
+impl<T: Scalar> UnitJob<'_, T> {
+    /// Unit blocks `blocks` in `parts` runs: the first here, the others handed to the pool.
+    fn run(&self, blocks: Range<usize>, parts: usize) {
+        if parts <= 1 {
+            let units = (blocks.start * UNIT_BLOCK).min(self.h)..(blocks.end * UNIT_BLOCK).min(self.h);
+            for g in (0..self.gates).filter(|_| !units.is_empty()) {
+                // SAFETY: rows `g * h + units` lie inside the rows `gate_units_split` checked.
+                unsafe {
+                    let part = self.raw.rows_range(g * self.h + units.start, units.len());
+                    run_raw(self.kernel, &part);
+                }
+            }
+            (self.after)(units);
+            return;
+        }
+        let mid = blocks.start + blocks.len().div_ceil(parts);
+        crate::handoff::beside_scoped(
+            || self.run(blocks.start..mid, 1),
+            || self.run(mid..blocks.end, parts - 1),
+        );
     }
 }
 
