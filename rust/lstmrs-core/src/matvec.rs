@@ -19,9 +19,9 @@
 use crate::gates::RowsMut;
 use crate::packed_gemm::UNIT_BLOCK;
 use crate::scalar::Scalar;
-use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
+use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -252,7 +252,8 @@ impl<T: Scalar> UnitJob<'_, T> {
     /// Unit blocks `blocks` in `parts` runs: the first here, the others handed to the pool.
     fn run(&self, blocks: Range<usize>, parts: usize) {
         if parts <= 1 {
-            let units = (blocks.start * UNIT_BLOCK).min(self.h)..(blocks.end * UNIT_BLOCK).min(self.h);
+            let units =
+                (blocks.start * UNIT_BLOCK).min(self.h)..(blocks.end * UNIT_BLOCK).min(self.h);
             for g in (0..self.gates).filter(|_| !units.is_empty()) {
                 // SAFETY: rows `g * h + units` lie inside the rows `gate_units_split` checked.
                 unsafe {
@@ -879,6 +880,68 @@ mod tests {
             let one = run(1);
             for parts in [2, 3, 16] {
                 assert_eq!(run(parts), one, "{kernel:?} parts {parts}");
+            }
+        }
+    }
+
+    /// Sharing a layer's units among threads gives the bits of the whole fused product, and
+    /// `after` sees each unit exactly once, in runs of whole unit blocks.
+    #[test]
+    fn unit_split_equals_the_whole_product_bit_for_bit() {
+        let (gates, batch, k1, k2) = (4, 5, 19, 40);
+        for h in [1, 16, 130] {
+            let rows = gates * h;
+            let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
+            let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
+            let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
+            let p1 = Product {
+                w: &w1,
+                x: &x1,
+                k: k1,
+            };
+            let p2 = Product {
+                w: &w2,
+                x: &x2,
+                k: k2,
+            };
+            for kernel in Kernel::available::<f32>() {
+                let mut want = vec![0f32; batch * rows];
+                let out = Out {
+                    dst: &mut want,
+                    ld: rows,
+                    bias: [Some(&ba), Some(&bb)],
+                };
+                rows_with(kernel, rows, batch, p1, Some(p2), out, None);
+                for parts in [1, 2, 3, 16] {
+                    let mut got = vec![0f32; batch * rows];
+                    let seen = std::sync::Mutex::new(Vec::new());
+                    let after = |u: Range<usize>| seen.lock().unwrap().push(u);
+                    let dst = RowsMut::new(&mut got, rows);
+                    let bias = [Some(&ba[..]), Some(&bb[..])];
+                    gate_units_split(
+                        kernel,
+                        parts,
+                        gates,
+                        h,
+                        batch,
+                        p1,
+                        Some(p2),
+                        &dst,
+                        bias,
+                        &after,
+                    );
+                    assert_eq!(got, want, "{kernel:?} h {h} parts {parts}");
+                    let mut seen = seen.into_inner().unwrap();
+                    seen.sort_by_key(|u| u.start);
+                    let mut next = 0;
+                    for u in &seen {
+                        assert_eq!(u.start, next, "h {h} parts {parts}: {seen:?}");
+                        assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
+                        next = u.end;
+                    }
+                    assert_eq!(next, h, "h {h} parts {parts}: {seen:?}");
+                    assert!(seen.len() <= parts);
+                }
             }
         }
     }
