@@ -33,15 +33,17 @@ const PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option
 /// `MADV_DONTNEED`. mimalloc purges lazily, inside its next allocation after the delay, so a call
 /// made after more than the delay of idle purged the previous call's buffers and then faulted
 /// them straight back in, each page zeroed by the kernel: LSTM (64,128,128,256) inference after
-/// 1.2 s of idle took 47 ms with 10,784 minor faults against 24 ms back to back (issue 16). Pages
-/// freed with `MADV_FREE` stay mapped until the kernel needs the memory, so reusing them costs no
-/// fault (the same call: 0 faults, 35-39 ms); the memory is still the kernel's to reclaim, but
-/// until it does it counts in the process's resident size. Also keeps mimalloc from asking for transparent huge pages: it
-/// `madvise`s its whole arena `MADV_HUGEPAGE`, so every 2 MiB region a thread's small blocks or
-/// a buffer's tail touch becomes resident in full. That made a training step of LSTM
-/// (32,100,8,64) add 20 MiB of resident memory for a 6 MiB tape (10.6 MiB without THP; issue 16).
-/// Only mimalloc's own requests change: the process's THP setting, which NumPy and PyTorch use,
-/// stays. Called once when the module loads, before the arena is reserved.
+/// 1.2 s of idle took 46-55 ms with 10,784 minor faults against 24-29 ms back to back (issue 16).
+/// Pages freed with `MADV_FREE` stay mapped until the kernel needs the memory, so reusing them
+/// costs no fault (the same call: 0 faults, 30-36 ms); the kernel may still reclaim them, but
+/// until it does they count in the process's resident size.
+///
+/// Also keeps mimalloc from asking for transparent huge pages: it `madvise`s its whole arena
+/// `MADV_HUGEPAGE`, so every 2 MiB region a thread's small blocks or a buffer's tail touch
+/// becomes resident in full. That made a training step of LSTM (32,100,8,64) add 20 MiB of
+/// resident memory for a 6 MiB tape (10.6 MiB without THP; issue 16). Only mimalloc's own
+/// requests change: the process's THP setting, which NumPy and PyTorch use, stays. Called once
+/// when the module loads, before the arena is reserved.
 pub(crate) fn configure() {
     // SAFETY: mi_option_set only stores the value; mimalloc reads options at any time.
     unsafe {
