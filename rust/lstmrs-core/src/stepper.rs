@@ -6,7 +6,10 @@
 //! accumulation, the weights read in place, no per-call packing) at every batch size where its
 //! kernel is register-blocked over batch rows (f32 with AVX-512), else up to [`SMALL_BATCH_MAX`]
 //! streams; above that through the general GEMM, as the full-sequence sweep. A `matvec` step of
-//! at least [`SPLIT_MIN_WORK`] multiply-adds shares its weight rows among the pool's threads.
+//! at least [`SPLIT_MIN_WORK`] multiply-adds shares its weight rows among the pool's threads; a
+//! built-in LSTM's step shares its hidden units instead, each thread running the gate pass of its
+//! units right after their products (`matvec::gate_units_split`), so the gate pass runs in
+//! parallel too.
 //! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
 //! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.
 
