@@ -9,7 +9,8 @@ use lstmrs_core::bench::{Isa, PackedWeight};
 use std::time::Instant;
 
 /// `(B, H)` of the steps of bench/cases.py, and the small batches of streaming.
-const SHAPES: [(usize, usize); 8] = [
+const SHAPES: [(usize, usize); 9] = [
+    (32, 512),
     (32, 64),
     (64, 256),
     (64, 1024),

@@ -85,6 +85,18 @@ pub(crate) fn beside(mine: impl FnOnce(), theirs: impl FnOnce() + Send + 'static
     }
 }
 
+/// [`beside`] for a `theirs` that borrows from the caller's frame (a scoped hand-off, without
+/// raw pointers at every call site).
+pub(crate) fn beside_scoped<'a>(mine: impl FnOnce(), theirs: impl FnOnce() + Send + 'a) {
+    let theirs: Box<dyn FnOnce() + Send + 'a> = Box::new(theirs);
+    // SAFETY: only the lifetime changes. `beside` neither returns nor unwinds before `theirs`
+    // has finished (run by a pool thread, or taken back and run here, a panic in `mine`
+    // included), so nothing it borrows ends while it can still run; a queued job that finds it
+    // taken drops an empty slot.
+    let theirs: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(theirs) };
+    beside(mine, theirs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +115,16 @@ mod tests {
                 },
             );
             assert_eq!((mine, count.load(Ordering::SeqCst)), (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_scoped_half_writes_the_callers_buffer() {
+        for _ in 0..200 {
+            let mut buf = [0u32; 2];
+            let (a, b) = buf.split_at_mut(1);
+            beside_scoped(|| a[0] = 1, || b[0] = 2);
+            assert_eq!(buf, [1, 2]);
         }
     }
 

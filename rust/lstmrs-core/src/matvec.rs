@@ -16,9 +16,12 @@
 //! All give the same results up to summation order. [`rows_split`] shares the rows of a large
 //! product among the pool's threads.
 
+use crate::gates::RowsMut;
+use crate::packed_gemm::UNIT_BLOCK;
 use crate::scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
+use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -158,6 +161,114 @@ pub(crate) fn rows_split<T: Scalar>(
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
         // SAFETY: `checked` asserted the bounds.
         unsafe { run_split(kernel.resolve::<T>(), parts, raw) };
+    }
+}
+
+/// A layer's fused product whose `gates * h` rows are `gates` blocks of `h` hidden units (one
+/// block per gate), with its hidden units shared among this thread and `parts - 1` threads of
+/// the pool (inside a serial call all on this thread): each part computes rows `g * h + units`
+/// of every block into `dst` (`[batch, gates * h]`, rows `dst.ld()` apart, with the biases
+/// `bias`) and then calls `after(units)` on the same thread, so that a gate pass over those
+/// units runs beside the other parts' products instead of after all of them on one thread.
+/// Parts are runs of whole [`UNIT_BLOCK`] units, so every sum is formed as without the split:
+/// the results do not depend on `parts`.
+///
+/// `after` must only write the columns of its units (of `dst` or elsewhere), and only read
+/// what no part writes, or the columns of its own units.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gate_units_split<T: Scalar>(
+    kernel: Kernel,
+    parts: usize,
+    gates: usize,
+    h: usize,
+    batch: usize,
+    p: Product<T>,
+    second: Option<Product<T>>,
+    dst: &RowsMut<'_, T>,
+    bias: [Option<&[T]>; 2],
+    after: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let rows = gates * h;
+    let q = second.unwrap_or(Product {
+        w: &[],
+        x: &[],
+        k: 0,
+    });
+    for prod in [&p, &q] {
+        assert!(prod.w.len() >= rows * prod.k && prod.x.len() >= batch * prod.k);
+    }
+    assert!(dst.holds(batch, rows), "destination too short");
+    assert!(bias.iter().flatten().all(|b| b.len() >= rows));
+    if h == 0 || batch == 0 {
+        return;
+    }
+    let ptrs = bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr));
+    let raw = Raw {
+        rows,
+        batch,
+        w1: p.w.as_ptr(),
+        x1: p.x.as_ptr(),
+        k1: p.k,
+        w2: q.w.as_ptr(),
+        x2: q.x.as_ptr(),
+        k2: q.k,
+        dst1: dst.ptr(),
+        ld1: dst.ld(),
+        bias1: ptrs,
+        dst2: std::ptr::null_mut(),
+        ld2: 0,
+        bias2: [std::ptr::null(); 2],
+    };
+    let parts = if crate::threads::parallel_allowed() {
+        parts
+    } else {
+        1
+    };
+    let blocks = h.div_ceil(UNIT_BLOCK);
+    let job = UnitJob {
+        kernel: kernel.resolve::<T>(),
+        raw: &raw,
+        gates,
+        h,
+        after,
+    };
+    job.run(0..blocks, parts.clamp(1, blocks));
+}
+
+/// The units of a layer's fused product that one thread runs; see [`gate_units_split`].
+struct UnitJob<'a, T> {
+    kernel: Kernel,
+    raw: &'a Raw<T>,
+    gates: usize,
+    h: usize,
+    after: &'a (dyn Fn(Range<usize>) + Sync),
+}
+
+// SAFETY: the parts read the shared operands and write the disjoint columns of their units (the
+// bounds checked by `gate_units_split`); `after` is `Sync`.
+unsafe impl<T: Sync> Sync for UnitJob<'_, T> {}
+
+impl<T: Scalar> UnitJob<'_, T> {
+    /// Unit blocks `blocks` in `parts` runs: the first here, the others handed to the pool.
+    fn run(&self, blocks: Range<usize>, parts: usize) {
+        if parts <= 1 {
+            let units =
+                (blocks.start * UNIT_BLOCK).min(self.h)..(blocks.end * UNIT_BLOCK).min(self.h);
+            for g in (0..self.gates).filter(|_| !units.is_empty()) {
+                // SAFETY: rows `g * h + units` lie inside the rows `gate_units_split` checked.
+                unsafe {
+                    let part = self.raw.rows_range(g * self.h + units.start, units.len());
+                    run_raw(self.kernel, &part);
+                }
+            }
+            (self.after)(units);
+            return;
+        }
+        let mid = blocks.start + blocks.len().div_ceil(parts);
+        crate::handoff::beside_scoped(
+            || self.run(blocks.start..mid, 1),
+            || self.run(mid..blocks.end, parts - 1),
+        );
     }
 }
 
@@ -769,6 +880,68 @@ mod tests {
             let one = run(1);
             for parts in [2, 3, 16] {
                 assert_eq!(run(parts), one, "{kernel:?} parts {parts}");
+            }
+        }
+    }
+
+    /// Sharing a layer's units among threads gives the bits of the whole fused product, and
+    /// `after` sees each unit exactly once, in runs of whole unit blocks.
+    #[test]
+    fn unit_split_equals_the_whole_product_bit_for_bit() {
+        let (gates, batch, k1, k2) = (4, 5, 19, 40);
+        for h in [1, 16, 130] {
+            let rows = gates * h;
+            let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
+            let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
+            let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
+            let p1 = Product {
+                w: &w1,
+                x: &x1,
+                k: k1,
+            };
+            let p2 = Product {
+                w: &w2,
+                x: &x2,
+                k: k2,
+            };
+            for kernel in Kernel::available::<f32>() {
+                let mut want = vec![0f32; batch * rows];
+                let out = Out {
+                    dst: &mut want,
+                    ld: rows,
+                    bias: [Some(&ba), Some(&bb)],
+                };
+                rows_with(kernel, rows, batch, p1, Some(p2), out, None);
+                for parts in [1, 2, 3, 16] {
+                    let mut got = vec![0f32; batch * rows];
+                    let seen = std::sync::Mutex::new(Vec::new());
+                    let after = |u: Range<usize>| seen.lock().unwrap().push(u);
+                    let dst = RowsMut::new(&mut got, rows);
+                    let bias = [Some(&ba[..]), Some(&bb[..])];
+                    gate_units_split(
+                        kernel,
+                        parts,
+                        gates,
+                        h,
+                        batch,
+                        p1,
+                        Some(p2),
+                        &dst,
+                        bias,
+                        &after,
+                    );
+                    assert_eq!(got, want, "{kernel:?} h {h} parts {parts}");
+                    let mut seen = seen.into_inner().unwrap();
+                    seen.sort_by_key(|u| u.start);
+                    let mut next = 0;
+                    for u in &seen {
+                        assert_eq!(u.start, next, "h {h} parts {parts}: {seen:?}");
+                        assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
+                        next = u.end;
+                    }
+                    assert_eq!(next, h, "h {h} parts {parts}: {seen:?}");
+                    assert!(seen.len() <= parts);
+                }
             }
         }
     }

@@ -6,13 +6,16 @@
 //! accumulation, the weights read in place, no per-call packing) at every batch size where its
 //! kernel is register-blocked over batch rows (f32 with AVX-512), else up to [`SMALL_BATCH_MAX`]
 //! streams; above that through the general GEMM, as the full-sequence sweep. A `matvec` step of
-//! at least [`SPLIT_MIN_WORK`] multiply-adds shares its weight rows among the pool's threads.
+//! at least [`SPLIT_MIN_WORK`] multiply-adds shares its weight rows among the pool's threads; a
+//! built-in LSTM's step shares its hidden units instead, each thread running the gate pass of its
+//! units right after their products (`matvec::gate_units_split`), so the gate pass runs in
+//! parallel too.
 //! A projected LSTM (`proj_size = P`) always takes the GEMM path: its `[B, P]` hidden state enters
 //! `W_hh`, and after the gate pass `h = (o*tanh(c))·W_hrᵀ`.
 
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{check_len, Error, Result};
-use crate::gates::{self, Active};
+use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_bt, Mat};
 pub use crate::matvec::Kernel;
 use crate::matvec::{self, Out, Product};
@@ -298,6 +301,64 @@ impl<T: Scalar> Stepper<T> {
             return;
         }
         match self.cell {
+            CellKind::Lstm if parts > 1 => {
+                // Each thread takes a share of the hidden units through the product and its
+                // gate pass, so the gate pass runs in parallel, beside the other products.
+                let hp = Product {
+                    w: w_hh,
+                    x: h_prev,
+                    k: h,
+                };
+                let c = layer_state(&mut self.c, layer, bh);
+                let sc = &mut self.scratch;
+                let pre = RowsMut::new(&mut sc.x_pre, gw);
+                let (h_pre, c_prev, h_old) = (
+                    Rows::new(&sc.h_pre, gw),
+                    Rows::new(c, h),
+                    Rows::new(h_prev, h),
+                );
+                let (tanh_c, c_next, h_next) = (
+                    RowsMut::new(&mut sc.aux, h),
+                    RowsMut::new(&mut sc.c_next, h),
+                    RowsMut::new(&mut sc.h_next, h),
+                );
+                let gate_pass = |units: std::ops::Range<usize>| {
+                    // SAFETY: each part writes only the columns of its own units of `pre`,
+                    // `tanh_c`, `c_next` and `h_next`, after its own product wrote its `pre`
+                    // columns; `h_pre` (zero on this path), `c_prev` and `h_old` are not written
+                    // during the split.
+                    unsafe {
+                        gates::lstm_forward_units(
+                            h,
+                            units,
+                            b,
+                            Active::ALL,
+                            pre,
+                            h_pre,
+                            c_prev,
+                            h_old,
+                            tanh_c,
+                            c_next,
+                            h_next,
+                        )
+                    }
+                };
+                matvec::gate_units_split(
+                    kernel,
+                    parts,
+                    4,
+                    h,
+                    b,
+                    xp,
+                    Some(hp),
+                    &pre,
+                    [b_ih, b_hh],
+                    &gate_pass,
+                );
+                c.copy_from_slice(&sc.c_next);
+                this[..bh].copy_from_slice(&sc.h_next);
+                return;
+            }
             CellKind::Lstm => {
                 // All four gates add both products and both biases: one accumulation.
                 let hp = Product {
