@@ -137,7 +137,8 @@ def _time_isolated(args, cell, b, h, sd, xs, ref, names, turn: int) -> tuple[dic
             ws.save_model("step", ort_step_model(cell, sd, b)) if "onnxruntime" in names else None
         )
         base = {"kind": "stream", "cell": cell, "B": b, "H": h, "npz": npz, "onnx": onnx}
-        base |= {"steps": steps_per_repeat(args), **isolated.timing_job(args)}
+        # One warm-up repeat (``steps`` calls), as the shared timing does.
+        base |= {"steps": steps_per_repeat(args), **isolated.timing_job(args), "warmup": 1}
 
         def check(lib, outs):
             got = [outs[f"step{k}"] for k in range(len(xs))]
