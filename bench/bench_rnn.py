@@ -19,10 +19,19 @@ Sections (--modes, comma list; default all):
              device's dispatch cost and matmul speed (gpu.py); only when named
 
 Every library gets the same number of intra-op threads (torch.set_num_threads,
-lstmrs.set_num_threads, ORT intra_op_num_threads; inter-op threads 1), float32. A large f32
-GEMM timed in the same run (gemm.py) is the ceiling that %GEMM refers to. Every case is
-verified against torch before it is timed; the script exits with status 1 if any disagrees.
-Implementations take turns within each repeat, and the median of the repeats is reported.
+lstmrs.set_num_threads, ORT intra_op_num_threads; inter-op threads 1; in child processes also
+OMP/MKL/OPENBLAS/LSTMRS_NUM_THREADS), float32. A large f32 GEMM timed in the same run (gemm.py)
+is the ceiling that %GEMM refers to. Every case is verified against torch before it is timed;
+the script exits with status 1 if any disagrees.
+
+Timing (gemm, inference, training, stream): by default each library runs in its own fresh
+process (isolated.py, worker.py), rebuilt from the same weights and input, its calls back to
+back, as a deployment calls it; its first result is checked against torch too. The libraries
+of one case run one after another, in an order rotated per case. --shared-process times them
+in this one process instead, taking turns within each repeat (the plugin, tbptt and proj
+sections always do). A row takes at least --repeats calls and at least --min-time seconds of
+them; it reports the median, min and inter-quartile range. The end of the report checks
+issue 16's goals (goals.py).
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ import time
 
 import cases
 import gemm
+import goals
 import gpu
+import isolated
 import numpy as np
 import ort_models
 import plugin_cells
@@ -54,8 +65,23 @@ DEFAULT_SECTIONS = SECTIONS[:-1]
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for every library")
-    ap.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median)")
+    ap.add_argument(
+        "--repeats", type=int, default=15, help="at least this many timed calls per measurement"
+    )
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="and at least S seconds of timed calls (short calls get more samples)",
+    )
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    ap.add_argument(
+        "--shared-process",
+        action="store_true",
+        help="time every library in this one process, taking turns (default: each library in "
+        "its own fresh process, calls back to back)",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
     ap.add_argument("--cells", default="lstm,gru", help="comma list of lstm,gru (shape cases)")
     ap.add_argument(
@@ -84,8 +110,11 @@ def parse_args(argv):
         ap.error("--modes: memory is measured for training rows; add training or plugin")
     # inference/training also select the modes of the plugin section (both when neither is given).
     args.modes = [m for m in ("inference", "training") if m in args.sections]
+    if args.repeats < 1 or args.min_time < 0:
+        ap.error("--repeats: expected >= 1; --min-time: expected >= 0 seconds")
     if args.quick:
         args.repeats, args.warmup = min(args.repeats, 3), 1
+        args.min_time = min(args.min_time, 0.05)
         args.gemm_size = min(args.gemm_size, 1024)
         args.tbptt_steps, args.tbptt_window = (
             min(args.tbptt_steps, 4000),
@@ -94,6 +123,27 @@ def parse_args(argv):
     if args.tbptt_steps < 10 * args.tbptt_window:
         ap.error("--tbptt-steps: need at least 10 windows (T and T/10 are compared)")
     return args
+
+
+def timing_description(args) -> dict:
+    """How the record times: where each library runs and how many calls a row's statistics
+    take (also printed in the header)."""
+    isolated_sections = ["gemm", *args.modes] if args.modes or "plugin" in args.sections else []
+    isolated_sections += ["stream"] if "stream" in args.sections else []
+    return {
+        "isolation": isolated.SHARED if args.shared_process else isolated.ISOLATION,
+        "isolated_sections": [] if args.shared_process else isolated_sections,
+        "calls": (
+            f"warm-up {args.warmup}, then timed calls until both >= {args.repeats} calls and "
+            f">= {args.min_time:g} s of them"
+            + (
+                "; interleaved: each library called k times per turn, k from its warm-up time"
+                if args.shared_process
+                else "; back to back"
+            )
+        ),
+        "statistics": "median, min, quartiles (IQR/median) over the calls",
+    }
 
 
 def describe(args, torch, lstmrs, ort_version) -> dict:
@@ -114,7 +164,9 @@ def describe(args, torch, lstmrs, ort_version) -> dict:
         "cpus_visible": os.cpu_count(),
         "platform": platform.platform(),
         "repeats": args.repeats,
+        "min_time_s": args.min_time,
         "warmup": args.warmup,
+        "timing": timing_description(args),
         "quick": args.quick,
         "sections": args.sections,
         "dtype": "float32",
@@ -147,9 +199,19 @@ def main(argv=None) -> int:
         return out
 
     if args.modes or "plugin" in args.sections:
-        meta["gemm"] = section(
-            "gemm", gemm.measure, args.gemm_size, args.warmup, args.repeats, torch, args.threads
-        )
+        if args.shared_process:
+            meta["gemm"] = section(
+                "gemm",
+                gemm.measure,
+                *(args.gemm_size, args.warmup, args.repeats, torch, args.threads, args.min_time),
+            )
+        else:
+            libs = ["torch", "numpy"] + (["onnxruntime"] if use_ort else [])
+            meta["gemm"] = section(
+                "gemm",
+                gemm.measure_isolated,
+                *(args.gemm_size, args.warmup, args.repeats, args.threads, args.min_time, libs),
+            )
         report.print_gemm(meta["gemm"])
     if args.modes:
         record["cases"] = section("cases", cases.run_section, args, torch, lstmrs, use_ort)
@@ -202,6 +264,9 @@ def main(argv=None) -> int:
     if record.get("gpu"):
         report.print_gpu(record["gpu"])
         print()
+    record["goals"] = goals.check(record)
+    goals.print_goals(record["goals"], quick=args.quick)
+    print()
     print(f"load average before: {meta['loadavg_before']}, after: {meta['loadavg_after']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -1,9 +1,12 @@
 """The shape cases: LSTM and GRU over five shapes, inference and training, lstmrs against
-torch and (inference) ONNX Runtime, each case verified before it is timed."""
+torch and (inference) ONNX Runtime, each case verified before it is timed. Each library is
+timed in its own process (isolated.py, worker.py), or with ``--shared-process`` taking turns in
+this one."""
 
 from __future__ import annotations
 
 import impls
+import isolated
 import memory
 import ort_models
 from common import (
@@ -75,7 +78,29 @@ def attach_peaks(rows: list[dict], group: str, peaks: dict) -> None:
                 r["peak_method"] = p["method"]
 
 
-def run_case(cell: str, case, args, torch, lstmrs, use_ort: bool, measure_memory: bool):
+def _time_isolated(args, cell, case, mode, libs, sd, x, models, reference, turn):
+    """(lib -> times, lib -> worker details): each library of ``libs`` in its own worker process
+    (worker.py), one after another in an order rotated by ``turn``; each worker rebuilds the
+    case from the same weights and input and its first result is checked against torch's."""
+    rtol = 1e-4 if mode == "inference" else 1e-3
+    expected = {k for k in reference if (k == "out") == (mode == "inference")}
+    with isolated.Workspace() as ws:
+        npz = ws.save("case", x=x, **{f"sd.{k}": v for k, v in sd.items()})
+        per_lib = {lib: {"onnx": ws.save_model(lib, m)} for lib, m in models.items() if lib in libs}
+        base = {"kind": "case", "cell": cell, "case": list(case), "mode": mode, "npz": npz}
+
+        def check(lib, outs):
+            problems = [f"{cell} {lib} worker: no {k}" for k in sorted(expected - set(outs))]
+            for k, v in outs.items():
+                problems.append(close(f"{cell} {lib} {k} (worker)", v, reference[k], rtol))
+            return problems
+
+        return isolated.time_libs(
+            base | isolated.timing_job(args), isolated.rotated(libs, turn), ws, check, per_lib
+        )
+
+
+def run_case(cell: str, case, args, torch, lstmrs, use_ort: bool, measure_memory: bool, turn=0):
     b, t, i, h, layers = case
     tnet = impls.torch_module(torch, cell, i, h, layers)
     sd = impls.state_dict_np(tnet)
@@ -84,59 +109,67 @@ def run_case(cell: str, case, args, torch, lstmrs, use_ort: bool, measure_memory
     x = impls.make_input(b, t, i)
     torch_infer, torch_train = impls.torch_fns(torch, tnet, x)
     ours_infer, ours_train = impls.lstmrs_fns(ours, x)
-    sess = (
-        ort_models.sequence_session(cell, sd, b, t, i, h, layers, args.threads) if use_ort else None
+    # The ONNX graphs: built by hand from torch's weights, and lstmrs' own export.
+    models = (
+        {
+            "onnxruntime": ort_models.sequence_model(cell, sd, b, t, i, h, layers),
+            "lstmrs_onnx": ours.to_onnx(lengths=False),
+        }
+        if use_ort
+        else {}
     )
-    exported = ort_models.exported_session(ours, args.threads) if use_ort else None
+    sessions = {
+        lib: ort_models.session_from_bytes(m.SerializeToString(), args.threads)
+        for lib, m in models.items()
+    }
 
-    def ort_infer():
-        return sess.run(None, {"x": x})[0]
-
-    def exported_infer():
-        return exported.run(None, {"x": x})[0]
+    def ort_fn(lib):
+        return lambda: sessions[lib].run(None, {"x": x})[0]
 
     # Verify every case before timing it.
     ref = torch_infer().numpy()
     problems = [close(f"{cell} lstmrs output", ours_infer(), ref, 1e-4)]
-    if sess is not None:
-        problems.append(close(f"{cell} onnxruntime output", ort_infer(), ref, 1e-4))
-        problems.append(close(f"{cell} lstmrs_onnx output", exported_infer(), ref, 1e-4))
+    for lib in sessions:
+        problems.append(close(f"{cell} {lib} output", ort_fn(lib)(), ref, 1e-4))
     g = ours_train()
     tx_grad = torch_train()
     for name, p in tnet.named_parameters():
         problems.append(close(f"{cell} lstmrs d{name}", g.params[name], p.grad.numpy(), 1e-3))
     problems.append(close(f"{cell} lstmrs dinput", g.input, tx_grad.grad.numpy(), 1e-3))
-    others = "lstmrs" + (", onnxruntime, lstmrs_onnx" if sess is not None else "")
+    others = ", ".join(["lstmrs", *sessions])
     require_agreement(f"{cell} {case}: {others} agree with torch", problems)
+    # torch's results, the reference of the isolated workers' own first results.
+    reference = {"out": ref, "d_input": tx_grad.grad.numpy().copy()}
+    reference |= {f"d_{n}": p.grad.numpy().copy() for n, p in tnet.named_parameters()}
 
     fwd = forward_flops(cell, b, t, i, h, layers)
     modes = {
         "inference": (
-            {"torch": torch_infer, "lstmrs": ours_infer}
-            | (
-                {"onnxruntime": ort_infer, "lstmrs_onnx": exported_infer}
-                if sess is not None
-                else {}
-            ),
+            {"torch": torch_infer, "lstmrs": ours_infer} | {lib: ort_fn(lib) for lib in sessions},
             fwd,
         ),
         "training": ({"torch": torch_train, "lstmrs": ours_train}, training_flops(fwd)),
     }
+    if not args.shared_process:
+        sessions.clear()  # their thread pools would idle in this process while workers time
     rows = []
     for mode in args.modes:
         if mode not in modes:
             continue
         fns, flops = modes[mode]
         group = f"cases/{cell}/{case}/{mode}"
-        rows += make_rows(
-            group,
-            "cases",
-            cell,
-            case,
-            mode,
-            time_interleaved(fns, args.warmup, args.repeats),
-            flops,
-        )
+        if args.shared_process:
+            timed = time_interleaved(fns, args.warmup, args.repeats, args.min_time)
+            children = {}
+        else:
+            timed, children = _time_isolated(
+                args, cell, case, mode, list(fns), sd, x, models, reference, turn
+            )
+        timed = {lib: timed[lib] for lib in fns}  # the table's order, whatever the run order
+        rows += make_rows(group, "cases", cell, case, mode, timed, flops)
+        for r in rows:
+            if r["group"] == group and r["impl"] in children:
+                r["child"] = children[r["impl"]]
         if mode == "training" and measure_memory:
             peaks = {
                 lib: memory.train_step_peak(lib, cell, case, args.threads)
@@ -149,11 +182,13 @@ def run_case(cell: str, case, args, torch, lstmrs, use_ort: bool, measure_memory
 def run_section(args, torch, lstmrs, use_ort: bool) -> list[dict]:
     rows = []
     cases = QUICK_CASES if args.quick else CASES
+    turn = 0
     for cell in args.cells:
         for n, case in enumerate(cases):
             # --quick measures memory on the first case only, to stay a smoke run.
             mem = "memory" in args.sections and (n == 0 or not args.quick)
-            rows += run_case(cell, case, args, torch, lstmrs, use_ort, mem)
+            rows += run_case(cell, case, args, torch, lstmrs, use_ort, mem, turn)
+            turn += 1
             print(f"  done {cell} {case}", flush=True)
     add_ratios(rows, REFS)
     return rows

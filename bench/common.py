@@ -1,10 +1,12 @@
-"""Shared pieces of the benchmark: FLOP counts, the interleaved timer, the agreement check,
-machine and library description."""
+"""Shared pieces of the benchmark: FLOP counts, the timers (back to back in one process,
+interleaved between implementations), robust statistics, the agreement check, machine and
+library description, child processes."""
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import platform
 import re
@@ -33,24 +35,74 @@ def training_flops(forward: float) -> float:
     return 3.0 * forward
 
 
-def time_interleaved(fns: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+def calls_needed(est_ms: float, repeats: int, min_seconds: float) -> int:
+    """Timed calls of one measurement: at least ``repeats``, and enough to fill ``min_seconds``
+    at ``est_ms`` per call (short calls get more samples, so their median settles)."""
+    if min_seconds <= 0 or est_ms <= 0:
+        return repeats
+    return max(repeats, math.ceil(min_seconds * 1e3 / est_ms))
+
+
+def time_back_to_back(fn, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """Wall-clock ms of ``fn`` called back to back, as a deployed loop calls it: ``warmup``
+    untimed calls, then timed calls until there are at least ``repeats`` of them and they add
+    up to at least ``min_seconds``."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeats or total < min_seconds * 1e3:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        total += times[-1]
+    return times
+
+
+def time_interleaved(
+    fns: dict, warmup: int, repeats: int, min_seconds: float = 0.0
+) -> dict[str, list[float]]:
     """Wall-clock ms of each function, the implementations taking turns within every repeat so
-    that a slow spell of the machine hits all of them alike."""
-    for fn in fns.values():
+    that a slow spell of the machine hits all of them alike. With ``min_seconds``, a function
+    whose ``repeats`` calls would take less than that is called k times back to back in its turn
+    (each call timed), k from its last warm-up call, so every function gets
+    ``calls_needed`` samples while the turns stay ``repeats`` rounds."""
+    warmup = max(warmup, 1) if min_seconds > 0 else warmup
+    per_turn = dict.fromkeys(fns, 1)
+    for name, fn in fns.items():
         for _ in range(warmup):
+            t0 = time.perf_counter()
             fn()
+            est = (time.perf_counter() - t0) * 1e3
+        if min_seconds > 0:
+            per_turn[name] = math.ceil(calls_needed(est, repeats, min_seconds) / repeats)
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(per_turn[name]):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
 def summarize(times: list[float], flops: float | None = None) -> dict:
+    """Median, min, quartiles and the inter-quartile range (absolute and / median) of the
+    calls' times; GFLOP/s at the median when ``flops`` is given."""
     med = statistics.median(times)
-    row = {"median_ms": med, "min_ms": min(times), "times_ms": times}
+    q1, _, q3 = (
+        statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (med,) * 3
+    )
+    row = {
+        "median_ms": med,
+        "min_ms": min(times),
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "iqr_ms": q3 - q1,
+        "iqr_rel": (q3 - q1) / med if med > 0 else 0.0,
+        "calls": len(times),
+        "times_ms": times,
+    }
     if flops is not None:
         row["flops"] = flops
         row["gflops"] = flops / (med * 1e-3) / 1e9
@@ -189,19 +241,25 @@ def measure_peak(fn) -> dict:
     }
 
 
-def run_child(job: dict, timeout: float = 900) -> dict:
-    """Runs ``job`` in a fresh interpreter; returns its JSON result or {"error": ...}."""
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a child process: every library's thread count set before import."""
     env = dict(os.environ)
-    threads = str(job["threads"])
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, LSTMRS_NUM_THREADS=threads)
+    n = str(threads)
+    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, LSTMRS_NUM_THREADS=n)
+    return env
+
+
+def run_child(job: dict, timeout: float = 900, script: str = "memory.py") -> dict:
+    """Runs ``job`` in a fresh interpreter (``python bench/<script> '<job json>'``, the thread
+    counts set by environment); returns its JSON result or {"error": ...}."""
     try:
         proc = subprocess.run(
-            [sys.executable, os.path.join(_HERE, "memory.py"), json.dumps(job)],
+            [sys.executable, os.path.join(_HERE, script), json.dumps(job)],
             check=False,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=env,
+            env=child_env(job["threads"]),
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

@@ -5,7 +5,6 @@ weights, the same stack exported by lstmrs' own exporter (``layer.to_onnx``), an
 from __future__ import annotations
 
 import numpy as np
-from lstmrs.formats.onnx_rnn import onnx_layer_tensors
 
 
 def available() -> str | None:
@@ -21,10 +20,20 @@ def available() -> str | None:
 def _layer_tensors(cell: str, sd: dict, layer: int, h: int) -> list:
     """ONNX W [1, G*H, I], R [1, G*H, H], B [1, 2*G*H] of one layer (torch key suffix _l{k}):
     the exporter's own conversion (gates reordered to i,o,f,c / z,r,h)."""
+    # Imported here, not at the top: the isolated ONNX Runtime worker (worker.py) imports this
+    # module for its sessions and must not load lstmrs.
+    from lstmrs.formats.onnx_rnn import onnx_layer_tensors
+
     return list(onnx_layer_tensors(cell, sd, layer, h, 1, True))
 
 
 def _session(model, threads: int):
+    return session_from_bytes(model.SerializeToString(), threads)
+
+
+def session_from_bytes(model: bytes, threads: int):
+    """A CPU session of a serialized model with the record's options: ``threads`` intra-op
+    threads, one inter-op thread, sequential execution, every graph optimization."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -32,7 +41,7 @@ def _session(model, threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def sequence_session(
@@ -84,6 +93,11 @@ def exported_session(layer, threads: int):
 def step_session(
     sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, threads: int, cell="lstm"
 ):
+    """A session of :func:`step_model`."""
+    return _session(step_model(sd, head_w, head_b, b, i, cell), threads)
+
+
+def step_model(sd: dict, head_w: np.ndarray, head_b: np.ndarray, b: int, i: int, cell="lstm"):
     """One LSTM or GRU step + linear head: inputs x [1, B, I], h0 (and for the LSTM c0)
     [1, B, H]; outputs y [B, O], h1 (and c1) [1, B, H] (fed back as the next call's h0, c0).
     ``sd`` uses torch's LSTM/GRU names."""
@@ -130,4 +144,4 @@ def step_session(
         + [helper.make_tensor_value_info(n, f32, [1, b, h]) for n in outs],
         inits,
     )
-    return _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

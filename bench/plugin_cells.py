@@ -111,7 +111,7 @@ def run_section(args, torch, lstmrs) -> tuple[list[dict], dict]:
         timing = {n: f[k] for n, f in fns.items()}
         if mode == "inference":
             timing |= exported
-        timed = time_interleaved(timing, args.warmup, args.repeats)
+        timed = time_interleaved(timing, args.warmup, args.repeats, args.min_time)
         group = f"plugin/{case}/{mode}"
         for n, times in timed.items():
             cell = "peephole_lstm" if "peephole" in n else "lstm"

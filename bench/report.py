@@ -26,10 +26,14 @@ def print_meta(meta: dict) -> None:
         f"ORT intra-op {meta['threads']}"
     )
     print("versions:", ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
-    print(
-        f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])}); "
-        f"median of {meta['repeats']} after {meta['warmup']} warm-up"
-    )
+    print(f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])})")
+    timing = meta.get("timing")
+    if timing:
+        where = timing["isolation"]
+        if timing["isolated_sections"]:
+            where += f" ({', '.join(timing['isolated_sections'])}; other sections shared)"
+        print(f"timing: {where}")
+        print(f"  calls: {timing['calls']}; {timing['statistics']}")
     for lib, kernels in meta.get("library_kernels", {}).items():
         print(f"  {lib} kernels: {kernels}")
     print(f"load average before: {meta['loadavg_before']}")
@@ -43,11 +47,18 @@ def print_gemm(g: dict) -> None:
         f"GEMM ceiling: {g['library']} f32 [{n}x{n}]@[{n}x{n}]: {g['median_ms']:.2f} ms, {g['gflops']:.1f} GFLOP/s"
     )
     for c in g.get("candidates", []):
-        print(f"  candidate {c['library']}: {c['median_ms']:.2f} ms, {c['gflops']:.1f} GFLOP/s")
+        spread = f", IQR {100 * c['iqr_rel']:.0f}% of {c['calls']} calls" if "iqr_rel" in c else ""
+        print(
+            f"  candidate {c['library']}: {c['median_ms']:.2f} ms, {c['gflops']:.1f} GFLOP/s{spread}"
+        )
 
 
 def _pct(r: dict) -> str:
     return _fmt(100 * r["gemm_fraction"], ".0f", "%") if "gemm_fraction" in r else ""
+
+
+def _iqr(r: dict) -> str:
+    return _fmt(100 * r["iqr_rel"], ".0f") if "iqr_rel" in r else ""
 
 
 def _peak(r: dict) -> str:
@@ -63,10 +74,14 @@ def print_cases(rows: list[dict]) -> None:
         ("mode", -9),
         ("impl", -11),
         ("median ms", 10),
+        ("min ms", 9),
+        ("IQR%", 5),
+        ("calls", 5),
         ("GFLOP/s", 8),
         ("%GEMM", 6),
         ("/torch", 7),
         ("/ort", 7),
+        ("/best", 6),
         ("peak MiB", 9),
         ("mem/torch", 9),
     ]
@@ -80,16 +95,23 @@ def print_cases(rows: list[dict]) -> None:
                 r["mode"],
                 r["impl"],
                 f"{r['median_ms']:.2f}",
+                f"{r['min_ms']:.2f}",
+                _iqr(r),
+                str(r.get("calls", len(r["times_ms"]))),
                 f"{r['gflops']:.2f}",
                 _pct(r),
                 _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
                 _fmt(r.get("ratio_vs_ort"), ".2f", "x"),
+                _fmt(r.get("ratio_vs_fastest_reference"), ".2f", "x"),
                 _peak(r),
                 _fmt(r.get("peak_ratio_vs_torch"), ".2f", "x"),
             ]
         )
     _table(head, lines)
-    print("ratios: lstmrs median time / reference median time (below 1 = lstmrs faster);")
+    print(
+        "ratios: lstmrs median time / reference median time (below 1 = lstmrs faster); /best: "
+        "against the faster of torch and ORT; IQR%: inter-quartile range / median"
+    )
     print(
         "lstmrs_onnx: the lstmrs layer exported by layer.to_onnx, run in ONNX Runtime (the "
         "deployment path); onnxruntime: a graph built by hand from torch's weights"
@@ -147,7 +169,15 @@ def print_stream(rows: list[dict], input_size: int) -> None:
         ("lstmrs", 10),
         ("/torch", 8),
         ("/ort", 8),
+        ("IQR% t/o/l", 11),
     ]
+
+    def spread(r):
+        return "/".join(
+            _fmt(100 * r[f"{n}_iqr_rel"], ".0f") if f"{n}_iqr_rel" in r else "-"
+            for n in ("torch", "onnxruntime", "lstmrs")
+        )
+
     lines = [
         [
             r.get("cell", "lstm"),
@@ -158,10 +188,12 @@ def print_stream(rows: list[dict], input_size: int) -> None:
             f"{r['lstmrs_us']:.1f}",
             _fmt(r.get("ratio_vs_torch"), ".2f", "x"),
             _fmt(r.get("ratio_vs_ort"), ".2f", "x"),
+            spread(r),
         ]
         for r in rows
     ]
     _table(head, lines)
+    print("median per step; IQR%: inter-quartile range / median of the repeats (torch/ORT/lstmrs)")
 
 
 def print_tbptt(rows: list[dict]) -> None:
