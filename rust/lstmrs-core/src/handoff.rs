@@ -50,10 +50,6 @@ pub(crate) fn beside(mine: impl FnOnce(), theirs: impl FnOnce() + Send + 'static
         state: AtomicU8::new(PENDING),
         job: Mutex::new(Some(theirs)),
     });
-    let queued = shared.clone();
-    crate::threads::spawn(move || {
-        queued.take();
-    });
     /// Waits for the other half however this frame is left (a panic in `mine` included), so
     /// that the buffers it writes outlive it.
     struct Wait<'a, B: FnOnce()>(&'a Shared<B>);
@@ -75,7 +71,12 @@ pub(crate) fn beside(mine: impl FnOnce(), theirs: impl FnOnce() + Send + 'static
         }
     }
     {
+        // The guard exists before the job is queued, so no way out of this frame skips it.
         let _wait = Wait(&shared);
+        let queued = shared.clone();
+        crate::threads::spawn(move || {
+            queued.take();
+        });
         mine();
     }
     if shared.state.load(Ordering::Acquire) == PANICKED {

@@ -9,7 +9,7 @@ use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
-use crate::packed_gemm::{gate_vectors, split_units, team_size, Isa, Packed};
+use crate::packed_gemm::{gate_vectors, split_units, team_size, Isa, Packed, TEAM_MIN_SWEEP_WORK};
 use crate::projection;
 use crate::scalar::Scalar;
 use crate::threads;
@@ -618,7 +618,12 @@ pub(crate) fn forward<T: Scalar>(
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
         row
     });
-    let in_team = team_projects::<T>(gw, sw.input);
+    let members = plan(&sw, gw);
+    // A team of one projecting alone would give up the `gemm` crate's split of a product big
+    // enough to pay for one (the cost model's threshold): e.g. I = 256, H = 64.
+    let projection_work = (steps * b).saturating_mul(sw.input).saturating_mul(gw);
+    let in_team =
+        team_projects::<T>(gw, sw.input) && (members > 1 || projection_work < TEAM_MIN_SWEEP_WORK);
     let chunk = if in_team {
         projection_chunk(b, steps)
     } else {
@@ -651,7 +656,6 @@ pub(crate) fn forward<T: Scalar>(
     }
     let mut out = vec![T::zero(); steps * bh];
 
-    let members = plan(&sw, gw);
     let views = BuiltinForward {
         sw,
         reg,
@@ -737,9 +741,10 @@ const PROJECTION_ROWS: usize = 256;
 
 /// Bytes of `W_ih` up to which a sweep's team projects the input itself. A larger one no longer
 /// stays in the members' L2 between chunks: streamed in again for every chunk it lost to one
-/// product over all steps, measured in one process on the shared 2-core AVX-512 VM, 2 threads,
-/// load 6, fastest-median of 20 calls: (64,64,512,1024) (8 MiB) LSTM 528-649 ms against
-/// 479-625 ms, GRU 556-646 against 488-577; (64,128,256,256) (1 MiB) even.
+/// product over all steps in inference, measured in one process on the shared 2-core AVX-512
+/// VM, 2 threads, load 6, fastest-median of 20 calls (overlapping ranges: weak evidence):
+/// (64,64,512,1024) LSTM (8 MiB) 528-649 ms against 479-625 ms, GRU (6 MiB) 556-646 against
+/// 488-577; an LSTM with I = H = 256 (1 MiB) within noise.
 const TEAM_PROJECTION_MAX_BYTES: usize = 1 << 20;
 
 /// Whether a sweep's team projects the input itself (`gw` gate columns, `input` features): a
@@ -1046,8 +1051,8 @@ pub(crate) fn backward<T: Scalar>(
         }
     });
 
-    // A consumed tape's tanh(c') / W_hn h and cell states are dead now; its hidden states after
-    // the weight gradients.
+    // A consumed tape's tanh(c') and cell states are dead now (the GRU's `W_hn h` buffer holds
+    // its n-gate gradient `dgn` until the weight gradients); its hidden states after them.
     drop((aux, cs));
     let rows = steps * b;
     if !grad.is_empty() {
