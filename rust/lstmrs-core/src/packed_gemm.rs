@@ -159,14 +159,38 @@ fn tile_for(rows: usize, isa: Isa) -> (usize, usize) {
     }
 }
 
-/// Where row `k` of panel `p` starts in a packed buffer (past its alignment offset). The weight is
-/// stored stretch by stretch: for each `kc`-long stretch of `k`, each panel's `[kl][nr]` block in
-/// turn, so a product reads the whole packed weight as one forward stream (a weight larger than
-/// L2 then comes in with the hardware prefetcher running ahead, not restarting at every panel).
-fn panel_offset(k: usize, kc: usize, k_len: usize, panels: usize, p: usize, nr: usize) -> usize {
+/// Where row `k` of panel `p` starts in a packed buffer (past its alignment offset), in the
+/// order the product reads the weight, so that it reads the whole packed weight as one forward
+/// stream (a weight larger than L2 then comes in with the hardware prefetcher running ahead, not
+/// restarting at every panel): panel by panel, each `[k_len][nr]` (`panel_major`), or stretch by
+/// stretch: for each `kc`-long stretch of `k`, each panel's `[kl][nr]` block in turn.
+fn panel_offset(
+    k: usize,
+    kc: usize,
+    k_len: usize,
+    panels: usize,
+    p: usize,
+    nr: usize,
+    panel_major: bool,
+) -> usize {
+    if panel_major {
+        return (p * k_len + k) * nr;
+    }
     let k0 = k / kc * kc;
     let kl = kc.min(k_len - k0);
     k0 * panels * nr + (p * kl + (k - k0)) * nr
+}
+
+/// Whether a product with `k_len`-deep rows and `cols` (padded) output columns runs panel by
+/// panel, each over all its stretches of `k`, rather than stretch by stretch over all panels.
+/// Either way a panel stretch stays in L1 across the row tiles; what differs is the block reread
+/// from L2: the whole lhs (`rows × k_len`) once per panel, or the whole output (`rows × cols`,
+/// read and written) once per stretch. The smaller one is reread: with `h · W_hhᵀ` at H = 1024,
+/// B = 64, two members, the lhs is 256 KiB and a member's output 512 KiB (13 stretches of 80
+/// made 13 MiB of output traffic a step against the weight's 8 MiB); the backward step
+/// `dg · W_hh` (lhs 1 MiB, output 128 KiB) keeps the stretch order.
+fn panel_major(k_len: usize, cols: usize) -> bool {
+    k_len <= cols
 }
 
 /// Rows of the next tile when `left` rows remain: full tiles, except that the last two share
@@ -192,11 +216,14 @@ pub(crate) struct Packed<T> {
     mr: usize,
     nv: usize,
     kc: usize,
+    /// The weight's order and the loops' ([`panel_major`]).
+    panel_major: bool,
     /// `panels * nv` output slots `(col, len)`, padding slots with `len == 0`.
     slots: Vec<(usize, usize)>,
-    /// The lhs of the current `k` stretch, tile by tile `[k][mr]`: read as one stream, its rows
-    /// never fight over L1 sets (rows of a state 4 KiB apart, `H = 1024` in f32, all map to the
-    /// same set) and it is read once per panel from L1 instead of L2.
+    /// The lhs, stretch by stretch of `k` and in each tile by tile `[kl][mr]`: read as one stream,
+    /// its rows never fight over L1 sets (rows of a state 4 KiB apart, `H = 1024` in f32, all map
+    /// to the same set). Stretch order holds only the current stretch (read once per panel from
+    /// L1 instead of L2); panel order the whole lhs, copied once per product.
     lhs: std::cell::RefCell<Vec<T>>,
 }
 
@@ -253,6 +280,7 @@ impl<T: Scalar> Packed<T> {
         } else {
             (L1_PANEL_BYTES / (nr * std::mem::size_of::<T>())).max(16)
         };
+        let panel_major = panel_major(k_len, panels * nr);
         let align = 64 / std::mem::size_of::<T>();
         let mut buf = vec![T::zero(); panels * k_len * nr + align];
         let off = buf.as_ptr().align_offset(64).min(align);
@@ -268,7 +296,8 @@ impl<T: Scalar> Packed<T> {
             slots[i] = (v.col, v.len);
             let (p, lane0) = (i / nv, (i % nv) * lanes);
             for k in 0..k_len {
-                let row = &mut buf[off + panel_offset(k, kc, k_len, panels, p, nr)..][..nr];
+                let at = off + panel_offset(k, kc, k_len, panels, p, nr, panel_major);
+                let row = &mut buf[at..][..nr];
                 for j in 0..v.len {
                     row[lane0 + j] = w[k * rs + (v.src + j) * cs];
                 }
@@ -282,8 +311,12 @@ impl<T: Scalar> Packed<T> {
             mr,
             nv,
             kc,
+            panel_major,
             slots,
-            lhs: std::cell::RefCell::new(vec![T::zero(); rows * k_len.min(kc)]),
+            lhs: std::cell::RefCell::new(vec![
+                T::zero();
+                rows * Self::lhs_depth(k_len, kc, panel_major)
+            ]),
         }
     }
 
@@ -410,69 +443,105 @@ impl<T: Scalar> Packed<T> {
         // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
         let pack_lhs =
             panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<T>()).is_multiple_of(2048));
+        let lhs_len = rows * Self::lhs_depth(self.k, self.kc, self.panel_major);
         let mut lhs = self.lhs.borrow_mut();
-        if pack_lhs && lhs.len() < rows * self.kc.min(self.k) {
+        if pack_lhs && lhs.len() < lhs_len {
             // Only when called with more rows than packed for (never inside a sweep).
-            lhs.resize(rows * self.kc.min(self.k), T::zero());
+            lhs.resize(lhs_len, T::zero());
         }
         let lhs_ptr = lhs.as_mut_ptr();
-        let mut k0 = 0;
-        while k0 < self.k {
-            let kl = self.kc.min(self.k - k0);
-            let acc = accumulate || k0 > 0;
-            if pack_lhs {
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = next_tile(rows - r0, self.mr);
-                    for k in 0..kl {
-                        for r in 0..mr {
-                            // SAFETY: row `r0 + r`, column `k0 + k` of `a` (the caller's
-                            // contract); `lhs` holds `rows * kl` values.
-                            unsafe {
-                                *lhs_ptr.add(r0 * kl + k * mr + r) = *a.add((r0 + r) * lda + k0 + k)
-                            };
-                        }
+        // Where stretch `k0`'s copy of the lhs starts in `lhs`.
+        let lhs_at = |k0: usize| if self.panel_major { k0 * rows } else { 0 };
+        // Copies stretch `k0` (`kl` long) of the lhs, tile by tile `[kl][mr]`.
+        let pack = |k0: usize, kl: usize| {
+            let dst = lhs_ptr.wrapping_add(lhs_at(k0));
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = next_tile(rows - r0, self.mr);
+                for k in 0..kl {
+                    for r in 0..mr {
+                        // SAFETY: row `r0 + r`, column `k0 + k` of `a` (the caller's contract);
+                        // `lhs` holds `lhs_len` values.
+                        unsafe { *dst.add(r0 * kl + k * mr + r) = *a.add((r0 + r) * lda + k0 + k) };
                     }
-                    r0 += mr;
                 }
+                r0 += mr;
+            }
+        };
+        // Stretch `k0` (`kl` long) of panel `p`, over every row tile.
+        let panel_stretch = |p: usize, k0: usize, kl: usize| {
+            let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
+            let acc = accumulate || k0 > 0;
+            let at = panel_offset(k0, self.kc, self.k, panels, p, nr, self.panel_major);
+            // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
+            let b = unsafe { base.add(at) };
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = next_tile(rows - r0, self.mr);
+                // Row and `k` strides of the tile's lhs.
+                let (tile_a, ars, aks) = if pack_lhs {
+                    // Inside `lhs` (filled by `pack`).
+                    (
+                        lhs_ptr.wrapping_add(lhs_at(k0) + r0 * kl) as *const T,
+                        1,
+                        mr,
+                    )
+                } else {
+                    // Rows `r0..r0+mr` of `a` (the caller's contract).
+                    (a.wrapping_add(r0 * lda + k0), lda, 1)
+                };
+                // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract); the kernel's
+                // requirements were checked in `new_on`.
+                unsafe {
+                    tile(
+                        self.isa,
+                        mr,
+                        self.nv,
+                        kl,
+                        tile_a,
+                        ars,
+                        aks,
+                        b,
+                        c.add(r0 * ldc),
+                        ldc,
+                        slots,
+                        acc,
+                    )
+                }
+                r0 += mr;
+            }
+        };
+        let stretches = || {
+            (0..self.k)
+                .step_by(self.kc)
+                .map(|k0| (k0, self.kc.min(self.k - k0)))
+        };
+        if self.panel_major {
+            if pack_lhs {
+                stretches().for_each(|(k0, kl)| pack(k0, kl));
             }
             for p in 0..panels {
-                let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
-                // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
-                let b = unsafe { base.add(panel_offset(k0, self.kc, self.k, panels, p, nr)) };
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = next_tile(rows - r0, self.mr);
-                    // Row and `k` strides of the tile's lhs.
-                    let (tile_a, ars, aks) = if pack_lhs {
-                        // SAFETY: inside `lhs` (filled above).
-                        (unsafe { lhs_ptr.add(r0 * kl) as *const T }, 1, mr)
-                    } else {
-                        // SAFETY: rows `r0..r0+mr` exist in `a` (the caller's contract).
-                        (unsafe { a.add(r0 * lda + k0) }, lda, 1)
-                    };
-                    // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract); the
-                    // kernel's requirements were checked in `new_on`.
-                    unsafe {
-                        tile(
-                            self.isa,
-                            mr,
-                            self.nv,
-                            kl,
-                            tile_a,
-                            ars,
-                            aks,
-                            b,
-                            c.add(r0 * ldc),
-                            ldc,
-                            slots,
-                            acc,
-                        )
-                    }
-                    r0 += mr;
+                stretches().for_each(|(k0, kl)| panel_stretch(p, k0, kl));
+            }
+        } else {
+            for (k0, kl) in stretches() {
+                if pack_lhs {
+                    pack(k0, kl);
+                }
+                for p in 0..panels {
+                    panel_stretch(p, k0, kl);
                 }
             }
-            k0 += kl;
+        }
+    }
+
+    /// Columns of `k` the lhs copy holds per row: the whole depth in panel order, one stretch in
+    /// stretch order.
+    fn lhs_depth(k_len: usize, kc: usize, panel_major: bool) -> usize {
+        if panel_major {
+            k_len
+        } else {
+            k_len.min(kc)
         }
     }
 }
@@ -909,7 +978,13 @@ mod tests {
 
     #[test]
     fn long_depth_is_summed_in_stretches_like_one() {
-        // K = 4*300 > the L1 stretch with 17 rows (several row tiles): exercises the k blocking.
+        // K = 4*300 > the L1 stretch with 17 rows (several row tiles): exercises the k blocking,
+        // in panel order (forward, K = 300 < 1200 columns) and stretch order (backward).
+        let w: Vec<f32> = fill(4 * 300 * 300, 0.37);
+        let fwd = Packed::new(&w, 1, 300, 300, &gate_vectors(4, 300, 0..300), 17);
+        let bwd = Packed::new(&w, 300, 1, 1200, &gate_vectors(1, 300, 0..300), 17);
+        assert!(fwd.panel_major && fwd.kc < 300);
+        assert!(!bwd.panel_major && bwd.kc < 1200);
         for isa in isas::<f32>() {
             check::<f32>(isa, 17, 4, 300, 0..300, 2e-6);
         }
