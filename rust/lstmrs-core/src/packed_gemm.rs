@@ -11,8 +11,9 @@
 //! consecutive columns; a vector never crosses a run (a gate block), and the last one of a run may
 //! be short and is padded with zero weights. `NV` vectors form a panel; a tile of `MR` rows by one
 //! panel is summed in registers over a `KC`-long stretch of `k`, and each panel's stretch is
-//! stored `[KC][NV*lanes]`, the stretches of all panels one after the other (`panel_offset`), so
-//! the micro-kernel and the whole product read contiguous streams.
+//! stored `[KC][NV*lanes]`, in the order the product visits them (`panel_offset`: panel by panel,
+//! or stretch by stretch, whichever rereads less from L2, see `panel_major`), so the micro-kernel
+//! and the whole product read contiguous streams, the next block prefetched during the current.
 //!
 //! The instruction set ([`Isa`]) is picked at run time when packing: AVX-512, else AVX2 with FMA,
 //! else the portable kernel (always for f64). The sum for every output element runs over `k` in
