@@ -236,6 +236,12 @@ def _precision(impl: str) -> str:
     return "qint8" if ("int8" in impl or "qint8" in impl) else "float32"
 
 
+def _impls(args) -> list[str]:
+    """The implementations of ``--impls`` (default all), in ``worker.LOWP_LIBS``'s order."""
+    wanted = set(args.impls.split(",")) if args.impls else set(worker.LOWP_LIBS)
+    return [lib for lib in worker.LOWP_LIBS if lib in wanted]
+
+
 def _setup(torch, cell: str, case):
     """torch's module (float32, eval), its weights as NumPy, the input and torch's output."""
     b, t, i, h, layers = case
@@ -281,6 +287,7 @@ def _time_shared(torch, cell: str, case, args, module, sd, x, ort):
         fs, qs = (ort_models._session(m, args.threads) for m in ort[:2])
         fns["onnxruntime"] = lambda: fs.run(None, {"x": x})[0]
         fns["onnxruntime_qint8_dynamic"] = lambda: qs.run(None, {"x": x})[0]
+    fns = {name: fn for name, fn in fns.items() if name in _impls(args)}
     outs = {name: _numpy(fn()) for name, fn in fns.items()}
     times = time_interleaved(fns, args.warmup, args.repeats, args.min_time)
     kernels = {"lstmrs_bf16": q["bfloat16"].kernel, "lstmrs_int8": q["qint8"].kernel}
@@ -290,7 +297,7 @@ def _time_shared(torch, cell: str, case, args, module, sd, x, ort):
 def _time_isolated(cell: str, case, args, sd, x, ort, ref, turn: int):
     """As :func:`_time_shared`, each implementation in its own fresh process (worker.py), one
     after another in an order rotated by ``turn``; each worker's first output is checked."""
-    libs = [lib for lib in worker.LOWP_LIBS if ort is not None or "onnxruntime" not in lib]
+    libs = [lib for lib in _impls(args) if ort is not None or "onnxruntime" not in lib]
     outs: dict = {}
 
     def check(lib, arrays):
@@ -345,15 +352,20 @@ def speed_case(torch, cell: str, case, args, turn: int = 0) -> list[dict]:
             row["ort_quantized_ops"] = ort[2]
         rows.append(row)
     med = {r["impl"]: r["median_ms"] for r in rows}
+    # Each ratio where both implementations ran (--impls may leave some out).
+    refs = {
+        "lstmrs_int8": {
+            "torch_qint8": "torch_qint8_dynamic",
+            "ort_qint8": "onnxruntime_qint8_dynamic",
+        },
+        "lstmrs_bf16": {"torch_bf16": "torch_bf16_autocast"},
+    }
     for r in rows:
-        r["speedup_vs_lstmrs_f32"] = med["lstmrs"] / r["median_ms"]
-    for r in rows:
-        if r["impl"] == "lstmrs_int8":
-            r["ratio_vs_torch_qint8"] = r["median_ms"] / med["torch_qint8_dynamic"]
-            if "onnxruntime_qint8_dynamic" in med:
-                r["ratio_vs_ort_qint8"] = r["median_ms"] / med["onnxruntime_qint8_dynamic"]
-        if r["impl"] == "lstmrs_bf16":
-            r["ratio_vs_torch_bf16"] = r["median_ms"] / med["torch_bf16_autocast"]
+        if "lstmrs" in med:
+            r["speedup_vs_lstmrs_f32"] = med["lstmrs"] / r["median_ms"]
+        for key, ref_impl in refs.get(r["impl"], {}).items():
+            if ref_impl in med:
+                r[f"ratio_vs_{key}"] = r["median_ms"] / med[ref_impl]
     return rows
 
 
@@ -372,7 +384,7 @@ def _print_speed(rows: list[dict]) -> None:
             notes.append(f"ort ops added: {','.join(r['ort_quantized_ops']) or 'none'}")
         print(
             f"{r['cell']:5s} {tuple(r['case'])!s:22s} {r['impl']:26s} {r['median_ms']:10.2f} "
-            f"{r['gflops']:8.1f} {r['speedup_vs_lstmrs_f32']:12.2f} "
+            f"{r['gflops']:8.1f} {r.get('speedup_vs_lstmrs_f32', float('nan')):12.2f} "
             f"{r['rel_err_vs_torch_f32']:8.1e}  {' '.join(notes)}",
             flush=True,
         )
@@ -418,10 +430,17 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default="lstm,gru")
     p.add_argument("--cases", nargs="*", help="B,T,I,H,layers (default: the bench cases)")
     p.add_argument("--no-ort", action="store_true")
+    p.add_argument(
+        "--impls",
+        help=f"comma list of the implementations to time (default all: {','.join(worker.LOWP_LIBS)})",
+    )
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--accuracy", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    unknown = set(args.impls.split(",")) - set(worker.LOWP_LIBS) if args.impls else set()
+    if unknown:
+        p.error(f"--impls: expected names from {','.join(worker.LOWP_LIBS)}, got {sorted(unknown)}")
 
     import torch  # the references; the benchmark needs them
 

@@ -195,6 +195,20 @@ def test_lowp_record_isolated_and_shared(shared, tmp_path, restore_num_threads, 
     assert "reduced-precision goals" in capsys.readouterr().out
 
 
+def test_lowp_impls_selects_and_names_are_checked(tmp_path, restore_num_threads, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "lowp.json"
+    argv = ["--threads", "1", "--cells", "gru", "--cases", ",".join(map(str, TINY))]
+    argv += ["--repeats", "2", "--min-time", "0", "--shared-process", "--json", str(out)]
+    assert lowp.main(argv + ["--impls", "lstmrs_bf16,lstmrs"]) == 0
+    rows = json.loads(out.read_text())["speed"]
+    assert [r["impl"] for r in rows] == ["lstmrs", "lstmrs_bf16"]
+    assert "ratio_vs_torch_bf16" not in rows[1] and rows[1]["speedup_vs_lstmrs_f32"] > 0
+    with pytest.raises(SystemExit):
+        lowp.main(argv + ["--impls", "lstmrs,tensorflow"])
+    assert "--impls: expected names from" in capsys.readouterr().err
+
+
 def worker_libs():
     import worker
 
