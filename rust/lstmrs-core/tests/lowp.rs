@@ -202,7 +202,11 @@ fn bad_configurations_and_kernels_are_refused() {
 fn teams_match_one_thread_bit_for_bit() {
     lstmrs_core::threads::set_num_threads(2).unwrap();
     let (i, b, t) = (24, 11, 5);
-    for (cell, h) in [(CellKind::Lstm, 72), (CellKind::Gru, 40), (CellKind::Lstm, 256)] {
+    for (cell, h) in [
+        (CellKind::Lstm, 72),
+        (CellKind::Gru, 40),
+        (CellKind::Lstm, 256),
+    ] {
         let cfg = RnnConfig::new(cell, i, h, 2, true, true).unwrap();
         let params = RnnParams::<f32>::init_uniform(cfg, 5);
         let x = data(b * t * i, 0.7);
