@@ -6,8 +6,9 @@
 //! `W` and [`MR`] broadcasts of `A` per 32-bit group. The epilogue (scales, zero points, bias,
 //! accumulation into `C`) is one function with the same arithmetic, element by element, on every
 //! path, so the int8 kernels, whose sums are exact integers, give the same bits everywhere; it is
-//! inlined into each kernel, where it compiles to the kernel's vector instructions (scalar, it
-//! took a quarter of a bf16 sweep's time at K = 256).
+//! inlined into each kernel, where it compiles to the kernel's vector instructions (scalar and
+//! separate, it had 15% of the perf samples of a one-thread bf16 (64,128,128,256) LSTM, against
+//! 35% in the tile kernel).
 
 use super::pack::{PackedActivations, PackedWeight, Precision, MR, NR};
 use crate::error::{Error, Result};
