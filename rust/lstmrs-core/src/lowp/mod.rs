@@ -203,15 +203,19 @@ impl LowpRnn {
         let (t_len, b, h) = (x.seq_len, x.batch, cfg.hidden_size);
         let nd = cfg.num_directions();
         let lstm = cfg.cell == CellKind::Lstm;
-        // Layer inputs time-major: [T, B, I_l].
-        let mut input = match x.layout {
-            Layout::TimeMajor => x.input.to_vec(),
-            Layout::BatchFirst => transpose_bt(x.input, b, t_len, cfg.input_size),
-        };
+        // The first layer reads the caller's input where it lies and the last writes the output
+        // in the caller's layout: no transposed copies. Between layers, time-major [T, B, D*H].
+        let batch_first = x.layout == Layout::BatchFirst;
+        let mut prev: Option<Vec<f32>> = None;
         let states = cfg.num_layers * nd * b * h;
         let mut h_n = vec![0.0f32; states];
         let mut c_n = vec![0.0f32; if lstm { states } else { 0 }];
         for layer in 0..cfg.num_layers {
+            let input = match &prev {
+                Some(p) => Rows::new(&p[..], t_len, b, false),
+                None => Rows::new(x.input, t_len, b, batch_first),
+            };
+            let last = layer + 1 == cfg.num_layers;
             let mut out = vec![0.0f32; t_len * b * nd * h];
             for dir in 0..nd {
                 let ld = layer * nd + dir;
@@ -230,18 +234,22 @@ impl LowpRnn {
                 };
                 let h0 = x.h0.map(|h0| &h0[s.clone()]);
                 let c0 = x.c0.filter(|_| lstm).map(|c0| &c0[s.clone()]);
-                let (h_last, c_last) = sweep.run(&input, h0, c0, &mut out, dir * h, nd * h);
+                let (h_last, c_last) = sweep.run(
+                    input,
+                    h0,
+                    c0,
+                    Rows::new(&mut out[..], t_len, b, last && batch_first),
+                    dir * h,
+                    nd * h,
+                );
                 h_n[s.clone()].copy_from_slice(&h_last);
                 if lstm {
                     c_n[s].copy_from_slice(&c_last);
                 }
             }
-            input = out;
+            prev = Some(out);
         }
-        let output = match x.layout {
-            Layout::TimeMajor => input,
-            Layout::BatchFirst => transpose_bt(&input, t_len, b, nd * h),
-        };
+        let output = prev.expect("at least one layer");
         LowpOutput {
             output,
             h_n,
@@ -304,15 +312,15 @@ impl LowpSweep<'_> {
         team_size(threads::team_capacity(), h, step_work, self.steps).min(h.div_ceil(NR))
     }
 
-    /// Runs the sweep on the time-major `x[T*B, I]` from `h0`, `c0` (zeros when None), writing
-    /// each active row's state into columns `col..col+H` of `out[T*B, ld_out]`; returns the
-    /// last states.
+    /// Runs the sweep on the input `x` (`I` features a row) from `h0`, `c0` (zeros when None),
+    /// writing each active row's state into columns `col..col+H` of `out` (`ld_out` a row);
+    /// returns the last states.
     fn run(
         &self,
-        x: &[f32],
+        x: Rows<&[f32]>,
         h0: Option<&[f32]>,
         c0: Option<&[f32]>,
-        out: &mut [f32],
+        out: Rows<&mut [f32]>,
         col: usize,
         ld_out: usize,
     ) -> (Vec<f32>, Vec<f32>) {
@@ -339,8 +347,10 @@ impl LowpSweep<'_> {
             act: RowsMut::new(&mut act, gw),
             h_pre: RowsMut::new(&mut h_pre, gw),
             aux: RowsMut::new(&mut aux, h),
-            out: RowsMut::new(out, ld_out),
+            out: RowsMut::new(out.data, ld_out),
         };
+        let out_order = Rows::new((), out.steps, out.batch, out.batch_first);
+        let out_row = |t: usize, r: usize| out_order.index(t, r);
         let blocks = h.div_ceil(NR);
         threads::team(self.members(), |member, size, barrier| {
             let (b0, b1) = (blocks * member / size, blocks * (member + 1) / size);
@@ -360,7 +370,10 @@ impl LowpSweep<'_> {
                         let times = self.chunk_times(s, chunk);
                         first = times.start;
                         let rows = times.len() * b;
-                        ax.fill(self.precision, &x[first * b * i..], rows, i, i);
+                        ax.fill_rows(self.precision, rows, i, |q| {
+                            let row = x.index(first + q / b, q % b) * i;
+                            &x.data[row..row + i]
+                        });
                         let dst = Out {
                             ptr: views.act.ptr(),
                             len: rows * gw,
@@ -421,7 +434,7 @@ impl LowpSweep<'_> {
                         if active.row(r) {
                             views
                                 .out
-                                .row_mut(t * b + r, col + units.start, units.len())
+                                .row_mut(out_row(t, r), col + units.start, units.len())
                                 .copy_from_slice(next.row(r, units.start, units.len()));
                         }
                     }
@@ -440,6 +453,36 @@ impl LowpSweep<'_> {
     }
 }
 
+/// A sequence of `T` steps of `B` rows, stored time-major (`[T, B, ·]`) or batch-first
+/// (`[B, T, ·]`).
+#[derive(Clone, Copy)]
+struct Rows<D> {
+    data: D,
+    steps: usize,
+    batch: usize,
+    batch_first: bool,
+}
+
+impl<D> Rows<D> {
+    fn new(data: D, steps: usize, batch: usize, batch_first: bool) -> Self {
+        Rows {
+            data,
+            steps,
+            batch,
+            batch_first,
+        }
+    }
+
+    /// The row index of step `t`, batch row `r`.
+    fn index(&self, t: usize, r: usize) -> usize {
+        if self.batch_first {
+            r * self.steps + t
+        } else {
+            t * self.batch + r
+        }
+    }
+}
+
 /// The buffers a sweep's team shares (see [`LowpSweep`]).
 #[derive(Clone, Copy)]
 struct SweepViews<'a> {
@@ -455,18 +498,6 @@ struct SweepViews<'a> {
     aux: RowsMut<'a, f32>,
     /// `[T*B, D*H]` the layer's output.
     out: RowsMut<'a, f32>,
-}
-
-/// `[P, Q, F]` → `[Q, P, F]`.
-pub(crate) fn transpose_bt(x: &[f32], p: usize, q: usize, f: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    for i in 0..p {
-        for j in 0..q {
-            let (src, dst) = ((i * q + j) * f, (j * p + i) * f);
-            y[dst..dst + f].copy_from_slice(&x[src..src + f]);
-        }
-    }
-    y
 }
 
 #[cfg(test)]

@@ -241,6 +241,17 @@ impl PackedActivations {
     /// Converts the row-major `a[M, K]` (row stride `ld`) into `self`, reusing its buffers, on
     /// the calling thread (each member of a sweep's team converts what it multiplies).
     pub fn fill(&mut self, precision: Precision, a: &[f32], m: usize, k: usize, ld: usize) {
+        self.fill_rows(precision, m, k, |r| &a[r * ld..r * ld + k]);
+    }
+
+    /// [`PackedActivations::fill`] with row `r` of `A` at `row(r)` (`K` elements).
+    pub fn fill_rows<'a>(
+        &mut self,
+        precision: Precision,
+        m: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) {
         let g = precision.group();
         let kg = k.div_ceil(g);
         let rows = m.div_ceil(MR) * MR;
@@ -255,7 +266,7 @@ impl PackedActivations {
             self.zero.resize(rows, 0);
         }
         for (r, out) in self.words.chunks_mut(kg).take(m).enumerate() {
-            let row = &a[r * ld..r * ld + k];
+            let row = &row(r)[..k];
             // Padding past K meets zero weights; it stays 0.
             match precision {
                 Precision::Int8 => {
