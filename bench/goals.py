@@ -6,11 +6,18 @@ for an upper limit (a time ratio, microseconds, a memory ratio), limit / value f
 (%GEMM). A goal's ``factor`` is that of its worst item (for "on at least half": of the item that
 decides it); below 1 it is met with room to spare, above 1 it is the remaining distance. A goal
 with no item in the record (a section not run, or --quick's small shapes) is "not measured".
+
+The reduced-precision goals read lowp.py's record (its ``speed`` and ``accuracy`` rows):
+:func:`check` takes either record, or both merged (``python bench/goals.py RECORD.json ...``
+prints the table of several records' sections together).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 
 # Cases bound by the gate matmuls (large I and H): where %GEMM is judged.
 GEMM_BOUND = ((64, 64, 512, 1024, 1), (64, 128, 128, 256, 1), (64, 128, 128, 256, 2))
@@ -18,6 +25,15 @@ GEMM_FRACTION = 0.85
 INFERENCE_EVERY, INFERENCE_HALF = 1.0, 0.8
 TRAINING = {"lstm": 0.8, "gru": 0.5}
 STREAM_B1_H128_US = 4.0
+# bf16 inference: at least this many times lstmrs' own float32 throughput on the GEMM-bound
+# cases, its output within BF16_REL_ERR of torch float32 (max|a-b| / max|b|).
+BF16_SPEEDUP, BF16_REL_ERR = 1.6, 1e-2
+# int8 inference: at most this fraction of the time of torch's dynamically quantized LSTM.
+INT8_CASE, INT8_VS_TORCH = (64, 64, 512, 1024, 1), 0.5
+# The accuracy budget on trained models of the built-in tasks (lowp.py --accuracy): the task's
+# metric (lower is better: bits per character, RMSE) may worsen by at most this many percent
+# over the same model in float32.
+ACCURACY_BUDGET_PCT = {"bfloat16": 1.0, "qint8": 2.0}
 
 
 def _case(r: dict) -> tuple:
@@ -111,14 +127,76 @@ def check(record: dict) -> list[dict]:
         if "peak_ratio_vs_torch" in r
     ]
     goals.append(_goal("memory", "training step peak memory <= torch's", mem))
+    return goals + check_lowp(record)
+
+
+def _lowp_rows(record: dict, impl: str) -> dict:
+    """(cell, case) -> the row of ``impl`` in lowp.py's speed rows."""
+    return {(r["cell"], tuple(r["case"])): r for r in record.get("speed", []) if r["impl"] == impl}
+
+
+def check_lowp(record: dict) -> list[dict]:
+    """The reduced-precision goals of issue 16 on lowp.py's record."""
+    f32, bf16 = _lowp_rows(record, "lstmrs"), _lowp_rows(record, "lstmrs_bf16")
+    int8, tq = _lowp_rows(record, "lstmrs_int8"), _lowp_rows(record, "torch_qint8_dynamic")
+    goals = []
+    speed = [
+        _item(
+            f"{cell} ({','.join(map(str, case))})",
+            f32[key]["median_ms"] / bf16[key]["median_ms"],
+            BF16_SPEEDUP,
+            upper=False,
+        )
+        for key in bf16
+        for cell, case in [key]
+        if case in GEMM_BOUND and key in f32
+    ]
+    goals.append(
+        _goal(
+            "bf16_speed",
+            f"bf16 inference >= {BF16_SPEEDUP}x lstmrs f32 throughput on GEMM-bound cases",
+            speed,
+        )
+    )
+    err = [
+        _item(f"{cell} ({','.join(map(str, case))})", r["rel_err_vs_torch_f32"], BF16_REL_ERR)
+        for (cell, case), r in bf16.items()
+        if case in GEMM_BOUND
+    ]
+    goals.append(
+        _goal("bf16_error", f"bf16 outputs within {BF16_REL_ERR:g} of torch f32 (relative)", err)
+    )
+    q = [
+        _item(
+            f"{cell} ({','.join(map(str, case))})",
+            int8[key]["median_ms"] / tq[key]["median_ms"],
+            INT8_VS_TORCH,
+        )
+        for key in int8
+        for cell, case in [key]
+        if case == INT8_CASE and cell == "lstm" and key in tq
+    ]
+    goals.append(
+        _goal("int8_speed", f"int8 LSTM <= {INT8_VS_TORCH}x torch's dynamic qint8 time", q)
+    )
+    for dt, name in (("bfloat16", "bf16"), ("qint8", "int8")):
+        budget = ACCURACY_BUDGET_PCT[dt]
+        items = [
+            _item(f"{a['task']} {a['metric']}", max(a[f"{dt}_change_pct"], 0.0), budget)
+            for a in record.get("accuracy", [])
+        ]
+        goals.append(
+            _goal(
+                f"{name}_accuracy",
+                f"{name} task metric within {budget:g}% of f32 on trained models",
+                items,
+            )
+        )
     return goals
 
 
-def print_goals(goals: list[dict], quick: bool = False) -> None:
-    print(
-        "issue 16 goals"
-        + (" (a --quick run: small shapes, not the issue's cases)" if quick else "")
-    )
+def print_goals(goals: list[dict], quick: bool = False, title: str = "issue 16 goals") -> None:
+    print(title + (" (a --quick run: small shapes, not the issue's cases)" if quick else ""))
     print("  factor: how many times faster (leaner) lstmrs must get; <= 1 met (room to spare)")
     for g in goals:
         tag = {"met": "met", "missed": "MISSED"}.get(g["status"], "n/a")
@@ -135,3 +213,29 @@ def print_goals(goals: list[dict], quick: bool = False) -> None:
                 print(
                     f"           {it['what']}: {it['value']:.3g} vs {it['limit']:g} -> {it['factor']:.2f}"
                 )
+
+
+def merged(records: list[dict]) -> dict:
+    """Several records' sections in one (bench_rnn.py's ``cases``/``stream``, lowp.py's
+    ``speed``/``accuracy``): a later record's rows are added after an earlier one's."""
+    out: dict = {}
+    for rec in records:
+        for key in ("cases", "stream", "speed", "accuracy"):
+            out.setdefault(key, []).extend(rec.get(key, []))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="issue 16's goals on one or more records")
+    p.add_argument("records", nargs="+", metavar="RECORD.json")
+    args = p.parse_args(argv)
+    records = []
+    for path in args.records:
+        with open(path) as f:
+            records.append(json.load(f))
+    print_goals(check(merged(records)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

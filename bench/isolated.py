@@ -90,7 +90,7 @@ def time_libs(
     (+ ``per_lib[lib]``, e.g. its ONNX file);
     ``check(lib, outputs)`` returns the problems of the worker's own first result (the arrays
     it wrote). Returns (lib -> times in ms, lib -> what the worker saw: its libraries' thread
-    counts, the timed libraries it imported, its setup seconds)."""
+    counts, the timed libraries it imported, its setup seconds, and its ``label`` if any)."""
     timed, details, problems = {}, {}, []
     for lib in libs:
         out = ws.file(f"out-{lib}.npz")
@@ -99,6 +99,8 @@ def time_libs(
             problems += check(lib, {k: data[k] for k in data.files})
         timed[lib] = res["times_ms"]
         details[lib] = {k: res[k] for k in ("threads_seen", "modules", "setup_s")}
+        if res.get("label") is not None:
+            details[lib]["label"] = res["label"]  # e.g. the kernel a lowp worker ran
     what = f"{base['kind']} {base.get('cell', '')} workers {', '.join(libs)}"
     require_agreement(f"{what}: their own results agree with torch", problems)
     return timed, details

@@ -1,19 +1,27 @@
 """Reduced-precision inference (issue 16): accuracy on trained models and speed beside the
-references, in one run.
+references, in one run, and the bf16/int8 goals checked on it (goals.py).
 
     python bench/lowp.py --threads 2 --json bench/results/lowp.json            # speed, all cases
-    python bench/lowp.py --accuracy runs/charlm-... runs/forecast-...          # accuracy only
-    python bench/lowp.py --cases 64,64,512,1024,1 --cells lstm --repeats 3
+    python bench/lowp.py --accuracy runs/charlm-... runs/forecast-... --no-speed  # accuracy only
+    python bench/lowp.py --cases 64,64,512,1024,1 --cells lstm --repeats 5
 
 Speed: for each case (B, T, I, H, layers) and cell, float32 inference of lstmrs, lstmrs bf16
 (``quantize_dynamic(layer, "bfloat16")``), lstmrs int8 (``"qint8"``), torch (``inference_mode``),
 torch under ``torch.autocast("cpu", dtype=torch.bfloat16)``, torch's
 ``torch.ao.quantization.quantize_dynamic`` (qint8), ONNX Runtime on the float graph
 (``ort_models.sequence_model``) and on ``onnxruntime.quantization.quantize_dynamic`` of it
-(QInt8 weights), all from the same torch weights, taking turns inside every repeat. Each output
-is compared with torch float32 first (max|a-b|/max|b|, the ``rel_err`` column). The record
-states what each library ran on: lstmrs' dispatched kernels, torch's
+(QInt8 weights), all from the same torch weights. Each output is compared with torch float32
+(max|a-b|/max|b|, the ``rel_err`` column; a sanity bound per precision stops the run before
+timing). The record states what each library ran on: lstmrs' dispatched kernels, torch's
 ``get_cpu_capability()``, ORT's build info and which ops its quantizer replaced.
+
+Timing: by default each implementation runs in its own fresh process (``isolated.py``,
+``worker.py`` kind ``lowp``), rebuilt from the same weights and input, with every library's
+thread count set before import, its calls back to back (at least ``--repeats`` calls and
+``--min-time`` seconds), the implementations of a case one after another in an order rotated
+per case: as the f32 record (bench_rnn.py) does. ``--shared-process`` times them all in this
+process instead, taking turns within each repeat (one library's spinning threads then tax the
+others: the first record, lowp-2threads.txt, was taken that way).
 
 Accuracy: for each run directory of ``lstmrs train`` (a ``charlm`` or a ``forecast`` run with a
 linear head), the task's metric with the model's recurrent layers in float32, bf16 and int8: the
@@ -29,10 +37,22 @@ import os
 import sys
 import tempfile
 
+import goals
+import impls
+import isolated
 import lstmrs
 import numpy as np
 import ort_models
-from common import forward_flops, loadavg, summarize, time_interleaved
+import worker
+from common import (
+    close,
+    forward_flops,
+    loadavg,
+    require_agreement,
+    set_threads,
+    summarize,
+    time_interleaved,
+)
 from lstmrs import quantization
 from lstmrs.rundir import RunDir
 from lstmrs.tasks.runner import lookup_task, resolve_config
@@ -184,10 +204,12 @@ def accuracy(paths: list[str]) -> list[dict]:
 # speed
 
 
-def _ort_pair(cell: str, sd: dict, case, threads: int):
-    """(float session, quantized session, replaced op types) or None without onnxruntime."""
+def _ort_models(cell: str, sd: dict, case):
+    """(float graph, its ``onnxruntime.quantization.quantize_dynamic`` copy, the op types the
+    quantizer added) or None without onnxruntime."""
     if ort_models.available() is None:
         return None
+    # Imported here: optional, like ONNX Runtime itself (ort_models.available checked them).
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -199,52 +221,118 @@ def _ort_pair(cell: str, sd: dict, case, threads: int):
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         qmodel = onnx.load(dst)
     ops = sorted({n.op_type for n in qmodel.graph.node} - {n.op_type for n in model.graph.node})
-    return ort_models._session(model, threads), ort_models._session(qmodel, threads), ops
+    return model, qmodel, ops
 
 
-def speed_case(torch, cell: str, case, args) -> list[dict]:
+# The check of each implementation's output against torch float32 before it is timed: a
+# sanity bound per precision that catches wrong wiring (the bf16 goal's 1e-2 is judged in
+# goals.py on the recorded error); torch's own qint8 LSTM is 2-4e-2 off on these cases.
+SANITY_RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "qint8": 1.5e-1}
+
+
+def _precision(impl: str) -> str:
+    if "bf16" in impl:
+        return "bfloat16"
+    return "qint8" if ("int8" in impl or "qint8" in impl) else "float32"
+
+
+def _impls(args) -> list[str]:
+    """The implementations of ``--impls`` (default all), in ``worker.LOWP_LIBS``'s order."""
+    wanted = set(args.impls.split(",")) if args.impls else set(worker.LOWP_LIBS)
+    return [lib for lib in worker.LOWP_LIBS if lib in wanted]
+
+
+def _setup(torch, cell: str, case):
+    """torch's module (float32, eval), its weights as NumPy, the input and torch's output."""
     b, t, i, h, layers = case
-    torch.manual_seed(0)
-    cls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
-    module = cls(i, h, num_layers=layers, batch_first=True).eval()
-    sd = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-    layer = (lstmrs.GRU if cell == "gru" else lstmrs.LSTM)(i, h, num_layers=layers, seed=0).eval()
+    module = impls.torch_module(torch, cell, i, h, layers).eval()
+    sd = impls.state_dict_np(module)
+    x = impls.make_input(b, t, i)
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(x))[0].numpy().astype(np.float64)
+    return module, sd, x, ref
+
+
+def _time_shared(torch, cell: str, case, args, module, sd, x, ort):
+    """(impl -> times, impl -> first output, impl -> lstmrs kernel): every implementation in
+    this process, taking turns within each repeat."""
+    _, _, i, h, layers = case
+    layer = impls.lstmrs_layer(lstmrs, cell, i, h, layers).eval()
     layer.load_state_dict(sd)
     q = {dt: lstmrs.quantize_dynamic(layer, dt) for dt in ("bfloat16", "qint8")}
     tq = torch.ao.quantization.quantize_dynamic(
         torch.nn.Sequential(module), {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8
     )
-    x = np.random.default_rng(0).standard_normal((b, t, i)).astype(np.float32)
     tx = torch.from_numpy(x)
 
-    def torch_f32():
-        with torch.inference_mode():
-            return module(tx)[0]
+    def torch_fn(mod, autocast: bool):
+        def fn():
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+            ):
+                return mod(tx)[0]
 
-    def torch_bf16():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return module(tx)[0]
-
-    def torch_q():
-        with torch.inference_mode():
-            return tq(tx)[0]
+        return fn
 
     fns = {
         "lstmrs": lambda: layer(x)[0],
         "lstmrs_bf16": lambda: q["bfloat16"](x)[0],
         "lstmrs_int8": lambda: q["qint8"](x)[0],
-        "torch": torch_f32,
-        "torch_bf16_autocast": torch_bf16,
-        "torch_qint8_dynamic": torch_q,
+        "torch": torch_fn(module, False),
+        "torch_bf16_autocast": torch_fn(module, True),
+        "torch_qint8_dynamic": torch_fn(tq, False),
     }
-    ort = None if args.no_ort else _ort_pair(cell, sd, case, args.threads)
     if ort is not None:
-        fs, qs, ort_ops = ort
+        fs, qs = (ort_models._session(m, args.threads) for m in ort[:2])
         fns["onnxruntime"] = lambda: fs.run(None, {"x": x})[0]
         fns["onnxruntime_qint8_dynamic"] = lambda: qs.run(None, {"x": x})[0]
-    ref = torch_f32().float().numpy()
-    errors = {name: _rel(_numpy(fn()), ref) for name, fn in fns.items()}
-    times = time_interleaved(fns, args.warmup, args.repeats)
+    fns = {name: fn for name, fn in fns.items() if name in _impls(args)}
+    outs = {name: _numpy(fn()) for name, fn in fns.items()}
+    times = time_interleaved(fns, args.warmup, args.repeats, args.min_time)
+    kernels = {"lstmrs_bf16": q["bfloat16"].kernel, "lstmrs_int8": q["qint8"].kernel}
+    return times, outs, kernels, {}
+
+
+def _time_isolated(cell: str, case, args, sd, x, ort, ref, turn: int):
+    """As :func:`_time_shared`, each implementation in its own fresh process (worker.py), one
+    after another in an order rotated by ``turn``; each worker's first output is checked."""
+    libs = [lib for lib in _impls(args) if ort is not None or "onnxruntime" not in lib]
+    outs: dict = {}
+
+    def check(lib, arrays):
+        outs[lib] = np.asarray(arrays["out"], np.float64)
+        return [close(f"{cell} {lib} out (worker)", outs[lib], ref, SANITY_RTOL[_precision(lib)])]
+
+    with isolated.Workspace() as ws:
+        npz = ws.save("case", x=x, **{f"sd.{k}": v for k, v in sd.items()})
+        per_lib = {}
+        if ort is not None:
+            per_lib["onnxruntime"] = {"onnx": ws.save_model("f", ort[0])}
+            per_lib["onnxruntime_qint8_dynamic"] = {"onnx": ws.save_model("q", ort[1])}
+        base = {"kind": "lowp", "cell": cell, "case": list(case), "npz": npz}
+        times, children = isolated.time_libs(
+            base | isolated.timing_job(args), isolated.rotated(libs, turn), ws, check, per_lib
+        )
+    kernels = {
+        lib: c["label"] for lib, c in children.items() if lib in ("lstmrs_bf16", "lstmrs_int8")
+    }
+    return {lib: times[lib] for lib in libs}, outs, kernels, children
+
+
+def speed_case(torch, cell: str, case, args, turn: int = 0) -> list[dict]:
+    b, t, i, h, layers = case
+    module, sd, x, ref = _setup(torch, cell, case)
+    ort = None if args.no_ort else _ort_models(cell, sd, case)
+    if args.shared_process:
+        times, outs, kernels, children = _time_shared(torch, cell, case, args, module, sd, x, ort)
+        problems = [
+            close(f"{cell} {name} out", out, ref, SANITY_RTOL[_precision(name)])
+            for name, out in outs.items()
+        ]
+        require_agreement(f"lowp {cell} {case}: every implementation near torch f32", problems)
+    else:
+        times, outs, kernels, children = _time_isolated(cell, case, args, sd, x, ort, ref, turn)
     flops = forward_flops(cell, b, t, i, h, layers)
     rows = []
     for name, ts in times.items():
@@ -252,24 +340,32 @@ def speed_case(torch, cell: str, case, args) -> list[dict]:
             "cell": cell,
             "case": list(case),
             "impl": name,
-            "rel_err_vs_torch_f32": errors[name],
+            "precision": _precision(name),
+            "rel_err_vs_torch_f32": _rel(outs[name], ref),
             **summarize(ts, flops),
         }
-        if name in ("lstmrs_bf16", "lstmrs_int8"):
-            row["kernel"] = q["bfloat16" if name == "lstmrs_bf16" else "qint8"].kernel
+        if name in kernels:
+            row["kernel"] = kernels[name]
+        if name in children:
+            row["child"] = children[name]
         if name == "onnxruntime_qint8_dynamic":
-            row["ort_quantized_ops"] = ort_ops
+            row["ort_quantized_ops"] = ort[2]
         rows.append(row)
     med = {r["impl"]: r["median_ms"] for r in rows}
+    # Each ratio where both implementations ran (--impls may leave some out).
+    refs = {
+        "lstmrs_int8": {
+            "torch_qint8": "torch_qint8_dynamic",
+            "ort_qint8": "onnxruntime_qint8_dynamic",
+        },
+        "lstmrs_bf16": {"torch_bf16": "torch_bf16_autocast"},
+    }
     for r in rows:
-        r["speedup_vs_lstmrs_f32"] = med["lstmrs"] / r["median_ms"]
-    for r in rows:
-        if r["impl"] == "lstmrs_int8":
-            r["ratio_vs_torch_qint8"] = r["median_ms"] / med["torch_qint8_dynamic"]
-            if "onnxruntime_qint8_dynamic" in med:
-                r["ratio_vs_ort_qint8"] = r["median_ms"] / med["onnxruntime_qint8_dynamic"]
-        if r["impl"] == "lstmrs_bf16":
-            r["ratio_vs_torch_bf16"] = r["median_ms"] / med["torch_bf16_autocast"]
+        if "lstmrs" in med:
+            r["speedup_vs_lstmrs_f32"] = med["lstmrs"] / r["median_ms"]
+        for key, ref_impl in refs.get(r["impl"], {}).items():
+            if ref_impl in med:
+                r[f"ratio_vs_{key}"] = r["median_ms"] / med[ref_impl]
     return rows
 
 
@@ -288,7 +384,7 @@ def _print_speed(rows: list[dict]) -> None:
             notes.append(f"ort ops added: {','.join(r['ort_quantized_ops']) or 'none'}")
         print(
             f"{r['cell']:5s} {tuple(r['case'])!s:22s} {r['impl']:26s} {r['median_ms']:10.2f} "
-            f"{r['gflops']:8.1f} {r['speedup_vs_lstmrs_f32']:12.2f} "
+            f"{r['gflops']:8.1f} {r.get('speedup_vs_lstmrs_f32', float('nan')):12.2f} "
             f"{r['rel_err_vs_torch_f32']:8.1e}  {' '.join(notes)}",
             flush=True,
         )
@@ -320,25 +416,42 @@ def features(torch) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="at least this many timed calls")
+    p.add_argument(
+        "--min-time", type=float, default=1.0, metavar="S", help="and at least S s of them"
+    )
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--shared-process",
+        action="store_true",
+        help="time every implementation in this process, taking turns (default: each in its "
+        "own fresh process, calls back to back)",
+    )
     p.add_argument("--cells", default="lstm,gru")
     p.add_argument("--cases", nargs="*", help="B,T,I,H,layers (default: the bench cases)")
     p.add_argument("--no-ort", action="store_true")
+    p.add_argument(
+        "--impls",
+        help=f"comma list of the implementations to time (default all: {','.join(worker.LOWP_LIBS)})",
+    )
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--accuracy", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    unknown = set(args.impls.split(",")) - set(worker.LOWP_LIBS) if args.impls else set()
+    if unknown:
+        p.error(f"--impls: expected names from {','.join(worker.LOWP_LIBS)}, got {sorted(unknown)}")
 
     import torch  # the references; the benchmark needs them
 
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
-    lstmrs.set_num_threads(args.threads)
+    set_threads(args.threads, torch, lstmrs)
     record: dict = {
         "meta": {
             "threads": args.threads,
             "repeats": args.repeats,
+            "min_time_s": args.min_time,
+            "warmup": args.warmup,
+            "isolation": isolated.SHARED if args.shared_process else isolated.ISOLATION,
             "load_before": loadavg(),
             "features": features(torch),
         }
@@ -349,14 +462,18 @@ def main(argv=None) -> int:
         record["accuracy"] = accuracy(args.accuracy)
     if not args.no_speed:
         cases = [tuple(int(v) for v in c.split(",")) for c in args.cases] if args.cases else CASES
-        rows = []
+        rows, turn = [], 0
         for cell in args.cells.split(","):
             for case in cases:
-                case_rows = speed_case(torch, cell, case, args)
+                case_rows = speed_case(torch, cell, case, args, turn)
+                turn += 1
                 _print_speed(case_rows)
                 rows += case_rows
         record["speed"] = rows
     record["meta"]["load_after"] = loadavg()
+    record["goals"] = goals.check_lowp(record)
+    print()
+    goals.print_goals(record["goals"], title="issue 16 reduced-precision goals")
     print(f"load average after: {record['meta']['load_after']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -10,6 +10,11 @@ Job kinds:
   stream  one streamed step per call (stream.py), ``lib`` torch, lstmrs or onnxruntime;
           lstmrs.Model's state dict (``sd.<name>``) and four inputs ``xs`` from ``npz``
   gemm    the GEMM ceiling's [n,n]@[n,n] (gemm.py), ``lib`` torch, numpy or onnxruntime
+  lowp    reduced-precision inference of a shape case (lowp.py), ``lib`` one of ``LOWP_LIBS``:
+          lstmrs in float32 / bf16 / int8 (``quantize_dynamic``), torch in float32, under bf16
+          autocast, or ``torch.ao.quantization.quantize_dynamic`` (qint8), ONNX Runtime on the
+          float graph or its quantized copy (``onnx``); the lstmrs workers report the product
+          kernel runtime dispatch chose as ``label``
 
 The thread counts come from the environment (set by the parent before this process started)
 and are also set through each library's own call. The worker imports only the library it times
@@ -100,6 +105,66 @@ def _case(job: dict):
     raise ValueError(f"worker: no {job['mode']} case for lib {lib!r}")
 
 
+LOWP_LIBS = (
+    "lstmrs",
+    "lstmrs_bf16",
+    "lstmrs_int8",
+    "torch",
+    "torch_bf16_autocast",
+    "torch_qint8_dynamic",
+    "onnxruntime",
+    "onnxruntime_qint8_dynamic",
+)
+_LSTMRS_DTYPES = {"lstmrs_bf16": "bfloat16", "lstmrs_int8": "qint8"}
+
+
+def _lowp(job: dict):
+    """(fn, its first result, label) of one reduced-precision (or float32 reference) inference."""
+    arrays, sd = _load(job)
+    x = arrays["x"]
+    cell, lib = job["cell"], job["lib"]
+    _, _, i, h, layers = job["case"]
+    label = None
+    if lib.startswith("lstmrs"):
+        lstmrs = _threads_lstmrs(job["threads"])
+        layer = impls.lstmrs_layer(lstmrs, cell, i, h, layers).eval()
+        layer.load_state_dict(sd)
+        if lib in _LSTMRS_DTYPES:
+            layer = lstmrs.quantize_dynamic(layer, _LSTMRS_DTYPES[lib])
+            label = layer.kernel
+
+        def fn():
+            return layer(x)[0]
+
+    elif lib.startswith("torch"):
+        torch = _threads_torch(job["threads"])
+        module = impls.torch_module(torch, cell, i, h, layers).eval()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+        if lib == "torch_qint8_dynamic":
+            module = torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(module), {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8
+            )
+        tx = torch.from_numpy(x)
+        autocast = lib == "torch_bf16_autocast"
+
+        def fn():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                return module(tx)[0]
+
+        label = torch.backends.cpu.get_cpu_capability()
+    elif lib in ("onnxruntime", "onnxruntime_qint8_dynamic"):
+        sess = _ort_session(job)
+
+        def fn():
+            return sess.run(None, {"x": x})[0]
+
+    else:
+        raise ValueError(f"worker: no lowp inference for lib {lib!r}")
+    out = fn()
+    out = out.float().numpy() if hasattr(out, "detach") else np.asarray(out)
+    return fn, {"out": out}, label
+
+
 def _stream(job: dict):
     """(fn = ``steps`` steps from one state, the first four steps' outputs from a zero state)."""
     arrays, sd = _load(job)
@@ -155,6 +220,8 @@ def run(job: dict) -> dict:
         fn, first = _stream(job)
     elif job["kind"] == "gemm":
         fn, first, label = _gemm(job)
+    elif job["kind"] == "lowp":
+        fn, first, label = _lowp(job)
     else:
         raise ValueError(f"worker: unknown job kind {job['kind']!r}")
     if job.get("out"):

@@ -1,5 +1,6 @@
 """The benchmark's own machinery (bench/): the timers and statistics, the isolated per-library
-workers, a whole --quick record both ways, and the issue 16 goal summary on synthetic records.
+workers, a whole --quick record both ways, the reduced-precision record (lowp.py) both ways, and
+the issue 16 goal summary on synthetic records.
 Nothing here asserts a speed: the record measures, the tests check it measures what it says."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import cases
 import common
 import goals
 import isolated
+import lowp
 import stream
 
 TINY = (2, 5, 3, 4, 1)  # (B, T, I, H, layers)
@@ -143,6 +145,76 @@ def test_failed_worker_exits_with_its_error(capsys):
     assert "unknown job kind 'nope'" in capsys.readouterr().err
 
 
+def test_lowp_worker_runs_the_quantized_layer_alone_and_names_its_kernel(tmp_path):
+    layer, sd, x = _tiny_lstm()
+    npz = str(tmp_path / "case.npz")
+    np.savez(npz, x=x, **{f"sd.{k}": v for k, v in sd.items()})
+    out = str(tmp_path / "out.npz")
+    job = {"kind": "lowp", "cell": "lstm", "case": list(TINY), "npz": npz, "out": out}
+    res = isolated.run_worker(job | {"lib": "lstmrs_bf16"} | isolated.timing_job(_args()))
+    assert res["modules"] == ["lstmrs"] and len(res["times_ms"]) == 3
+    assert res["label"] == lstmrs.quantize_dynamic(layer, "bfloat16").kernel
+    with np.load(out) as data:
+        got = data["out"]
+    want = np.asarray(lstmrs.quantize_dynamic(layer, "bfloat16")(x)[0])
+    np.testing.assert_array_equal(got, want)
+    # Near the float layer, not equal to it: the worker ran bf16.
+    ref = np.asarray(layer.eval()(x)[0])
+    assert 0 < np.abs(got - ref).max() < 1e-2
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["isolated", "shared-process"])
+def test_lowp_record_isolated_and_shared(shared, tmp_path, restore_num_threads, capsys):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    out = tmp_path / "lowp.json"
+    argv = ["--threads", "1", "--cells", "lstm", "--cases", ",".join(map(str, TINY))]
+    argv += ["--repeats", "2", "--min-time", "0", "--no-ort", "--json", str(out)]
+    try:
+        assert lowp.main(argv + (["--shared-process"] if shared else [])) == 0
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads(out.read_text())
+    assert record["meta"]["isolation"] == (isolated.SHARED if shared else isolated.ISOLATION)
+    rows = {r["impl"]: r for r in record["speed"]}
+    assert set(rows) == {lib for lib in worker_libs() if "onnxruntime" not in lib}
+    for name, r in rows.items():
+        assert r["calls"] >= 2 and r["median_ms"] > 0
+        assert r["precision"] == lowp._precision(name)
+        assert r["rel_err_vs_torch_f32"] <= lowp.SANITY_RTOL[r["precision"]]
+        if shared:
+            assert "child" not in r
+        else:
+            assert r["child"]["modules"] == [name.split("_")[0]]
+    assert rows["lstmrs_bf16"]["kernel"] in lstmrs.quantization.kernels("bfloat16")
+    assert rows["lstmrs_int8"]["kernel"] in lstmrs.quantization.kernels("qint8")
+    assert (
+        rows["lstmrs"]["rel_err_vs_torch_f32"] < 1e-5 < rows["lstmrs_bf16"]["rel_err_vs_torch_f32"]
+    )
+    assert [g["goal"] for g in record["goals"]][:3] == ["bf16_speed", "bf16_error", "int8_speed"]
+    assert "reduced-precision goals" in capsys.readouterr().out
+
+
+def test_lowp_impls_selects_and_names_are_checked(tmp_path, restore_num_threads, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "lowp.json"
+    argv = ["--threads", "1", "--cells", "gru", "--cases", ",".join(map(str, TINY))]
+    argv += ["--repeats", "2", "--min-time", "0", "--shared-process", "--json", str(out)]
+    assert lowp.main(argv + ["--impls", "lstmrs_bf16,lstmrs"]) == 0
+    rows = json.loads(out.read_text())["speed"]
+    assert [r["impl"] for r in rows] == ["lstmrs", "lstmrs_bf16"]
+    assert "ratio_vs_torch_bf16" not in rows[1] and rows[1]["speedup_vs_lstmrs_f32"] > 0
+    with pytest.raises(SystemExit):
+        lowp.main(argv + ["--impls", "lstmrs,tensorflow"])
+    assert "--impls: expected names from" in capsys.readouterr().err
+
+
+def worker_libs():
+    import worker
+
+    return worker.LOWP_LIBS
+
+
 # ---------------------------------------------------------------------------------------------
 # A whole --quick record, isolated (default) and --shared-process
 
@@ -231,6 +303,30 @@ def _record(inf, train, gemm_frac, stream_b1_us, stream_b32, mem):
     return {"cases": rows, "stream": srows}
 
 
+def _lowp_record(bf16_speedup, bf16_err, int8_vs_torch, change_pct):
+    """lowp.py's speed rows on the GEMM-bound cases (both cells; times from the ratios) and two
+    accuracy rows with the metric changes ``change_pct`` {dtype: (charlm, forecast)}."""
+    rows = []
+    for cell in ("lstm", "gru"):
+        for k, case in enumerate(goals.GEMM_BOUND):
+
+            def row(impl, ms, cell=cell, case=case, **kw):
+                return {"cell": cell, "case": list(case), "impl": impl, "median_ms": ms} | kw
+
+            rows.append(row("lstmrs", 100.0, rel_err_vs_torch_f32=1e-7))
+            rows.append(
+                row("lstmrs_bf16", 100.0 / bf16_speedup[cell][k], rel_err_vs_torch_f32=bf16_err)
+            )
+            rows.append(row("lstmrs_int8", 40.0, rel_err_vs_torch_f32=1e-2))
+            rows.append(row("torch_qint8_dynamic", 40.0 / int8_vs_torch))
+    acc = [
+        {"task": task, "metric": metric}
+        | {f"{dt}_change_pct": change_pct[dt][n] for dt in ("bfloat16", "qint8")}
+        for n, (task, metric) in enumerate([("charlm", "val_bpc"), ("forecast", "model_rmse")])
+    ]
+    return {"speed": rows, "accuracy": acc}
+
+
 def _by_name(record):
     return {g["goal"]: g for g in goals.check(record)}
 
@@ -238,7 +334,13 @@ def _by_name(record):
 def test_goals_all_met():
     inf = {"lstm": [0.7, 0.75, 0.9, 0.95, 0.6], "gru": [0.5, 0.8, 0.99, 0.9, 0.7]}
     train = {"lstm": [0.5] * 5, "gru": [0.4] * 5}
-    g = _by_name(_record(inf, train, 0.9, 3.0, 0.9, 0.8))
+    lowp_rec = _lowp_record(
+        {"lstm": [1.7, 1.8, 2.0], "gru": [1.65, 2.0, 2.2]},
+        4e-3,
+        0.3,
+        {"bfloat16": (0.02, -0.04), "qint8": (0.01, -0.2)},
+    )
+    g = _by_name(goals.merged([_record(inf, train, 0.9, 3.0, 0.9, 0.8), lowp_rec]))
     assert all(v["status"] == "met" for v in g.values()), g
     assert g["inference_every"]["factor"] == pytest.approx(0.99)
     assert g["inference_every"]["decisive"] == "gru (64,128,128,256,2)"
@@ -247,6 +349,57 @@ def test_goals_all_met():
     assert g["gemm_inference"]["factor"] == pytest.approx(0.85 / 0.9)
     assert len(g["gemm_training"]["items"]) == 2 * len(goals.GEMM_BOUND)
     assert g["stream_b1"]["factor"] == pytest.approx(0.75)
+    assert g["bf16_speed"]["factor"] == pytest.approx(1.6 / 1.65)
+    assert g["bf16_speed"]["decisive"] == "gru (64,64,512,1024,1)"
+    assert len(g["bf16_error"]["items"]) == 2 * len(goals.GEMM_BOUND)
+    # The int8 goal is on the LSTM of one case only.
+    assert [it["what"] for it in g["int8_speed"]["items"]] == ["lstm (64,64,512,1024,1)"]
+    assert g["int8_speed"]["factor"] == pytest.approx(0.3 / 0.5)
+    # An improved metric counts as no change.
+    assert g["int8_accuracy"]["factor"] == pytest.approx(0.01 / 2.0)
+
+
+def test_lowp_goals_missed_report_the_distance(capsys):
+    rec = _lowp_record(
+        {"lstm": [1.45, 2.0, 3.0], "gru": [1.2, 2.0, 2.0]},
+        1.5e-2,
+        0.55,
+        {"bfloat16": (0.5, 1.5), "qint8": (3.0, 0.1)},
+    )
+    g = {x["goal"]: x for x in goals.check_lowp(rec)}
+    assert all(v["status"] == "missed" for v in g.values()), g
+    assert g["bf16_speed"]["factor"] == pytest.approx(1.6 / 1.2)
+    assert sum(not it["ok"] for it in g["bf16_speed"]["items"]) == 2
+    assert g["bf16_error"]["factor"] == pytest.approx(1.5)
+    assert g["int8_speed"]["factor"] == pytest.approx(0.55 / 0.5)
+    assert g["bf16_accuracy"]["decisive"] == "forecast model_rmse"
+    assert g["int8_accuracy"]["factor"] == pytest.approx(1.5)
+    goals.print_goals(list(g.values()), title="lowp")
+    out = capsys.readouterr().out
+    assert (
+        "[MISSED] bf16 inference >= 1.6x" in out and "lstm (64,64,512,1024,1): 1.45 vs 1.6" in out
+    )
+
+
+def test_goals_cli_merges_records(tmp_path, capsys):
+    paths = []
+    for n, rec in enumerate(
+        [
+            {"cases": [], "stream": []},
+            _lowp_record(
+                {"lstm": [2.0] * 3, "gru": [2.0] * 3},
+                1e-3,
+                0.2,
+                {"bfloat16": (0, 0), "qint8": (0, 0)},
+            ),
+        ]
+    ):
+        paths.append(tmp_path / f"r{n}.json")
+        paths[-1].write_text(json.dumps(rec))
+    assert goals.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "[   met] bf16 inference >= 1.6x" in out
+    assert "inference <= 1.0x the faster of torch and ORT: not measured" in out
 
 
 def test_goals_missed_report_the_distance(capsys):

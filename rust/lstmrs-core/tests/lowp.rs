@@ -194,6 +194,50 @@ fn bad_configurations_and_kernels_are_refused() {
     assert!(e.to_string().contains("input"), "{e}");
 }
 
+/// Teams of two threads (forced: the cost model keeps such small sweeps on one), hidden sizes
+/// that do not fill the last unit block, both directions, two layers and ragged lengths: the same
+/// bits as one thread (each output column's sums run the same way whoever owns it), and near
+/// the reference.
+#[test]
+fn teams_match_one_thread_bit_for_bit() {
+    lstmrs_core::threads::set_num_threads(2).unwrap();
+    let (i, b, t) = (24, 11, 5);
+    for (cell, h) in [
+        (CellKind::Lstm, 72),
+        (CellKind::Gru, 40),
+        (CellKind::Lstm, 256),
+    ] {
+        let cfg = RnnConfig::new(cell, i, h, 2, true, true).unwrap();
+        let params = RnnParams::<f32>::init_uniform(cfg, 5);
+        let x = data(b * t * i, 0.7);
+        let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+        let h0 = data(4 * b * h, 0.2);
+        let batch = Batch {
+            input: &x,
+            layout: Layout::BatchFirst,
+            seq_len: t,
+            batch: b,
+            h0: Some(&h0),
+            c0: (cell == CellKind::Lstm).then_some(&h0[..]),
+            lengths: Some(&lengths),
+        };
+        for precision in [Precision::Bf16, Precision::Int8] {
+            let net = LowpRnn::new(&params, precision, None).unwrap();
+            lstmrs_core::bench::set_team_override(1);
+            let one = net.forward(&batch).unwrap();
+            lstmrs_core::bench::set_team_override(2);
+            let two = net.forward(&batch).unwrap();
+            lstmrs_core::bench::set_team_override(0);
+            let what = format!("team {cell:?} H={h} {precision:?}");
+            assert_eq!(one.output, two.output, "{what}");
+            assert_eq!(one.h_n, two.h_n, "{what}");
+            assert_eq!(one.c_n, two.c_n, "{what}");
+            let want = reference::forward(&params, precision, &batch).unwrap();
+            check(&two, &want, 5e-3, &what);
+        }
+    }
+}
+
 /// A batch large enough that the products, the conversions and the gate pass split over the
 /// pool's threads (the small cases above stay on one thread): still the reference's numbers.
 #[test]

@@ -1,14 +1,17 @@
 //! The reduced-precision product `C[M, N] (+)= A[M, K] · W[N, K]ᵀ` over packed operands
-//! ([`super::pack`]), with one tile kernel per instruction set, picked at run time.
+//! ([`super::pack`]), with one tile kernel per instruction set, picked at run time, on the calling
+//! thread (the sweep's team splits the panels between its members).
 //!
 //! A tile is [`MR`] rows × [`NR`] columns over all of `K`: 16 accumulator vectors, two loads of
-//! `W` and [`MR`] broadcasts of `A` per 32-bit group. The epilogue (scales, zero points,
-//! accumulation into `C`) is one scalar function shared by every kernel, so the int8 kernels,
-//! whose sums are exact integers, give the same bits on every path.
+//! `W` and [`MR`] broadcasts of `A` per 32-bit group. The epilogue (scales, zero points, bias,
+//! accumulation into `C`) is one function with the same arithmetic, element by element, on every
+//! path, so the int8 kernels, whose sums are exact integers, give the same bits everywhere; it is
+//! inlined into each kernel, where it compiles to the kernel's vector instructions (scalar and
+//! separate, it had 15% of the perf samples of a one-thread bf16 (64,128,128,256) LSTM, against
+//! 35% in the tile kernel).
 
 use super::pack::{PackedActivations, PackedWeight, Precision, MR, NR};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 
 /// A tile kernel (an instruction set) for one precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,12 +126,10 @@ type Tile = [[u32; NR]; MR];
 /// Bytes of converted activations per row block (about a quarter of a 1 MiB L2).
 const A_BLOCK_BYTES: usize = 256 << 10;
 
-/// Products below this many multiply-adds run on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 18;
-
 /// `c[M, N] (+)= a · wᵀ (+ bias)` for the converted activations `a` (`a.m` rows) into the
-/// row-major `c` (row stride `ldc`), on `kernel` (which must compute `w.precision` on this CPU);
-/// `bias` `[N]` is added to every row in the same pass.
+/// row-major `c` (row stride `ldc`), on `kernel` (which must compute `w.precision` on this CPU)
+/// and the calling thread; `bias` `[N]` is added to every row in the same pass.
+#[cfg(test)]
 pub(crate) fn matmul(
     kernel: Kernel,
     w: &PackedWeight,
@@ -138,123 +139,177 @@ pub(crate) fn matmul(
     accumulate: bool,
     bias: Option<&[f32]>,
 ) {
-    let (m, n) = (a.m, w.n);
-    if m == 0 || n == 0 {
+    let out = Out {
+        ptr: c.as_mut_ptr(),
+        len: c.len(),
+        ld: ldc,
+    };
+    // SAFETY: `c` is borrowed mutably for the call.
+    unsafe { matmul_panels(kernel, w, a, out, accumulate, bias, 0..w.panels()) };
+}
+
+/// A row-major output (row stride `ld`, `len` elements) that several threads write at once,
+/// each only the columns of its own panels.
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    pub ptr: *mut f32,
+    pub len: usize,
+    pub ld: usize,
+}
+
+/// [`matmul`] over the panels `panels` of `w` only: their output columns (`w.dest`).
+///
+/// # Safety
+/// `c` is valid for `c.len` elements and no other thread reads or writes those panels' columns
+/// of its first `a.m` rows meanwhile.
+pub(crate) unsafe fn matmul_panels(
+    kernel: Kernel,
+    w: &PackedWeight,
+    a: &PackedActivations,
+    c: Out,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    panels: std::ops::Range<usize>,
+) {
+    let m = a.m;
+    if m == 0 || panels.is_empty() {
         return;
     }
     assert_eq!(a.kg, w.kg, "activation and weight depths differ");
     assert!(kernel.computes(w.precision) && kernel.supported());
-    assert!((m - 1) * ldc + n <= c.len() && n <= ldc);
-    assert!(bias.is_none_or(|b| b.len() == n));
-    let panels = w.panels();
-    let threads = rayon::current_num_threads();
-    let parallel = threads > 1
-        && m * n * w.k >= PARALLEL_MIN_WORK
-        && crate::threads::parallel_allowed()
-        && panels > 1;
-    let out = SendPtr(c.as_mut_ptr());
-    // Rows per block: a block of converted activations stays in L2 while every panel of the
-    // task passes over it, and each panel is read once per block (from L1/L2 for all its tiles).
+    assert!(panels.end <= w.panels());
+    assert!((m - 1) * c.ld + w.n <= c.len && w.n <= c.ld);
+    assert!(bias.is_none_or(|b| b.len() >= w.n));
+    let ep = Epilogue {
+        w,
+        a,
+        c,
+        accumulate,
+        bias,
+    };
+    // Rows per block: a block of converted activations stays in L2 while every panel passes
+    // over it, and each panel is read once per block (from L1/L2 for all its tiles).
     let block = (A_BLOCK_BYTES / (4 * w.kg)).max(MR) / MR * MR;
-    let run = |p0: usize, p1: usize| {
-        let mut tile: Tile = [[0; NR]; MR];
-        for b0 in (0..m).step_by(block) {
-            for p in p0..p1 {
-                for r0 in (b0..m.min(b0 + block)).step_by(MR) {
-                    tile_sums(kernel, w, a, r0, p, &mut tile);
-                    // SAFETY: each task owns the columns of its panels; rows and columns were
-                    // bounds-checked above.
-                    unsafe { epilogue(w, a, r0, p, &tile, out, ldc, accumulate, bias) };
-                }
+    for b0 in (0..m).step_by(block) {
+        for p in panels.clone() {
+            for r0 in (b0..m.min(b0 + block)).step_by(MR) {
+                // SAFETY: the caller's contract; rows and columns were bounds-checked above.
+                unsafe { tile(kernel, &ep, r0, p) };
             }
         }
-    };
-    if parallel {
-        let tasks = threads.min(panels);
-        (0..tasks).into_par_iter().for_each(|t| {
-            run(t * panels / tasks, (t + 1) * panels / tasks);
-        });
-    } else {
-        run(0, panels);
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks of one `matmul` write disjoint columns of the output.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+/// What the epilogue of a tile needs: the operands' scales and the output.
+struct Epilogue<'a> {
+    w: &'a PackedWeight,
+    a: &'a PackedActivations,
+    c: Out,
+    accumulate: bool,
+    bias: Option<&'a [f32]>,
+}
 
-/// Scales, zero points, bias and accumulation of one tile into `c` (valid rows and columns only).
+/// Scales, zero points, bias and accumulation of one tile's sums into `c` (valid rows and
+/// columns only). Inlined into each tile kernel, so it is compiled with the kernel's vector
+/// instructions; a whole panel's row (the common case) takes the fixed-width loops.
 ///
 /// # Safety
-/// `c` points at an `m × ldc` output that only this call writes in this tile's columns.
-#[allow(clippy::too_many_arguments)]
-unsafe fn epilogue(
-    w: &PackedWeight,
-    a: &PackedActivations,
-    r0: usize,
-    p: usize,
-    tile: &Tile,
-    c: SendPtr,
-    ldc: usize,
-    accumulate: bool,
-    bias: Option<&[f32]>,
-) {
-    let c0 = p * NR;
-    let cols = NR.min(w.n - c0);
+/// [`matmul_panels`]'s contract; `r0`, `p` inside the checked bounds.
+#[inline(always)]
+unsafe fn epilogue(ep: &Epilogue, r0: usize, p: usize, tile: &Tile) {
+    let (w, a) = (ep.w, ep.a);
+    let (c0, cols) = w.dest[p];
+    let lc = p * NR;
+    let rows = MR.min(a.m - r0);
+    if cols == NR {
+        let bias: [f32; NR] = match ep.bias {
+            Some(b) => b[c0..c0 + NR].try_into().expect("NR columns"),
+            None => [0.0; NR],
+        };
+        for (i, sums) in tile.iter().enumerate().take(rows) {
+            let r = r0 + i;
+            // SAFETY: row r, columns c0..c0+NR are inside the output (the caller's contract).
+            let row = unsafe { &mut *ep.c.ptr.add(r * ep.c.ld + c0).cast::<[f32; NR]>() };
+            let mut v = [0.0f32; NR];
+            match w.precision {
+                Precision::Bf16 => {
+                    for j in 0..NR {
+                        v[j] = f32::from_bits(sums[j]) + bias[j];
+                    }
+                }
+                Precision::Int8 => {
+                    let (sa, za) = (a.scale[r], a.zero[r]);
+                    let ws: &[f32; NR] = w.scale[lc..lc + NR].try_into().expect("NR scales");
+                    let rs: &[i32; NR] = w.row_sum[lc..lc + NR].try_into().expect("NR sums");
+                    for j in 0..NR {
+                        let exact = sums[j] as i32 - za * rs[j];
+                        v[j] = sa * ws[j] * exact as f32 + bias[j];
+                    }
+                }
+            }
+            if ep.accumulate {
+                for j in 0..NR {
+                    row[j] += v[j];
+                }
+            } else {
+                *row = v;
+            }
+        }
+        return;
+    }
     let zeros = [0.0f32; NR];
-    let bias = bias.map_or(&zeros[..cols], |b| &b[c0..c0 + cols]);
-    for (i, sums) in tile.iter().enumerate().take(MR.min(a.m - r0)) {
+    let bias = ep.bias.map_or(&zeros[..cols], |b| &b[c0..c0 + cols]);
+    for (i, sums) in tile.iter().enumerate().take(rows) {
         let r = r0 + i;
-        // SAFETY: row r, columns c0..c0+cols are inside the output (caller's contract).
-        let row = unsafe { std::slice::from_raw_parts_mut(c.0.add(r * ldc + c0), cols) };
+        // SAFETY: row r, columns c0..c0+cols are inside the output (the caller's contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(ep.c.ptr.add(r * ep.c.ld + c0), cols) };
         match w.precision {
             Precision::Bf16 => {
                 for (j, o) in row.iter_mut().enumerate() {
                     let v = f32::from_bits(sums[j]) + bias[j];
-                    *o = if accumulate { *o + v } else { v };
+                    *o = if ep.accumulate { *o + v } else { v };
                 }
             }
             Precision::Int8 => {
                 let (sa, za) = (a.scale[r], a.zero[r]);
                 for (j, o) in row.iter_mut().enumerate() {
-                    let exact = sums[j] as i32 - za * w.row_sum[c0 + j];
-                    let v = sa * w.scale[c0 + j] * exact as f32 + bias[j];
-                    *o = if accumulate { *o + v } else { v };
+                    let exact = sums[j] as i32 - za * w.row_sum[lc + j];
+                    let v = sa * w.scale[lc + j] * exact as f32 + bias[j];
+                    *o = if ep.accumulate { *o + v } else { v };
                 }
             }
         }
     }
 }
 
-/// The raw sums of rows `r0..r0+MR` × panel `p` on `kernel`.
-fn tile_sums(
-    kernel: Kernel,
-    w: &PackedWeight,
-    a: &PackedActivations,
-    r0: usize,
-    p: usize,
-    tile: &mut Tile,
-) {
+/// Rows `r0..r0+MR` × panel `p` on `kernel`: the sums, then the epilogue.
+///
+/// # Safety
+/// As [`epilogue`].
+unsafe fn tile(kernel: Kernel, ep: &Epilogue, r0: usize, p: usize) {
+    let (w, a) = (ep.w, ep.a);
     let kg = w.kg;
     let panel = &w.words[p * kg * NR..(p + 1) * kg * NR];
     let rows = &a.words[r0 * kg..(r0 + MR) * kg];
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul` checked that the CPU has the kernel's features; the slices hold MR
-        // rows and one panel of `kg` groups.
-        Kernel::Avx512Bf16 => unsafe { x86::bf16_dot(rows, panel, kg, tile) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Kernel::Avx512Widen => unsafe { x86::bf16_widen(rows, panel, kg, tile) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Kernel::Avx512Vnni => unsafe { x86::int8_vnni(rows, panel, kg, tile) },
-        _ => match w.precision {
-            Precision::Bf16 => portable_bf16(rows, panel, kg, tile),
-            Precision::Int8 => portable_int8(rows, panel, kg, tile),
-        },
+    // SAFETY (all arms): `matmul_panels` checked that the CPU has the kernel's features; the
+    // slices hold MR rows and one panel of `kg` groups; the epilogue's contract is the caller's.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => x86::bf16_dot(rows, panel, kg, ep, r0, p),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Widen => x86::bf16_widen(rows, panel, kg, ep, r0, p),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::int8_vnni(rows, panel, kg, ep, r0, p),
+            _ => {
+                let mut tile: Tile = [[0; NR]; MR];
+                match w.precision {
+                    Precision::Bf16 => portable_bf16(rows, panel, kg, &mut tile),
+                    Precision::Int8 => portable_int8(rows, panel, kg, &mut tile),
+                }
+                epilogue(ep, r0, p, &tile);
+            }
+        }
     }
 }
 
@@ -305,13 +360,22 @@ fn portable_int8(rows: &[u32], panel: &[u32], kg: usize, tile: &mut Tile) {
 // The AVX-512 intrinsics are stable from Rust 1.89 (the workspace's rust-version).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Tile, MR, NR};
+    use super::{epilogue, Epilogue, Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU has AVX-512F and AVX512_BF16; `rows` holds `MR * kg` words and `panel` `kg * NR`.
+    /// The CPU has AVX-512F and AVX512_BF16; `rows` holds `MR * kg` words and `panel` `kg * NR`;
+    /// the epilogue's contract (`super::epilogue`).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn bf16_dot(rows: &[u32], panel: &[u32], kg: usize, tile: &mut Tile) {
+    pub(super) unsafe fn bf16_dot(
+        rows: &[u32],
+        panel: &[u32],
+        kg: usize,
+        ep: &Epilogue,
+        r0: usize,
+        p: usize,
+    ) {
+        let mut tile: Tile = [[0; NR]; MR];
         debug_assert!(rows.len() >= MR * kg && panel.len() >= kg * NR);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (a, b) = (rows.as_ptr(), panel.as_ptr());
@@ -336,12 +400,22 @@ mod x86 {
                 _mm512_storeu_ps(t.as_mut_ptr().add(16).cast(), acc[1]);
             }
         }
+        // SAFETY: the caller's contract (`super::tile`).
+        unsafe { epilogue(ep, r0, p, &tile) };
     }
 
     /// # Safety
-    /// The CPU has AVX-512F; sizes as in [`bf16_dot`].
+    /// The CPU has AVX-512F; sizes as in [`bf16_dot`]; the epilogue's contract.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bf16_widen(rows: &[u32], panel: &[u32], kg: usize, tile: &mut Tile) {
+    pub(super) unsafe fn bf16_widen(
+        rows: &[u32],
+        panel: &[u32],
+        kg: usize,
+        ep: &Epilogue,
+        r0: usize,
+        p: usize,
+    ) {
+        let mut tile: Tile = [[0; NR]; MR];
         debug_assert!(rows.len() >= MR * kg && panel.len() >= kg * NR);
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (a, b) = (rows.as_ptr(), panel.as_ptr());
@@ -375,12 +449,22 @@ mod x86 {
                 _mm512_storeu_ps(t.as_mut_ptr().add(16).cast(), acc[1]);
             }
         }
+        // SAFETY: the caller's contract (`super::tile`).
+        unsafe { epilogue(ep, r0, p, &tile) };
     }
 
     /// # Safety
-    /// The CPU has AVX-512F and AVX512_VNNI; sizes as in [`bf16_dot`].
+    /// The CPU has AVX-512F and AVX512_VNNI; sizes as in [`bf16_dot`]; the epilogue's contract.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn int8_vnni(rows: &[u32], panel: &[u32], kg: usize, tile: &mut Tile) {
+    pub(super) unsafe fn int8_vnni(
+        rows: &[u32],
+        panel: &[u32],
+        kg: usize,
+        ep: &Epilogue,
+        r0: usize,
+        p: usize,
+    ) {
+        let mut tile: Tile = [[0; NR]; MR];
         debug_assert!(rows.len() >= MR * kg && panel.len() >= kg * NR);
         let mut acc = [[_mm512_setzero_si512(); 2]; MR];
         let (a, b) = (rows.as_ptr(), panel.as_ptr());
@@ -403,5 +487,7 @@ mod x86 {
                 _mm512_storeu_si512(t.as_mut_ptr().add(16).cast(), acc[1]);
             }
         }
+        // SAFETY: the caller's contract (`super::tile`).
+        unsafe { epilogue(ep, r0, p, &tile) };
     }
 }

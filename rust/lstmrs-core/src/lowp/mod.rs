@@ -22,12 +22,14 @@ pub use pack::{bf16_to_f32, f32_to_bf16, quantize_activation_row, quantize_weigh
 
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
-use crate::gates::{self, Active};
+use crate::gates::{self, Active, RowsMut};
 use crate::network::{validate_forward, Batch, ForwardOptions, Layout};
+use crate::packed_gemm::team_size;
 use crate::params::{dir_offsets, RnnWeights};
 use crate::threads;
-use pack::{PackedActivations, PackedWeight};
-use rayon::prelude::*;
+use kernels::{matmul_panels, Out};
+use pack::{PackedActivations, PackedWeight, NR};
+use std::ops::Range;
 
 impl Precision {
     /// `"bfloat16"` / `"bf16"` or `"qint8"` / `"int8"`.
@@ -140,8 +142,8 @@ impl LowpRnn {
                     b_hn = vec![0.0; h];
                 }
                 dirs.push(LowpDir {
-                    w_ih: PackedWeight::new(precision, w_ih, g * h, in_size),
-                    w_hh: PackedWeight::new(precision, w_hh, g * h, h),
+                    w_ih: PackedWeight::gate_blocked(precision, w_ih, g, h, in_size),
+                    w_hh: PackedWeight::gate_blocked(precision, w_hh, g, h, h),
                     bias_x,
                     b_hn,
                 });
@@ -199,97 +201,55 @@ impl LowpRnn {
     fn run(&self, x: &Batch<f32>) -> LowpOutput {
         let cfg = &self.config;
         let (t_len, b, h) = (x.seq_len, x.batch, cfg.hidden_size);
-        let (nd, gh) = (cfg.num_directions(), cfg.cell.gate_count() * h);
+        let nd = cfg.num_directions();
         let lstm = cfg.cell == CellKind::Lstm;
-        // Layer inputs time-major: [T, B, I_l].
-        let mut input = match x.layout {
-            Layout::TimeMajor => x.input.to_vec(),
-            Layout::BatchFirst => transpose_bt(x.input, b, t_len, cfg.input_size),
-        };
+        // The first layer reads the caller's input where it lies and the last writes the output
+        // in the caller's layout: no transposed copies. Between layers, time-major [T, B, D*H].
+        let batch_first = x.layout == Layout::BatchFirst;
+        let mut prev: Option<Vec<f32>> = None;
         let states = cfg.num_layers * nd * b * h;
         let mut h_n = vec![0.0f32; states];
         let mut c_n = vec![0.0f32; if lstm { states } else { 0 }];
-        let mut acts = PackedActivations::default();
-        let mut pre = vec![0.0f32; t_len * b * gh];
-        let mut h_pre = vec![0.0f32; b * gh];
-        let (mut hs, mut h_next) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
-        let (mut cs, mut c_next) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
-        let mut scratch = vec![0.0f32; b * h];
         for layer in 0..cfg.num_layers {
-            let in_size = cfg.layer_input_size(layer);
-            let out_w = nd * h;
-            let mut out = vec![0.0f32; t_len * b * out_w];
+            let input = match &prev {
+                Some(p) => Rows::new(&p[..], t_len, b, false),
+                None => Rows::new(x.input, t_len, b, batch_first),
+            };
+            let last = layer + 1 == cfg.num_layers;
+            let mut out = vec![0.0f32; t_len * b * nd * h];
             for dir in 0..nd {
                 let ld = layer * nd + dir;
-                let w = &self.dirs[ld];
-                // Input projection of every step at once: [T*B, G*H].
-                acts.fill(self.precision, &input, t_len * b, in_size, in_size);
-                kernels::matmul(
-                    self.kernel,
-                    &w.w_ih,
-                    &acts,
-                    &mut pre,
-                    gh,
-                    false,
-                    Some(&w.bias_x),
-                );
                 let s = ld * b * h..(ld + 1) * b * h;
-                match x.h0 {
-                    Some(h0) => hs.copy_from_slice(&h0[s.clone()]),
-                    None => hs.fill(0.0),
-                }
-                match x.c0 {
-                    Some(c0) if lstm => cs.copy_from_slice(&c0[s.clone()]),
-                    _ => cs.fill(0.0),
-                }
-                for step in 0..t_len {
-                    let t = if dir == 0 { step } else { t_len - 1 - step };
-                    let active = Active {
-                        lengths: x.lengths,
-                        t,
-                    };
-                    acts.fill(self.precision, &hs, b, h, h);
-                    kernels::matmul(self.kernel, &w.w_hh, &acts, &mut h_pre, gh, false, None);
-                    let pre_t = &mut pre[t * b * gh..(t + 1) * b * gh];
-                    let step = GateStep {
-                        h,
-                        lstm,
-                        lengths: x.lengths,
-                        t,
-                        b_hn: &w.b_hn,
-                    };
-                    step.run(
-                        pre_t,
-                        &h_pre,
-                        &cs,
-                        &hs,
-                        &mut scratch,
-                        &mut c_next,
-                        &mut h_next,
-                    );
-                    if lstm {
-                        std::mem::swap(&mut cs, &mut c_next);
-                    }
-                    std::mem::swap(&mut hs, &mut h_next);
-                    for r in 0..b {
-                        // Steps past a sequence's end output zeros (the buffer's initial value).
-                        if active.row(r) {
-                            let o = (t * b + r) * out_w + dir * h;
-                            out[o..o + h].copy_from_slice(&hs[r * h..(r + 1) * h]);
-                        }
-                    }
-                }
-                h_n[s.clone()].copy_from_slice(&hs);
+                let sweep = LowpSweep {
+                    precision: self.precision,
+                    kernel: self.kernel,
+                    cell: cfg.cell,
+                    w: &self.dirs[ld],
+                    steps: t_len,
+                    batch: b,
+                    input: cfg.layer_input_size(layer),
+                    hidden: h,
+                    reverse: dir == 1,
+                    lengths: x.lengths,
+                };
+                let h0 = x.h0.map(|h0| &h0[s.clone()]);
+                let c0 = x.c0.filter(|_| lstm).map(|c0| &c0[s.clone()]);
+                let (h_last, c_last) = sweep.run(
+                    input,
+                    h0,
+                    c0,
+                    Rows::new(&mut out[..], t_len, b, last && batch_first),
+                    dir * h,
+                    nd * h,
+                );
+                h_n[s.clone()].copy_from_slice(&h_last);
                 if lstm {
-                    c_n[s].copy_from_slice(&cs);
+                    c_n[s].copy_from_slice(&c_last);
                 }
             }
-            input = out;
+            prev = Some(out);
         }
-        let output = match x.layout {
-            Layout::TimeMajor => input,
-            Layout::BatchFirst => transpose_bt(&input, t_len, b, nd * h),
-        };
+        let output = prev.expect("at least one layer");
         LowpOutput {
             output,
             h_n,
@@ -298,90 +258,246 @@ impl LowpRnn {
     }
 }
 
-/// Rows of a step below which the gate pass stays on one thread.
-const PARALLEL_GATE_MIN: usize = 1 << 14;
+/// Rows of the input side that a sweep's team projects at once, just ahead of the recurrence:
+/// enough to reuse each panel of `W_ih` from L1 across many row tiles, few enough that the
+/// chunk's pre-activations stay in L2 until their steps read them (no `[T, B, G*H]` buffer).
+const PROJECTION_ROWS: usize = 256;
 
-/// One part of a step's rows, as the zipped chunks arrive: its index and `(pre, h_pre, c,
-/// h_prev, scratch, c_next, h_next)`.
-#[rustfmt::skip]
-type GateChunk<'a> = (
-    usize,
-    ((((((&'a mut [f32], &'a [f32]), &'a [f32]), &'a [f32]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]),
-);
-
-/// One time step's element-wise gate pass ([`crate::gates`]), split over the batch rows.
-struct GateStep<'a> {
-    h: usize,
-    lstm: bool,
+/// One direction of one layer over the whole sequence, run by a team of threads
+/// ([`threads::team`]) that split the hidden units in blocks of [`NR`]: each member owns the
+/// panels of its units (every gate's columns, [`PackedWeight::gate_blocked`]), projects their
+/// input side chunk by chunk, and at every step converts the whole entering state itself (the
+/// int8 scale and zero point of a row need all of it), multiplies it by its panels of `W_hh`,
+/// runs the gate pass on its units and writes its units of the next state. The state has two
+/// slots, so one barrier per step orders every write before the next step's reads.
+struct LowpSweep<'a> {
+    precision: Precision,
+    kernel: Kernel,
+    cell: CellKind,
+    w: &'a LowpDir,
+    steps: usize,
+    batch: usize,
+    input: usize,
+    hidden: usize,
+    reverse: bool,
     lengths: Option<&'a [usize]>,
-    t: usize,
-    b_hn: &'a [f32],
 }
 
-impl GateStep<'_> {
-    /// `pre[B, G*H]` (input projection + biases, overwritten with activations), `h_pre[B, G*H]`
-    /// (`W_hh h`), the state `c`, `h` `[B, H]` → `c_next`, `h_next`; `scratch` `[B, H]`.
-    #[allow(clippy::too_many_arguments)]
+impl LowpSweep<'_> {
+    fn time(&self, s: usize) -> usize {
+        if self.reverse {
+            self.steps - 1 - s
+        } else {
+            s
+        }
+    }
+
+    /// The time steps of the chunk that starts at sweep position `s` (ascending).
+    fn chunk_times(&self, s: usize, chunk: usize) -> Range<usize> {
+        let end = (s + chunk).min(self.steps);
+        if self.reverse {
+            self.steps - end..self.steps - s
+        } else {
+            s..end
+        }
+    }
+
+    /// Threads for the sweep: the f32 sweeps' cost model ([`team_size`]) on the work in f32
+    /// terms (a 32-bit lane of the product does `group` multiply-adds), at most one member per
+    /// unit block.
+    fn members(&self) -> usize {
+        let (b, h) = (self.batch, self.hidden);
+        let gw = self.cell.gate_count() * h;
+        let step_work = b * gw * (h + self.input) / self.precision.group();
+        team_size(threads::team_capacity(), h, step_work, self.steps).min(h.div_ceil(NR))
+    }
+
+    /// Runs the sweep on the input `x` (`I` features a row) from `h0`, `c0` (zeros when None),
+    /// writing each active row's state into columns `col..col+H` of `out` (`ld_out` a row);
+    /// returns the last states.
     fn run(
         &self,
-        pre: &mut [f32],
-        h_pre: &[f32],
-        c: &[f32],
-        h_prev: &[f32],
-        scratch: &mut [f32],
-        c_next: &mut [f32],
-        h_next: &mut [f32],
-    ) {
-        let h = self.h;
-        let b = h_prev.len() / h;
-        let gh = pre.len() / b;
-        let threads = rayon::current_num_threads();
-        let parts = if b * h >= PARALLEL_GATE_MIN && threads > 1 && threads::parallel_allowed() {
-            threads.min(b)
-        } else {
-            1
+        x: Rows<&[f32]>,
+        h0: Option<&[f32]>,
+        c0: Option<&[f32]>,
+        out: Rows<&mut [f32]>,
+        col: usize,
+        ld_out: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (b, h, i) = (self.batch, self.hidden, self.input);
+        let gates = self.cell.gate_count();
+        let gw = gates * h;
+        let lstm = self.cell == CellKind::Lstm;
+        let chunk = (PROJECTION_ROWS / b.max(1)).clamp(1, self.steps.max(1));
+        // Two state slots: step s reads slot s % 2 and writes the other.
+        let mut hs = vec![0.0f32; 2 * b * h];
+        let mut cs = vec![0.0f32; if lstm { 2 * b * h } else { 0 }];
+        if let Some(h0) = h0 {
+            hs[..b * h].copy_from_slice(h0);
+        }
+        if let Some(c0) = c0 {
+            cs[..b * h].copy_from_slice(c0);
+        }
+        let mut act = vec![0.0f32; chunk * b * gw];
+        let mut h_pre = vec![0.0f32; b * gw];
+        let mut aux = vec![0.0f32; b * h];
+        let views = SweepViews {
+            hs: RowsMut::new(&mut hs, h),
+            cs: RowsMut::new(&mut cs, h),
+            act: RowsMut::new(&mut act, gw),
+            h_pre: RowsMut::new(&mut h_pre, gw),
+            aux: RowsMut::new(&mut aux, h),
+            out: RowsMut::new(out.data, ld_out),
         };
-        let rows = b.div_ceil(parts);
-        let chunks: Vec<_> = pre
-            .chunks_mut(rows * gh)
-            .zip(h_pre.chunks(rows * gh))
-            .zip(c.chunks(rows * h))
-            .zip(h_prev.chunks(rows * h))
-            .zip(scratch.chunks_mut(rows * h))
-            .zip(c_next.chunks_mut(rows * h))
-            .zip(h_next.chunks_mut(rows * h))
-            .enumerate()
-            .collect();
-        let one = |(i, ((((((p, hp), c), hh), sc), cn), hn)): GateChunk<'_>| {
-            let r0 = i * rows;
-            let active = Active {
-                lengths: self.lengths.map(|l| &l[r0..r0 + hh.len() / h]),
-                t: self.t,
-            };
-            if self.lstm {
-                gates::lstm_forward(h, active, p, hp, c, hh, sc, cn, hn);
-            } else {
-                gates::gru_forward(h, active, p, hp, self.b_hn, hh, sc, hn);
+        let out_order = Rows::new((), out.steps, out.batch, out.batch_first);
+        let out_row = |t: usize, r: usize| out_order.index(t, r);
+        let blocks = h.div_ceil(NR);
+        threads::team(self.members(), |member, size, barrier| {
+            let (b0, b1) = (blocks * member / size, blocks * (member + 1) / size);
+            let units = (b0 * NR).min(h)..(b1 * NR).min(h);
+            let panels = b0 * gates..b1 * gates;
+            let (mut ax, mut ah) = (PackedActivations::default(), PackedActivations::default());
+            // The time step of `act`'s first row.
+            let mut first = 0;
+            for s in 0..self.steps {
+                let t = self.time(s);
+                let (rd, wr) = (s % 2, (s + 1) % 2);
+                // SAFETY (the whole step): every member reads all of the entering state (slot
+                // rd) and writes only its own units' columns of everything else; slot rd is
+                // written again only after the barrier that ends the next step.
+                unsafe {
+                    if s % chunk == 0 {
+                        let times = self.chunk_times(s, chunk);
+                        first = times.start;
+                        let rows = times.len() * b;
+                        ax.fill_rows(self.precision, rows, i, |q| {
+                            let row = x.index(first + q / b, q % b) * i;
+                            &x.data[row..row + i]
+                        });
+                        let dst = Out {
+                            ptr: views.act.ptr(),
+                            len: rows * gw,
+                            ld: gw,
+                        };
+                        let bias = Some(&self.w.bias_x[..]);
+                        let w_ih = &self.w.w_ih;
+                        matmul_panels(self.kernel, w_ih, &ax, dst, false, bias, panels.clone());
+                    }
+                    let h_prev = views.hs.read().skip(rd * b);
+                    ah.fill(self.precision, h_prev.row(0, 0, b * h), b, h, h);
+                    let pre = Out {
+                        ptr: views.h_pre.ptr(),
+                        len: b * gw,
+                        ld: gw,
+                    };
+                    let w_hh = &self.w.w_hh;
+                    matmul_panels(self.kernel, w_hh, &ah, pre, false, None, panels.clone());
+                    let active = Active {
+                        lengths: self.lengths,
+                        t,
+                    };
+                    let act = views.act.skip((t - first) * b);
+                    let h_next = views.hs.skip(wr * b);
+                    if lstm {
+                        let c_prev = views.cs.read().skip(rd * b);
+                        let c_next = views.cs.skip(wr * b);
+                        gates::lstm_forward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            act,
+                            views.h_pre.read(),
+                            c_prev,
+                            h_prev,
+                            views.aux,
+                            c_next,
+                            h_next,
+                        );
+                    } else {
+                        gates::gru_forward_units(
+                            h,
+                            units.clone(),
+                            b,
+                            active,
+                            act,
+                            views.h_pre.read(),
+                            &self.w.b_hn,
+                            h_prev,
+                            views.aux,
+                            h_next,
+                        );
+                    }
+                    // Steps past a sequence's end output zeros (the buffer's initial value).
+                    let next = h_next.read();
+                    for r in 0..b {
+                        if active.row(r) {
+                            views
+                                .out
+                                .row_mut(out_row(t, r), col + units.start, units.len())
+                                .copy_from_slice(next.row(r, units.start, units.len()));
+                        }
+                    }
+                }
+                barrier.wait();
             }
-        };
-        if parts > 1 {
-            chunks.into_par_iter().for_each(one);
+        });
+        let last = self.steps % 2;
+        let h_last = hs[last * b * h..(last + 1) * b * h].to_vec();
+        let c_last = if lstm {
+            cs[last * b * h..(last + 1) * b * h].to_vec()
         } else {
-            chunks.into_iter().for_each(one);
+            Vec::new()
+        };
+        (h_last, c_last)
+    }
+}
+
+/// A sequence of `T` steps of `B` rows, stored time-major (`[T, B, ·]`) or batch-first
+/// (`[B, T, ·]`).
+#[derive(Clone, Copy)]
+struct Rows<D> {
+    data: D,
+    steps: usize,
+    batch: usize,
+    batch_first: bool,
+}
+
+impl<D> Rows<D> {
+    fn new(data: D, steps: usize, batch: usize, batch_first: bool) -> Self {
+        Rows {
+            data,
+            steps,
+            batch,
+            batch_first,
+        }
+    }
+
+    /// The row index of step `t`, batch row `r`.
+    fn index(&self, t: usize, r: usize) -> usize {
+        if self.batch_first {
+            r * self.steps + t
+        } else {
+            t * self.batch + r
         }
     }
 }
 
-/// `[P, Q, F]` → `[Q, P, F]`.
-pub(crate) fn transpose_bt(x: &[f32], p: usize, q: usize, f: usize) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    for i in 0..p {
-        for j in 0..q {
-            let (src, dst) = ((i * q + j) * f, (j * p + i) * f);
-            y[dst..dst + f].copy_from_slice(&x[src..src + f]);
-        }
-    }
-    y
+/// The buffers a sweep's team shares (see [`LowpSweep`]).
+#[derive(Clone, Copy)]
+struct SweepViews<'a> {
+    /// `[2, B, H]` the state slots.
+    hs: RowsMut<'a, f32>,
+    /// `[2, B, H]` the LSTM's cell state slots (empty for the GRU).
+    cs: RowsMut<'a, f32>,
+    /// `[chunk, B, G*H]` the input side of the chunk's steps, turned into activations in place.
+    act: RowsMut<'a, f32>,
+    /// `[B, G*H]` the step's recurrent product.
+    h_pre: RowsMut<'a, f32>,
+    /// `[B, H]` the gate pass's scratch (`tanh(c')`, or the GRU's `W_hn h + b_hn`).
+    aux: RowsMut<'a, f32>,
+    /// `[T*B, D*H]` the layer's output.
+    out: RowsMut<'a, f32>,
 }
 
 #[cfg(test)]

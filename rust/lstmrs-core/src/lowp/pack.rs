@@ -9,8 +9,6 @@
 //! broadcasts one word of `A` against a vector of `W`. Padding (columns past `N`, elements past
 //! `K`) is zero in `W`, so it adds nothing whatever `A` holds there.
 
-use rayon::prelude::*;
-
 /// Output columns per panel: two 16-lane AVX-512 vectors.
 pub(crate) const NR: usize = 32;
 /// Activation rows per kernel tile; the converted activations are padded to a multiple of it.
@@ -117,39 +115,70 @@ pub(crate) struct PackedWeight {
     /// int8: the scale of each output row (`N`); empty for bf16.
     pub scale: Vec<f32>,
     /// int8: `Σ_k q[n, k]` of each output row, for the activations' zero point; empty for bf16.
+    /// Indexed, like `scale`, by the packed column `p * NR + j` (zero in a panel's padding).
     pub row_sum: Vec<i32>,
+    /// Where each panel's columns go: `(first output column, columns)`; a panel's columns are
+    /// consecutive in the output, and the panels may come in any order (see
+    /// [`PackedWeight::gate_blocked`]).
+    pub dest: Vec<(usize, usize)>,
 }
 
 impl PackedWeight {
-    /// Packs the row-major `w[N, K]`.
+    /// Packs the row-major `w[N, K]`, panel `p` holding rows (output columns) `p*NR..`.
+    #[cfg(test)]
     pub fn new(precision: Precision, w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k);
+        let panels = (0..n).step_by(NR).map(|c0| (c0, NR.min(n - c0))).collect();
+        Self::from_panels(precision, w, k, panels)
+    }
+
+    /// Packs a recurrent network's `w[G*H, K]` (gate `g`'s rows at `g*H..(g+1)*H`) by unit
+    /// block: the panels of units `u*NR..(u+1)*NR` of gates 0..G come one after another, so the
+    /// member of a team that owns unit blocks `u0..u1` owns the contiguous panels
+    /// `u0*G..u1*G` and writes every gate's columns of its units.
+    pub fn gate_blocked(precision: Precision, w: &[f32], gates: usize, h: usize, k: usize) -> Self {
+        assert_eq!(w.len(), gates * h * k);
+        let mut panels = Vec::new();
+        for u0 in (0..h).step_by(NR) {
+            for g in 0..gates {
+                panels.push((g * h + u0, NR.min(h - u0)));
+            }
+        }
+        Self::from_panels(precision, w, k, panels)
+    }
+
+    /// Panel `p` holds rows `dest[p].0..dest[p].0 + dest[p].1` of `w[·, K]`.
+    fn from_panels(precision: Precision, w: &[f32], k: usize, dest: Vec<(usize, usize)>) -> Self {
         let g = precision.group();
         let kg = k.div_ceil(g);
-        let panels = n.div_ceil(NR);
-        let mut words = vec![0u32; panels * kg * NR];
-        let (mut scale, mut row_sum) = (Vec::new(), Vec::new());
+        let n = dest.iter().map(|&(c0, cols)| c0 + cols).max().unwrap_or(0);
+        let mut words = vec![0u32; dest.len() * kg * NR];
+        let int8 = precision == Precision::Int8;
+        let padded = if int8 { dest.len() * NR } else { 0 };
+        let (mut scale, mut row_sum) = (vec![0.0f32; padded], vec![0i32; padded]);
         let mut q = vec![0i8; k];
-        for col in 0..n {
-            let row = &w[col * k..(col + 1) * k];
-            let base = (col / NR) * kg * NR + col % NR;
-            match precision {
-                Precision::Bf16 => {
-                    for (gi, pair) in row.chunks(2).enumerate() {
-                        let lo = f32_to_bf16(pair[0]) as u32;
-                        let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
-                        words[base + gi * NR] = lo | (hi << 16);
-                    }
-                }
-                Precision::Int8 => {
-                    scale.push(quantize_weight_row(row, &mut q));
-                    row_sum.push(q.iter().map(|&v| v as i32).sum());
-                    for (gi, quad) in q.chunks(4).enumerate() {
-                        let mut bytes = [0u8; 4];
-                        for (b, &v) in bytes.iter_mut().zip(quad) {
-                            *b = v as u8;
+        for (p, &(c0, cols)) in dest.iter().enumerate() {
+            for j in 0..cols {
+                let row = &w[(c0 + j) * k..(c0 + j + 1) * k];
+                let base = p * kg * NR + j;
+                match precision {
+                    Precision::Bf16 => {
+                        for (gi, pair) in row.chunks(2).enumerate() {
+                            let lo = f32_to_bf16(pair[0]) as u32;
+                            let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
+                            words[base + gi * NR] = lo | (hi << 16);
                         }
-                        words[base + gi * NR] = u32::from_le_bytes(bytes);
+                    }
+                    Precision::Int8 => {
+                        scale[p * NR + j] = quantize_weight_row(row, &mut q);
+                        row_sum[p * NR + j] = q.iter().map(|&v| v as i32).sum();
+                        for (gi, quad) in q.chunks(4).enumerate() {
+                            let mut bytes = [0u8; 4];
+                            for (b, &v) in bytes.iter_mut().zip(quad) {
+                                *b = v as u8;
+                            }
+                            words[base + gi * NR] = u32::from_le_bytes(bytes);
+                        }
                     }
                 }
             }
@@ -162,40 +191,40 @@ impl PackedWeight {
             words,
             scale,
             row_sum,
+            dest,
         }
     }
 
     pub fn panels(&self) -> usize {
-        self.n.div_ceil(NR)
+        self.dest.len()
     }
 
     /// The weight as the kernels see it, back in f32 (`[N, K]`): for the references and tests.
     pub fn dequantized(&self) -> Vec<f32> {
         let g = self.precision.group();
         let mut w = vec![0.0f32; self.n * self.k];
-        for col in 0..self.n {
-            let base = (col / NR) * self.kg * NR + col % NR;
-            for kk in 0..self.k {
-                let word = self.words[base + (kk / g) * NR];
-                w[col * self.k + kk] = match self.precision {
-                    Precision::Bf16 => bf16_to_f32((word >> (16 * (kk % 2))) as u16),
-                    Precision::Int8 => {
-                        let q = (word >> (8 * (kk % 4))) as u8 as i8;
-                        self.scale[col] * q as f32
-                    }
-                };
+        for (p, &(c0, cols)) in self.dest.iter().enumerate() {
+            for j in 0..cols {
+                let base = p * self.kg * NR + j;
+                for kk in 0..self.k {
+                    let word = self.words[base + (kk / g) * NR];
+                    w[(c0 + j) * self.k + kk] = match self.precision {
+                        Precision::Bf16 => bf16_to_f32((word >> (16 * (kk % 2))) as u16),
+                        Precision::Int8 => {
+                            let q = (word >> (8 * (kk % 4))) as u8 as i8;
+                            self.scale[p * NR + j] * q as f32
+                        }
+                    };
+                }
             }
         }
         w
     }
 
     pub fn bytes(&self) -> usize {
-        4 * (self.words.len() + self.scale.len() + self.row_sum.len())
+        4 * (self.words.len() + self.scale.len() + self.row_sum.len()) + 16 * self.dest.len()
     }
 }
-
-/// Elements of `A` above which the conversion is split over threads.
-const PARALLEL_FILL_MIN: usize = 1 << 16;
 
 /// Activations `A[M, K]` converted for one product: `rows` (M padded to [`MR`]) × `kg` words,
 /// and for int8 each row's scale and zero point.
@@ -209,8 +238,20 @@ pub(crate) struct PackedActivations {
 }
 
 impl PackedActivations {
-    /// Converts the row-major `a[M, K]` (row stride `ld`) into `self`, reusing its buffers.
+    /// Converts the row-major `a[M, K]` (row stride `ld`) into `self`, reusing its buffers, on
+    /// the calling thread (each member of a sweep's team converts what it multiplies).
     pub fn fill(&mut self, precision: Precision, a: &[f32], m: usize, k: usize, ld: usize) {
+        self.fill_rows(precision, m, k, |r| &a[r * ld..r * ld + k]);
+    }
+
+    /// [`PackedActivations::fill`] with row `r` of `A` at `row(r)` (`K` elements).
+    pub fn fill_rows<'a>(
+        &mut self,
+        precision: Precision,
+        m: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) {
         let g = precision.group();
         let kg = k.div_ceil(g);
         let rows = m.div_ceil(MR) * MR;
@@ -224,48 +265,40 @@ impl PackedActivations {
             self.scale.resize(rows, 1.0);
             self.zero.resize(rows, 0);
         }
-        let int8 = precision == Precision::Int8;
-        let convert = |r: usize, out: &mut [u32], scale: &mut f32, zero: &mut i32| {
-            let row = &a[r * ld..r * ld + k];
-            if int8 {
-                let mut q = vec![0u8; kg * 4];
-                let (s, z) = quantize_activation_row(row, &mut q[..k]);
-                (*scale, *zero) = (s, z);
-                // Padding past K meets zero weights; it stays 0.
-                for (o, quad) in out.iter_mut().zip(q.chunks(4)) {
-                    *o = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+        for (r, out) in self.words.chunks_mut(kg).take(m).enumerate() {
+            let row = &row(r)[..k];
+            // Padding past K meets zero weights; it stays 0.
+            match precision {
+                Precision::Int8 => {
+                    let (s, z) = quantize_activation_row(row, as_bytes(out));
+                    (self.scale[r], self.zero[r]) = (s, z);
+                    // Byte t of the memory is byte t of the little-endian word (no-op on x86).
+                    for w in out.iter_mut() {
+                        *w = u32::from_le(*w);
+                    }
                 }
-            } else {
-                for (o, pair) in out.iter_mut().zip(row.chunks(2)) {
-                    let lo = f32_to_bf16(pair[0]) as u32;
-                    let hi = pair.get(1).map_or(0, |&v| f32_to_bf16(v) as u32);
-                    *o = lo | (hi << 16);
-                }
+                Precision::Bf16 => to_bf16_row(row, out),
             }
-        };
-        let (mut no_scale, mut no_zero) = (vec![1.0f32; rows], vec![0i32; rows]);
-        let (scale, zero) = if int8 {
-            (&mut self.scale, &mut self.zero)
-        } else {
-            (&mut no_scale, &mut no_zero)
-        };
-        let words = &mut self.words[..m * kg];
-        let (scale, zero) = (&mut scale[..m], &mut zero[..m]);
-        if m * k >= PARALLEL_FILL_MIN && m > 1 && crate::threads::parallel_allowed() {
-            words
-                .par_chunks_mut(kg)
-                .zip(scale.par_iter_mut())
-                .zip(zero.par_iter_mut())
-                .enumerate()
-                .with_min_len(m.div_ceil(2 * rayon::current_num_threads()))
-                .for_each(|(r, ((out, s), z))| convert(r, out, s, z));
-        } else {
-            words
-                .chunks_mut(kg)
-                .zip(scale.iter_mut())
-                .zip(zero.iter_mut())
-                .enumerate()
-                .for_each(|(r, ((out, s), z))| convert(r, out, s, z));
         }
+    }
+}
+
+/// The words' memory as bytes.
+fn as_bytes(words: &mut [u32]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment or validity requirement; the length covers the same bytes.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 4) }
+}
+
+/// `row` as bf16, element `2g + t` in half `t` of word `g` (on a little-endian CPU, the bf16
+/// array in memory): the conversion runs once per step on `[B, H]`, so it is written to
+/// vectorise.
+fn to_bf16_row(row: &[f32], out: &mut [u32]) {
+    let pairs = row.chunks_exact(2);
+    let last = pairs.remainder().first().map(|&v| f32_to_bf16(v) as u32);
+    for (o, pair) in out.iter_mut().zip(pairs) {
+        *o = f32_to_bf16(pair[0]) as u32 | ((f32_to_bf16(pair[1]) as u32) << 16);
+    }
+    if let Some(v) = last {
+        out[row.len() / 2] = v;
     }
 }
