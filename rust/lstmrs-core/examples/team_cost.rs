@@ -11,7 +11,9 @@
 //! Calls are short (about `macs` multiply-adds of steps, default 1e7: a tenth of a millisecond
 //! and up), so that on a shared machine some repeats find both cores free.
 //!
-//!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs]
+//!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs] [cell:B,T,I,H ...]
+//!
+//! With shapes named (`lstm:32,100,8,64`), times those instead of the grid (`macs` unused).
 
 use lstmrs_core::bench::set_team_override;
 use lstmrs_core::{
@@ -42,9 +44,21 @@ fn time_case(
     let gates = cell.gate_count();
     // About `macs` multiply-adds of steps per call, 8..2000 steps.
     let t = (macs / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
-    let cfg = RnnConfig::new(cell, INPUT, h, 1, false, true).unwrap();
+    time_shape(cell, b, t, INPUT, h, repeats)
+}
+
+/// [`time_case`] for one shape `(B, T, I, H)`.
+fn time_shape(
+    cell: CellKind,
+    b: usize,
+    t: usize,
+    input: usize,
+    h: usize,
+    repeats: usize,
+) -> [[(f64, f64); 2]; 2] {
+    let cfg = RnnConfig::new(cell, input, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
-    let x: Vec<f32> = (0..b * t * INPUT)
+    let x: Vec<f32> = (0..b * t * input)
         .map(|k| ((k % 97) as f32 * 0.01).sin())
         .collect();
     let batch = Batch {
@@ -101,6 +115,36 @@ fn main() {
     let (repeats, macs) = (arg(1, 31.0) as usize, arg(2, 1e7));
     threads::set_num_threads(2).unwrap();
     println!("us per step, sweep on 1 thread / on 2, fastest of {repeats} [median]; x = 2 faster");
+    // Named shapes `cell:B,T,I,H` instead of the grid.
+    let shapes: Vec<String> = std::env::args().skip(3).collect();
+    if !shapes.is_empty() {
+        for text in shapes {
+            let (cell, dims) = text.split_once(':').expect("cell:B,T,I,H");
+            let cell = if cell == "gru" {
+                CellKind::Gru
+            } else {
+                CellKind::Lstm
+            };
+            let d: Vec<usize> = dims
+                .split(',')
+                .map(|v| v.parse().expect("a size"))
+                .collect();
+            let m = time_shape(cell, d[0], d[1], d[2], d[3], repeats);
+            let mut line = format!("{text}:");
+            for (k, name) in [(0, "fwd"), (1, "bwd")] {
+                let ([f1, m1], [f2, m2]) = (m[k][0].into(), m[k][1].into());
+                line += &format!(
+                    " {name} {:8.2}/{:8.2} [{:8.2}/{:8.2}]",
+                    f1 * 1e6,
+                    f2 * 1e6,
+                    m1 * 1e6,
+                    m2 * 1e6
+                );
+            }
+            println!("{line}");
+        }
+        return;
+    }
     for cell in [CellKind::Lstm, CellKind::Gru] {
         let mut table = [Vec::new(), Vec::new()];
         for h in HIDDEN {

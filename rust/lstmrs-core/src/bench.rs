@@ -16,6 +16,29 @@ pub fn set_team_override(n: usize) {
     crate::packed_gemm::set_team_override(n);
 }
 
+/// How many teams of each size the sweeps have formed so far in this process (index `n`: teams of
+/// `n` threads, the last entry also counts larger ones). [`set_team_override`] is an upper
+/// bound, not a promise: a pool thread that does not pick up its job in time is left out, so a
+/// test of a forced team compares two snapshots to learn which team actually ran.
+pub fn teams_formed() -> Vec<usize> {
+    crate::threads::teams_formed()
+}
+
+/// Runs `steps` barrier waits and nothing else on a team of up to `members` pool threads (inside
+/// the pool, like a sweep); returns the size of the team that formed and the seconds from
+/// forming it to its last member leaving. For `examples/barrier_cost.rs`.
+pub fn team_barrier_cost(members: usize, steps: usize) -> (usize, f64) {
+    crate::threads::install(|| {
+        let start = std::time::Instant::now();
+        let formed = crate::threads::team(members, |_, _, barrier| {
+            for _ in 0..steps {
+                barrier.wait();
+            }
+        });
+        (formed, start.elapsed().as_secs_f64())
+    })
+}
+
 /// The built-in cells' fused gate passes; `Active::ALL` marks every row as inside its sequence.
 pub use crate::gates::{gru_forward, lstm_backward, lstm_forward, Active};
 

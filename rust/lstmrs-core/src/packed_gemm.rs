@@ -766,6 +766,28 @@ pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize, steps: usiz
     }
 }
 
+/// The team a sweep in the band below [`TEAM_MIN_SWEEP_WORK`] (and from
+/// `team_choice::PROBE_MIN_SWEEP_WORK`) could form, for `team_choice` to measure against one
+/// thread; `None` outside the band, with an override set, or when the team would be one thread
+/// anyway (few unit blocks, or steps under two threads' [`MIN_STEP_WORK`]).
+pub(crate) fn probe_team(
+    capacity: usize,
+    h: usize,
+    step_work: usize,
+    steps: usize,
+) -> Option<usize> {
+    let total = step_work.saturating_mul(steps);
+    if TEAM_OVERRIDE.load(Ordering::Relaxed) != 0
+        || !(crate::team_choice::PROBE_MIN_SWEEP_WORK..TEAM_MIN_SWEEP_WORK).contains(&total)
+    {
+        return None;
+    }
+    let n = capacity
+        .min(h.div_ceil(UNIT_BLOCK))
+        .min(step_work / MIN_STEP_WORK);
+    (n >= 2).then_some(n)
+}
+
 /// The plain loop the packed product is tested against:
 /// `c[r, v.col + j] (+)= Σ_k a[r*lda + k] · w[k*rs + (v.src + j)*cs]`.
 #[cfg(test)]

@@ -299,10 +299,13 @@ const ABSENT: u8 = 2;
 /// have joined means a team can never wait on a thread that is busy with something else (two
 /// sweeps at once, or a nested call), so it cannot deadlock. `f` must give the same results for
 /// every `size` (the sweeps split work by units and every unit's sums run the same way).
-pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
+///
+/// Returns the size of the team that formed (also counted in [`teams_formed`]).
+pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> usize {
     if max <= 1 || !parallel_allowed() {
+        count_formed(1);
         f(0, 1, &Barrier::new(1));
-        return;
+        return 1;
     }
     let state: Vec<AtomicU8> = (0..max).map(|_| AtomicU8::new(PENDING)).collect();
     let barrier: OnceLock<Barrier> = OnceLock::new();
@@ -348,7 +351,24 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
         let size = 1 + joined();
         let b = barrier.get_or_init(|| Barrier::new(size));
         formed.store(size, Ordering::Release);
+        count_formed(size);
         let _poison = PoisonOnPanic(b);
         f(0, size, b);
     });
+    formed.load(Ordering::Acquire)
+}
+
+/// Teams formed so far in this process, by size (index `n`: teams of `n` threads; the last
+/// entry counts every larger team).
+static FORMED: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+
+fn count_formed(size: usize) {
+    FORMED[size.min(FORMED.len() - 1)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many teams of each size have formed in this process (see [`FORMED`]): a test that forces
+/// a team (`bench::set_team_override`) compares two snapshots to learn whether the team it
+/// asked for actually formed, since a pool thread busy elsewhere is left out of it.
+pub(crate) fn teams_formed() -> Vec<usize> {
+    FORMED.iter().map(|n| n.load(Ordering::Relaxed)).collect()
 }

@@ -1,0 +1,271 @@
+//! Choosing between one thread and a team for the sweeps the static cost model cannot call.
+//!
+//! `packed_gemm::team_size` keeps every sweep below `TEAM_MIN_SWEEP_WORK` multiply-adds on one
+//! thread. In that band a team of two is 1.3-1.6x faster when both cores are free (LSTM H=64,
+//! B=32 on the idle 2-core VM: 7.6 against 11.9 us per step) and up to 3x slower when the
+//! partner thread is preempted (the same shapes at a load average of 2-10), so no static table
+//! fits both. Here each shape class measures instead: its first calls alternate between one
+//! thread and the team, later calls take the size whose recent calls were faster per step, and
+//! every [`REPROBE_EVERY`]-th call runs the other size once so that a change of load is noticed.
+//! Results are the same bits for every team size (`tests/determinism.rs`), so the choice only
+//! changes speed.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Sweeps below this many multiply-adds keep one thread without measuring: forming a team whose
+/// partner is busy costs up to the team's join wait (300 us), which a re-probe of a sweep this
+/// small (about 90 us on one core) would not earn back.
+pub(crate) const PROBE_MIN_SWEEP_WORK: usize = 1 << 24;
+
+/// Calls per shape class between two runs of the size not chosen.
+pub(crate) const REPROBE_EVERY: usize = 32;
+
+/// Recent calls per size whose median decides.
+const WINDOW: usize = 3;
+
+/// Samples of each size the first calls collect (alternating) before a choice is made.
+const FIRST_PROBES: usize = 2;
+
+/// What a shape class has measured, and which team size its next call runs. Pure bookkeeping
+/// (times are given to it), so the policy is tested with made-up timings.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// The team size tried against one thread.
+    team: usize,
+    /// Seconds per step of the latest calls, per size (index 0: one thread, 1: the team), oldest
+    /// first.
+    recent: [Vec<f64>; 2],
+    /// Calls handed out so far.
+    calls: usize,
+}
+
+/// The size a call runs, and whether its time is to be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pick {
+    pub size: usize,
+    /// False for a shape class's first call, which also pays for first touches of its buffers.
+    pub record: bool,
+}
+
+impl Choice {
+    pub(crate) fn new(team: usize) -> Self {
+        Choice {
+            team: team.max(2),
+            recent: [Vec::new(), Vec::new()],
+            calls: 0,
+        }
+    }
+
+    fn size_of(&self, slot: usize) -> usize {
+        if slot == 0 {
+            1
+        } else {
+            self.team
+        }
+    }
+
+    /// The median of a slot's recent samples (the mean of the middle two for an even count).
+    fn typical(&self, slot: usize) -> Option<f64> {
+        let mut v = self.recent[slot].clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    /// The slot whose recent calls were faster (one thread on a tie).
+    pub(crate) fn preferred(&self) -> usize {
+        match (self.typical(0), self.typical(1)) {
+            (Some(one), Some(team)) if team < one => self.team,
+            _ => 1,
+        }
+    }
+
+    /// The team size of the next call.
+    pub(crate) fn next(&mut self) -> Pick {
+        self.calls += 1;
+        if self.calls == 1 {
+            return Pick {
+                size: 1,
+                record: false,
+            };
+        }
+        let [one, team] = [self.recent[0].len(), self.recent[1].len()];
+        let size = if one < FIRST_PROBES || team < FIRST_PROBES {
+            // Alternate, the size with fewer samples first.
+            self.size_of(usize::from(team < one))
+        } else if self.calls % REPROBE_EVERY == 0 {
+            if self.preferred() == 1 {
+                self.team
+            } else {
+                1
+            }
+        } else {
+            self.preferred()
+        };
+        Pick { size, record: true }
+    }
+
+    /// Records a call that asked for `size` threads and took `per_step` seconds per step. It
+    /// counts for the size asked for even when fewer threads joined: waiting for a partner that
+    /// never came is part of what asking for a team costs.
+    pub(crate) fn record(&mut self, size: usize, per_step: f64) {
+        let slot = &mut self.recent[usize::from(size > 1)];
+        if slot.len() == WINDOW {
+            slot.remove(0);
+        }
+        slot.push(per_step);
+    }
+}
+
+/// A shape class: which sweep (`site`), its sizes, and the team the cost model would form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ShapeClass {
+    pub site: &'static str,
+    pub gates: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+    /// `log2` of the step count: per-step times of much shorter sweeps carry more of the team's
+    /// forming cost.
+    pub steps_log2: u32,
+    pub team: usize,
+}
+
+/// Shape classes kept at most; past it the table starts over (a process that keeps making new
+/// shapes gains nothing from old ones).
+const MAX_CLASSES: usize = 256;
+
+static CHOICES: Mutex<Option<HashMap<ShapeClass, Choice>>> = Mutex::new(None);
+
+/// The team size a sweep of `class` runs now (a probe or the choice).
+pub(crate) fn pick(class: ShapeClass) -> Pick {
+    let mut table = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+    let table = table.get_or_insert_with(HashMap::new);
+    if table.len() >= MAX_CLASSES && !table.contains_key(&class) {
+        table.clear();
+    }
+    table
+        .entry(class)
+        .or_insert_with(|| Choice::new(class.team))
+        .next()
+}
+
+/// Records how long a sweep of `class` that asked for `size` threads took for `steps` steps.
+pub(crate) fn record(class: ShapeClass, size: usize, elapsed: Duration, steps: usize) {
+    let mut table = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = table.as_mut().and_then(|t| t.get_mut(&class)) {
+        c.record(size, elapsed.as_secs_f64() / steps.max(1) as f64);
+    }
+}
+
+/// Whether sweeps in the band measure (`LSTMRS_TEAM_CHOICE=static` turns it off, leaving them
+/// on one thread as the cost model says: for A/B timing of the two in one build).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LSTMRS_TEAM_CHOICE").map_or(true, |v| v != "static"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `calls` calls where one thread takes `one` and the team `team` seconds per step;
+    /// returns the sizes run.
+    fn drive(c: &mut Choice, calls: usize, one: f64, team: f64) -> Vec<usize> {
+        (0..calls)
+            .map(|_| {
+                let p = c.next();
+                if p.record {
+                    c.record(p.size, if p.size == 1 { one } else { team });
+                }
+                p.size
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_call_is_not_recorded_then_both_sizes_are_probed() {
+        let mut c = Choice::new(2);
+        assert_eq!(
+            c.next(),
+            Pick {
+                size: 1,
+                record: false
+            }
+        );
+        let sizes = drive(&mut c, 2 * FIRST_PROBES, 1.0, 1.0);
+        assert_eq!(sizes.iter().filter(|&&s| s == 1).count(), FIRST_PROBES);
+        assert_eq!(sizes.iter().filter(|&&s| s == 2).count(), FIRST_PROBES);
+    }
+
+    #[test]
+    fn keeps_the_faster_size_and_reprobes_the_other_rarely() {
+        for (one, team, want) in [(11.9, 7.6, 2), (4.2, 5.7, 1)] {
+            let mut c = Choice::new(2);
+            c.next();
+            drive(&mut c, 2 * FIRST_PROBES, one, team);
+            let later = drive(&mut c, 10 * REPROBE_EVERY, one, team);
+            let other = later.iter().filter(|&&s| s != want).count();
+            assert_eq!(
+                other, 10,
+                "one probe of the other size per {REPROBE_EVERY} calls"
+            );
+            assert_eq!(c.preferred(), want);
+        }
+    }
+
+    #[test]
+    fn a_tie_keeps_one_thread() {
+        let mut c = Choice::new(2);
+        c.next();
+        drive(&mut c, 20, 3.0, 3.0);
+        assert_eq!(c.preferred(), 1);
+    }
+
+    #[test]
+    fn follows_a_change_of_load_both_ways() {
+        let mut c = Choice::new(2);
+        c.next();
+        // Idle: the team wins.
+        drive(&mut c, 40, 11.9, 7.6);
+        assert_eq!(c.preferred(), 2);
+        // The partner core gets busy: the team's calls slow down 3x; within a window of calls
+        // the team's median passes one thread's and the choice falls back.
+        let loaded = drive(&mut c, WINDOW + 1, 11.9, 23.0);
+        assert_eq!(c.preferred(), 1);
+        assert_eq!(*loaded.last().unwrap(), 1);
+        // Idle again: only the re-probes see the team, WINDOW of them bring it back.
+        drive(&mut c, (WINDOW + 1) * REPROBE_EVERY, 11.9, 7.6);
+        assert_eq!(c.preferred(), 2);
+    }
+
+    #[test]
+    fn one_slow_outlier_does_not_flip_the_choice() {
+        let mut c = Choice::new(2);
+        c.next();
+        drive(&mut c, 40, 11.9, 7.6);
+        // A single preempted team call (a median of three ignores it).
+        let p = c.next();
+        assert_eq!(p.size, 2);
+        c.record(2, 100.0);
+        assert_eq!(c.preferred(), 2);
+    }
+
+    #[test]
+    fn a_team_size_above_two_is_kept() {
+        let mut c = Choice::new(4);
+        c.next();
+        let sizes = drive(&mut c, 30, 10.0, 4.0);
+        assert!(sizes.contains(&4) && !sizes.contains(&2));
+        assert_eq!(c.preferred(), 4);
+    }
+}
