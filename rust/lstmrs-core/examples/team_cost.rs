@@ -13,9 +13,11 @@
 //!
 //!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs] [cell:B,T,I,H ...]
 //!
-//! With shapes named (`lstm:32,100,8,64`), times those instead of the grid (`macs` unused).
+//! With shapes named (`lstm:32,100,8,64`), times those instead of the grid (`macs` unused), and
+//! beside the two sizes the library's own choice (`team_choice`; `LSTMRS_TEAM_CHOICE=static`:
+//! the cost model alone), with how many of its sweeps ran on one thread and on two.
 
-use lstmrs_core::bench::set_team_override;
+use lstmrs_core::bench::{set_team_override, teams_formed};
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,
@@ -44,10 +46,13 @@ fn time_case(
     let gates = cell.gate_count();
     // About `macs` multiply-adds of steps per call, 8..2000 steps.
     let t = (macs / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
-    time_shape(cell, b, t, INPUT, h, repeats)
+    let m = time_shape(cell, b, t, INPUT, h, repeats, &[1, 2]).0;
+    [[m[0][0], m[1][0]], [m[0][1], m[1][1]]]
 }
 
-/// [`time_case`] for one shape `(B, T, I, H)`.
+/// For each team size of `variants` (0: the library's own choice), seconds per step
+/// `[(fastest, median) forward, (fastest, median) backward]` of one shape `(B, T, I, H)`, and for
+/// the own choice the teams of one and of two that formed `[forward, backward]`.
 fn time_shape(
     cell: CellKind,
     b: usize,
@@ -55,7 +60,8 @@ fn time_shape(
     input: usize,
     h: usize,
     repeats: usize,
-) -> [[(f64, f64); 2]; 2] {
+    variants: &[usize],
+) -> (Vec<[(f64, f64); 2]>, [[usize; 2]; 2]) {
     let cfg = RnnConfig::new(cell, input, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
     let x: Vec<f32> = (0..b * t * input)
@@ -75,14 +81,23 @@ fn time_shape(
         keep_tape: true,
         ..Default::default()
     };
-    let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut times = vec![[Vec::new(), Vec::new()]; variants.len()];
+    let mut own = [[0; 2]; 2];
+    // Teams of one and of two formed since `before`.
+    let formed = |before: &[usize]| {
+        let now = teams_formed();
+        [now[1] - before[1], now[2] - before[2]]
+    };
     for r in 0..repeats + 1 {
-        for team in [1, 2] {
+        for (v, &team) in variants.iter().enumerate() {
             set_team_override(team);
+            let before = teams_formed();
             let s = Instant::now();
             std::hint::black_box(forward(&p, &batch, &ForwardOptions::default()).unwrap());
             let f = s.elapsed().as_secs_f64();
+            let fwd_teams = formed(&before);
             let o = forward(&p, &batch, &keep).unwrap();
+            let before = teams_formed();
             let s = Instant::now();
             let g = backward(
                 &p,
@@ -95,15 +110,25 @@ fn time_shape(
             )
             .unwrap();
             let bw = s.elapsed().as_secs_f64();
+            let bwd_teams = formed(&before);
             std::hint::black_box(g);
             if r > 0 {
-                times[0][team - 1].push(f / t as f64);
-                times[1][team - 1].push(bw / t as f64);
+                times[v][0].push(f / t as f64);
+                times[v][1].push(bw / t as f64);
+                if team == 0 {
+                    for k in 0..2 {
+                        own[0][k] += fwd_teams[k];
+                        own[1][k] += bwd_teams[k];
+                    }
+                }
             }
         }
     }
     set_team_override(0);
-    times.map(|d| d.map(fastest_median))
+    (
+        times.into_iter().map(|d| d.map(fastest_median)).collect(),
+        own,
+    )
 }
 
 fn main() {
@@ -129,16 +154,15 @@ fn main() {
                 .split(',')
                 .map(|v| v.parse().expect("a size"))
                 .collect();
-            let m = time_shape(cell, d[0], d[1], d[2], d[3], repeats);
+            let (m, own) = time_shape(cell, d[0], d[1], d[2], d[3], repeats, &[1, 2, 0]);
             let mut line = format!("{text}:");
             for (k, name) in [(0, "fwd"), (1, "bwd")] {
-                let ([f1, m1], [f2, m2]) = (m[k][0].into(), m[k][1].into());
+                let us = |v: usize| (m[v][k].0 * 1e6, m[v][k].1 * 1e6);
+                let ((f1, m1), (f2, m2), (f0, m0)) = (us(0), us(1), us(2));
                 line += &format!(
-                    " {name} {:8.2}/{:8.2} [{:8.2}/{:8.2}]",
-                    f1 * 1e6,
-                    f2 * 1e6,
-                    m1 * 1e6,
-                    m2 * 1e6
+                    "\n  {name}: 1 thread {f1:8.2} [{m1:8.2}]  team of 2 {f2:8.2} [{m2:8.2}]  \
+                     own choice {f0:8.2} [{m0:8.2}] (sweeps on 1 / 2 threads: {} / {})",
+                    own[k][0], own[k][1]
                 );
             }
             println!("{line}");

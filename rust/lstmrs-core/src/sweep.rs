@@ -669,7 +669,13 @@ pub(crate) fn forward<T: Scalar>(
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
         row
     });
-    let team = plan_measured(&sw, gw, "forward");
+    // A tape's writes make a step slower: the two are measured apart.
+    let site = if keep_tape {
+        "forward, taped"
+    } else {
+        "forward"
+    };
+    let team = plan_measured(&sw, gw, site);
     let members = team.members;
     // A team of one projecting alone would give up the `gemm` crate's split of a product big
     // enough to pay for one (the cost model's threshold): e.g. I = 256, H = 64.
