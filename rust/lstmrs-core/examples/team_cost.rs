@@ -28,6 +28,9 @@ const HIDDEN: [usize; 6] = [32, 64, 128, 256, 512, 1024];
 const BATCH: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 const INPUT: usize = 16;
 
+/// Seconds per step `[(fastest, median) forward, (fastest, median) backward]`.
+type PerStep = [(f64, f64); 2];
+
 /// `(fastest, median)` of `v`.
 fn fastest_median(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -61,7 +64,7 @@ fn time_shape(
     h: usize,
     repeats: usize,
     variants: &[usize],
-) -> (Vec<[(f64, f64); 2]>, [[usize; 2]; 2]) {
+) -> (Vec<PerStep>, [[usize; 2]; 2]) {
     let cfg = RnnConfig::new(cell, input, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
     let x: Vec<f32> = (0..b * t * input)

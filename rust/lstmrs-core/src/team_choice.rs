@@ -74,7 +74,7 @@ impl Choice {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        Some(if n % 2 == 1 {
+        Some(if !n.is_multiple_of(2) {
             v[n / 2]
         } else {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
@@ -102,7 +102,7 @@ impl Choice {
         let size = if one < FIRST_PROBES || team < FIRST_PROBES {
             // Alternate, the size with fewer samples first.
             self.size_of(usize::from(team < one))
-        } else if self.calls % REPROBE_EVERY == 0 {
+        } else if self.calls.is_multiple_of(REPROBE_EVERY) {
             if self.preferred() == 1 {
                 self.team
             } else {
