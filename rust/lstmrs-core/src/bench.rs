@@ -11,9 +11,12 @@ pub use crate::packed_gemm::Isa;
 
 /// Makes every later sweep run on a team of `n` threads (at most the pool's size), whatever the
 /// cost model would pick; `0` gives the choice back to the model. For measuring the model's
-/// table (`examples/team_cost.rs`); process-wide, not for concurrent use.
+/// table (`examples/team_cost.rs`); process-wide, not for concurrent use. While it is set, a team
+/// waits up to 50 ms (instead of 300 us) for its members to pick up their jobs, so that the team
+/// asked for forms on a loaded machine too ([`teams_formed`] tells whether it did).
 pub fn set_team_override(n: usize) {
     crate::packed_gemm::set_team_override(n);
+    crate::threads::set_forced_join_wait(n > 0);
 }
 
 /// How many teams of each size the sweeps have formed so far in this process (index `n`: teams of

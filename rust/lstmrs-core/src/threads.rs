@@ -286,6 +286,18 @@ pub(crate) fn team_capacity() -> usize {
 /// waiting for it would stall the whole sweep.
 const JOIN_WAIT: Duration = Duration::from_micros(300);
 
+/// [`JOIN_WAIT`] while a team size is forced (`bench::set_team_override`): long enough for a pool
+/// thread to get a time slice on a loaded machine (its scheduler's slices are milliseconds), so
+/// that a test's forced team forms; still bounded, so a team never waits on a busy thread forever.
+const FORCED_JOIN_WAIT: Duration = Duration::from_millis(50);
+
+static FORCED: AtomicBool = AtomicBool::new(false);
+
+/// Makes teams wait [`FORCED_JOIN_WAIT`] (true) or [`JOIN_WAIT`] for their members.
+pub(crate) fn set_forced_join_wait(forced: bool) {
+    FORCED.store(forced, Ordering::Relaxed);
+}
+
 const PENDING: u8 = 0;
 const JOINED: u8 = 1;
 const ABSENT: u8 = 2;
@@ -336,13 +348,18 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> us
             });
         }
         let start = Instant::now();
+        let wait = if FORCED.load(Ordering::Relaxed) {
+            FORCED_JOIN_WAIT
+        } else {
+            JOIN_WAIT
+        };
         let joined = || {
             state[1..]
                 .iter()
                 .filter(|m| m.load(Ordering::Acquire) == JOINED)
                 .count()
         };
-        while joined() < max - 1 && start.elapsed() < JOIN_WAIT {
+        while joined() < max - 1 && start.elapsed() < wait {
             std::hint::spin_loop();
         }
         for m in &state[1..] {
