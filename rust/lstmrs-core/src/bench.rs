@@ -27,6 +27,12 @@ pub fn teams_formed() -> Vec<usize> {
     crate::threads::teams_formed()
 }
 
+/// How many teams so far formed with fewer threads than they asked for (their partners did not
+/// pick up their jobs within the join wait); with [`teams_formed`], what was asked for.
+pub fn teams_short() -> usize {
+    crate::threads::teams_short()
+}
+
 /// Runs `steps` barrier waits and nothing else on a team of up to `members` pool threads (inside
 /// the pool, like a sweep); returns the size of the team that formed and the seconds from
 /// forming it to its last member leaving. For `examples/barrier_cost.rs`.

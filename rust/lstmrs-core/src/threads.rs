@@ -369,6 +369,9 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> us
         let b = barrier.get_or_init(|| Barrier::new(size));
         formed.store(size, Ordering::Release);
         count_formed(size);
+        if size < max {
+            SHORT.fetch_add(1, Ordering::Relaxed);
+        }
         let _poison = PoisonOnPanic(b);
         f(0, size, b);
     });
@@ -378,6 +381,14 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> us
 /// Teams formed so far in this process, by size (index `n`: teams of `n` threads; the last
 /// entry counts every larger team).
 static FORMED: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+
+/// Teams that formed with fewer threads than asked for (a pool thread busy elsewhere).
+static SHORT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many teams so far formed with fewer threads than they asked for.
+pub(crate) fn teams_short() -> usize {
+    SHORT.load(Ordering::Relaxed)
+}
 
 fn count_formed(size: usize) {
     FORMED[size.min(FORMED.len() - 1)].fetch_add(1, Ordering::Relaxed);
