@@ -4,7 +4,10 @@
 //! fastest and median extra time per step of calls with `steps` steps; only calls where both
 //! threads joined count (the number left out is printed).
 //!
-//!     cargo run --release -p lstmrs-core --example barrier_cost [calls] [steps]
+//! With `gap_us`, the calls are `gap_us` microseconds apart (the pool's threads fall asleep in
+//! gaps of more than a few tens of microseconds, as between a program's calls).
+//!
+//!     cargo run --release -p lstmrs-core --example barrier_cost [calls] [steps] [gap_us]
 
 use lstmrs_core::bench::team_barrier_cost;
 use lstmrs_core::threads;
@@ -21,11 +24,18 @@ fn main() {
             .nth(i)
             .map_or(default, |s| s.parse().expect("a whole number"))
     };
-    let (calls, steps) = (arg(1, 201), arg(2, 1000));
+    let (calls, steps, gap) = (arg(1, 201), arg(2, 1000), arg(3, 0));
+    let pause = || {
+        if gap > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(gap as u64));
+        }
+    };
     threads::set_num_threads(2).unwrap();
     let (mut empty, mut full, mut alone) = (Vec::new(), Vec::new(), 0);
     for c in 0..calls + 10 {
+        pause();
         let (n0, t0) = team_barrier_cost(2, 0);
+        pause();
         let (n1, t1) = team_barrier_cost(2, steps);
         if c < 10 {
             continue;

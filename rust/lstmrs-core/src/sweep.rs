@@ -241,6 +241,8 @@ fn plan(sw: &Sweep, hw: usize) -> usize {
 struct TeamPlan {
     members: usize,
     measured: Option<ShapeClass>,
+    /// How long the team's first member waits for the others (`threads::team_waiting`).
+    join_wait: std::time::Duration,
 }
 
 /// [`plan`], measured where the cost model cannot call it (see `team_choice`); `site` names the
@@ -252,6 +254,7 @@ fn plan_measured(sw: &Sweep, hw: usize, site: &'static str) -> TeamPlan {
         None => TeamPlan {
             members: plan(sw, hw),
             measured: None,
+            join_wait: threads::JOIN_WAIT,
         },
         Some(team) => {
             let class = ShapeClass {
@@ -267,6 +270,7 @@ fn plan_measured(sw: &Sweep, hw: usize, site: &'static str) -> TeamPlan {
             TeamPlan {
                 members: pick.size,
                 measured: pick.record.then_some(class),
+                join_wait: team_choice::join_wait(step_work.saturating_mul(sw.steps)),
             }
         }
     }
@@ -276,7 +280,7 @@ impl TeamPlan {
     /// Runs the sweep's `steps` on its team (`threads::team`) and records the time if measured.
     fn run<F: Fn(usize, usize, &threads::Barrier) + Sync>(&self, steps: usize, f: F) {
         let start = Instant::now();
-        threads::team(self.members, f);
+        threads::team_waiting(self.members, self.join_wait, f);
         if let Some(class) = self.measured {
             team_choice::record(class, self.members, start.elapsed(), steps);
         }

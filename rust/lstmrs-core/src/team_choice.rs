@@ -19,6 +19,19 @@ use std::time::Duration;
 /// small (about 90 us on one core) would not earn back.
 pub(crate) const PROBE_MIN_SWEEP_WORK: usize = 1 << 24;
 
+/// How long the first member of a measured sweep's team waits for its partner: a tenth of the
+/// sweep's time on one thread (at about 95 multiply-adds per nanosecond, the AVX-512 step
+/// product's speed), at least [`MIN_JOIN_WAIT`], at most the usual `threads::JOIN_WAIT`. A partner
+/// that is running joins within microseconds (`examples/barrier_cost.rs`: 5-13 us from a
+/// sleeping pool, calls 200 us apart, load 6); one that is preempted takes a scheduler time slice
+/// (milliseconds), and waiting for it longer would only add to what a probe under load costs.
+pub(crate) fn join_wait(sweep_work: usize) -> Duration {
+    Duration::from_nanos((sweep_work / 950) as u64).clamp(MIN_JOIN_WAIT, crate::threads::JOIN_WAIT)
+}
+
+/// The shortest join wait of a measured sweep (see [`join_wait`]).
+const MIN_JOIN_WAIT: Duration = Duration::from_micros(30);
+
 /// Calls per shape class between two runs of the size not chosen.
 pub(crate) const REPROBE_EVERY: usize = 32;
 
@@ -258,6 +271,15 @@ mod tests {
         assert_eq!(p.size, 2);
         c.record(2, 100.0);
         assert_eq!(c.preferred(), 2);
+    }
+
+    #[test]
+    fn join_wait_is_a_tenth_of_the_sweep_within_bounds() {
+        // (32,100,8,64) LSTM: 52M multiply-adds, about 0.55 ms on one thread.
+        let w = join_wait(32 * 256 * 64 * 100);
+        assert!(w > Duration::from_micros(50) && w < Duration::from_micros(60));
+        assert_eq!(join_wait(PROBE_MIN_SWEEP_WORK / 16), MIN_JOIN_WAIT);
+        assert_eq!(join_wait(usize::MAX), crate::threads::JOIN_WAIT);
     }
 
     #[test]

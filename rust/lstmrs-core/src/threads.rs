@@ -284,7 +284,7 @@ pub(crate) fn team_capacity() -> usize {
 /// without them. An idle pool thread wakes within tens of microseconds; one busy elsewhere (the
 /// other direction's sweep, or another process on a loaded machine) may take far longer, and
 /// waiting for it would stall the whole sweep.
-const JOIN_WAIT: Duration = Duration::from_micros(300);
+pub(crate) const JOIN_WAIT: Duration = Duration::from_micros(300);
 
 /// [`JOIN_WAIT`] while a team size is forced (`bench::set_team_override`): long enough for a pool
 /// thread to get a time slice on a loaded machine (its scheduler's slices are milliseconds), so
@@ -314,6 +314,16 @@ const ABSENT: u8 = 2;
 ///
 /// Returns the size of the team that formed (also counted in [`teams_formed`]).
 pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> usize {
+    team_waiting(max, JOIN_WAIT, f)
+}
+
+/// [`team`] whose first member waits at most `wait` (instead of [`JOIN_WAIT`]) for the others:
+/// for a sweep so short that a team formed later than that would not pay for itself.
+pub(crate) fn team_waiting<F: Fn(usize, usize, &Barrier) + Sync>(
+    max: usize,
+    wait: Duration,
+    f: F,
+) -> usize {
     if max <= 1 || !parallel_allowed() {
         count_formed(1);
         f(0, 1, &Barrier::new(1));
@@ -351,7 +361,7 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> us
         let wait = if FORCED.load(Ordering::Relaxed) {
             FORCED_JOIN_WAIT
         } else {
-            JOIN_WAIT
+            wait
         };
         let joined = || {
             state[1..]
