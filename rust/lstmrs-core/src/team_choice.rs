@@ -6,7 +6,8 @@
 //! partner thread is preempted (the same shapes at a load average of 2-10), so no static table
 //! fits both. Here each shape class measures instead: its first calls alternate between one
 //! thread and the team, later calls take the size whose recent calls were faster per step, and
-//! every [`REPROBE_EVERY`]-th call runs the other size once so that a change of load is noticed.
+//! now and then a call runs the other size so that a change of load is noticed (after
+//! [`REPROBE_EVERY`] calls, twice as long after each probe that confirms the choice).
 //! Results are the same bits for every team size (`tests/determinism.rs`), so the choice only
 //! changes speed.
 
@@ -32,8 +33,15 @@ pub(crate) fn join_wait(sweep_work: usize) -> Duration {
 /// The shortest join wait of a measured sweep (see [`join_wait`]).
 const MIN_JOIN_WAIT: Duration = Duration::from_micros(30);
 
-/// Calls per shape class between two runs of the size not chosen.
+/// Calls per shape class between two runs of the size not chosen, at first and after the choice
+/// changes; every re-probe that confirms the choice doubles the interval, up to
+/// [`MAX_REPROBE_EVERY`]. Under a load average of 8 a team whose partner is preempted took 240
+/// instead of 9 us per step (`examples/team_cost.rs`, (32,100,8,64) LSTM): a probe that costs
+/// 25 calls' time is worth making rarely while it keeps losing.
 pub(crate) const REPROBE_EVERY: usize = 32;
+
+/// The longest interval between re-probes (see [`REPROBE_EVERY`]).
+pub(crate) const MAX_REPROBE_EVERY: usize = 1024;
 
 /// Recent calls per size whose median decides.
 const WINDOW: usize = 3;
@@ -52,6 +60,11 @@ pub(crate) struct Choice {
     recent: [Vec<f64>; 2],
     /// Calls handed out so far.
     calls: usize,
+    /// Calls between re-probes now, and the call of the next one.
+    interval: usize,
+    next_probe: usize,
+    /// The preferred size when the re-probe in flight was handed out.
+    probing: Option<usize>,
 }
 
 /// The size a call runs, and whether its time is to be recorded.
@@ -68,6 +81,9 @@ impl Choice {
             team: team.max(2),
             recent: [Vec::new(), Vec::new()],
             calls: 0,
+            interval: REPROBE_EVERY,
+            next_probe: REPROBE_EVERY,
+            probing: None,
         }
     }
 
@@ -115,8 +131,10 @@ impl Choice {
         let size = if one < FIRST_PROBES || team < FIRST_PROBES {
             // Alternate, the size with fewer samples first.
             self.size_of(usize::from(team < one))
-        } else if self.calls.is_multiple_of(REPROBE_EVERY) {
-            if self.preferred() == 1 {
+        } else if self.calls >= self.next_probe && self.probing.is_none() {
+            let chosen = self.preferred();
+            self.probing = Some(chosen);
+            if chosen == 1 {
                 self.team
             } else {
                 1
@@ -131,11 +149,25 @@ impl Choice {
     /// counts for the size asked for even when fewer threads joined: waiting for a partner that
     /// never came is part of what asking for a team costs.
     pub(crate) fn record(&mut self, size: usize, per_step: f64) {
+        let before = self.preferred();
         let slot = &mut self.recent[usize::from(size > 1)];
         if slot.len() == WINDOW {
             slot.remove(0);
         }
         slot.push(per_step);
+        let after = self.preferred();
+        let probed = self.probing.filter(|&chosen| chosen != size).is_some();
+        if probed {
+            self.probing = None;
+        }
+        if after != before {
+            self.interval = REPROBE_EVERY;
+        } else if probed {
+            self.interval = (2 * self.interval).min(MAX_REPROBE_EVERY);
+        } else {
+            return;
+        }
+        self.next_probe = self.calls + self.interval;
     }
 }
 
@@ -226,13 +258,19 @@ mod tests {
             let mut c = Choice::new(2);
             c.next();
             drive(&mut c, 2 * FIRST_PROBES, one, team);
-            let later = drive(&mut c, 10 * REPROBE_EVERY, one, team);
-            let other = later.iter().filter(|&&s| s != want).count();
+            let later = drive(&mut c, 16 * REPROBE_EVERY, one, team);
+            // Each re-probe that confirms the choice doubles the interval to the next.
+            let probes: Vec<usize> = (0..later.len()).filter(|&k| later[k] != want).collect();
+            let gaps: Vec<usize> = probes.windows(2).map(|w| w[1] - w[0]).collect();
             assert_eq!(
-                other, 10,
-                "one probe of the other size per {REPROBE_EVERY} calls"
+                gaps,
+                [2, 4, 8].map(|k| k * REPROBE_EVERY),
+                "probes {probes:?}"
             );
             assert_eq!(c.preferred(), want);
+            // ... up to its maximum.
+            drive(&mut c, 20 * MAX_REPROBE_EVERY, one, team);
+            assert_eq!(c.interval, MAX_REPROBE_EVERY);
         }
     }
 
