@@ -11,9 +11,13 @@
 //! Calls are short (about `macs` multiply-adds of steps, default 1e7: a tenth of a millisecond
 //! and up), so that on a shared machine some repeats find both cores free.
 //!
-//!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs]
+//!     cargo run --release -p lstmrs-core --example team_cost [repeats] [macs] [cell:B,T,I,H ...]
+//!
+//! With shapes named (`lstm:32,100,8,64`), times those instead of the grid (`macs` unused), and
+//! beside the two sizes the library's own choice (`team_choice`; `LSTMRS_TEAM_CHOICE=static`:
+//! the cost model alone), with how many of its sweeps ran on one thread and on two.
 
-use lstmrs_core::bench::set_team_override;
+use lstmrs_core::bench::{set_team_override, teams_formed};
 use lstmrs_core::{
     backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
     RnnParams,
@@ -23,6 +27,9 @@ use std::time::Instant;
 const HIDDEN: [usize; 6] = [32, 64, 128, 256, 512, 1024];
 const BATCH: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 const INPUT: usize = 16;
+
+/// Seconds per step `[(fastest, median) forward, (fastest, median) backward]`.
+type PerStep = [(f64, f64); 2];
 
 /// `(fastest, median)` of `v`.
 fn fastest_median(mut v: Vec<f64>) -> (f64, f64) {
@@ -42,9 +49,25 @@ fn time_case(
     let gates = cell.gate_count();
     // About `macs` multiply-adds of steps per call, 8..2000 steps.
     let t = (macs / (b * gates * h * (h + INPUT)) as f64).clamp(8.0, 2000.0) as usize;
-    let cfg = RnnConfig::new(cell, INPUT, h, 1, false, true).unwrap();
+    let m = time_shape(cell, b, t, INPUT, h, repeats, &[1, 2]).0;
+    [[m[0][0], m[1][0]], [m[0][1], m[1][1]]]
+}
+
+/// For each team size of `variants` (0: the library's own choice), seconds per step
+/// `[(fastest, median) forward, (fastest, median) backward]` of one shape `(B, T, I, H)`, and for
+/// the own choice the teams of one and of two that formed `[forward, backward]`.
+fn time_shape(
+    cell: CellKind,
+    b: usize,
+    t: usize,
+    input: usize,
+    h: usize,
+    repeats: usize,
+    variants: &[usize],
+) -> (Vec<PerStep>, [[usize; 2]; 2]) {
+    let cfg = RnnConfig::new(cell, input, h, 1, false, true).unwrap();
     let p = RnnParams::<f32>::init_uniform(cfg, 0);
-    let x: Vec<f32> = (0..b * t * INPUT)
+    let x: Vec<f32> = (0..b * t * input)
         .map(|k| ((k % 97) as f32 * 0.01).sin())
         .collect();
     let batch = Batch {
@@ -61,14 +84,23 @@ fn time_case(
         keep_tape: true,
         ..Default::default()
     };
-    let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut times = vec![[Vec::new(), Vec::new()]; variants.len()];
+    let mut own = [[0; 2]; 2];
+    // Teams of one and of two formed since `before`.
+    let formed = |before: &[usize]| {
+        let now = teams_formed();
+        [now[1] - before[1], now[2] - before[2]]
+    };
     for r in 0..repeats + 1 {
-        for team in [1, 2] {
+        for (v, &team) in variants.iter().enumerate() {
             set_team_override(team);
+            let before = teams_formed();
             let s = Instant::now();
             std::hint::black_box(forward(&p, &batch, &ForwardOptions::default()).unwrap());
             let f = s.elapsed().as_secs_f64();
+            let fwd_teams = formed(&before);
             let o = forward(&p, &batch, &keep).unwrap();
+            let before = teams_formed();
             let s = Instant::now();
             let g = backward(
                 &p,
@@ -81,15 +113,25 @@ fn time_case(
             )
             .unwrap();
             let bw = s.elapsed().as_secs_f64();
+            let bwd_teams = formed(&before);
             std::hint::black_box(g);
             if r > 0 {
-                times[0][team - 1].push(f / t as f64);
-                times[1][team - 1].push(bw / t as f64);
+                times[v][0].push(f / t as f64);
+                times[v][1].push(bw / t as f64);
+                if team == 0 {
+                    for k in 0..2 {
+                        own[0][k] += fwd_teams[k];
+                        own[1][k] += bwd_teams[k];
+                    }
+                }
             }
         }
     }
     set_team_override(0);
-    times.map(|d| d.map(fastest_median))
+    (
+        times.into_iter().map(|d| d.map(fastest_median)).collect(),
+        own,
+    )
 }
 
 fn main() {
@@ -101,6 +143,35 @@ fn main() {
     let (repeats, macs) = (arg(1, 31.0) as usize, arg(2, 1e7));
     threads::set_num_threads(2).unwrap();
     println!("us per step, sweep on 1 thread / on 2, fastest of {repeats} [median]; x = 2 faster");
+    // Named shapes `cell:B,T,I,H` instead of the grid.
+    let shapes: Vec<String> = std::env::args().skip(3).collect();
+    if !shapes.is_empty() {
+        for text in shapes {
+            let (cell, dims) = text.split_once(':').expect("cell:B,T,I,H");
+            let cell = if cell == "gru" {
+                CellKind::Gru
+            } else {
+                CellKind::Lstm
+            };
+            let d: Vec<usize> = dims
+                .split(',')
+                .map(|v| v.parse().expect("a size"))
+                .collect();
+            let (m, own) = time_shape(cell, d[0], d[1], d[2], d[3], repeats, &[1, 2, 0]);
+            let mut line = format!("{text}:");
+            for (k, name) in [(0, "fwd"), (1, "bwd")] {
+                let us = |v: usize| (m[v][k].0 * 1e6, m[v][k].1 * 1e6);
+                let ((f1, m1), (f2, m2), (f0, m0)) = (us(0), us(1), us(2));
+                line += &format!(
+                    "\n  {name}: 1 thread {f1:8.2} [{m1:8.2}]  team of 2 {f2:8.2} [{m2:8.2}]  \
+                     own choice {f0:8.2} [{m0:8.2}] (sweeps on 1 / 2 threads: {} / {})",
+                    own[k][0], own[k][1]
+                );
+            }
+            println!("{line}");
+        }
+        return;
+    }
     for cell in [CellKind::Lstm, CellKind::Gru] {
         let mut table = [Vec::new(), Vec::new()];
         for h in HIDDEN {

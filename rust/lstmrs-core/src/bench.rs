@@ -11,9 +11,41 @@ pub use crate::packed_gemm::Isa;
 
 /// Makes every later sweep run on a team of `n` threads (at most the pool's size), whatever the
 /// cost model would pick; `0` gives the choice back to the model. For measuring the model's
-/// table (`examples/team_cost.rs`); process-wide, not for concurrent use.
+/// table (`examples/team_cost.rs`); process-wide, not for concurrent use. While it is set, a team
+/// waits up to 50 ms (instead of 300 us) for its members to pick up their jobs, so that the team
+/// asked for forms on a loaded machine too ([`teams_formed`] tells whether it did).
 pub fn set_team_override(n: usize) {
     crate::packed_gemm::set_team_override(n);
+    crate::threads::set_forced_join_wait(n > 0);
+}
+
+/// How many teams of each size the sweeps have formed so far in this process (index `n`: teams of
+/// `n` threads, the last entry also counts larger ones). [`set_team_override`] is an upper
+/// bound, not a promise: a pool thread that does not pick up its job in time is left out, so a
+/// test of a forced team compares two snapshots to learn which team actually ran.
+pub fn teams_formed() -> Vec<usize> {
+    crate::threads::teams_formed()
+}
+
+/// How many teams so far formed with fewer threads than they asked for (their partners did not
+/// pick up their jobs within the join wait); with [`teams_formed`], what was asked for.
+pub fn teams_short() -> usize {
+    crate::threads::teams_short()
+}
+
+/// Runs `steps` barrier waits and nothing else on a team of up to `members` pool threads (inside
+/// the pool, like a sweep); returns the size of the team that formed and the seconds from
+/// forming it to its last member leaving. For `examples/barrier_cost.rs`.
+pub fn team_barrier_cost(members: usize, steps: usize) -> (usize, f64) {
+    crate::threads::install(|| {
+        let start = std::time::Instant::now();
+        let formed = crate::threads::team(members, |_, _, barrier| {
+            for _ in 0..steps {
+                barrier.wait();
+            }
+        });
+        (formed, start.elapsed().as_secs_f64())
+    })
 }
 
 /// The built-in cells' fused gate passes; `Active::ALL` marks every row as inside its sequence.

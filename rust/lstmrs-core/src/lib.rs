@@ -43,6 +43,7 @@ pub mod scalar;
 pub mod seq2seq;
 pub mod stepper;
 mod sweep;
+mod team_choice;
 pub mod threads;
 pub mod trace;
 

@@ -853,7 +853,9 @@ pub(crate) const MIN_STEP_WORK: usize = 1 << 16;
 /// and 1.2-2.7 ms on a team of two (5.9 ms in the benchmark record, where torch's and ONNX
 /// Runtime's threads spin beside it), and `examples/team_cost.rs` under a load average of 10 had
 /// the team lose at every batch for H <= 256 (2.9x slower at H=128, B=8). Longer sweeps, such as
-/// (8,2000,16,128) at 1G multiply-adds, keep the team.
+/// (8,2000,16,128) at 1G multiply-adds, keep the team. Idle, the team of two wins from much
+/// smaller sweeps (LSTM H=64 B=32: 7.6 against 11.9 us per step), so the built-in sweeps from
+/// `team_choice::PROBE_MIN_SWEEP_WORK` up to here measure both instead ([`probe_team`]).
 pub(crate) const TEAM_MIN_SWEEP_WORK: usize = 1 << 27;
 
 /// Benchmarks and tests only (`bench::set_team_override`): a team size every sweep takes instead
@@ -873,6 +875,28 @@ pub(crate) fn team_size(capacity: usize, h: usize, step_work: usize, steps: usiz
         0 => capacity.min(blocks).min(step_work / MIN_STEP_WORK).max(1),
         n => capacity.min(blocks).min(n).max(1),
     }
+}
+
+/// The team a sweep in the band below [`TEAM_MIN_SWEEP_WORK`] (and from
+/// `team_choice::PROBE_MIN_SWEEP_WORK`) could form, for `team_choice` to measure against one
+/// thread; `None` outside the band, with an override set, or when the team would be one thread
+/// anyway (few unit blocks, or steps under two threads' [`MIN_STEP_WORK`]).
+pub(crate) fn probe_team(
+    capacity: usize,
+    h: usize,
+    step_work: usize,
+    steps: usize,
+) -> Option<usize> {
+    let total = step_work.saturating_mul(steps);
+    if TEAM_OVERRIDE.load(Ordering::Relaxed) != 0
+        || !(crate::team_choice::PROBE_MIN_SWEEP_WORK..TEAM_MIN_SWEEP_WORK).contains(&total)
+    {
+        return None;
+    }
+    let n = capacity
+        .min(h.div_ceil(UNIT_BLOCK))
+        .min(step_work / MIN_STEP_WORK);
+    (n >= 2).then_some(n)
 }
 
 /// The plain loop the packed product is tested against:

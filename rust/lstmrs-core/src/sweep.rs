@@ -9,12 +9,16 @@ use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
-use crate::packed_gemm::{gate_vectors, split_units, team_size, Isa, Packed, TEAM_MIN_SWEEP_WORK};
+use crate::packed_gemm::{
+    gate_vectors, probe_team, split_units, team_size, Isa, Packed, TEAM_MIN_SWEEP_WORK,
+};
 use crate::projection;
 use crate::scalar::Scalar;
+use crate::team_choice::{self, ShapeClass};
 use crate::threads;
 use std::borrow::Cow;
 use std::ops::Range;
+use std::time::Instant;
 
 /// One direction's weights (views into the flat parameter buffer).
 #[derive(Clone, Copy)]
@@ -230,6 +234,57 @@ pub(crate) unsafe fn add_output_grad<T: Scalar>(
 /// between the threads that join it (`split_units`).
 fn plan(sw: &Sweep, hw: usize) -> usize {
     team_size(sw.team, sw.hidden, sw.batch * hw * sw.hidden, sw.steps)
+}
+
+/// A built-in sweep's team size and, when `team_choice` picked it, the shape class whose
+/// measurements the sweep's time joins.
+struct TeamPlan {
+    members: usize,
+    measured: Option<ShapeClass>,
+    /// How long the team's first member waits for the others (`threads::team_waiting`).
+    join_wait: std::time::Duration,
+}
+
+/// [`plan`], measured where the cost model cannot call it (see `team_choice`); `site` names the
+/// sweep (forward or backward) in the shape class.
+fn plan_measured(sw: &Sweep, hw: usize, site: &'static str) -> TeamPlan {
+    let step_work = sw.batch * hw * sw.hidden;
+    let team = probe_team(sw.team, sw.hidden, step_work, sw.steps);
+    match team.filter(|_| team_choice::enabled()) {
+        None => TeamPlan {
+            members: plan(sw, hw),
+            measured: None,
+            join_wait: threads::JOIN_WAIT,
+        },
+        Some(team) => {
+            let class = ShapeClass {
+                site,
+                gates: sw.cell.gate_count(),
+                batch: sw.batch,
+                input: sw.input,
+                hidden: sw.hidden,
+                steps_log2: sw.steps.max(1).ilog2(),
+                team,
+            };
+            let pick = team_choice::pick(class);
+            TeamPlan {
+                members: pick.size,
+                measured: pick.record.then_some(class),
+                join_wait: team_choice::join_wait(step_work.saturating_mul(sw.steps)),
+            }
+        }
+    }
+}
+
+impl TeamPlan {
+    /// Runs the sweep's `steps` on its team (`threads::team`) and records the time if measured.
+    fn run<F: Fn(usize, usize, &threads::Barrier) + Sync>(&self, steps: usize, f: F) {
+        let start = Instant::now();
+        threads::team_waiting(self.members, self.join_wait, f);
+        if let Some(class) = self.measured {
+            team_choice::record(class, self.members, start.elapsed(), steps);
+        }
+    }
 }
 
 /// What backpropagation needs of one sweep, indexed by time step.
@@ -618,7 +673,14 @@ pub(crate) fn forward<T: Scalar>(
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
         row
     });
-    let members = plan(&sw, gw);
+    // A tape's writes make a step slower: the two are measured apart.
+    let site = if keep_tape {
+        "forward, taped"
+    } else {
+        "forward"
+    };
+    let team = plan_measured(&sw, gw, site);
+    let members = team.members;
     // A team of one projecting alone would give up the `gemm` crate's split of a product big
     // enough to pay for one (the cost model's threshold): e.g. I = 256, H = 64.
     let projection_work = (steps * b).saturating_mul(sw.input).saturating_mul(gw);
@@ -671,7 +733,7 @@ pub(crate) fn forward<T: Scalar>(
         x: Rows::new(x, sw.input),
         row_bias: row_bias.as_deref(),
     };
-    threads::team(members, |member, size, barrier| {
+    team.run(steps, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
         // Packed here, on the thread that uses them, so they start out in that core's cache.
         let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
@@ -998,7 +1060,7 @@ pub(crate) fn backward<T: Scalar>(
     let mut direct_c = vec![T::zero(); if zoned && lstm { bh } else { 0 }];
     let mut rec = vec![T::zero(); if reg.state_mask.is_some() { bh } else { 0 }];
 
-    let members = plan(&sw, gw);
+    let team = plan_measured(&sw, gw, "backward");
     let views = BuiltinBackward {
         sw,
         reg,
@@ -1017,7 +1079,7 @@ pub(crate) fn backward<T: Scalar>(
         cs: Rows::new(&cs, h),
     };
     let rec_v = RowsMut::new(&mut rec, h);
-    threads::team(members, |member, size, barrier| {
+    team.run(steps, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
         // The LSTM's product in one piece; the GRU's in two along `k`: rows r, z of `W_hh`
         // times the input side's gradients, rows n times the recurrent n-gate gradients.

@@ -284,7 +284,19 @@ pub(crate) fn team_capacity() -> usize {
 /// without them. An idle pool thread wakes within tens of microseconds; one busy elsewhere (the
 /// other direction's sweep, or another process on a loaded machine) may take far longer, and
 /// waiting for it would stall the whole sweep.
-const JOIN_WAIT: Duration = Duration::from_micros(300);
+pub(crate) const JOIN_WAIT: Duration = Duration::from_micros(300);
+
+/// [`JOIN_WAIT`] while a team size is forced (`bench::set_team_override`): long enough for a pool
+/// thread to get a time slice on a loaded machine (its scheduler's slices are milliseconds), so
+/// that a test's forced team forms; still bounded, so a team never waits on a busy thread forever.
+const FORCED_JOIN_WAIT: Duration = Duration::from_millis(50);
+
+static FORCED: AtomicBool = AtomicBool::new(false);
+
+/// Makes teams wait [`FORCED_JOIN_WAIT`] (true) or [`JOIN_WAIT`] for their members.
+pub(crate) fn set_forced_join_wait(forced: bool) {
+    FORCED.store(forced, Ordering::Relaxed);
+}
 
 const PENDING: u8 = 0;
 const JOINED: u8 = 1;
@@ -299,10 +311,23 @@ const ABSENT: u8 = 2;
 /// have joined means a team can never wait on a thread that is busy with something else (two
 /// sweeps at once, or a nested call), so it cannot deadlock. `f` must give the same results for
 /// every `size` (the sweeps split work by units and every unit's sums run the same way).
-pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
+///
+/// Returns the size of the team that formed (also counted in [`teams_formed`]).
+pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) -> usize {
+    team_waiting(max, JOIN_WAIT, f)
+}
+
+/// [`team`] whose first member waits at most `wait` (instead of [`JOIN_WAIT`]) for the others:
+/// for a sweep so short that a team formed later than that would not pay for itself.
+pub(crate) fn team_waiting<F: Fn(usize, usize, &Barrier) + Sync>(
+    max: usize,
+    wait: Duration,
+    f: F,
+) -> usize {
     if max <= 1 || !parallel_allowed() {
+        count_formed(1);
         f(0, 1, &Barrier::new(1));
-        return;
+        return 1;
     }
     let state: Vec<AtomicU8> = (0..max).map(|_| AtomicU8::new(PENDING)).collect();
     let barrier: OnceLock<Barrier> = OnceLock::new();
@@ -333,13 +358,18 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
             });
         }
         let start = Instant::now();
+        let wait = if FORCED.load(Ordering::Relaxed) {
+            FORCED_JOIN_WAIT
+        } else {
+            wait
+        };
         let joined = || {
             state[1..]
                 .iter()
                 .filter(|m| m.load(Ordering::Acquire) == JOINED)
                 .count()
         };
-        while joined() < max - 1 && start.elapsed() < JOIN_WAIT {
+        while joined() < max - 1 && start.elapsed() < wait {
             std::hint::spin_loop();
         }
         for m in &state[1..] {
@@ -348,7 +378,35 @@ pub(crate) fn team<F: Fn(usize, usize, &Barrier) + Sync>(max: usize, f: F) {
         let size = 1 + joined();
         let b = barrier.get_or_init(|| Barrier::new(size));
         formed.store(size, Ordering::Release);
+        count_formed(size);
+        if size < max {
+            SHORT.fetch_add(1, Ordering::Relaxed);
+        }
         let _poison = PoisonOnPanic(b);
         f(0, size, b);
     });
+    formed.load(Ordering::Acquire)
+}
+
+/// Teams formed so far in this process, by size (index `n`: teams of `n` threads; the last
+/// entry counts every larger team).
+static FORMED: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
+
+/// Teams that formed with fewer threads than asked for (a pool thread busy elsewhere).
+static SHORT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many teams so far formed with fewer threads than they asked for.
+pub(crate) fn teams_short() -> usize {
+    SHORT.load(Ordering::Relaxed)
+}
+
+fn count_formed(size: usize) {
+    FORMED[size.min(FORMED.len() - 1)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many teams of each size have formed in this process (see [`FORMED`]): a test that forces
+/// a team (`bench::set_team_override`) compares two snapshots to learn whether the team it
+/// asked for actually formed, since a pool thread busy elsewhere is left out of it.
+pub(crate) fn teams_formed() -> Vec<usize> {
+    FORMED.iter().map(|n| n.load(Ordering::Relaxed)).collect()
 }
