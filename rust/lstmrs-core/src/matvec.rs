@@ -173,6 +173,10 @@ pub(crate) fn rows_split<T: Scalar>(
 /// Parts are runs of whole [`UNIT_BLOCK`] units, so every sum is formed as without the split:
 /// the results do not depend on `parts`.
 ///
+/// `last_apart` (the GRU's n gate, whose `W_hn h` is scaled by `r`): the last gate block's
+/// second product goes to the same columns of `last_apart` instead, without biases, and its
+/// first product takes only `bias[0]`.
+///
 /// `after` must only write the columns of its units (of `dst` or elsewhere), and only read
 /// what no part writes, or the columns of its own units.
 #[allow(clippy::too_many_arguments)]
@@ -186,6 +190,7 @@ pub(crate) fn gate_units_split<T: Scalar>(
     second: Option<Product<T>>,
     dst: &RowsMut<'_, T>,
     bias: [Option<&[T]>; 2],
+    last_apart: Option<&RowsMut<'_, T>>,
     after: &(dyn Fn(Range<usize>) + Sync),
 ) {
     let rows = gates * h;
@@ -199,11 +204,18 @@ pub(crate) fn gate_units_split<T: Scalar>(
     }
     assert!(dst.holds(batch, rows), "destination too short");
     assert!(bias.iter().flatten().all(|b| b.len() >= rows));
+    if let Some(apart) = last_apart {
+        assert!(
+            gates > 0 && second.is_some(),
+            "a gate apart needs a second product"
+        );
+        assert!(apart.holds(batch, rows), "destination apart too short");
+    }
     if h == 0 || batch == 0 {
         return;
     }
     let ptrs = bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr));
-    let raw = Raw {
+    let whole = Raw {
         rows,
         batch,
         w1: p.w.as_ptr(),
@@ -219,6 +231,18 @@ pub(crate) fn gate_units_split<T: Scalar>(
         ld2: 0,
         bias2: [std::ptr::null(); 2],
     };
+    let (fused_gates, apart) = match last_apart {
+        None => (gates, None),
+        Some(to) => {
+            let last = gates - 1;
+            // SAFETY: rows `last * h..rows` lie inside the checked rows.
+            let mut raw = unsafe { whole.rows_range(last * h, h) };
+            raw.bias1[1] = std::ptr::null();
+            raw.dst2 = to.ptr().wrapping_add(last * h);
+            raw.ld2 = to.ld();
+            (last, Some(raw))
+        }
+    };
     let parts = if crate::threads::parallel_allowed() {
         parts
     } else {
@@ -227,8 +251,9 @@ pub(crate) fn gate_units_split<T: Scalar>(
     let blocks = h.div_ceil(UNIT_BLOCK);
     let job = UnitJob {
         kernel: kernel.resolve::<T>(),
-        raw: &raw,
-        gates,
+        raw: &whole,
+        gates: fused_gates,
+        apart: apart.as_ref(),
         h,
         after,
     };
@@ -238,8 +263,11 @@ pub(crate) fn gate_units_split<T: Scalar>(
 /// The units of a layer's fused product that one thread runs; see [`gate_units_split`].
 struct UnitJob<'a, T> {
     kernel: Kernel,
+    /// The product of every gate; the first `gates` blocks run fused from it.
     raw: &'a Raw<T>,
     gates: usize,
+    /// The block after them with its second product apart (see `last_apart`), `h` rows.
+    apart: Option<&'a Raw<T>>,
     h: usize,
     after: &'a (dyn Fn(Range<usize>) + Sync),
 }
@@ -260,6 +288,10 @@ impl<T: Scalar> UnitJob<'_, T> {
                     let part = self.raw.rows_range(g * self.h + units.start, units.len());
                     run_raw(self.kernel, &part);
                 }
+            }
+            if let Some(apart) = self.apart.filter(|_| !units.is_empty()) {
+                // SAFETY: rows `units` of the apart block's `h` rows.
+                unsafe { run_raw(self.kernel, &apart.rows_range(units.start, units.len())) };
             }
             (self.after)(units);
             return;
@@ -884,63 +916,89 @@ mod tests {
         }
     }
 
-    /// Sharing a layer's units among threads gives the bits of the whole fused product, and
+    /// Sharing a layer's units among threads gives the bits of the whole fused product (the
+    /// LSTM's four gates; the GRU's three with the last one's second product apart), and
     /// `after` sees each unit exactly once, in runs of whole unit blocks.
     #[test]
     fn unit_split_equals_the_whole_product_bit_for_bit() {
-        let (gates, batch, k1, k2) = (4, 5, 19, 40);
-        for h in [1, 16, 130] {
-            let rows = gates * h;
-            let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-            let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-            let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-            let p1 = Product {
-                w: &w1,
-                x: &x1,
-                k: k1,
-            };
-            let p2 = Product {
-                w: &w2,
-                x: &x2,
-                k: k2,
-            };
-            for kernel in Kernel::available::<f32>() {
-                let mut want = vec![0f32; batch * rows];
-                let out = Out {
-                    dst: &mut want,
-                    ld: rows,
-                    bias: [Some(&ba), Some(&bb)],
+        let (batch, k1, k2) = (5, 19, 40);
+        for (gates, apart) in [(4, false), (3, true)] {
+            for h in [1, 16, 130] {
+                let rows = gates * h;
+                let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
+                let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
+                let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
+                let p1 = Product {
+                    w: &w1,
+                    x: &x1,
+                    k: k1,
                 };
-                rows_with(kernel, rows, batch, p1, Some(p2), out, None);
-                for parts in [1, 2, 3, 16] {
-                    let mut got = vec![0f32; batch * rows];
-                    let seen = std::sync::Mutex::new(Vec::new());
-                    let after = |u: Range<usize>| seen.lock().unwrap().push(u);
-                    let dst = RowsMut::new(&mut got, rows);
-                    let bias = [Some(&ba[..]), Some(&bb[..])];
-                    gate_units_split(
-                        kernel,
-                        parts,
-                        gates,
-                        h,
-                        batch,
-                        p1,
-                        Some(p2),
-                        &dst,
-                        bias,
-                        &after,
-                    );
-                    assert_eq!(got, want, "{kernel:?} h {h} parts {parts}");
-                    let mut seen = seen.into_inner().unwrap();
-                    seen.sort_by_key(|u| u.start);
-                    let mut next = 0;
-                    for u in &seen {
-                        assert_eq!(u.start, next, "h {h} parts {parts}: {seen:?}");
-                        assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
-                        next = u.end;
+                let p2 = Product {
+                    w: &w2,
+                    x: &x2,
+                    k: k2,
+                };
+                let fused = if apart { rows - h } else { rows };
+                for kernel in Kernel::available::<f32>() {
+                    // The whole products through `rows_with`: the fused blocks, then the last
+                    // block's sides apart.
+                    let (mut want, mut want_apart) =
+                        (vec![0f32; batch * rows], vec![0f32; batch * rows]);
+                    let out = Out {
+                        dst: &mut want,
+                        ld: rows,
+                        bias: [Some(&ba), Some(&bb)],
+                    };
+                    rows_with(kernel, fused, batch, p1, Some(p2), out, None);
+                    if apart {
+                        let out = Out {
+                            dst: &mut want[fused..],
+                            ld: rows,
+                            bias: [Some(&ba[fused..]), None],
+                        };
+                        let split = Out {
+                            dst: &mut want_apart[fused..],
+                            ld: rows,
+                            bias: [None, None],
+                        };
+                        let (q1, q2) = (p1.sub(fused, h), p2.sub(fused, h));
+                        rows_with(kernel, h, batch, q1, Some(q2), out, Some(split));
                     }
-                    assert_eq!(next, h, "h {h} parts {parts}: {seen:?}");
-                    assert!(seen.len() <= parts);
+                    for parts in [1, 2, 3, 16] {
+                        let (mut got, mut got_apart) =
+                            (vec![0f32; batch * rows], vec![0f32; batch * rows]);
+                        let seen = std::sync::Mutex::new(Vec::new());
+                        let after = |u: Range<usize>| seen.lock().unwrap().push(u);
+                        let dst = RowsMut::new(&mut got, rows);
+                        let to = RowsMut::new(&mut got_apart, rows);
+                        let bias = [Some(&ba[..]), Some(&bb[..])];
+                        gate_units_split(
+                            kernel,
+                            parts,
+                            gates,
+                            h,
+                            batch,
+                            p1,
+                            Some(p2),
+                            &dst,
+                            bias,
+                            apart.then_some(&to),
+                            &after,
+                        );
+                        let what = format!("{kernel:?} gates {gates} h {h} parts {parts}");
+                        assert_eq!(got, want, "{what}");
+                        assert_eq!(got_apart, want_apart, "{what}");
+                        let mut seen = seen.into_inner().unwrap();
+                        seen.sort_by_key(|u| u.start);
+                        let mut next = 0;
+                        for u in &seen {
+                            assert_eq!(u.start, next, "{what}: {seen:?}");
+                            assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
+                            next = u.end;
+                        }
+                        assert_eq!(next, h, "{what}: {seen:?}");
+                        assert!(seen.len() <= parts);
+                    }
                 }
             }
         }

@@ -353,9 +353,66 @@ impl<T: Scalar> Stepper<T> {
                     Some(hp),
                     &pre,
                     [b_ih, b_hh],
+                    None,
                     &gate_pass,
                 );
                 c.copy_from_slice(&sc.c_next);
+                this[..bh].copy_from_slice(&sc.h_next);
+                return;
+            }
+            CellKind::Gru if parts > 1 => {
+                // As the LSTM's above: r and z add both sides, n keeps `W_hn h` apart in
+                // `h_pre` (it is scaled by r); each thread's gate pass follows its products.
+                let hp = Product {
+                    w: w_hh,
+                    x: h_prev,
+                    k: h,
+                };
+                let sc = &mut self.scratch;
+                let pre = RowsMut::new(&mut sc.x_pre, gw);
+                let n_h = RowsMut::new(&mut sc.h_pre, gw);
+                // `h_pre`'s r and z columns stay zero on this path; `n_h` writes its n columns.
+                // SAFETY: read by each part's gate pass only in the columns of its own units,
+                // after its own product wrote them.
+                let h_pre = unsafe { n_h.read() };
+                let h_old = Rows::new(h_prev, h);
+                let (hn_lin, h_next) = (
+                    RowsMut::new(&mut sc.aux, h),
+                    RowsMut::new(&mut sc.h_next, h),
+                );
+                let b_hn = b_hh.map_or(&sc.zero_b_hn[..], |v| &v[2 * h..]);
+                let gate_pass = |units: std::ops::Range<usize>| {
+                    // SAFETY: each part writes only the columns of its own units of `pre`,
+                    // `hn_lin` and `h_next`, after its own products wrote its `pre` and `h_pre`
+                    // columns; `h_old` is not written during the split.
+                    unsafe {
+                        gates::gru_forward_units(
+                            h,
+                            units,
+                            b,
+                            Active::ALL,
+                            pre,
+                            h_pre,
+                            b_hn,
+                            h_old,
+                            hn_lin,
+                            h_next,
+                        )
+                    }
+                };
+                matvec::gate_units_split(
+                    kernel,
+                    parts,
+                    3,
+                    h,
+                    b,
+                    xp,
+                    Some(hp),
+                    &pre,
+                    [b_ih, b_hh],
+                    Some(&n_h),
+                    &gate_pass,
+                );
                 this[..bh].copy_from_slice(&sc.h_next);
                 return;
             }
