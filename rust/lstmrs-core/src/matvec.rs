@@ -94,11 +94,16 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// The kernel that runs for `batch` streams: [`Kernel::resolve`], except that `Auto` takes
-    /// the batch-lane tiles from [`LANES_MIN_BATCH`] streams where the CPU has them.
-    pub fn resolve_for<T: 'static>(self, batch: usize) -> Kernel {
+    /// The kernel that runs a product of `batch` streams through `weights` weight elements:
+    /// [`Kernel::resolve`], except that `Auto` takes the batch-lane tiles from
+    /// [`LANES_MIN_BATCH`] streams and [`LANES_MIN_WEIGHTS`] weights where the CPU has them.
+    pub fn resolve_for<T: 'static>(self, batch: usize, weights: usize) -> Kernel {
         match self.resolve::<T>() {
-            Kernel::Avx512 if self == Kernel::Auto && batch >= LANES_MIN_BATCH => {
+            Kernel::Avx512
+                if self == Kernel::Auto
+                    && batch >= LANES_MIN_BATCH
+                    && weights >= LANES_MIN_WEIGHTS =>
+            {
                 Kernel::Avx512Lanes
             }
             k => k,
@@ -123,8 +128,17 @@ impl Kernel {
 }
 
 /// The batch from which `Kernel::Auto` runs the batch-lane tiles ([`lanes`]) rather than the
-/// dot-product ones ([`avx512`]).
+/// dot-product ones ([`avx512`]), for products of at least [`LANES_MIN_WEIGHTS`] weights.
 pub const LANES_MIN_BATCH: usize = 16;
+
+/// Weight elements (both products) from which the batch-lane tiles run: 2 MiB of f32, weights
+/// that outgrow the 1 MiB L2 of the 2-core AVX-512 machine even when two threads share them.
+/// Measured there (`examples/stepper_speed.rs`, one thread, least thread-CPU time of 200 runs
+/// of 3 steps, µs per step, dot-product vs batch-lane tiles): LSTM B=32 H=512 (4.5 MB) 370-379
+/// vs 341-356, GRU B=32 H=1024 1497-1610 vs 1176-1224, LSTM B=64 H=1024 3892-3975 vs
+/// 3126-3382; with the weights in L2 the dot-product tiles are as fast or faster: GRU B=64
+/// H=256 144-155 vs 152-165, GRU B=16 H=128 13.7-18.5 vs 15.0-19.7.
+pub const LANES_MIN_WEIGHTS: usize = 1 << 19;
 
 /// For every batch row `b` and weight row `r < rows`:
 /// - `second` is `None` or `split` is `None`: `out.dst[b, r] = Σbias + p.w[r]·p.x[b] (+ second.w[r]·second.x[b])`
@@ -153,7 +167,7 @@ pub(crate) fn rows_with<T: Scalar>(
     split: Option<Out<T>>,
 ) {
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
-        let kernel = kernel.resolve_for::<T>(batch);
+        let kernel = kernel.resolve_for::<T>(batch, raw.weights());
         // SAFETY: `checked` asserted the bounds; `with_lanes` adds the transposed inputs.
         with_lanes(kernel, raw, |raw| unsafe { run_raw(kernel, &raw) });
     }
@@ -183,7 +197,7 @@ pub(crate) fn rows_split<T: Scalar>(
         1
     };
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
-        let kernel = kernel.resolve_for::<T>(batch);
+        let kernel = kernel.resolve_for::<T>(batch, raw.weights());
         // SAFETY: `checked` asserted the bounds; `with_lanes` adds the transposed inputs.
         with_lanes(kernel, raw, |raw| unsafe { run_split(kernel, parts, raw) });
     }
@@ -264,7 +278,7 @@ pub(crate) fn gate_units_split<T: Scalar>(
     } else {
         1
     };
-    let kernel = kernel.resolve_for::<T>(batch);
+    let kernel = kernel.resolve_for::<T>(batch, whole.weights());
     with_lanes(kernel, whole, |whole| {
         UnitJob::new(kernel, &whole, gates, h, last_apart, after).run(parts)
     });
@@ -564,6 +578,11 @@ impl<T> Raw<T> {
             xt2: std::ptr::null(),
             xld: 0,
         })
+    }
+
+    /// Weight elements of both products.
+    fn weights(&self) -> usize {
+        self.rows * (self.k1 + self.k2)
     }
 
     /// Weight rows `from..from + n` of the same product.
@@ -1002,12 +1021,15 @@ mod tests {
         assert_eq!(Kernel::Auto.resolve::<f32>(), best);
         assert_eq!(Kernel::Avx512.resolve::<f64>(), Kernel::Portable);
         assert_eq!(Kernel::Avx512Lanes.resolve::<f64>(), Kernel::Portable);
-        // Only `Auto` turns to the batch-lane tiles, and only from `LANES_MIN_BATCH` streams.
-        assert_eq!(Kernel::Avx512.resolve_for::<f32>(1000), best);
-        let wide = Kernel::Auto.resolve_for::<f32>(LANES_MIN_BATCH);
-        assert_eq!(Kernel::Auto.resolve_for::<f32>(LANES_MIN_BATCH - 1), best);
+        // Only `Auto` turns to the batch-lane tiles, and only for products of
+        // `LANES_MIN_BATCH` streams and `LANES_MIN_WEIGHTS` weights.
+        let (b, w) = (LANES_MIN_BATCH, LANES_MIN_WEIGHTS);
+        assert_eq!(Kernel::Avx512.resolve_for::<f32>(1000, w * 9), best);
+        let wide = Kernel::Auto.resolve_for::<f32>(b, w);
+        assert_eq!(Kernel::Auto.resolve_for::<f32>(b - 1, w), best);
+        assert_eq!(Kernel::Auto.resolve_for::<f32>(b, w - 1), best);
         assert_eq!(
-            Kernel::Auto.resolve_for::<f64>(LANES_MIN_BATCH),
+            Kernel::Auto.resolve_for::<f64>(b, w),
             Kernel::Auto.resolve::<f64>()
         );
         #[cfg(target_arch = "x86_64")]
