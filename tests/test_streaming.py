@@ -219,13 +219,15 @@ def test_large_steps_release_the_gil_and_agree_with_predict():
         np.testing.assert_allclose(s.step(x[0, t]), full[0, t], **TOL)
 
 
+@pytest.mark.parametrize("hidden", [130, 420])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_large_f32_batches_step_like_predict_at_any_thread_count(cell):
+def test_large_f32_batches_step_like_predict_at_any_thread_count(cell, hidden):
     # B = 40 streams of H = 130: past the old small-batch limit (16), where f32 on an AVX-512 CPU
     # now takes the register-tiled mat-vec kernel, and big enough (40 x 162 x 520 multiply-adds)
-    # that a step shares its weight rows among the pool's threads. The split keeps every sum's
-    # order, so one and two threads give the same bits.
-    m = Model(input_size=32, hidden_size=130, cell=cell, pooling="per_step", seed=3)
+    # that a step shares its weight rows among the pool's threads. H = 420: weights past 2 MiB,
+    # where the kernel's tiles run along the batch. The split keeps every sum's order, so one
+    # and two threads give the same bits.
+    m = Model(input_size=32, hidden_size=hidden, cell=cell, pooling="per_step", seed=3)
     x = np.random.default_rng(3).normal(size=(40, 3, 32)).astype(np.float32)
     full = m.predict(x)
     before = get_num_threads()

@@ -1,9 +1,10 @@
 //! Times one streamed step of a one-layer network through every product path, to place the
 //! stepper's thresholds (`SMALL_BATCH_MAX`, `SPLIT_MIN_WORK`):
 //! `cargo run --release -p lstmrs-core --example stepper_speed -- [threads] [B,B,..] [H,H,..]`.
-//! Prints µs per step (the fastest of 15 runs of `max(100, 5e7 / work)` steps, and the median
-//! CPU time of the calling thread) for each path: each `matvec` kernel on one thread and split
-//! among the pool's threads, the general GEMM, and the stepper's own choice.
+//! Prints µs per step (the fastest of 15 runs of `max(100, 5e7 / work)` steps, the median and
+//! the least CPU time of the calling thread; `RUNS`, `STEPS` change the counts) for each path:
+//! each `matvec` kernel on one thread and split among the pool's threads, the general GEMM, and
+//! the stepper's own choice (`KERNELS=Avx512,Avx512Lanes` keeps only those kernels).
 
 use lstmrs_core::stepper::{Kernel, Stepper};
 use lstmrs_core::{threads, CellKind, RnnConfig, RnnParams, RnnWeights};
@@ -28,19 +29,25 @@ fn thread_cpu() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-/// (min wall, median thread-CPU) µs per step of `stepper`, 15 runs of `steps` steps after one
-/// warm-up run.
+/// A positive count from the environment variable `name`, else `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |v| v.parse().expect("a count"))
+}
+
+/// (min wall, median thread-CPU, min thread-CPU) µs per step of `stepper`, `RUNS` (15) runs of
+/// `STEPS` (`max(100, 5e7 / work)`) steps after one warm-up run. On a loaded machine, many short
+/// runs (`RUNS=200 STEPS=5`) and their minima come closest to the idle time.
 fn time(
     stepper: &mut Stepper<f32>,
     w: RnnWeights<f32>,
     b: usize,
     h: usize,
     work: usize,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let x: Vec<f32> = (0..b * INPUT).map(|k| (k as f32 * 0.37).sin()).collect();
     let mut out = vec![0f32; b * h];
-    let steps = (50_000_000 / work).max(100);
-    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..16)
+    let steps = env_count("STEPS", (50_000_000 / work).max(100));
+    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..env_count("RUNS", 15) + 1)
         .map(|_| {
             let (t, c) = (Instant::now(), thread_cpu());
             for _ in 0..steps {
@@ -53,7 +60,7 @@ fn time(
         .unzip();
     wall.sort_by(f64::total_cmp);
     cpu.sort_by(f64::total_cmp);
-    (wall[0], cpu[cpu.len() / 2])
+    (wall[0], cpu[cpu.len() / 2], cpu[0])
 }
 
 fn main() {
@@ -67,7 +74,7 @@ fn main() {
         "threads {}; µs per step, input {INPUT}",
         threads::num_threads()
     );
-    println!("cell  B     H     work      path            wall-min  thread-cpu");
+    println!("cell  B     H     work      path               wall-min  thread-cpu thread-cpu-min");
     for cell in [CellKind::Lstm, CellKind::Gru] {
         for &h in &hiddens {
             for &b in &batches {
@@ -102,8 +109,10 @@ fn main() {
                 paths.push(("auto".into(), Stepper::new(p, b).unwrap()));
                 let c = format!("{cell:?}").to_lowercase();
                 for (path, mut s) in paths {
-                    let (wall, cpu) = time(&mut s, p, b, h, work);
-                    println!("{c:<5} {b:<5} {h:<5} {work:<9} {path:<15} {wall:<9.2} {cpu:.2}");
+                    let (wall, cpu, cpu_min) = time(&mut s, p, b, h, work);
+                    println!(
+                        "{c:<5} {b:<5} {h:<5} {work:<9} {path:<18} {wall:<9.2} {cpu:<10.2} {cpu_min:.2}"
+                    );
                 }
             }
         }

@@ -11,7 +11,9 @@
 //! Two products can share one set of accumulators (`W_ih·x + W_hh·h` for the LSTM gates and the
 //! GRU's r, z gates), or be written to two destinations (the GRU's n gate keeps `W_hn·h` apart).
 //! Kernels, picked at run time: for f32 on a CPU with AVX-512, register tiles of up to four
-//! batch rows by four weight rows ([`avx512`]), which keep the FMA units busy at any batch size;
+//! batch rows by four weight rows ([`avx512`]), which keep the FMA units busy at any batch size,
+//! and from [`LANES_MIN_BATCH`] streams tiles whose vectors run along the batch ([`lanes`]: the
+//! inputs transposed once per call, no horizontal sums);
 //! for f32 and f64 with AVX2+FMA, eight weight rows per batch row; elsewhere a portable loop.
 //! All give the same results up to summation order. [`rows_split`] shares the rows of a large
 //! product among the pool's threads.
@@ -21,10 +23,13 @@ use crate::packed_gemm::UNIT_BLOCK;
 use crate::scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
+use std::cell::RefCell;
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 
 /// One product's operands: `w[rows, k]` row-major and `x[batch, k]` row-major.
 #[derive(Clone, Copy)]
@@ -58,6 +63,8 @@ pub enum Kernel {
     Auto,
     /// f32 register tiles with AVX-512 (F, VL, DQ).
     Avx512,
+    /// f32 register tiles along the batch with AVX-512 (the inputs transposed per call).
+    Avx512Lanes,
     /// Eight rows at a time with AVX2 and FMA (f32 and f64).
     Avx2,
     Portable,
@@ -79,6 +86,7 @@ impl Kernel {
                 Kernel::Auto if avx512 => return Kernel::Avx512,
                 Kernel::Auto if avx2 => return Kernel::Avx2,
                 Kernel::Avx512 if avx512 => return Kernel::Avx512,
+                Kernel::Avx512Lanes if avx512 => return Kernel::Avx512Lanes,
                 Kernel::Avx2 if avx2 => return Kernel::Avx2,
                 _ => {}
             }
@@ -86,9 +94,25 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// The kernels this CPU runs for `T`, the fastest first.
+    /// The kernel that runs a product of `batch` streams through `weights` weight elements:
+    /// [`Kernel::resolve`], except that `Auto` takes the batch-lane tiles from
+    /// [`LANES_MIN_BATCH`] streams and [`LANES_MIN_WEIGHTS`] weights where the CPU has them.
+    pub fn resolve_for<T: 'static>(self, batch: usize, weights: usize) -> Kernel {
+        match self.resolve::<T>() {
+            Kernel::Avx512
+                if self == Kernel::Auto
+                    && batch >= LANES_MIN_BATCH
+                    && weights >= LANES_MIN_WEIGHTS =>
+            {
+                Kernel::Avx512Lanes
+            }
+            k => k,
+        }
+    }
+
+    /// The kernels this CPU runs for `T`, the fastest at small batches first.
     pub fn available<T: 'static>() -> Vec<Kernel> {
-        let mut v: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx2]
+        let mut v: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx512Lanes, Kernel::Avx2]
             .into_iter()
             .filter(|k| k.resolve::<T>() == *k)
             .collect();
@@ -99,9 +123,22 @@ impl Kernel {
     /// Whether the kernel is register-blocked over batch rows, so that it beats the general GEMM
     /// at every batch size (not only the few rows the others serve).
     pub fn tiles_batches<T: 'static>(self) -> bool {
-        self.resolve::<T>() == Kernel::Avx512
+        matches!(self.resolve::<T>(), Kernel::Avx512 | Kernel::Avx512Lanes)
     }
 }
+
+/// The batch from which `Kernel::Auto` runs the batch-lane tiles ([`lanes`]) rather than the
+/// dot-product ones ([`avx512`]), for products of at least [`LANES_MIN_WEIGHTS`] weights.
+pub const LANES_MIN_BATCH: usize = 16;
+
+/// Weight elements (both products) from which the batch-lane tiles run: 2 MiB of f32, weights
+/// that outgrow the 1 MiB L2 of the 2-core AVX-512 machine even when two threads share them.
+/// Measured there (`examples/stepper_speed.rs`, one thread, least thread-CPU time of 200 runs
+/// of 3 steps, µs per step, dot-product vs batch-lane tiles): LSTM B=32 H=512 (4.5 MB) 370-379
+/// vs 341-356, GRU B=32 H=1024 1497-1610 vs 1176-1224, LSTM B=64 H=1024 3892-3975 vs
+/// 3126-3382; with the weights in L2 the dot-product tiles are as fast or faster: GRU B=64
+/// H=256 144-155 vs 152-165, GRU B=16 H=128 13.7-18.5 vs 15.0-19.7.
+pub const LANES_MIN_WEIGHTS: usize = 1 << 19;
 
 /// For every batch row `b` and weight row `r < rows`:
 /// - `second` is `None` or `split` is `None`: `out.dst[b, r] = Σbias + p.w[r]·p.x[b] (+ second.w[r]·second.x[b])`
@@ -130,8 +167,9 @@ pub(crate) fn rows_with<T: Scalar>(
     split: Option<Out<T>>,
 ) {
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
-        // SAFETY: `checked` asserted the bounds.
-        unsafe { run_raw(kernel.resolve::<T>(), &raw) };
+        let kernel = kernel.resolve_for::<T>(batch, raw.weights());
+        // SAFETY: `checked` asserted the bounds; `with_lanes` adds the transposed inputs.
+        with_lanes(kernel, raw, |raw| unsafe { run_raw(kernel, &raw) });
     }
 }
 
@@ -159,8 +197,9 @@ pub(crate) fn rows_split<T: Scalar>(
         1
     };
     if let Some(raw) = Raw::checked(rows, batch, p, second, out, split) {
-        // SAFETY: `checked` asserted the bounds.
-        unsafe { run_split(kernel.resolve::<T>(), parts, raw) };
+        let kernel = kernel.resolve_for::<T>(batch, raw.weights());
+        // SAFETY: `checked` asserted the bounds; `with_lanes` adds the transposed inputs.
+        with_lanes(kernel, raw, |raw| unsafe { run_split(kernel, parts, raw) });
     }
 }
 
@@ -172,6 +211,10 @@ pub(crate) fn rows_split<T: Scalar>(
 /// units runs beside the other parts' products instead of after all of them on one thread.
 /// Parts are runs of whole [`UNIT_BLOCK`] units, so every sum is formed as without the split:
 /// the results do not depend on `parts`.
+///
+/// `last_apart` (the GRU's n gate, whose `W_hn h` is scaled by `r`): the last gate block's
+/// second product goes to the same columns of `last_apart` instead, without biases, and its
+/// first product takes only `bias[0]`.
 ///
 /// `after` must only write the columns of its units (of `dst` or elsewhere), and only read
 /// what no part writes, or the columns of its own units.
@@ -186,6 +229,7 @@ pub(crate) fn gate_units_split<T: Scalar>(
     second: Option<Product<T>>,
     dst: &RowsMut<'_, T>,
     bias: [Option<&[T]>; 2],
+    last_apart: Option<&RowsMut<'_, T>>,
     after: &(dyn Fn(Range<usize>) + Sync),
 ) {
     let rows = gates * h;
@@ -199,11 +243,18 @@ pub(crate) fn gate_units_split<T: Scalar>(
     }
     assert!(dst.holds(batch, rows), "destination too short");
     assert!(bias.iter().flatten().all(|b| b.len() >= rows));
+    if let Some(apart) = last_apart {
+        assert!(
+            gates > 0 && second.is_some(),
+            "a gate apart needs a second product"
+        );
+        assert!(apart.holds(batch, rows), "destination apart too short");
+    }
     if h == 0 || batch == 0 {
         return;
     }
     let ptrs = bias.map(|b| b.map_or(std::ptr::null(), <[T]>::as_ptr));
-    let raw = Raw {
+    let whole = Raw {
         rows,
         batch,
         w1: p.w.as_ptr(),
@@ -218,28 +269,68 @@ pub(crate) fn gate_units_split<T: Scalar>(
         dst2: std::ptr::null_mut(),
         ld2: 0,
         bias2: [std::ptr::null(); 2],
+        xt1: std::ptr::null(),
+        xt2: std::ptr::null(),
+        xld: 0,
     };
     let parts = if crate::threads::parallel_allowed() {
         parts
     } else {
         1
     };
-    let blocks = h.div_ceil(UNIT_BLOCK);
-    let job = UnitJob {
-        kernel: kernel.resolve::<T>(),
-        raw: &raw,
-        gates,
-        h,
-        after,
-    };
-    job.run(0..blocks, parts.clamp(1, blocks));
+    let kernel = kernel.resolve_for::<T>(batch, whole.weights());
+    with_lanes(kernel, whole, |whole| {
+        UnitJob::new(kernel, &whole, gates, h, last_apart, after).run(parts)
+    });
+}
+
+impl<'a, T: Scalar> UnitJob<'a, T> {
+    /// The job of [`gate_units_split`] over the whole product `whole` (bounds checked).
+    fn new(
+        kernel: Kernel,
+        whole: &'a Raw<T>,
+        gates: usize,
+        h: usize,
+        last_apart: Option<&RowsMut<'_, T>>,
+        after: &'a (dyn Fn(Range<usize>) + Sync),
+    ) -> Self {
+        let (fused_gates, apart) = match last_apart {
+            None => (gates, None),
+            Some(to) => {
+                let last = gates - 1;
+                // SAFETY: rows `last * h..rows` lie inside the checked rows.
+                let mut raw = unsafe { whole.rows_range(last * h, h) };
+                raw.bias1[1] = std::ptr::null();
+                raw.dst2 = to.ptr().wrapping_add(last * h);
+                raw.ld2 = to.ld();
+                (last, Some(raw))
+            }
+        };
+        UnitJob {
+            kernel,
+            raw: whole,
+            gates: fused_gates,
+            apart,
+            h,
+            after,
+        }
+    }
+
+    /// Runs the whole job in `parts` runs of unit blocks.
+    fn run(&self, parts: usize) {
+        let blocks = self.h.div_ceil(UNIT_BLOCK);
+        self.run_blocks(0..blocks, parts.clamp(1, blocks));
+    }
 }
 
 /// The units of a layer's fused product that one thread runs; see [`gate_units_split`].
 struct UnitJob<'a, T> {
     kernel: Kernel,
+    /// The product of every gate; the first `gates` blocks run fused from it.
     raw: &'a Raw<T>,
     gates: usize,
+    /// The block after them with its second product apart (see `last_apart`), `h` rows.
+    apart: Option<Raw<T>>,
     h: usize,
     after: &'a (dyn Fn(Range<usize>) + Sync),
 }
@@ -250,7 +341,7 @@ unsafe impl<T: Sync> Sync for UnitJob<'_, T> {}
 
 impl<T: Scalar> UnitJob<'_, T> {
     /// Unit blocks `blocks` in `parts` runs: the first here, the others handed to the pool.
-    fn run(&self, blocks: Range<usize>, parts: usize) {
+    fn run_blocks(&self, blocks: Range<usize>, parts: usize) {
         if parts <= 1 {
             let units =
                 (blocks.start * UNIT_BLOCK).min(self.h)..(blocks.end * UNIT_BLOCK).min(self.h);
@@ -261,14 +352,83 @@ impl<T: Scalar> UnitJob<'_, T> {
                     run_raw(self.kernel, &part);
                 }
             }
+            if let Some(apart) = self.apart.as_ref().filter(|_| !units.is_empty()) {
+                // SAFETY: rows `units` of the apart block's `h` rows.
+                unsafe { run_raw(self.kernel, &apart.rows_range(units.start, units.len())) };
+            }
             (self.after)(units);
             return;
         }
         let mid = blocks.start + blocks.len().div_ceil(parts);
         crate::handoff::beside_scoped(
-            || self.run(blocks.start..mid, 1),
-            || self.run(mid..blocks.end, parts - 1),
+            || self.run_blocks(blocks.start..mid, 1),
+            || self.run_blocks(mid..blocks.end, parts - 1),
         );
+    }
+}
+
+thread_local! {
+    /// The transposed inputs of the batch-lane kernel, kept from call to call: a stream's steps
+    /// allocate nothing once its first one has grown it.
+    static LANES_INPUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with `raw`, its inputs transposed first when `kernel` (resolved for `T`) is the
+/// batch-lane one: `[k, xld]` with `xld` the batch rounded up to whole vectors, the padding
+/// lanes zero. Once per call, before any split: every part reads the same copy.
+fn with_lanes<T: Scalar>(kernel: Kernel, mut raw: Raw<T>, f: impl FnOnce(Raw<T>)) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Lanes && TypeId::of::<T>() == TypeId::of::<f32>() {
+        let xld = raw.batch.next_multiple_of(lanes::LANES);
+        let (k1, k2, batch) = (raw.k1, raw.k2, raw.batch);
+        let (x1, x2) = (raw.x1.cast::<f32>(), raw.x2.cast::<f32>());
+        let fill = |buf: &mut Vec<f32>| {
+            buf.resize((k1 + k2) * xld, 0.0);
+            let (t1, t2) = buf.split_at_mut(k1 * xld);
+            // SAFETY: `T` is f32; the inputs hold `batch * k` elements (checked by the
+            // callers that made `raw`).
+            unsafe {
+                transpose(x1, batch, k1, t1, xld);
+                transpose(x2, batch, k2, t2, xld);
+            }
+        };
+        let mut own = Vec::new();
+        LANES_INPUT.with(|cell| {
+            // A nested call (none today) would find the buffer borrowed: it gets its own.
+            let mut guard = cell.try_borrow_mut();
+            let buf = match guard.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut own,
+            };
+            fill(buf);
+            raw.xt1 = buf.as_ptr().cast();
+            raw.xt2 = buf[k1 * xld..].as_ptr().cast();
+            raw.xld = xld;
+            f(raw)
+        });
+        return;
+    }
+    let _ = kernel;
+    f(raw)
+}
+
+/// `dst[j * xld + b] = x[b * k + j]` for `b < batch`, zero for `batch <= b < xld`.
+///
+/// # Safety
+/// `x` must be valid for `batch * k` elements.
+#[cfg(target_arch = "x86_64")]
+unsafe fn transpose(x: *const f32, batch: usize, k: usize, dst: &mut [f32], xld: usize) {
+    if k == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let x = unsafe { std::slice::from_raw_parts(x, batch * k) };
+    for (j, row) in dst.chunks_exact_mut(xld).enumerate().take(k) {
+        let (data, pad) = row.split_at_mut(batch);
+        for (b, d) in data.iter_mut().enumerate() {
+            *d = x[b * k + j];
+        }
+        pad.fill(0.0);
     }
 }
 
@@ -318,6 +478,13 @@ unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
         match kernel {
             // SAFETY: `T` is f32; `resolve` gives Avx512 only on a CPU that has it.
             Kernel::Avx512 if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            // SAFETY: as above, with the transposed inputs `with_lanes` made (else the
+            // dot-product tiles).
+            Kernel::Avx512Lanes if f32 && !raw.xt1.is_null() => {
+                return unsafe { lanes::rows_f32(&raw.cast()) }
+            }
+            // SAFETY: as above.
+            Kernel::Avx512Lanes if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
             // SAFETY: `T` is f32 (f64 below); `resolve` gives Avx2 only with AVX2 and FMA.
             Kernel::Avx2 if f32 => return unsafe { avx2::rows_f32(&raw.cast()) },
             // SAFETY: as above.
@@ -348,6 +515,10 @@ struct Raw<T> {
     dst2: *mut T,
     ld2: usize,
     bias2: [*const T; 2],
+    /// The inputs transposed (`[k1, xld]`, `[k2, xld]`) for the batch-lane kernel, else null.
+    xt1: *const T,
+    xt2: *const T,
+    xld: usize,
 }
 
 impl<T> Raw<T> {
@@ -403,7 +574,15 @@ impl<T> Raw<T> {
             bias2: split
                 .as_ref()
                 .map_or([std::ptr::null(); 2], |s| ptrs(s.bias)),
+            xt1: std::ptr::null(),
+            xt2: std::ptr::null(),
+            xld: 0,
         })
+    }
+
+    /// Weight elements of both products.
+    fn weights(&self) -> usize {
+        self.rows * (self.k1 + self.k2)
     }
 
     /// Weight rows `from..from + n` of the same product.
@@ -431,6 +610,9 @@ impl<T> Raw<T> {
             },
             ld2: self.ld2,
             bias2: self.bias2.map(shift),
+            xt1: self.xt1,
+            xt2: self.xt2,
+            xld: self.xld,
         }
     }
 
@@ -451,6 +633,9 @@ impl<T> Raw<T> {
             dst2: self.dst2.cast(),
             ld2: self.ld2,
             bias2: self.bias2.map(<*const T>::cast),
+            xt1: self.xt1.cast(),
+            xt2: self.xt2.cast(),
+            xld: self.xld,
         }
     }
 }
@@ -743,8 +928,9 @@ mod tests {
     fn check<T: Scalar>(kernel: Kernel, tol: f64) {
         // Rows and batch sizes around every tile shape (4 x 4, 2 x 8, 1 x 16) and block; depths
         // around the vector widths (8, 16).
+        // Batches past one and two 16-lane vectors for the batch-lane tiles.
         for rows in [1, 3, 8, 9, 17, 64, 70] {
-            for batch in [1, 2, 3, 5, 7, 9] {
+            for batch in [1, 2, 3, 5, 7, 9, 16, 17, 33] {
                 for (k1, k2) in [(1, 0), (5, 7), (8, 16), (13, 130), (4, 1), (32, 17)] {
                     let (w1, x1) = (data::<T>(rows * k1, 1), data::<T>(batch * k1, 2));
                     let (w2, x2) = (data::<T>(rows * k2, 3), data::<T>(batch * k2, 4));
@@ -834,12 +1020,27 @@ mod tests {
         let best = Kernel::available::<f32>()[0];
         assert_eq!(Kernel::Auto.resolve::<f32>(), best);
         assert_eq!(Kernel::Avx512.resolve::<f64>(), Kernel::Portable);
+        assert_eq!(Kernel::Avx512Lanes.resolve::<f64>(), Kernel::Portable);
+        // Only `Auto` turns to the batch-lane tiles, and only for products of
+        // `LANES_MIN_BATCH` streams and `LANES_MIN_WEIGHTS` weights.
+        let (b, w) = (LANES_MIN_BATCH, LANES_MIN_WEIGHTS);
+        assert_eq!(Kernel::Avx512.resolve_for::<f32>(1000, w * 9), best);
+        let wide = Kernel::Auto.resolve_for::<f32>(b, w);
+        assert_eq!(Kernel::Auto.resolve_for::<f32>(b - 1, w), best);
+        assert_eq!(Kernel::Auto.resolve_for::<f32>(b, w - 1), best);
+        assert_eq!(
+            Kernel::Auto.resolve_for::<f64>(b, w),
+            Kernel::Auto.resolve::<f64>()
+        );
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512dq")
         {
             assert_eq!(best, Kernel::Avx512);
+            assert_eq!(wide, Kernel::Avx512Lanes);
+        } else {
+            assert_eq!(wide, best);
         }
     }
 
@@ -847,7 +1048,13 @@ mod tests {
     /// count and kernel.
     #[test]
     fn split_rows_equal_one_part_bit_for_bit() {
-        let (rows, batch, k1, k2) = (150, 6, 21, 40);
+        for batch in [6, 40] {
+            split_rows_equal_one_part(batch);
+        }
+    }
+
+    fn split_rows_equal_one_part(batch: usize) {
+        let (rows, k1, k2) = (150, 21, 40);
         let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
         let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
         let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
@@ -879,68 +1086,94 @@ mod tests {
             };
             let one = run(1);
             for parts in [2, 3, 16] {
-                assert_eq!(run(parts), one, "{kernel:?} parts {parts}");
+                assert_eq!(run(parts), one, "{kernel:?} batch {batch} parts {parts}");
             }
         }
     }
 
-    /// Sharing a layer's units among threads gives the bits of the whole fused product, and
+    /// Sharing a layer's units among threads gives the bits of the whole fused product (the
+    /// LSTM's four gates; the GRU's three with the last one's second product apart), and
     /// `after` sees each unit exactly once, in runs of whole unit blocks.
     #[test]
     fn unit_split_equals_the_whole_product_bit_for_bit() {
-        let (gates, batch, k1, k2) = (4, 5, 19, 40);
-        for h in [1, 16, 130] {
-            let rows = gates * h;
-            let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-            let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-            let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-            let p1 = Product {
-                w: &w1,
-                x: &x1,
-                k: k1,
-            };
-            let p2 = Product {
-                w: &w2,
-                x: &x2,
-                k: k2,
-            };
-            for kernel in Kernel::available::<f32>() {
-                let mut want = vec![0f32; batch * rows];
-                let out = Out {
-                    dst: &mut want,
-                    ld: rows,
-                    bias: [Some(&ba), Some(&bb)],
+        let (k1, k2) = (19, 40);
+        for (gates, apart, batch) in [(4, false, 5), (3, true, 5), (4, false, 33), (3, true, 33)] {
+            for h in [1, 16, 130] {
+                let rows = gates * h;
+                let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
+                let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
+                let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
+                let p1 = Product {
+                    w: &w1,
+                    x: &x1,
+                    k: k1,
                 };
-                rows_with(kernel, rows, batch, p1, Some(p2), out, None);
-                for parts in [1, 2, 3, 16] {
-                    let mut got = vec![0f32; batch * rows];
-                    let seen = std::sync::Mutex::new(Vec::new());
-                    let after = |u: Range<usize>| seen.lock().unwrap().push(u);
-                    let dst = RowsMut::new(&mut got, rows);
-                    let bias = [Some(&ba[..]), Some(&bb[..])];
-                    gate_units_split(
-                        kernel,
-                        parts,
-                        gates,
-                        h,
-                        batch,
-                        p1,
-                        Some(p2),
-                        &dst,
-                        bias,
-                        &after,
-                    );
-                    assert_eq!(got, want, "{kernel:?} h {h} parts {parts}");
-                    let mut seen = seen.into_inner().unwrap();
-                    seen.sort_by_key(|u| u.start);
-                    let mut next = 0;
-                    for u in &seen {
-                        assert_eq!(u.start, next, "h {h} parts {parts}: {seen:?}");
-                        assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
-                        next = u.end;
+                let p2 = Product {
+                    w: &w2,
+                    x: &x2,
+                    k: k2,
+                };
+                let fused = if apart { rows - h } else { rows };
+                for kernel in Kernel::available::<f32>() {
+                    // The whole products through `rows_with`: the fused blocks, then the last
+                    // block's sides apart.
+                    let (mut want, mut want_apart) =
+                        (vec![0f32; batch * rows], vec![0f32; batch * rows]);
+                    let out = Out {
+                        dst: &mut want,
+                        ld: rows,
+                        bias: [Some(&ba), Some(&bb)],
+                    };
+                    rows_with(kernel, fused, batch, p1, Some(p2), out, None);
+                    if apart {
+                        let out = Out {
+                            dst: &mut want[fused..],
+                            ld: rows,
+                            bias: [Some(&ba[fused..]), None],
+                        };
+                        let split = Out {
+                            dst: &mut want_apart[fused..],
+                            ld: rows,
+                            bias: [None, None],
+                        };
+                        let (q1, q2) = (p1.sub(fused, h), p2.sub(fused, h));
+                        rows_with(kernel, h, batch, q1, Some(q2), out, Some(split));
                     }
-                    assert_eq!(next, h, "h {h} parts {parts}: {seen:?}");
-                    assert!(seen.len() <= parts);
+                    for parts in [1, 2, 3, 16] {
+                        let (mut got, mut got_apart) =
+                            (vec![0f32; batch * rows], vec![0f32; batch * rows]);
+                        let seen = std::sync::Mutex::new(Vec::new());
+                        let after = |u: Range<usize>| seen.lock().unwrap().push(u);
+                        let dst = RowsMut::new(&mut got, rows);
+                        let to = RowsMut::new(&mut got_apart, rows);
+                        let bias = [Some(&ba[..]), Some(&bb[..])];
+                        gate_units_split(
+                            kernel,
+                            parts,
+                            gates,
+                            h,
+                            batch,
+                            p1,
+                            Some(p2),
+                            &dst,
+                            bias,
+                            apart.then_some(&to),
+                            &after,
+                        );
+                        let what = format!("{kernel:?} gates {gates} h {h} parts {parts}");
+                        assert_eq!(got, want, "{what}");
+                        assert_eq!(got_apart, want_apart, "{what}");
+                        let mut seen = seen.into_inner().unwrap();
+                        seen.sort_by_key(|u| u.start);
+                        let mut next = 0;
+                        for u in &seen {
+                            assert_eq!(u.start, next, "{what}: {seen:?}");
+                            assert!(u.start % UNIT_BLOCK == 0 && !u.is_empty());
+                            next = u.end;
+                        }
+                        assert_eq!(next, h, "{what}: {seen:?}");
+                        assert!(seen.len() <= parts);
+                    }
                 }
             }
         }

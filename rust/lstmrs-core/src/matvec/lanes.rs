@@ -1,0 +1,185 @@
+//! The AVX-512 batch-lane kernel of [`super::rows_with`] for f32 (`Kernel::Avx512Lanes`):
+//! vectors run along the batch, so no sum needs a horizontal reduction.
+//!
+//! The inputs come transposed (`[k, xld]`, 16 batch rows per vector, padded with zeros; the
+//! caller transposes them once per call, see `super::with_lanes`), the weights are read in
+//! place (PyTorch's row-major `[G, K]`) one element at a time, broadcast into the FMA. A tile is
+//! `NV` batch vectors by [`NR`] weight rows: per `k`, `NV` vector loads and `NR` broadcasts feed
+//! `NV * NR` FMAs into as many accumulators (28 of the 32 registers at `NV = 2`). The dot-product
+//! kernel (`super::avx512`) needs two vector loads per two FMAs and a reduction tree per tile; at
+//! batch 32 and hidden 512 its inputs no longer stay in L1 and its loads bound it.
+//!
+//! Every output is one sum over `k` in order (the first product, then the second), then the
+//! biases: results do not depend on the tile, the block or the thread that forms them.
+
+use super::Raw;
+use std::arch::x86_64::*;
+
+/// Batch rows per vector.
+pub(super) const LANES: usize = 16;
+
+/// Weight rows per tile: 14 measured 1-2% faster than 12 at batch 32, hidden 512 (least
+/// thread-CPU time, `examples/stepper_speed.rs`).
+const NR: usize = 14;
+
+/// How far ahead along a weight row its lines are prefetched, in elements.
+const PREFETCH: usize = 128;
+
+/// One side of a job: weights `w[rows, k]` and the transposed input `xt[k, xld]`.
+#[derive(Clone, Copy)]
+struct Side {
+    w: *const f32,
+    xt: *const f32,
+    k: usize,
+}
+
+/// What one pass writes: `dst[b * ld + r] = Σ sides + Σbias[r]`.
+struct Job<'a> {
+    rows: usize,
+    batch: usize,
+    xld: usize,
+    sides: &'a [Side],
+    dst: *mut f32,
+    ld: usize,
+    bias: [*const f32; 2],
+}
+
+/// One tile: batch vectors `v0..v0 + NV`, weight rows `r0..r0 + nr` (`0 < nr <= NR`; rows past
+/// the end repeat the last one and are not stored).
+///
+/// # Safety
+/// The job's bounds as `rows_with` asserts them; `v0 + NV` vectors within `xld`, batch rows
+/// from `v0 * LANES` exist; `r0 + nr <= rows`.
+#[inline(always)]
+unsafe fn tile<const NV: usize>(job: &Job, v0: usize, r0: usize, nr: usize) {
+    // SAFETY (whole body): offsets inside the asserted rows, the transposed inputs' `k * xld`
+    // elements and the destination rows of existing batch rows.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NR]; NV];
+        for s in job.sides {
+            // Opaque row pointers (as in `super::avx512`): one base register per row, indexed
+            // by `j`, rather than addresses chained off each other.
+            let w: [*const f32; NR] =
+                std::hint::black_box(std::array::from_fn(|n| s.w.add((r0 + n.min(nr - 1)) * s.k)));
+            let mut xt = s.xt.add(v0 * LANES);
+            for j in 0..s.k {
+                if j % LANES == 0 {
+                    // The rows' cache lines a few ahead: each row is a stream of its own, read
+                    // 4 bytes per `j`, from L3 at hidden 512 (the weights outgrow L2).
+                    for row in w {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j + PREFETCH).cast());
+                    }
+                }
+                let mut xv = [_mm512_setzero_ps(); NV];
+                for (v, x) in xv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(xt.add(v * LANES));
+                }
+                for n in 0..NR {
+                    let wb = _mm512_set1_ps(*w[n].add(j));
+                    for v in 0..NV {
+                        acc[v][n] = _mm512_fmadd_ps(xv[v], wb, acc[v][n]);
+                    }
+                }
+                xt = xt.add(job.xld);
+            }
+        }
+        for &b in &job.bias {
+            if !b.is_null() {
+                // Constant indices only (a loop to `nr` would move `acc` to memory).
+                for n in 0..NR {
+                    let bv = _mm512_set1_ps(*b.add(r0 + n.min(nr - 1)));
+                    for v in 0..NV {
+                        acc[v][n] = _mm512_add_ps(acc[v][n], bv);
+                    }
+                }
+            }
+        }
+        // The sums through memory first: a loop with a run-time bound indexing `acc` would
+        // keep `acc` in memory in the loop above as well.
+        let mut sums = [[[0f32; LANES]; NR]; NV];
+        for v in 0..NV {
+            for n in 0..NR {
+                _mm512_storeu_ps(sums[v][n].as_mut_ptr(), acc[v][n]);
+            }
+        }
+        // Along each destination row: its `nr` outputs share one or two cache lines (by
+        // weight row first, each store would touch a line of its own).
+        for (v, block) in sums.iter().enumerate() {
+            let base = (v0 + v) * LANES;
+            let rows = (job.batch - base).min(LANES);
+            for l in 0..rows {
+                let d = job.dst.add((base + l) * job.ld + r0);
+                for (n, lane) in block.iter().enumerate().take(nr) {
+                    *d.add(n) = lane[l];
+                }
+            }
+        }
+    }
+}
+
+/// The tiles of one job: a block of [`NR`] weight rows at a time, every batch vector pair over
+/// it (the block's weights stay in L1 between the pairs).
+///
+/// # Safety
+/// As [`tile`], for the whole job; the CPU has the kernel's features.
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+unsafe fn run(job: &Job) {
+    let vectors = job.batch.div_ceil(LANES);
+    // SAFETY: every tile lies inside the job's rows and batch vectors.
+    unsafe {
+        for r in (0..job.rows).step_by(NR) {
+            let nr = NR.min(job.rows - r);
+            let mut v = 0;
+            while v + 2 <= vectors {
+                tile::<2>(job, v, r, nr);
+                v += 2;
+            }
+            if v < vectors {
+                tile::<1>(job, v, r, nr);
+            }
+        }
+    }
+}
+
+/// The kernel for `raw` (f32, with its transposed inputs `xt1`, `xt2`): the fused products in
+/// one set of accumulators, or the second product to its own destination.
+///
+/// # Safety
+/// `raw` must describe the bounds `rows_with` asserts, with non-null transposed inputs of
+/// `k * xld` elements, and the CPU must have AVX-512 (F, VL, DQ), AVX2 and FMA.
+pub(super) unsafe fn rows_f32(raw: &Raw<f32>) {
+    let first = Side {
+        w: raw.w1,
+        xt: raw.xt1,
+        k: raw.k1,
+    };
+    let second = Side {
+        w: raw.w2,
+        xt: raw.xt2,
+        k: raw.k2,
+    };
+    let fused = raw.dst2.is_null();
+    let both = [first, second];
+    let job = Job {
+        rows: raw.rows,
+        batch: raw.batch,
+        xld: raw.xld,
+        sides: if fused { &both } else { &both[..1] },
+        dst: raw.dst1,
+        ld: raw.ld1,
+        bias: raw.bias1,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { run(&job) };
+    if !fused {
+        let job = Job {
+            sides: &both[1..],
+            dst: raw.dst2,
+            ld: raw.ld2,
+            bias: raw.bias2,
+            ..job
+        };
+        // SAFETY: as above.
+        unsafe { run(&job) };
+    }
+}
