@@ -8,12 +8,22 @@
 ((4, 10, 16), (2, 4, 16))
 """
 
-from . import callbacks, cells, datasets, metrics, optim
-from . import forksafe as _forksafe  # noqa: F401 - registers the fork hooks
+import importlib as _importlib
+import typing as _typing
+
+# Importing any lstmrs module (`import lstmrs.errors`, a plugin's `import lstmrs.cells`) runs this
+# file first, so it loads only what must happen on `import lstmrs` and is cheap; every other
+# public name is imported on first use by `__getattr__` below (PEP 562, as scipy does).
+# Eager, and why:
+# - forksafe: registers the `os.register_at_fork` hook that waits for pending imports (these lazy
+#   imports included) before a fork; it must be in place before the first one;
+# - _lstmrs: the extension's init configures the allocator and registers the Rust thread pool's
+#   `pthread_atfork` handler; it also gives `__version__`;
+# - memory: warns at `import lstmrs` about a malformed LSTMRS_MEMORY_LIMIT (start-up, as its
+#   docs say) rather than at some later first call;
+# - errors: loaded by memory anyway; the exceptions are plain attributes.
+from . import forksafe as _forksafe  # noqa: F401 - registers the fork hook
 from ._lstmrs import __version__
-from .callbacks import History
-from .checkpoint import load
-from .convlstm import ConvLSTM, ConvLSTMGradients
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -36,13 +46,43 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedOperationError,
 )
-from .gpu import gpu_available
 from .memory import get_memory_limit, set_memory_limit
-from .models import Loss, Model
-from .quantization import QuantizedRNN, quantize_dynamic
-from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
-from .seq2seq import Seq2Seq
-from .streaming import Stepper
+
+if _typing.TYPE_CHECKING:
+    # What `__getattr__` imports on first use, for type checkers and readers; the same pairs as
+    # `_LAZY` (tests/test_lazy_import.py compares them).
+    from . import callbacks, cells, datasets, metrics, optim
+    from .callbacks import History
+    from .checkpoint import load
+    from .convlstm import ConvLSTM, ConvLSTMGradients
+    from .gpu import gpu_available
+    from .models import Loss, Model
+    from .quantization import QuantizedRNN, quantize_dynamic
+    from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
+    from .seq2seq import Seq2Seq
+    from .streaming import Stepper
+
+#: ``{public name: the submodule that defines it}``, imported on first access. Submodules
+#: themselves (``lstmrs.cells``, ``lstmrs.models``, ...) load on first access too.
+_LAZY = {
+    "ConvLSTM": "convlstm",
+    "ConvLSTMGradients": "convlstm",
+    "GRU": "rnn",
+    "History": "callbacks",
+    "LSTM": "rnn",
+    "Loss": "models",
+    "Model": "models",
+    "QuantizedRNN": "quantization",
+    "RNN": "rnn",
+    "RnnGradients": "rnn",
+    "Seq2Seq": "seq2seq",
+    "Stepper": "streaming",
+    "get_num_threads": "rnn",
+    "gpu_available": "gpu",
+    "load": "checkpoint",
+    "quantize_dynamic": "quantization",
+    "set_num_threads": "rnn",
+}
 
 __all__ = [
     "GRU",
@@ -92,6 +132,29 @@ __all__ = [
     "set_num_threads",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``lstmrs.LSTM``, ``from lstmrs import Model``, ``lstmrs.cells``: imports the submodule on
+    first access and keeps the name here, so later reads are plain lookups."""
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    elif name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:
+        # Any public submodule, as when this file imported them all.
+        try:
+            value = _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise  # the submodule exists; an optional dependency of it is missing
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def tune(config=None, **kwargs):
