@@ -2,8 +2,16 @@
 imported), for ``test_layers.py``.
 
 ``python tests/import_graph.py [PACKAGE_DIR]`` prints the counts the layering is judged by: the
-modules that import each other in a circle, and the imports of lstmrs modules made inside
-functions (of this checkout's ``python/lstmrs``, or of another checkout's package directory).
+modules that import each other in a circle, the modules that importing any lstmrs module loads
+first (``lstmrs/__init__`` and what it imports eagerly), and the imports of lstmrs modules made
+inside functions (of this checkout's ``python/lstmrs``, or of another checkout's package
+directory).
+
+The package itself is a node of the graph like any module. Its ``__init__`` imports a few modules
+when it runs (:func:`preloaded`) and, through its module ``__getattr__`` (PEP 562), any of its
+submodules when a name is first read (``lstmrs.Model``, ``from lstmrs import LSTM``): those are
+its ``on_access`` imports. So a module that imports the package by name can end up loading all of
+it, and such an import closes a circle through the package node.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ class Import:
     type_checking: bool  # under `if TYPE_CHECKING:`: never runs
     comment: str  # the comment on the import's line and the comment lines right above it
     implicit: bool = False  # the package that Python runs before `target`
+    on_access: bool = False  # by the package's module `__getattr__`, when a name is first read
 
     def where(self) -> str:
         return f"{self.source}:{self.line}"
@@ -78,9 +87,13 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
 def imports_of(module: str, source: str, known, is_package: bool = False) -> list[Import]:
     """The imports of lstmrs modules in ``source`` (the text of ``module``), each with where it
     runs. Importing ``lstmrs.a.b`` runs the package ``lstmrs.a`` first: that is listed too
-    (``implicit``), unless ``module`` is inside it already."""
+    (``implicit``), unless ``module`` is inside it already. A package whose ``__init__`` defines
+    a module ``__getattr__`` may import any of its public submodules on attribute access: each is
+    listed as an ``on_access`` import (whatever the body does: the graph errs towards more
+    edges)."""
     lines = source.splitlines()
     found: list[Import] = []
+    tree = ast.parse(source)
 
     def comment(line: int) -> str:
         # The import line's own comment and the block of comment lines right above it.
@@ -118,7 +131,19 @@ def imports_of(module: str, source: str, known, is_package: bool = False) -> lis
         holder = ast.Module(body=[stmt], type_ignores=[])
         visit(holder, local, type_checking)
 
-    visit(ast.parse(source), False, False)
+    visit(tree, False, False)
+    if is_package:
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+                subs = sorted(
+                    name
+                    for name in known
+                    if name.rsplit(".", 1)[0] == module
+                    and not name.rsplit(".", 1)[-1].startswith("_")
+                )
+                for target in subs:
+                    args = (module, target, node.lineno, True, False, "")
+                    found.append(Import(*args, on_access=True))
     return found
 
 
@@ -135,8 +160,28 @@ def read_package(root: Path = SOURCE) -> dict[str, list[Import]]:
 
 
 def runtime_edges(graph: dict[str, list[Import]]) -> dict[str, set[str]]:
-    """``{module: the modules it imports when it runs}`` (`TYPE_CHECKING` imports left out)."""
+    """``{module: the modules it imports when it runs}`` (`TYPE_CHECKING` imports left out;
+    a package's ``on_access`` imports kept)."""
     return {m: {i.target for i in imps if not i.type_checking} for m, imps in graph.items()}
+
+
+def preloaded(graph: dict[str, list[Import]], package: str = PACKAGE) -> set[str]:
+    """The modules that importing any module of ``package`` loads first: Python runs the
+    package's ``__init__`` before any submodule, and that runs its module-level imports and
+    theirs (the package itself included; its ``on_access`` and function-local imports left
+    out)."""
+    eager = {
+        m: {i.target for i in imps if not (i.type_checking or i.local or i.on_access)}
+        for m, imps in graph.items()
+    }
+    seen = {package}
+    todo = [package]
+    while todo:
+        for target in eager.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -182,11 +227,10 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def main(argv: list[str]) -> int:
     graph = read_package(Path(argv[0]) if argv else SOURCE)
-    # The package's own __init__ imports everything and is imported by everything (Python runs
-    # it first), so it is left out of the circles, as every lstmrs import implies it.
-    edges = {m: t - {PACKAGE} for m, t in runtime_edges(graph).items() if m != PACKAGE}
-    knots = cycles(edges)
-    explicit = [i for imps in graph.values() for i in imps if not i.implicit]
+    # The package node stays in: its edges are what its __init__ imports and what its
+    # __getattr__ may import; Python running __init__ before each submodule is `preloaded`.
+    knots = cycles(runtime_edges(graph))
+    explicit = [i for imps in graph.values() for i in imps if not (i.implicit or i.on_access)]
     # One per import statement (`from . import a, b` is one).
     local = list(
         {(i.source, i.line): i for i in explicit if i.local and not i.type_checking}.values()
@@ -197,6 +241,9 @@ def main(argv: list[str]) -> int:
     print(f"modules in import cycles: {len(in_knots)} in {len(knots)} cycle(s)")
     for k in knots:
         print("  cycle: " + ", ".join(k))
+    first = sorted(preloaded(graph))
+    print(f"modules that importing any {PACKAGE} module loads first: {len(first)}")
+    print("  " + ", ".join(first))
     for i in local:
         print(f"  local: {i.where()} -> {i.target}" + (f"  # {i.comment}" if i.comment else ""))
     return 0

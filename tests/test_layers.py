@@ -7,7 +7,11 @@ higher layer fails this test, wherever it is (module level, inside a function, `
 ``if TYPE_CHECKING:`` never run and are exempt (that is how training, streaming and the checkpoint
 format name ``Model`` in annotations). An import inside a function needs a comment on its line or
 right above it saying why it is not at the top: an optional dependency, or start-up time with a
-measured number. And no modules may import each other in a circle.
+measured number. No modules may import each other in a circle, the package node included: its
+``__init__`` can load any submodule on attribute access, so a module importing the package by
+name closes a circle through it. And since Python runs ``lstmrs/__init__`` before any submodule,
+what it imports at the top (and what those import) must stay in layer ``base``: importing
+``lstmrs.errors`` or a plugin's ``lstmrs.cells`` must not load models, training or tasks.
 
 The graph is read from the source with :mod:`ast` (``tests/import_graph.py``); nothing is
 imported.
@@ -104,6 +108,9 @@ LAYER_OF = {
     "lstmrs": "package",
 }
 
+#: The highest layer that ``lstmrs/__init__`` may load when it runs, i.e. before every submodule.
+PRELOAD_LAYER = "base"
+
 # What a comment must say for an import inside a function: an optional dependency, the
 # start-up time saved with its number (ms or s).
 _WHY_LOCAL = re.compile(r"optional|(start-?up|import time).*\d+(\.\d+)?\s*(ms|s)\b", re.IGNORECASE)
@@ -121,7 +128,7 @@ def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAY
         for i in imports:
             if i.type_checking:
                 continue
-            if i.local and not i.implicit and not _WHY_LOCAL.search(i.comment):
+            if i.local and not (i.implicit or i.on_access) and not _WHY_LOCAL.search(i.comment):
                 out.append(
                     f"{i.where()}: {module} imports {i.target} inside a function without a "
                     "comment (on its line or right above it) saying why: an optional "
@@ -137,12 +144,17 @@ def violations(graph: dict[str, list[ig.Import]], layer_of: dict[str, str] = LAY
                 f"module may import only its own layer and lower ones ({' < '.join(LAYERS)}); "
                 "move the code, or name the type under `if TYPE_CHECKING:`"
             )
-    edges = {
-        m: set(targets) - {ig.PACKAGE}
-        for m, targets in ig.runtime_edges(graph).items()
-        if m != ig.PACKAGE
-    }
-    for cycle in ig.cycles(edges):
+    if ig.PACKAGE in graph:
+        for module in sorted(ig.preloaded(graph) - {ig.PACKAGE}):
+            layer = layer_of.get(module)
+            if layer is not None and rank[layer] > rank[PRELOAD_LAYER]:
+                out.append(
+                    f"{ig.PACKAGE}/__init__ loads {module} (layer {layer!r}) when it runs, and "
+                    f"Python runs it before every {ig.PACKAGE} module: it may import only layer "
+                    f"{PRELOAD_LAYER!r} at the top; load the name on first access instead "
+                    "(`_LAZY` in lstmrs/__init__.py)"
+                )
+    for cycle in ig.cycles(ig.runtime_edges(graph)):
         out.append(f"import cycle: {', '.join(cycle)} import each other in a circle")
     return out
 
@@ -172,7 +184,7 @@ def test_imports_point_down(graph):
 def _graph_of(sources: dict[str, str]) -> dict[str, list[ig.Import]]:
     known = set(LAYER_OF) | set(sources)
     return {
-        name: ig.imports_of(name, text, known, is_package=name == "lstmrs.tasks")
+        name: ig.imports_of(name, text, known, is_package=name in ("lstmrs", "lstmrs.tasks"))
         for name, text in sources.items()
     }
 
@@ -245,3 +257,65 @@ def test_a_cycle_within_one_layer_fails():
     assert problems == [
         "import cycle: lstmrs.callbacks, lstmrs.progress import each other in a circle"
     ]
+
+
+# A package `__init__` in the shape of lstmrs': a few base imports, the rest on first access.
+_LAZY_PACKAGE = (
+    "from . import forksafe as _forksafe\n"
+    "from .errors import ShapeError\n"
+    "TYPE_CHECKING = False\n"
+    "if TYPE_CHECKING:\n"
+    "    from .models import Model\n"
+    "def __getattr__(name):\n"
+    "    import importlib\n"
+    "    return importlib.import_module(f'lstmrs.{name}')\n"
+)
+
+
+def test_a_lazy_package_passes_and_can_load_every_submodule():
+    graph = _graph_of({"lstmrs": _LAZY_PACKAGE, "lstmrs.errors": "", "lstmrs.forksafe": ""})
+    assert violations(graph) == []
+    assert ig.preloaded(graph) == {"lstmrs", "lstmrs.errors", "lstmrs.forksafe"}
+    on_access = {i.target for i in graph["lstmrs"] if i.on_access}
+    assert {"lstmrs.models", "lstmrs.tasks", "lstmrs.rnn"} <= on_access
+    assert "lstmrs.tasks.base" not in on_access and "lstmrs._lstmrs" not in on_access
+
+
+def test_an_eager_package_import_above_base_fails():
+    """The finding: `from .models import Model` in lstmrs/__init__ makes every `import
+    lstmrs.<module>` load models, and with it training, rnn, ..."""
+    sources = {
+        "lstmrs": _LAZY_PACKAGE + "from .models import Model\n",
+        "lstmrs.models": "from . import training\n",
+        "lstmrs.training": "from .rnn import LSTM\n",
+        "lstmrs.rnn": "from . import errors\n",
+        "lstmrs.errors": "",
+        "lstmrs.forksafe": "",
+    }
+    problems = violations(_graph_of(sources))
+    assert len(problems) == 3, problems
+    for module, layer in (("models", "model"), ("rnn", "layers"), ("training", "training")):
+        assert any(
+            p.startswith(f"lstmrs/__init__ loads lstmrs.{module} (layer {layer!r})")
+            and "it may import only layer 'base' at the top" in p
+            for p in problems
+        ), (module, problems)
+
+
+def test_importing_the_package_by_name_closes_a_cycle_through_it():
+    """`from lstmrs import LSTM` inside lstmrs.training runs the package's `__getattr__`, which
+    can import lstmrs.training's importers: a circle through the package node (and an upward
+    import)."""
+    sources = {
+        "lstmrs": _LAZY_PACKAGE,
+        "lstmrs.errors": "",
+        "lstmrs.forksafe": "",
+        "lstmrs.training": "from lstmrs import LSTM\n",
+    }
+    problems = violations(_graph_of(sources))
+    assert "import cycle: lstmrs, lstmrs.training import each other in a circle" in problems
+    assert any(
+        "lstmrs.training (layer 'training') imports lstmrs (layer 'package')" in p for p in problems
+    )
+    typed = "TYPE_CHECKING = False\nif TYPE_CHECKING:\n    from lstmrs import LSTM\n"
+    assert violations(_graph_of({**sources, "lstmrs.training": typed})) == []
