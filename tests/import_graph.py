@@ -84,6 +84,15 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
     return out
 
 
+def _module_level(body: list[ast.stmt]):
+    """The statements that run at module level: those of ``body`` and, recursively, of the
+    branches of its ``if`` statements (``if not TYPE_CHECKING: def __getattr__ ...``)."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If):
+            yield from _module_level(node.body + node.orelse)
+
+
 def imports_of(module: str, source: str, known, is_package: bool = False) -> list[Import]:
     """The imports of lstmrs modules in ``source`` (the text of ``module``), each with where it
     runs. Importing ``lstmrs.a.b`` runs the package ``lstmrs.a`` first: that is listed too
@@ -133,7 +142,7 @@ def imports_of(module: str, source: str, known, is_package: bool = False) -> lis
 
     visit(tree, False, False)
     if is_package:
-        for node in tree.body:
+        for node in _module_level(tree.body):
             if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
                 subs = sorted(
                     name

@@ -266,9 +266,10 @@ _LAZY_PACKAGE = (
     "TYPE_CHECKING = False\n"
     "if TYPE_CHECKING:\n"
     "    from .models import Model\n"
-    "def __getattr__(name):\n"
-    "    import importlib\n"
-    "    return importlib.import_module(f'lstmrs.{name}')\n"
+    "if not TYPE_CHECKING:\n"
+    "    def __getattr__(name):\n"
+    "        import importlib\n"
+    "        return importlib.import_module(f'lstmrs.{name}')\n"
 )
 
 

@@ -47,8 +47,8 @@ from .errors import (
 )
 from .memory import get_memory_limit, set_memory_limit
 
-# `typing.TYPE_CHECKING` without importing typing (start-up time: ~10 ms for `import lstmrs.errors`);
-# mypy and pyright read a local `TYPE_CHECKING = False` the same way.
+# `typing.TYPE_CHECKING` without importing typing, which cost 10-20 ms of the ~30 ms of
+# `import lstmrs.errors` here; mypy and pyright read a local `TYPE_CHECKING = False` the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     # What `__getattr__` imports on first use, for type checkers and readers; the same pairs as
@@ -136,23 +136,26 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """``lstmrs.LSTM``, ``from lstmrs import Model``, ``lstmrs.cells``: imports the submodule on
-    first access and keeps the name here, so later reads are plain lookups."""
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    elif name.startswith("_"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    else:
-        # Any public submodule, as when this file imported them all.
-        try:
-            value = _importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise  # the submodule exists; an optional dependency of it is missing
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:
+    # Hidden from type checkers: they see the names of the block above, so a misspelt
+    # `lstmrs.LTSM` is still their error rather than an `object`.
+    def __getattr__(name: str) -> object:
+        """``lstmrs.LSTM``, ``from lstmrs import Model``, ``lstmrs.cells``: imports the
+        submodule on first access and keeps the name here, so later reads are plain lookups."""
+        if name in _LAZY:
+            value = getattr(_importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        elif name.startswith("_"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        else:
+            # Any public submodule, as when this file imported them all.
+            try:
+                value = _importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{__name__}.{name}":
+                    raise  # the submodule exists; an optional dependency of it is missing
+                raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
