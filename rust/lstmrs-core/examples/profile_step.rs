@@ -74,7 +74,10 @@ fn main() {
         ..Default::default()
     };
     if std::env::var("ONLY").as_deref() == Ok("inference") {
-        let reps = 2000;
+        let reps: usize = std::env::var("REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000);
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let s = Instant::now();

@@ -317,6 +317,170 @@ dispatch!(lstm_forward_units, lstm_forward_body, (
     h_next: RowsMut<T>,
 ));
 
+/// LSTM forward step on hidden units `units` of `rows` rows when `act[B,4H]` already holds the
+/// whole pre-activations (the sweep adds its recurrent product onto the input side in place):
+/// writes `c_next`, `h_next` and, when `keep` (a tape), the activations over `act` and
+/// `tanh(c')` into `tanh_c`; without a tape those may be left as they were. Inactive rows carry
+/// `h`, `c` unchanged. f32 on AVX-512 runs [`crate::lstm_gates_avx512`]; the rest the plain loop.
+///
+/// # Safety
+/// As [`lstm_forward_units`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn lstm_forward_summed_units<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act: RowsMut<T>,
+    c_prev: Rows<T>,
+    h_prev: Rows<T>,
+    tanh_c: RowsMut<T>,
+    c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+    keep: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == crate::scalar::DType::F32 && crate::lstm_gates_avx512::supported() {
+        let (u, n) = (units.start, units.len());
+        for b in 0..rows {
+            // SAFETY (all views below): this call's units only, per the contract.
+            let (ai, af, ag, ao) = unsafe {
+                (
+                    act.row_mut(b, u, n),
+                    act.row_mut(b, h + u, n),
+                    act.row_mut(b, 2 * h + u, n),
+                    act.row_mut(b, 3 * h + u, n),
+                )
+            };
+            let (tc, cn, hn) = unsafe {
+                (
+                    tanh_c.row_mut(b, u, n),
+                    c_next.row_mut(b, u, n),
+                    h_next.row_mut(b, u, n),
+                )
+            };
+            let cp = unsafe { c_prev.row(b, u, n) };
+            if !active.row(b) {
+                for a in [ai, af, ag, ao, tc] {
+                    a.fill(T::zero());
+                }
+                cn.copy_from_slice(cp);
+                hn.copy_from_slice(unsafe { h_prev.row(b, u, n) });
+                continue;
+            }
+            let f = |s: &mut [T]| s.as_mut_ptr() as *mut f32;
+            // SAFETY: `T` is f32; each slice holds the `n` units; AVX-512F checked above.
+            unsafe {
+                crate::lstm_gates_avx512::lstm_row(
+                    n,
+                    f(ai),
+                    f(af),
+                    f(ag),
+                    f(ao),
+                    cp.as_ptr() as *const f32,
+                    f(tc),
+                    f(cn),
+                    f(hn),
+                    keep,
+                )
+            };
+        }
+        return;
+    }
+    let _ = keep;
+    // SAFETY: forwarded contract.
+    unsafe {
+        lstm_forward_summed_plain(
+            h, units, rows, active, act, c_prev, h_prev, tanh_c, c_next, h_next,
+        )
+    }
+}
+
+/// [`lstm_forward_summed_units`]' plain loop: [`lstm_forward_body`] with no second product to add.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn lstm_forward_summed_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act: RowsMut<T>,
+    c_prev: Rows<T>,
+    h_prev: Rows<T>,
+    tanh_c: RowsMut<T>,
+    c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (ai, af, ag, ao) = unsafe {
+            (
+                act.row_mut(b, u, n),
+                act.row_mut(b, h + u, n),
+                act.row_mut(b, 2 * h + u, n),
+                act.row_mut(b, 3 * h + u, n),
+            )
+        };
+        let (tc, cn, hn) = unsafe {
+            (
+                tanh_c.row_mut(b, u, n),
+                c_next.row_mut(b, u, n),
+                h_next.row_mut(b, u, n),
+            )
+        };
+        let (cp, hp) = unsafe { (c_prev.row(b, u, n), h_prev.row(b, u, n)) };
+        if !active.row(b) {
+            for a in [ai, af, ag, ao, tc] {
+                a.fill(T::zero());
+            }
+            cn.copy_from_slice(cp);
+            hn.copy_from_slice(hp);
+            continue;
+        }
+        lstm_forward_summed_row(ai, af, ag, ao, cp, tc, cn, hn);
+    }
+}
+
+/// One row of [`lstm_forward_summed_body`] (each slice its own argument, as in
+/// [`lstm_forward_row`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lstm_forward_summed_row<T: Scalar>(
+    ai: &mut [T],
+    af: &mut [T],
+    ag: &mut [T],
+    ao: &mut [T],
+    cp: &[T],
+    tc: &mut [T],
+    cn: &mut [T],
+    hn: &mut [T],
+) {
+    let n = cp.len();
+    let (ai, af, ag, ao) = (&mut ai[..n], &mut af[..n], &mut ag[..n], &mut ao[..n]);
+    let (tc, cn, hn) = (&mut tc[..n], &mut cn[..n], &mut hn[..n]);
+    for j in 0..n {
+        let i = ai[j].sigmoid();
+        let f = af[j].sigmoid();
+        let gg = ag[j].tanh_act();
+        let o = ao[j].sigmoid();
+        let c = f * cp[j] + i * gg;
+        let t = c.tanh_act();
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = gg;
+        ao[j] = o;
+        cn[j] = c;
+        tc[j] = t;
+        hn[j] = o * t;
+    }
+}
+dispatch!(lstm_forward_summed_plain, lstm_forward_summed_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act: RowsMut<T>,
+    c_prev: Rows<T>, h_prev: Rows<T>, tanh_c: RowsMut<T>, c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+));
+
 /// LSTM backward step on hidden units `units`.
 /// In: `dh[B,H]` (gradient of the step's output state, output gradient included), `dc[B,H]`
 /// (gradient of `c'`), the step's `act`, `tanh_c` and `c_prev`.
