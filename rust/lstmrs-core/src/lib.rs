@@ -29,8 +29,6 @@ mod gates;
 pub mod gpu;
 mod handoff;
 pub mod lowp;
-#[cfg(target_arch = "x86_64")]
-mod lstm_gates_avx512;
 mod matmul;
 mod matvec;
 pub mod memory;
