@@ -929,8 +929,8 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         assert!(dst.holds(rows, packed.col_end()) && x.holds(rows, i));
         if let Some(bias) = self.row_bias {
             // A member owning every unit owns whole rows: one copy per row, not one per gate.
-            let runs = if units.len() == h {
-                vec![0..gates * h]
+            let runs: Vec<Range<usize>> = if units.len() == h {
+                std::iter::once(0..gates * h).collect()
             } else {
                 (0..gates)
                     .map(|g| g * h + units.start..g * h + units.end)
