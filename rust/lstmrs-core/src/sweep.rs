@@ -665,9 +665,11 @@ pub(crate) fn forward<T: Scalar>(
     // outside the recurrence): with a small `W_ih` the team projects it itself, `chunk` steps at
     // a time just ahead of the recurrence, each member its own units' columns with its slice of
     // `W_ih` packed once (no separate parallel phase and, without a tape, a buffer of one chunk
-    // instead of all steps); else one product over all steps first (see `team_projects`). The
-    // gate pass of step t turns its rows into the activations in place, so with a tape the
-    // buffer (all steps) becomes the tape's `act`.
+    // instead of all steps); else one product over all steps first (see `team_projects`). An
+    // LSTM with a narrow input instead adds it, and the bias, inside each step's recurrent
+    // product (`fuses_input`). An LSTM step's product adds onto these rows in place, and the
+    // gate pass of step t turns them into the activations, so with a tape the buffer (all
+    // steps) becomes the tape's `act`.
     let row_bias = w.bias.map(|(b_ih, b_hh)| {
         let mut row = vec![T::zero(); gw];
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
