@@ -1,7 +1,8 @@
 //! Times the phases of a training step of one LSTM layer, for profiling:
 //! `cargo run --release -p lstmrs-core --example profile_step -- B T I H [threads]`.
 //! `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
-//! cell language (`notes/cell_dsl.md`), through the same sweep.
+//! cell language (`notes/cell_dsl.md`), through the same sweep. `ONLY=inference` runs only the
+//! inference forward, many times (for `perf record` of the inference step alone).
 
 use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::{
@@ -72,6 +73,29 @@ fn main() {
         keep_tape: true,
         ..Default::default()
     };
+    if std::env::var("ONLY").as_deref() == Ok("inference") {
+        let reps: usize = std::env::var("REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let s = Instant::now();
+            let o = forward(&p, &batch, &ForwardOptions::default()).unwrap();
+            times.push(s.elapsed().as_secs_f64());
+            std::hint::black_box(o);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{} B={b} T={t} I={i} H={h} threads={}: inference median {:.3} ms, fastest {:.3} ms ({:.2} us/step)",
+            cell.name(),
+            threads::num_threads(),
+            times[reps / 2] * 1e3,
+            times[0] * 1e3,
+            times[reps / 2] / t as f64 * 1e6
+        );
+        return;
+    }
     let reps = 10;
     let (mut tf, mut tb, mut ti) = (0.0, 0.0, 0.0);
     for r in 0..reps + 2 {

@@ -317,6 +317,102 @@ dispatch!(lstm_forward_units, lstm_forward_body, (
     h_next: RowsMut<T>,
 ));
 
+/// LSTM forward step on hidden units `units` of `rows` rows when `act[B,4H]` already holds the
+/// whole pre-activations (the sweep adds its recurrent product onto the input side in place):
+/// [`lstm_forward_body`] with no second product to read and add. Writes `c_next`, `h_next` and,
+/// when `keep` (a tape), the activations over `act` and `tanh(c')` into `tanh_c`; without a tape
+/// those are left as they were. Inactive rows carry `h`, `c` unchanged.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn lstm_forward_summed_body<T: Scalar>(
+    h: usize,
+    units: Range<usize>,
+    rows: usize,
+    active: Active,
+    act: RowsMut<T>,
+    c_prev: Rows<T>,
+    h_prev: Rows<T>,
+    tanh_c: RowsMut<T>,
+    c_next: RowsMut<T>,
+    h_next: RowsMut<T>,
+    keep: bool,
+) {
+    let (u, n) = (units.start, units.len());
+    for b in 0..rows {
+        // SAFETY (all views below): this call's units only, per the contract.
+        let (ai, af, ag, ao) = unsafe {
+            (
+                act.row_mut(b, u, n),
+                act.row_mut(b, h + u, n),
+                act.row_mut(b, 2 * h + u, n),
+                act.row_mut(b, 3 * h + u, n),
+            )
+        };
+        let (tc, cn, hn) = unsafe {
+            (
+                tanh_c.row_mut(b, u, n),
+                c_next.row_mut(b, u, n),
+                h_next.row_mut(b, u, n),
+            )
+        };
+        let (cp, hp) = unsafe { (c_prev.row(b, u, n), h_prev.row(b, u, n)) };
+        if !active.row(b) {
+            for a in [ai, af, ag, ao, tc] {
+                a.fill(T::zero());
+            }
+            cn.copy_from_slice(cp);
+            hn.copy_from_slice(hp);
+            continue;
+        }
+        if keep {
+            lstm_forward_summed_row::<T, true>(ai, af, ag, ao, cp, tc, cn, hn);
+        } else {
+            lstm_forward_summed_row::<T, false>(ai, af, ag, ao, cp, tc, cn, hn);
+        }
+    }
+}
+
+/// One row of [`lstm_forward_summed_body`] (each slice its own argument, as in
+/// [`lstm_forward_row`]); the activations and `tanh(c')` are stored only when `KEEP`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lstm_forward_summed_row<T: Scalar, const KEEP: bool>(
+    ai: &mut [T],
+    af: &mut [T],
+    ag: &mut [T],
+    ao: &mut [T],
+    cp: &[T],
+    tc: &mut [T],
+    cn: &mut [T],
+    hn: &mut [T],
+) {
+    let n = cp.len();
+    let (ai, af, ag, ao) = (&mut ai[..n], &mut af[..n], &mut ag[..n], &mut ao[..n]);
+    let (tc, cn, hn) = (&mut tc[..n], &mut cn[..n], &mut hn[..n]);
+    for j in 0..n {
+        let i = ai[j].sigmoid();
+        let f = af[j].sigmoid();
+        let gg = ag[j].tanh_act();
+        let o = ao[j].sigmoid();
+        let c = f * cp[j] + i * gg;
+        let t = c.tanh_act();
+        if KEEP {
+            ai[j] = i;
+            af[j] = f;
+            ag[j] = gg;
+            ao[j] = o;
+            tc[j] = t;
+        }
+        cn[j] = c;
+        hn[j] = o * t;
+    }
+}
+dispatch!(lstm_forward_summed_units, lstm_forward_summed_body, (
+    h: usize, units: Range<usize>, rows: usize, active: Active, act: RowsMut<T>,
+    c_prev: Rows<T>, h_prev: Rows<T>, tanh_c: RowsMut<T>, c_next: RowsMut<T>,
+    h_next: RowsMut<T>, keep: bool,
+));
+
 /// LSTM backward step on hidden units `units`.
 /// In: `dh[B,H]` (gradient of the step's output state, output gradient included), `dc[B,H]`
 /// (gradient of `c'`), the step's `act`, `tanh_c` and `c_prev`.
@@ -936,5 +1032,109 @@ pub(crate) fn gru_backward<T: Scalar>(
             RowsMut::new(dx_pre, g),
             RowsMut::new(dh_pre, g),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gate pass on pre-summed activations gives the bits of the pass that adds the two
+    /// products itself (the sum is the same f32 addition), over a unit range that is no multiple
+    /// of a vector, one row and 33 rows, rows past their sequence's end, with and without a tape.
+    #[test]
+    fn summed_lstm_pass_matches_the_two_product_pass() {
+        let h = 45;
+        let g = 4 * h;
+        let units = 3..40;
+        for rows in [1, 33] {
+            let lengths: Vec<usize> = (0..rows).map(|r| if r % 3 == 1 { 0 } else { 2 }).collect();
+            let active = Active {
+                lengths: Some(&lengths),
+                t: 1,
+            };
+            let v = |n: usize, s: f64| -> Vec<f32> {
+                (0..n)
+                    .map(|j| (3.0 * (j as f64 * 0.37 + s).sin()) as f32)
+                    .collect()
+            };
+            let (x_side, h_side) = (v(rows * g, 0.1), v(rows * g, 0.7));
+            let (c_prev, h_prev) = (v(rows * h, 1.3), v(rows * h, 2.9));
+            let mut want_act = x_side.clone();
+            let (mut want_tc, mut want_c, mut want_h) = (
+                vec![9f32; rows * h],
+                vec![7f32; rows * h],
+                vec![7f32; rows * h],
+            );
+            // SAFETY: one thread; every view comes from its own buffer.
+            unsafe {
+                lstm_forward_units(
+                    h,
+                    units.clone(),
+                    rows,
+                    active,
+                    RowsMut::new(&mut want_act, g),
+                    Rows::new(&h_side, g),
+                    Rows::new(&c_prev, h),
+                    Rows::new(&h_prev, h),
+                    RowsMut::new(&mut want_tc, h),
+                    RowsMut::new(&mut want_c, h),
+                    RowsMut::new(&mut want_h, h),
+                )
+            };
+            for keep in [true, false] {
+                let summed: Vec<f32> = x_side.iter().zip(&h_side).map(|(a, b)| a + b).collect();
+                let mut act = summed.clone();
+                let (mut tc, mut c, mut hn) = (
+                    vec![9f32; rows * h],
+                    vec![7f32; rows * h],
+                    vec![7f32; rows * h],
+                );
+                // SAFETY: as above.
+                unsafe {
+                    lstm_forward_summed_units(
+                        h,
+                        units.clone(),
+                        rows,
+                        active,
+                        RowsMut::new(&mut act, g),
+                        Rows::new(&c_prev, h),
+                        Rows::new(&h_prev, h),
+                        RowsMut::new(&mut tc, h),
+                        RowsMut::new(&mut c, h),
+                        RowsMut::new(&mut hn, h),
+                        keep,
+                    )
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c), bits(&want_c), "c, rows={rows} keep={keep}");
+                assert_eq!(bits(&hn), bits(&want_h), "h, rows={rows} keep={keep}");
+                // With a tape `tanh(c')` as the two-product pass writes it; without, only the
+                // inactive rows' zeros.
+                for (e, &got) in tc.iter().enumerate() {
+                    let want = if keep || !active.row(e / h) {
+                        want_tc[e]
+                    } else {
+                        9.0
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "tanh_c[{e}], keep={keep}");
+                }
+                // The call's units hold the activations with a tape (zeros on inactive rows
+                // either way); everything else keeps its sums.
+                for (e, &got) in act.iter().enumerate() {
+                    let (r, unit) = (e / g, e % g % h);
+                    let want = if units.contains(&unit) && (keep || !active.row(r)) {
+                        want_act[e]
+                    } else {
+                        summed[e]
+                    };
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "act[{e}], rows={rows} keep={keep}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -598,26 +598,23 @@ unsafe fn tile<U: Scalar>(
             unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, acc, $pf) }
         };
     }
+    // The SIMD kernels' f32 views of the pointers (`U` is f32 whenever they run; unused by the
+    // portable arm).
+    #[cfg(target_arch = "x86_64")]
+    let (a32, b32, c32, pf32) = (
+        a as *const f32,
+        b as *const f32,
+        c as *mut f32,
+        pf as *const f32,
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            let (a32, b32, c32, pf32) = (
-                a as *const f32,
-                b as *const f32,
-                c as *mut f32,
-                pf as *const f32,
-            );
             pick!(@arms [avx512_tile, a32, b32, c32, pf32];
                 6, 4; 5, 4; 4, 4; 3, 4; 2, 4; 1, 4; 2, 6; 1, 6; 1, 8)
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            let (a32, b32, c32, pf32) = (
-                a as *const f32,
-                b as *const f32,
-                c as *mut f32,
-                pf as *const f32,
-            );
             pick!(@arms [avx2_tile, a32, b32, c32, pf32];
                 6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
         }

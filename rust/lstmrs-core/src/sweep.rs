@@ -665,9 +665,11 @@ pub(crate) fn forward<T: Scalar>(
     // outside the recurrence): with a small `W_ih` the team projects it itself, `chunk` steps at
     // a time just ahead of the recurrence, each member its own units' columns with its slice of
     // `W_ih` packed once (no separate parallel phase and, without a tape, a buffer of one chunk
-    // instead of all steps); else one product over all steps first (see `team_projects`). The
-    // gate pass of step t turns its rows into the activations in place, so with a tape the
-    // buffer (all steps) becomes the tape's `act`.
+    // instead of all steps); else one product over all steps first (see `team_projects`). An
+    // LSTM with a narrow input instead adds it, and the bias, inside each step's recurrent
+    // product (`fuses_input`). An LSTM step's product adds onto these rows in place, and the
+    // gate pass of step t turns them into the activations, so with a tape the buffer (all
+    // steps) becomes the tape's `act`.
     let row_bias = w.bias.map(|(b_ih, b_hh)| {
         let mut row = vec![T::zero(); gw];
         fold_bias(&mut row, lstm, h, b_ih, b_hh);
@@ -684,14 +686,20 @@ pub(crate) fn forward<T: Scalar>(
     // A team of one projecting alone would give up the `gemm` crate's split of a product big
     // enough to pay for one (the cost model's threshold): e.g. I = 256, H = 64.
     let projection_work = (steps * b).saturating_mul(sw.input).saturating_mul(gw);
-    let in_team =
-        team_projects::<T>(gw, sw.input) && (members > 1 || projection_work < TEAM_MIN_SWEEP_WORK);
+    // A narrow input rides in each step's recurrent product instead (see `fuses_input`).
+    let fused = lstm && fuses_input::<T>(gw, sw.input);
+    let in_team = !fused
+        && team_projects::<T>(gw, sw.input)
+        && (members > 1 || projection_work < TEAM_MIN_SWEEP_WORK);
     let chunk = if in_team {
         projection_chunk(b, steps)
+    } else if fused {
+        1
     } else {
         steps
     };
-    let mut x_pre = if in_team {
+    let w_cat = fused.then(|| fused_weight(h, sw.input, gw, w, row_bias.as_deref()));
+    let mut x_pre = if in_team || fused {
         vec![T::zero(); if keep_tape { steps } else { chunk } * b * gw]
     } else {
         input_projection(
@@ -709,7 +717,8 @@ pub(crate) fn forward<T: Scalar>(
     let aux_steps = if keep_tape { steps } else { 1 };
     let (mut hs, mut cs) = initial_states(&sw, keep_tape, h0, c0, lstm);
     let mut aux = vec![T::zero(); aux_steps * bh];
-    let mut h_pre = vec![T::zero(); b * gw];
+    // The recurrent product of a step (GRU; an LSTM's adds onto `x_pre` in place).
+    let mut h_pre = vec![T::zero(); if lstm { 0 } else { b * gw }];
     // The masked state entering the product, two slots: each member writes its units of the
     // next one while the others may still read the current one.
     let mut h_masked = vec![T::zero(); if reg.state_mask.is_some() { 2 * bh } else { 0 }];
@@ -736,7 +745,15 @@ pub(crate) fn forward<T: Scalar>(
     team.run(steps, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
         // Packed here, on the thread that uses them, so they start out in that core's cache.
-        let packed = Packed::rows_of(w.w_hh, gates, h, units.clone(), b);
+        let packed = match &w_cat {
+            Some(cat) => {
+                let depth = cat.len() / gw;
+                Packed::new(cat, gw, 1, depth, &gate_vectors(gates, h, units.clone()), b)
+            }
+            None => Packed::rows_of(w.w_hh, gates, h, units.clone(), b),
+        };
+        // The member's `[B, depth]` lhs `[h | x_t | 1]` of the fused product.
+        let mut lhs = vec![T::zero(); if fused { b * packed.depth() } else { 0 }];
         // `W_ih` as `W(k, n) = w_ih[k + n * I]`.
         let packed_ih = in_team.then(|| {
             let cols = gate_vectors(gates, h, units.clone());
@@ -752,10 +769,22 @@ pub(crate) fn forward<T: Scalar>(
                 // only its own gate passes read.
                 unsafe { views.project(p, units.clone(), times, first) };
             }
+            if fused && !keep_tape {
+                // One step of `act`, reused.
+                first = sw.time(s);
+            }
             // SAFETY: within a step every member reads the whole entering state and writes only
             // its own units of everything else; the barrier orders the writes before the next
             // step's reads.
-            unsafe { views.step(&packed, units.clone(), s, first) };
+            unsafe {
+                views.step(
+                    &packed,
+                    units.clone(),
+                    s,
+                    first,
+                    fused.then_some(&mut lhs[..]),
+                )
+            };
             barrier.wait();
         }
     });
@@ -819,6 +848,52 @@ fn team_projects<T: Scalar>(gw: usize, input: usize) -> bool {
     bytes <= TEAM_PROJECTION_MAX_BYTES && Isa::default_for::<T>() != Isa::Portable
 }
 
+/// Input features up to which an LSTM sweep adds the input side inside each step's recurrent
+/// product (`[h | x_t | 1] · [W_hh; W_ih; bias]ᵀ`) instead of projecting it apart. A product of
+/// depth `I` this small moves as much as it sums: at (B,T,I,H) = (32,100,8,64) the projection in
+/// the team and the copies of its bias row were 16% of the step (`perf record` of
+/// `examples/profile_step`, `ONLY=inference`), against the 9/64 more depth it costs here.
+const FUSED_INPUT_MAX: usize = 32;
+
+/// Whether an LSTM sweep with `gw` gate columns and `input` features fuses its input side into
+/// the step product: a narrow input, on a SIMD kernel (as [`team_projects`]).
+fn fuses_input<T: Scalar>(gw: usize, input: usize) -> bool {
+    input <= FUSED_INPUT_MAX && team_projects::<T>(gw, input)
+}
+
+/// The fused step product's weight `W(k, n) = w[k * gw + n]`: rows `0..H` are `W_hhᵀ`, rows
+/// `H..H+I` are `W_ihᵀ`, and a last row the bias (when there is one).
+fn fused_weight<T: Scalar>(
+    h: usize,
+    input: usize,
+    gw: usize,
+    w: DirWeights<T>,
+    row_bias: Option<&[T]>,
+) -> Vec<T> {
+    let depth = h + input + usize::from(row_bias.is_some());
+    let mut cat = vec![T::zero(); depth * gw];
+    // Transposed 16 columns at a time: the 16 source rows stay in L1 while every `k` of them is
+    // written as one contiguous run (column by column, each write touched its own cache line:
+    // 7% of a (32,100,8,64) inference).
+    for n0 in (0..gw).step_by(16) {
+        let cols = n0..(n0 + 16).min(gw);
+        for k in 0..h {
+            for n in cols.clone() {
+                cat[k * gw + n] = w.w_hh[n * h + k];
+            }
+        }
+        for k in 0..input {
+            for n in cols.clone() {
+                cat[(h + k) * gw + n] = w.w_ih[n * input + k];
+            }
+        }
+    }
+    if let Some(bias) = row_bias {
+        cat[(h + input) * gw..].copy_from_slice(bias);
+    }
+    cat
+}
+
 fn projection_chunk(batch: usize, steps: usize) -> usize {
     (PROJECTION_ROWS / batch.max(1)).clamp(1, steps.max(1))
 }
@@ -855,9 +930,16 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         let x = self.x.skip(times.start * b);
         assert!(dst.holds(rows, packed.col_end()) && x.holds(rows, i));
         if let Some(bias) = self.row_bias {
+            // A member owning every unit owns whole rows: one copy per row, not one per gate.
+            let runs: Vec<Range<usize>> = if units.len() == h {
+                std::iter::once(0..gates * h).collect()
+            } else {
+                (0..gates)
+                    .map(|g| g * h + units.start..g * h + units.end)
+                    .collect()
+            };
             for r in 0..rows {
-                for g in 0..gates {
-                    let cols = g * h + units.start..g * h + units.end;
+                for cols in runs.iter().cloned() {
                     // SAFETY: the member's own columns (the contract).
                     unsafe { dst.row_mut(r, cols.start, cols.len()) }.copy_from_slice(&bias[cols]);
                 }
@@ -884,7 +966,14 @@ impl<T: Scalar> BuiltinForward<'_, T> {
     /// waits at a barrier between steps: each member reads the whole entering state (slot `rd`,
     /// or the masked slot `s % 2`) and writes only its own units of everything else.
     /// `first` is the time step of `act`'s first row.
-    unsafe fn step(&self, packed: &Packed<T>, units: Range<usize>, s: usize, first: usize) {
+    unsafe fn step(
+        &self,
+        packed: &Packed<T>,
+        units: Range<usize>,
+        s: usize,
+        first: usize,
+        fused_lhs: Option<&mut [T]>,
+    ) {
         let (sw, reg) = (&self.sw, self.reg);
         let (b, h, gw) = (sw.batch, sw.hidden, sw.gate_width());
         let bh = b * h;
@@ -901,25 +990,42 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                 Some(_) => self.masked.read().skip((s % 2) * b),
                 None => self.hs.read().skip(rd * b),
             };
-            assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
-            packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), gw, false);
+            let act = self.act.skip((t - first) * b);
             let h_prev = self.hs.read().skip(rd * b);
             let h_next = self.hs.skip(wr * b);
             if sw.cell == CellKind::Lstm {
+                // The recurrent product adds onto the input side in place: no second buffer
+                // to write, read back and add in the gate pass.
+                assert!(h_in.holds(b, h) && act.holds(b, packed.col_end()));
+                match fused_lhs {
+                    Some(lhs) => {
+                        // `[h | x_t | 1]`: the input side and the bias come with the product.
+                        let (i, depth) = (sw.input, packed.depth());
+                        let x_t = self.x.skip(t * b);
+                        assert!(lhs.len() == b * depth && x_t.holds(b, i));
+                        for (r, row) in lhs.chunks_exact_mut(depth).enumerate() {
+                            row[..h].copy_from_slice(h_in.row(r, 0, h));
+                            row[h..h + i].copy_from_slice(x_t.row(r, 0, i));
+                            row[h + i..].fill(T::one());
+                        }
+                        packed.product_raw(lhs.as_ptr(), depth, b, act.ptr(), gw, false);
+                    }
+                    None => packed.product_raw(h_in.ptr(), h, b, act.ptr(), gw, true),
+                }
                 let c_prev = self.cs.read().skip(rd * b);
                 let c_next = self.cs.skip(wr * b);
-                gates::lstm_forward_units(
+                gates::lstm_forward_summed_units(
                     h,
                     units.clone(),
                     b,
                     active,
-                    self.act.skip((t - first) * b),
-                    self.pre.read(),
+                    act,
                     c_prev,
                     h_prev,
                     self.aux.skip(a * b),
                     c_next,
                     h_next,
+                    self.keep_tape,
                 );
                 if let Some(z) = reg.zoneout {
                     zone(active, h, units.clone(), b, c_prev, c_next, |k| {
@@ -927,12 +1033,14 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     });
                 }
             } else {
+                assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
+                packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), gw, false);
                 gates::gru_forward_units(
                     h,
                     units.clone(),
                     b,
                     active,
-                    self.act.skip((t - first) * b),
+                    act,
                     self.pre.read(),
                     self.b_hn,
                     h_prev,

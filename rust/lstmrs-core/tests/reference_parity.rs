@@ -261,3 +261,42 @@ fn builtin_backward_split_between_threads_matches_reference() {
     }
     threads::set_num_threads(before).expect("thread count");
 }
+
+/// An LSTM with a narrow input (`I <= 32`, `sweep.rs` `FUSED_INPUT_MAX`) adds the input side and
+/// the bias inside each step's recurrent product (`[h | x_t | 1]`); a wider one projects apart.
+/// Both sides of the threshold, one row and 33 rows, a hidden size that is not a multiple of the
+/// kernels' 16 lanes, with and without biases, ragged and reversed (bidirectional), one thread
+/// and a forced team of 2, inference (one step of pre-activations reused) and training.
+#[test]
+fn narrow_input_fused_into_the_step_product_matches_reference() {
+    use lstmrs_core::bench::set_team_override;
+    use lstmrs_core::threads;
+    let before = threads::num_threads();
+    threads::set_num_threads(4).expect("thread count");
+    for (k, input) in [1, 32, 33].into_iter().enumerate() {
+        for batch in [1, 33] {
+            for bias in [true, false] {
+                let case = Case {
+                    cell: lstmrs_core::CellKind::Lstm,
+                    layers: 2,
+                    bidirectional: true,
+                    bias,
+                    ragged: batch > 1,
+                    init_state: true,
+                    layout: lstmrs_core::Layout::BatchFirst,
+                    shape: shape(input, 37, batch, 6),
+                };
+                let seed = 25_000 + k as u64;
+                for team in [0, 2] {
+                    // Process-wide, as in the test above.
+                    set_team_override(team);
+                    check_forward::<f32>(&case, seed, &eval_opts());
+                    check_forward::<f64>(&case, seed, &eval_opts());
+                    check_backward::<f32>(&case, seed, &eval_opts());
+                    set_team_override(0);
+                }
+            }
+        }
+    }
+    threads::set_num_threads(before).expect("thread count");
+}
