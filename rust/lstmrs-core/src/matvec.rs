@@ -477,14 +477,14 @@ unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
         let f64 = TypeId::of::<T>() == TypeId::of::<f64>();
         match kernel {
             // SAFETY: `T` is f32; `resolve` gives Avx512 only on a CPU that has it.
-            Kernel::Avx512 if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            Kernel::Avx512 if f32 => return unsafe { two_sided::<avx512::Side>(&raw.cast()) },
             // SAFETY: as above, with the transposed inputs `with_lanes` made (else the
             // dot-product tiles).
             Kernel::Avx512Lanes if f32 && !raw.xt1.is_null() => {
-                return unsafe { lanes::rows_f32(&raw.cast()) }
+                return unsafe { two_sided::<lanes::Side>(&raw.cast()) }
             }
             // SAFETY: as above.
-            Kernel::Avx512Lanes if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            Kernel::Avx512Lanes if f32 => return unsafe { two_sided::<avx512::Side>(&raw.cast()) },
             // SAFETY: `T` is f32 (f64 below); `resolve` gives Avx2 only with AVX2 and FMA.
             Kernel::Avx2 if f32 => return unsafe { avx2::rows_f32(&raw.cast()) },
             // SAFETY: as above.
@@ -496,6 +496,65 @@ unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
     let _ = kernel;
     // SAFETY: the caller's contract.
     unsafe { portable(raw) };
+}
+
+/// One pass of an AVX-512 kernel: `dst[b * ld + r] = Σbias[r] + Σ sides` for `b < batch`,
+/// `r < rows`.
+#[cfg(target_arch = "x86_64")]
+struct Job<'a, S> {
+    rows: usize,
+    batch: usize,
+    sides: &'a [S],
+    dst: *mut f32,
+    ld: usize,
+    bias: [*const f32; 2],
+}
+
+/// An f32 kernel of two-sided products ([`avx512`], [`lanes`]): how it reads each product of a
+/// [`Raw`], and its pass over a [`Job`].
+#[cfg(target_arch = "x86_64")]
+trait Sides: Copy + Sized {
+    /// The first and the second product of `raw`.
+    fn of(raw: &Raw<f32>) -> [Self; 2];
+
+    /// The kernel's pass.
+    ///
+    /// # Safety
+    /// `job` must describe the bounds `rows_with` asserts (and whatever inputs the kernel's
+    /// sides carry), and the CPU must have the kernel's features.
+    unsafe fn run(job: &Job<Self>);
+}
+
+/// Kernel `S` on `raw`: the fused products in one set of accumulators, or the second product
+/// to its own destination.
+///
+/// # Safety
+/// As [`Sides::run`], for `raw`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn two_sided<S: Sides>(raw: &Raw<f32>) {
+    let both = S::of(raw);
+    let fused = raw.dst2.is_null();
+    let job = Job {
+        rows: raw.rows,
+        batch: raw.batch,
+        sides: if fused { &both } else { &both[..1] },
+        dst: raw.dst1,
+        ld: raw.ld1,
+        bias: raw.bias1,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { S::run(&job) };
+    if !fused {
+        let job = Job {
+            sides: &both[1..],
+            dst: raw.dst2,
+            ld: raw.ld2,
+            bias: raw.bias2,
+            ..job
+        };
+        // SAFETY: as above.
+        unsafe { S::run(&job) };
+    }
 }
 
 /// The checked operands as raw pointers. Null bias pointers mean no bias; a null `dst2` means the

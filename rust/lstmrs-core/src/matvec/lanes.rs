@@ -12,7 +12,7 @@
 //! Every output is one sum over `k` in order (the first product, then the second), then the
 //! biases: results do not depend on the tile, the block or the thread that forms them.
 
-use super::Raw;
+use super::{Job, Raw, Sides};
 use std::arch::x86_64::*;
 
 /// Batch rows per vector.
@@ -27,21 +27,27 @@ const PREFETCH: usize = 128;
 
 /// One side of a job: weights `w[rows, k]` and the transposed input `xt[k, xld]`.
 #[derive(Clone, Copy)]
-struct Side {
+pub(super) struct Side {
     w: *const f32,
     xt: *const f32,
     k: usize,
+    xld: usize,
 }
 
-/// What one pass writes: `dst[b * ld + r] = Σ sides + Σbias[r]`.
-struct Job<'a> {
-    rows: usize,
-    batch: usize,
-    xld: usize,
-    sides: &'a [Side],
-    dst: *mut f32,
-    ld: usize,
-    bias: [*const f32; 2],
+impl Sides for Side {
+    fn of(raw: &Raw<f32>) -> [Self; 2] {
+        [(raw.w1, raw.xt1, raw.k1), (raw.w2, raw.xt2, raw.k2)].map(|(w, xt, k)| Side {
+            w,
+            xt,
+            k,
+            xld: raw.xld,
+        })
+    }
+
+    unsafe fn run(job: &Job<Self>) {
+        // SAFETY: the caller's contract.
+        unsafe { run(job) }
+    }
 }
 
 /// One tile: batch vectors `v0..v0 + NV`, weight rows `r0..r0 + nr` (`0 < nr <= NR`; rows past
@@ -51,7 +57,7 @@ struct Job<'a> {
 /// The job's bounds as `rows_with` asserts them; `v0 + NV` vectors within `xld`, batch rows
 /// from `v0 * LANES` exist; `r0 + nr <= rows`.
 #[inline(always)]
-unsafe fn tile<const NV: usize>(job: &Job, v0: usize, r0: usize, nr: usize) {
+unsafe fn tile<const NV: usize>(job: &Job<Side>, v0: usize, r0: usize, nr: usize) {
     // SAFETY (whole body): offsets inside the asserted rows, the transposed inputs' `k * xld`
     // elements and the destination rows of existing batch rows.
     unsafe {
@@ -80,7 +86,7 @@ unsafe fn tile<const NV: usize>(job: &Job, v0: usize, r0: usize, nr: usize) {
                         acc[v][n] = _mm512_fmadd_ps(xv[v], wb, acc[v][n]);
                     }
                 }
-                xt = xt.add(job.xld);
+                xt = xt.add(s.xld);
             }
         }
         for &b in &job.bias {
@@ -123,7 +129,7 @@ unsafe fn tile<const NV: usize>(job: &Job, v0: usize, r0: usize, nr: usize) {
 /// # Safety
 /// As [`tile`], for the whole job; the CPU has the kernel's features.
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn run(job: &Job) {
+unsafe fn run(job: &Job<Side>) {
     let vectors = job.batch.div_ceil(LANES);
     // SAFETY: every tile lies inside the job's rows and batch vectors.
     unsafe {
@@ -138,48 +144,5 @@ unsafe fn run(job: &Job) {
                 tile::<1>(job, v, r, nr);
             }
         }
-    }
-}
-
-/// The kernel for `raw` (f32, with its transposed inputs `xt1`, `xt2`): the fused products in
-/// one set of accumulators, or the second product to its own destination.
-///
-/// # Safety
-/// `raw` must describe the bounds `rows_with` asserts, with non-null transposed inputs of
-/// `k * xld` elements, and the CPU must have AVX-512 (F, VL, DQ), AVX2 and FMA.
-pub(super) unsafe fn rows_f32(raw: &Raw<f32>) {
-    let first = Side {
-        w: raw.w1,
-        xt: raw.xt1,
-        k: raw.k1,
-    };
-    let second = Side {
-        w: raw.w2,
-        xt: raw.xt2,
-        k: raw.k2,
-    };
-    let fused = raw.dst2.is_null();
-    let both = [first, second];
-    let job = Job {
-        rows: raw.rows,
-        batch: raw.batch,
-        xld: raw.xld,
-        sides: if fused { &both } else { &both[..1] },
-        dst: raw.dst1,
-        ld: raw.ld1,
-        bias: raw.bias1,
-    };
-    // SAFETY: the caller's contract.
-    unsafe { run(&job) };
-    if !fused {
-        let job = Job {
-            sides: &both[1..],
-            dst: raw.dst2,
-            ld: raw.ld2,
-            bias: raw.bias2,
-            ..job
-        };
-        // SAFETY: as above.
-        unsafe { run(&job) };
     }
 }
