@@ -303,15 +303,37 @@ impl<T: Scalar> Stepper<T> {
                 .update(self.cell, h, &mut this[..bh], c, xs, None, units);
             return;
         }
+        let hp = Product {
+            w: w_hh,
+            x: h_prev,
+            k: h,
+        };
+        // A built-in cell's layer with its hidden units shared among `parts` threads: the fused
+        // product of `gates` gate blocks into `pre` (the last block's recurrent side into
+        // `apart` when given), each thread's `gate_pass` over its units right after them.
+        let split_units =
+            |gates: usize,
+             pre: &RowsMut<'_, T>,
+             apart: Option<&RowsMut<'_, T>>,
+             gate_pass: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
+                matvec::gate_units_split(
+                    kernel,
+                    parts,
+                    gates,
+                    h,
+                    b,
+                    xp,
+                    Some(hp),
+                    pre,
+                    [b_ih, b_hh],
+                    apart,
+                    gate_pass,
+                )
+            };
         match self.cell {
             CellKind::Lstm if parts > 1 => {
                 // Each thread takes a share of the hidden units through the product and its
                 // gate pass, so the gate pass runs in parallel, beside the other products.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let c = layer_state(&mut self.c, layer, bh);
                 let sc = &mut self.scratch;
                 let pre = RowsMut::new(&mut sc.x_pre, gw);
@@ -346,19 +368,7 @@ impl<T: Scalar> Stepper<T> {
                         )
                     }
                 };
-                matvec::gate_units_split(
-                    kernel,
-                    parts,
-                    4,
-                    h,
-                    b,
-                    xp,
-                    Some(hp),
-                    &pre,
-                    [b_ih, b_hh],
-                    None,
-                    &gate_pass,
-                );
+                split_units(4, &pre, None, &gate_pass);
                 c.copy_from_slice(&sc.c_next);
                 this[..bh].copy_from_slice(&sc.h_next);
                 return;
@@ -366,11 +376,6 @@ impl<T: Scalar> Stepper<T> {
             CellKind::Gru if parts > 1 => {
                 // As the LSTM's above: r and z add both sides, n keeps `W_hn h` apart in
                 // `h_pre` (it is scaled by r); each thread's gate pass follows its products.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let sc = &mut self.scratch;
                 let pre = RowsMut::new(&mut sc.x_pre, gw);
                 let n_h = RowsMut::new(&mut sc.h_pre, gw);
@@ -403,29 +408,12 @@ impl<T: Scalar> Stepper<T> {
                         )
                     }
                 };
-                matvec::gate_units_split(
-                    kernel,
-                    parts,
-                    3,
-                    h,
-                    b,
-                    xp,
-                    Some(hp),
-                    &pre,
-                    [b_ih, b_hh],
-                    Some(&n_h),
-                    &gate_pass,
-                );
+                split_units(3, &pre, Some(&n_h), &gate_pass);
                 this[..bh].copy_from_slice(&sc.h_next);
                 return;
             }
             CellKind::Lstm => {
                 // All four gates add both products and both biases: one accumulation.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let out = Out {
                     dst: &mut self.scratch.x_pre,
                     ld: gw,
@@ -437,11 +425,6 @@ impl<T: Scalar> Stepper<T> {
             CellKind::Gru => {
                 // r and z add both sides; n keeps `W_hn h` apart (it is scaled by r).
                 let rz = 2 * h;
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let out = Out {
                     dst: &mut self.scratch.x_pre[..],
                     ld: gw,
