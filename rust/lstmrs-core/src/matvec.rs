@@ -973,6 +973,49 @@ mod tests {
             .collect()
     }
 
+    /// The operands of a two-sided test product: weights `[rows, k]` and inputs `[batch, k]` of
+    /// each side, and a bias `[rows]` for each.
+    struct Operands<T> {
+        w1: Vec<T>,
+        x1: Vec<T>,
+        k1: usize,
+        w2: Vec<T>,
+        x2: Vec<T>,
+        k2: usize,
+        ba: Vec<T>,
+        bb: Vec<T>,
+    }
+
+    impl<T: Scalar> Operands<T> {
+        fn new(rows: usize, batch: usize, k1: usize, k2: usize) -> Self {
+            Operands {
+                w1: data(rows * k1, 1),
+                x1: data(batch * k1, 2),
+                k1,
+                w2: data(rows * k2, 3),
+                x2: data(batch * k2, 4),
+                k2,
+                ba: data(rows, 5),
+                bb: data(rows, 6),
+            }
+        }
+
+        /// The first and the second product.
+        fn products(&self) -> (Product<'_, T>, Product<'_, T>) {
+            let p1 = Product {
+                w: &self.w1,
+                x: &self.x1,
+                k: self.k1,
+            };
+            let p2 = Product {
+                w: &self.w2,
+                x: &self.x2,
+                k: self.k2,
+            };
+            (p1, p2)
+        }
+    }
+
     /// The plain triple loop in f64.
     fn reference(rows: usize, batch: usize, w: &[f64], x: &[f64], k: usize) -> Vec<f64> {
         let mut y = vec![0.0; batch * rows];
@@ -991,22 +1034,12 @@ mod tests {
         for rows in [1, 3, 8, 9, 17, 64, 70] {
             for batch in [1, 2, 3, 5, 7, 9, 16, 17, 33] {
                 for (k1, k2) in [(1, 0), (5, 7), (8, 16), (13, 130), (4, 1), (32, 17)] {
-                    let (w1, x1) = (data::<T>(rows * k1, 1), data::<T>(batch * k1, 2));
-                    let (w2, x2) = (data::<T>(rows * k2, 3), data::<T>(batch * k2, 4));
-                    let (ba, bb) = (data::<T>(rows, 5), data::<T>(rows, 6));
+                    let ops = Operands::<T>::new(rows, batch, k1, k2);
+                    let (ba, bb) = (&ops.ba, &ops.bb);
                     let f = |v: &[T]| v.iter().map(|&x| Scalar::to_f64(x)).collect::<Vec<_>>();
-                    let y1 = reference(rows, batch, &f(&w1), &f(&x1), k1);
-                    let y2 = reference(rows, batch, &f(&w2), &f(&x2), k2);
-                    let p1 = Product {
-                        w: &w1,
-                        x: &x1,
-                        k: k1,
-                    };
-                    let p2 = Product {
-                        w: &w2,
-                        x: &x2,
-                        k: k2,
-                    };
+                    let y1 = reference(rows, batch, &f(&ops.w1), &f(&ops.x1), k1);
+                    let y2 = reference(rows, batch, &f(&ops.w2), &f(&ops.x2), k2);
+                    let (p1, p2) = ops.products();
                     let ld = rows + 3; // a strided destination, like one gate block of a row
                     let sentinel = T::from_f64(99.0);
                     // Fused, both biases.
@@ -1014,7 +1047,7 @@ mod tests {
                     let out = Out {
                         dst: &mut d,
                         ld,
-                        bias: [Some(&ba), Some(&bb)],
+                        bias: [Some(ba), Some(bb)],
                     };
                     rows_with(kernel, rows, batch, p1, Some(p2), out, None);
                     // Split, one bias each side.
@@ -1022,12 +1055,12 @@ mod tests {
                     let o1 = Out {
                         dst: &mut s1,
                         ld,
-                        bias: [Some(&ba), None],
+                        bias: [Some(ba), None],
                     };
                     let o2 = Out {
                         dst: &mut s2,
                         ld,
-                        bias: [None, Some(&bb)],
+                        bias: [None, Some(bb)],
                     };
                     rows_with(kernel, rows, batch, p1, Some(p2), o1, Some(o2));
                     for b in 0..batch {
@@ -1113,32 +1146,22 @@ mod tests {
     }
 
     fn split_rows_equal_one_part(batch: usize) {
-        let (rows, k1, k2) = (150, 21, 40);
-        let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-        let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-        let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-        let p1 = Product {
-            w: &w1,
-            x: &x1,
-            k: k1,
-        };
-        let p2 = Product {
-            w: &w2,
-            x: &x2,
-            k: k2,
-        };
+        let rows = 150;
+        let ops = Operands::<f32>::new(rows, batch, 21, 40);
+        let (ba, bb) = (&ops.ba, &ops.bb);
+        let (p1, p2) = ops.products();
         for kernel in Kernel::available::<f32>() {
             let run = |parts: usize| {
                 let (mut d, mut e) = (vec![0f32; batch * rows], vec![0f32; batch * rows]);
                 let out = Out {
                     dst: &mut d,
                     ld: rows,
-                    bias: [Some(&ba), None],
+                    bias: [Some(ba), None],
                 };
                 let split = Out {
                     dst: &mut e,
                     ld: rows,
-                    bias: [Some(&bb), None],
+                    bias: [Some(bb), None],
                 };
                 rows_split(kernel, parts, rows, batch, p1, Some(p2), out, Some(split));
                 (d, e)
@@ -1159,19 +1182,9 @@ mod tests {
         for (gates, apart, batch) in [(4, false, 5), (3, true, 5), (4, false, 33), (3, true, 33)] {
             for h in [1, 16, 130] {
                 let rows = gates * h;
-                let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-                let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-                let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-                let p1 = Product {
-                    w: &w1,
-                    x: &x1,
-                    k: k1,
-                };
-                let p2 = Product {
-                    w: &w2,
-                    x: &x2,
-                    k: k2,
-                };
+                let ops = Operands::<f32>::new(rows, batch, k1, k2);
+                let (ba, bb) = (&ops.ba, &ops.bb);
+                let (p1, p2) = ops.products();
                 let fused = if apart { rows - h } else { rows };
                 for kernel in Kernel::available::<f32>() {
                     // The whole products through `rows_with`: the fused blocks, then the last
@@ -1181,7 +1194,7 @@ mod tests {
                     let out = Out {
                         dst: &mut want,
                         ld: rows,
-                        bias: [Some(&ba), Some(&bb)],
+                        bias: [Some(ba), Some(bb)],
                     };
                     rows_with(kernel, fused, batch, p1, Some(p2), out, None);
                     if apart {

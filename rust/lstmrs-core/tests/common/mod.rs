@@ -7,6 +7,10 @@ use lstmrs_core::{
     Scalar,
 };
 
+/// A batch of whole sequences from zero states (`Batch { h0: .., ..plain_batch(..) }` adds
+/// states); shared with the timing examples, so it lives in the crate's `bench` module.
+pub use lstmrs_core::bench::plain_batch;
+
 /// SplitMix64: small, deterministic, good enough for test data.
 pub struct Rng(u64);
 
