@@ -386,10 +386,11 @@ fn with_lanes<T: Scalar>(kernel: Kernel, mut raw: Raw<T>, f: impl FnOnce(Raw<T>)
             buf.resize((k1 + k2) * xld, 0.0);
             let (t1, t2) = buf.split_at_mut(k1 * xld);
             // SAFETY: `T` is f32; the inputs hold `batch * k` elements (checked by the
-            // callers that made `raw`).
+            // callers that made `raw`); `xld` is whole vectors; the kernel (so the CPU's
+            // AVX-512) was resolved.
             unsafe {
-                transpose(x1, batch, k1, t1, xld);
-                transpose(x2, batch, k2, t2, xld);
+                lanes::transpose(x1, batch, k1, t1, xld);
+                lanes::transpose(x2, batch, k2, t2, xld);
             }
         };
         let mut own = Vec::new();
@@ -410,26 +411,6 @@ fn with_lanes<T: Scalar>(kernel: Kernel, mut raw: Raw<T>, f: impl FnOnce(Raw<T>)
     }
     let _ = kernel;
     f(raw)
-}
-
-/// `dst[j * xld + b] = x[b * k + j]` for `b < batch`, zero for `batch <= b < xld`.
-///
-/// # Safety
-/// `x` must be valid for `batch * k` elements.
-#[cfg(target_arch = "x86_64")]
-unsafe fn transpose(x: *const f32, batch: usize, k: usize, dst: &mut [f32], xld: usize) {
-    if k == 0 {
-        return;
-    }
-    // SAFETY: the caller's contract.
-    let x = unsafe { std::slice::from_raw_parts(x, batch * k) };
-    for (j, row) in dst.chunks_exact_mut(xld).enumerate().take(k) {
-        let (data, pad) = row.split_at_mut(batch);
-        for (b, d) in data.iter_mut().enumerate() {
-            *d = x[b * k + j];
-        }
-        pad.fill(0.0);
-    }
 }
 
 /// The destination columns of a thread are strided (`ld`) among the others', so the parts get
