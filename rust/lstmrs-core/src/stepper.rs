@@ -674,7 +674,7 @@ impl<T: Scalar> Scratch<T> {
                     let (prev, next): (&[&[T]], &mut [&mut [T]]) = if c.is_empty() {
                         (&[h], &mut [h_new])
                     } else {
-                        (&[h, &*c], &mut [h_new, c_new])
+                        (&[h, c], &mut [h_new, c_new])
                     };
                     compiled.forward_step(
                         hidden,
@@ -687,7 +687,7 @@ impl<T: Scalar> Scratch<T> {
                         &mut [],
                     );
                 } else {
-                    let mut prev: Vec<&[T]> = vec![h, &*c];
+                    let mut prev: Vec<&[T]> = vec![h, c];
                     prev.extend(xs.chunks(bh));
                     let mut next: Vec<&mut [T]> = vec![h_new, c_new];
                     next.extend(self.extra_next.chunks_mut(bh));

@@ -157,7 +157,7 @@ unsafe fn run(job: &Job<Side>) {
 /// `batch`, `dst` at least `k * xld` long; the CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn transpose(x: *const f32, batch: usize, k: usize, dst: &mut [f32], xld: usize) {
-    assert!(xld % LANES == 0 && xld >= batch && dst.len() >= k * xld);
+    assert!(xld.is_multiple_of(LANES) && xld >= batch && dst.len() >= k * xld);
     let d = dst.as_mut_ptr();
     for b0 in (0..xld).step_by(LANES) {
         let rows = batch.saturating_sub(b0).min(LANES);
