@@ -17,10 +17,9 @@
 //! beside the two sizes the library's own choice (`team_choice`; `LSTMRS_TEAM_CHOICE=static`:
 //! the cost model alone), with how many of its sweeps ran on one thread and on two.
 
-use lstmrs_core::bench::{set_team_override, teams_formed};
+use lstmrs_core::bench::{plain_batch, set_team_override, teams_formed};
 use lstmrs_core::{
-    backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
-    RnnParams,
+    backward, forward, threads, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig, RnnParams,
 };
 use std::time::Instant;
 
@@ -70,15 +69,7 @@ fn time_shape(
     let x: Vec<f32> = (0..b * t * input)
         .map(|k| ((k % 97) as f32 * 0.01).sin())
         .collect();
-    let batch = Batch {
-        input: &x,
-        layout: Layout::TimeMajor,
-        seq_len: t,
-        batch: b,
-        h0: None,
-        c0: None,
-        lengths: None,
-    };
+    let batch = plain_batch(&x, Layout::TimeMajor, t, b);
     let d_out = vec![1.0f32; b * t * h];
     let keep = ForwardOptions {
         keep_tape: true,

@@ -3,6 +3,7 @@
 //! general GEMM it replaced, and the built-in fused gate passes. Hidden; not a stable API.
 
 use crate::matmul::{a_b, a_bt, Mat};
+use crate::network::{Batch, Layout};
 use crate::packed_gemm::{gate_vectors, Packed};
 use crate::scalar::Scalar;
 
@@ -46,6 +47,21 @@ pub fn team_barrier_cost(members: usize, steps: usize) -> (usize, f64) {
         });
         (formed, start.elapsed().as_secs_f64())
     })
+}
+
+/// A batch of `batch` whole sequences of `seq_len` steps starting from zero states (no `h0`,
+/// `c0` or `lengths`; struct update syntax adds them), as the tests and timing examples build
+/// one.
+pub fn plain_batch<T>(input: &[T], layout: Layout, seq_len: usize, batch: usize) -> Batch<'_, T> {
+    Batch {
+        input,
+        layout,
+        seq_len,
+        batch,
+        h0: None,
+        c0: None,
+        lengths: None,
+    }
 }
 
 /// The built-in cells' fused gate passes; `Active::ALL` marks every row as inside its sequence.

@@ -386,10 +386,11 @@ fn with_lanes<T: Scalar>(kernel: Kernel, mut raw: Raw<T>, f: impl FnOnce(Raw<T>)
             buf.resize((k1 + k2) * xld, 0.0);
             let (t1, t2) = buf.split_at_mut(k1 * xld);
             // SAFETY: `T` is f32; the inputs hold `batch * k` elements (checked by the
-            // callers that made `raw`).
+            // callers that made `raw`); `xld` is whole vectors; the kernel (so the CPU's
+            // AVX-512) was resolved.
             unsafe {
-                transpose(x1, batch, k1, t1, xld);
-                transpose(x2, batch, k2, t2, xld);
+                lanes::transpose(x1, batch, k1, t1, xld);
+                lanes::transpose(x2, batch, k2, t2, xld);
             }
         };
         let mut own = Vec::new();
@@ -410,26 +411,6 @@ fn with_lanes<T: Scalar>(kernel: Kernel, mut raw: Raw<T>, f: impl FnOnce(Raw<T>)
     }
     let _ = kernel;
     f(raw)
-}
-
-/// `dst[j * xld + b] = x[b * k + j]` for `b < batch`, zero for `batch <= b < xld`.
-///
-/// # Safety
-/// `x` must be valid for `batch * k` elements.
-#[cfg(target_arch = "x86_64")]
-unsafe fn transpose(x: *const f32, batch: usize, k: usize, dst: &mut [f32], xld: usize) {
-    if k == 0 {
-        return;
-    }
-    // SAFETY: the caller's contract.
-    let x = unsafe { std::slice::from_raw_parts(x, batch * k) };
-    for (j, row) in dst.chunks_exact_mut(xld).enumerate().take(k) {
-        let (data, pad) = row.split_at_mut(batch);
-        for (b, d) in data.iter_mut().enumerate() {
-            *d = x[b * k + j];
-        }
-        pad.fill(0.0);
-    }
 }
 
 /// The destination columns of a thread are strided (`ld`) among the others', so the parts get
@@ -477,14 +458,14 @@ unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
         let f64 = TypeId::of::<T>() == TypeId::of::<f64>();
         match kernel {
             // SAFETY: `T` is f32; `resolve` gives Avx512 only on a CPU that has it.
-            Kernel::Avx512 if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            Kernel::Avx512 if f32 => return unsafe { two_sided::<avx512::Side>(&raw.cast()) },
             // SAFETY: as above, with the transposed inputs `with_lanes` made (else the
             // dot-product tiles).
             Kernel::Avx512Lanes if f32 && !raw.xt1.is_null() => {
-                return unsafe { lanes::rows_f32(&raw.cast()) }
+                return unsafe { two_sided::<lanes::Side>(&raw.cast()) }
             }
             // SAFETY: as above.
-            Kernel::Avx512Lanes if f32 => return unsafe { avx512::rows_f32(&raw.cast()) },
+            Kernel::Avx512Lanes if f32 => return unsafe { two_sided::<avx512::Side>(&raw.cast()) },
             // SAFETY: `T` is f32 (f64 below); `resolve` gives Avx2 only with AVX2 and FMA.
             Kernel::Avx2 if f32 => return unsafe { avx2::rows_f32(&raw.cast()) },
             // SAFETY: as above.
@@ -496,6 +477,65 @@ unsafe fn run_raw<T: Scalar>(kernel: Kernel, raw: &Raw<T>) {
     let _ = kernel;
     // SAFETY: the caller's contract.
     unsafe { portable(raw) };
+}
+
+/// One pass of an AVX-512 kernel: `dst[b * ld + r] = Σbias[r] + Σ sides` for `b < batch`,
+/// `r < rows`.
+#[cfg(target_arch = "x86_64")]
+struct Job<'a, S> {
+    rows: usize,
+    batch: usize,
+    sides: &'a [S],
+    dst: *mut f32,
+    ld: usize,
+    bias: [*const f32; 2],
+}
+
+/// An f32 kernel of two-sided products ([`avx512`], [`lanes`]): how it reads each product of a
+/// [`Raw`], and its pass over a [`Job`].
+#[cfg(target_arch = "x86_64")]
+trait Sides: Copy + Sized {
+    /// The first and the second product of `raw`.
+    fn of(raw: &Raw<f32>) -> [Self; 2];
+
+    /// The kernel's pass.
+    ///
+    /// # Safety
+    /// `job` must describe the bounds `rows_with` asserts (and whatever inputs the kernel's
+    /// sides carry), and the CPU must have the kernel's features.
+    unsafe fn run(job: &Job<Self>);
+}
+
+/// Kernel `S` on `raw`: the fused products in one set of accumulators, or the second product
+/// to its own destination.
+///
+/// # Safety
+/// As [`Sides::run`], for `raw`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn two_sided<S: Sides>(raw: &Raw<f32>) {
+    let both = S::of(raw);
+    let fused = raw.dst2.is_null();
+    let job = Job {
+        rows: raw.rows,
+        batch: raw.batch,
+        sides: if fused { &both } else { &both[..1] },
+        dst: raw.dst1,
+        ld: raw.ld1,
+        bias: raw.bias1,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { S::run(&job) };
+    if !fused {
+        let job = Job {
+            sides: &both[1..],
+            dst: raw.dst2,
+            ld: raw.ld2,
+            bias: raw.bias2,
+            ..job
+        };
+        // SAFETY: as above.
+        unsafe { S::run(&job) };
+    }
 }
 
 /// The checked operands as raw pointers. Null bias pointers mean no bias; a null `dst2` means the
@@ -914,6 +954,49 @@ mod tests {
             .collect()
     }
 
+    /// The operands of a two-sided test product: weights `[rows, k]` and inputs `[batch, k]` of
+    /// each side, and a bias `[rows]` for each.
+    struct Operands<T> {
+        w1: Vec<T>,
+        x1: Vec<T>,
+        k1: usize,
+        w2: Vec<T>,
+        x2: Vec<T>,
+        k2: usize,
+        ba: Vec<T>,
+        bb: Vec<T>,
+    }
+
+    impl<T: Scalar> Operands<T> {
+        fn new(rows: usize, batch: usize, k1: usize, k2: usize) -> Self {
+            Operands {
+                w1: data(rows * k1, 1),
+                x1: data(batch * k1, 2),
+                k1,
+                w2: data(rows * k2, 3),
+                x2: data(batch * k2, 4),
+                k2,
+                ba: data(rows, 5),
+                bb: data(rows, 6),
+            }
+        }
+
+        /// The first and the second product.
+        fn products(&self) -> (Product<'_, T>, Product<'_, T>) {
+            let p1 = Product {
+                w: &self.w1,
+                x: &self.x1,
+                k: self.k1,
+            };
+            let p2 = Product {
+                w: &self.w2,
+                x: &self.x2,
+                k: self.k2,
+            };
+            (p1, p2)
+        }
+    }
+
     /// The plain triple loop in f64.
     fn reference(rows: usize, batch: usize, w: &[f64], x: &[f64], k: usize) -> Vec<f64> {
         let mut y = vec![0.0; batch * rows];
@@ -932,22 +1015,12 @@ mod tests {
         for rows in [1, 3, 8, 9, 17, 64, 70] {
             for batch in [1, 2, 3, 5, 7, 9, 16, 17, 33] {
                 for (k1, k2) in [(1, 0), (5, 7), (8, 16), (13, 130), (4, 1), (32, 17)] {
-                    let (w1, x1) = (data::<T>(rows * k1, 1), data::<T>(batch * k1, 2));
-                    let (w2, x2) = (data::<T>(rows * k2, 3), data::<T>(batch * k2, 4));
-                    let (ba, bb) = (data::<T>(rows, 5), data::<T>(rows, 6));
+                    let ops = Operands::<T>::new(rows, batch, k1, k2);
+                    let (ba, bb) = (&ops.ba, &ops.bb);
                     let f = |v: &[T]| v.iter().map(|&x| Scalar::to_f64(x)).collect::<Vec<_>>();
-                    let y1 = reference(rows, batch, &f(&w1), &f(&x1), k1);
-                    let y2 = reference(rows, batch, &f(&w2), &f(&x2), k2);
-                    let p1 = Product {
-                        w: &w1,
-                        x: &x1,
-                        k: k1,
-                    };
-                    let p2 = Product {
-                        w: &w2,
-                        x: &x2,
-                        k: k2,
-                    };
+                    let y1 = reference(rows, batch, &f(&ops.w1), &f(&ops.x1), k1);
+                    let y2 = reference(rows, batch, &f(&ops.w2), &f(&ops.x2), k2);
+                    let (p1, p2) = ops.products();
                     let ld = rows + 3; // a strided destination, like one gate block of a row
                     let sentinel = T::from_f64(99.0);
                     // Fused, both biases.
@@ -955,7 +1028,7 @@ mod tests {
                     let out = Out {
                         dst: &mut d,
                         ld,
-                        bias: [Some(&ba), Some(&bb)],
+                        bias: [Some(ba), Some(bb)],
                     };
                     rows_with(kernel, rows, batch, p1, Some(p2), out, None);
                     // Split, one bias each side.
@@ -963,12 +1036,12 @@ mod tests {
                     let o1 = Out {
                         dst: &mut s1,
                         ld,
-                        bias: [Some(&ba), None],
+                        bias: [Some(ba), None],
                     };
                     let o2 = Out {
                         dst: &mut s2,
                         ld,
-                        bias: [None, Some(&bb)],
+                        bias: [None, Some(bb)],
                     };
                     rows_with(kernel, rows, batch, p1, Some(p2), o1, Some(o2));
                     for b in 0..batch {
@@ -1054,32 +1127,22 @@ mod tests {
     }
 
     fn split_rows_equal_one_part(batch: usize) {
-        let (rows, k1, k2) = (150, 21, 40);
-        let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-        let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-        let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-        let p1 = Product {
-            w: &w1,
-            x: &x1,
-            k: k1,
-        };
-        let p2 = Product {
-            w: &w2,
-            x: &x2,
-            k: k2,
-        };
+        let rows = 150;
+        let ops = Operands::<f32>::new(rows, batch, 21, 40);
+        let (ba, bb) = (&ops.ba, &ops.bb);
+        let (p1, p2) = ops.products();
         for kernel in Kernel::available::<f32>() {
             let run = |parts: usize| {
                 let (mut d, mut e) = (vec![0f32; batch * rows], vec![0f32; batch * rows]);
                 let out = Out {
                     dst: &mut d,
                     ld: rows,
-                    bias: [Some(&ba), None],
+                    bias: [Some(ba), None],
                 };
                 let split = Out {
                     dst: &mut e,
                     ld: rows,
-                    bias: [Some(&bb), None],
+                    bias: [Some(bb), None],
                 };
                 rows_split(kernel, parts, rows, batch, p1, Some(p2), out, Some(split));
                 (d, e)
@@ -1100,19 +1163,9 @@ mod tests {
         for (gates, apart, batch) in [(4, false, 5), (3, true, 5), (4, false, 33), (3, true, 33)] {
             for h in [1, 16, 130] {
                 let rows = gates * h;
-                let (w1, x1) = (data::<f32>(rows * k1, 1), data::<f32>(batch * k1, 2));
-                let (w2, x2) = (data::<f32>(rows * k2, 3), data::<f32>(batch * k2, 4));
-                let (ba, bb) = (data::<f32>(rows, 5), data::<f32>(rows, 6));
-                let p1 = Product {
-                    w: &w1,
-                    x: &x1,
-                    k: k1,
-                };
-                let p2 = Product {
-                    w: &w2,
-                    x: &x2,
-                    k: k2,
-                };
+                let ops = Operands::<f32>::new(rows, batch, k1, k2);
+                let (ba, bb) = (&ops.ba, &ops.bb);
+                let (p1, p2) = ops.products();
                 let fused = if apart { rows - h } else { rows };
                 for kernel in Kernel::available::<f32>() {
                     // The whole products through `rows_with`: the fused blocks, then the last
@@ -1122,7 +1175,7 @@ mod tests {
                     let out = Out {
                         dst: &mut want,
                         ld: rows,
-                        bias: [Some(&ba), Some(&bb)],
+                        bias: [Some(ba), Some(bb)],
                     };
                     rows_with(kernel, fused, batch, p1, Some(p2), out, None);
                     if apart {

@@ -54,6 +54,11 @@ pub struct Stepper<T> {
     /// `[L, B, S]` hidden and `[L, B, H]` (LSTM) cell states.
     h: Vec<T>,
     c: Vec<T>,
+    /// The states a step writes (the same shapes), swapped with `h` and `c` at its end: the gate
+    /// passes write the new states in place of copying them back (128 KB per step at B = 32,
+    /// H = 512). Their contents between steps mean nothing.
+    h_new: Vec<T>,
+    c_new: Vec<T>,
     /// `[L, S, B, H]`: a custom cell's states after `c` (`S` of them), carried from step to
     /// step like `h` and `c` but internal: they restart at zero with `reset` and `set_state`.
     extra: Vec<T>,
@@ -107,8 +112,8 @@ impl<T: Scalar> Stepper<T> {
         );
         let lstm = cfg.cell.has_cell_state();
         let extra = cfg.cell.num_states().saturating_sub(2);
-        // States and scratch: 2 [L, B, H] states and about G + 5 [B, H] rows.
-        let rows = (2 * l as u128 + cfg.cell.gate_count() as u128 * 2 + 5)
+        // States and scratch: 4 [L, B, H] states (old and new) and about G + 4 [B, H] rows.
+        let rows = (4 * l as u128 + cfg.cell.gate_count() as u128 * 2 + 4)
             .checked_mul(h as u128)
             .and_then(|r| r.checked_mul(batch as u128))
             .and_then(|r| r.checked_mul(std::mem::size_of::<T>() as u128));
@@ -122,13 +127,14 @@ impl<T: Scalar> Stepper<T> {
             state,
             h: vec![T::zero(); l * batch * state],
             c: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
+            h_new: vec![T::zero(); l * batch * state],
+            c_new: vec![T::zero(); if lstm { l * batch * h } else { 0 }],
             extra: vec![T::zero(); l * extra * batch * h],
             scratch: Scratch {
                 x_pre: vec![T::zero(); batch * gw],
                 h_pre: vec![T::zero(); batch * hw],
                 aux: vec![T::zero(); batch * h],
                 h_next: vec![T::zero(); batch * h],
-                c_next: vec![T::zero(); batch * h],
                 extra_next: vec![T::zero(); extra * batch * h],
                 zero_b_hn: vec![T::zero(); h],
             },
@@ -235,6 +241,8 @@ impl<T: Scalar> Stepper<T> {
                 }
             });
         }
+        std::mem::swap(&mut self.h, &mut self.h_new);
+        std::mem::swap(&mut self.c, &mut self.c_new);
         let bs = self.batch * self.state;
         out.copy_from_slice(&self.h[(self.layers - 1) * bs..]);
         Ok(())
@@ -255,13 +263,19 @@ impl<T: Scalar> Stepper<T> {
         let inp = cfg.layer_input_size(layer);
         let w_ih = &data[o.w_ih..][..gw * inp];
         let w_hh = &data[o.w_hh..][..hw * h];
-        let (below, this) = self.h.split_at_mut(layer * bh);
+        // The layer below has written its new states already.
+        let (below, h_new) = self.h_new.split_at_mut(layer * bh);
         let input: &[T] = if layer == 0 {
             x
         } else {
             &below[(layer - 1) * bh..]
         };
-        let h_prev = &this[..bh];
+        let h_new = &mut h_new[..bh];
+        let h_prev = &self.h[layer * bh..][..bh];
+        let (c, c_new) = (
+            layer_state(&mut self.c, layer, bh),
+            layer_state(&mut self.c_new, layer, bh),
+        );
         let (b_ih, b_hh) = match o.bias {
             Some((bi, bhh)) => (Some(&data[bi..][..gw]), Some(&data[bhh..][..hw])),
             None => (None, None),
@@ -296,23 +310,48 @@ impl<T: Scalar> Stepper<T> {
                 };
                 matvec::rows_split(kernel, parts, hw, b, hp, None, out, None);
             }
-            let c = layer_state(&mut self.c, layer, bh);
             let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
             let units = &data[o.units..][..cfg.unit_width()];
-            self.scratch
-                .update(self.cell, h, &mut this[..bh], c, xs, None, units);
+            let states = States {
+                h: h_prev,
+                c,
+                h_new,
+                c_new,
+            };
+            self.scratch.update(self.cell, h, states, xs, None, units);
             return;
         }
+        let hp = Product {
+            w: w_hh,
+            x: h_prev,
+            k: h,
+        };
+        // A built-in cell's layer with its hidden units shared among `parts` threads: the fused
+        // product of `gates` gate blocks into `pre` (the last block's recurrent side into
+        // `apart` when given), each thread's `gate_pass` over its units right after them.
+        let split_units =
+            |gates: usize,
+             pre: &RowsMut<'_, T>,
+             apart: Option<&RowsMut<'_, T>>,
+             gate_pass: &(dyn Fn(std::ops::Range<usize>) + Sync)| {
+                matvec::gate_units_split(
+                    kernel,
+                    parts,
+                    gates,
+                    h,
+                    b,
+                    xp,
+                    Some(hp),
+                    pre,
+                    [b_ih, b_hh],
+                    apart,
+                    gate_pass,
+                )
+            };
         match self.cell {
             CellKind::Lstm if parts > 1 => {
                 // Each thread takes a share of the hidden units through the product and its
                 // gate pass, so the gate pass runs in parallel, beside the other products.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
-                let c = layer_state(&mut self.c, layer, bh);
                 let sc = &mut self.scratch;
                 let pre = RowsMut::new(&mut sc.x_pre, gw);
                 let (h_pre, c_prev, h_old) = (
@@ -322,8 +361,8 @@ impl<T: Scalar> Stepper<T> {
                 );
                 let (tanh_c, c_next, h_next) = (
                     RowsMut::new(&mut sc.aux, h),
-                    RowsMut::new(&mut sc.c_next, h),
-                    RowsMut::new(&mut sc.h_next, h),
+                    RowsMut::new(c_new, h),
+                    RowsMut::new(h_new, h),
                 );
                 let gate_pass = |units: std::ops::Range<usize>| {
                     // SAFETY: each part writes only the columns of its own units of `pre`,
@@ -346,31 +385,12 @@ impl<T: Scalar> Stepper<T> {
                         )
                     }
                 };
-                matvec::gate_units_split(
-                    kernel,
-                    parts,
-                    4,
-                    h,
-                    b,
-                    xp,
-                    Some(hp),
-                    &pre,
-                    [b_ih, b_hh],
-                    None,
-                    &gate_pass,
-                );
-                c.copy_from_slice(&sc.c_next);
-                this[..bh].copy_from_slice(&sc.h_next);
+                split_units(4, &pre, None, &gate_pass);
                 return;
             }
             CellKind::Gru if parts > 1 => {
                 // As the LSTM's above: r and z add both sides, n keeps `W_hn h` apart in
                 // `h_pre` (it is scaled by r); each thread's gate pass follows its products.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let sc = &mut self.scratch;
                 let pre = RowsMut::new(&mut sc.x_pre, gw);
                 let n_h = RowsMut::new(&mut sc.h_pre, gw);
@@ -379,10 +399,7 @@ impl<T: Scalar> Stepper<T> {
                 // after its own product wrote them.
                 let h_pre = unsafe { n_h.read() };
                 let h_old = Rows::new(h_prev, h);
-                let (hn_lin, h_next) = (
-                    RowsMut::new(&mut sc.aux, h),
-                    RowsMut::new(&mut sc.h_next, h),
-                );
+                let (hn_lin, h_next) = (RowsMut::new(&mut sc.aux, h), RowsMut::new(h_new, h));
                 let b_hn = b_hh.map_or(&sc.zero_b_hn[..], |v| &v[2 * h..]);
                 let gate_pass = |units: std::ops::Range<usize>| {
                     // SAFETY: each part writes only the columns of its own units of `pre`,
@@ -403,29 +420,11 @@ impl<T: Scalar> Stepper<T> {
                         )
                     }
                 };
-                matvec::gate_units_split(
-                    kernel,
-                    parts,
-                    3,
-                    h,
-                    b,
-                    xp,
-                    Some(hp),
-                    &pre,
-                    [b_ih, b_hh],
-                    Some(&n_h),
-                    &gate_pass,
-                );
-                this[..bh].copy_from_slice(&sc.h_next);
+                split_units(3, &pre, Some(&n_h), &gate_pass);
                 return;
             }
             CellKind::Lstm => {
                 // All four gates add both products and both biases: one accumulation.
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let out = Out {
                     dst: &mut self.scratch.x_pre,
                     ld: gw,
@@ -437,11 +436,6 @@ impl<T: Scalar> Stepper<T> {
             CellKind::Gru => {
                 // r and z add both sides; n keeps `W_hn h` apart (it is scaled by r).
                 let rz = 2 * h;
-                let hp = Product {
-                    w: w_hh,
-                    x: h_prev,
-                    k: h,
-                };
                 let out = Out {
                     dst: &mut self.scratch.x_pre[..],
                     ld: gw,
@@ -481,10 +475,15 @@ impl<T: Scalar> Stepper<T> {
             }
             CellKind::Custom(_) => unreachable!("custom cells step above"),
         }
-        let c = layer_state(&mut self.c, layer, bh);
         let b_hn = b_hh.map(|v| &v[2 * h..]);
+        let states = States {
+            h: h_prev,
+            c,
+            h_new,
+            c_new,
+        };
         self.scratch
-            .update(self.cell, h, &mut this[..bh], c, &mut [], b_hn, &[]);
+            .update(self.cell, h, states, &mut [], b_hn, &[]);
     }
 
     /// One layer through the general matrix products (larger batches).
@@ -502,13 +501,19 @@ impl<T: Scalar> Stepper<T> {
         let inp = cfg.layer_input_size(layer);
         let w_ih = &data[o.w_ih..][..gw * inp];
         let w_hh = &data[o.w_hh..][..hw * s];
-        let (below, this) = self.h.split_at_mut(layer * bs);
+        // The layer below has written its new states already.
+        let (below, h_new) = self.h_new.split_at_mut(layer * bs);
         let input: &[T] = if layer == 0 {
             x
         } else {
             &below[(layer - 1) * bs..]
         };
-        let h_prev = &this[..bs];
+        let h_new = &mut h_new[..bs];
+        let h_prev = &self.h[layer * bs..][..bs];
+        let (c, c_new) = (
+            layer_state(&mut self.c, layer, bh),
+            layer_state(&mut self.c_new, layer, bh),
+        );
         match o.bias {
             // A custom cell keeps `b_hh` on the recurrent side, where its `hg` leaves read it.
             Some((bi, bhh)) if custom.is_some() => {
@@ -552,11 +557,15 @@ impl<T: Scalar> Stepper<T> {
                     Mat::new(w_hh, hw, h),
                 );
             }
-            let c = layer_state(&mut self.c, layer, bh);
             let xs = layer_state(&mut self.extra, layer, self.scratch.extra_next.len());
             let units = &data[o.units..][..cfg.unit_width()];
-            self.scratch
-                .update(self.cell, h, &mut this[..bh], c, xs, None, units);
+            let states = States {
+                h: h_prev,
+                c,
+                h_new,
+                c_new,
+            };
+            self.scratch.update(self.cell, h, states, xs, None, units);
             return;
         }
         a_bt(
@@ -566,7 +575,6 @@ impl<T: Scalar> Stepper<T> {
             Mat::new(h_prev, b, s),
             Mat::new(w_hh, gw, s),
         );
-        let c = layer_state(&mut self.c, layer, bh);
         if cfg.proj_size > 0 {
             let sc = &mut self.scratch;
             // Every row is active, so the gate pass never reads its `h_prev`: `c` stands in.
@@ -578,14 +586,13 @@ impl<T: Scalar> Stepper<T> {
                 c,
                 c,
                 &mut sc.aux,
-                &mut sc.c_next,
+                c_new,
                 &mut sc.h_next,
             );
-            c.copy_from_slice(&sc.c_next);
             // h = (o * tanh(c)) · W_hrᵀ, `[B, H]·[H, P]`.
             let w_hr = &data[o.w_hr..][..s * h];
             a_bt(
-                &mut this[..bs],
+                h_new,
                 s,
                 false,
                 Mat::new(&sc.h_next, b, h),
@@ -594,8 +601,14 @@ impl<T: Scalar> Stepper<T> {
             return;
         }
         let b_hn = o.bias.map(|(_, bhh)| &data[bhh + 2 * h..][..h]);
+        let states = States {
+            h: h_prev,
+            c,
+            h_new,
+            c_new,
+        };
         self.scratch
-            .update(self.cell, h, &mut this[..bh], c, &mut [], b_hn, &[]);
+            .update(self.cell, h, states, &mut [], b_hn, &[]);
     }
 }
 
@@ -609,8 +622,8 @@ struct Scratch<T> {
     /// The recurrent side `[B, G*H]` (custom cells: `[B, hw]`).
     h_pre: Vec<T>,
     aux: Vec<T>,
+    /// A projected LSTM's `o * tanh(c)` `[B, H]` before the projection.
     h_next: Vec<T>,
-    c_next: Vec<T>,
     /// A custom cell's new internal states `[S, B, H]`.
     extra_next: Vec<T>,
     /// Zeros `[H]`: the GRU's `b_hn` when the network has no biases.
@@ -618,37 +631,32 @@ struct Scratch<T> {
 }
 
 impl<T: Scalar> Scratch<T> {
-    /// The cell's update from the pre-activations in `x_pre` and `h_pre`: `h` (and `c`, empty
-    /// for a cell without a cell state) are the layer's `[B, H]` states, read as the previous
-    /// ones and overwritten with the new ones; `xs` likewise a custom cell's states after `c`
-    /// (`[S, B, H]`, empty when it has none). `b_hn` is the GRU's recurrent n-gate bias (None:
-    /// no biases); `units` are a custom cell's unit parameters.
-    #[allow(clippy::too_many_arguments)]
+    /// The cell's update from the pre-activations in `x_pre` and `h_pre`: from the layer's
+    /// `states` before the step to their new values; `xs` a custom cell's states after `c`
+    /// (`[S, B, H]`, empty when it has none), read and overwritten. `b_hn` is the GRU's
+    /// recurrent n-gate bias (None: no biases); `units` are a custom cell's unit parameters.
     fn update(
         &mut self,
         cell: CellKind,
         hidden: usize,
-        h: &mut [T],
-        c: &mut [T],
+        states: States<'_, T>,
         xs: &mut [T],
         b_hn: Option<&[T]>,
         units: &[T],
     ) {
+        let States { h, c, h_new, c_new } = states;
         match cell {
-            CellKind::Lstm => {
-                gates::lstm_forward(
-                    hidden,
-                    Active::ALL,
-                    &mut self.x_pre,
-                    &self.h_pre,
-                    c,
-                    h,
-                    &mut self.aux,
-                    &mut self.c_next,
-                    &mut self.h_next,
-                );
-                c.copy_from_slice(&self.c_next);
-            }
+            CellKind::Lstm => gates::lstm_forward(
+                hidden,
+                Active::ALL,
+                &mut self.x_pre,
+                &self.h_pre,
+                c,
+                h,
+                &mut self.aux,
+                c_new,
+                h_new,
+            ),
             CellKind::Gru => gates::gru_forward(
                 hidden,
                 Active::ALL,
@@ -657,16 +665,16 @@ impl<T: Scalar> Scratch<T> {
                 b_hn.unwrap_or(&self.zero_b_hn),
                 h,
                 &mut self.aux,
-                &mut self.h_next,
+                h_new,
             ),
             CellKind::Custom(_) => {
                 let compiled = cell.compiled().expect("a custom cell is compiled");
                 let bh = h.len();
                 if xs.is_empty() {
                     let (prev, next): (&[&[T]], &mut [&mut [T]]) = if c.is_empty() {
-                        (&[&*h], &mut [&mut self.h_next])
+                        (&[h], &mut [h_new])
                     } else {
-                        (&[&*h, &*c], &mut [&mut self.h_next, &mut self.c_next])
+                        (&[h, c], &mut [h_new, c_new])
                     };
                     compiled.forward_step(
                         hidden,
@@ -679,9 +687,9 @@ impl<T: Scalar> Scratch<T> {
                         &mut [],
                     );
                 } else {
-                    let mut prev: Vec<&[T]> = vec![&*h, &*c];
+                    let mut prev: Vec<&[T]> = vec![h, c];
                     prev.extend(xs.chunks(bh));
-                    let mut next: Vec<&mut [T]> = vec![&mut self.h_next, &mut self.c_next];
+                    let mut next: Vec<&mut [T]> = vec![h_new, c_new];
                     next.extend(self.extra_next.chunks_mut(bh));
                     compiled.forward_step(
                         hidden,
@@ -695,13 +703,18 @@ impl<T: Scalar> Scratch<T> {
                     );
                     xs.copy_from_slice(&self.extra_next);
                 }
-                if !c.is_empty() {
-                    c.copy_from_slice(&self.c_next);
-                }
             }
         }
-        h.copy_from_slice(&self.h_next);
     }
+}
+
+/// One layer's `[B, H]` states before a step (`h`, `c`) and the buffers of their new values
+/// (`c` and `c_new` empty for a cell without a cell state).
+struct States<'a, T> {
+    h: &'a [T],
+    c: &'a [T],
+    h_new: &'a mut [T],
+    c_new: &'a mut [T],
 }
 
 /// Layer `layer`'s `[B, H]` cell states (`bh` = B·H), empty for a cell without them.

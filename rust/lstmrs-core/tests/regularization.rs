@@ -1,5 +1,8 @@
 //! Variational dropout and zoneout: semantics and finite-difference gradients.
 
+mod common;
+
+use common::plain_batch;
 use lstmrs_core::{
     backward, forward, forward_regularized, Batch, CellKind, ForwardOptions, GradOutputs, Layout,
     Regularization, RnnConfig, RnnParams,
@@ -23,15 +26,7 @@ fn zero_probabilities_change_nothing() {
     let cfg = RnnConfig::new(CellKind::Lstm, 3, 4, 2, true, true).unwrap();
     let p = RnnParams::<f64>::init_uniform(cfg, 1);
     let x = wave(5 * 2 * 3, 0.3);
-    let batch = Batch {
-        input: &x,
-        layout: Layout::BatchFirst,
-        seq_len: 5,
-        batch: 2,
-        h0: None,
-        c0: None,
-        lengths: None,
-    };
+    let batch = plain_batch(&x, Layout::BatchFirst, 5, 2);
     let plain = forward(&p, &batch, &opts(true)).unwrap();
     let reg = forward_regularized(&p, &batch, &opts(true), &Regularization::default()).unwrap();
     assert_eq!(plain.output, reg.output);
@@ -57,13 +52,10 @@ fn gradients_match_finite_differences_with_all_regularizers() {
             let c0 = wave(state, 0.23);
             let lstm = cell == CellKind::Lstm;
             let batch = Batch {
-                input: &x,
-                layout: Layout::BatchFirst,
-                seq_len: t,
-                batch: b,
                 h0: Some(&h0),
                 c0: lstm.then_some(&c0[..]),
                 lengths: Some(&lengths),
+                ..plain_batch(&x, Layout::BatchFirst, t, b)
             };
             let d_out = wave(b * t * 8, 0.29);
             let d_h = wave(state, 0.31);
@@ -108,15 +100,7 @@ fn variational_input_mask_is_the_same_at_every_step() {
     let cfg = RnnConfig::new(CellKind::Gru, i, 5, 1, false, true).unwrap();
     let p = RnnParams::<f64>::init_uniform(cfg, 3);
     let x = wave(b * t * i, 0.37);
-    let batch = Batch {
-        input: &x,
-        layout: Layout::TimeMajor,
-        seq_len: t,
-        batch: b,
-        h0: None,
-        c0: None,
-        lengths: None,
-    };
+    let batch = plain_batch(&x, Layout::TimeMajor, t, b);
     let reg = Regularization {
         input_dropout: 0.5,
         ..Default::default()
@@ -160,13 +144,9 @@ fn zoneout_keeps_or_updates_each_unit() {
     let h0 = wave(b * h, 0.19);
     let c0 = wave(b * h, 0.07);
     let batch = Batch {
-        input: &x,
-        layout: Layout::TimeMajor,
-        seq_len: 1,
-        batch: b,
         h0: Some(&h0),
         c0: Some(&c0),
-        lengths: None,
+        ..plain_batch(&x, Layout::TimeMajor, 1, b)
     };
     let plain = forward(&p, &batch, &opts(false)).unwrap();
     let reg = Regularization {
@@ -199,15 +179,7 @@ fn bad_probabilities_are_errors() {
     let cfg = RnnConfig::new(CellKind::Gru, 1, 1, 1, false, true).unwrap();
     let p = RnnParams::<f32>::zeros(cfg);
     let x = [0.0f32];
-    let batch = Batch {
-        input: &x,
-        layout: Layout::TimeMajor,
-        seq_len: 1,
-        batch: 1,
-        h0: None,
-        c0: None,
-        lengths: None,
-    };
+    let batch = plain_batch(&x, Layout::TimeMajor, 1, 1);
     for reg in [
         Regularization {
             zoneout: 1.0,

@@ -1,5 +1,8 @@
 //! Streaming one step at a time gives the full-sequence forward pass.
 
+mod common;
+
+use common::plain_batch;
 use lstmrs_core::stepper::{Stepper, SMALL_BATCH_MAX};
 use lstmrs_core::{
     forward, reference, Batch, CellKind, ForwardOptions, Layout, RnnConfig, RnnParams,
@@ -15,15 +18,7 @@ fn stepping_equals_the_sequence_forward() {
             let x: Vec<f64> = (0..t * b * i).map(|k| (k as f64 * 0.3).sin()).collect();
             let full = forward(
                 &p,
-                &Batch {
-                    input: &x,
-                    layout: Layout::TimeMajor,
-                    seq_len: t,
-                    batch: b,
-                    h0: None,
-                    c0: None,
-                    lengths: None,
-                },
+                &plain_batch(&x, Layout::TimeMajor, t, b),
                 &ForwardOptions::default(),
             )
             .unwrap();
@@ -100,13 +95,9 @@ fn the_stepper_reads_the_current_weights() {
             let want = reference::forward(
                 &p,
                 &Batch {
-                    input: &x[b * 3..],
-                    layout: Layout::TimeMajor,
-                    seq_len: 1,
-                    batch: b,
                     h0: Some(&h1),
                     c0: lstm.then_some(&c1[..]),
-                    lengths: None,
+                    ..plain_batch(&x[b * 3..], Layout::TimeMajor, 1, b)
                 },
                 &ForwardOptions::default(),
             )

@@ -13,7 +13,7 @@
 //! then through the tree in the same order whatever its place in a tile, the tile shape or the
 //! thread that runs it: results do not depend on the batch size or the thread count.
 
-use super::Raw;
+use super::{Job, Raw, Sides};
 use std::arch::x86_64::*;
 
 /// Weight rows of one block: every tile shape covers them (`NR` = 8 or 4 rows per tile).
@@ -171,22 +171,23 @@ unsafe fn dot<const MR: usize, const NR: usize>(
     }
 }
 
-/// One side of a job: a product `w[rows, k]·x[batch, k]` and where its sums go.
+/// One side of a job: a product `w[rows, k]·x[batch, k]`.
 #[derive(Clone, Copy)]
-struct Side {
+pub(super) struct Side {
     w: *const f32,
     x: *const f32,
     k: usize,
 }
 
-/// What one pass writes: `dst[b * ld + r] = Σbias[r] + Σ sides`.
-struct Job<'a> {
-    rows: usize,
-    batch: usize,
-    sides: &'a [Side],
-    dst: *mut f32,
-    ld: usize,
-    bias: [*const f32; 2],
+impl Sides for Side {
+    fn of(raw: &Raw<f32>) -> [Self; 2] {
+        [(raw.w1, raw.x1, raw.k1), (raw.w2, raw.x2, raw.k2)].map(|(w, x, k)| Side { w, x, k })
+    }
+
+    unsafe fn run(job: &Job<Self>) {
+        // SAFETY: the caller's contract.
+        unsafe { run(job) }
+    }
 }
 
 /// One tile: batch rows `b0..b0 + MR`, weight rows `r0..r0 + nr` (`nr <= NR`; rows past the end
@@ -195,7 +196,7 @@ struct Job<'a> {
 /// # Safety
 /// The job's bounds as `rows_with` asserts them; `b0 + MR <= batch`, `r0 + nr <= rows`, `nr > 0`.
 #[inline(always)]
-unsafe fn tile<const MR: usize, const NR: usize>(job: &Job, b0: usize, r0: usize, nr: usize) {
+unsafe fn tile<const MR: usize, const NR: usize>(job: &Job<Side>, b0: usize, r0: usize, nr: usize) {
     // SAFETY (whole body): pointer offsets inside the asserted rows, batch rows and
     // destinations; masked stores write only the `nr` valid lanes of a row.
     unsafe {
@@ -257,7 +258,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(job: &Job, b0: usize, r0: usize
 /// # Safety
 /// As [`tile`], for the whole job; the CPU has the kernel's features.
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-unsafe fn run(job: &Job) {
+unsafe fn run(job: &Job<Side>) {
     // SAFETY: every tile lies inside the job's rows and batch rows.
     unsafe {
         for r in (0..job.rows).step_by(BLOCK_ROWS) {
@@ -283,46 +284,5 @@ unsafe fn run(job: &Job) {
                 }
             }
         }
-    }
-}
-
-/// The kernel for `raw` (f32): the fused products in one set of accumulators, or the second
-/// product to its own destination.
-///
-/// # Safety
-/// `raw` must describe the bounds `rows_with` asserts, and [`available`] must hold.
-pub(super) unsafe fn rows_f32(raw: &Raw<f32>) {
-    let first = Side {
-        w: raw.w1,
-        x: raw.x1,
-        k: raw.k1,
-    };
-    let second = Side {
-        w: raw.w2,
-        x: raw.x2,
-        k: raw.k2,
-    };
-    let fused = raw.dst2.is_null();
-    let both = [first, second];
-    let job = Job {
-        rows: raw.rows,
-        batch: raw.batch,
-        sides: if fused { &both } else { &both[..1] },
-        dst: raw.dst1,
-        ld: raw.ld1,
-        bias: raw.bias1,
-    };
-    // SAFETY: the caller's contract.
-    unsafe { run(&job) };
-    if !fused {
-        let job = Job {
-            sides: &both[1..],
-            dst: raw.dst2,
-            ld: raw.ld2,
-            bias: raw.bias2,
-            ..job
-        };
-        // SAFETY: as above.
-        unsafe { run(&job) };
     }
 }

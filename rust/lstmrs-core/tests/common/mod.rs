@@ -7,6 +7,11 @@ use lstmrs_core::{
     Scalar,
 };
 
+/// A batch of whole sequences from zero states (`Batch { h0: .., ..plain_batch(..) }` adds
+/// states); shared with the timing examples, so it lives in the crate's `bench` module.
+#[allow(unused_imports)] // as `dead_code` above: not every test binary uses every helper
+pub use lstmrs_core::bench::plain_batch;
+
 /// SplitMix64: small, deterministic, good enough for test data.
 pub struct Rng(u64);
 
