@@ -1,6 +1,6 @@
 //! Times the phases of a training step of one LSTM layer, for profiling:
 //! `cargo run --release -p lstmrs-core --example profile_step -- B T I H [threads]`.
-//! `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
+//! `REPS=n` times n repeats (default 10). `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
 //! cell language (`notes/cell_dsl.md`), through the same sweep.
 
 use lstmrs_core::cellexpr::register_cell;
@@ -72,7 +72,8 @@ fn main() {
         keep_tape: true,
         ..Default::default()
     };
-    let reps = 10;
+    // `REPS` sets the timed repeats (more for a `perf record` of a small case).
+    let reps: usize = std::env::var("REPS").map_or(10, |v| v.parse().expect("REPS: an integer"));
     let (mut tf, mut tb, mut ti) = (0.0, 0.0, 0.0);
     for r in 0..reps + 2 {
         let s = Instant::now();
