@@ -3,7 +3,9 @@
 //! Shape legend: `T` time steps, `B` batch rows, `I` input features, `H` hidden units, `G` gates.
 //! All sequences here are time-major (`[T, B, ...]`). The input projection of all steps is one
 //! product before the loop, each step does one `[B,H]·[H,GH]` product and one fused gate pass, and
-//! after the reverse sweep the weight gradients are three large products over all `T*B` rows.
+//! the weight and input gradients are large products over the `T*B` rows: after the reverse
+//! sweep, or for small layers in chunks of steps as the sweep finishes them, on another thread
+//! beside a sweep of one (`gradient_chunk`).
 
 use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
