@@ -1096,7 +1096,12 @@ pub(crate) fn backward<T: Scalar>(
     let (g_weights, g_bias) = grad.split_at_mut(if want_grad { gw * (inp + h) } else { 0 });
     // SAFETY (both): the chunk products read only rows of steps the sweep has finished, which
     // nobody writes any more (see `consume`).
-    let (dgx_done, dgn_done) = unsafe { (views.dgx.read(), views.dgn.read()) };
+    let (dgx_done, dgn_done) = unsafe {
+        (
+            Finished(views.dgx.read().ptr()),
+            Finished(views.dgn.read().ptr()),
+        )
+    };
     let consume = move |serial: bool| {
         let mut run = move || {
             for c in 0..steps.div_ceil(chunk) {
@@ -1112,17 +1117,14 @@ pub(crate) fn backward<T: Scalar>(
                 let (r0, n) = (times.start * b, times.len() * b);
                 // SAFETY: rows of finished steps (the loop above waited for them), in bounds:
                 // `dgx` holds `T*B` rows of `gw`, `dgn` (the GRU's) of `h`.
-                let dgx_c =
-                    unsafe { std::slice::from_raw_parts(dgx_done.ptr().add(r0 * gw), n * gw) };
+                let dgx_c = unsafe { dgx_done.slice(r0 * gw, n * gw) };
                 if want_grad {
                     let dgn_c;
                     let rec = if lstm {
                         vec![Mat::new(dgx_c, n, gw)]
                     } else {
                         // SAFETY: as above.
-                        dgn_c = unsafe {
-                            std::slice::from_raw_parts(dgn_done.ptr().add(r0 * h), n * h)
-                        };
+                        dgn_c = unsafe { dgn_done.slice(r0 * h, n * h) };
                         let rz = Mat {
                             data: dgx_c,
                             rows: n,
@@ -1199,14 +1201,16 @@ pub(crate) fn backward<T: Scalar>(
         && threads::num_threads() > 1
     {
         threads::join(sweep, || consume(true));
+        drop((aux, cs));
     } else {
         sweep();
+        // A consumed tape's tanh(c') and cell states are dead now, before the products.
+        drop((aux, cs));
         consume(false);
     }
-
-    // A consumed tape's tanh(c'), cell states and hidden states are dead now.
+    // Its hidden states (and the GRU's n-gate gradients) after them.
     drop(h_enter_buf);
-    drop((aux, cs, hs, dgn));
+    drop((hs, dgn));
     if want_grad && sum_bias {
         let (g_bih, g_bhh) = g_bias.split_at_mut(gw);
         let rec_sums = if lstm { &sums_x[..] } else { &sums_x[..2 * h] };
@@ -1325,6 +1329,26 @@ fn gradient_chunk<T>(sw: &Sweep, gw: usize) -> usize {
         sw.steps
     }
 }
+
+/// A buffer whose rows a sweep finishes one step after another, read by the chunk products on
+/// another thread while the sweep still writes later steps' rows (so no slice covers it whole).
+#[derive(Clone, Copy)]
+struct Finished<T>(*const T);
+
+impl<T> Finished<T> {
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// They lie inside the buffer and nobody writes them while the slice lives.
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a [T] {
+        // SAFETY: the contract.
+        unsafe { std::slice::from_raw_parts(self.0.add(start), len) }
+    }
+}
+
+// SAFETY: only rows nobody writes any more are read through it (see `backward`'s `consume`).
+unsafe impl<T: Sync> Send for Finished<T> {}
+unsafe impl<T: Sync> Sync for Finished<T> {}
 
 /// Waits until `done` reaches `want`: spins a little, then yields the core (the sweep it waits
 /// for may need it on a busy machine).
