@@ -1,8 +1,9 @@
 //! Times the phases of a training step of one LSTM layer, for profiling:
 //! `cargo run --release -p lstmrs-core --example profile_step -- B T I H [threads]`.
-//! `CELL=gru` times the GRU; `CELL=dsl_lstm` / `CELL=dsl_gru` the same cells compiled from the
-//! cell language (`notes/cell_dsl.md`), through the same sweep. `ONLY=inference` runs only the
-//! inference forward, many times (for `perf record` of the inference step alone).
+//! `REPS=n` times n repeats (default 10). `CELL=gru` times the GRU; `CELL=dsl_lstm` /
+//! `CELL=dsl_gru` the same cells compiled from the cell language (`notes/cell_dsl.md`), through
+//! the same sweep. `ONLY=inference` runs only the inference forward, `REPS` times (default 2000),
+//! for `perf record` of the inference step alone.
 
 use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::{
@@ -73,11 +74,12 @@ fn main() {
         keep_tape: true,
         ..Default::default()
     };
-    if std::env::var("ONLY").as_deref() == Ok("inference") {
-        let reps: usize = std::env::var("REPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2000);
+    let only_inference = std::env::var("ONLY").as_deref() == Ok("inference");
+    // `REPS` sets the timed repeats (more for a `perf record` of a small case).
+    let reps: usize = std::env::var("REPS").map_or(if only_inference { 2000 } else { 10 }, |v| {
+        v.parse().expect("REPS: an integer")
+    });
+    if only_inference {
         let mut times = Vec::with_capacity(reps);
         for _ in 0..reps {
             let s = Instant::now();
@@ -96,7 +98,6 @@ fn main() {
         );
         return;
     }
-    let reps = 10;
     let (mut tf, mut tb, mut ti) = (0.0, 0.0, 0.0);
     for r in 0..reps + 2 {
         let s = Instant::now();

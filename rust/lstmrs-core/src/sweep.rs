@@ -3,7 +3,9 @@
 //! Shape legend: `T` time steps, `B` batch rows, `I` input features, `H` hidden units, `G` gates.
 //! All sequences here are time-major (`[T, B, ...]`). The input projection of all steps is one
 //! product before the loop, each step does one `[B,H]·[H,GH]` product and one fused gate pass, and
-//! after the reverse sweep the weight gradients are three large products over all `T*B` rows.
+//! the weight and input gradients are large products over the `T*B` rows: after the reverse
+//! sweep, or for small layers in chunks of steps as the sweep finishes them, on another thread
+//! beside a sweep of one (`gradient_chunk`).
 
 use crate::cellexpr::CompiledCell;
 use crate::config::CellKind;
@@ -18,6 +20,7 @@ use crate::team_choice::{self, ShapeClass};
 use crate::threads;
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// One direction's weights (views into the flat parameter buffer).
@@ -1186,79 +1189,148 @@ pub(crate) fn backward<T: Scalar>(
         hs: Rows::new(&hs, h),
         cs: Rows::new(&cs, h),
     };
+    // The weight and input gradients go chunk by chunk of steps, in the order the sweep finishes
+    // them (`gradient_chunk`); `done` counts the sweep positions finished so far.
+    let chunk = gradient_chunk::<T>(&sw, gw);
+    let done = &AtomicUsize::new(0);
+    let want_grad = !grad.is_empty();
+    let h_enter_buf = if want_grad {
+        entering_states(&sw, &hs, reg)
+    } else {
+        Cow::Borrowed(&[][..])
+    };
+    let h_enter = &h_enter_buf[..];
+    let dx_all = &mut *dx;
+    let (g_weights, g_bias) = grad.split_at_mut(if want_grad { gw * (inp + h) } else { 0 });
+    // SAFETY (both): the chunk products read only rows of steps the sweep has finished, which
+    // nobody writes any more (see `consume`).
+    let (dgx_done, dgn_done) = unsafe {
+        (
+            Finished(views.dgx.read().ptr()),
+            Finished(views.dgn.read().ptr()),
+        )
+    };
+    let consume = move |serial: bool| {
+        let mut run = move || {
+            for c in 0..steps.div_ceil(chunk) {
+                // Sweep positions `lo..hi`, finished when `done` reaches `steps - lo`.
+                let hi = steps - c * chunk;
+                let lo = hi.saturating_sub(chunk);
+                wait_for(done, steps - lo);
+                let times = if sw.reverse {
+                    steps - hi..steps - lo
+                } else {
+                    lo..hi
+                };
+                let (r0, n) = (times.start * b, times.len() * b);
+                // SAFETY: rows of finished steps (the loop above waited for them), in bounds:
+                // `dgx` holds `T*B` rows of `gw`, `dgn` (the GRU's) of `h`.
+                let dgx_c = unsafe { dgx_done.slice(r0 * gw, n * gw) };
+                if want_grad {
+                    let dgn_c;
+                    let rec = if lstm {
+                        vec![Mat::new(dgx_c, n, gw)]
+                    } else {
+                        // SAFETY: as above.
+                        dgn_c = unsafe { dgn_done.slice(r0 * h, n * h) };
+                        let rz = Mat {
+                            data: dgx_c,
+                            rows: n,
+                            cols: 2 * h,
+                            ld: gw,
+                        };
+                        vec![rz, Mat::new(dgn_c, n, h)]
+                    };
+                    let x_c = &x[r0 * inp..(r0 + n) * inp];
+                    let h_c = &h_enter[r0 * h..(r0 + n) * h];
+                    weight_grads_rows(sw, x_c, h_c, (dgx_c, gw), &rec, c > 0, g_weights);
+                }
+                a_b(
+                    &mut dx_all[r0 * inp..(r0 + n) * inp],
+                    inp,
+                    false,
+                    Mat::new(dgx_c, n, gw),
+                    Mat::new(w.w_ih, gw, inp),
+                );
+            }
+        };
+        if serial {
+            // Beside the sweep's thread: one thread, no split of the products.
+            threads::install_for(0, run);
+        } else {
+            run();
+        }
+    };
     let rec_v = RowsMut::new(&mut rec, h);
-    team.run(steps, |member, size, barrier| {
-        let units = split_units(h, size)[member].clone();
-        // The LSTM's product in one piece; the GRU's in two along `k`: rows r, z of `W_hh`
-        // times the input side's gradients, rows n times the recurrent n-gate gradients.
-        let rz = if lstm { gates } else { 2 };
-        let packed = Packed::cols_of(&w.w_hh[..rz * h * h], rz, h, units.clone(), b);
-        let packed_n =
-            (!lstm).then(|| Packed::cols_of(&w.w_hh[rz * h * h..], 1, h, units.clone(), b));
-        for s in (0..steps).rev() {
-            let t = sw.time(s);
-            // SAFETY: before the barrier each member touches only its own units (of `dh`, `dc`,
-            // the direct paths and step `t`'s gate gradients); after it, every member reads all
-            // of step `t`'s recurrent gate gradients, which nobody writes any more, and again
-            // writes only its own units.
-            unsafe { views.gate_step(units.clone(), t) };
-            barrier.wait();
-            unsafe {
-                let (a, mask) = (views.dgx.read().skip(t * b), reg.state_mask);
-                let (u, dh) = (units.clone(), views.dh);
-                match &packed_n {
-                    None => add_recurrent_grad(&[(&packed, a)], b, u, mask, rec_v, dh),
-                    Some(pn) => {
-                        let a_n = views.dgn.read().skip(t * b);
-                        add_recurrent_grad(&[(&packed, a), (pn, a_n)], b, u, mask, rec_v, dh)
+    let sweep = || {
+        team.run(steps, |member, size, barrier| {
+            let units = split_units(h, size)[member].clone();
+            // The LSTM's product in one piece; the GRU's in two along `k`: rows r, z of `W_hh`
+            // times the input side's gradients, rows n times the recurrent n-gate gradients.
+            let rz = if lstm { gates } else { 2 };
+            let packed = Packed::cols_of(&w.w_hh[..rz * h * h], rz, h, units.clone(), b);
+            let packed_n =
+                (!lstm).then(|| Packed::cols_of(&w.w_hh[rz * h * h..], 1, h, units.clone(), b));
+            for s in (0..steps).rev() {
+                let t = sw.time(s);
+                // SAFETY: before the barrier each member touches only its own units (of `dh`,
+                // `dc`, the direct paths and step `t`'s gate gradients); after it, every member
+                // reads all of step `t`'s recurrent gate gradients, which nobody writes any
+                // more, and again writes only its own units.
+                unsafe { views.gate_step(units.clone(), t) };
+                barrier.wait();
+                if member == 0 {
+                    // Step `t`'s gate gradients are final: the chunk products may read them.
+                    done.store(steps - s, Ordering::Release);
+                }
+                unsafe {
+                    let (a, mask) = (views.dgx.read().skip(t * b), reg.state_mask);
+                    let (u, dh) = (units.clone(), views.dh);
+                    match &packed_n {
+                        None => add_recurrent_grad(&[(&packed, a)], b, u, mask, rec_v, dh),
+                        Some(pn) => {
+                            let a_n = views.dgn.read().skip(t * b);
+                            add_recurrent_grad(&[(&packed, a), (pn, a_n)], b, u, mask, rec_v, dh)
+                        }
+                    }
+                    if zoned {
+                        let dc = lstm.then(|| (views.dc, views.direct_c.read()));
+                        add_direct_paths(units.clone(), b, views.dh, views.direct_h.read(), dc);
                     }
                 }
-                if zoned {
-                    let dc = lstm.then(|| (views.dc, views.direct_c.read()));
-                    add_direct_paths(units.clone(), b, views.dh, views.direct_h.read(), dc);
-                }
             }
-        }
-    });
-
-    // A consumed tape's tanh(c') and cell states are dead now (the GRU's `W_hn h` buffer holds
-    // its n-gate gradient `dgn` until the weight gradients); its hidden states after them.
-    drop((aux, cs));
-    let rows = steps * b;
-    if !grad.is_empty() {
-        let rec = if lstm {
-            vec![Mat::new(&dgx, rows, gw)]
-        } else {
-            let rz = Mat {
-                data: &dgx[..],
-                rows,
-                cols: 2 * h,
-                ld: gw,
-            };
-            vec![rz, Mat::new(&dgn, rows, h)]
-        };
-        weight_grads(sw, x, &hs, reg, (&dgx, gw), &rec, false, grad);
-        if sum_bias {
-            let (g_bih, g_bhh) = grad[gw * (inp + h)..].split_at_mut(gw);
-            let rec_sums = if lstm { &sums_x[..] } else { &sums_x[..2 * h] };
-            let adds = [(&mut g_bih[..], &sums_x[..]), (&mut g_bhh[..], rec_sums)];
-            for (g, v) in adds {
-                g.iter_mut().zip(v).for_each(|(g, &v)| *g += v);
-            }
-            g_bhh[2 * h..]
-                .iter_mut()
-                .zip(&sums_n)
-                .for_each(|(g, &v)| *g += v);
-        }
+        })
+    };
+    // With chunks and a sweep of one thread, the chunk products run on another thread beside the
+    // sweep; else after it (the same products in the same order: the same numbers either way).
+    if chunk < steps
+        && team.members == 1
+        && threads::parallel_allowed()
+        && threads::num_threads() > 1
+    {
+        threads::join(sweep, || consume(true));
+        drop((aux, cs));
+    } else {
+        sweep();
+        // A consumed tape's tanh(c') and cell states are dead now, before the products.
+        drop((aux, cs));
+        consume(false);
     }
+    // Its hidden states (and the GRU's n-gate gradients) after them.
+    drop(h_enter_buf);
     drop((hs, dgn));
-    a_b(
-        dx,
-        inp,
-        false,
-        Mat::new(&dgx, rows, gw),
-        Mat::new(w.w_ih, gw, inp),
-    );
+    if want_grad && sum_bias {
+        let (g_bih, g_bhh) = g_bias.split_at_mut(gw);
+        let rec_sums = if lstm { &sums_x[..] } else { &sums_x[..2 * h] };
+        let adds = [(&mut g_bih[..], &sums_x[..]), (&mut g_bhh[..], rec_sums)];
+        for (g, v) in adds {
+            g.iter_mut().zip(v).for_each(|(g, &v)| *g += v);
+        }
+        g_bhh[2 * h..]
+            .iter_mut()
+            .zip(&sums_n)
+            .for_each(|(g, &v)| *g += v);
+    }
     (dh, lstm.then_some(dc))
 }
 
@@ -1345,6 +1417,61 @@ impl<T: Scalar> BuiltinBackward<'_, T> {
     }
 }
 
+/// Rows of gate gradients per chunk of [`backward`]'s weight and input gradients, where they are
+/// chunked: enough that each chunk's products run at the `gemm` crate's speed.
+const GRADIENT_CHUNK_ROWS: usize = 512;
+
+/// Largest weights (`[G*H, I+H]`, bytes) whose gradients [`backward`] computes in chunks of
+/// steps, beside a sweep of one thread: small enough that a chunk's `dW` stays in cache between
+/// chunks. Larger layers get one product over all steps after the sweep (their sweep has a team).
+const GRADIENT_CHUNK_MAX_WEIGHT_BYTES: usize = 512 << 10;
+
+/// Steps per chunk of a built-in sweep's weight and input gradients ([`backward`]): from the
+/// shapes only, never the thread count, so the sums run in the same order on any number of
+/// threads. `sw.steps` means one chunk.
+fn gradient_chunk<T>(sw: &Sweep, gw: usize) -> usize {
+    let bytes = gw * (sw.input + sw.hidden) * std::mem::size_of::<T>();
+    if bytes <= GRADIENT_CHUNK_MAX_WEIGHT_BYTES {
+        GRADIENT_CHUNK_ROWS.div_ceil(sw.batch).clamp(1, sw.steps)
+    } else {
+        sw.steps
+    }
+}
+
+/// A buffer whose rows a sweep finishes one step after another, read by the chunk products on
+/// another thread while the sweep still writes later steps' rows (so no slice covers it whole).
+#[derive(Clone, Copy)]
+struct Finished<T>(*const T);
+
+impl<T> Finished<T> {
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// They lie inside the buffer and nobody writes them while the slice lives.
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a [T] {
+        // SAFETY: the contract.
+        unsafe { std::slice::from_raw_parts(self.0.add(start), len) }
+    }
+}
+
+// SAFETY: only rows nobody writes any more are read through it (see `backward`'s `consume`).
+unsafe impl<T: Sync> Send for Finished<T> {}
+unsafe impl<T: Sync> Sync for Finished<T> {}
+
+/// Waits until `done` reaches `want`: spins a little, then yields the core (the sweep it waits
+/// for may need it on a busy machine).
+fn wait_for(done: &AtomicUsize, want: usize) {
+    let mut spins = 0u32;
+    while done.load(Ordering::Acquire) < want {
+        if spins < 1 << 10 {
+            std::hint::spin_loop();
+            spins += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// The weight gradients of a sweep from its pre-activation gradients: `dgx` `[T*B, xw]` of the
 /// input side, and the recurrent side's `[T*B, ·]` column blocks `rec`, in gate order (none: a
 /// cell without recurrent gates; strided views where a block lies inside `dgx`). Large products
@@ -1361,26 +1488,15 @@ fn weight_grads<T: Scalar>(
     bias: bool,
     grad: &mut [T],
 ) {
-    let (rows, h, inp) = (sw.steps * sw.batch, sw.hidden, sw.input);
+    let (h, inp) = (sw.hidden, sw.input);
     let hw: usize = rec.iter().map(|m| m.cols).sum();
-    let (g_wih, rest) = grad.split_at_mut(xw * inp);
-    let (g_whh, g_bias) = rest.split_at_mut(hw * h);
-    at_b(
-        g_wih,
-        inp,
-        false,
-        Mat::new(dgx, rows, xw),
-        Mat::new(x, rows, inp),
-    );
-    if hw > 0 {
-        let h_enter = entering_states(&sw, hs, reg);
-        let mut g_block = &mut g_whh[..];
-        for &block in rec.iter().filter(|m| m.cols > 0) {
-            let (g, tail) = g_block.split_at_mut(block.cols * h);
-            at_b(g, h, false, block, Mat::new(&h_enter, rows, h));
-            g_block = tail;
-        }
-    }
+    let (g_weights, g_bias) = grad.split_at_mut(xw * inp + hw * h);
+    let h_enter = if hw > 0 {
+        entering_states(&sw, hs, reg)
+    } else {
+        Cow::Borrowed(&[][..])
+    };
+    weight_grads_rows(sw, x, &h_enter, (dgx, xw), rec, false, g_weights);
     if bias {
         let (g_bih, g_bhh) = g_bias.split_at_mut(xw);
         add_column_sums(g_bih, dgx);
@@ -1390,6 +1506,38 @@ fn weight_grads<T: Scalar>(
             add_view_column_sums(g, block);
             g_block = tail;
         }
+    }
+}
+
+/// `dW_ih (+)= dgxᵀ · x` and `dW_hh (+)= recᵀ · h_enter` (a block's rows each) over the rows the
+/// views hold (all of a sweep's, or a chunk of them), into `grad` (`dW_ih`, then `dW_hh`):
+/// overwriting, or adding with `accumulate`. `h_enter`: the states entering those rows' steps,
+/// masked as the recurrent product saw them ([`entering_states`]).
+fn weight_grads_rows<T: Scalar>(
+    sw: Sweep,
+    x: &[T],
+    h_enter: &[T],
+    (dgx, xw): (&[T], usize),
+    rec: &[Mat<T>],
+    accumulate: bool,
+    grad: &mut [T],
+) {
+    let (h, inp) = (sw.hidden, sw.input);
+    let rows = dgx.len() / xw.max(1);
+    let hw: usize = rec.iter().map(|m| m.cols).sum();
+    let (g_wih, g_whh) = grad.split_at_mut(xw * inp);
+    at_b(
+        g_wih,
+        inp,
+        accumulate,
+        Mat::new(dgx, rows, xw),
+        Mat::new(x, rows, inp),
+    );
+    let mut g_block = &mut g_whh[..hw * h];
+    for &block in rec.iter().filter(|m| m.cols > 0) {
+        let (g, tail) = g_block.split_at_mut(block.cols * h);
+        at_b(g, h, accumulate, block, Mat::new(h_enter, rows, h));
+        g_block = tail;
     }
 }
 
