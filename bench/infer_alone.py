@@ -10,21 +10,11 @@ each build's extension module in place (see the helpers' brief on timing).
 
 from __future__ import annotations
 
-import argparse
-import time
-
+import alone
 import impls
 import lstmrs
 import numpy as np
 import ort_models
-from cases import CASES, CELLS
-
-
-def parse_case(text: str) -> tuple[str, int, int, int, int, int]:
-    """``cell:B,T,I,H[,layers]``."""
-    cell, dims = text.split(":")
-    b, t, i, h, *rest = (int(v) for v in dims.split(","))
-    return cell, b, t, i, h, rest[0] if rest else 1
 
 
 def callable_for(which: str, cell: str, b, t, i, h, layers, threads):
@@ -41,33 +31,10 @@ def callable_for(which: str, cell: str, b, t, i, h, layers, threads):
     return lambda: sess.run(None, {"x": x})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("which", choices=["lstmrs", "ort"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--cases", nargs="*", type=parse_case, default=None)
-    args = ap.parse_args()
-    lstmrs.set_num_threads(args.threads)
-    cases = args.cases or [(c, *shape) for c in CELLS for shape in CASES]
-    for cell, b, t, i, h, layers in cases:
-        f = callable_for(args.which, cell, b, t, i, h, layers, args.threads)
-        for _ in range(args.warmup):
-            f()
-        wall, cpu = [], []
-        for _ in range(args.repeats):
-            c0, t0 = time.process_time(), time.perf_counter()
-            f()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        print(
-            f"{args.which:6s} {cell:4s} ({b},{t},{i},{h},{layers}) threads={args.threads}: "
-            f"median {np.median(wall) * 1e3:8.2f} ms  fastest {min(wall) * 1e3:8.2f} ms  "
-            f"cpu median {np.median(cpu) * 1e3:8.2f} ms",
-            flush=True,
-        )
-
-
 if __name__ == "__main__":
-    main()
+    alone.main(
+        __doc__,
+        ["lstmrs", "ort"],
+        callable_for,
+        set_up=lambda args: lstmrs.set_num_threads(args.threads),
+    )

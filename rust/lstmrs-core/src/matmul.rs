@@ -487,6 +487,23 @@ mod tests {
             .for_each(|(x, y)| assert!((x - y).abs() < 1e-12));
     }
 
+    /// `c` (rows of `ld`, filled with 2.0 before the product) holds `want` (rows of `n`) in its
+    /// first `n` columns, added onto the 2.0 when `accumulate`, and 2.0 untouched beyond them.
+    fn assert_written(c: &[f64], ld: usize, want: &[f64], n: usize, accumulate: bool, what: &str) {
+        for (i, row) in c.chunks(ld).enumerate() {
+            for (j, &got) in row.iter().enumerate() {
+                let expect = if j >= n {
+                    2.0
+                } else if accumulate {
+                    want[i * n + j] + 2.0
+                } else {
+                    want[i * n + j]
+                };
+                assert!((got - expect).abs() < 1e-12, "{what} ({i}, {j})");
+            }
+        }
+    }
+
     /// `a_b` on both sides of `NARROW_MAX_COLS` and `NARROW_MIN_ROWS` (the narrow kernel, both
     /// lane widths and a last short row block, and the `gemm` crate), into a destination wider
     /// than the product, overwriting and accumulating.
@@ -513,19 +530,7 @@ mod tests {
                     Mat::new(&a, m, k),
                     Mat::new(&b, k, n),
                 );
-                for i in 0..m {
-                    for j in 0..ld {
-                        let got = c[i * ld + j];
-                        let expect = if j >= n {
-                            2.0
-                        } else if accumulate {
-                            want[i * n + j] + 2.0
-                        } else {
-                            want[i * n + j]
-                        };
-                        assert!((got - expect).abs() < 1e-12, "m={m} n={n} k={k} ({i}, {j})");
-                    }
-                }
+                assert_written(&c, ld, &want, n, accumulate, &format!("m={m} n={n} k={k}"));
             }
         }
     }
@@ -554,19 +559,7 @@ mod tests {
                     Mat::new(&a, k, m),
                     Mat::new(&b, k, n),
                 );
-                for i in 0..m {
-                    for j in 0..ld {
-                        let got = c[i * ld + j];
-                        let expect = if j >= n {
-                            2.0
-                        } else if accumulate {
-                            want[i * n + j] + 2.0
-                        } else {
-                            want[i * n + j]
-                        };
-                        assert!((got - expect).abs() < 1e-12, "m={m} n={n} k={k} ({i}, {j})");
-                    }
-                }
+                assert_written(&c, ld, &want, n, accumulate, &format!("m={m} n={n} k={k}"));
             }
         }
     }
