@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from .rnn import GRU, LSTM, RNN, RnnGradients, get_num_threads, set_num_threads
     from .seq2seq import Seq2Seq
     from .streaming import Stepper
+    from .tuning import tune
 
 #: ``{public name: the submodule that defines it}``, imported on first access. Submodules
 #: themselves (``lstmrs.cells``, ``lstmrs.models``, ...) load on first access too.
@@ -84,6 +85,8 @@ _LAZY = {
     "load": "checkpoint",
     "quantize_dynamic": "quantization",
     "set_num_threads": "rnn",
+    # `lstmrs tune` from Python; Optuna, which it needs, is imported only when a search runs.
+    "tune": "tuning",
 }
 
 __all__ = [
@@ -160,14 +163,3 @@ if not TYPE_CHECKING:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-def tune(config=None, **kwargs):
-    """Hyperparameter search over a config's ``[tune]`` space with Optuna: ``lstmrs tune`` from
-    Python. See :func:`lstmrs.tuning.tune` for the arguments; returns a
-    :class:`lstmrs.tuning.TuneResult`."""
-    # start-up time: tuning and the task pipeline it runs add ~170 ms to `import lstmrs`; it needs
-    # Optuna, an optional dependency, besides.
-    from .tuning import tune as run
-
-    return run(config, **kwargs)
