@@ -4,6 +4,11 @@
 //! `CELL=dsl_gru` the same cells compiled from the cell language (`notes/cell_dsl.md`), through
 //! the same sweep. `ONLY=inference` runs only the inference forward, `REPS` times (default 2000),
 //! for `perf record` of the inference step alone.
+//!
+//! After the means, one line per phase gives the call-to-call spread (median, fastest, slowest
+//! call), the page faults per call (a buffer allocated afresh faults every page in) and the CPU
+//! time of all threads per call against its wall time (2.0 on two threads: both busy
+//! throughout; less: a thread waited, or another process had its core).
 
 use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::{
@@ -99,14 +104,19 @@ fn main() {
         return;
     }
     let (mut tf, mut tb, mut ti) = (0.0, 0.0, 0.0);
+    // Per call of each phase (inference, forward+tape, backward): (wall s, CPU s, faults).
+    let mut calls: [Vec<(f64, f64, i64)>; 3] = Default::default();
     for r in 0..reps + 2 {
+        let u = usage();
         let s = Instant::now();
         let o = forward(&p, &batch, &ForwardOptions::default()).unwrap();
         let e1 = s.elapsed().as_secs_f64();
         std::hint::black_box(o);
+        let u1 = usage();
         let s = Instant::now();
         let o = forward(&p, &batch, &opts).unwrap();
         let e2 = s.elapsed().as_secs_f64();
+        let u2 = usage();
         let s = Instant::now();
         let g = backward(
             &p,
@@ -119,11 +129,18 @@ fn main() {
         )
         .unwrap();
         let e3 = s.elapsed().as_secs_f64();
+        let u3 = usage();
         std::hint::black_box(g);
         if r >= 2 {
             ti += e1;
             tf += e2;
             tb += e3;
+            for (k, (e, (a, b))) in [(e1, (u, u1)), (e2, (u1, u2)), (e3, (u2, u3))]
+                .into_iter()
+                .enumerate()
+            {
+                calls[k].push((e, b.0 - a.0, b.1 - a.1));
+            }
         }
     }
     let n = reps as f64;
@@ -138,4 +155,29 @@ fn main() {
         tb / n * 1e3,
         3.0 * flops / ((tf + tb) / n) / 1e9
     );
+    let names = ["inference", "forward+tape", "backward"];
+    for (name, mut c) in names.into_iter().zip(calls) {
+        c.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mid = c[c.len() / 2];
+        let cpu: f64 = c.iter().map(|v| v.1).sum::<f64>() / c.iter().map(|v| v.0).sum::<f64>();
+        let faults = c.iter().map(|v| v.2).sum::<i64>() / c.len() as i64;
+        println!(
+            "  {name:13} median {:8.2} ms, fastest {:8.2}, slowest {:8.2}; {faults} page faults per call; CPU/wall {cpu:.2}",
+            mid.0 * 1e3,
+            c[0].0 * 1e3,
+            c[c.len() - 1].0 * 1e3,
+        );
+    }
+}
+
+/// (CPU seconds of all the process's threads, minor page faults) so far.
+fn usage() -> (f64, i64) {
+    // SAFETY: getrusage writes only into the zeroed struct it is given.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (secs(u.ru_utime) + secs(u.ru_stime), u.ru_minflt as i64)
 }

@@ -6,9 +6,16 @@
 //! - `fused`: one product over `[X | H_prev]` (`[T*B, I+H]`), including the cost of building it;
 //! - `fused, no copy`: the same product with the concatenation already built (the bound of a tape
 //!   that stores it);
-//! - `two, transposed`: each as `dWᵀ = Yᵀ·dG` into a column-major destination.
+//! - `two, transposed`: each as `dWᵀ = Yᵀ·dG` into a column-major destination;
+//! - `blocks, 1 thread each`: the two products cut into blocks of output rows of about 2^31
+//!   multiply-adds, each a one-thread product, the pool's threads taking them in turn (rayon's
+//!   work stealing): whether a thread that keeps its core while the other is taken by another
+//!   process finishes the products sooner than the crate's even split (issue 16, big18: not
+//!   measurably on the loaded VM, and 10% slower on one thread, so the library does not do it).
 //!
 //!     cargo run --release -p lstmrs-core --example weight_grad_shapes [repeats] [threads]
+//!
+//! `CASE=B,T,I,H` times that one case only (and skips the narrow products).
 
 use gemm::Parallelism;
 use std::time::Instant;
@@ -65,6 +72,13 @@ fn at_b(
     }
 }
 
+/// Rows per block of a product with `extent` destination rows of `macs_per_row` multiply-adds
+/// each: about 2^31 multiply-adds (about 20 ms on one AVX-512 core), a multiple of 64 rows.
+fn rows_per_block(extent: usize, macs_per_row: usize) -> usize {
+    let blocks = (extent * macs_per_row / (1 << 31)).max(1);
+    extent.div_ceil(blocks).next_multiple_of(64).min(extent)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -84,7 +98,15 @@ fn main() {
         Parallelism::None
     };
     println!("threads={threads}, median of {repeats} (ms per call, GFLOP/s)");
+    let only: Option<Vec<usize>> = std::env::var("CASE").ok().map(|c| {
+        c.split(',')
+            .map(|v| v.parse().expect("CASE=B,T,I,H"))
+            .collect()
+    });
     for &(b, t, i, h) in &CASES {
+        if only.as_ref().is_some_and(|o| o[..] != [b, t, i, h]) {
+            continue;
+        }
         let (g, rows, n) = (4 * h, t * b, i + h);
         let dg: Vec<f32> = (0..rows * g).map(|v| (v as f32 * 0.37).sin()).collect();
         let x: Vec<f32> = (0..rows * i).map(|v| (v as f32 * 0.11).cos()).collect();
@@ -113,7 +135,37 @@ fn main() {
             at_b(i, g, rows, &x, i, &dg, g, w_ih, 1, i, par);
             at_b(h, g, rows, &hp, h, &dg, g, w_hh, 1, h, par);
         };
+        let blocks = |w_ih: &mut [f32], w_hh: &mut [f32]| {
+            use rayon::prelude::*;
+            let (r_ih, r_hh) = (rows_per_block(g, rows * i), rows_per_block(g, rows * h));
+            let ih = w_ih.chunks_mut(r_ih * i).enumerate();
+            let hh = w_hh.chunks_mut(r_hh * h).enumerate();
+            let jobs: Vec<(usize, &mut [f32], usize, &[f32])> = ih
+                .map(|(c, dst)| (c * r_ih, dst, i, &x[..]))
+                .chain(hh.map(|(c, dst)| (c * r_hh, dst, h, &hp[..])))
+                .collect();
+            jobs.into_par_iter()
+                .with_max_len(1)
+                .for_each(|(c0, dst, nn, y)| {
+                    let m = dst.len() / nn;
+                    at_b(
+                        m,
+                        nn,
+                        rows,
+                        &dg[c0..],
+                        g,
+                        y,
+                        nn,
+                        dst,
+                        nn,
+                        1,
+                        Parallelism::None,
+                    )
+                });
+        };
         // Agreement: every variant gives the same dW.
+        let (mut b_ih, mut b_hh) = (w_ih.clone(), w_hh.clone());
+        pool.install(|| blocks(&mut b_ih, &mut b_hh));
         pool.install(|| two(&mut w_ih, &mut w_hh));
         pool.install(|| at_b(g, n, rows, &dg, g, &xh, n, &mut w_fused, n, 1, par));
         let scale = w_hh.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
@@ -131,11 +183,14 @@ fn main() {
         for (p, q) in t_ih.iter().chain(&t_hh).zip(w_ih.iter().chain(&w_hh)) {
             err = err.max((p - q).abs());
         }
+        for (p, q) in b_ih.iter().chain(&b_hh).zip(w_ih.iter().chain(&w_hh)) {
+            err = err.max((p - q).abs());
+        }
         assert!(err / scale < 1e-4, "variants differ by {}", err / scale);
 
         let flops = 2.0 * (g * n * rows) as f64;
         let calls = ((2e-2 * 5e10 / flops) as usize).clamp(1, 2000);
-        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut times: [Vec<f64>; 5] = Default::default();
         for _ in 0..repeats {
             let mut time = |slot: usize, f: &mut (dyn FnMut() + Send)| {
                 let t0 = Instant::now();
@@ -155,17 +210,26 @@ fn main() {
                 at_b(g, n, rows, &dg, g, &xh, n, &mut w_fused, n, 1, par)
             });
             time(3, &mut || two_t(&mut w_ih, &mut w_hh));
+            time(4, &mut || blocks(&mut w_ih, &mut w_hh));
         }
-        let names = ["two", "fused", "fused, no copy", "two, transposed"];
+        let names = [
+            "two",
+            "fused",
+            "fused, no copy",
+            "two, transposed",
+            "blocks, 1 thread each",
+        ];
         for (name, ts) in names.iter().zip(times) {
             let ms = median(ts);
             println!(
-                "({b},{t},{i},{h}) {name:18} {ms:9.3} ms {:7.1} GFLOP/s",
+                "({b},{t},{i},{h}) {name:21} {ms:9.3} ms {:7.1} GFLOP/s",
                 flops / ms / 1e6
             );
         }
     }
-    narrow(repeats, &pool, par);
+    if only.is_none() {
+        narrow(repeats, &pool, par);
+    }
 }
 
 /// The products whose row-major destination is narrow (`n = I` columns): `dx = dG·W_ih`
