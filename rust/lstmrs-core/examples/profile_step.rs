@@ -3,7 +3,9 @@
 //! `REPS=n` times n repeats (default 10). `CELL=gru` times the GRU; `CELL=dsl_lstm` /
 //! `CELL=dsl_gru` the same cells compiled from the cell language (`notes/cell_dsl.md`), through
 //! the same sweep. `ONLY=inference` runs only the inference forward, `REPS` times (default 2000),
-//! for `perf record` of the inference step alone.
+//! for `perf record` of the inference step alone. `TAPE=consume` times the backward pass that
+//! uses its tape up (`backward_consuming`, what the Python package's `backward` runs by
+//! default: the gate gradients overwrite the tape's activations instead of a copy of them).
 //!
 //! After the means, one line per phase gives the call-to-call spread (median, fastest, slowest
 //! call), the page faults per call (a buffer allocated afresh faults every page in) and the CPU
@@ -12,8 +14,8 @@
 
 use lstmrs_core::cellexpr::register_cell;
 use lstmrs_core::{
-    backward, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs, Layout, RnnConfig,
-    RnnParams,
+    backward, backward_consuming, forward, threads, Batch, CellKind, ForwardOptions, GradOutputs,
+    Layout, RnnConfig, RnnParams,
 };
 use std::time::Instant;
 
@@ -80,6 +82,7 @@ fn main() {
         ..Default::default()
     };
     let only_inference = std::env::var("ONLY").as_deref() == Ok("inference");
+    let consume = std::env::var("TAPE").as_deref() == Ok("consume");
     // `REPS` sets the timed repeats (more for a `perf record` of a small case).
     let reps: usize = std::env::var("REPS").map_or(if only_inference { 2000 } else { 10 }, |v| {
         v.parse().expect("REPS: an integer")
@@ -114,19 +117,21 @@ fn main() {
         std::hint::black_box(o);
         let u1 = usage();
         let s = Instant::now();
-        let o = forward(&p, &batch, &opts).unwrap();
+        let mut o = forward(&p, &batch, &opts).unwrap();
         let e2 = s.elapsed().as_secs_f64();
         let u2 = usage();
         let s = Instant::now();
-        let g = backward(
-            &p,
-            o.tape.as_ref().unwrap(),
-            &GradOutputs {
-                output: Some(&d_out),
-                h_n: None,
-                c_n: None,
-            },
-        )
+        let grads = GradOutputs {
+            output: Some(&d_out),
+            h_n: None,
+            c_n: None,
+        };
+        let tape = o.tape.as_mut().unwrap();
+        let g = if consume {
+            backward_consuming(&p, tape, &grads)
+        } else {
+            backward(&p, tape, &grads)
+        }
         .unwrap();
         let e3 = s.elapsed().as_secs_f64();
         let u3 = usage();
