@@ -40,7 +40,7 @@ pub const SMALL_BATCH_MAX: usize = 16;
 /// (fastest of 15 runs): a forced split of a GRU step B=1 H=128 (61K) took 2.9 µs against
 /// 2.2 µs on one thread; an LSTM step B=1 H=256 (295K) 5.7 µs against 10.9 µs. A pool thread
 /// that is late to start costs little (the caller takes its half back, see `handoff`).
-pub const SPLIT_MIN_WORK: usize = 1 << 18;
+pub const SPLIT_MIN_WORK: usize = 1 << 16;
 
 /// The running state of a stream of `B` sequences through a unidirectional network.
 #[derive(Debug, Clone)]
@@ -226,7 +226,7 @@ impl<T: Scalar> Stepper<T> {
             let work = crate::network::forward_work(&cfg, 1, self.batch);
             // The pool's size is looked up only for a step large enough to split.
             let threads = if work >= self.split_min_work {
-                crate::threads::num_threads()
+                crate::threads::num_threads_hint()
             } else {
                 1
             };
