@@ -248,3 +248,24 @@ def test_large_f32_batches_step_like_predict_at_any_thread_count(cell, hidden):
     np.testing.assert_array_equal(h1, h2)
     if cell == "lstm":
         np.testing.assert_array_equal(c1, c2)
+
+
+@pytest.mark.parametrize(("cell", "hidden"), [("lstm", 128), ("gru", 160)])
+def test_one_stream_split_between_threads_steps_like_one_thread(cell, hidden, restore_num_threads):
+    # One stream, big enough (LSTM 128: 160 x 512 multiply-adds) that at two threads each step
+    # shares its hidden units with the hand-off partner thread (the benchmark's streaming case).
+    # A run of back-to-back steps keeps the partner awake, so most steps really split (unless the
+    # machine's cores are busy and the partner backs off). The split keeps every sum's order:
+    # the same bits as one thread, and predict's values.
+    m = Model(input_size=32, hidden_size=hidden, cell=cell, pooling="per_step", seed=4)
+    x = np.random.default_rng(4).normal(size=(1, 300, 32)).astype(np.float32)
+    full = m.predict(x)
+    runs = []
+    for n in (1, 2):
+        set_num_threads(n)
+        s = m.stepper()
+        outs = np.stack([s.step(x[0, t]) for t in range(x.shape[1])])
+        np.testing.assert_allclose(outs, full[0], rtol=1e-4, atol=1e-5)
+        runs.append((outs, *s.state))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

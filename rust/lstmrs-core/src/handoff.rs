@@ -174,7 +174,8 @@ struct Mailbox {
     /// Bumped by every post, so the partner tells a new half from one it has seen.
     posted: AtomicU64,
     job: Mutex<Option<Arc<dyn Take>>>,
-    /// Set by the partner just before it parks.
+    /// Set by the partner just before it parks (and until its thread first runs, so that the
+    /// halves posted while it starts do not count as misses).
     sleeping: AtomicBool,
     /// When the last half was posted (ns since `epoch()`).
     last_post: AtomicU64,
@@ -275,7 +276,7 @@ fn partner() -> Option<Arc<Partner>> {
     let mailbox = Arc::new(Mailbox {
         posted: AtomicU64::new(0),
         job: Mutex::new(None),
-        sleeping: AtomicBool::new(false),
+        sleeping: AtomicBool::new(true),
         last_post: AtomicU64::new(0),
         misses: AtomicU32::new(0),
         backoff_until: AtomicU64::new(0),
@@ -299,6 +300,7 @@ fn partner() -> Option<Arc<Partner>> {
 /// until a post wakes it.
 fn serve(mb: &Mailbox) {
     IS_PARTNER.with(|c| c.set(true));
+    mb.sleeping.store(false, Ordering::SeqCst);
     let mut seen = 0u64;
     loop {
         let mut idle_since = Instant::now();
@@ -319,7 +321,7 @@ fn serve(mb: &Mailbox) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 let now = Instant::now();
                 if now - looked > DESCHEDULED {
                     mb.back_off();
