@@ -143,6 +143,16 @@ enum Route {
     Serial,
 }
 
+/// False while the partner backs off (the machine's cores are busy): a caller that would split
+/// a short call in two then runs it whole, as one thread would.
+pub(crate) fn partner_ready() -> bool {
+    !PARTNER
+        .try_lock()
+        .ok()
+        .and_then(|p| p.as_ref().map(|p| p.mailbox.backing_off()))
+        .unwrap_or(false)
+}
+
 fn route() -> Route {
     match partner() {
         Some(p) if p.mailbox.backing_off() => Route::Serial,
@@ -201,8 +211,8 @@ const DESCHEDULED: Duration = Duration::from_micros(50);
 const MAX_MISSES: u32 = 3;
 pub(crate) const BACKOFF: Duration = Duration::from_millis(20);
 /// A machine that stays busy makes every retry after a back-off cost a few hand-offs that wait
-/// for a core (milliseconds each): the back-offs double, to 20 ms << 6 (1.3 s), until the
-/// partner serves this many halves in a row.
+/// for a core (milliseconds each): the back-offs double, to 20 ms << 6 (1.3 s), and each run of
+/// this many halves served in a row takes one doubling back.
 const MAX_LEVEL: u32 = 6;
 const CLEAN_RUN: u32 = 10_000;
 
@@ -228,8 +238,11 @@ impl Mailbox {
     fn served(&self) {
         self.misses.store(0, Ordering::Relaxed);
         if self.served.fetch_add(1, Ordering::Relaxed) + 1 >= CLEAN_RUN {
+            // One level at a time: on a machine that stays busy the partner does get runs of
+            // clean halves between the spells that make it wait.
             self.served.store(0, Ordering::Relaxed);
-            self.level.store(0, Ordering::Relaxed);
+            let level = self.level.load(Ordering::Relaxed);
+            self.level.store(level.saturating_sub(1), Ordering::Relaxed);
         }
     }
 
@@ -474,6 +487,7 @@ mod tests {
         p.mailbox.back_off();
         assert!(p.mailbox.backing_off());
         assert!(matches!(route(), Route::Serial));
+        assert!(!partner_ready());
         let caller = std::thread::current().id();
         let mut ran_on = None;
         beside_scoped(|| {}, || ran_on = Some(std::thread::current().id()));
@@ -482,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn back_offs_double_up_to_the_cap_and_a_clean_run_resets_them() {
+    fn back_offs_double_up_to_the_cap_and_each_clean_run_halves_them() {
         let mb = Mailbox {
             posted: AtomicU64::new(0),
             job: Mutex::new(None),
@@ -508,6 +522,10 @@ mod tests {
         }
         assert_eq!(mb.level.load(Ordering::Relaxed), MAX_LEVEL);
         for _ in 0..CLEAN_RUN {
+            mb.served();
+        }
+        assert_eq!(mb.level.load(Ordering::Relaxed), MAX_LEVEL - 1);
+        for _ in 0..CLEAN_RUN * (MAX_LEVEL - 1) {
             mb.served();
         }
         assert_eq!(mb.level.load(Ordering::Relaxed), 0);

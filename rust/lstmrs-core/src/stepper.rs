@@ -228,8 +228,9 @@ impl<T: Scalar> Stepper<T> {
         let data = weights.as_slice();
         if self.small {
             let work = crate::network::forward_work(&cfg, 1, self.batch);
-            // The pool's size is looked up only for a step large enough to split.
-            let threads = if work >= self.split_min_work {
+            // The pool's size is looked up only for a step large enough to split, and while
+            // the hand-off partner backs off (busy cores) the step runs whole on this thread.
+            let threads = if work >= self.split_min_work && crate::handoff::partner_ready() {
                 crate::threads::num_threads_hint()
             } else {
                 1
