@@ -143,17 +143,46 @@ enum Route {
     Serial,
 }
 
+/// 0: not read yet; 1: off; 2: on. See [`partner_enabled`].
+static PARTNER_ON: AtomicU8 = AtomicU8::new(0);
+
+/// Whether split calls hand their other half to the partner; otherwise to the pool, as before
+/// the partner existed. Off unless the environment sets `LSTMRS_STEP_PARTNER=1`: on the shared
+/// 2-core VM it was measured to take the LSTM B=1 H=128 step from 3.4 to 2.5 µs in some runs
+/// and to make it slower in others (see `SPLIT_MIN_WORK`), so it waits for a decision on an
+/// idle machine.
+pub(crate) fn partner_enabled() -> bool {
+    match PARTNER_ON.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("LSTMRS_STEP_PARTNER").is_ok_and(|v| v.trim() == "1");
+            PARTNER_ON.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Overrides `LSTMRS_STEP_PARTNER` for this process (tests).
+#[cfg(test)]
+pub(crate) fn set_partner_enabled(on: bool) {
+    PARTNER_ON.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
 /// False while the partner backs off (the machine's cores are busy): a caller that would split
 /// a short call in two then runs it whole, as one thread would.
 pub(crate) fn partner_ready() -> bool {
-    !PARTNER
-        .try_lock()
-        .ok()
-        .and_then(|p| p.as_ref().map(|p| p.mailbox.backing_off()))
-        .unwrap_or(false)
+    !partner_enabled()
+        || !PARTNER
+            .try_lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.mailbox.backing_off()))
+            .unwrap_or(false)
 }
 
 fn route() -> Route {
+    if !partner_enabled() {
+        return Route::Pool;
+    }
     match partner() {
         Some(p) if p.mailbox.backing_off() => Route::Serial,
         Some(p) => Route::Partner(p),
@@ -432,6 +461,7 @@ mod tests {
 
     #[test]
     fn the_partner_takes_halves_and_its_own_halves_go_to_the_pool() {
+        set_partner_enabled(true);
         // A stream of calls keeps the partner awake: most halves should run on it, and a
         // `beside` inside a half the partner runs queues on the pool instead of on itself.
         let on_partner = Arc::new(AtomicUsize::new(0));
@@ -465,6 +495,7 @@ mod tests {
 
     #[test]
     fn callers_on_several_threads_each_get_their_half_run_once() {
+        set_partner_enabled(true);
         // They share the partner's one mailbox: a post replaces a half not yet taken, whose
         // caller then runs it itself.
         std::thread::scope(|scope| {
@@ -483,6 +514,7 @@ mod tests {
 
     #[test]
     fn a_backing_off_partner_leaves_both_halves_to_the_caller() {
+        set_partner_enabled(true);
         let p = partner().expect("a partner thread");
         p.mailbox.back_off();
         assert!(p.mailbox.backing_off());
