@@ -692,7 +692,9 @@ pub(crate) fn forward<T: Scalar>(
     // `[T*B, G*H]` result lands in a fresh buffer (at 32 MiB, above glibc's largest mmap
     // threshold, mapped and faulted in again at every call) that the steps then read back cold
     // (an LSTM's product adds onto it in place). (64,128,128,256) inference, one thread,
-    // `examples/profile_step`: LSTM 60-64 ms -> 39-44 ms, GRU 34-40 -> 30-34 ms.
+    // `bench/infer_alone.py`, builds alternating on the shared VM under load 5, CPU medians of
+    // 15 calls: LSTM 46-53 -> 39-41 ms, GRU 33-39 -> 29-30; two layers LSTM 101-109 -> 86-93,
+    // GRU 72-75 -> 61-65.
     let projection_work = (steps * b).saturating_mul(sw.input).saturating_mul(gw);
     let projection_alone =
         members == 1 && threads::team_capacity() > 1 && projection_work >= TEAM_MIN_SWEEP_WORK;
