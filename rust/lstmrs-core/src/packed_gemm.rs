@@ -198,11 +198,13 @@ fn panel_major(k_len: usize, cols: usize) -> bool {
 /// first. The copy is a scalar transposition costing about a pass over the lhs: on AVX2 and the
 /// portable kernel it pays when many panels reread the lhs, or when its rows lie a multiple of
 /// 2 KiB apart and so share L1 sets. The AVX-512 kernel never copies: reading the rows in place
-/// was faster in every step shape measured (`examples/packed_kernels`, one thread, the kernels'
-/// turns alternating in one process on the shared 2-core AVX-512 VM, fastest of 31 x 100 calls;
-/// L1 there is 48 KiB, 12-way, so even rows 4 KiB apart fit): forward (B,H) = (64,256), one
-/// member's half of the columns as in a team of two, 114-142 -> 81-114 us; (64,1024) half 1411
-/// -> 1273 us; backward (64,256) 203-311 -> 167-237 us, (64,1024) 3786-4521 -> 3136-4211 us.
+/// was as fast or faster in the step shapes of the benchmark cases (the lhs table of
+/// `examples/packed_kernels`, copy and no copy taking turns in one process on the shared 2-core
+/// Zen 5 VM, L1 48 KiB 12-way, so even rows 4 KiB apart fit; fastest of 9, load 7): one
+/// member's half of the forward columns (a team of two) at (B,H) = (64,256) 88.9 -> 81.4 us,
+/// (64,1024) 1560 -> 1502 us, (8,128) 3.97 -> 3.18 us; backward (64,256) 184 -> 154 us, (64,1024)
+/// 3136 -> 2917 us; the whole forward at (64,1024) the one near-tie, 3037 -> 3104 us (medians
+/// 3303 -> 3251).
 fn packs_lhs(isa: Isa, panels: usize, lda_bytes: usize) -> bool {
     match LHS_COPY_OVERRIDE.load(Ordering::Relaxed) {
         1 => return false,
