@@ -20,6 +20,13 @@ pub fn set_team_override(n: usize) {
     crate::threads::set_forced_join_wait(n > 0);
 }
 
+/// Makes every later packed product copy its lhs tile by tile first (`Some(true)`, whenever it
+/// has more than one panel), never copy it (`Some(false)`), or leave it to the kernel's rule
+/// (`None`). For comparing the two in `examples/packed_kernels.rs`; process-wide.
+pub fn set_lhs_copy(copy: Option<bool>) {
+    crate::packed_gemm::set_lhs_copy(copy);
+}
+
 /// How many teams of each size the sweeps have formed so far in this process (index `n`: teams of
 /// `n` threads, the last entry also counts larger ones). [`set_team_override`] is an upper
 /// bound, not a promise: a pool thread that does not pick up its job in time is left out, so a
@@ -90,6 +97,22 @@ impl<T: Scalar> PackedWeight<T> {
             width: gates * h,
         }
     }
+    /// [`PackedWeight::forward_on`] for the columns of the hidden units `units` only: what one
+    /// member of a sweep's team packs (its output columns stay where they are in `[B, gates*H]`).
+    pub fn forward_units_on(
+        isa: Isa,
+        w_hh: &[T],
+        gates: usize,
+        h: usize,
+        units: std::ops::Range<usize>,
+        rows: usize,
+    ) -> Self {
+        let runs = gate_vectors(gates, h, units);
+        PackedWeight {
+            packed: Packed::new_on(isa, w_hh, 1, h, h, &runs, rows),
+            width: gates * h,
+        }
+    }
     /// [`PackedWeight::backward`] on the kernel of `isa`.
     pub fn backward_on(isa: Isa, w_hh: &[T], gates: usize, h: usize, rows: usize) -> Self {
         let runs = gate_vectors(1, h, 0..h);
@@ -102,6 +125,12 @@ impl<T: Scalar> PackedWeight<T> {
     pub fn product(&self, a: &[T], rows: usize, c: &mut [T]) {
         let k = self.packed.depth();
         self.packed.product(a, k, rows, c, self.width, false);
+    }
+    /// `c[rows, ..width] (+)= a[rows, k] · W` into rows `ldc` apart (`+=` when `accumulate`): the
+    /// forward LSTM step adds onto its input side in place, in rows `4H` wide.
+    pub fn product_into(&self, a: &[T], rows: usize, c: &mut [T], ldc: usize, accumulate: bool) {
+        let k = self.packed.depth();
+        self.packed.product(a, k, rows, c, ldc, accumulate);
     }
 }
 

@@ -194,6 +194,39 @@ fn panel_major(k_len: usize, cols: usize) -> bool {
     k_len <= cols
 }
 
+/// Whether a product over `panels` panels copies its lhs (rows `lda_bytes` apart) tile by tile
+/// first. The copy is a scalar transposition costing about a pass over the lhs: on AVX2 and the
+/// portable kernel it pays when many panels reread the lhs, or when its rows lie a multiple of
+/// 2 KiB apart and so share L1 sets. The AVX-512 kernel never copies: reading the rows in place
+/// was as fast or faster in the step shapes of the benchmark cases (the lhs table of
+/// `examples/packed_kernels`, copy and no copy taking turns in one process on the shared 2-core
+/// Zen 5 VM, L1 48 KiB 12-way, so even rows 4 KiB apart fit; fastest of 9, load 7): one
+/// member's half of the forward columns (a team of two) at (B,H) = (64,256) 88.9 -> 81.4 us,
+/// (64,1024) 1560 -> 1502 us, (8,128) 3.97 -> 3.18 us; backward (64,256) 184 -> 154 us, (64,1024)
+/// 3136 -> 2917 us; the whole forward at (64,1024) the one near-tie, 3037 -> 3104 us (medians
+/// 3303 -> 3251).
+fn packs_lhs(isa: Isa, panels: usize, lda_bytes: usize) -> bool {
+    match LHS_COPY_OVERRIDE.load(Ordering::Relaxed) {
+        1 => return false,
+        2 => return panels > 1,
+        _ => {}
+    }
+    isa != Isa::Avx512 && panels > 1 && (panels >= 8 || lda_bytes.is_multiple_of(2048))
+}
+
+/// Benchmarks only (`bench::set_lhs_copy`): 0 lets [`packs_lhs`] decide, 1 never copies, 2
+/// copies whenever there is more than one panel.
+static LHS_COPY_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn set_lhs_copy(copy: Option<bool>) {
+    let v = match copy {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    LHS_COPY_OVERRIDE.store(v, Ordering::Relaxed);
+}
+
 /// Rows of the next tile when `left` rows remain: full tiles, except that the last two share
 /// what is left of `mr..2*mr` so that no tile has fewer than `mr/2` rows (few rows leave too
 /// few independent sums).
@@ -314,10 +347,8 @@ impl<T: Scalar> Packed<T> {
             kc,
             panel_major,
             slots,
-            lhs: std::cell::RefCell::new(vec![
-                T::zero();
-                rows * Self::lhs_depth(k_len, kc, panel_major)
-            ]),
+            // Allocated on first use: the AVX-512 kernel never copies (see `packs_lhs`).
+            lhs: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -440,14 +471,11 @@ impl<T: Scalar> Packed<T> {
             }
             return;
         }
-        // Copying the lhs costs about a pass over it: worth it when many panels reread it, or
-        // when its rows lie a multiple of 2 KiB apart and so share L1 sets.
-        let pack_lhs =
-            panels > 1 && (panels >= 8 || (lda * std::mem::size_of::<T>()).is_multiple_of(2048));
+        let pack_lhs = packs_lhs(self.isa, panels, lda * std::mem::size_of::<T>());
         let lhs_len = rows * Self::lhs_depth(self.k, self.kc, self.panel_major);
         let mut lhs = self.lhs.borrow_mut();
         if pack_lhs && lhs.len() < lhs_len {
-            // Only when called with more rows than packed for (never inside a sweep).
+            // At the first product that copies (and when called with more rows than packed for).
             lhs.resize(lhs_len, T::zero());
         }
         let lhs_ptr = lhs.as_mut_ptr();
