@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from lstmrs import get_num_threads, set_num_threads
@@ -252,44 +248,3 @@ def test_large_f32_batches_step_like_predict_at_any_thread_count(cell, hidden):
     np.testing.assert_array_equal(h1, h2)
     if cell == "lstm":
         np.testing.assert_array_equal(c1, c2)
-
-
-ONE_STREAM_SPLIT = """
-import numpy as np, sys
-from lstmrs import set_num_threads
-from lstmrs.models import Model
-cell, hidden = sys.argv[1], int(sys.argv[2])
-m = Model(input_size=32, hidden_size=hidden, cell=cell, pooling="per_step", seed=4)
-x = np.random.default_rng(4).normal(size=(1, 300, 32)).astype(np.float32)
-full = m.predict(x)
-runs = []
-for n in (1, 2):
-    set_num_threads(n)
-    s = m.stepper()
-    outs = np.stack([s.step(x[0, t]) for t in range(x.shape[1])])
-    np.testing.assert_allclose(outs, full[0], rtol=1e-4, atol=1e-5)
-    runs.append((outs, *s.state))
-for a, b in zip(*runs):
-    np.testing.assert_array_equal(a, b)
-"""
-
-
-@pytest.mark.parametrize("partner", ["0", "1"])
-@pytest.mark.parametrize(("cell", "hidden"), [("lstm", 128), ("gru", 160)])
-def test_one_stream_split_between_threads_steps_like_one_thread(cell, hidden, partner):
-    # One stream, big enough (LSTM 128: 160 x 512 multiply-adds) that with the hand-off partner
-    # on (`LSTMRS_STEP_PARTNER=1`, read once per process, hence the subprocess) two threads
-    # share each step (the benchmark's streaming case); off, the step runs on one thread. A run
-    # of back-to-back steps keeps the partner awake, so most steps really split (unless the
-    # machine's cores are busy and it backs off). The split keeps every sum's order: one
-    # thread's bits, and predict's values.
-    env = {**os.environ, "LSTMRS_STEP_PARTNER": partner}
-    r = subprocess.run(
-        [sys.executable, "-c", ONE_STREAM_SPLIT, cell, str(hidden)],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr

@@ -15,14 +15,6 @@ layout and shape. An input of another type (a list, a scalar), dtype or layout c
 unstepped and is converted here first, so it costs a copy more but gives the same result. Every
 call returns a new array (PyTorch users expect a fresh tensor; a small array costs well under a
 microsecond), never a view of state that the next step would overwrite.
-
-Threads: with two or more threads (``lstmrs.set_num_threads``), a step of at least 262144
-multiply-adds shares its hidden units with a pool thread. ``LSTMRS_STEP_PARTNER=1`` in the
-environment (read once per process) hands the other half to a partner thread instead, which
-spins for about 100 µs after each half so that back-to-back steps find it ready, backs off
-while the cores are busy, and lowers that size to 65536 (an LSTM of ``H = 128`` at 32 inputs,
-one stream). Measured on a shared 2-core VM it took that step from 3.4 to 2.5 µs in some runs
-and made it slower in others, so it is off by default. Every choice gives the same bits.
 """
 
 from __future__ import annotations

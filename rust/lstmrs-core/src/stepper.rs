@@ -42,16 +42,6 @@ pub const SMALL_BATCH_MAX: usize = 16;
 /// that is late to start costs little (the caller takes its half back, see `handoff`).
 pub const SPLIT_MIN_WORK: usize = 1 << 18;
 
-/// [`SPLIT_MIN_WORK`] when the hand-off partner is on (`LSTMRS_STEP_PARTNER=1`, see `handoff`):
-/// the calling thread and a spinning partner thread share the step, the hand-off costing its
-/// cache-line trips between cores (about 0.2-0.5 µs). Measured with `examples/stepper_speed.rs`
-/// (2 threads, B=1, `RUNS=200 STEPS=20`, fastest run, µs per step) on the shared 2-core AVX-512
-/// machine, under `chrt -f 10` so that other users' builds did not take the second core, one
-/// thread vs split, two runs: LSTM H=64 (25K) 1.21, 0.90 vs 1.20, 1.13; LSTM H=96 (49K) 1.79,
-/// 1.71 vs 1.62, 1.59; GRU H=128 (61K) 2.09, 1.77 vs 1.73, 1.76; LSTM H=128 (82K) 2.73, 2.18
-/// vs 2.12, 2.13; LSTM H=256 (295K) 11.7, 11.7 vs 6.0, 5.6.
-pub const PARTNER_SPLIT_MIN_WORK: usize = 1 << 16;
-
 /// The running state of a stream of `B` sequences through a unidirectional network.
 #[derive(Debug, Clone)]
 pub struct Stepper<T> {
@@ -151,11 +141,7 @@ impl<T: Scalar> Stepper<T> {
             // The small-batch kernel has no projection step.
             small: small && cfg.proj_size == 0,
             kernel,
-            split_min_work: if crate::handoff::partner_enabled() {
-                PARTNER_SPLIT_MIN_WORK
-            } else {
-                SPLIT_MIN_WORK
-            },
+            split_min_work: SPLIT_MIN_WORK,
         })
     }
 
@@ -238,10 +224,9 @@ impl<T: Scalar> Stepper<T> {
         let data = weights.as_slice();
         if self.small {
             let work = crate::network::forward_work(&cfg, 1, self.batch);
-            // The pool's size is looked up only for a step large enough to split, and while
-            // the hand-off partner backs off (busy cores) the step runs whole on this thread.
-            let threads = if work >= self.split_min_work && crate::handoff::partner_ready() {
-                crate::threads::num_threads_hint()
+            // The pool's size is looked up only for a step large enough to split.
+            let threads = if work >= self.split_min_work {
+                crate::threads::num_threads()
             } else {
                 1
             };

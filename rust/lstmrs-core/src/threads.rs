@@ -102,28 +102,13 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         });
     }
     let new = build(n)?;
-    THREADS_SEEN.store(n, Ordering::Relaxed);
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some((std::process::id(), new));
     Ok(())
 }
 
 /// The number of worker threads calls run on.
 pub fn num_threads() -> usize {
-    let n = pool().current_num_threads();
-    THREADS_SEEN.store(n, Ordering::Relaxed);
-    n
-}
-
-/// The last thread count `num_threads` saw or `set_num_threads` set (0: none yet).
-static THREADS_SEEN: AtomicUsize = AtomicUsize::new(0);
-
-/// [`num_threads`] without its look at the pool (a `getpid` system call and a lock): for a
-/// streamed step of a few µs that only sizes a split by it (results do not depend on the count).
-pub fn num_threads_hint() -> usize {
-    match THREADS_SEEN.load(Ordering::Relaxed) {
-        0 => num_threads(),
-        n => n,
-    }
+    pool().current_num_threads()
 }
 
 /// Runs `f` inside the core's pool.
@@ -136,12 +121,10 @@ pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) {
     pool().spawn(f)
 }
 
-/// Drops the pool (and the hand-off partner thread) so that the next call builds a fresh one; a forked child calls this, since the
+/// Drops the pool so that the next call builds a fresh one; a forked child calls this, since the
 /// parent's worker threads do not exist in it. (The process-id check in `pool` covers a fork
 /// without this call too.)
 pub fn reset_after_fork() {
-    crate::handoff::reset_after_fork();
-    THREADS_SEEN.store(0, Ordering::Relaxed);
     if let Ok(mut slot) = POOL.try_write() {
         if let Some((_, p)) = slot.take() {
             std::mem::forget(p);

@@ -48,10 +48,7 @@ impl StepperCore {
         let mc = self.model.get();
         let (b, o) = (self.batch, mc.config.outputs);
         let dims: &[usize] = if single { &[o] } else { &[b, o] };
-        // SAFETY: uninitialized elements of a plain float type; the step writes every one of
-        // them before the array is returned, and an array whose step failed is dropped unseen.
-        // (`zeros` cleared them first: a calloc and a memset the step overwrites anyway.)
-        let out = unsafe { PyArrayDyn::<T>::new(py, dims, false) };
+        let out = PyArrayDyn::<T>::zeros(py, dims, false);
         let tokens = matches!(mc.config.input, InputKind::Embedding { .. });
         let run =
             |m: &Typed<ModelOf>, s: &mut Typed<StepperOf>, x: ModelInput<T>, out: &mut [T]| {
@@ -155,28 +152,33 @@ impl StepperCore {
             Ok(a) if a.is_c_contiguous() => a,
             _ => return Ok(None),
         };
-        // The expected shape is the last `ndim` of `[b, per_row]` (no allocation per step).
-        let (ok, single, per_row, ndim) = match mc.config.input {
+        let (ok, single, want): (bool, bool, Vec<usize>) = match mc.config.input {
             InputKind::Dense { features } => {
                 let ok = match mc.dtype {
                     DType::F32 => x_t.is_instance_of::<PyArrayDyn<f32>>(),
                     DType::F64 => x_t.is_instance_of::<PyArrayDyn<f64>>(),
                 };
                 let single = b == 1 && untyped.ndim() == 1;
-                (ok, single, Some(features), if single { 1 } else { 2 })
+                (
+                    ok,
+                    single,
+                    if single {
+                        vec![features]
+                    } else {
+                        vec![b, features]
+                    },
+                )
             }
             InputKind::Embedding { .. } => {
                 let single = b == 1 && untyped.ndim() == 0;
                 let ok = x_t.is_instance_of::<PyArrayDyn<i64>>();
-                (ok, single, None, if single { 0 } else { 1 })
+                (ok, single, if single { vec![] } else { vec![b] })
             }
         };
         if !ok {
             return Ok(None);
         }
-        let full = [b, per_row.unwrap_or(0)];
-        let want = &full[..per_row.map_or(1, |_| 2)];
-        check_shape(py, "x_t", untyped.shape(), &want[want.len() - ndim..])?;
+        check_shape(py, "x_t", untyped.shape(), &want)?;
         by_dtype!(mc.dtype, T => self.step_t::<T>(py, x_t, single).map(Some))
     }
 
