@@ -26,9 +26,9 @@ def main(
     callable_for: Callable[..., Callable[[], object]],
     set_up: Callable[[argparse.Namespace], None] | None = None,
 ) -> None:
-    """Parses ``which --threads --repeats --warmup --cases``, then prints per case the median and
-    fastest wall time and the median CPU time of all threads of ``callable_for(which, cell, b,
-    t, i, h, layers, threads)``'s calls. ``set_up(args)`` runs once before the first case."""
+    """Parses ``which --threads --repeats --warmup --cases``, then prints per case the median,
+    10th and 90th percentiles and fastest wall time and the median CPU time of all threads of
+    ``callable_for(which, cell, b, t, i, h, layers, threads)``'s calls. ``set_up(args)`` runs once before the first case."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("which", choices=choices)
     ap.add_argument("--threads", type=int, default=2)
@@ -51,7 +51,8 @@ def main(
             cpu.append(time.process_time() - c0)
         print(
             f"{args.which:6s} {cell:4s} ({b},{t},{i},{h},{layers}) threads={args.threads}: "
-            f"median {np.median(wall) * 1e3:8.2f} ms  fastest {min(wall) * 1e3:8.2f} ms  "
+            f"median {np.median(wall) * 1e3:8.3f} ms  p10 {np.percentile(wall, 10) * 1e3:8.3f}  "
+            f"p90 {np.percentile(wall, 90) * 1e3:8.3f}  fastest {min(wall) * 1e3:8.3f} ms  "
             f"cpu median {np.median(cpu) * 1e3:8.2f} ms",
             flush=True,
         )

@@ -49,6 +49,14 @@ const WINDOW: usize = 3;
 /// Samples of each size the first calls collect (alternating) before a choice is made.
 const FIRST_PROBES: usize = 2;
 
+/// How much faster (per step, recent medians) than one thread a team must be to be chosen; one
+/// thread takes over again as soon as it is faster at all. A team whose partner is busy
+/// elsewhere forms short and runs alone, at one thread's speed plus its join wait (about 6% of a
+/// (32,100,8,64) LSTM call), so with no margin the choice flipped on noise, every flip
+/// re-probing sooner (`examples/call_spread.rs` at a load of 5: a team asked for in a third of
+/// the calls, nearly all short); a team that works wins by 1.3-1.6x, far outside the margin.
+const SWITCH_MARGIN: f64 = 0.85;
+
 /// What a shape class has measured, and which team size its next call runs. Pure bookkeeping
 /// (times are given to it), so the policy is tested with made-up timings.
 #[derive(Debug, Clone)]
@@ -65,6 +73,8 @@ pub(crate) struct Choice {
     next_probe: usize,
     /// The preferred size when the re-probe in flight was handed out.
     probing: Option<usize>,
+    /// The size chosen (1 until the team has been measured faster by [`SWITCH_MARGIN`]).
+    chosen: usize,
 }
 
 /// The size a call runs, and whether its time is to be recorded.
@@ -84,6 +94,7 @@ impl Choice {
             interval: REPROBE_EVERY,
             next_probe: REPROBE_EVERY,
             probing: None,
+            chosen: 1,
         }
     }
 
@@ -110,11 +121,24 @@ impl Choice {
         })
     }
 
-    /// The slot whose recent calls were faster (one thread on a tie).
+    /// The size chosen: the team once its recent calls were faster than one thread's by
+    /// [`SWITCH_MARGIN`], one thread again once its were faster at all (one thread until both
+    /// were measured, and on a tie).
     pub(crate) fn preferred(&self) -> usize {
-        match (self.typical(0), self.typical(1)) {
-            (Some(one), Some(team)) if team < one => self.team,
-            _ => 1,
+        self.chosen
+    }
+
+    /// [`Self::preferred`] after the latest samples.
+    fn choose(&self) -> usize {
+        let (Some(one), Some(team)) = (self.typical(0), self.typical(1)) else {
+            return 1;
+        };
+        if self.chosen == 1 && team < SWITCH_MARGIN * one {
+            self.team
+        } else if self.chosen != 1 && one < team {
+            1
+        } else {
+            self.chosen
         }
     }
 
@@ -155,6 +179,7 @@ impl Choice {
             slot.remove(0);
         }
         slot.push(per_step);
+        self.chosen = self.choose();
         let after = self.preferred();
         let probed = self.probing.filter(|&chosen| chosen != size).is_some();
         if probed {
@@ -297,6 +322,43 @@ mod tests {
         // Idle again: only the re-probes see the team, WINDOW of them bring it back.
         drive(&mut c, (WINDOW + 1) * REPROBE_EVERY, 11.9, 7.6);
         assert_eq!(c.preferred(), 2);
+    }
+
+    #[test]
+    fn sizes_within_the_margin_do_not_flip_the_choice() {
+        // A team between the margin and one thread's speed, its median moved by noise: the
+        // choice stays where it is, both ways.
+        for (start_one, start_team, want) in [(11.9, 7.6, 2), (7.6, 11.9, 1)] {
+            let mut c = Choice::new(2);
+            c.next();
+            drive(&mut c, 40, start_one, start_team);
+            assert_eq!(c.preferred(), want);
+            let mut sizes = Vec::new();
+            for k in 0..400 {
+                let wobble = if k % 2 == 0 { 0.96 } else { 0.88 };
+                let p = c.next();
+                sizes.push(p.size);
+                c.record(p.size, if p.size == 1 { 10.0 } else { 10.0 * wobble });
+            }
+            assert_eq!(c.preferred(), want);
+            // Only re-probes run the other size, and confirming ones stretch the interval.
+            let other = sizes.iter().filter(|&&s| s != want).count();
+            assert!(
+                other <= 400 / REPROBE_EVERY,
+                "{other} calls of the other size"
+            );
+        }
+    }
+
+    #[test]
+    fn a_team_no_faster_than_one_thread_is_left_at_once() {
+        let mut c = Choice::new(2);
+        c.next();
+        drive(&mut c, 40, 11.9, 7.6);
+        assert_eq!(c.preferred(), 2);
+        // The partner stops joining: the team runs alone, a little slower than one thread.
+        drive(&mut c, WINDOW - 1, 11.9, 12.5);
+        assert_eq!(c.preferred(), 1);
     }
 
     #[test]
