@@ -689,9 +689,9 @@ pub(crate) fn forward<T: Scalar>(
     // A team of one projecting alone would give up the `gemm` crate's split of a product big
     // enough to pay for one (the cost model's threshold): e.g. I = 256, H = 64. With one thread
     // to run on there is no split to give up, and one product over all steps is slower: its
-    // `[T*B, G*H]` result lands in a fresh buffer (at 32 MiB, above glibc's largest mmap
-    // threshold, mapped and faulted in again at every call) that the steps then read back cold
-    // (an LSTM's product adds onto it in place). (64,128,128,256) inference, one thread,
+    // `[T*B, G*H]` result lands in a 32 MiB buffer that the steps then read back cold (an
+    // LSTM's product adds onto it in place); under glibc's allocator (the Rust examples) it is
+    // also mapped and faulted in again at every call, the extension's mimalloc keeps it. (64,128,128,256) inference, one thread,
     // `bench/infer_alone.py`, builds alternating on the shared VM under load 5, CPU medians of
     // 15 calls: LSTM 46-53 -> 39-41 ms, GRU 33-39 -> 29-30; two layers LSTM 101-109 -> 86-93,
     // GRU 72-75 -> 61-65.
