@@ -262,6 +262,15 @@ mod tests {
             .collect()
     }
 
+    /// A two-thread choice after its first (unrecorded) call and 40 calls at these per-step
+    /// times: settled on the faster size.
+    fn settled(one: f64, team: f64) -> Choice {
+        let mut c = Choice::new(2);
+        c.next();
+        drive(&mut c, 40, one, team);
+        c
+    }
+
     #[test]
     fn first_call_is_not_recorded_then_both_sizes_are_probed() {
         let mut c = Choice::new(2);
@@ -309,10 +318,8 @@ mod tests {
 
     #[test]
     fn follows_a_change_of_load_both_ways() {
-        let mut c = Choice::new(2);
-        c.next();
         // Idle: the team wins.
-        drive(&mut c, 40, 11.9, 7.6);
+        let mut c = settled(11.9, 7.6);
         assert_eq!(c.preferred(), 2);
         // The partner core gets busy: the team's calls slow down 3x; within a window of calls
         // the team's median passes one thread's and the choice falls back.
@@ -329,9 +336,7 @@ mod tests {
         // A team between the margin and one thread's speed, its median moved by noise: the
         // choice stays where it is, both ways.
         for (start_one, start_team, want) in [(11.9, 7.6, 2), (7.6, 11.9, 1)] {
-            let mut c = Choice::new(2);
-            c.next();
-            drive(&mut c, 40, start_one, start_team);
+            let mut c = settled(start_one, start_team);
             assert_eq!(c.preferred(), want);
             let mut sizes = Vec::new();
             for k in 0..400 {
@@ -352,9 +357,7 @@ mod tests {
 
     #[test]
     fn a_team_no_faster_than_one_thread_is_left_at_once() {
-        let mut c = Choice::new(2);
-        c.next();
-        drive(&mut c, 40, 11.9, 7.6);
+        let mut c = settled(11.9, 7.6);
         assert_eq!(c.preferred(), 2);
         // The partner stops joining: the team runs alone, a little slower than one thread.
         drive(&mut c, WINDOW - 1, 11.9, 12.5);
@@ -363,9 +366,7 @@ mod tests {
 
     #[test]
     fn one_slow_outlier_does_not_flip_the_choice() {
-        let mut c = Choice::new(2);
-        c.next();
-        drive(&mut c, 40, 11.9, 7.6);
+        let mut c = settled(11.9, 7.6);
         // A single preempted team call (a median of three ignores it).
         let p = c.next();
         assert_eq!(p.size, 2);
