@@ -147,6 +147,18 @@ impl<'a, T> RowsMut<'a, T> {
             _life: PhantomData,
         }
     }
+    /// The view starting `offset` elements further with row stride `ld`: e.g. one time step's
+    /// rows of a batch-first `[B, T, S]` buffer (`offset = t*S`, `ld = T*S`).
+    pub fn strided(&self, offset: usize, ld: usize) -> Self {
+        let off = offset.min(self.len);
+        RowsMut {
+            // SAFETY: `off <= len`.
+            ptr: unsafe { self.ptr.add(off) },
+            len: self.len - off,
+            ld,
+            _life: PhantomData,
+        }
+    }
     pub fn ptr(&self) -> *mut T {
         self.ptr
     }

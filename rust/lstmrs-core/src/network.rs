@@ -548,6 +548,8 @@ fn forward_checked<T: Scalar>(
         let dir_masks: Vec<DirMasks<T>> = (0..nd)
             .map(|dir| DirMasks::draw(reg, opts.training, opts.seed, layer, dir, t, bh, lstm))
             .collect();
+        // The last layer writes the caller's layout itself: no transposing pass over the output.
+        let last_batch_first = layer + 1 == cfg.num_layers && x.layout == Layout::BatchFirst;
         let team = sweep_team(nd);
         let run = |dir: usize| {
             let sw = Sweep {
@@ -560,6 +562,7 @@ fn forward_checked<T: Scalar>(
                 lengths: x.lengths,
                 reverse: dir == 1,
                 team,
+                out_batch_first: last_batch_first && nd == 1,
             };
             let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             sweep::forward(
@@ -592,11 +595,14 @@ fn forward_checked<T: Scalar>(
             if nd == 1 {
                 layer_out = o.out;
             } else {
-                for (row, src) in layer_out
-                    .chunks_exact_mut(nd * hs)
-                    .zip(o.out.chunks_exact(hs))
-                {
-                    row[dir * hs..(dir + 1) * hs].copy_from_slice(src);
+                // Source row `k = step*B + r`; batch-first, its row in the output is `r*T + step`.
+                for (k, src) in o.out.chunks_exact(hs).enumerate() {
+                    let row = if last_batch_first {
+                        (k % b) * t + k / b
+                    } else {
+                        k
+                    };
+                    layer_out[(row * nd + dir) * hs..][..hs].copy_from_slice(src);
                 }
             }
             dir_tapes.extend(o.tape);
@@ -610,7 +616,8 @@ fn forward_checked<T: Scalar>(
         }
     }
 
-    let output = from_time_major(layer_in, x.layout, t, b, cfg.output_size());
+    // The last layer wrote it in the caller's layout.
+    let output = layer_in;
     let tape = opts.keep_tape.then(|| Tape {
         config: cfg,
         layout: x.layout,
@@ -794,6 +801,7 @@ fn backward_checked<T: Scalar>(
                 lengths: tape.lengths.as_deref(),
                 reverse: dir == 1,
                 team,
+                out_batch_first: false,
             };
             let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             let mut dx = vec![T::zero(); t * b * inp];

@@ -52,6 +52,9 @@ pub(crate) struct Sweep<'a> {
     pub reverse: bool,
     /// Threads this sweep may occupy (it uses fewer when its steps are small).
     pub team: usize,
+    /// Whether the forward sweep writes its output batch-first (`[B, T, S]`, the caller's layout
+    /// for the last layer: no transposing pass over the output afterwards) or time-major.
+    pub out_batch_first: bool,
 }
 
 impl Sweep<'_> {
@@ -80,6 +83,14 @@ impl Sweep<'_> {
             t
         } else {
             t + 1
+        }
+    }
+    /// The rows of time step `t` in the forward output `out` (see `out_batch_first`).
+    pub(crate) fn out_rows<'a, T>(&self, out: RowsMut<'a, T>, t: usize) -> RowsMut<'a, T> {
+        if self.out_batch_first {
+            out.strided(t * out.ld(), self.steps * out.ld())
+        } else {
+            out.skip(t * self.batch)
         }
     }
 }
@@ -333,7 +344,8 @@ impl<T> DirTape<T> {
 
 /// Result of a forward sweep.
 pub(crate) struct DirOutput<T> {
-    /// `[T, B, H]`; zero past each sequence's length.
+    /// `[T, B, S]` (`[B, T, S]` with `Sweep::out_batch_first`); zero past each sequence's
+    /// length.
     pub out: Vec<T>,
     /// `[B, H]` state after each sequence's last valid step.
     pub h_last: Vec<T>,
@@ -1069,7 +1081,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     *d = v * m[k]
                 });
             }
-            emit(active, units, b, h_next.read(), self.out.skip(t * b));
+            emit(active, units, b, h_next.read(), sw.out_rows(self.out, t));
         }
     }
 }
@@ -1774,7 +1786,7 @@ impl<T: Scalar> CustomForward<'_, T> {
                     *d = v * m[k]
                 });
             }
-            emit(active, all, b, h_next.read(), self.out.skip(t * b));
+            emit(active, all, b, h_next.read(), sw.out_rows(self.out, t));
         }
     }
 }
