@@ -55,6 +55,10 @@ pub(crate) struct Sweep<'a> {
     /// Whether the forward sweep writes its output batch-first (`[B, T, S]`, the caller's layout
     /// for the last layer: no transposing pass over the output afterwards) or time-major.
     pub out_batch_first: bool,
+    /// Whether the input `x` is batch-first (`[B, T, I]`, the caller's array for the first layer
+    /// in inference): the team's projection and the fused product read it in place, the other
+    /// paths take a time-major copy first (`time_major_input`).
+    pub x_batch_first: bool,
 }
 
 impl Sweep<'_> {
@@ -654,9 +658,19 @@ unsafe fn add_direct_paths<T: Scalar>(
     }
 }
 
-/// Runs one direction over the whole sequence `x[T*B, I]` from `h0[B,H]` (and `c0`).
+/// `x` time-major: as it is, or a transposed copy when `sw.x_batch_first` (which it then clears).
+fn time_major_input<'a, T: Copy>(sw: &mut Sweep, x: &'a [T]) -> Cow<'a, [T]> {
+    if std::mem::take(&mut sw.x_batch_first) {
+        Cow::Owned(crate::network::swap_outer(x, sw.batch, sw.steps, sw.input))
+    } else {
+        Cow::Borrowed(x)
+    }
+}
+
+/// Runs one direction over the whole sequence `x` (`[T*B, I]`, or `[B*T, I]` with
+/// `sw.x_batch_first`) from `h0[B,H]` (and `c0`).
 pub(crate) fn forward<T: Scalar>(
-    sw: Sweep,
+    mut sw: Sweep,
     x: &[T],
     w: DirWeights<T>,
     h0: &[T],
@@ -665,11 +679,13 @@ pub(crate) fn forward<T: Scalar>(
     keep_tape: bool,
 ) -> DirOutput<T> {
     if let Some(cell) = sw.cell.compiled() {
-        return forward_custom(cell, sw, x, w, h0, c0, reg, keep_tape);
+        let x = time_major_input(&mut sw, x);
+        return forward_custom(cell, sw, &x, w, h0, c0, reg, keep_tape);
     }
     if sw.proj > 0 {
         let c0 = c0.expect("an LSTM sweep has a cell state");
-        return projection::forward(sw, x, w, h0, c0, keep_tape);
+        let x = time_major_input(&mut sw, x);
+        return projection::forward(sw, &x, w, h0, c0, keep_tape);
     }
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
     let gates = sw.cell.gate_count();
@@ -713,6 +729,12 @@ pub(crate) fn forward<T: Scalar>(
     // A narrow input rides in each step's recurrent product instead (see `fuses_input`).
     let fused = lstm && fuses_input::<T>(gw, sw.input);
     let in_team = !fused && team_projects::<T>(gw, sw.input) && !projection_alone;
+    // Only those two read a batch-first input in place, one step's rows at a time.
+    let x = if in_team || fused {
+        Cow::Borrowed(x)
+    } else {
+        time_major_input(&mut sw, x)
+    };
     let chunk = if in_team {
         projection_chunk(b, steps)
     } else if fused {
@@ -725,7 +747,7 @@ pub(crate) fn forward<T: Scalar>(
         vec![T::zero(); if keep_tape { steps } else { chunk } * b * gw]
     } else {
         input_projection(
-            Mat::new(x, steps * b, sw.input),
+            Mat::new(&x, steps * b, sw.input),
             Mat::new(w.w_ih, gw, sw.input),
             row_bias.as_deref(),
         )
@@ -761,7 +783,7 @@ pub(crate) fn forward<T: Scalar>(
         masked: RowsMut::new(&mut h_masked, h),
         out: RowsMut::new(&mut out, h),
         act: RowsMut::new(&mut x_pre, gw),
-        x: Rows::new(x, sw.input),
+        x: Rows::new(&x, sw.input),
         row_bias: row_bias.as_deref(),
     };
     team.run(steps, |member, size, barrier| {
@@ -841,7 +863,7 @@ struct BuiltinForward<'a, T> {
     /// The input pre-activations `[steps, B, G*H]` of the current chunk (of all steps with a
     /// tape), turned into the activations in place.
     act: RowsMut<'a, T>,
-    /// `[T*B, I]` the time-major input.
+    /// `[T*B, I]` the input (`[B*T, I]` with `sw.x_batch_first`; see `x_rows`).
     x: Rows<'a, T>,
     /// `[G*H]` the bias row of the input side (see [`fold_bias`]).
     row_bias: Option<&'a [T]>,
@@ -932,6 +954,16 @@ fn chunk_times(sw: &Sweep, s: usize, chunk: usize) -> Range<usize> {
 }
 
 impl<T: Scalar> BuiltinForward<'_, T> {
+    /// The `B` input rows of time step `t`.
+    fn x_rows(&self, t: usize) -> Rows<'_, T> {
+        let (steps, b, i) = (self.sw.steps, self.sw.batch, self.sw.input);
+        if self.sw.x_batch_first {
+            self.x.strided(t * i, steps * i)
+        } else {
+            self.x.skip(t * b)
+        }
+    }
+
     /// The input side of the pre-activations of the steps `times` for the units `units`: the
     /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
     /// row `(times.start - first) * B`.
@@ -949,8 +981,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         let gates = self.sw.cell.gate_count();
         let rows = times.len() * b;
         let dst = self.act.skip((times.start - first) * b);
-        let x = self.x.skip(times.start * b);
-        assert!(dst.holds(rows, packed.col_end()) && x.holds(rows, i));
+        assert!(dst.holds(rows, packed.col_end()));
         if let Some(bias) = self.row_bias {
             // A member owning every unit owns whole rows: one copy per row, not one per gate.
             let runs: Vec<Range<usize>> = if units.len() == h {
@@ -967,17 +998,25 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                 }
             }
         }
-        // SAFETY: bounds checked above; the written columns are the member's (the contract).
-        unsafe {
-            packed.product_raw(
-                x.ptr(),
-                i,
-                rows,
-                dst.ptr(),
-                dst.ld(),
-                self.row_bias.is_some(),
-            )
-        };
+        let accumulate = self.row_bias.is_some();
+        if self.sw.x_batch_first {
+            // A batch-first input's rows are evenly spaced only within one step: one product per
+            // step (the same sums, row by row, as one product over the chunk).
+            for (k, t) in times.enumerate() {
+                let (x_t, dst_t) = (self.x_rows(t), dst.skip(k * b));
+                assert!(x_t.holds(b, i));
+                // SAFETY: bounds checked above; the written columns are the member's (the
+                // contract).
+                unsafe {
+                    packed.product_raw(x_t.ptr(), x_t.ld(), b, dst_t.ptr(), dst.ld(), accumulate)
+                };
+            }
+        } else {
+            let x = self.x.skip(times.start * b);
+            assert!(x.holds(rows, i));
+            // SAFETY: bounds checked above; the written columns are the member's (the contract).
+            unsafe { packed.product_raw(x.ptr(), i, rows, dst.ptr(), dst.ld(), accumulate) };
+        }
     }
 
     /// Step `s` for the units `units`: their columns of the recurrent product, the fused gate
@@ -1023,7 +1062,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     Some(lhs) => {
                         // `[h | x_t | 1]`: the input side and the bias come with the product.
                         let (i, depth) = (sw.input, packed.depth());
-                        let x_t = self.x.skip(t * b);
+                        let x_t = self.x_rows(t);
                         assert!(lhs.len() == b * depth && x_t.holds(b, i));
                         for (r, row) in lhs.chunks_exact_mut(depth).enumerate() {
                             row[..h].copy_from_slice(h_in.row(r, 0, h));
