@@ -813,6 +813,11 @@ pub(crate) fn forward<T: Scalar>(
                 // only its own gate passes read.
                 unsafe { views.project(p, units.clone(), times, first) };
             }
+            if in_team && sw.x_batch_first && s + chunk < steps {
+                // Each step fetches one step of the next chunk: a batch-first input's rows lie
+                // a whole sequence apart, where the hardware prefetcher does not follow them.
+                views.prefetch_x(sw.time(s + chunk));
+            }
             if fused && !keep_tape {
                 // One step of `act`, reused.
                 first = sw.time(s);
@@ -954,6 +959,26 @@ fn chunk_times(sw: &Sweep, s: usize, chunk: usize) -> Range<usize> {
 }
 
 impl<T: Scalar> BuiltinForward<'_, T> {
+    /// Asks for the input rows of time step `t` in this core's L2 (a hint: no effect on
+    /// results).
+    fn prefetch_x(&self, t: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            let rows = self.x_rows(t);
+            let bytes = self.sw.input * std::mem::size_of::<T>();
+            for r in 0..self.sw.batch {
+                let row = rows.ptr().wrapping_add(r * rows.ld()) as *const i8;
+                for line in (0..bytes).step_by(64) {
+                    // SAFETY: a prefetch never faults, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(line)) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = t;
+    }
+
     /// The `B` input rows of time step `t`.
     fn x_rows(&self, t: usize) -> Rows<'_, T> {
         let (steps, b, i) = (self.sw.steps, self.sw.batch, self.sw.input);
