@@ -770,6 +770,11 @@ pub(crate) fn forward<T: Scalar>(
         mask_initial(&mut h_masked, h0, m);
     }
     let mut out = vec![T::zero(); steps * bh];
+    // A batch-first input's rows of one chunk, copied time-major by the team (each member its
+    // share of the batch rows) for the chunk's product: one product over the chunk, as with a
+    // time-major input, rather than one per step (4x the passes over the member's `W_ih`).
+    let gathers = in_team && sw.x_batch_first;
+    let mut x_chunk = vec![T::zero(); if gathers { chunk * b * sw.input } else { 0 }];
 
     let views = BuiltinForward {
         sw,
@@ -784,6 +789,7 @@ pub(crate) fn forward<T: Scalar>(
         out: RowsMut::new(&mut out, h),
         act: RowsMut::new(&mut x_pre, gw),
         x: Rows::new(&x, sw.input),
+        x_chunk: RowsMut::new(&mut x_chunk, sw.input),
         row_bias: row_bias.as_deref(),
     };
     team.run(steps, |member, size, barrier| {
@@ -809,14 +815,16 @@ pub(crate) fn forward<T: Scalar>(
             if let (Some(p), 0) = (&packed_ih, s % chunk) {
                 let times = chunk_times(&sw, s, chunk);
                 first = if keep_tape { 0 } else { times.start };
+                if gathers {
+                    // SAFETY: each member writes only its own rows of the chunk's copy; the
+                    // barrier orders those writes before every member's product reads them,
+                    // and the step barriers order the last chunk's reads before these writes.
+                    unsafe { views.gather_x(times.clone(), member, size) };
+                    barrier.wait();
+                }
                 // SAFETY: each member writes only its own units' columns of the chunk, which
                 // only its own gate passes read.
                 unsafe { views.project(p, units.clone(), times, first) };
-            }
-            if in_team && sw.x_batch_first && s + chunk < steps {
-                // Each step fetches one step of the next chunk: a batch-first input's rows lie
-                // a whole sequence apart, where the hardware prefetcher does not follow them.
-                views.prefetch_x(sw.time(s + chunk));
             }
             if fused && !keep_tape {
                 // One step of `act`, reused.
@@ -870,6 +878,8 @@ struct BuiltinForward<'a, T> {
     act: RowsMut<'a, T>,
     /// `[T*B, I]` the input (`[B*T, I]` with `sw.x_batch_first`; see `x_rows`).
     x: Rows<'a, T>,
+    /// `[chunk*B, I]` the current chunk's rows of a batch-first input (see `gather_x`).
+    x_chunk: RowsMut<'a, T>,
     /// `[G*H]` the bias row of the input side (see [`fold_bias`]).
     row_bias: Option<&'a [T]>,
 }
@@ -959,24 +969,25 @@ fn chunk_times(sw: &Sweep, s: usize, chunk: usize) -> Range<usize> {
 }
 
 impl<T: Scalar> BuiltinForward<'_, T> {
-    /// Asks for the input rows of time step `t` in this core's L2 (a hint: no effect on
-    /// results).
-    fn prefetch_x(&self, t: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-            let rows = self.x_rows(t);
-            let bytes = self.sw.input * std::mem::size_of::<T>();
-            for r in 0..self.sw.batch {
-                let row = rows.ptr().wrapping_add(r * rows.ld()) as *const i8;
-                for line in (0..bytes).step_by(64) {
-                    // SAFETY: a prefetch never faults, whatever the address.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(line)) };
-                }
+    /// Copies this member's share of the batch rows of the steps `times` of a batch-first input
+    /// into `x_chunk`, time-major.
+    ///
+    /// # Safety
+    /// No other thread reads those rows of `x_chunk` meanwhile, nor writes them.
+    unsafe fn gather_x(&self, times: Range<usize>, member: usize, size: usize) {
+        let (b, i) = (self.sw.batch, self.sw.input);
+        let rows = b * member / size..b * (member + 1) / size;
+        for (k, t) in times.enumerate() {
+            let x_t = self.x_rows(t);
+            for r in rows.clone() {
+                // SAFETY: this member's rows (the contract); `x` is only read.
+                unsafe {
+                    self.x_chunk
+                        .row_mut(k * b + r, 0, i)
+                        .copy_from_slice(x_t.row(r, 0, i))
+                };
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = t;
     }
 
     /// The `B` input rows of time step `t`.
@@ -1023,25 +1034,26 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                 }
             }
         }
-        let accumulate = self.row_bias.is_some();
-        if self.sw.x_batch_first {
-            // A batch-first input's rows are evenly spaced only within one step: one product per
-            // step (the same sums, row by row, as one product over the chunk).
-            for (k, t) in times.enumerate() {
-                let (x_t, dst_t) = (self.x_rows(t), dst.skip(k * b));
-                assert!(x_t.holds(b, i));
-                // SAFETY: bounds checked above; the written columns are the member's (the
-                // contract).
-                unsafe {
-                    packed.product_raw(x_t.ptr(), x_t.ld(), b, dst_t.ptr(), dst.ld(), accumulate)
-                };
-            }
+        // A batch-first input's rows of the chunk were gathered (`gather_x`).
+        let x = if self.sw.x_batch_first {
+            // SAFETY: the gather is finished and no member writes `x_chunk` until the next chunk
+            // (the contract of `gather_x`'s caller).
+            unsafe { self.x_chunk.read() }
         } else {
-            let x = self.x.skip(times.start * b);
-            assert!(x.holds(rows, i));
-            // SAFETY: bounds checked above; the written columns are the member's (the contract).
-            unsafe { packed.product_raw(x.ptr(), i, rows, dst.ptr(), dst.ld(), accumulate) };
-        }
+            self.x.skip(times.start * b)
+        };
+        assert!(x.holds(rows, i));
+        // SAFETY: bounds checked above; the written columns are the member's (the contract).
+        unsafe {
+            packed.product_raw(
+                x.ptr(),
+                i,
+                rows,
+                dst.ptr(),
+                dst.ld(),
+                self.row_bias.is_some(),
+            )
+        };
     }
 
     /// Step `s` for the units `units`: their columns of the recurrent product, the fused gate
