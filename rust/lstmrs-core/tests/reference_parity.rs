@@ -302,8 +302,8 @@ fn narrow_input_fused_into_the_step_product_matches_reference() {
 }
 
 /// A one-direction inference of a batch-first call reads the input where the caller has it (the
-/// team's projection and the fused product, one step's rows at a time; the other paths from a
-/// time-major copy) and writes the last layer's output batch-first in place. Against the
+/// team's projection gathering each chunk's rows, the fused product one step's rows; the other
+/// paths from a time-major copy) and writes the last layer's output batch-first in place. Against the
 /// reference: LSTM (fused and projected input sides, and with `proj_size`) and GRU, one and two
 /// layers, ragged, steps enough for several projection chunks, one thread and a forced team of 2.
 #[test]
