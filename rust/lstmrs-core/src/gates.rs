@@ -77,6 +77,18 @@ impl<'a, T> Rows<'a, T> {
             _life: PhantomData,
         }
     }
+    /// The view starting `offset` elements further with row stride `ld`: e.g. one time step's
+    /// rows of a batch-first `[B, T, S]` buffer (`offset = t*S`, `ld = T*S`).
+    pub fn strided(&self, offset: usize, ld: usize) -> Self {
+        let off = offset.min(self.len);
+        Rows {
+            // SAFETY: `off <= len`.
+            ptr: unsafe { self.ptr.add(off) },
+            len: self.len - off,
+            ld,
+            _life: PhantomData,
+        }
+    }
     pub fn ptr(&self) -> *const T {
         self.ptr
     }
@@ -144,6 +156,18 @@ impl<'a, T> RowsMut<'a, T> {
             ptr: unsafe { self.ptr.add(off) },
             len: self.len - off,
             ld: self.ld,
+            _life: PhantomData,
+        }
+    }
+    /// The view starting `offset` elements further with row stride `ld`: e.g. one time step's
+    /// rows of a batch-first `[B, T, S]` buffer (`offset = t*S`, `ld = T*S`).
+    pub fn strided(&self, offset: usize, ld: usize) -> Self {
+        let off = offset.min(self.len);
+        RowsMut {
+            // SAFETY: `off <= len`.
+            ptr: unsafe { self.ptr.add(off) },
+            len: self.len - off,
+            ld,
             _life: PhantomData,
         }
     }

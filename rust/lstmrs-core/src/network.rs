@@ -244,7 +244,7 @@ pub struct Gradients<T> {
 }
 
 /// `[a, b, f] -> [b, a, f]`.
-fn swap_outer<T: Copy>(src: &[T], a: usize, b: usize, f: usize) -> Vec<T> {
+pub(crate) fn swap_outer<T: Copy>(src: &[T], a: usize, b: usize, f: usize) -> Vec<T> {
     let mut dst = Vec::with_capacity(src.len());
     for j in 0..b {
         for i in 0..a {
@@ -539,15 +539,35 @@ fn forward_checked<T: Scalar>(
     let mut dir_tapes = Vec::new();
     let mut all_masks = Vec::new();
 
-    let mut layer_in = to_time_major(x.input, x.layout, t, b, cfg.input_size);
+    // A one-direction sweep of the first layer reads a batch-first input where it is, unless
+    // a tape keeps it or a mask scales it (both want a time-major copy): no transposed copy.
+    let x_in_place = nd == 1
+        && x.layout == Layout::BatchFirst
+        && !opts.keep_tape
+        && !(opts.training && reg.input_dropout > 0.0);
+    let mut layer_in: Cow<[T]> = if x_in_place {
+        Cow::Borrowed(x.input)
+    } else {
+        Cow::Owned(to_time_major(x.input, x.layout, t, b, cfg.input_size))
+    };
     for layer in 0..cfg.num_layers {
         let mask = input_mask::<T>(opts, reg, layer, t, b, cfg.layer_input_size(layer));
         if let Some(m) = &mask {
-            layer_in.iter_mut().zip(m).for_each(|(v, &k)| *v *= k);
+            debug_assert!(
+                matches!(layer_in, Cow::Owned(_)),
+                "masks scale a time-major copy"
+            );
+            layer_in
+                .to_mut()
+                .iter_mut()
+                .zip(m)
+                .for_each(|(v, &k)| *v *= k);
         }
         let dir_masks: Vec<DirMasks<T>> = (0..nd)
             .map(|dir| DirMasks::draw(reg, opts.training, opts.seed, layer, dir, t, bh, lstm))
             .collect();
+        // The last layer writes the caller's layout itself: no transposing pass over the output.
+        let last_batch_first = layer + 1 == cfg.num_layers && x.layout == Layout::BatchFirst;
         let team = sweep_team(nd);
         let run = |dir: usize| {
             let sw = Sweep {
@@ -560,6 +580,8 @@ fn forward_checked<T: Scalar>(
                 lengths: x.lengths,
                 reverse: dir == 1,
                 team,
+                out_batch_first: last_batch_first && nd == 1,
+                x_batch_first: layer == 0 && x_in_place,
             };
             let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             sweep::forward(
@@ -592,25 +614,30 @@ fn forward_checked<T: Scalar>(
             if nd == 1 {
                 layer_out = o.out;
             } else {
-                for (row, src) in layer_out
-                    .chunks_exact_mut(nd * hs)
-                    .zip(o.out.chunks_exact(hs))
-                {
-                    row[dir * hs..(dir + 1) * hs].copy_from_slice(src);
+                // Source row `k = step*B + r`; batch-first, its row in the output is `r*T + step`.
+                for (k, src) in o.out.chunks_exact(hs).enumerate() {
+                    let row = if last_batch_first {
+                        (k % b) * t + k / b
+                    } else {
+                        k
+                    };
+                    layer_out[(row * nd + dir) * hs..][..hs].copy_from_slice(src);
                 }
             }
             dir_tapes.extend(o.tape);
         }
         if opts.keep_tape {
-            layer_inputs.push(std::mem::replace(&mut layer_in, layer_out));
+            let input = std::mem::replace(&mut layer_in, Cow::Owned(layer_out));
+            layer_inputs.push(input.into_owned());
             masks.push(mask);
             all_masks.extend(dir_masks);
         } else {
-            layer_in = layer_out;
+            layer_in = Cow::Owned(layer_out);
         }
     }
 
-    let output = from_time_major(layer_in, x.layout, t, b, cfg.output_size());
+    // The last layer wrote it in the caller's layout.
+    let output = layer_in.into_owned();
     let tape = opts.keep_tape.then(|| Tape {
         config: cfg,
         layout: x.layout,
@@ -794,6 +821,8 @@ fn backward_checked<T: Scalar>(
                 lengths: tape.lengths.as_deref(),
                 reverse: dir == 1,
                 team,
+                out_batch_first: false,
+                x_batch_first: false,
             };
             let (s, sc) = ((layer * nd + dir) * bs, (layer * nd + dir) * bh);
             let mut dx = vec![T::zero(); t * b * inp];

@@ -176,7 +176,13 @@ pub(crate) fn forward<T: Scalar>(
                         assert!(m_in.holds(b, h) && h_next.holds(b, packed_hr.col_end()));
                         packed_hr.product_raw(m_in.ptr(), h, b, h_next.ptr(), p, false);
                         carry(active, p_units.clone(), b, hs_v.read().skip(rd * b), h_next);
-                        emit(active, p_units.clone(), b, h_next.read(), out_v.skip(t * b));
+                        emit(
+                            active,
+                            p_units.clone(),
+                            b,
+                            h_next.read(),
+                            sw.out_rows(out_v, t),
+                        );
                     }
                 }
                 barrier.wait();

@@ -52,6 +52,14 @@ pub(crate) struct Sweep<'a> {
     pub reverse: bool,
     /// Threads this sweep may occupy (it uses fewer when its steps are small).
     pub team: usize,
+    /// Whether the forward sweep writes its output batch-first (`[B, T, S]`, the caller's layout
+    /// for the last layer: no transposing pass over the output afterwards) or time-major.
+    pub out_batch_first: bool,
+    /// Whether the input `x` is batch-first (`[B, T, I]`, the caller's array for the first layer
+    /// in inference): the team's projection gathers each chunk's rows from it and the fused
+    /// product reads it in place; the other paths take a time-major copy first
+    /// (`time_major_input`).
+    pub x_batch_first: bool,
 }
 
 impl Sweep<'_> {
@@ -80,6 +88,14 @@ impl Sweep<'_> {
             t
         } else {
             t + 1
+        }
+    }
+    /// The rows of time step `t` in the forward output `out` (see `out_batch_first`).
+    pub(crate) fn out_rows<'a, T>(&self, out: RowsMut<'a, T>, t: usize) -> RowsMut<'a, T> {
+        if self.out_batch_first {
+            out.strided(t * out.ld(), self.steps * out.ld())
+        } else {
+            out.skip(t * self.batch)
         }
     }
 }
@@ -333,7 +349,8 @@ impl<T> DirTape<T> {
 
 /// Result of a forward sweep.
 pub(crate) struct DirOutput<T> {
-    /// `[T, B, H]`; zero past each sequence's length.
+    /// `[T, B, S]` (`[B, T, S]` with `Sweep::out_batch_first`); zero past each sequence's
+    /// length.
     pub out: Vec<T>,
     /// `[B, H]` state after each sequence's last valid step.
     pub h_last: Vec<T>,
@@ -642,9 +659,19 @@ unsafe fn add_direct_paths<T: Scalar>(
     }
 }
 
-/// Runs one direction over the whole sequence `x[T*B, I]` from `h0[B,H]` (and `c0`).
+/// `x` time-major: as it is, or a transposed copy when `sw.x_batch_first` (which it then clears).
+fn time_major_input<'a, T: Copy>(sw: &mut Sweep, x: &'a [T]) -> Cow<'a, [T]> {
+    if std::mem::take(&mut sw.x_batch_first) {
+        Cow::Owned(crate::network::swap_outer(x, sw.batch, sw.steps, sw.input))
+    } else {
+        Cow::Borrowed(x)
+    }
+}
+
+/// Runs one direction over the whole sequence `x` (`[T*B, I]`, or `[B*T, I]` with
+/// `sw.x_batch_first`) from `h0[B,H]` (and `c0`).
 pub(crate) fn forward<T: Scalar>(
-    sw: Sweep,
+    mut sw: Sweep,
     x: &[T],
     w: DirWeights<T>,
     h0: &[T],
@@ -653,11 +680,13 @@ pub(crate) fn forward<T: Scalar>(
     keep_tape: bool,
 ) -> DirOutput<T> {
     if let Some(cell) = sw.cell.compiled() {
-        return forward_custom(cell, sw, x, w, h0, c0, reg, keep_tape);
+        let x = time_major_input(&mut sw, x);
+        return forward_custom(cell, sw, &x, w, h0, c0, reg, keep_tape);
     }
     if sw.proj > 0 {
         let c0 = c0.expect("an LSTM sweep has a cell state");
-        return projection::forward(sw, x, w, h0, c0, keep_tape);
+        let x = time_major_input(&mut sw, x);
+        return projection::forward(sw, &x, w, h0, c0, keep_tape);
     }
     let (steps, b, h, gw) = (sw.steps, sw.batch, sw.hidden, sw.gate_width());
     let gates = sw.cell.gate_count();
@@ -701,6 +730,12 @@ pub(crate) fn forward<T: Scalar>(
     // A narrow input rides in each step's recurrent product instead (see `fuses_input`).
     let fused = lstm && fuses_input::<T>(gw, sw.input);
     let in_team = !fused && team_projects::<T>(gw, sw.input) && !projection_alone;
+    // Only those two read a batch-first input in place, one step's rows at a time.
+    let x = if in_team || fused {
+        Cow::Borrowed(x)
+    } else {
+        time_major_input(&mut sw, x)
+    };
     let chunk = if in_team {
         projection_chunk(b, steps)
     } else if fused {
@@ -713,7 +748,7 @@ pub(crate) fn forward<T: Scalar>(
         vec![T::zero(); if keep_tape { steps } else { chunk } * b * gw]
     } else {
         input_projection(
-            Mat::new(x, steps * b, sw.input),
+            Mat::new(&x, steps * b, sw.input),
             Mat::new(w.w_ih, gw, sw.input),
             row_bias.as_deref(),
         )
@@ -736,6 +771,11 @@ pub(crate) fn forward<T: Scalar>(
         mask_initial(&mut h_masked, h0, m);
     }
     let mut out = vec![T::zero(); steps * bh];
+    // A batch-first input's rows of one chunk, copied time-major by the team (each member its
+    // share of the batch rows) for the chunk's product: one product over the chunk, as with a
+    // time-major input, rather than one per step (4x the passes over the member's `W_ih`).
+    let gathers = in_team && sw.x_batch_first;
+    let mut x_chunk = vec![T::zero(); if gathers { chunk * b * sw.input } else { 0 }];
 
     let views = BuiltinForward {
         sw,
@@ -749,7 +789,8 @@ pub(crate) fn forward<T: Scalar>(
         masked: RowsMut::new(&mut h_masked, h),
         out: RowsMut::new(&mut out, h),
         act: RowsMut::new(&mut x_pre, gw),
-        x: Rows::new(x, sw.input),
+        x: Rows::new(&x, sw.input),
+        x_chunk: RowsMut::new(&mut x_chunk, sw.input),
         row_bias: row_bias.as_deref(),
     };
     team.run(steps, |member, size, barrier| {
@@ -775,6 +816,13 @@ pub(crate) fn forward<T: Scalar>(
             if let (Some(p), 0) = (&packed_ih, s % chunk) {
                 let times = chunk_times(&sw, s, chunk);
                 first = if keep_tape { 0 } else { times.start };
+                if gathers {
+                    // SAFETY: each member writes only its own rows of the chunk's copy; the
+                    // barrier orders those writes before every member's product reads them,
+                    // and the step barriers order the last chunk's reads before these writes.
+                    unsafe { views.gather_x(times.clone(), member, size) };
+                    barrier.wait();
+                }
                 // SAFETY: each member writes only its own units' columns of the chunk, which
                 // only its own gate passes read.
                 unsafe { views.project(p, units.clone(), times, first) };
@@ -829,8 +877,10 @@ struct BuiltinForward<'a, T> {
     /// The input pre-activations `[steps, B, G*H]` of the current chunk (of all steps with a
     /// tape), turned into the activations in place.
     act: RowsMut<'a, T>,
-    /// `[T*B, I]` the time-major input.
+    /// `[T*B, I]` the input (`[B*T, I]` with `sw.x_batch_first`; see `x_rows`).
     x: Rows<'a, T>,
+    /// `[chunk*B, I]` the current chunk's rows of a batch-first input (see `gather_x`).
+    x_chunk: RowsMut<'a, T>,
     /// `[G*H]` the bias row of the input side (see [`fold_bias`]).
     row_bias: Option<&'a [T]>,
 }
@@ -920,6 +970,37 @@ fn chunk_times(sw: &Sweep, s: usize, chunk: usize) -> Range<usize> {
 }
 
 impl<T: Scalar> BuiltinForward<'_, T> {
+    /// Copies this member's share of the batch rows of the steps `times` of a batch-first input
+    /// into `x_chunk`, time-major.
+    ///
+    /// # Safety
+    /// No other thread reads those rows of `x_chunk` meanwhile, nor writes them.
+    unsafe fn gather_x(&self, times: Range<usize>, member: usize, size: usize) {
+        let (b, i) = (self.sw.batch, self.sw.input);
+        let rows = b * member / size..b * (member + 1) / size;
+        for (k, t) in times.enumerate() {
+            let x_t = self.x_rows(t);
+            for r in rows.clone() {
+                // SAFETY: this member's rows (the contract); `x` is only read.
+                unsafe {
+                    self.x_chunk
+                        .row_mut(k * b + r, 0, i)
+                        .copy_from_slice(x_t.row(r, 0, i))
+                };
+            }
+        }
+    }
+
+    /// The `B` input rows of time step `t`.
+    fn x_rows(&self, t: usize) -> Rows<'_, T> {
+        let (steps, b, i) = (self.sw.steps, self.sw.batch, self.sw.input);
+        if self.sw.x_batch_first {
+            self.x.strided(t * i, steps * i)
+        } else {
+            self.x.skip(t * b)
+        }
+    }
+
     /// The input side of the pre-activations of the steps `times` for the units `units`: the
     /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
     /// row `(times.start - first) * B`.
@@ -937,8 +1018,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         let gates = self.sw.cell.gate_count();
         let rows = times.len() * b;
         let dst = self.act.skip((times.start - first) * b);
-        let x = self.x.skip(times.start * b);
-        assert!(dst.holds(rows, packed.col_end()) && x.holds(rows, i));
+        assert!(dst.holds(rows, packed.col_end()));
         if let Some(bias) = self.row_bias {
             // A member owning every unit owns whole rows: one copy per row, not one per gate.
             let runs: Vec<Range<usize>> = if units.len() == h {
@@ -955,6 +1035,15 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                 }
             }
         }
+        // A batch-first input's rows of the chunk were gathered (`gather_x`).
+        let x = if self.sw.x_batch_first {
+            // SAFETY: the gather is finished and no member writes `x_chunk` until the next chunk
+            // (the contract of `gather_x`'s caller).
+            unsafe { self.x_chunk.read() }
+        } else {
+            self.x.skip(times.start * b)
+        };
+        assert!(x.holds(rows, i));
         // SAFETY: bounds checked above; the written columns are the member's (the contract).
         unsafe {
             packed.product_raw(
@@ -1011,7 +1100,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     Some(lhs) => {
                         // `[h | x_t | 1]`: the input side and the bias come with the product.
                         let (i, depth) = (sw.input, packed.depth());
-                        let x_t = self.x.skip(t * b);
+                        let x_t = self.x_rows(t);
                         assert!(lhs.len() == b * depth && x_t.holds(b, i));
                         for (r, row) in lhs.chunks_exact_mut(depth).enumerate() {
                             row[..h].copy_from_slice(h_in.row(r, 0, h));
@@ -1069,7 +1158,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
                     *d = v * m[k]
                 });
             }
-            emit(active, units, b, h_next.read(), self.out.skip(t * b));
+            emit(active, units, b, h_next.read(), sw.out_rows(self.out, t));
         }
     }
 }
@@ -1774,7 +1863,7 @@ impl<T: Scalar> CustomForward<'_, T> {
                     *d = v * m[k]
                 });
             }
-            emit(active, all, b, h_next.read(), self.out.skip(t * b));
+            emit(active, all, b, h_next.read(), sw.out_rows(self.out, t));
         }
     }
 }

@@ -300,3 +300,45 @@ fn narrow_input_fused_into_the_step_product_matches_reference() {
     }
     threads::set_num_threads(before).expect("thread count");
 }
+
+/// A one-direction inference of a batch-first call reads the input where the caller has it (the
+/// team's projection gathering each chunk's rows, the fused product one step's rows; the other
+/// paths from a time-major copy) and writes the last layer's output batch-first in place. Against the
+/// reference: LSTM (fused and projected input sides, and with `proj_size`) and GRU, one and two
+/// layers, ragged, steps enough for several projection chunks, one thread and a forced team of 2.
+#[test]
+fn batch_first_input_and_output_in_place_match_reference() {
+    use lstmrs_core::bench::set_team_override;
+    use lstmrs_core::threads;
+    let before = threads::num_threads();
+    threads::set_num_threads(4).expect("thread count");
+    let shapes = [
+        (lstmrs_core::CellKind::Lstm, shape(5, 40, 7, 50)),
+        (lstmrs_core::CellKind::Lstm, shape(48, 40, 7, 50)),
+        (lstmrs_core::CellKind::Lstm, proj_shape(48, 40, 24, 7, 50)),
+        (lstmrs_core::CellKind::Gru, shape(48, 40, 7, 50)),
+    ];
+    for (k, (cell, shape)) in shapes.into_iter().enumerate() {
+        for layers in [1, 2] {
+            let case = Case {
+                cell,
+                layers,
+                bidirectional: false,
+                bias: true,
+                ragged: true,
+                init_state: true,
+                layout: lstmrs_core::Layout::BatchFirst,
+                shape,
+            };
+            let seed = 26_000 + k as u64;
+            for team in [0, 2] {
+                // Process-wide, as in the tests above.
+                set_team_override(team);
+                check_forward::<f32>(&case, seed, &eval_opts());
+                check_forward::<f64>(&case, seed, &eval_opts());
+                set_team_override(0);
+            }
+        }
+    }
+    threads::set_num_threads(before).expect("thread count");
+}
