@@ -240,6 +240,15 @@ fn next_tile(left: usize, mr: usize) -> usize {
     }
 }
 
+/// `k_len` rows of a weight to pack, `W(k, n) = w[k * rs + n * cs]` (see [`Packed::stacked`]).
+#[derive(Clone, Copy)]
+pub(crate) struct WeightRows<'a, T> {
+    pub w: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+    pub k_len: usize,
+}
+
 /// A weight (or the part of it one thread owns) packed for [`Packed::product`].
 pub(crate) struct Packed<T> {
     buf: Vec<T>,
@@ -286,12 +295,25 @@ impl<T: Scalar> Packed<T> {
         vectors: &[Vector],
         rows: usize,
     ) -> Self {
+        Self::stacked_on(isa, &[WeightRows { w, rs, cs, k_len }], vectors, rows)
+    }
+
+    /// Packs the weight whose `k` rows are those of `parts` one after another (as
+    /// [`Packed::new`] packs one): a product over `[a | b | ...]` without first copying the
+    /// parts into one matrix.
+    pub fn stacked(parts: &[WeightRows<T>], vectors: &[Vector], rows: usize) -> Self {
+        Self::stacked_on(Isa::default_for::<T>(), parts, vectors, rows)
+    }
+
+    /// [`Packed::stacked`] for the kernel of `isa` (as [`Packed::new_on`]).
+    pub fn stacked_on(isa: Isa, parts: &[WeightRows<T>], vectors: &[Vector], rows: usize) -> Self {
         assert!(
             isa.supported() && (isa == Isa::Portable || T::DTYPE == DType::F32),
             "the {} kernel cannot run {} here",
             isa.name(),
             T::DTYPE.name()
         );
+        let k_len: usize = parts.iter().map(|part| part.k_len).sum();
         let lanes = isa.lanes();
         let (mr, nv) = tile_for(rows, isa);
         let nr = nv * lanes;
@@ -323,18 +345,28 @@ impl<T: Scalar> Packed<T> {
             if k_len == 0 {
                 continue;
             }
-            assert!(
-                (k_len - 1) * rs + (v.src + v.len - 1) * cs < w.len(),
-                "packed vector outside the weight"
-            );
             slots[i] = (v.col, v.len);
             let (p, lane0) = (i / nv, (i % nv) * lanes);
-            for k in 0..k_len {
-                let at = off + panel_offset(k, kc, k_len, panels, p, nr, panel_major);
-                let row = &mut buf[at..][..nr];
-                for j in 0..v.len {
-                    row[lane0 + j] = w[k * rs + (v.src + j) * cs];
+            let mut k0 = 0;
+            for part in parts.iter().filter(|part| part.k_len > 0) {
+                let WeightRows { w, rs, cs, .. } = *part;
+                assert!(
+                    (part.k_len - 1) * rs + (v.src + v.len - 1) * cs < w.len(),
+                    "packed vector outside the weight"
+                );
+                for k in 0..part.k_len {
+                    let at = off + panel_offset(k0 + k, kc, k_len, panels, p, nr, panel_major);
+                    let row = &mut buf[at + lane0..][..v.len];
+                    if cs == 1 {
+                        // A row of the source is contiguous: one copy per vector.
+                        row.copy_from_slice(&w[k * rs + v.src..][..v.len]);
+                    } else {
+                        for (j, x) in row.iter_mut().enumerate() {
+                            *x = w[k * rs + (v.src + j) * cs];
+                        }
+                    }
                 }
+                k0 += part.k_len;
             }
         }
         Packed {
@@ -1078,6 +1110,68 @@ mod tests {
             check::<f32>(isa, 17, 4, 300, 0..300, 2e-6);
         }
         check::<f64>(Isa::Portable, 9, 4, 300, 40..300, 1e-14);
+    }
+
+    #[test]
+    fn stacked_parts_pack_like_their_concatenation() {
+        // The fused LSTM step's weight: `W_hhᵀ` (strided), `W_ihᵀ` (strided), a bias row
+        // (contiguous), against the same rows copied into one matrix first; every kernel, rows
+        // of one and of several tiles, a thread's share of the units, every buf word compared.
+        let (h, input, gates) = (33, 5, 4);
+        let gw = gates * h;
+        let w_hh: Vec<f32> = fill(gw * h, 0.37);
+        let w_ih: Vec<f32> = fill(gw * input, 0.53);
+        let bias: Vec<f32> = fill(gw, 0.91);
+        let depth = h + input + 1;
+        let mut cat = vec![0.0f32; depth * gw];
+        for n in 0..gw {
+            for k in 0..h {
+                cat[k * gw + n] = w_hh[n * h + k];
+            }
+            for k in 0..input {
+                cat[(h + k) * gw + n] = w_ih[n * input + k];
+            }
+            cat[(h + input) * gw + n] = bias[n];
+        }
+        let parts = [
+            WeightRows {
+                w: &w_hh[..],
+                rs: 1,
+                cs: h,
+                k_len: h,
+            },
+            WeightRows {
+                w: &w_ih[..],
+                rs: 1,
+                cs: input,
+                k_len: input,
+            },
+            WeightRows {
+                w: &bias[..],
+                rs: 0,
+                cs: 1,
+                k_len: 1,
+            },
+        ];
+        for isa in isas::<f32>() {
+            for rows in [1, 7, 32] {
+                for units in [0..h, UNIT_BLOCK..h] {
+                    let vectors = gate_vectors(gates, h, units.clone());
+                    let got = Packed::stacked_on(isa, &parts, &vectors, rows);
+                    let want = Packed::new_on(isa, &cat, gw, 1, depth, &vectors, rows);
+                    assert_eq!(got.depth(), depth);
+                    assert_eq!(got.slots, want.slots);
+                    // Past its alignment offset each buffer holds `panels * k * nr` words.
+                    let len = want.buf.len() - 64 / 4;
+                    let (g, w) = (&got.buf[got.off..][..len], &want.buf[want.off..][..len]);
+                    assert_eq!(
+                        g.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        w.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} rows={rows} units={units:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
