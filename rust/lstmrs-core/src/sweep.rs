@@ -755,7 +755,7 @@ pub(crate) fn forward<T: Scalar>(
         let units = split_units(h, size)[member].clone();
         // Packed here, on the thread that uses them, so they start out in that core's cache.
         let packed = if fused {
-            let parts = fused_weight(h, sw.input, w, row_bias.as_deref());
+            let parts = fused_weight_rows(h, sw.input, w, row_bias.as_deref());
             Packed::stacked(&parts, &gate_vectors(gates, h, units.clone()), b)
         } else {
             Packed::rows_of(w.w_hh, gates, h, units.clone(), b)
@@ -871,9 +871,9 @@ fn fuses_input<T: Scalar>(gw: usize, input: usize) -> bool {
 
 /// The fused step product's weight, packed straight from its sources: rows `0..H` are `W_hhᵀ`,
 /// rows `H..H+I` are `W_ihᵀ`, and a last row the bias (when there is one). Stacking them in one
-/// matrix first cost a transposed copy and its allocation at every call: 40% of a (32,1,8,64)
-/// inference call, 3% at T = 100 (`perf record`).
-fn fused_weight<'a, T: Scalar>(
+/// matrix first cost a transposed copy and its allocation at every call: a (32,1,8,64) LSTM
+/// inference call took 47 instead of 36 us (`bench/infer_alone.py`, builds alternating, load 9).
+fn fused_weight_rows<'a, T: Scalar>(
     h: usize,
     input: usize,
     w: DirWeights<'a, T>,
