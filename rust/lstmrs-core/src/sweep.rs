@@ -12,7 +12,7 @@ use crate::config::CellKind;
 use crate::gates::{self, Active, Rows, RowsMut};
 use crate::matmul::{a_b, a_bt, at_b, Mat};
 use crate::packed_gemm::{
-    gate_vectors, probe_team, split_units, team_size, Isa, Packed, TEAM_MIN_SWEEP_WORK,
+    gate_vectors, probe_team, split_units, team_size, Isa, Packed, WeightRows, TEAM_MIN_SWEEP_WORK,
 };
 use crate::projection;
 use crate::scalar::Scalar;
@@ -743,7 +743,6 @@ pub(crate) fn forward<T: Scalar>(
     } else {
         steps
     };
-    let w_cat = fused.then(|| fused_weight(h, sw.input, gw, w, row_bias.as_deref()));
     let mut x_pre = if in_team || fused {
         vec![T::zero(); if keep_tape { steps } else { chunk } * b * gw]
     } else {
@@ -796,12 +795,11 @@ pub(crate) fn forward<T: Scalar>(
     team.run(steps, |member, size, barrier| {
         let units = split_units(h, size)[member].clone();
         // Packed here, on the thread that uses them, so they start out in that core's cache.
-        let packed = match &w_cat {
-            Some(cat) => {
-                let depth = cat.len() / gw;
-                Packed::new(cat, gw, 1, depth, &gate_vectors(gates, h, units.clone()), b)
-            }
-            None => Packed::rows_of(w.w_hh, gates, h, units.clone(), b),
+        let packed = if fused {
+            let parts = fused_weight_rows(h, sw.input, w, row_bias.as_deref());
+            Packed::stacked(&parts, &gate_vectors(gates, h, units.clone()), b)
+        } else {
+            Packed::rows_of(w.w_hh, gates, h, units.clone(), b)
         };
         // The member's `[B, depth]` lhs `[h | x_t | 1]` of the fused product.
         let mut lhs = vec![T::zero(); if fused { b * packed.depth() } else { 0 }];
@@ -921,37 +919,39 @@ fn fuses_input<T: Scalar>(gw: usize, input: usize) -> bool {
     input <= FUSED_INPUT_MAX && team_projects::<T>(gw, input)
 }
 
-/// The fused step product's weight `W(k, n) = w[k * gw + n]`: rows `0..H` are `W_hhᵀ`, rows
-/// `H..H+I` are `W_ihᵀ`, and a last row the bias (when there is one).
-fn fused_weight<T: Scalar>(
+/// The fused step product's weight, packed straight from its sources: rows `0..H` are `W_hhᵀ`,
+/// rows `H..H+I` are `W_ihᵀ`, and a last row the bias (when there is one). Stacking them in one
+/// matrix first cost a transposed copy and its allocation at every call: a (32,1,8,64) LSTM
+/// inference call took 47 instead of 36 us (`bench/infer_alone.py`, builds alternating, load 9).
+fn fused_weight_rows<'a, T: Scalar>(
     h: usize,
     input: usize,
-    gw: usize,
-    w: DirWeights<T>,
-    row_bias: Option<&[T]>,
-) -> Vec<T> {
-    let depth = h + input + usize::from(row_bias.is_some());
-    let mut cat = vec![T::zero(); depth * gw];
-    // Transposed 16 columns at a time: the 16 source rows stay in L1 while every `k` of them is
-    // written as one contiguous run (column by column, each write touched its own cache line:
-    // 7% of a (32,100,8,64) inference).
-    for n0 in (0..gw).step_by(16) {
-        let cols = n0..(n0 + 16).min(gw);
-        for k in 0..h {
-            for n in cols.clone() {
-                cat[k * gw + n] = w.w_hh[n * h + k];
-            }
-        }
-        for k in 0..input {
-            for n in cols.clone() {
-                cat[(h + k) * gw + n] = w.w_ih[n * input + k];
-            }
-        }
-    }
+    w: DirWeights<'a, T>,
+    row_bias: Option<&'a [T]>,
+) -> Vec<WeightRows<'a, T>> {
+    let mut parts = vec![
+        WeightRows {
+            w: w.w_hh,
+            rs: 1,
+            cs: h,
+            k_len: h,
+        },
+        WeightRows {
+            w: w.w_ih,
+            rs: 1,
+            cs: input,
+            k_len: input,
+        },
+    ];
     if let Some(bias) = row_bias {
-        cat[(h + input) * gw..].copy_from_slice(bias);
+        parts.push(WeightRows {
+            w: bias,
+            rs: 0,
+            cs: 1,
+            k_len: 1,
+        });
     }
-    cat
+    parts
 }
 
 fn projection_chunk(batch: usize, steps: usize) -> usize {
