@@ -24,6 +24,7 @@ pub mod device;
 pub mod dropout;
 pub mod dtw;
 pub mod error;
+pub mod first_fit;
 pub mod forklock;
 mod gates;
 pub mod gpu;

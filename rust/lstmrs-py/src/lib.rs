@@ -2,6 +2,7 @@
 //! NumPy arrays, validates shapes and maps errors; the public API is the `lstmrs` Python package.
 
 mod alloc;
+mod big_blocks;
 mod convert;
 mod convlstm;
 mod dtw;
