@@ -9,34 +9,15 @@
 //!
 //! The machine must support AVX-512F (the example says so and exits otherwise).
 
+mod common;
+
 use std::time::Instant;
 
 /// Iterations of the 12-chain loop per timed call: about 0.2 s at 4 GHz.
 const ITERS: u64 = 200_000_000;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn chains(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    // Values near 1 that stay bounded: acc = acc * a + b with a < 1 converges.
-    let a = _mm512_set1_ps(0.999_999);
-    let b = _mm512_set1_ps(1e-7);
-    let mut acc = [_mm512_set1_ps(1.0); 12];
-    for _ in 0..iters {
-        // Twelve independent chains: each FMA depends only on its own accumulator.
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
-        }
-    }
-    let mut sum = _mm512_setzero_ps();
-    for v in acc {
-        sum = _mm512_add_ps(sum, v);
-    }
-    _mm512_reduce_add_ps(sum)
-}
-
-/// [`chains`] on 8-lane AVX2 registers: whether the core runs a 16-lane FMA in one pass (then
-/// this reaches half of [`chains`]'s rate) or in two halves (then both rates are equal).
+/// [`common::fma_chains`] on 8-lane AVX2 registers: whether the core runs a 16-lane FMA in one
+/// pass (then this reaches half of its rate) or in two halves (then both rates are equal).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn chains_256(iters: u64) -> f32 {
@@ -70,14 +51,14 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// GFLOP/s of one timed call of [`chains`] (or, `wide == false`, [`chains_256`]) on this
+/// GFLOP/s of one timed call of [`common::fma_chains`] (or, `wide == false`, [`chains_256`]) on this
 /// thread: per wall second, per CPU second.
 fn one_call(wide: bool) -> (f64, f64) {
     let (t0, c0) = (Instant::now(), thread_cpu());
     // SAFETY: main checked that the CPU supports AVX-512F (and with it AVX2 and FMA).
     let r = unsafe {
         if wide {
-            chains(ITERS)
+            common::fma_chains(ITERS)
         } else {
             chains_256(ITERS)
         }

@@ -4,7 +4,8 @@
 //!
 //!     cargo run --release -p lstmrs-core --features blas --example gemm_shapes [repeats]
 
-use gemm::Parallelism;
+mod common;
+
 use lstmrs_core::blas;
 use std::time::Instant;
 
@@ -46,38 +47,6 @@ fn shapes(b: usize, t: usize, i: usize, h: usize) -> Vec<Shape> {
     ]
 }
 
-/// `gemm::gemm` with the strides `matmul.rs` passes (row-major, transposes as strides).
-fn gemm_crate(sh: &Shape, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
-    let (m, n, k) = (sh.m, sh.n, sh.k);
-    // (row stride, column stride) of op(a) [m, k] and op(b) [k, n].
-    let (a_rs, a_cs) = if sh.trans_a { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if sh.trans_b { (1, k) } else { (n, 1) };
-    // SAFETY: the slices hold the operands of these shapes and strides; c is m × n row-major.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -102,22 +71,24 @@ fn main() {
     );
     for threads in [1usize, 2] {
         blas::set_num_threads(threads);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
+        let (pool, par) = common::pool(threads);
         for &(b, t, i, h) in &CASES {
             for sh in shapes(b, t, i, h) {
                 let a: Vec<f32> = (0..sh.m * sh.k).map(|v| (v as f32 * 0.37).sin()).collect();
                 let bb: Vec<f32> = (0..sh.k * sh.n).map(|v| (v as f32 * 0.11).cos()).collect();
                 let (mut c1, mut c2) = (vec![0.0f32; sh.m * sh.n], vec![0.0f32; sh.m * sh.n]);
                 // Agreement first: both compute the same product.
-                pool.install(|| gemm_crate(&sh, &a, &bb, &mut c1, par));
+                pool.install(|| {
+                    common::gemm_crate(
+                        (sh.m, sh.n, sh.k),
+                        sh.trans_a,
+                        sh.trans_b,
+                        &a,
+                        &bb,
+                        &mut c1,
+                        par,
+                    )
+                });
                 blas::sgemm(sh.trans_a, sh.trans_b, sh.m, sh.n, sh.k, &a, &bb, &mut c2);
                 let scale = c2.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
                 let err = c1
@@ -134,7 +105,15 @@ fn main() {
                     let t0 = Instant::now();
                     pool.install(|| {
                         for _ in 0..calls {
-                            gemm_crate(&sh, &a, &bb, &mut c1, par);
+                            common::gemm_crate(
+                                (sh.m, sh.n, sh.k),
+                                sh.trans_a,
+                                sh.trans_b,
+                                &a,
+                                &bb,
+                                &mut c1,
+                                par,
+                            );
                         }
                     });
                     tg.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);

@@ -18,7 +18,8 @@
 //! and copying the product's `[4H, I+H]` rows out into the flat gradient's separate `dW_ih`
 //! `[4H, I]` and `dW_hh` `[4H, H]` blocks (PyTorch's parameter layout).
 
-use gemm::Parallelism;
+mod common;
+
 use lstmrs_core::bench::PackedWeight;
 use std::time::Instant;
 
@@ -47,58 +48,6 @@ fn process_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// `c = op(a) · op(b)` through the crate, as `matmul.rs` calls it (row-major, transposes as
-/// strides).
-fn product(sh: &Shape, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
-    let (m, n, k) = (sh.m, sh.n, sh.k);
-    let (a_rs, a_cs) = if sh.trans_a { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if sh.trans_b { (1, k) } else { (n, 1) };
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assert keeps the operands of these shapes and strides inside their slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// 12 independent AVX-512 FMA chains for `iters` iterations (see `examples/fma_peak.rs`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-    let mut acc = [_mm512_set1_ps(1.0); 12];
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
-        }
-    }
-    let mut sum = _mm512_setzero_ps();
-    for v in acc {
-        sum = _mm512_add_ps(sum, v);
-    }
-    _mm512_reduce_add_ps(sum)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -117,15 +66,7 @@ fn main() {
     };
     let threads = a.get(4).copied().unwrap_or(2);
     let rounds = a.get(5).copied().unwrap_or(5);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let (pool, par) = common::pool(threads);
     let (g, rows) = (4 * h, t * b);
     let s = |role, m, n, k, trans_a, trans_b, calls| Shape {
         role,
@@ -205,7 +146,15 @@ fn main() {
                             dst[..i].copy_from_slice(xr);
                             dst[i..].copy_from_slice(hr);
                         }
-                        product(sh, &opa, &xh, &mut out, par);
+                        common::gemm_crate(
+                            (sh.m, sh.n, sh.k),
+                            sh.trans_a,
+                            sh.trans_b,
+                            &opa,
+                            &xh,
+                            &mut out,
+                            par,
+                        );
                         let (d_ih, d_hh) = flat.split_at_mut(g * i);
                         for ((row, a), b) in out
                             .chunks_exact(i + h)
@@ -217,7 +166,15 @@ fn main() {
                         }
                     } else {
                         for _ in 0..sh.calls {
-                            product(sh, &opa, &opb, &mut out, par);
+                            common::gemm_crate(
+                                (sh.m, sh.n, sh.k),
+                                sh.trans_a,
+                                sh.trans_b,
+                                &opa,
+                                &opb,
+                                &mut out,
+                                par,
+                            );
                         }
                     }
                 });
@@ -229,7 +186,7 @@ fn main() {
         std::thread::scope(|s| {
             for _ in 0..threads {
                 // SAFETY: main asserted AVX-512F.
-                s.spawn(|| std::hint::black_box(unsafe { fma_chains(fma_iters) }));
+                s.spawn(|| std::hint::black_box(unsafe { common::fma_chains(fma_iters) }));
             }
         });
         wall[shapes.len()].push(t0.elapsed().as_secs_f64());

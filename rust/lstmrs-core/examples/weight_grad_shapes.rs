@@ -17,6 +17,8 @@
 //!
 //! `CASE=B,T,I,H` times that one case only (and skips the narrow products).
 
+mod common;
+
 use gemm::Parallelism;
 use std::time::Instant;
 
@@ -88,15 +90,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let repeats: usize = args.next().map_or(7, |s| s.parse().expect("repeats"));
     let threads: usize = args.next().map_or(2, |s| s.parse().expect("threads"));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let (pool, par) = common::pool(threads);
     println!("threads={threads}, median of {repeats} (ms per call, GFLOP/s)");
     let only: Option<Vec<usize>> = std::env::var("CASE").ok().map(|c| {
         c.split(',')
