@@ -55,7 +55,7 @@ import proj
 import report
 import stream
 import tbptt
-from common import cpu_flags, cpu_name, library_kernels, loadavg, set_threads
+from common import cpu_flags, cpu_identity, cpu_name, library_kernels, loadavg, set_threads
 
 SECTIONS = ("inference", "training", "memory", "plugin", "stream", "tbptt", "proj", "gpu")
 # The GPU section runs only when named: on a software Vulkan driver its grid takes hours.
@@ -160,6 +160,7 @@ def describe(args, torch, lstmrs, ort_version) -> dict:
         },
         "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
+        "cpu_identity": cpu_identity(),
         "library_kernels": library_kernels(torch, lstmrs),
         "cpus_visible": os.cpu_count(),
         "platform": platform.platform(),

@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -161,6 +162,43 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_identity() -> dict:
+    """Family, model and stepping (/proc/cpuinfo) and core 0's cache sizes (sysfs, e.g.
+    ``{"L1d": "32K", "L2": "1024K", "L3": "32768K"}``): one model name ("AMD EPYC") covers VMs
+    of different generations (stop 19's Zen 5 with a 48 KiB L1d, stop 20's Zen 4 with 32 KiB),
+    and records compare only on the same one."""
+    ident: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in ident:
+                    ident[key] = value.strip()
+                if not line.strip() and ident:
+                    break  # the first processor's block is enough
+    except OSError:
+        pass
+    caches = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(base)):
+            d = Path(base, index)
+            try:
+                level, kind, size = (
+                    (d / name).read_text().strip() for name in ("level", "type", "size")
+                )
+            except OSError:
+                continue
+            if kind != "Instruction":
+                caches[f"L{level}" + ("d" if kind == "Data" else "")] = size
+    except OSError:
+        pass
+    if caches:
+        ident["caches"] = caches
+    return ident
 
 
 def library_kernels(torch=None, lstmrs=None) -> dict:

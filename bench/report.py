@@ -26,7 +26,15 @@ def print_meta(meta: dict) -> None:
         f"ORT intra-op {meta['threads']}"
     )
     print("versions:", ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
-    print(f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])})")
+    ident = meta.get("cpu_identity") or {}
+    where = ", ".join(
+        [f"{k} {ident[k]}" for k in ("cpu family", "model", "stepping") if k in ident]
+        + [f"{k} {v}" for k, v in ident.get("caches", {}).items()]
+    )
+    print(
+        f"cpu: {meta['cpu']} ({meta['cpus_visible']} visible; {' '.join(meta['cpu_flags'])})"
+        + (f"; {where}" if where else "")
+    )
     timing = meta.get("timing")
     if timing:
         where = timing["isolation"]

@@ -253,6 +253,12 @@ def test_quick_record_isolated_and_shared(shared, tmp_path, monkeypatch, restore
     (srow,) = record["stream"]
     assert srow["lstmrs_us"] > 0 and ("lstmrs_child" in srow) != shared
     assert len(record["meta"]["gemm"]["candidates"]) >= 2
+    # The machine is named beyond "AMD EPYC": its generation and caches, where Linux says them.
+    ident = record["meta"]["cpu_identity"]
+    if sys.platform == "linux" and os.uname().machine == "x86_64":
+        assert {"cpu family", "model"} <= set(ident)
+    if os.path.isdir("/sys/devices/system/cpu/cpu0/cache/index0"):
+        assert ident["caches"]["L1d"].endswith("K")
     names = [g["goal"] for g in record["goals"]]
     assert names[:2] == ["inference_every", "inference_half"] and "memory" in names
 
