@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Product;
+
 use lstmrs_core::blas;
 use std::time::Instant;
 
@@ -17,19 +19,9 @@ const CASES: [(usize, usize, usize, usize); 4] = [
     (8, 2000, 16, 128),
 ];
 
-/// One product: its role, `c[m, n] = op(a) · op(b)` and which operands are transposed.
-struct Shape {
-    role: &'static str,
-    m: usize,
-    n: usize,
-    k: usize,
-    trans_a: bool,
-    trans_b: bool,
-}
-
-fn shapes(b: usize, t: usize, i: usize, h: usize) -> Vec<Shape> {
+fn shapes(b: usize, t: usize, i: usize, h: usize) -> Vec<Product> {
     let (g, rows) = (4 * h, t * b);
-    let s = |role, m, n, k, trans_a, trans_b| Shape {
+    let s = |role, m, n, k, trans_a, trans_b| Product {
         role,
         m,
         n,
@@ -78,17 +70,7 @@ fn main() {
                 let bb: Vec<f32> = (0..sh.k * sh.n).map(|v| (v as f32 * 0.11).cos()).collect();
                 let (mut c1, mut c2) = (vec![0.0f32; sh.m * sh.n], vec![0.0f32; sh.m * sh.n]);
                 // Agreement first: both compute the same product.
-                pool.install(|| {
-                    common::gemm_crate(
-                        (sh.m, sh.n, sh.k),
-                        sh.trans_a,
-                        sh.trans_b,
-                        &a,
-                        &bb,
-                        &mut c1,
-                        par,
-                    )
-                });
+                pool.install(|| sh.gemm_crate(&a, &bb, &mut c1, par));
                 blas::sgemm(sh.trans_a, sh.trans_b, sh.m, sh.n, sh.k, &a, &bb, &mut c2);
                 let scale = c2.iter().fold(1e-6f32, |s, v| s.max(v.abs()));
                 let err = c1
@@ -105,15 +87,7 @@ fn main() {
                     let t0 = Instant::now();
                     pool.install(|| {
                         for _ in 0..calls {
-                            common::gemm_crate(
-                                (sh.m, sh.n, sh.k),
-                                sh.trans_a,
-                                sh.trans_b,
-                                &a,
-                                &bb,
-                                &mut c1,
-                                par,
-                            );
+                            sh.gemm_crate(&a, &bb, &mut c1, par);
                         }
                     });
                     tg.push(t0.elapsed().as_secs_f64() * 1e3 / calls as f64);

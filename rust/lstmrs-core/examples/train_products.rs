@@ -20,21 +20,24 @@
 
 mod common;
 
+use common::Product;
+
 use lstmrs_core::bench::PackedWeight;
 use std::time::Instant;
 
-/// One product `c[m, n] = op(a) · op(b)`, called `calls` times per timing (the per-step ones T
-/// times).
+/// One product, called `calls` times per timing (the per-step ones T times).
 struct Shape {
-    role: &'static str,
-    m: usize,
-    n: usize,
-    k: usize,
-    trans_a: bool,
-    trans_b: bool,
+    product: Product,
     calls: usize,
     /// Run through the library's packed step kernel rather than the crate.
     packed: bool,
+}
+
+impl std::ops::Deref for Shape {
+    type Target = Product;
+    fn deref(&self) -> &Product {
+        &self.product
+    }
 }
 
 /// Process CPU time (all threads) in seconds.
@@ -69,12 +72,14 @@ fn main() {
     let (pool, par) = common::pool(threads);
     let (g, rows) = (4 * h, t * b);
     let s = |role, m, n, k, trans_a, trans_b, calls| Shape {
-        role,
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
+        product: Product {
+            role,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+        },
         calls,
         packed: false,
     };
@@ -146,15 +151,7 @@ fn main() {
                             dst[..i].copy_from_slice(xr);
                             dst[i..].copy_from_slice(hr);
                         }
-                        common::gemm_crate(
-                            (sh.m, sh.n, sh.k),
-                            sh.trans_a,
-                            sh.trans_b,
-                            &opa,
-                            &xh,
-                            &mut out,
-                            par,
-                        );
+                        sh.gemm_crate(&opa, &xh, &mut out, par);
                         let (d_ih, d_hh) = flat.split_at_mut(g * i);
                         for ((row, a), b) in out
                             .chunks_exact(i + h)
@@ -166,15 +163,7 @@ fn main() {
                         }
                     } else {
                         for _ in 0..sh.calls {
-                            common::gemm_crate(
-                                (sh.m, sh.n, sh.k),
-                                sh.trans_a,
-                                sh.trans_b,
-                                &opa,
-                                &opb,
-                                &mut out,
-                                par,
-                            );
+                            sh.gemm_crate(&opa, &opb, &mut out, par);
                         }
                     }
                 });

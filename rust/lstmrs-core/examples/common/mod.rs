@@ -6,44 +6,55 @@
 
 use gemm::Parallelism;
 
-/// `c[m, n] += op(a) · op(b)` through the `gemm` crate, row-major, transposes given as strides
-/// (`op(a)` is `[m, k]`, `op(b)` is `[k, n]`).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_crate(
-    (m, n, k): (usize, usize, usize),
-    trans_a: bool,
-    trans_b: bool,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    par: Parallelism,
-) {
-    let (a_rs, a_cs) = if trans_a { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assert keeps the operands of these shapes and strides inside their slices.
-    unsafe {
-        gemm::gemm(
+/// One product `c[m, n] += op(a) · op(b)` of a layer (`op(a)` is `[m, k]`, `op(b)` is `[k, n]`):
+/// its role and which operands are transposed.
+pub struct Product {
+    pub role: &'static str,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+impl Product {
+    /// The product through the `gemm` crate, row-major, transposes given as strides.
+    pub fn gemm_crate(&self, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
+        let Product {
             m,
             n,
             k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
+            trans_a,
+            trans_b,
+            ..
+        } = *self;
+        let (a_rs, a_cs) = if trans_a { (1, m) } else { (k, 1) };
+        let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        // SAFETY: the assert keeps the operands of these shapes and strides inside their slices.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
     }
 }
 
