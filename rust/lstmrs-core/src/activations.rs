@@ -202,6 +202,70 @@ mod tests {
         }
     }
 
+    /// The gate kernels run these functions vectorised with AVX-512, with AVX2 or as plain
+    /// scalar code (`gates::dispatch!`); each op is an IEEE-rounded one (`mul_add` a fused one
+    /// everywhere), so all three give the same bits, which keeps results independent of the CPU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        #[inline(always)]
+        fn apply(xs: &[f32], sig: &mut [f32], tanh: &mut [f32]) {
+            let n = xs.len();
+            let (sig, tanh) = (&mut sig[..n], &mut tanh[..n]);
+            for j in 0..n {
+                sig[j] = sigmoid_f32(xs[j]);
+                tanh[j] = tanh_f32(xs[j]);
+            }
+        }
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512(xs: &[f32], sig: &mut [f32], tanh: &mut [f32]) {
+            apply(xs, sig, tanh)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(xs: &[f32], sig: &mut [f32], tanh: &mut [f32]) {
+            apply(xs, sig, tanh)
+        }
+        let special = [
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-30,
+            f32::MIN_POSITIVE,
+            87.5,
+            -88.5,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let xs: Vec<f32> = grid(-100.0, 100.0, 400_003).chain(special).collect();
+        let bits = |v: &[f32]| -> Vec<u32> {
+            v.iter()
+                .map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() })
+                .collect()
+        };
+        let mut want = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+        apply(&xs, &mut want.0, &mut want.1);
+        let mut got = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function was compiled for.
+            unsafe { avx512(&xs, &mut got.0, &mut got.1) };
+            assert_eq!(bits(&got.0), bits(&want.0), "sigmoid, AVX-512");
+            assert_eq!(bits(&got.1), bits(&want.1), "tanh, AVX-512");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            unsafe { avx2(&xs, &mut got.0, &mut got.1) };
+            assert_eq!(bits(&got.0), bits(&want.0), "sigmoid, AVX2");
+            assert_eq!(bits(&got.1), bits(&want.1), "tanh, AVX2");
+        }
+    }
+
     #[test]
     fn saturation_is_exact_and_finite() {
         for x in [
