@@ -1,8 +1,9 @@
 // Activations of the step kernels (appended to each cell's shader).
 // tanh is written out rather than taken from the builtin: drivers may evaluate the builtin as
 // (e^2x - 1) / (e^2x + 1), which is NaN once e^2x overflows and loses relative accuracy near 0.
-// It is the CPU path's rational function (activations.rs: x·P(x²)/Q(x²) on the clamped range,
-// x itself below 4e-4), so both paths round alike.
+// It is the CPU path's rational function (activations.rs: x·P(x²)/Q(x²) on the clamped range),
+// so both paths stay close; the CPU evaluates it as x·(P/Q), which keeps tiny and subnormal x
+// without a select, while here x itself is returned below 4e-4 (GPUs may flush subnormals).
 
 fn sigmoid(x: f32) -> f32 {
     // Clamped so that exp never overflows (an overflow is undefined in WGSL).
