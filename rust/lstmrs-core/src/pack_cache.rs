@@ -94,6 +94,7 @@ impl<T: Scalar> PackCache<T> {
     }
 
     /// How many packed weights the cache holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
