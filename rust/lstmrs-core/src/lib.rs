@@ -36,6 +36,7 @@ pub mod memory;
 pub mod model;
 pub mod network;
 pub mod optim;
+mod pack_cache;
 mod packed_gemm;
 pub mod params;
 mod projection;

@@ -319,6 +319,7 @@ pub(crate) fn dir_weights<'p, T: Scalar>(
             .map(|(bi, bh)| (&data[bi..][..xw], &data[bh..][..hw])),
         w_hr: &data[o.w_hr..][..cfg.proj_size * cfg.hidden_size],
         units: &data[o.units..][..cfg.unit_width()],
+        packed: p.pack_cache().map(|c| (c, layer, dir)),
     }
 }
 

@@ -472,6 +472,11 @@ impl<T: Scalar> Packed<T> {
         Self::new(w, h, 1, gates * h, &gate_vectors(1, h, units), rows)
     }
 
+    /// Elements held (panels, padding and alignment included).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// `k`, the inner dimension.
     pub fn depth(&self) -> usize {
         self.k

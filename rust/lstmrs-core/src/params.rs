@@ -7,6 +7,7 @@ use crate::cellexpr::ParamInit;
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::memory;
+use crate::pack_cache::PackCache;
 use crate::scalar::Scalar;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -111,6 +112,8 @@ pub struct RnnParams<T> {
     config: RnnConfig,
     specs: Vec<ParamSpec>,
     data: Vec<T>,
+    /// Packed forms of `data` kept across forward calls; emptied by every `&mut self` method.
+    packed: PackCache<T>,
 }
 
 impl<T: Scalar> RnnParams<T> {
@@ -129,6 +132,7 @@ impl<T: Scalar> RnnParams<T> {
             config,
             specs,
             data: memory::try_filled("parameters", n, T::zero())?,
+            packed: PackCache::new(n),
         })
     }
 
@@ -168,6 +172,7 @@ impl<T: Scalar> RnnParams<T> {
             config,
             specs,
             data,
+            packed: PackCache::new(n),
         })
     }
 
@@ -184,6 +189,7 @@ impl<T: Scalar> RnnParams<T> {
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [T] {
+        self.packed.clear();
         &mut self.data
     }
 
@@ -202,6 +208,7 @@ impl<T: Scalar> RnnParams<T> {
 
     /// Overwrites the named tensor; `values` must hold exactly its elements.
     pub fn set(&mut self, name: &str, values: &[T]) -> Result<()> {
+        self.packed.clear();
         set_named(&self.specs, &mut self.data, name, values)
     }
 }
@@ -212,6 +219,7 @@ impl<T: Scalar> RnnParams<T> {
         RnnWeights {
             config: self.config,
             data: &self.data,
+            packed: Some(&self.packed),
         }
     }
 }
@@ -222,12 +230,24 @@ impl<T: Scalar> RnnParams<T> {
 pub struct RnnWeights<'a, T> {
     config: RnnConfig,
     data: &'a [T],
+    /// The owner's packed-weight cache (`None` for a view of a bare slice, which cannot tell
+    /// when its values change).
+    packed: Option<&'a PackCache<T>>,
 }
 
 impl<'a, T: Scalar> RnnWeights<'a, T> {
     pub fn new(config: RnnConfig, data: &'a [T]) -> Result<Self> {
         check_len("params", data.len(), &[param_count(&config)])?;
-        Ok(RnnWeights { config, data })
+        Ok(RnnWeights {
+            config,
+            data,
+            packed: None,
+        })
+    }
+
+    /// The cache of packed weights that lives as long as these values, if any.
+    pub(crate) fn pack_cache(&self) -> Option<&'a PackCache<T>> {
+        self.packed
     }
     pub fn config(&self) -> &RnnConfig {
         &self.config
