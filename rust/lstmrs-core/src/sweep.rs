@@ -823,7 +823,7 @@ pub(crate) fn forward<T: Scalar>(
                 }
                 // SAFETY: each member writes only its own units' columns of the chunk, which
                 // only its own gate passes read.
-                unsafe { views.project(p, units.clone(), times, first) };
+                unsafe { views.project(p, times, first) };
             }
             if fused && !keep_tape {
                 // One step of `act`, reused.
@@ -1001,40 +1001,17 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         }
     }
 
-    /// The input side of the pre-activations of the steps `times` for the units `units`: the
-    /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
-    /// row `(times.start - first) * B`.
+    /// The input side of the pre-activations of the steps `times` for the member's units (its
+    /// packed slice of `W_ih`): the bias row `+ x_t · W_ihᵀ`, into `act` from row
+    /// `(times.start - first) * B`.
     ///
     /// # Safety
     /// No other thread reads or writes the units' columns of those rows of `act` meanwhile.
-    unsafe fn project(
-        &self,
-        packed: &Packed<T>,
-        units: Range<usize>,
-        times: Range<usize>,
-        first: usize,
-    ) {
-        let (b, h, i) = (self.sw.batch, self.sw.hidden, self.sw.input);
-        let gates = self.sw.cell.gate_count();
+    unsafe fn project(&self, packed: &Packed<T>, times: Range<usize>, first: usize) {
+        let (b, i) = (self.sw.batch, self.sw.input);
         let rows = times.len() * b;
         let dst = self.act.skip((times.start - first) * b);
         assert!(dst.holds(rows, packed.col_end()));
-        if let Some(bias) = self.row_bias {
-            // A member owning every unit owns whole rows: one copy per row, not one per gate.
-            let runs: Vec<Range<usize>> = if units.len() == h {
-                std::iter::once(0..gates * h).collect()
-            } else {
-                (0..gates)
-                    .map(|g| g * h + units.start..g * h + units.end)
-                    .collect()
-            };
-            for r in 0..rows {
-                for cols in runs.iter().cloned() {
-                    // SAFETY: the member's own columns (the contract).
-                    unsafe { dst.row_mut(r, cols.start, cols.len()) }.copy_from_slice(&bias[cols]);
-                }
-            }
-        }
         // A batch-first input's rows of the chunk were gathered (`gather_x`).
         let x = if self.sw.x_batch_first {
             // SAFETY: the gather is finished and no member writes `x_chunk` until the next chunk
@@ -1044,16 +1021,26 @@ impl<T: Scalar> BuiltinForward<'_, T> {
             self.x.skip(times.start * b)
         };
         assert!(x.holds(rows, i));
-        // SAFETY: bounds checked above; the written columns are the member's (the contract).
+        // The product starts from the bias row rather than from copies of it in `act`: copying
+        // it into every row of the chunk was the largest memory pass of the forward (`perf
+        // record`, issue 16), and the same additions in the same order keep the bits.
+        // SAFETY: bounds checked above (the bias row is `G*H` wide); the written columns are the
+        // member's (the contract).
         unsafe {
-            packed.product_raw(
-                x.ptr(),
-                i,
-                rows,
-                dst.ptr(),
-                dst.ld(),
-                self.row_bias.is_some(),
-            )
+            match self.row_bias {
+                Some(bias) => {
+                    assert!(bias.len() >= packed.col_end());
+                    packed.product_raw_onto_row(
+                        x.ptr(),
+                        i,
+                        rows,
+                        dst.ptr(),
+                        dst.ld(),
+                        bias.as_ptr(),
+                    )
+                }
+                None => packed.product_raw(x.ptr(), i, rows, dst.ptr(), dst.ld(), false),
+            }
         };
     }
 
@@ -1730,7 +1717,7 @@ fn forward_custom<T: Scalar>(
             // entering state, which nobody writes until the next barrier; between the two
             // barriers member 0 alone touches the buffers.
             if let Some(packed) = &packed {
-                unsafe { views.product(packed, units.clone(), s) };
+                unsafe { views.product(packed, s) };
             }
             barrier.wait();
             if member == 0 {
@@ -1775,15 +1762,16 @@ struct CustomForward<'a, T> {
 }
 
 impl<T: Scalar> CustomForward<'_, T> {
-    /// This member's units of step `s`'s recurrent pre-activations, `b_hh` included.
+    /// This member's units (those of its `packed` slice) of step `s`'s recurrent
+    /// pre-activations, `b_hh` included.
     ///
     /// # Safety
-    /// Every member calls it for the same `s` with its own `units`; nobody writes the entering
+    /// Every member calls it for the same `s` with its own units; nobody writes the entering
     /// state meanwhile.
-    unsafe fn product(&self, packed: &Packed<T>, units: Range<usize>, s: usize) {
+    unsafe fn product(&self, packed: &Packed<T>, s: usize) {
         let (sw, w) = (&self.sw, self.w);
         let (b, h) = (sw.batch, sw.hidden);
-        let (h_gates, hw) = (sw.cell.h_gate_count(), sw.cell.h_gate_count() * h);
+        let hw = sw.cell.h_gate_count() * h;
         let rd = state_slots(sw, self.keep_tape, s, sw.time(s)).0;
         // SAFETY: the contract.
         unsafe {
@@ -1792,17 +1780,14 @@ impl<T: Scalar> CustomForward<'_, T> {
                 None => self.hs.read().skip(rd * b),
             };
             assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
-            if let Some((_, b_hh)) = w.bias {
-                for r in 0..b {
-                    for g in 0..h_gates {
-                        let c = g * h + units.start;
-                        self.pre
-                            .row_mut(r, c, units.len())
-                            .copy_from_slice(&b_hh[c..c + units.len()]);
-                    }
+            // Onto `b_hh` directly, not onto copies of it in `pre` (same bits, see `project`).
+            match w.bias {
+                Some((_, b_hh)) => {
+                    assert!(b_hh.len() >= packed.col_end());
+                    packed.product_raw_onto_row(h_in.ptr(), h, b, self.pre.ptr(), hw, b_hh.as_ptr())
                 }
+                None => packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, false),
             }
-            packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, w.bias.is_some());
         }
     }
 
