@@ -56,8 +56,9 @@ pub(crate) struct Sweep<'a> {
     /// for the last layer: no transposing pass over the output afterwards) or time-major.
     pub out_batch_first: bool,
     /// Whether the input `x` is batch-first (`[B, T, I]`, the caller's array for the first layer
-    /// in inference): the team's projection gathers each chunk's rows from it and the fused
-    /// product reads it in place; the other paths take a time-major copy first
+    /// in inference): the team's projection gathers each chunk's rows from it (reads a chunk
+    /// of one step in place) and the fused product reads it in place; the other paths take a
+    /// time-major copy first
     /// (`time_major_input`).
     pub x_batch_first: bool,
 }
