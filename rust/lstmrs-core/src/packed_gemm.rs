@@ -29,6 +29,17 @@ const LANES: usize = 8;
 /// Lanes of the AVX-512 kernel (one zmm register of f32).
 const LANES_512: usize = 16;
 
+/// What a product's sums are added onto.
+#[derive(Clone, Copy)]
+enum Start<T> {
+    /// Nothing: `c` is overwritten.
+    Zero,
+    /// What `c` holds.
+    Output,
+    /// The same row (one value per output column) for every output row.
+    Row(*const T),
+}
+
 /// Hidden units are split between threads in blocks of this many: a whole AVX-512 vector (two
 /// AVX2 ones), so no thread's share ends in a padded vector.
 pub(crate) const UNIT_BLOCK: usize = LANES_512;
@@ -521,6 +532,40 @@ impl<T: Scalar> Packed<T> {
         unsafe { self.product_raw(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, accumulate) }
     }
 
+    /// `c[r, col..col+len] = row[col..col+len] + Σ_k a[r, k] · W(k, src..src+len)` for every
+    /// vector and rows `0..rows`, bounds-checked (the tests' entry to
+    /// [`Packed::product_raw_onto_row`]): [`Packed::product`] onto a row every output
+    /// row starts from (a bias), without `c` holding it first.
+    #[cfg(test)]
+    pub fn product_onto_row(
+        &self,
+        a: &[T],
+        lda: usize,
+        rows: usize,
+        c: &mut [T],
+        ldc: usize,
+        row: &[T],
+    ) {
+        if rows == 0 {
+            return;
+        }
+        assert!(self.k <= lda || rows == 1, "lhs row stride below its width");
+        assert!((rows - 1) * lda + self.k <= a.len(), "lhs too short");
+        assert!(
+            self.col_end() <= ldc || rows == 1,
+            "output stride below its width"
+        );
+        assert!(
+            (rows - 1) * ldc + self.col_end() <= c.len(),
+            "output too short"
+        );
+        assert!(self.col_end() <= row.len(), "start row too short");
+        // SAFETY: bounds checked above; `c` is borrowed mutably, `row` only read.
+        unsafe {
+            self.product_raw_onto_row(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, row.as_ptr())
+        }
+    }
+
     /// [`Packed::product`] on raw pointers, for the members of a team sharing `a` and `c`.
     ///
     /// # Safety
@@ -536,9 +581,35 @@ impl<T: Scalar> Packed<T> {
         ldc: usize,
         accumulate: bool,
     ) {
+        let start = if accumulate {
+            Start::Output
+        } else {
+            Start::Zero
+        };
         // SAFETY: `new_on` checked that the CPU has the kernel's instructions and that `T` is
         // f32 unless the kernel is portable; the pointers' contract is the caller's.
-        unsafe { self.drive(a, lda, rows, c, ldc, accumulate) }
+        unsafe { self.drive(a, lda, rows, c, ldc, start) }
+    }
+
+    /// [`Packed::product_onto_row`] on raw pointers. The first stretch of `k` adds its sums
+    /// onto `row` where [`Packed::product_raw`] would add them onto `c`: the same additions in
+    /// the same order as copying `row` into every output row and accumulating, so the same bits,
+    /// without writing and reloading those rows (a pass over the output that missed L2 when the
+    /// output was a projection chunk).
+    ///
+    /// # Safety
+    /// As [`Packed::product_raw`]; `row` holds every slot's columns (`col_end()` values).
+    pub unsafe fn product_raw_onto_row(
+        &self,
+        a: *const T,
+        lda: usize,
+        rows: usize,
+        c: *mut T,
+        ldc: usize,
+        row: *const T,
+    ) {
+        // SAFETY: as in `product_raw`; `row` is the caller's contract.
+        unsafe { self.drive(a, lda, rows, c, ldc, Start::Row(row)) }
     }
 
     /// The loops around the micro-kernel: `k` in stretches that keep a panel stretch in L1, then
@@ -553,19 +624,25 @@ impl<T: Scalar> Packed<T> {
         rows: usize,
         c: *mut T,
         ldc: usize,
-        accumulate: bool,
+        start: Start<T>,
     ) {
         let nr = self.nv * self.isa.lanes();
         let panels = self.slots.len() / self.nv;
         // SAFETY: `off` is inside `buf`.
         let base = unsafe { self.buf.as_ptr().add(self.off) };
         if self.k == 0 {
-            if !accumulate {
+            if !matches!(start, Start::Output) {
                 for r in 0..rows {
                     for &(col, len) in &self.slots {
                         for j in 0..len {
-                            // SAFETY: the caller's contract covers every slot column.
-                            unsafe { *c.add(r * ldc + col + j) = T::zero() };
+                            // SAFETY: the caller's contract covers every slot column, of `c`
+                            // and of the start row.
+                            unsafe {
+                                *c.add(r * ldc + col + j) = match start {
+                                    Start::Row(row) => *row.add(col + j),
+                                    _ => T::zero(),
+                                }
+                            };
                         }
                     }
                 }
@@ -603,7 +680,13 @@ impl<T: Scalar> Packed<T> {
         // Stretch `k0` (`kl` long) of panel `p`, over every row tile.
         let panel_stretch = |p: usize, k0: usize, kl: usize| {
             let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
-            let acc = accumulate || k0 > 0;
+            // Later stretches add onto the earlier ones' sums in `c`.
+            let (acc, row) = match start {
+                _ if k0 > 0 => (true, std::ptr::null()),
+                Start::Output => (true, std::ptr::null()),
+                Start::Zero => (false, std::ptr::null()),
+                Start::Row(row) => (false, row),
+            };
             let at = panel_offset(k0, self.kc, self.k, panels, p, nr, self.panel_major);
             // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
             let b = unsafe { base.add(at) };
@@ -644,6 +727,7 @@ impl<T: Scalar> Packed<T> {
                         ldc,
                         slots,
                         acc,
+                        row,
                         if r0 == 0 {
                             next_block
                         } else {
@@ -696,7 +780,8 @@ impl<T: Scalar> Packed<T> {
 /// As [`Packed::product_raw`], for this tile; unless `isa` is portable, `U` is f32 and the CPU
 /// has the instructions of `isa`. `pf`, unless null, is where the SIMD kernels prefetch a block
 /// as long as the panel stretch they read (any address: a prefetch never faults), into L2 with
-/// `pf_l2`, else into L1 ([`prefetch_into_l2`]).
+/// `pf_l2`, else into L1 ([`prefetch_into_l2`]). Unless `acc`, the sums go onto `row` (by output
+/// column) where it is not null, else onto nothing.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile<U: Scalar>(
@@ -712,6 +797,7 @@ unsafe fn tile<U: Scalar>(
     ldc: usize,
     slots: &[(usize, usize)],
     acc: bool,
+    row: *const U,
     pf: *const U,
     pf_l2: bool,
 ) {
@@ -726,30 +812,31 @@ unsafe fn tile<U: Scalar>(
         };
         // SAFETY (both): the caller's contract.
         (@call [portable], $m:literal, $n:literal) => {
-            unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc) }
+            unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc, row) }
         };
-        (@call [$f:ident, $a:ident, $b:ident, $c:ident, $pf:ident], $m:literal, $n:literal) => {
-            unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, acc, $pf, pf_l2) }
+        (@call [$f:ident, $a:ident, $b:ident, $c:ident, $row:ident, $pf:ident], $m:literal, $n:literal) => {
+            unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, acc, $row, $pf, pf_l2) }
         };
     }
     // The SIMD kernels' f32 views of the pointers (`U` is f32 whenever they run; unused by the
     // portable arm).
     #[cfg(target_arch = "x86_64")]
-    let (a32, b32, c32, pf32) = (
+    let (a32, b32, c32, row32, pf32) = (
         a as *const f32,
         b as *const f32,
         c as *mut f32,
+        row as *const f32,
         pf as *const f32,
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            pick!(@arms [avx512_tile, a32, b32, c32, pf32];
+            pick!(@arms [avx512_tile, a32, b32, c32, row32, pf32];
                 6, 4; 5, 4; 4, 4; 3, 4; 2, 4; 1, 4; 2, 6; 1, 6; 1, 8)
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            pick!(@arms [avx2_tile, a32, b32, c32, pf32];
+            pick!(@arms [avx2_tile, a32, b32, c32, row32, pf32];
                 6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
         }
         _ => pick!(@arms [portable];
@@ -776,6 +863,7 @@ unsafe fn portable_tile<U: Scalar, const MR: usize, const NV: usize>(
     ldc: usize,
     slots: &[(usize, usize)],
     acc: bool,
+    row: *const U,
 ) {
     let mut sum = [[[U::zero(); LANES]; NV]; MR];
     for kk in 0..k {
@@ -796,7 +884,15 @@ unsafe fn portable_tile<U: Scalar, const MR: usize, const NV: usize>(
             for j in 0..len {
                 // SAFETY: a slot column of row `r` (the caller's contract).
                 let p = unsafe { c.add(r * ldc + col + j) };
-                unsafe { *p = if acc { *p + sum[r][v][j] } else { sum[r][v][j] } };
+                unsafe {
+                    *p = if acc {
+                        *p + sum[r][v][j]
+                    } else if !row.is_null() {
+                        *row.add(col + j) + sum[r][v][j]
+                    } else {
+                        sum[r][v][j]
+                    }
+                };
             }
         }
     }
@@ -824,6 +920,7 @@ mod avx2 {
         ldc: usize,
         slots: &[(usize, usize)],
         acc: bool,
+        row: *const f32,
         pf: *const f32,
         pf_l2: bool,
     ) {
@@ -864,10 +961,14 @@ mod avx2 {
                 let (col, len) = slots[v];
                 // SAFETY: the slot's columns of row `r` (the caller's contract).
                 let p = unsafe { c.add(r * ldc + col) };
+                // The start row's columns (the caller's contract), when it is used.
+                let q = row.wrapping_add(col);
                 if len == LANES {
                     unsafe {
                         let x = if acc {
                             _mm256_add_ps(_mm256_loadu_ps(p), sum[r][v])
+                        } else if !row.is_null() {
+                            _mm256_add_ps(_mm256_loadu_ps(q), sum[r][v])
                         } else {
                             sum[r][v]
                         };
@@ -875,11 +976,17 @@ mod avx2 {
                     }
                 } else if len > 0 {
                     let mut tmp = [0f32; LANES];
-                    // SAFETY: `tmp` holds one vector; `p..p+len` as above.
+                    // SAFETY: `tmp` holds one vector; `p..p+len` and `q..q+len` as above.
                     unsafe {
                         _mm256_storeu_ps(tmp.as_mut_ptr(), sum[r][v]);
                         for j in 0..len {
-                            *p.add(j) = if acc { *p.add(j) + tmp[j] } else { tmp[j] };
+                            *p.add(j) = if acc {
+                                *p.add(j) + tmp[j]
+                            } else if !row.is_null() {
+                                *q.add(j) + tmp[j]
+                            } else {
+                                tmp[j]
+                            };
                         }
                     }
                 }
@@ -932,6 +1039,7 @@ mod avx512 {
         ldc: usize,
         slots: &[(usize, usize)],
         acc: bool,
+        row: *const f32,
         pf: *const f32,
         pf_l2: bool,
     ) {
@@ -984,6 +1092,9 @@ mod avx512 {
                     };
                     let x = if acc {
                         _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), sum[r][v])
+                    } else if !row.is_null() {
+                        // The start row's `len` columns (the caller's contract).
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row.add(col)), sum[r][v])
                     } else {
                         sum[r][v]
                     };
@@ -1167,6 +1278,29 @@ mod tests {
                     }
                 }
             }
+            // Starting from a row gives the bits of copying the row into every output row and
+            // accumulating onto it, and leaves the other columns alone.
+            let row: Vec<T> = fill(ldc, 0.29);
+            let init: Vec<T> = fill(rows * ldc, 0.13);
+            let mut copied = init.clone();
+            for r in 0..rows {
+                for v in &vectors {
+                    copied[r * ldc + v.col..][..v.len].copy_from_slice(&row[v.col..][..v.len]);
+                }
+            }
+            packed.product(&a, lda, rows, &mut copied, ldc, true);
+            let mut got = init.clone();
+            packed.product_onto_row(&a, lda, rows, &mut got, ldc, &row);
+            let bits = |v: &[T]| {
+                v.iter()
+                    .map(|x| Scalar::to_f64(*x).to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bits(&got),
+                bits(&copied),
+                "{isa:?} rows={rows} gates={gates} h={h} units={units:?} fwd={forward} onto row"
+            );
         }
     }
 

@@ -60,8 +60,9 @@ pub(crate) struct Sweep<'a> {
     /// for the last layer: no transposing pass over the output afterwards) or time-major.
     pub out_batch_first: bool,
     /// Whether the input `x` is batch-first (`[B, T, I]`, the caller's array for the first layer
-    /// in inference): the team's projection gathers each chunk's rows from it and the fused
-    /// product reads it in place; the other paths take a time-major copy first
+    /// in inference): the team's projection gathers each chunk's rows from it (reads a chunk
+    /// of one step in place) and the fused product reads it in place; the other paths take a
+    /// time-major copy first
     /// (`time_major_input`).
     pub x_batch_first: bool,
 }
@@ -777,7 +778,9 @@ pub(crate) fn forward<T: Scalar>(
     // A batch-first input's rows of one chunk, copied time-major by the team (each member its
     // share of the batch rows) for the chunk's product: one product over the chunk, as with a
     // time-major input, rather than one per step (4x the passes over the member's `W_ih`).
-    let gathers = in_team && sw.x_batch_first;
+    // One step's rows of a batch-first input are equally spaced: the product reads them in
+    // place, with no copy and no barrier to wait at for it.
+    let gathers = in_team && sw.x_batch_first && chunk > 1;
     let mut x_chunk = vec![T::zero(); if gathers { chunk * b * sw.input } else { 0 }];
 
     let views = BuiltinForward {
@@ -794,6 +797,7 @@ pub(crate) fn forward<T: Scalar>(
         act: RowsMut::new(&mut x_pre, gw),
         x: Rows::new(&x, sw.input),
         x_chunk: RowsMut::new(&mut x_chunk, sw.input),
+        gathered: gathers,
         row_bias: row_bias.as_deref(),
     };
     // Short inference calls keep their packed weights for the next call (a training step
@@ -861,7 +865,7 @@ pub(crate) fn forward<T: Scalar>(
                 }
                 // SAFETY: each member writes only its own units' columns of the chunk, which
                 // only its own gate passes read.
-                unsafe { views.project(p, units.clone(), times, first) };
+                unsafe { views.project(p, times, first) };
             }
             if fused && !keep_tape {
                 // One step of `act`, reused.
@@ -923,14 +927,21 @@ struct BuiltinForward<'a, T> {
     x: Rows<'a, T>,
     /// `[chunk*B, I]` the current chunk's rows of a batch-first input (see `gather_x`).
     x_chunk: RowsMut<'a, T>,
+    /// Whether the team gathers each chunk of a batch-first input into `x_chunk`.
+    gathered: bool,
     /// `[G*H]` the bias row of the input side (see [`fold_bias`]).
     row_bias: Option<&'a [T]>,
 }
 
 /// Steps whose input side a sweep's team projects at once: rows enough to reuse each packed
-/// panel of `W_ih` from L1 across several row tiles, few enough that the chunk's pre-activations
-/// stay in L2 until their steps read them.
-const PROJECTION_ROWS: usize = 256;
+/// panel of `W_ih` from L1 across several row tiles, few enough that a member's share of the
+/// chunk's pre-activations stays in its L2 beside its slices of `W_ih` and `W_hh` until its
+/// steps read them. At (B, I, H) = (64, 128, 256) with two members that is 768 KiB of weights
+/// per member in a 1 MiB L2, so one step (128 KiB of the chunk per member), not four: LSTM
+/// inference 2 threads, fresh processes alternating on the loaded 2-core Zen 4 VM (load 6-8),
+/// CPU per call, median of 15 processes: one layer 70.3 -> 68.6 ms, two layers (12) 169.2 ->
+/// 164.8; GRU equal (51.4 -> 51.0).
+const PROJECTION_ROWS: usize = 64;
 
 /// The longest inference sweep whose packed weights the network keeps for the next call. Packing
 /// reads and writes the weight once, about the cost of one step's product, so beyond this many
@@ -1051,59 +1062,50 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         }
     }
 
-    /// The input side of the pre-activations of the steps `times` for the units `units`: the
-    /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
-    /// row `(times.start - first) * B`.
+    /// The input side of the pre-activations of the steps `times` for the member's units (its
+    /// packed slice of `W_ih`): the bias row `+ x_t · W_ihᵀ`, into `act` from row
+    /// `(times.start - first) * B`.
     ///
     /// # Safety
     /// No other thread reads or writes the units' columns of those rows of `act` meanwhile.
-    unsafe fn project(
-        &self,
-        packed: &Packed<T>,
-        units: Range<usize>,
-        times: Range<usize>,
-        first: usize,
-    ) {
-        let (b, h, i) = (self.sw.batch, self.sw.hidden, self.sw.input);
-        let gates = self.sw.cell.gate_count();
+    unsafe fn project(&self, packed: &Packed<T>, times: Range<usize>, first: usize) {
+        let (b, i) = (self.sw.batch, self.sw.input);
         let rows = times.len() * b;
         let dst = self.act.skip((times.start - first) * b);
         assert!(dst.holds(rows, packed.col_end()));
-        if let Some(bias) = self.row_bias {
-            // A member owning every unit owns whole rows: one copy per row, not one per gate.
-            let runs: Vec<Range<usize>> = if units.len() == h {
-                std::iter::once(0..gates * h).collect()
-            } else {
-                (0..gates)
-                    .map(|g| g * h + units.start..g * h + units.end)
-                    .collect()
-            };
-            for r in 0..rows {
-                for cols in runs.iter().cloned() {
-                    // SAFETY: the member's own columns (the contract).
-                    unsafe { dst.row_mut(r, cols.start, cols.len()) }.copy_from_slice(&bias[cols]);
-                }
-            }
-        }
-        // A batch-first input's rows of the chunk were gathered (`gather_x`).
-        let x = if self.sw.x_batch_first {
+        let x = if self.gathered {
+            // A batch-first input's rows of the chunk were gathered (`gather_x`).
             // SAFETY: the gather is finished and no member writes `x_chunk` until the next chunk
             // (the contract of `gather_x`'s caller).
             unsafe { self.x_chunk.read() }
+        } else if self.sw.x_batch_first {
+            // Chunks of one step (see `gathers`).
+            assert_eq!(times.len(), 1);
+            self.x_rows(times.start)
         } else {
             self.x.skip(times.start * b)
         };
         assert!(x.holds(rows, i));
-        // SAFETY: bounds checked above; the written columns are the member's (the contract).
+        // The product starts from the bias row rather than from copies of it in `act`: copying
+        // it into every row of the chunk was the largest memory pass of the forward (`perf
+        // record`, issue 16), and the same additions in the same order keep the bits.
+        // SAFETY: bounds checked above (the bias row is `G*H` wide); the written columns are the
+        // member's (the contract).
         unsafe {
-            packed.product_raw(
-                x.ptr(),
-                i,
-                rows,
-                dst.ptr(),
-                dst.ld(),
-                self.row_bias.is_some(),
-            )
+            match self.row_bias {
+                Some(bias) => {
+                    assert!(bias.len() >= packed.col_end());
+                    packed.product_raw_onto_row(
+                        x.ptr(),
+                        x.ld(),
+                        rows,
+                        dst.ptr(),
+                        dst.ld(),
+                        bias.as_ptr(),
+                    )
+                }
+                None => packed.product_raw(x.ptr(), x.ld(), rows, dst.ptr(), dst.ld(), false),
+            }
         };
     }
 
@@ -1780,7 +1782,7 @@ fn forward_custom<T: Scalar>(
             // entering state, which nobody writes until the next barrier; between the two
             // barriers member 0 alone touches the buffers.
             if let Some(packed) = &packed {
-                unsafe { views.product(packed, units.clone(), s) };
+                unsafe { views.product(packed, s) };
             }
             barrier.wait();
             if member == 0 {
@@ -1825,15 +1827,16 @@ struct CustomForward<'a, T> {
 }
 
 impl<T: Scalar> CustomForward<'_, T> {
-    /// This member's units of step `s`'s recurrent pre-activations, `b_hh` included.
+    /// This member's units (those of its `packed` slice) of step `s`'s recurrent
+    /// pre-activations, `b_hh` included.
     ///
     /// # Safety
-    /// Every member calls it for the same `s` with its own `units`; nobody writes the entering
+    /// Every member calls it for the same `s` with its own units; nobody writes the entering
     /// state meanwhile.
-    unsafe fn product(&self, packed: &Packed<T>, units: Range<usize>, s: usize) {
+    unsafe fn product(&self, packed: &Packed<T>, s: usize) {
         let (sw, w) = (&self.sw, self.w);
         let (b, h) = (sw.batch, sw.hidden);
-        let (h_gates, hw) = (sw.cell.h_gate_count(), sw.cell.h_gate_count() * h);
+        let hw = sw.cell.h_gate_count() * h;
         let rd = state_slots(sw, self.keep_tape, s, sw.time(s)).0;
         // SAFETY: the contract.
         unsafe {
@@ -1842,17 +1845,14 @@ impl<T: Scalar> CustomForward<'_, T> {
                 None => self.hs.read().skip(rd * b),
             };
             assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
-            if let Some((_, b_hh)) = w.bias {
-                for r in 0..b {
-                    for g in 0..h_gates {
-                        let c = g * h + units.start;
-                        self.pre
-                            .row_mut(r, c, units.len())
-                            .copy_from_slice(&b_hh[c..c + units.len()]);
-                    }
+            // Onto `b_hh` directly, not onto copies of it in `pre` (same bits, see `project`).
+            match w.bias {
+                Some((_, b_hh)) => {
+                    assert!(b_hh.len() >= packed.col_end());
+                    packed.product_raw_onto_row(h_in.ptr(), h, b, self.pre.ptr(), hw, b_hh.as_ptr())
                 }
+                None => packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, false),
             }
-            packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, w.bias.is_some());
         }
     }
 

@@ -140,12 +140,14 @@ fn large_sizes_match_reference() {
     }
 }
 
-/// A batch of 64 rows: the sweep's team projects the input 4 steps at a time (`sweep.rs`,
-/// `PROJECTION_ROWS`), so 9 steps take two whole chunks and a short one, in either direction.
+/// The sweep's team projects the input `PROJECTION_ROWS` (64) rows at a time (`sweep.rs`): a
+/// batch of 16 in chunks of 4 steps, so 9 steps take two whole chunks and a short one, in either
+/// direction (a batch-first input gathered per chunk); a batch of 64 one step at a time (a
+/// batch-first input read in place).
 #[test]
 fn chunked_input_projection_matches_reference() {
-    let chunked = shape(5, 20, 64, 9);
-    for (k, case) in grid(&[chunked]).iter().enumerate() {
+    let chunked = [shape(5, 20, 16, 9), shape(5, 20, 64, 9)];
+    for (k, case) in grid(&chunked).iter().enumerate() {
         check_forward::<f32>(case, 30_000 + k as u64, &eval_opts());
         if case.layers == 2 && case.init_state {
             check_backward::<f32>(case, 31_000 + k as u64, &eval_opts());
