@@ -100,15 +100,7 @@ fn main() {
         s("bwd weight gradient dGT·X", g, i, rows, true, false, 1),
     ];
     if gru {
-        shapes.push(s(
-            "bwd weight gradient dG_rzT·H",
-            2 * h,
-            h,
-            rows,
-            true,
-            false,
-            1,
-        ));
+        shapes.push(s("bwd weight gradient dG_rzT·H", 2 * h, h, rows, true, false, 1));
         shapes.push(s("bwd weight gradient dG_nT·H", h, h, rows, true, false, 1));
     } else {
         shapes.push(s("bwd weight gradient dGT·H", g, h, rows, true, false, 1));
@@ -119,36 +111,12 @@ fn main() {
     if std::env::var("ALT").is_ok_and(|v| v == "1") {
         shapes.push(s("alt dW_ihT = XT·dG", i, g, rows, true, false, 1));
         if gru {
-            shapes.push(s(
-                "alt dW_hh_rzT = HT·dG_rz",
-                h,
-                2 * h,
-                rows,
-                true,
-                false,
-                1,
-            ));
+            shapes.push(s("alt dW_hh_rzT = HT·dG_rz", h, 2 * h, rows, true, false, 1));
             shapes.push(s("alt dW_hh_nT = HT·dG_n", h, h, rows, true, false, 1));
             shapes.push(s("alt dW_hh one product dGT·H", g, h, rows, true, false, 1));
-            shapes.push(s(
-                "alt dG_rzT·H half n (x2)",
-                2 * h,
-                h / 2,
-                rows,
-                true,
-                false,
-                2,
-            ));
+            shapes.push(s("alt dG_rzT·H half n (x2)", 2 * h, h / 2, rows, true, false, 2));
             shapes.push(s("alt dG_nT·H half n (x2)", h, h / 2, rows, true, false, 2));
-            shapes.push(s(
-                "alt dG_rzT·H quarter n (x4)",
-                2 * h,
-                h / 4,
-                rows,
-                true,
-                false,
-                4,
-            ));
+            shapes.push(s("alt dG_rzT·H quarter n (x4)", 2 * h, h / 4, rows, true, false, 4));
         } else {
             shapes.push(s("alt dW_hhT = HT·dG", h, g, rows, true, false, 1));
         }

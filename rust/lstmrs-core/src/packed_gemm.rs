@@ -531,38 +531,9 @@ impl<T: Scalar> Packed<T> {
         ldc: usize,
         accumulate: bool,
     ) {
-        let addend = if accumulate {
-            c as *const T
-        } else {
-            std::ptr::null()
-        };
-        // SAFETY: the contract; the addend is `c` itself.
-        unsafe { self.product_raw_onto(a, lda, rows, c, ldc, addend, ldc) }
-    }
-
-    /// [`Packed::product_raw`] writing `c[r, j] = addend[r * ld_addend + j] + Σ_k …` (nothing
-    /// added where `addend` is null): with `ld_addend == 0`, one row (a bias) added to every
-    /// row, without copying it into each row of `c` first. The same sums either way: the
-    /// kernels add the addend to the products' sum where they would add `c`'s value.
-    ///
-    /// # Safety
-    /// As [`Packed::product_raw`]; unless null, `addend` has every slot's columns readable in
-    /// rows `0..rows` (`ld_addend` apart), and nobody writes them during the call (it may be
-    /// `c` itself).
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn product_raw_onto(
-        &self,
-        a: *const T,
-        lda: usize,
-        rows: usize,
-        c: *mut T,
-        ldc: usize,
-        addend: *const T,
-        ld_addend: usize,
-    ) {
         // SAFETY: `new_on` checked that the CPU has the kernel's instructions and that `T` is
         // f32 unless the kernel is portable; the pointers' contract is the caller's.
-        unsafe { self.drive(a, lda, rows, c, ldc, (addend, ld_addend)) }
+        unsafe { self.drive(a, lda, rows, c, ldc, accumulate) }
     }
 
     /// The loops around the micro-kernel: `k` in stretches that keep a panel stretch in L1, then
@@ -577,25 +548,20 @@ impl<T: Scalar> Packed<T> {
         rows: usize,
         c: *mut T,
         ldc: usize,
-        (addend, ld_addend): (*const T, usize),
+        accumulate: bool,
     ) {
         let nr = self.nv * self.isa.lanes();
         let panels = self.slots.len() / self.nv;
         // SAFETY: `off` is inside `buf`.
         let base = unsafe { self.buf.as_ptr().add(self.off) };
         if self.k == 0 {
-            for r in 0..rows {
-                for &(col, len) in &self.slots {
-                    for j in 0..len {
-                        // SAFETY: the caller's contract covers every slot column, of `c` and
-                        // of a non-null `addend`.
-                        unsafe {
-                            *c.add(r * ldc + col + j) = if addend.is_null() {
-                                T::zero()
-                            } else {
-                                *addend.add(r * ld_addend + col + j)
-                            }
-                        };
+            if !accumulate {
+                for r in 0..rows {
+                    for &(col, len) in &self.slots {
+                        for j in 0..len {
+                            // SAFETY: the caller's contract covers every slot column.
+                            unsafe { *c.add(r * ldc + col + j) = T::zero() };
+                        }
                     }
                 }
             }
@@ -632,12 +598,7 @@ impl<T: Scalar> Packed<T> {
         // Stretch `k0` (`kl` long) of panel `p`, over every row tile.
         let panel_stretch = |p: usize, k0: usize, kl: usize| {
             let slots = &self.slots[p * self.nv..(p + 1) * self.nv];
-            // The first stretch adds the caller's addend, later ones what the earlier left in `c`.
-            let add = if k0 == 0 {
-                (addend, ld_addend)
-            } else {
-                (c as *const T, ldc)
-            };
+            let acc = accumulate || k0 > 0;
             let at = panel_offset(k0, self.kc, self.k, panels, p, nr, self.panel_major);
             // SAFETY: panel `p`, rows `k0..k0+kl`, inside `buf`.
             let b = unsafe { base.add(at) };
@@ -662,12 +623,6 @@ impl<T: Scalar> Packed<T> {
                     // Rows `r0..r0+mr` of `a` (the caller's contract).
                     (a.wrapping_add(r0 * lda + k0), lda, 1)
                 };
-                // The addend's rows of the tile; null stays null (nothing to add).
-                let tile_add = if add.0.is_null() {
-                    add
-                } else {
-                    (add.0.wrapping_add(r0 * add.1), add.1)
-                };
                 // SAFETY: rows `r0..r0+mr` exist in `c` (the caller's contract); the kernel's
                 // requirements were checked in `new_on`.
                 unsafe {
@@ -683,7 +638,7 @@ impl<T: Scalar> Packed<T> {
                         c.add(r0 * ldc),
                         ldc,
                         slots,
-                        tile_add,
+                        acc,
                         if r0 == 0 {
                             next_block
                         } else {
@@ -751,7 +706,7 @@ unsafe fn tile<U: Scalar>(
     c: *mut U,
     ldc: usize,
     slots: &[(usize, usize)],
-    add: (*const U, usize),
+    acc: bool,
     pf: *const U,
     pf_l2: bool,
 ) {
@@ -766,31 +721,30 @@ unsafe fn tile<U: Scalar>(
         };
         // SAFETY (both): the caller's contract.
         (@call [portable], $m:literal, $n:literal) => {
-            unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, add) }
+            unsafe { portable_tile::<U, $m, $n>(k, a, ars, aks, b, c, ldc, slots, acc) }
         };
-        (@call [$f:ident, $a:ident, $b:ident, $c:ident, $add:ident, $pf:ident], $m:literal, $n:literal) => {
-            unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, $add, $pf, pf_l2) }
+        (@call [$f:ident, $a:ident, $b:ident, $c:ident, $pf:ident], $m:literal, $n:literal) => {
+            unsafe { $f::<$m, $n>(k, $a, ars, aks, $b, $c, ldc, slots, acc, $pf, pf_l2) }
         };
     }
     // The SIMD kernels' f32 views of the pointers (`U` is f32 whenever they run; unused by the
     // portable arm).
     #[cfg(target_arch = "x86_64")]
-    let (a32, b32, c32, add32, pf32) = (
+    let (a32, b32, c32, pf32) = (
         a as *const f32,
         b as *const f32,
         c as *mut f32,
-        (add.0 as *const f32, add.1),
         pf as *const f32,
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            pick!(@arms [avx512_tile, a32, b32, c32, add32, pf32];
+            pick!(@arms [avx512_tile, a32, b32, c32, pf32];
                 6, 4; 5, 4; 4, 4; 3, 4; 2, 4; 1, 4; 2, 6; 1, 6; 1, 8)
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            pick!(@arms [avx2_tile, a32, b32, c32, add32, pf32];
+            pick!(@arms [avx2_tile, a32, b32, c32, pf32];
                 6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2; 3, 3; 2, 3; 1, 3; 2, 4; 1, 4; 1, 8)
         }
         _ => pick!(@arms [portable];
@@ -816,7 +770,7 @@ unsafe fn portable_tile<U: Scalar, const MR: usize, const NV: usize>(
     c: *mut U,
     ldc: usize,
     slots: &[(usize, usize)],
-    (add, ld_add): (*const U, usize),
+    acc: bool,
 ) {
     let mut sum = [[[U::zero(); LANES]; NV]; MR];
     for kk in 0..k {
@@ -837,14 +791,7 @@ unsafe fn portable_tile<U: Scalar, const MR: usize, const NV: usize>(
             for j in 0..len {
                 // SAFETY: a slot column of row `r` (the caller's contract).
                 let p = unsafe { c.add(r * ldc + col + j) };
-                // SAFETY: the same column of the addend's row `r` (the caller's contract).
-                unsafe {
-                    *p = if add.is_null() {
-                        sum[r][v][j]
-                    } else {
-                        *add.add(r * ld_add + col + j) + sum[r][v][j]
-                    }
-                };
+                unsafe { *p = if acc { *p + sum[r][v][j] } else { sum[r][v][j] } };
             }
         }
     }
@@ -871,7 +818,7 @@ mod avx2 {
         c: *mut f32,
         ldc: usize,
         slots: &[(usize, usize)],
-        (add, ld_add): (*const f32, usize),
+        acc: bool,
         pf: *const f32,
         pf_l2: bool,
     ) {
@@ -912,12 +859,10 @@ mod avx2 {
                 let (col, len) = slots[v];
                 // SAFETY: the slot's columns of row `r` (the caller's contract).
                 let p = unsafe { c.add(r * ldc + col) };
-                // The addend's same columns (the caller's contract), when there is one.
-                let q = add.wrapping_add(r * ld_add + col);
                 if len == LANES {
                     unsafe {
-                        let x = if !add.is_null() {
-                            _mm256_add_ps(_mm256_loadu_ps(q), sum[r][v])
+                        let x = if acc {
+                            _mm256_add_ps(_mm256_loadu_ps(p), sum[r][v])
                         } else {
                             sum[r][v]
                         };
@@ -929,11 +874,7 @@ mod avx2 {
                     unsafe {
                         _mm256_storeu_ps(tmp.as_mut_ptr(), sum[r][v]);
                         for j in 0..len {
-                            *p.add(j) = if add.is_null() {
-                                tmp[j]
-                            } else {
-                                *q.add(j) + tmp[j]
-                            };
+                            *p.add(j) = if acc { *p.add(j) + tmp[j] } else { tmp[j] };
                         }
                     }
                 }
@@ -985,7 +926,7 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
         slots: &[(usize, usize)],
-        (add, ld_add): (*const f32, usize),
+        acc: bool,
         pf: *const f32,
         pf_l2: bool,
     ) {
@@ -1036,10 +977,8 @@ mod avx512 {
                     } else {
                         (1u16 << len) - 1
                     };
-                    let x = if !add.is_null() {
-                        // The addend's same columns (the caller's contract).
-                        let q = add.add(r * ld_add + col);
-                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, q), sum[r][v])
+                    let x = if acc {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), sum[r][v])
                     } else {
                         sum[r][v]
                     };
@@ -1256,61 +1195,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn a_bias_row_addend_gives_the_bits_of_copying_it_into_every_row() {
-        // `product_raw_onto` with one row (stride 0) against the bias copied into each row of
-        // `c` and accumulated onto: every kernel, short vectors, several row tiles, a thread's
-        // share of the units, one `k` stretch and several (K = 300 forward), k = 0.
-        fn compare<T: Scalar>(isa: Isa, rows: usize, gates: usize, h: usize, k: usize) {
-            let gw = gates * h;
-            let w: Vec<T> = fill(gw * k, 0.37);
-            let a: Vec<T> = fill(rows * k, 0.71);
-            let bias: Vec<T> = fill(gw, 0.91);
-            for units in [0..h, (h / 2)..h] {
-                let packed = Packed::new_on(isa, &w, 1, k, k, &gate_vectors(gates, h, units), rows);
-                let ldc = gw + 3;
-                let mut want: Vec<T> = fill(rows * ldc, 0.13);
-                let mut got = want.clone();
-                // Into the columns the product writes; the others keep `c`'s values in both.
-                for r in 0..rows {
-                    for &(col, len) in &packed.slots {
-                        want[r * ldc + col..r * ldc + col + len]
-                            .copy_from_slice(&bias[col..col + len]);
-                    }
-                }
-                packed.product(&a, k, rows, &mut want, ldc, true);
-                // SAFETY: `a` holds `rows` rows of `k`, `got` `rows` rows of `ldc >= gw`, and
-                // `bias` the `gw` columns every slot lies in.
-                unsafe {
-                    packed.product_raw_onto(
-                        a.as_ptr(),
-                        k,
-                        rows,
-                        got.as_mut_ptr(),
-                        ldc,
-                        bias.as_ptr(),
-                        0,
-                    )
-                };
-                for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
-                    let (g, wv) = (Scalar::to_f64(*g), Scalar::to_f64(*wv));
-                    assert!(
-                        g.to_bits() == wv.to_bits(),
-                        "{isa:?} rows={rows} h={h} k={k} elem {i}: {g} vs {wv}"
-                    );
-                }
-            }
-        }
-        for isa in isas::<f32>() {
-            for rows in [1, 5, 17] {
-                for (h, k) in [(5, 7), (33, 1), (130, 64), (40, 300), (9, 0)] {
-                    compare::<f32>(isa, rows, 3, h, k);
-                }
-            }
-        }
-        compare::<f64>(Isa::Portable, 9, 4, 33, 300);
     }
 
     #[test]

@@ -823,7 +823,7 @@ pub(crate) fn forward<T: Scalar>(
                 }
                 // SAFETY: each member writes only its own units' columns of the chunk, which
                 // only its own gate passes read.
-                unsafe { views.project(p, times, first) };
+                unsafe { views.project(p, units.clone(), times, first) };
             }
             if fused && !keep_tape {
                 // One step of `act`, reused.
@@ -1001,17 +1001,40 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         }
     }
 
-    /// The input side of the pre-activations of the steps `times` for the member's units (the
-    /// columns `packed` holds): the bias row `+ x_t · W_ihᵀ` with the member's packed slice of
-    /// `W_ih`, into `act` from row `(times.start - first) * B`.
+    /// The input side of the pre-activations of the steps `times` for the units `units`: the
+    /// bias row, then `+= x_t · W_ihᵀ` with the member's packed slice of `W_ih`, into `act` from
+    /// row `(times.start - first) * B`.
     ///
     /// # Safety
     /// No other thread reads or writes the units' columns of those rows of `act` meanwhile.
-    unsafe fn project(&self, packed: &Packed<T>, times: Range<usize>, first: usize) {
-        let (b, i) = (self.sw.batch, self.sw.input);
+    unsafe fn project(
+        &self,
+        packed: &Packed<T>,
+        units: Range<usize>,
+        times: Range<usize>,
+        first: usize,
+    ) {
+        let (b, h, i) = (self.sw.batch, self.sw.hidden, self.sw.input);
+        let gates = self.sw.cell.gate_count();
         let rows = times.len() * b;
         let dst = self.act.skip((times.start - first) * b);
         assert!(dst.holds(rows, packed.col_end()));
+        if let Some(bias) = self.row_bias {
+            // A member owning every unit owns whole rows: one copy per row, not one per gate.
+            let runs: Vec<Range<usize>> = if units.len() == h {
+                std::iter::once(0..gates * h).collect()
+            } else {
+                (0..gates)
+                    .map(|g| g * h + units.start..g * h + units.end)
+                    .collect()
+            };
+            for r in 0..rows {
+                for cols in runs.iter().cloned() {
+                    // SAFETY: the member's own columns (the contract).
+                    unsafe { dst.row_mut(r, cols.start, cols.len()) }.copy_from_slice(&bias[cols]);
+                }
+            }
+        }
         // A batch-first input's rows of the chunk were gathered (`gather_x`).
         let x = if self.sw.x_batch_first {
             // SAFETY: the gather is finished and no member writes `x_chunk` until the next chunk
@@ -1021,19 +1044,17 @@ impl<T: Scalar> BuiltinForward<'_, T> {
             self.x.skip(times.start * b)
         };
         assert!(x.holds(rows, i));
-        // The bias row is added as the kernel stores each row's sums, rather than copied into
-        // every row first for the product to add onto: the same sums (`bias + x·W_ihᵀ`) without
-        // a pass that writes, and the kernel reading back, the chunk's `[rows, G*H]` block.
-        let addend = match self.row_bias {
-            Some(bias) => {
-                assert!(bias.len() >= packed.col_end());
-                bias.as_ptr()
-            }
-            None => std::ptr::null(),
+        // SAFETY: bounds checked above; the written columns are the member's (the contract).
+        unsafe {
+            packed.product_raw(
+                x.ptr(),
+                i,
+                rows,
+                dst.ptr(),
+                dst.ld(),
+                self.row_bias.is_some(),
+            )
         };
-        // SAFETY: bounds checked above; the written columns are the member's (the contract); the
-        // bias row, only read, holds every column written.
-        unsafe { packed.product_raw_onto(x.ptr(), i, rows, dst.ptr(), dst.ld(), addend, 0) };
     }
 
     /// Step `s` for the units `units`: their columns of the recurrent product, the fused gate
