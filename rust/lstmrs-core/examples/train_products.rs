@@ -15,11 +15,12 @@
 //! units between a team's members, so at 2 threads those two rows time one thread's work).
 //! `CELL=gru` times the GRU's products instead: `G = 3H`, and its `dW_hh` as the library runs
 //! it, in two products (rows r, z over the input side's gate gradients; rows n over the
-//! recurrent n-gate gradients, which differ), the packed rows over all three gates' depth.
+//! recurrent n-gate gradients, which differ); its backward packed row over all three gates'
+//! depth at once (the library's two parts, `K = 2H` and `K = H`, add up to the same work).
 //! `FUSED=1` adds the weight gradient as one product over `[X | H_prev]`, the alternative to the
 //! two weight-gradient rows, including what it costs in the library: building `[X | H_prev]`,
-//! and copying the product's `[4H, I+H]` rows out into the flat gradient's separate `dW_ih`
-//! `[4H, I]` and `dW_hh` `[4H, H]` blocks (PyTorch's parameter layout).
+//! and copying the product's `[G, I+H]` rows out into the flat gradient's separate `dW_ih`
+//! `[G, I]` and `dW_hh` `[G, H]` blocks (PyTorch's parameter layout).
 
 mod common;
 
@@ -100,23 +101,58 @@ fn main() {
         s("bwd weight gradient dGT·X", g, i, rows, true, false, 1),
     ];
     if gru {
-        shapes.push(s("bwd weight gradient dG_rzT·H", 2 * h, h, rows, true, false, 1));
+        shapes.push(s(
+            "bwd weight gradient dG_rzT·H",
+            2 * h,
+            h,
+            rows,
+            true,
+            false,
+            1,
+        ));
         shapes.push(s("bwd weight gradient dG_nT·H", h, h, rows, true, false, 1));
     } else {
         shapes.push(s("bwd weight gradient dGT·H", g, h, rows, true, false, 1));
     }
     let step_products = shapes.len();
-    // `ALT=1`: the weight gradients transposed (`dWᵀ = Xᵀ·dG`, a `[I, G]` result to transpose
-    // back, tiny next to the product), the crate's other orientation of the same sums.
+    // `ALT=1`: other shapes of the same weight-gradient sums, none in the library: transposed
+    // (`dWᵀ = Xᵀ·dG`, a small `[I, G]` result to transpose back); for the GRU, `dW_hh` as one
+    // product (what a `[dr, dz, dn_h]` layout of its gate gradients would allow) and split along
+    // `n` into halves or quarters of `H` (here on contiguous operands; in the library the column
+    // blocks of `H` would be strided).
     if std::env::var("ALT").is_ok_and(|v| v == "1") {
         shapes.push(s("alt dW_ihT = XT·dG", i, g, rows, true, false, 1));
         if gru {
-            shapes.push(s("alt dW_hh_rzT = HT·dG_rz", h, 2 * h, rows, true, false, 1));
+            shapes.push(s(
+                "alt dW_hh_rzT = HT·dG_rz",
+                h,
+                2 * h,
+                rows,
+                true,
+                false,
+                1,
+            ));
             shapes.push(s("alt dW_hh_nT = HT·dG_n", h, h, rows, true, false, 1));
             shapes.push(s("alt dW_hh one product dGT·H", g, h, rows, true, false, 1));
-            shapes.push(s("alt dG_rzT·H half n (x2)", 2 * h, h / 2, rows, true, false, 2));
+            shapes.push(s(
+                "alt dG_rzT·H half n (x2)",
+                2 * h,
+                h / 2,
+                rows,
+                true,
+                false,
+                2,
+            ));
             shapes.push(s("alt dG_nT·H half n (x2)", h, h / 2, rows, true, false, 2));
-            shapes.push(s("alt dG_rzT·H quarter n (x4)", 2 * h, h / 4, rows, true, false, 4));
+            shapes.push(s(
+                "alt dG_rzT·H quarter n (x4)",
+                2 * h,
+                h / 4,
+                rows,
+                true,
+                false,
+                4,
+            ));
         } else {
             shapes.push(s("alt dW_hhT = HT·dG", h, g, rows, true, false, 1));
         }
@@ -136,13 +172,13 @@ fn main() {
     shapes.push(packed("fwd recurrent, packed kernel", b, g, h, t));
     shapes.push(packed("bwd recurrent, packed kernel", b, h, g, t));
     let flops = |sh: &Shape| 2.0 * (sh.m * sh.n * sh.k * sh.calls) as f64;
-    // The step: all but the fused alternative.
+    // The step: the products before the alternatives.
     let step_flops: f64 = shapes.iter().take(step_products).map(flops).sum();
     // Operands, reused by every product (sized for the largest).
     let big = shapes.iter().map(|sh| sh.m.max(sh.n) * sh.k).max().unwrap();
     let opa: Vec<f32> = (0..big).map(|v| (v as f32 * 0.37).sin()).collect();
     let opb: Vec<f32> = (0..big).map(|v| (v as f32 * 0.11).cos()).collect();
-    // The library's packing of `W_hh` (`[4H, H]`) for each direction, once (as a sweep does).
+    // The library's packing of `W_hh` (`[G, H]`) for each direction, once (as a sweep does).
     let w_hh = &opb[..g * h];
     let pack_fwd = PackedWeight::forward(w_hh, gates, h, b);
     let pack_bwd = PackedWeight::backward(w_hh, gates, h, b);
