@@ -13,10 +13,14 @@
 //! as T crate calls of one step each, and as T calls of the library's packed kernel on the whole
 //! weight on one thread (`lstmrs_core::bench::PackedWeight`; the library splits the weight's
 //! units between a team's members, so at 2 threads those two rows time one thread's work).
+//! `CELL=gru` times the GRU's products instead: `G = 3H`, and its `dW_hh` as the library runs
+//! it, in two products (rows r, z over the input side's gate gradients; rows n over the
+//! recurrent n-gate gradients, which differ); its backward packed row over all three gates'
+//! depth at once (the library's two parts, `K = 2H` and `K = H`, add up to the same work).
 //! `FUSED=1` adds the weight gradient as one product over `[X | H_prev]`, the alternative to the
 //! two weight-gradient rows, including what it costs in the library: building `[X | H_prev]`,
-//! and copying the product's `[4H, I+H]` rows out into the flat gradient's separate `dW_ih`
-//! `[4H, I]` and `dW_hh` `[4H, H]` blocks (PyTorch's parameter layout).
+//! and copying the product's `[G, I+H]` rows out into the flat gradient's separate `dW_ih`
+//! `[G, I]` and `dW_hh` `[G, H]` blocks (PyTorch's parameter layout).
 
 mod common;
 
@@ -70,7 +74,9 @@ fn main() {
     let threads = a.get(4).copied().unwrap_or(2);
     let rounds = a.get(5).copied().unwrap_or(5);
     let (pool, par) = common::pool(threads);
-    let (g, rows) = (4 * h, t * b);
+    let gru = std::env::var("CELL").is_ok_and(|v| v == "gru");
+    let (cell, gates) = if gru { ("GRU", 3) } else { ("LSTM", 4) };
+    let (g, rows) = (gates * h, t * b);
     let s = |role, m, n, k, trans_a, trans_b, calls| Shape {
         product: Product {
             role,
@@ -93,8 +99,64 @@ fn main() {
         s("bwd recurrent dG·W_hh (per step)", b, h, g, false, false, t),
         s("bwd input gradient dG·W_ih", rows, i, g, false, false, 1),
         s("bwd weight gradient dGT·X", g, i, rows, true, false, 1),
-        s("bwd weight gradient dGT·H", g, h, rows, true, false, 1),
     ];
+    if gru {
+        shapes.push(s(
+            "bwd weight gradient dG_rzT·H",
+            2 * h,
+            h,
+            rows,
+            true,
+            false,
+            1,
+        ));
+        shapes.push(s("bwd weight gradient dG_nT·H", h, h, rows, true, false, 1));
+    } else {
+        shapes.push(s("bwd weight gradient dGT·H", g, h, rows, true, false, 1));
+    }
+    let step_products = shapes.len();
+    // `ALT=1`: other shapes of the same weight-gradient sums, none in the library: transposed
+    // (`dWᵀ = Xᵀ·dG`, a small `[I, G]` result to transpose back); for the GRU, `dW_hh` as one
+    // product (what a `[dr, dz, dn_h]` layout of its gate gradients would allow) and split along
+    // `n` into halves or quarters of `H` (here on contiguous operands; in the library the column
+    // blocks of `H` would be strided).
+    if std::env::var("ALT").is_ok_and(|v| v == "1") {
+        shapes.push(s("alt dW_ihT = XT·dG", i, g, rows, true, false, 1));
+        if gru {
+            shapes.push(s(
+                "alt dW_hh_rzT = HT·dG_rz",
+                h,
+                2 * h,
+                rows,
+                true,
+                false,
+                1,
+            ));
+            shapes.push(s("alt dW_hh_nT = HT·dG_n", h, h, rows, true, false, 1));
+            shapes.push(s("alt dW_hh one product dGT·H", g, h, rows, true, false, 1));
+            shapes.push(s(
+                "alt dG_rzT·H half n (x2)",
+                2 * h,
+                h / 2,
+                rows,
+                true,
+                false,
+                2,
+            ));
+            shapes.push(s("alt dG_nT·H half n (x2)", h, h / 2, rows, true, false, 2));
+            shapes.push(s(
+                "alt dG_rzT·H quarter n (x4)",
+                2 * h,
+                h / 4,
+                rows,
+                true,
+                false,
+                4,
+            ));
+        } else {
+            shapes.push(s("alt dW_hhT = HT·dG", h, g, rows, true, false, 1));
+        }
+    }
     let fused = std::env::var("FUSED").is_ok_and(|v| v == "1");
     if fused {
         shapes.push(s(
@@ -110,16 +172,16 @@ fn main() {
     shapes.push(packed("fwd recurrent, packed kernel", b, g, h, t));
     shapes.push(packed("bwd recurrent, packed kernel", b, h, g, t));
     let flops = |sh: &Shape| 2.0 * (sh.m * sh.n * sh.k * sh.calls) as f64;
-    // The step: all but the fused alternative.
-    let step_flops: f64 = shapes.iter().take(6).map(flops).sum();
+    // The step: the products before the alternatives.
+    let step_flops: f64 = shapes.iter().take(step_products).map(flops).sum();
     // Operands, reused by every product (sized for the largest).
     let big = shapes.iter().map(|sh| sh.m.max(sh.n) * sh.k).max().unwrap();
     let opa: Vec<f32> = (0..big).map(|v| (v as f32 * 0.37).sin()).collect();
     let opb: Vec<f32> = (0..big).map(|v| (v as f32 * 0.11).cos()).collect();
-    // The library's packing of `W_hh` (`[4H, H]`) for each direction, once (as a sweep does).
+    // The library's packing of `W_hh` (`[G, H]`) for each direction, once (as a sweep does).
     let w_hh = &opb[..g * h];
-    let pack_fwd = PackedWeight::forward(w_hh, 4, h, b);
-    let pack_bwd = PackedWeight::backward(w_hh, 4, h, b);
+    let pack_fwd = PackedWeight::forward(w_hh, gates, h, b);
+    let pack_bwd = PackedWeight::backward(w_hh, gates, h, b);
     let mut out = vec![0.0f32; shapes.iter().map(|sh| sh.m * sh.n).max().unwrap()];
     // The fused product's right-hand side `[X | H]`, rebuilt in every call.
     let (x, hp) = (&opb[..rows * i], &opb[rows * i..rows * (i + h)]);
@@ -184,7 +246,7 @@ fn main() {
     let fma_flops = (fma_iters * 12 * 16 * 2 * threads as u64) as f64;
     let fma_cpu_rate = fma_flops / median(cpu[shapes.len()].clone()) / 1e9;
     println!(
-        "LSTM B={b} T={t} I={i} H={h}, threads={threads}, medians of {rounds} rounds; step \
+        "{cell} B={b} T={t} I={i} H={h}, threads={threads}, medians of {rounds} rounds; step \
          {:.1} GFLOP in its products",
         step_flops / 1e9
     );
