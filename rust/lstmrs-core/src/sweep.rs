@@ -1724,8 +1724,7 @@ fn recurrent_weight_grads<T: Scalar>(
 
 /// Whether [`backward`] runs its weight and input gradients as two single-thread halves side by
 /// side (`dW_ih` with `dx`, and `dW_hh`) rather than each product split over the threads: one
-/// chunk after a team's sweep, a pool of exactly two threads (a larger one would leave threads
-/// idle that the crate's split uses), and halves of about equal work.
+/// chunk after a team's sweep, two threads or more, and halves of about equal work.
 fn pairs_products<T>(
     serial: bool,
     chunks: usize,
@@ -1740,7 +1739,7 @@ fn pairs_products<T>(
     !serial
         && chunks == 1
         && threads::parallel_allowed()
-        && rayon::current_num_threads() == 2
+        && rayon::current_num_threads() > 1
         && lo > 0
         && hi * 4 <= lo * 5
 }
