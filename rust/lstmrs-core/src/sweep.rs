@@ -1391,27 +1391,6 @@ pub(crate) fn backward<T: Scalar>(
                     };
                     let x_c = &x[r0 * inp..(r0 + n) * inp];
                     let h_c = &h_enter[r0 * h..(r0 + n) * h];
-                    let dx_c = &mut dx_all[r0 * inp..(r0 + n) * inp];
-                    if pairs_products(serial, steps.div_ceil(chunk), gw, inp, &rec, h) {
-                        // One thread each for `dW_ih` with `dx`, and `dW_hh`: the same
-                        // products, each whole on one core, instead of each split over both.
-                        let (g_wih, g_whh) = g_weights.split_at_mut(gw * inp);
-                        let dgx_m = Mat::new(dgx_c, n, gw);
-                        threads::join(
-                            || {
-                                threads::install_for(0, || {
-                                    at_b(g_wih, inp, false, dgx_m, Mat::new(x_c, n, inp));
-                                    a_b(dx_c, inp, false, dgx_m, Mat::new(w.w_ih, gw, inp));
-                                })
-                            },
-                            || {
-                                threads::install_for(0, || {
-                                    recurrent_weight_grads(h, h_c, &rec, false, g_whh)
-                                })
-                            },
-                        );
-                        continue;
-                    }
                     weight_grads_rows(sw, x_c, h_c, (dgx_c, gw), &rec, c > 0, g_weights);
                 }
                 a_b(
@@ -1693,6 +1672,7 @@ fn weight_grads_rows<T: Scalar>(
 ) {
     let (h, inp) = (sw.hidden, sw.input);
     let rows = dgx.len() / xw.max(1);
+    let hw: usize = rec.iter().map(|m| m.cols).sum();
     let (g_wih, g_whh) = grad.split_at_mut(xw * inp);
     at_b(
         g_wih,
@@ -1701,47 +1681,12 @@ fn weight_grads_rows<T: Scalar>(
         Mat::new(dgx, rows, xw),
         Mat::new(x, rows, inp),
     );
-    recurrent_weight_grads(h, h_enter, rec, accumulate, g_whh);
-}
-
-/// `dW_hh (+)= recᵀ · h_enter`, a block's rows each, into `g_whh` (the `[hw, H]` rows of `dW_hh`
-/// and anything after them).
-fn recurrent_weight_grads<T: Scalar>(
-    h: usize,
-    h_enter: &[T],
-    rec: &[Mat<T>],
-    accumulate: bool,
-    g_whh: &mut [T],
-) {
-    let hw: usize = rec.iter().map(|m| m.cols).sum();
     let mut g_block = &mut g_whh[..hw * h];
     for &block in rec.iter().filter(|m| m.cols > 0) {
         let (g, tail) = g_block.split_at_mut(block.cols * h);
-        at_b(g, h, accumulate, block, Mat::new(h_enter, block.rows, h));
+        at_b(g, h, accumulate, block, Mat::new(h_enter, rows, h));
         g_block = tail;
     }
-}
-
-/// Whether [`backward`] runs its weight and input gradients as two single-thread halves side by
-/// side (`dW_ih` with `dx`, and `dW_hh`) rather than each product split over the threads: one
-/// chunk after a team's sweep, two threads or more, and halves of about equal work.
-fn pairs_products<T>(
-    serial: bool,
-    chunks: usize,
-    gw: usize,
-    inp: usize,
-    rec: &[Mat<T>],
-    h: usize,
-) -> bool {
-    let input_side = 2 * gw * inp;
-    let recurrent: usize = rec.iter().map(|m| m.cols).sum::<usize>() * h;
-    let (lo, hi) = (input_side.min(recurrent), input_side.max(recurrent));
-    !serial
-        && chunks == 1
-        && threads::parallel_allowed()
-        && rayon::current_num_threads() > 1
-        && lo > 0
-        && hi * 4 <= lo * 5
 }
 
 /// Copies the units `units` of `h_next` to the output rows still inside their sequence.
