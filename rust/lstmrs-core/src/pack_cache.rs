@@ -143,9 +143,9 @@ mod tests {
         (0..n).map(|k| (k as f32 * f).sin()).collect()
     }
 
-    /// Inference output of `w` over `x` (`[T, B, I]` time-major).
-    fn infer(w: RnnWeights<f32>, x: &[f32], t: usize, b: usize) -> Vec<f32> {
-        let batch = Batch {
+    /// `x` as a time-major `[T, B, I]` batch without initial states or lengths.
+    fn time_major(x: &[f32], t: usize, b: usize) -> Batch<'_, f32> {
+        Batch {
             input: x,
             layout: Layout::TimeMajor,
             seq_len: t,
@@ -153,8 +153,12 @@ mod tests {
             h0: None,
             c0: None,
             lengths: None,
-        };
-        let out = forward(w, &batch, &ForwardOptions::default()).unwrap();
+        }
+    }
+
+    /// Inference output of `w` over `x` (`[T, B, I]` time-major).
+    fn infer(w: RnnWeights<f32>, x: &[f32], t: usize, b: usize) -> Vec<f32> {
+        let out = forward(w, &time_major(x, t, b), &ForwardOptions::default()).unwrap();
         let mut all = out.output;
         all.extend(out.h_n);
         all.extend(out.c_n.unwrap_or_default());
@@ -239,15 +243,7 @@ mod tests {
         let p = RnnParams::<f32>::init_uniform(cfg, 1);
         let (t, b) = (4, 8);
         let x = wave(t * b * 8, 0.5);
-        let batch = Batch {
-            input: &x,
-            layout: Layout::TimeMajor,
-            seq_len: t,
-            batch: b,
-            h0: None,
-            c0: None,
-            lengths: None,
-        };
+        let batch = time_major(&x, t, b);
         let taped = ForwardOptions {
             keep_tape: true,
             ..ForwardOptions::default()

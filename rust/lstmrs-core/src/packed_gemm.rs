@@ -504,6 +504,21 @@ impl<T: Scalar> Packed<T> {
         self.slots.iter().map(|&(c, l)| c + l).max().unwrap_or(0)
     }
 
+    /// Panics unless `rows` (≥ 1) rows of the left operand, `lda` apart in `a_len` values, and
+    /// the output rows, `ldc` apart in `c_len` values, hold every value the product touches.
+    fn check_operands(&self, a_len: usize, lda: usize, rows: usize, c_len: usize, ldc: usize) {
+        assert!(self.k <= lda || rows == 1, "lhs row stride below its width");
+        assert!((rows - 1) * lda + self.k <= a_len, "lhs too short");
+        assert!(
+            self.col_end() <= ldc || rows == 1,
+            "output stride below its width"
+        );
+        assert!(
+            (rows - 1) * ldc + self.col_end() <= c_len,
+            "output too short"
+        );
+    }
+
     /// `c[r, col..col+len] (+)= Σ_k a[r, k] · W(k, src..src+len)` for every vector and rows
     /// `0..rows` (`+=` when `accumulate`), bounds-checked.
     pub fn product(
@@ -518,16 +533,7 @@ impl<T: Scalar> Packed<T> {
         if rows == 0 {
             return;
         }
-        assert!(self.k <= lda || rows == 1, "lhs row stride below its width");
-        assert!((rows - 1) * lda + self.k <= a.len(), "lhs too short");
-        assert!(
-            self.col_end() <= ldc || rows == 1,
-            "output stride below its width"
-        );
-        assert!(
-            (rows - 1) * ldc + self.col_end() <= c.len(),
-            "output too short"
-        );
+        self.check_operands(a.len(), lda, rows, c.len(), ldc);
         // SAFETY: bounds checked above; `c` is borrowed mutably.
         unsafe { self.product_raw(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, accumulate) }
     }
@@ -549,16 +555,7 @@ impl<T: Scalar> Packed<T> {
         if rows == 0 {
             return;
         }
-        assert!(self.k <= lda || rows == 1, "lhs row stride below its width");
-        assert!((rows - 1) * lda + self.k <= a.len(), "lhs too short");
-        assert!(
-            self.col_end() <= ldc || rows == 1,
-            "output stride below its width"
-        );
-        assert!(
-            (rows - 1) * ldc + self.col_end() <= c.len(),
-            "output too short"
-        );
+        self.check_operands(a.len(), lda, rows, c.len(), ldc);
         assert!(self.col_end() <= row.len(), "start row too short");
         // SAFETY: bounds checked above; `c` is borrowed mutably, `row` only read.
         unsafe {
