@@ -540,7 +540,7 @@ impl<T: Scalar> Packed<T> {
 
     /// `c[r, col..col+len] = row[col..col+len] + Σ_k a[r, k] · W(k, src..src+len)` for every
     /// vector and rows `0..rows`, bounds-checked (the tests' entry to
-    /// [`Packed::product_raw_onto_row`]): [`Packed::product`] onto a row every output
+    /// [`Packed::product_raw_from`]): [`Packed::product`] onto a row every output
     /// row starts from (a bias), without `c` holding it first.
     #[cfg(test)]
     pub fn product_onto_row(
@@ -556,11 +556,8 @@ impl<T: Scalar> Packed<T> {
             return;
         }
         self.check_operands(a.len(), lda, rows, c.len(), ldc);
-        assert!(self.col_end() <= row.len(), "start row too short");
         // SAFETY: bounds checked above; `c` is borrowed mutably, `row` only read.
-        unsafe {
-            self.product_raw_onto_row(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, row.as_ptr())
-        }
+        unsafe { self.product_raw_from(a.as_ptr(), lda, rows, c.as_mut_ptr(), ldc, Some(row)) }
     }
 
     /// [`Packed::product`] on raw pointers, for the members of a team sharing `a` and `c`.
@@ -588,25 +585,33 @@ impl<T: Scalar> Packed<T> {
         unsafe { self.drive(a, lda, rows, c, ldc, start) }
     }
 
-    /// [`Packed::product_onto_row`] on raw pointers. The first stretch of `k` adds its sums
-    /// onto `row` where [`Packed::product_raw`] would add them onto `c`: the same additions in
-    /// the same order as copying `row` into every output row and accumulating, so the same bits,
-    /// without writing and reloading those rows (a pass over the output that missed L2 when the
-    /// output was a projection chunk).
+    /// [`Packed::product_raw`] starting from `start` instead of zero: with a row, the first
+    /// stretch of `k` adds its sums onto `row` where accumulating would add them onto `c`. Those
+    /// are the same additions in the same order as copying `row` into every output row and
+    /// accumulating, so the same bits, without writing and reloading those rows (a pass over the
+    /// output that missed L2 when the output was a projection chunk). Panics if the row is
+    /// shorter than `col_end()`.
     ///
     /// # Safety
-    /// As [`Packed::product_raw`]; `row` holds every slot's columns (`col_end()` values).
-    pub unsafe fn product_raw_onto_row(
+    /// As [`Packed::product_raw`].
+    pub unsafe fn product_raw_from(
         &self,
         a: *const T,
         lda: usize,
         rows: usize,
         c: *mut T,
         ldc: usize,
-        row: *const T,
+        start: Option<&[T]>,
     ) {
-        // SAFETY: as in `product_raw`; `row` is the caller's contract.
-        unsafe { self.drive(a, lda, rows, c, ldc, Start::Row(row)) }
+        let start = match start {
+            Some(row) => {
+                assert!(row.len() >= self.col_end(), "start row too short");
+                Start::Row(row.as_ptr())
+            }
+            None => Start::Zero,
+        };
+        // SAFETY: as in `product_raw`; a start row was checked above.
+        unsafe { self.drive(a, lda, rows, c, ldc, start) }
     }
 
     /// The loops around the micro-kernel: `k` in stretches that keep a panel stretch in L1, then

@@ -1092,20 +1092,7 @@ impl<T: Scalar> BuiltinForward<'_, T> {
         // SAFETY: bounds checked above (the bias row is `G*H` wide); the written columns are the
         // member's (the contract).
         unsafe {
-            match self.row_bias {
-                Some(bias) => {
-                    assert!(bias.len() >= packed.col_end());
-                    packed.product_raw_onto_row(
-                        x.ptr(),
-                        x.ld(),
-                        rows,
-                        dst.ptr(),
-                        dst.ld(),
-                        bias.as_ptr(),
-                    )
-                }
-                None => packed.product_raw(x.ptr(), x.ld(), rows, dst.ptr(), dst.ld(), false),
-            }
+            packed.product_raw_from(x.ptr(), x.ld(), rows, dst.ptr(), dst.ld(), self.row_bias)
         };
     }
 
@@ -1846,13 +1833,8 @@ impl<T: Scalar> CustomForward<'_, T> {
             };
             assert!(h_in.holds(b, h) && self.pre.holds(b, packed.col_end()));
             // Onto `b_hh` directly, not onto copies of it in `pre` (same bits, see `project`).
-            match w.bias {
-                Some((_, b_hh)) => {
-                    assert!(b_hh.len() >= packed.col_end());
-                    packed.product_raw_onto_row(h_in.ptr(), h, b, self.pre.ptr(), hw, b_hh.as_ptr())
-                }
-                None => packed.product_raw(h_in.ptr(), h, b, self.pre.ptr(), hw, false),
-            }
+            let b_hh = w.bias.map(|(_, b_hh)| b_hh);
+            packed.product_raw_from(h_in.ptr(), h, b, self.pre.ptr(), hw, b_hh)
         }
     }
 
